@@ -1,0 +1,56 @@
+"""The tunelens command line: parse options, call the library, print. No logic here.
+
+Exit status: 0 success, 2 bad input (one line on stderr), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tunelens.errors import TunelensInputError
+
+app = typer.Typer(
+    help="Measure what in-context learning and instruction tuning really do to a language model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tasks_app = typer.Typer(help="Load, validate and inspect task files.", no_args_is_help=True)
+world_app = typer.Typer(help="The embedded instruction world and its model.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(world_app, name="world")
+
+
+@app.callback()
+def _root() -> None:
+    """tunelens: ICL vs instruction tuning, measured."""
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into exit 2 without a traceback."""
+    try:
+        app(standalone_mode=False)
+    except TunelensInputError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished cells are kept; re-run the same command to resume", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 - the CLI's last line of defence
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(2 if isinstance(error, click.exceptions.UsageError) else error.exit_code)
+        if isinstance(error, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        raise
+
+
+# Command modules register themselves on the apps above.
+from tunelens import commands as _commands  # noqa: E402,F401
