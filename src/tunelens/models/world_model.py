@@ -1,0 +1,244 @@
+"""Training the embedded world model: a small Llama that learns in context on world text.
+
+Read top to bottom: the tokenizer, the model config, a batch, the training
+loop with resumable checkpoints, a fast in-loop probe of in-context accuracy,
+and the export in Hugging Face format. Everything is seeded; a step's batch
+depends only on (seed, step), so a resumed run sees the same data as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tunelens.tasks.world.corpus import BOS, SEP, CorpusMix, training_sequence, vocabulary_texts
+from tunelens.tasks.world.generator import generate_world
+
+PAD, UNK = "[PAD]", "[UNK]"
+ADDED = ["Input:", "Output:", "Definition:", "Explanation:"]
+
+
+@dataclass
+class WorldModelRecipe:
+    """Everything that decides the world model; saved beside it as its training log."""
+
+    seed: int = 0
+    hidden_size: int = 96
+    layers: int = 3
+    heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 256
+    seq_len: int = 128
+    batch_size: int = 48
+    steps: int = 10000
+    lr: float = 3e-3
+    warmup: int = 200
+    decay_start: float = 0.7  # constant lr until this share of steps, then cosine to lr/10
+    weight_decay: float = 0.01
+    checkpoint_every: int = 500
+    eval_every: int = 500
+    threads: int = 2
+
+
+def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over every word the world can produce.
+
+    "\\n\\n" (the example separator) is one token and doubles as end of sequence,
+    so generation stops after one answer; single newlines are whitespace.
+    """
+    pre = pre_tokenizers.Whitespace()
+    words: set[str] = set()
+    for text in vocabulary_texts(seed):
+        words.update(piece for piece, _ in pre.pre_tokenize_str(text))
+    vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, *sorted(words)])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    core.add_special_tokens([AddedToken(SEP, normalized=False), PAD, UNK, BOS])
+    core.add_tokens([AddedToken(t, normalized=False) for t in ADDED])
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, core.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=SEP, pad_token=PAD, unk_token=UNK,
+        padding_side="left", model_max_length=256,
+    )
+
+
+def build_model(recipe: WorldModelRecipe, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.max_positions, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5,
+    )
+    torch.manual_seed(recipe.seed)
+    return LlamaForCausalLM(config)
+
+
+class _Batcher:
+    """Token ids and loss labels for step ``step``, a pure function of (seed, step)."""
+
+    def __init__(self, recipe: WorldModelRecipe, tokenizer: PreTrainedTokenizerFast):
+        self.recipe = recipe
+        self.vocab = tokenizer.get_vocab()
+        self.pad = tokenizer.pad_token_id
+        world = generate_world(recipe.seed)
+        self.forbidden = frozenset(frozenset(t.labels) for t in world.heldout)
+        pre = pre_tokenizers.Whitespace()
+        self._definitions: dict[str, list[str]] = {}
+        self._split = lambda text: [p for p, _ in pre.pre_tokenize_str(text)]
+
+    def _tokenize(self, text: str) -> list[str]:
+        if text not in self._definitions:
+            self._definitions[text] = self._split(text)
+        return self._definitions[text]
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.recipe
+        rng = random.Random(r.seed * 1_000_003 + step)
+        ids = torch.full((r.batch_size, r.seq_len), self.pad, dtype=torch.long)
+        labels = torch.full((r.batch_size, r.seq_len), -100, dtype=torch.long)
+        for row in range(r.batch_size):
+            tokens, mask = training_sequence(
+                rng, seed=r.seed, max_tokens=r.seq_len, tokenize=self._tokenize,
+                forbidden_label_sets=self.forbidden, mix=CorpusMix())
+            row_ids = torch.tensor([self.vocab[t] for t in tokens])
+            ids[row, : len(tokens)] = row_ids
+            # labels[t] is the token at t, scored where it is a target; HF shifts them.
+            target = torch.tensor(mask)
+            labels[row, : len(tokens)] = torch.where(target, row_ids, torch.tensor(-100))
+        return ids, labels
+
+
+def learning_rate(recipe: WorldModelRecipe, step: int) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    start = int(recipe.decay_start * recipe.steps)
+    if step < start:
+        return recipe.lr
+    progress = (step - start) / max(1, recipe.steps - start)
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def probe_icl_accuracy(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    tasks: list,
+    shots: tuple[int, ...] = (0, 1, 4, 8),
+    queries_per_task: int = 6,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Greedy first-token accuracy (0-100) on plain few-shot prompts; cheap, for monitoring."""
+    model.eval()
+    rng = random.Random(seed)
+    out: dict[int, float] = {}
+    for k in shots:
+        prompts, answers = [], []
+        for task in tasks:
+            pool = list(task.instances)
+            for _ in range(queries_per_task):
+                chosen = rng.sample(pool, k + 1)
+                # The plain template of tunelens.prompts, without a definition.
+                demos = "".join(f"Input: {i.input}\nOutput: {i.outputs[0]}\n\n" for i in chosen[:k])
+                prompts.append(f"{demos}Input: {chosen[k].input}\nOutput:")
+                answers.append(tokenizer.convert_tokens_to_ids(chosen[k].outputs[0]))
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        logits = model(**batch).logits[:, -1, :]
+        out[k] = 100.0 * (logits.argmax(-1) == torch.tensor(answers)).float().mean().item()
+    model.train()
+    return out
+
+
+def train_world_model(
+    recipe: WorldModelRecipe, workdir: Path, *, progress: bool = True
+) -> LlamaForCausalLM:
+    """Train (or resume) the world model in ``workdir``; returns the final model."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    torch.set_num_threads(recipe.threads)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(recipe.seed)
+    model = build_model(recipe, tokenizer)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
+    start = 0
+    ckpt = workdir / "checkpoint.pt"
+    log_path = workdir / "training_log.jsonl"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state["recipe"] != asdict(recipe):
+            raise ValueError(f"{ckpt} was made with another recipe; use a fresh directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+    batcher = _Batcher(recipe, tokenizer)
+    probe_tasks = generate_world(recipe.seed).heldout
+    model.train()
+    columns = [TextColumn("world model"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    running, t0 = None, time.time()
+    with Progress(*columns, disable=not progress) as bar:
+        job = bar.add_task("train", total=recipe.steps, completed=start, loss=float("nan"))
+        for step in range(start, recipe.steps):
+            ids, labels = batcher(step)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(recipe, step)
+            loss = model(input_ids=ids, attention_mask=(ids != batcher.pad).long(),
+                         labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.update(job, advance=1, loss=running)
+            done = step + 1
+            if done % recipe.eval_every == 0 or done == recipe.steps:
+                acc = probe_icl_accuracy(model, tokenizer, probe_tasks, seed=recipe.seed)
+                record = {"step": done, "loss": round(running, 4),
+                          "lr": learning_rate(recipe, step), "seconds": round(time.time() - t0, 1),
+                          "heldout_accuracy": {str(k): round(v, 1) for k, v in acc.items()}}
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if progress:
+                    bar.console.print(record)
+            if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+                tmp = ckpt.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "torch_rng": torch.get_rng_state(), "step": done,
+                            "recipe": asdict(recipe)}, tmp)
+                tmp.replace(ckpt)
+    return model
+
+
+def export_world_model(model: LlamaForCausalLM, recipe: WorldModelRecipe, workdir: Path,
+                       target: Path) -> None:
+    """Save model, tokenizer and training log in Hugging Face format (safetensors)."""
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(recipe.seed)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    log = workdir / "training_log.jsonl"
+    if log.exists():
+        (target / "training_log.jsonl").write_text(log.read_text())

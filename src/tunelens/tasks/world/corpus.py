@@ -1,0 +1,125 @@
+"""The world model's training text: sequences of one task's examples in the plain few-shot format.
+
+Every sequence draws a fresh training rule *and fresh label words*, so the only
+way to predict an output is to read the examples before it: that is what makes
+in-context learning emerge. Some sequences start with the task definition,
+some use the Tk-Instruct layout, and some are plain facts ("cat is an
+animal .") that put category knowledge into the model. Only output tokens
+carry loss. Sequences are lists of tokenizer tokens plus a loss mask, built
+directly from words so that a training step costs no tokenizer call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunelens.tasks.world.generator import draw_rule
+from tunelens.tasks.world.lexicon import CATEGORIES, CATEGORY_NOUN, LABEL_WORDS
+from tunelens.tasks.world.rules import Rule
+
+BOS, SEP = "<s>", "\n\n"
+
+
+@dataclass(frozen=True)
+class CorpusMix:
+    """Shares of the sequence kinds in the training text."""
+
+    facts: float = 0.15
+    definition_prefix: float = 0.2  # of task sequences: plain format with a definition first
+    tk_layout: float = 0.1  # of task sequences: Tk-Instruct blocks
+
+
+def _example_tokens(words: list[str], label: str) -> tuple[list[str], list[bool]]:
+    tokens = ["Input:", *words, "Output:", label, SEP]
+    return tokens, [False] * (len(words) + 2) + [True, True]
+
+
+def fact_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[bool]]:
+    """"cat is an animal ." sentences; loss on the category noun phrase."""
+    tokens, mask = [BOS], [False]
+    while True:
+        cat = rng.choice(sorted(CATEGORIES))
+        noun = CATEGORY_NOUN[cat][0].split()
+        piece = [rng.choice(CATEGORIES[cat]), "is", *noun, "."]
+        if len(tokens) + len(piece) > max_tokens:
+            return tokens, mask
+        tokens += piece
+        mask += [False, False] + [True] * len(noun) + [False]
+
+
+def task_sequence(
+    rng: random.Random,
+    rule: Rule,
+    max_tokens: int,
+    *,
+    definition_tokens: list[str] | None,
+    tk_layout: bool,
+) -> tuple[list[str], list[bool]]:
+    """Examples of one rule until the sequence is full."""
+    tokens, mask = [BOS], [False]
+    if definition_tokens:
+        tokens += ["Definition:", *definition_tokens, SEP]
+        mask += [False] * (len(definition_tokens) + 2)
+    block = 0
+    while True:
+        if tk_layout:
+            piece, piece_mask = [], []
+            for i in (1, 2):
+                label = rng.choice(rule.labels)
+                t, m = _example_tokens(rule.sample_input(rng, label), label)
+                piece += ["Positive", "Example", str(i), "-", *t]
+                piece_mask += [False] * 4 + m
+            label = rng.choice(rule.labels)
+            t, m = _example_tokens(rule.sample_input(rng, label), label)
+            head = ["Now", "complete", "the", "following", "example", "-"]
+            piece += head + t
+            piece_mask += [False] * len(head) + m
+        else:
+            label = rng.choice(rule.labels)
+            piece, piece_mask = _example_tokens(rule.sample_input(rng, label), label)
+        if len(tokens) + len(piece) > max_tokens:
+            return tokens, mask
+        tokens += piece
+        mask += piece_mask
+        block += 1
+
+
+def training_sequence(
+    rng: random.Random,
+    *,
+    seed: int,
+    max_tokens: int,
+    tokenize: Callable[[str], list[str]],
+    forbidden_label_sets: frozenset[frozenset[str]],
+    mix: CorpusMix = CorpusMix(),
+) -> tuple[list[str], list[bool]]:
+    """One training sequence of at most ``max_tokens`` tokens."""
+    if rng.random() < mix.facts:
+        return fact_sequence(rng, max_tokens)
+    rule = draw_rule(rng, seed=seed, heldout=False, forbidden_label_sets=forbidden_label_sets)
+    definition = None
+    if rng.random() < mix.definition_prefix:
+        definition = tokenize(rule.definition(rng.randrange(3)))
+    return task_sequence(rng, rule, max_tokens, definition_tokens=definition,
+                         tk_layout=rng.random() < mix.tk_layout)
+
+
+def vocabulary_texts(seed: int) -> list[str]:
+    """Every string whose words the world tokenizer must know."""
+    rng = random.Random(seed)
+    texts = [" ".join(w) for w in CATEGORIES.values()] + [" ".join(LABEL_WORDS)]
+    texts += [" ".join(v) for v in CATEGORY_NOUN.values()] + [" ".join(CATEGORY_NOUN)]
+    for heldout in (False, True):
+        for _ in range(600):
+            rule = draw_rule(rng, seed=seed, heldout=heldout)
+            texts += [rule.definition(t) for t in range(3)]
+            texts.append(f"The rule gives {rule.labels[0]}, not {rule.labels[1]}.")
+    texts += [
+        "Positive Example - Now complete the following example - Explanation: is",
+        " ".join(str(i) for i in range(64)),
+        'Answer "a" or "b". Answer "a", "b" or "c". Answer with a short text. Answer with one of',
+        ". , ; : ! ? - ( ) [ ] ' \" \". \", \"; \": .\" ,\" ).",
+    ]
+    return texts
