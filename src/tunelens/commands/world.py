@@ -1,0 +1,102 @@
+"""`tunelens world ...`: export the instruction world, train and evaluate its model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelens.cli import world_app
+from tunelens.errors import TunelensInputError
+
+
+def parse_shots(text: str) -> tuple[int, ...]:
+    """'0,1,2,4' -> (0, 1, 2, 4), with a clear error for anything else."""
+    try:
+        shots = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise TunelensInputError(f"--shots must be comma-separated integers, got {text!r}") from None
+    if not shots or min(shots) < 0:
+        raise TunelensInputError(f"--shots must list non-negative integers, got {text!r}")
+    return shots
+
+
+@world_app.command("export")
+def export(
+    directory: Annotated[Path, typer.Argument(help="Where to write tasks/ and splits/default/.")],
+    seed: Annotated[int, typer.Option(help="World seed (0 is the shipped world).")] = 0,
+    n_train: Annotated[int, typer.Option(help="Number of training tasks.")] = 60,
+    instances: Annotated[int, typer.Option(help="Instances per task (at most; one-word "
+                                                    "tasks have fewer distinct inputs).")] = 60,
+) -> None:
+    """Write the world's tasks in the Super-NaturalInstructions layout."""
+    from tunelens.tasks.world.export import export_world
+    from tunelens.tasks.world.generator import definition_blind_upper_bound, generate_world
+
+    world = generate_world(seed, n_train=n_train, n_instances=instances)
+    written = export_world(world, directory)
+    bound = definition_blind_upper_bound(world.heldout)
+    typer.echo(f"wrote {len(written)} tasks ({len(world.train)} train, {len(world.heldout)} "
+               f"held-out) to {directory}; definition-blind upper bound on held-out: {bound:.1f}")
+
+
+@world_app.command("path")
+def path() -> None:
+    """Print the directory of the shipped world model."""
+    from tunelens.models.loading import world_model_dir
+
+    typer.echo(str(world_model_dir()))
+
+
+@world_app.command("train-model")
+def train_model(
+    workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
+        "world_train"),
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    install: Annotated[bool, typer.Option(help="Copy the result into the package's assets.")] = False,
+) -> None:
+    """Train the world model from its seed (resumable), then export it in HF format."""
+    from tunelens.models.loading import world_model_dir
+    from tunelens.models.world_model import WorldModelRecipe, export_world_model, train_world_model
+
+    recipe = WorldModelRecipe(seed=seed, steps=steps, threads=threads)
+    model = train_world_model(recipe, workdir)
+    target = world_model_dir() if install else workdir / "export"
+    export_world_model(model, recipe, workdir, target)
+    typer.echo(f"world model written to {target}")
+
+
+@world_app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Option(help="'world' or a local HF model directory.")] = "world",
+    shots: Annotated[str, typer.Option(help="Comma-separated numbers of demonstrations.")] = (
+        "0,1,2,4,8,16"),
+    queries: Annotated[int, typer.Option(help="Queries per task and k.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the demonstration draws.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Few-shot accuracy on the held-out world tasks, with the label-space random baseline."""
+    from tunelens.experiments.world_eval import evaluate_icl
+    from tunelens.models.loading import load_model
+    from tunelens.tasks.world.generator import generate_world
+
+    k_values = parse_shots(shots)
+    loaded = load_model(model)
+    result = evaluate_icl(loaded, generate_world(0).heldout, k_values, queries_per_task=queries,
+                          seed=seed)
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"held-out world tasks: {result.tasks}, {queries} queries each")
+    table.add_column("demonstrations")
+    table.add_column("accuracy", justify="right")
+    for k, acc in result.shots.items():
+        table.add_row(str(k), f"{acc:.1f}")
+    table.add_row("random guess", f"{result.random_baseline:.1f}")
+    Console().print(table)

@@ -1,0 +1,124 @@
+"""Experiment specs: pydantic models of a YAML spec; every default lives here.
+
+A spec has a ``convergence`` section (question 1), an ``audit`` section
+(question 2), or both. Unknown keys are errors (``extra="forbid"``), so a typo
+never silently falls back to a default. ``tasks`` fields take a path (a
+Super-NaturalInstructions file or directory, a split file, a JSONL task) or one
+of the embedded sets ``world:train`` / ``world:heldout``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunelens.errors import TunelensInputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TuningSpec(_Strict):
+    """How a model is tuned (per demonstration set, or multi-task)."""
+
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or all weights.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator.")
+    target_modules: list[str] | None = Field(
+        None, description="Modules that get adapters; default q and v projections.")
+    learning_rate: float = Field(1e-2, gt=0, description="Peak learning rate.")
+    epochs: int = Field(10, ge=1, description="Passes over the tuning data.")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+
+
+class ConvergenceSpec(_Strict):
+    """Question 1: ICL vs IT hidden states. Every list is a sweep (one condition per value)."""
+
+    tasks: str = Field("world:heldout", description="Tasks the demonstrations come from.")
+    n_pairs: int = Field(30, ge=2, description="(demonstration set, anchor) pairs per seed.")
+    anchors_per_set: int = Field(1, ge=1, description="Anchors probed per tuned set.")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Resampling seeds.")
+    k: list[int] = Field([8], min_length=1, description="Demonstrations per set.")
+    flip_fraction: list[float] = Field([0.0], description="Share of demonstrations mislabelled.")
+    relevance: list[Literal["same", "other"]] = Field(
+        ["same"], description="Demonstrations from the same task or another task.")
+    definition: list[bool] = Field([False], description="Task definition in ICL/anchor prompts.")
+    controls: list[Literal["none", "random_init", "shuffled"]] = Field(
+        ["none", "random_init"], description="'none' is the real pipeline; the others are "
+        "controls: a randomly initialised model, and shuffled-token demonstrations.")
+    template: Literal["plain", "tk", "chat"] = Field("plain", description="Prompt template.")
+    tuning: TuningSpec = TuningSpec()
+
+    @field_validator("flip_fraction")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError("fractions must lie in [0, 1]")
+        return v
+
+
+class AuditSpec(_Strict):
+    """Question 2: multi-task tuning grid, zero-shot on held-out tasks."""
+
+    train: str = Field("world:train", description="Training tasks.")
+    test: str = Field("world:heldout", description="Held-out evaluation tasks.")
+    definitions: list[Literal["original", "simplified", "none"]] = Field(
+        ["original", "simplified", "none"], description="Definition variant while tuning.")
+    examples: list[Literal["original", "delusive", "none"]] = Field(
+        ["original", "delusive", "none"], description="Positive-example variant while tuning.")
+    instances_per_task: list[int | Literal["full"]] = Field(
+        [5], description="Training instances per task: low (5), mid, or 'full'.")
+    seeds: list[int] = Field([0], min_length=1, description="Tuning seeds.")
+    n_positive: int = Field(2, ge=0, description="Positive examples in the Tk-Instruct encoding.")
+    eval_instances_per_task: int = Field(50, ge=1, description="Held-out instances scored.")
+    max_new_tokens: int = Field(8, ge=1, description="Bound on generated tokens.")
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for CIs over tasks.")
+    tuning: TuningSpec = TuningSpec(learning_rate=3e-3, epochs=2, batch_size=16)
+
+
+class Spec(_Strict):
+    """A whole study."""
+
+    model: str = Field("world", description="'world' or a local Hugging Face model directory.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
+    device: str = Field("cpu", description="torch device.")
+    seed: int = Field(0, description="Base seed.")
+    convergence: ConvergenceSpec | None = None
+    audit: AuditSpec | None = None
+    note: str = Field("", description="Free text shown in the report.")
+
+
+def default_spec() -> Spec:
+    """The embedded default: both studies on the world model, sized for 2 CPU cores."""
+    return Spec(
+        convergence=ConvergenceSpec(),
+        audit=AuditSpec(),
+        note="Embedded default: the world model and world tasks; sized to finish in about "
+        "15 minutes on 2 CPU cores.",
+    )
+
+
+def load_spec(path: Path) -> Spec:
+    """Parse and validate a YAML spec; errors name the file and the key path."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise TunelensInputError("no such spec file", source=str(path)) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise TunelensInputError(f"invalid YAML: {getattr(error, 'problem', error)}",
+                                 source=str(path), where=where) from None
+    if not isinstance(data, dict):
+        raise TunelensInputError("a spec must be a mapping of keys", source=str(path))
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TunelensInputError(first["msg"], source=str(path), where=where) from None
