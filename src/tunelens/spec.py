@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelens.errors import TunelensInputError
 
@@ -40,6 +47,11 @@ class ConvergenceSpec(_Strict):
     """Question 1: ICL vs IT hidden states. Every list is a sweep (one condition per value)."""
 
     tasks: str = Field("world:heldout", description="Tasks the demonstrations come from.")
+    models: list[str] = Field(
+        [], description="Models to sweep; empty means the spec's top-level model.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype; empty means the spec's.")
+    device: str | None = Field(None, description="torch device; empty means the spec's.")
     n_pairs: int = Field(30, ge=2, description="(demonstration set, anchor) pairs per seed.")
     anchors_per_set: int = Field(1, ge=1, description="Anchors probed per tuned set.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Resampling seeds.")
@@ -65,6 +77,10 @@ class ConvergenceSpec(_Strict):
 class AuditSpec(_Strict):
     """Question 2: multi-task tuning grid, zero-shot on held-out tasks."""
 
+    model: str | None = Field(None, description="Model to tune; empty means the spec's.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype; empty means the spec's.")
+    device: str | None = Field(None, description="torch device; empty means the spec's.")
     train: str = Field("world:train", description="Training tasks.")
     test: str = Field("world:heldout", description="Held-out evaluation tasks.")
     definitions: list[Literal["original", "simplified", "none"]] = Field(
@@ -91,6 +107,24 @@ class Spec(_Strict):
     convergence: ConvergenceSpec | None = None
     audit: AuditSpec | None = None
     note: str = Field("", description="Free text shown in the report.")
+
+    @model_validator(mode="after")
+    def _fill_sections(self) -> Spec:
+        """Sections inherit model, dtype and device, so each cell's key names its model."""
+        common = {"dtype": self.dtype, "device": self.device}
+        if self.convergence is not None:
+            c = self.convergence
+            update = {k: v for k, v in common.items() if getattr(c, k) is None}
+            if not c.models:
+                update["models"] = [self.model]
+            object.__setattr__(self, "convergence", c.model_copy(update=update))
+        if self.audit is not None:
+            a = self.audit
+            update = {k: v for k, v in common.items() if getattr(a, k) is None}
+            if a.model is None:
+                update["model"] = self.model
+            object.__setattr__(self, "audit", a.model_copy(update=update))
+        return self
 
 
 def default_spec() -> Spec:
