@@ -1,0 +1,308 @@
+"""Question 1: does in-context learning move hidden states where instruction tuning does?
+
+For each (demonstration set, anchor) pair the model produces three hidden
+states at the last prompt token, at every layer:
+
+- ``anchor``: the base model on the anchor query alone;
+- ``icl``: the base model on the k demonstrations followed by the anchor query;
+- ``it``: the model tuned on those k demonstrations, on the anchor query alone.
+
+A set is tuned once and probed with every anchor paired with it. Sampling
+depends only on (seed, k, relevance), so conditions that differ in flips,
+definition or control are measured on the same draws (a paired design).
+Cell results hold per-pair cosines; statistics are computed when cells are
+aggregated, pooled over seeds and per seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tunelens.experiments.base import Cell, RunContext
+from tunelens.measures.similarity import cosine_per_layer, linear_cka_per_layer
+from tunelens.measures.stats import holm, mean_ci, paired_wilcoxon_greater
+from tunelens.measures.text import exact_match
+from tunelens.prompts import PromptStyle, render_prompt, render_target
+from tunelens.spec import ConvergenceSpec, TuningSpec
+from tunelens.tasks.types import Example, Instance, Task
+
+PAIRS = ("icl_it", "anchor_icl", "anchor_it")
+COMPARISONS = {"icl_it>anchor_icl": ("icl_it", "anchor_icl"),
+               "icl_it>anchor_it": ("icl_it", "anchor_it")}
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """k demonstrations and the anchors probed with them (disjoint from the demos)."""
+
+    task: Task
+    demos: tuple[Example, ...]
+    anchors: tuple[Instance, ...]
+
+
+def sample_demo_sets(
+    tasks: Sequence[Task],
+    *,
+    n_pairs: int,
+    anchors_per_set: int,
+    k: int,
+    relevance: str,
+    seed: int,
+) -> list[DemoSet]:
+    """Seeded demonstration sets; with relevance 'other' demos come from another task."""
+    rng = random.Random(f"convergence|{seed}|{k}|{relevance}")
+    usable = [t for t in tasks if len(t.instances) >= k + anchors_per_set]
+    if not usable:
+        raise ValueError(f"no task has the {k + anchors_per_set} instances that k={k} needs")
+    if relevance == "other" and len(usable) < 2:
+        raise ValueError("relevance 'other' needs at least two tasks")
+    order = rng.sample(usable, len(usable))
+    sets = []
+    n_sets = -(-n_pairs // anchors_per_set)
+    for j in range(n_sets):
+        task = order[j % len(order)]
+        pool = list(task.instances)
+        rng.shuffle(pool)
+        anchors = tuple(pool[:anchors_per_set])
+        source_pool = pool[anchors_per_set:]
+        if relevance == "other":
+            other = rng.choice([t for t in usable if t.name != task.name])
+            source_pool = rng.sample(list(other.instances), len(other.instances))
+        demos = tuple(Example(i.input, i.outputs[0]) for i in source_pool[:k])
+        sets.append(DemoSet(task, demos, anchors))
+    return sets
+
+
+def flip_demos(demos: Sequence[Example], labels: Sequence[str] | None, fraction: float,
+               rng: random.Random) -> tuple[Example, ...]:
+    """Give round(fraction * k) demonstrations a wrong label of the same space."""
+    demos = list(demos)
+    n_flip = round(fraction * len(demos))
+    if n_flip == 0 or not labels or len(labels) < 2:
+        return tuple(demos)
+    for i in rng.sample(range(len(demos)), n_flip):
+        wrong = [label for label in labels if label != demos[i].output]
+        demos[i] = Example(demos[i].input, rng.choice(wrong), demos[i].explanation)
+    return tuple(demos)
+
+
+def shuffle_demo_tokens(demos: Sequence[Example], rng: random.Random) -> tuple[Example, ...]:
+    """Pool the words of all demonstrations and deal them back at random (same lengths)."""
+    pieces = [(d.input.split(), d.output.split()) for d in demos]
+    words = [w for inp, out in pieces for w in inp + out]
+    rng.shuffle(words)
+    out, pos = [], 0
+    for inp, outp in pieces:
+        new_in = words[pos: pos + len(inp)]
+        pos += len(inp)
+        new_out = words[pos: pos + len(outp)]
+        pos += len(outp)
+        out.append(Example(" ".join(new_in), " ".join(new_out)))
+    return tuple(out)
+
+
+def tuning_config(spec: TuningSpec, seed: int):
+    """The models.tuning config for a spec's tuning section."""
+    from tunelens.models.tuning import TuningConfig
+
+    fields = spec.model_dump()
+    return TuningConfig(**{k: v for k, v in fields.items() if v is not None}, seed=seed)
+
+
+def _prompt_style(template: str, definition: bool) -> PromptStyle:
+    return PromptStyle(template=template, definition=definition, n_positive=0)
+
+
+def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int,
+                         progress=None) -> dict[str, Any]:
+    """One condition and seed: per-pair cosines per layer, CKA per layer, accuracies."""
+    from tunelens.models.controls import random_init_like
+    from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.predict import generate_predictions
+    from tunelens.models.tuning import tune_on_pairs
+
+    if params["control"] == "random_init":
+        loaded = random_init_like(loaded, seed=10_000 + seed)
+    sets = sample_demo_sets(tasks, n_pairs=params["n_pairs"],
+                            anchors_per_set=params["anchors_per_set"], k=params["k"],
+                            relevance=params["relevance"], seed=seed)
+    rng = random.Random(f"corrupt|{seed}|{params['flip_fraction']}|{params['control']}")
+    style = _prompt_style(params["template"], params["definition"])
+    # IT sees each demonstration as a zero-shot example: the anchor prompt's format.
+    tune_style = style
+    anchor_prompts, icl_prompts, references, owners = [], [], [], []
+    tuning_sets = []
+    for j, demo_set in enumerate(sets):
+        demos = flip_demos(demo_set.demos, demo_set.task.labels, params["flip_fraction"], rng)
+        if params["control"] == "shuffled":
+            demos = shuffle_demo_tokens(demos, rng)
+        tuning_sets.append([(render_prompt(demo_set.task, d.input, [], tune_style),
+                             render_target(d.output)) for d in demos])
+        for anchor in demo_set.anchors:
+            anchor_prompts.append(render_prompt(demo_set.task, anchor.input, [], style))
+            icl_prompts.append(render_prompt(demo_set.task, anchor.input, demos, style))
+            references.append(anchor.outputs)
+            owners.append(j)
+    anchor_prompts, icl_prompts = anchor_prompts[: params["n_pairs"]], icl_prompts[: params["n_pairs"]]
+    references, owners = references[: params["n_pairs"]], owners[: params["n_pairs"]]
+
+    h_anchor = capture_last_token_states(loaded, anchor_prompts).numpy()
+    h_icl = capture_last_token_states(loaded, icl_prompts).numpy()
+    max_new = params.get("max_new_tokens", 8)
+    pred_anchor = generate_predictions(loaded, anchor_prompts, max_new_tokens=max_new)
+    pred_icl = generate_predictions(loaded, icl_prompts, max_new_tokens=max_new)
+
+    h_it = np.zeros_like(h_anchor)
+    pred_it: list[str] = [""] * len(anchor_prompts)
+    config = tuning_config(TuningSpec(**params["tuning"]), seed)
+    for j, pairs in enumerate(tuning_sets):
+        rows = [i for i, owner in enumerate(owners) if owner == j]
+        if not rows:
+            continue
+        tuned = tune_on_pairs(loaded, pairs, config)
+        try:
+            probe = tuned.as_loaded()
+            prompts = [anchor_prompts[i] for i in rows]
+            h_it[rows] = capture_last_token_states(probe, prompts).numpy()
+            for i, pred in zip(rows, generate_predictions(probe, prompts, max_new_tokens=max_new),
+                               strict=True):
+                pred_it[i] = pred
+        finally:
+            tuned.unload()
+        if progress is not None:
+            progress(j + 1, len(tuning_sets))
+
+    cos = {
+        "icl_it": cosine_per_layer(h_icl, h_it),
+        "anchor_icl": cosine_per_layer(h_anchor, h_icl),
+        "anchor_it": cosine_per_layer(h_anchor, h_it),
+    }
+    cka = {
+        "icl_it": linear_cka_per_layer(h_icl, h_it),
+        "anchor_icl": linear_cka_per_layer(h_anchor, h_icl),
+        "anchor_it": linear_cka_per_layer(h_anchor, h_it),
+    }
+    correct = {
+        name: [exact_match(p, r) for p, r in zip(preds, references, strict=True)]
+        for name, preds in (("anchor", pred_anchor), ("icl", pred_icl), ("it", pred_it))
+    }
+    return {
+        "n_pairs": len(anchor_prompts),
+        "n_layers": int(h_anchor.shape[1]),
+        "cos": {name: np.round(v, 7).tolist() for name, v in cos.items()},
+        "cka": {name: [round(float(x), 7) for x in v] for name, v in cka.items()},
+        "correct": correct,
+        "tasks": [sets[o].task.name for o in owners],
+    }
+
+
+def _layer_stats(cos: dict[str, np.ndarray], seed: int) -> list[dict[str, Any]]:
+    """Per-layer means with bootstrap CIs and Holm-corrected one-sided Wilcoxon tests."""
+    n_layers = cos["icl_it"].shape[1]
+    layers: list[dict[str, Any]] = []
+    raw: dict[str, list] = {name: [] for name in COMPARISONS}
+    for layer in range(n_layers):
+        entry: dict[str, Any] = {"layer": layer}
+        for name in PAIRS:
+            entry[f"cos_{name}"] = mean_ci(cos[name][:, layer], seed=seed)
+        entry["wilcoxon"] = {}
+        for comp, (x, y) in COMPARISONS.items():
+            test = paired_wilcoxon_greater(cos[x][:, layer], cos[y][:, layer])
+            raw[comp].append(test)
+            entry["wilcoxon"][comp] = {"statistic": float(test.statistic), "p": float(test.p),
+                                       "effect": float(test.effect)}
+        layers.append(entry)
+    for comp, tests in raw.items():
+        adjusted = holm([t.p for t in tests])
+        for layer, p_holm in enumerate(adjusted):
+            layers[layer]["wilcoxon"][comp]["p_holm"] = float(p_holm)
+    return layers
+
+
+def condition_of(params: dict[str, Any]) -> dict[str, Any]:
+    """The factor values that name a condition (seed excluded)."""
+    return {key: params[key] for key in
+            ("model", "k", "flip_fraction", "relevance", "definition", "control")}
+
+
+def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One results.json entry per condition, pooled over seeds, with per-seed statistics."""
+    groups: dict[str, list[tuple[Cell, dict[str, Any]]]] = {}
+    for cell, result in results:
+        key = repr(sorted(condition_of(cell.params).items()))
+        groups.setdefault(key, []).append((cell, result))
+    entries = []
+    for members in groups.values():
+        members.sort(key=lambda m: m[0].seed)
+        cos = {n: np.concatenate([np.asarray(r["cos"][n]) for _, r in members]) for n in PAIRS}
+        correct = {n: np.concatenate([np.asarray(r["correct"][n]) for _, r in members])
+                   for n in ("anchor", "icl", "it")}
+        cka = {n: np.mean([r["cka"][n] for _, r in members], axis=0) for n in PAIRS}
+        layers = _layer_stats(cos, seed=0)
+        for entry in layers:
+            entry.update({f"cka_{n}": round(float(cka[n][entry["layer"]]), 6) for n in PAIRS})
+        per_seed = []
+        for cell, result in members:
+            seed_cos = {n: np.asarray(result["cos"][n]) for n in PAIRS}
+            per_seed.append({"seed": cell.seed, "n_pairs": result["n_pairs"],
+                             "layers": _layer_stats(seed_cos, seed=cell.seed)})
+        entries.append({
+            "condition": condition_of(members[0][0].params),
+            "n_pairs": int(cos["icl_it"].shape[0]),
+            "seeds": [cell.seed for cell, _ in members],
+            "accuracy": {n: mean_ci(v, seed=0) for n, v in correct.items()},
+            "layers": layers,
+            "per_seed": per_seed,
+        })
+    return entries
+
+
+class ConvergenceExperiment:
+    """The convergence study as cells for ``tunelens.runs``."""
+
+    name = "convergence"
+
+    def cells(self, section: ConvergenceSpec) -> list[Cell]:
+        cells = []
+        for model in section.models:
+            for k in section.k:
+                for flip in section.flip_fraction:
+                    for relevance in section.relevance:
+                        for definition in section.definition:
+                            for control in section.controls:
+                                for seed in section.seeds:
+                                    params = {
+                                        "model": model, "dtype": section.dtype,
+                                        "device": section.device, "tasks": section.tasks,
+                                        "n_pairs": section.n_pairs,
+                                        "anchors_per_set": section.anchors_per_set,
+                                        "template": section.template, "k": k,
+                                        "flip_fraction": flip, "relevance": relevance,
+                                        "definition": definition, "control": control,
+                                        "tuning": section.tuning.model_dump(),
+                                    }
+                                    name = (f"{model} k={k} flip={flip} {relevance} "
+                                            f"def={definition} {control} seed={seed}")
+                                    cells.append(Cell("convergence", name, params, seed))
+        return cells
+
+    def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
+        from tunelens.tasks.sets import load_task_set
+
+        p = cell.params
+        loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
+        tasks = load_task_set(p["tasks"])
+
+        def report(done: int, total: int) -> None:
+            context.progress(f"tuning sets ({cell.name})", done, total)
+
+        return run_convergence_cell(loaded, tasks, p, cell.seed, progress=report)
+
+    def aggregate(self, section: ConvergenceSpec,
+                  results: list[tuple[Cell, dict[str, Any]]]) -> dict[str, Any]:
+        return {"convergence": aggregate_convergence(results)}
