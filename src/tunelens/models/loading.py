@@ -1,0 +1,281 @@
+"""Loading a model and its tokenizer: the embedded world model or any local HF directory.
+
+tunelens never downloads: every load is ``local_files_only=True``, weights come
+from safetensors only (a pickle checkpoint can run code), and
+``trust_remote_code`` stays off unless the user turns it on. Every way a model
+directory can be unusable becomes a :class:`~tunelens.errors.TunelensInputError`
+that names the directory, so the CLI exits with status 2 and one clear line.
+
+Padding: the tokenizer of a causal LM is set to pad on the **left**, because
+batched generation needs the prompts to end at the same position;
+:mod:`tunelens.models.hidden_states` finds the last real token from the
+attention mask and passes matching position ids, so it is right with either
+side. Encoder-decoders pad on the right (the encoder sees the whole prompt at
+once and the decoder starts from its own start token). A tokenizer without a
+pad token gets its end-of-sequence token as pad; the attention mask, never the
+token id, tells padding from text, so a real end-of-sequence token in a prompt
+is not mistaken for padding.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+import tunelens
+from tunelens.errors import TunelensInputError
+
+ModelKind = Literal["causal", "seq2seq"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+WORLD = "world"
+
+# Files of which at least one must be present for AutoTokenizer to have something to load.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "spiece.model",
+    "vocab.txt",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode, its (pad-ready) tokenizer, its kind and a display name."""
+
+    model: Any  # a transformers PreTrainedModel (or a PEFT wrapper of one)
+    tokenizer: Any  # a transformers tokenizer with a pad token
+    kind: ModelKind
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (inputs must be moved there)."""
+        return next(self.model.parameters()).device
+
+
+def world_model_dir() -> Path:
+    """The directory of the embedded world model inside the installed package."""
+    return Path(tunelens.__file__).parent / "assets" / "world_model"
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """``"world"`` -> the embedded model; anything else is a local directory path."""
+    if name_or_path == WORLD:
+        directory = world_model_dir()
+        if not (directory / "config.json").is_file():
+            raise TunelensInputError(
+                "the embedded world model is not installed; train it with "
+                "`tunelens world train-model --install` or give a local model directory",
+                source=str(directory),
+            )
+        return directory
+    directory = Path(name_or_path).expanduser()
+    if not directory.exists():
+        raise TunelensInputError(
+            "model directory does not exist (tunelens never downloads; give 'world' or a "
+            "local Hugging Face model directory)",
+            source=str(directory),
+        )
+    if not directory.is_dir():
+        raise TunelensInputError(
+            "not a directory; a model is a Hugging Face model directory", source=str(directory)
+        )
+    if not (directory / "config.json").is_file():
+        raise TunelensInputError(
+            "no config.json; not a Hugging Face model directory", source=str(directory)
+        )
+    return directory
+
+
+def parse_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype for a dtype name, or a TunelensInputError listing the valid ones."""
+    if dtype not in DTYPES:
+        raise TunelensInputError(
+            f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}", where="dtype"
+        )
+    return DTYPES[dtype]
+
+
+def parse_device(device: str) -> torch.device:
+    """A torch device that exists on this machine, or a TunelensInputError."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise TunelensInputError(f"unknown device {device!r}: {error}", where="device") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise TunelensInputError(
+            f"device {device!r} requested but CUDA is not available", where="device"
+        )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise TunelensInputError(
+            f"device {device!r} requested but MPS is not available", where="device"
+        )
+    return parsed
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (the CLI prints one line), shortened."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind_of(config: Any) -> ModelKind:
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def _check_architecture(
+    config: Any, kind: ModelKind, directory: Path, trust_remote_code: bool
+) -> None:
+    """Refuse configs that no causal-LM / seq2seq-LM class can load, before reading weights."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+    )
+
+    mapping = (
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if kind == "seq2seq" else MODEL_FOR_CAUSAL_LM_MAPPING
+    )
+    auto_class = "AutoModelForSeq2SeqLM" if kind == "seq2seq" else "AutoModelForCausalLM"
+    if type(config) in mapping:
+        return
+    if trust_remote_code and auto_class in (getattr(config, "auto_map", None) or {}):
+        return
+    model_type = getattr(config, "model_type", "?")
+    raise TunelensInputError(
+        f"unsupported architecture: model_type {model_type!r} is neither a causal LM nor an "
+        "encoder-decoder LM that transformers can load",
+        source=str(directory / "config.json"),
+    )
+
+
+def _check_weights(directory: Path) -> None:
+    """Safetensors only: a directory with just pickle weights is refused with a clear line."""
+    if any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for p in directory.glob("*.bin")) + sorted(
+        p.name for p in directory.glob("*.pt")
+    )
+    found = f" (found {', '.join(pickles[:3])}; convert them to safetensors)" if pickles else ""
+    raise TunelensInputError(
+        f"no .safetensors weights; tunelens loads safetensors only{found}", source=str(directory)
+    )
+
+
+def prepare_tokenizer(tokenizer: Any, kind: ModelKind, source: str) -> Any:
+    """Give the tokenizer a pad token and the padding side that suits ``kind`` (in place).
+
+    Causal: left padding (what batched generation needs; hidden-state capture
+    handles either side). Seq2seq: right padding.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise TunelensInputError(
+                "tokenizer has neither a pad token nor an end-of-sequence token to pad with",
+                source=source,
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left" if kind == "causal" else "right"
+    return tokenizer
+
+
+def _sync_pad_id(model: Any, tokenizer: Any) -> None:
+    """Let generation know the pad id when the model's own configs leave it unset."""
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``"world"`` or a local HF causal-LM / encoder-decoder directory, in eval mode.
+
+    ``config.is_encoder_decoder`` decides between AutoModelForSeq2SeqLM and
+    AutoModelForCausalLM. Raises TunelensInputError for a missing or unusable
+    directory, an unsupported architecture, missing safetensors weights, a
+    tokenizer that cannot pad, or an unknown dtype or device.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
+
+    torch_dtype = parse_dtype(dtype)
+    torch_device = parse_device(device)
+    directory = resolve_model_path(name_or_path)
+    source = str(directory)
+    common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(directory, **common)
+    except json.JSONDecodeError as error:
+        raise TunelensInputError(
+            f"config.json is not valid JSON: {error}", source=str(directory / "config.json")
+        ) from None
+    except (OSError, ValueError, KeyError) as error:
+        raise TunelensInputError(
+            f"unsupported architecture or unreadable config: {_one_line(error)}",
+            source=str(directory / "config.json"),
+        ) from None
+    kind = _kind_of(config)
+    _check_architecture(config, kind, directory, trust_remote_code)
+    _check_weights(directory)
+
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise TunelensInputError(
+            f"no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})", source=source
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, **common)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise TunelensInputError(
+            f"cannot load the tokenizer: {_one_line(error)}", source=source
+        ) from None
+    prepare_tokenizer(tokenizer, kind, source)
+
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(
+            directory, config=config, dtype=torch_dtype, use_safetensors=True, **common
+        )
+    except (OSError, ValueError) as error:
+        raise TunelensInputError(
+            f"cannot load the model weights: {_one_line(error)}", source=source
+        ) from None
+    model.to(torch_device)
+    model.eval()
+    _sync_pad_id(model, tokenizer)
+    name = WORLD if name_or_path == WORLD else str(directory)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
+
+
+def load_model_from_objects(
+    model: Any, tokenizer: Any, *, name: str = "in-memory", kind: ModelKind | None = None
+) -> LoadedModel:
+    """Wrap an in-memory model and tokenizer (tests, tiny in-code models) like ``load_model``.
+
+    The kind comes from ``config.is_encoder_decoder`` unless given; the tokenizer
+    gets the same pad token and padding side as in ``load_model``.
+    """
+    kind = kind or _kind_of(model.config)
+    prepare_tokenizer(tokenizer, kind, name)
+    model.eval()
+    _sync_pad_id(model, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name)

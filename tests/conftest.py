@@ -1,0 +1,136 @@
+"""Shared fixtures: tiny randomly initialised HF models and a word-level tokenizer, built offline.
+
+``tiny_model("llama" | "gpt2" | "qwen2" | "t5")`` returns ``(model, tokenizer)``
+in eval mode, seeded. The tokenizers mimic their families' special-token
+habits (Llama prepends BOS, T5 appends ``</s>``, GPT-2 has no pad token), so
+code under test meets the same situations as with the real ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+ARCHITECTURES = ("llama", "gpt2", "qwen2", "t5")
+
+# One string split on spaces: easier to read and extend than a long list literal.
+_WORD_TEXT = (
+    "the a cat dog bird fish red blue green small big runs sits eats sleeps on under mat tree "
+    "river house yes no maybe Input Output Definition label is it one two three four five and "
+    "or not apple pear knife spoon hammer colour animal fruit tool word first last"
+)
+WORDS = tuple(_WORD_TEXT.split())
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "<s>", "</s>"
+
+
+def build_tokenizer(*, bos: bool = False, eos_suffix: bool = False, pad: bool = True):
+    """A word-level PreTrainedTokenizerFast (whitespace + punctuation split), no files needed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, EOS, ":", ".", ",", "?", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.add_special_tokens([PAD, UNK, BOS, EOS])
+    single = " ".join(([BOS] if bos else []) + ["$A"] + ([EOS] if eos_suffix else []))
+    core.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD if pad else None,
+        model_max_length=128,
+    )
+
+
+def build_tiny_model(arch: str, seed: int = 0):
+    """(model, tokenizer) for a tiny random config of ``arch``; hidden 32, 2 layers."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        tokenizer = build_tokenizer(bos=True)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+        )
+        model = LlamaForCausalLM(config)
+    elif arch == "gpt2":
+        tokenizer = build_tokenizer(pad=False)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            initializer_range=0.2,
+            bos_token_id=3,
+            eos_token_id=3,
+        )
+        model = GPT2LMHeadModel(config)
+    elif arch == "qwen2":
+        tokenizer = build_tokenizer()
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            eos_token_id=3,
+            pad_token_id=0,
+        )
+        model = Qwen2ForCausalLM(config)
+    elif arch == "t5":
+        tokenizer = build_tokenizer(eos_suffix=True)
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=3,
+        )
+        model = T5ForConditionalGeneration(config)
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}")
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory fixture: ``tiny_model(arch, seed=0) -> (model, tokenizer)``."""
+    return build_tiny_model
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    """Factory fixture: ``tiny_tokenizer(bos=..., eos_suffix=..., pad=...)``."""
+    return build_tokenizer
