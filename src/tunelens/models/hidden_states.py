@@ -211,6 +211,8 @@ def capture_with_shared_prefix(
         output_hidden_states=True,
     )
     cache = prefix_out.past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):  # no reusable KV cache
+        return capture_last_token_states(loaded, prompts, batch_size)
     prefix_last = (
         _gather(prefix_out.hidden_states, torch.tensor([len(prefix_ids) - 1], device=device))
         .float()
