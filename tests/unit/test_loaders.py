@@ -276,3 +276,18 @@ def test_path_errors(tmp_path):
     (tmp_path / "b.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(TunelensInputError, match="UTF-8"):
         load_tasks(tmp_path / "b.json")
+
+
+def test_exported_world_tasks_load_back_unchanged(tmp_path):
+    from tunelens.tasks.world.export import export_world
+    from tunelens.tasks.world.generator import generate_world
+
+    world = generate_world(0)
+    export_world(world, tmp_path)
+    loaded = load_split(tmp_path, "default", "train") + load_split(tmp_path, "default", "test")
+    originals = {t.name: t for t in world.train + world.heldout}
+    assert [t.name for t in loaded] == [t.name for t in world.train + world.heldout]
+    for task in loaded:
+        original = originals[task.name]
+        assert task.with_changes(source=original.source) == original  # labels derived alike
+        assert task.metadata == original.metadata

@@ -35,7 +35,7 @@ PathLike = str | Path
 def read_text(path: Path) -> str:
     """The file's text, with clear errors for a missing, unreadable, binary or empty file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except FileNotFoundError:
         raise TunelensInputError("no such file or directory", source=str(path)) from None
     except UnicodeDecodeError as error:
