@@ -1,0 +1,60 @@
+"""`tunelens run` and `tunelens report`: a whole study in one command, and its report."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunelens.cli import app
+
+
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command("run")
+def run(
+    spec: Annotated[
+        Path | None,
+        typer.Argument(
+            help="YAML spec; omitted: the embedded default (both studies, world model).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory; re-run to resume.")] = ...,
+    executor: Annotated[
+        ExecutorName, typer.Option(help="Where cells run: in this process, or as Ray tasks.")
+    ] = ExecutorName.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster address (e.g. 'auto', 'ray://head:10001'); "
+            "default: a local Ray instance."
+        ),
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Run every unfinished cell of a study, then write results.json and report.html."""
+    from tunelens.report.html import build_report
+    from tunelens.runs.study import RESULTS, run_study
+    from tunelens.spec import default_spec, load_spec
+
+    loaded = default_spec() if spec is None else load_spec(spec)
+    run_study(loaded, out, executor=executor.value, address=address, progress=not no_progress)
+    report = build_report(out)
+    typer.echo(f"results: {out / RESULTS}")
+    typer.echo(f"report:  {report}")
+
+
+@app.command("report")
+def report(
+    directory: Annotated[Path, typer.Argument(help="A run directory holding results.json.")],
+) -> None:
+    """Rebuild DIR/report.html (and DIR/plots/) from DIR/results.json."""
+    from tunelens.report.html import build_report
+
+    typer.echo(f"report: {build_report(directory)}")

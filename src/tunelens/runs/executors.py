@@ -1,0 +1,263 @@
+"""Executors: where cells run. In this process, in order (local), or as Ray tasks (ray).
+
+Cells are independent, so spreading them needs no coordination beyond the
+store: every executor writes each finished cell to the store *as it
+completes*, from the driver, so a killed run loses only the cells in flight
+and a Ray cluster needs no shared file system. Models are loaded through a
+cache (one per process: the driver for ``local``, each Ray worker for ``ray``),
+so cells on the same model load it once. A cell must not leave a cached model
+changed (tuning works on a copy or an adapter that it removes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tunelens.errors import TunelensInputError
+from tunelens.experiments.base import Cell, Experiment, RunContext
+from tunelens.runs.store import CellStore
+
+StepCallback = Callable[[str, int, int], None]  # (label, done, total) inside one cell
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell to compute and the experiment that knows how."""
+
+    experiment: Experiment
+    cell: Cell
+
+
+CellCallback = Callable[[Job, float], None]  # (finished job, seconds it took)
+
+
+class Executor(Protocol):
+    """Runs jobs and writes each result to the store as soon as it is finished."""
+
+    name: str
+
+    def run(
+        self,
+        jobs: Sequence[Job],
+        store: CellStore,
+        *,
+        on_done: CellCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        """Compute every job; on return all of them are in the store (or an error was raised)."""
+
+
+class ModelCache:
+    """``load_model`` with memory: one load per (model, dtype, device) in this process."""
+
+    def __init__(self, loader: Callable[..., Any] | None = None):
+        self._loader = loader
+        self._models: dict[tuple[Any, ...], Any] = {}
+
+    def __call__(
+        self, name: str, dtype: str = "float32", device: str = "cpu", **options: Any
+    ) -> Any:
+        key = (name, dtype, device, tuple(sorted(options.items())))
+        if key not in self._models:
+            loader = self._loader
+            if loader is None:
+                from tunelens.models.loading import load_model as loader
+            self._models[key] = loader(name, dtype=dtype, device=device, **options)
+        return self._models[key]
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def _context(cell: Cell, cache: ModelCache, on_step: StepCallback | None) -> RunContext:
+    params = cell.params if isinstance(cell.params, dict) else {}
+    return RunContext(
+        load_model=cache,
+        progress=on_step or (lambda label, done, total: None),
+        device=str(params.get("device") or "cpu"),
+        dtype=str(params.get("dtype") or "float32"),
+    )
+
+
+class LocalExecutor:
+    """Cells one after the other in this process, sharing one model cache."""
+
+    name = "local"
+
+    def __init__(self, load_model: Callable[..., Any] | None = None):
+        self.cache = ModelCache(load_model)
+
+    def run(
+        self,
+        jobs: Sequence[Job],
+        store: CellStore,
+        *,
+        on_done: CellCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        for job in jobs:
+            start = time.perf_counter()
+            result = job.experiment.run_cell(job.cell, _context(job.cell, self.cache, on_step))
+            store.write(job.cell, result)
+            if on_done is not None:
+                on_done(job, time.perf_counter() - start)
+
+
+# One cache per Ray worker process: a worker that runs several cells of one model loads it once.
+_WORKER_CACHE: ModelCache | None = None
+
+
+def _run_on_worker(experiment: Experiment, cell: Cell) -> tuple[dict[str, Any], float]:
+    """The body of a Ray task: run one cell with this worker's model cache."""
+    global _WORKER_CACHE
+    if _WORKER_CACHE is None:
+        _WORKER_CACHE = ModelCache()
+    start = time.perf_counter()
+    result = experiment.run_cell(cell, _context(cell, _WORKER_CACHE, None))
+    return result, time.perf_counter() - start
+
+
+def import_ray() -> Any:
+    """``ray``, or a TunelensInputError that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise TunelensInputError(
+            "the ray executor needs Ray, which is not installed; "
+            "install it with `pip install 'tunelens[ray]'` or use --executor local",
+            where="--executor ray",
+        ) from None
+    return ray
+
+
+def _cell_gpus(cell: Cell) -> float:
+    """A cell whose device is CUDA asks Ray for one GPU; others for none."""
+    device = str(cell.params.get("device") or "cpu") if isinstance(cell.params, dict) else "cpu"
+    return 1.0 if device.startswith("cuda") else 0.0
+
+
+class RayExecutor:
+    """Each cell one Ray task, on a cluster (``address``) or on a local Ray instance.
+
+    ``address=None`` starts a private local instance with ``num_cpus`` CPUs
+    (default: at most 2) and no dashboard; it is shut down after the run.
+    ``address="auto"`` or ``"ray://host:10001"`` joins an existing cluster,
+    whose workers must have tunelens (and the models' directories) installed.
+    If Ray is already initialised in this process, that instance is used.
+    Each task asks for one CPU, and one GPU when its cell's device is CUDA
+    (``gpus_per_cell`` overrides).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        gpus_per_cell: float | None = None,
+    ):
+        self.address = address
+        self.num_cpus = num_cpus
+        self.gpus_per_cell = gpus_per_cell
+
+    def _init(self, ray: Any) -> bool:
+        """Connect or start Ray; True when this executor started it (and must shut it down)."""
+        if ray.is_initialized():
+            return False
+        common = {"log_to_driver": False, "configure_logging": False}
+        if self.address:
+            try:
+                ray.init(address=self.address, **common)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise TunelensInputError(
+                    f"cannot connect to the Ray cluster: {' '.join(str(error).split())[:300]}",
+                    where=f"--address {self.address}",
+                ) from None
+            return True
+        num_cpus = self.num_cpus or max(1, min(2, os.cpu_count() or 1))
+        # Local workers import the same code as this driver (an editable checkout, a test's
+        # helper module) because they get the driver's import path.
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=200 * 1024 * 1024,
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+            **common,
+        )
+        return True
+
+    def run(
+        self,
+        jobs: Sequence[Job],
+        store: CellStore,
+        *,
+        on_done: CellCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        if not jobs:
+            return
+        ray = import_ray()
+        started = self._init(ray)
+        try:
+            remote = ray.remote(_run_on_worker)
+            pending: dict[Any, Job] = {}
+            for job in jobs:
+                gpus = (
+                    self.gpus_per_cell if self.gpus_per_cell is not None else _cell_gpus(job.cell)
+                )
+                ref = remote.options(num_cpus=1, num_gpus=gpus, max_retries=0).remote(
+                    job.experiment, job.cell
+                )
+                pending[ref] = job
+            try:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in done:
+                        job = pending.pop(ref)
+                        result, seconds = _get(ray, ref)
+                        store.write(job.cell, result)
+                        if on_done is not None:
+                            on_done(job, seconds)
+            except BaseException:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _get(ray: Any, ref: Any) -> tuple[dict[str, Any], float]:
+    """``ray.get`` that re-raises a cell's own error (bad input stays exit status 2)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, *, address: str | None = None) -> Executor:
+    """An executor by its CLI name."""
+    if name == "local":
+        if address:
+            raise TunelensInputError("--address needs --executor ray", where="--address")
+        return LocalExecutor()
+    if name == "ray":
+        import_ray()
+        return RayExecutor(address)
+    raise TunelensInputError(
+        f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}", where="--executor"
+    )
