@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tunelens.cli import app
-
-
-class ExecutorName(str, Enum):
-    local = "local"
-    ray = "ray"
 
 
 @app.command("run")
@@ -26,9 +20,10 @@ def run(
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory; re-run to resume.")] = ...,
+    # A plain string checked by the library, so a bad value is exit status 2 with one line.
     executor: Annotated[
-        ExecutorName, typer.Option(help="Where cells run: in this process, or as Ray tasks.")
-    ] = ExecutorName.local,
+        str, typer.Option(help="Where cells run: 'local' (this process) or 'ray' (Ray tasks).")
+    ] = "local",
     address: Annotated[
         str | None,
         typer.Option(
@@ -44,7 +39,7 @@ def run(
     from tunelens.spec import default_spec, load_spec
 
     loaded = default_spec() if spec is None else load_spec(spec)
-    run_study(loaded, out, executor=executor.value, address=address, progress=not no_progress)
+    run_study(loaded, out, executor=executor, address=address, progress=not no_progress)
     report = build_report(out)
     typer.echo(f"results: {out / RESULTS}")
     typer.echo(f"report:  {report}")

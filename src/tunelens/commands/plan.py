@@ -1,0 +1,116 @@
+"""`tunelens plan`: estimate a study's cells, tokens, FLOPs, memory and time before running it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunelens.cli import app
+
+
+def human(value: float, unit: str = "") -> str:
+    """1234567 -> '1.23M', 9.89e14 FLOP/s -> '989 TFLOP/s' (SI prefixes)."""
+    sep = " " if unit else ""
+    for factor, prefix in (
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+    ):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{sep}{prefix}{unit}"
+    return f"{value:.3g}{sep}{unit}"
+
+
+def size_text(value: float) -> str:
+    """Bytes in binary units: '13.5 GiB', '2.1 MiB'."""
+    for factor, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= factor:
+            return f"{value / factor:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 0.1:
+        return "< 0.1 s"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@app.command("plan")
+def plan(
+    spec: Annotated[
+        Path | None,
+        typer.Argument(help="YAML spec; omitted: the embedded default.", show_default=False),
+    ] = None,
+    gpu: Annotated[
+        str,
+        typer.Option(
+            help="Accelerator whose peak FLOP/s sets the time: h100, a100 or cpu (measured here)."
+        ),
+    ] = "h100",
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed, in (0, 1].")] = 0.4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Estimate cells, forward/training tokens, FLOPs, peak memory and wall time of a spec."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelens.runs.plan import plan_study
+    from tunelens.spec import default_spec, load_spec
+
+    loaded = default_spec() if spec is None else load_spec(spec)
+    result = plan_study(loaded, gpu=gpu, mfu=mfu)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        return
+    console = Console(highlight=False)
+    console.print(
+        f"plan for {spec or 'the embedded default'} on {gpu} "
+        f"(peak {human(result.peak_flops, 'FLOP/s')}, MFU {mfu:g})",
+        markup=False,
+    )
+    for name, size in result.model_sizes.items():
+        console.print(
+            f"model {name}: {human(size['non_embedding'])} non-embedding parameters "
+            f"({human(size['total'])} in all; {size['source']})",
+            markup=False,
+        )
+    table = Table()
+    table.add_column("experiment", no_wrap=True)
+    for header in ("cells", "forward tokens", "training tokens", "FLOPs", "peak memory", "time"):
+        table.add_column(header, justify="right")
+    rows = [(e.experiment, e) for e in result.experiments] + [("total", result)]
+    for label, e in rows:
+        table.add_row(
+            label,
+            str(e.cells),
+            human(e.forward_tokens),
+            human(e.backward_tokens),
+            human(e.flops),
+            size_text(e.peak_memory_bytes),
+            duration(e.seconds),
+            end_section=label != "total" and e is result.experiments[-1],
+        )
+    console.print(table)
+    if result.device_memory_bytes and result.peak_memory_bytes > result.device_memory_bytes:
+        console.print(
+            f"peak memory exceeds one {gpu} ({size_text(result.device_memory_bytes)}): "
+            "shard the model (README, 'Scaling out')",
+            markup=False,
+        )
+    console.print(
+        "Estimates from spec fields (FLOPs 2N per forward token, 6N per training "
+        "token; see `tunelens.runs.plan`), not measurements.",
+        markup=False,
+    )

@@ -1,0 +1,151 @@
+"""report.html: self-contained, sections only for present keys, untrusted text escaped."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runs_fakes import XSS, fake_experiments, small_spec
+
+from tunelens.errors import TunelensInputError
+from tunelens.report.html import build_report
+from tunelens.runs.study import run_study
+
+CHROMIUM = Path("/usr/bin/chromium")
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    run_study(small_spec(), out, progress=False, experiments=fake_experiments())
+    return out
+
+
+def hostile_results() -> dict:
+    """Hand-written results.json: untrusted text in task, category, definition and note."""
+    stat = {"mean": 40.0, "ci": [35.0, 45.0]}
+    entry = {
+        "condition": {
+            "definition": XSS,
+            "examples": "original",
+            "instances_per_task": 5,
+            "seed": 0,
+        },
+        "em": stat,
+        "rouge_l": stat,
+        "per_task": {XSS: {"em": 10.0, "rouge_l": 20.0}},
+        "per_category": {f"cat {XSS}": {"em": stat, "rouge_l": stat}},
+        "format_share": {"mean": 0.5, "ci": [0.4, 0.6]},
+        "prediction": f'"><img src=x onerror=alert(1)> {XSS}',
+    }
+    return {
+        "audit": [entry],
+        "baselines": {"random": {k: v for k, v in entry.items() if k != "condition"}},
+        "spec": {"note": XSS, "model": XSS},
+        "environment": {"python": XSS},
+        "tunelens_version": "0.1.0",
+        f"extra_{XSS}": [{"name": XSS}],
+    }
+
+
+def test_report_is_self_contained_with_plots(run_dir):
+    path = build_report(run_dir)
+    html = path.read_text(encoding="utf-8")
+    assert path == run_dir / "report.html"
+    pngs = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
+    assert pngs == ["audit.png", "convergence_000.png", "convergence_001.png"]
+    assert html.count('src="data:image/png;base64,') == 3
+    # No external resource: every src/href is a data URI or an in-page anchor.
+    for url in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert url.startswith(("data:image/png;base64,", "#")), url
+    assert "<script" not in html and "<link" not in html
+    for section in (
+        'id="convergence"',
+        'id="audit"',
+        'id="spec"',
+        'id="environment"',
+        "Wilcoxon signed-rank tests",
+        "Per category: exact match",
+        "Baselines",
+        "format_share",
+        "icl_it&gt;anchor_icl",
+    ):
+        assert section in html, section
+
+
+def test_untrusted_text_is_escaped(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(hostile_results()))
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert XSS not in html
+    assert "<script" not in html.lower()
+    assert "<img src=x" not in html
+    assert html.count(ESCAPED) >= 6  # task, category, definition, note, spec, environment, ...
+    assert "default-src 'none'" in html  # CSP: even an injected tag could not run or fetch
+
+
+def test_sections_only_for_present_keys(tmp_path):
+    (tmp_path / "results.json").write_text(
+        json.dumps(
+            {
+                "convergence": [{"condition": {"k": 8}, "layers": [{"layer": 0}]}],
+                "tunelens_version": "0.1.0",
+            }
+        )
+    )
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert 'id="convergence"' in html
+    for absent in ('id="audit"', 'id="spec"', 'id="environment"', "Baselines"):
+        assert absent not in html
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["convergence_000.png"]
+
+
+def test_missing_or_invalid_results_are_input_errors(tmp_path):
+    with pytest.raises(TunelensInputError, match="no results.json"):
+        build_report(tmp_path)
+    (tmp_path / "results.json").write_text('{"audit": [1, 2')
+    with pytest.raises(TunelensInputError, match="invalid JSON"):
+        build_report(tmp_path)
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(TunelensInputError, match="JSON object"):
+        build_report(tmp_path)
+
+
+def test_chromium_renders_a_nontrivial_page(run_dir, tmp_path):
+    """Headless Chromium screenshot of the report (Debian: apt-get install -y chromium)."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium; install it (apt-get install -y chromium) to run this")
+    from PIL import Image
+
+    report = build_report(run_dir)
+    shot = tmp_path / "report.png"
+    profile = tmp_path / "profile"
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        report.as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    shutil.rmtree(profile, ignore_errors=True)
+    assert shot.exists(), result.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 2000)
+    pixels = np.asarray(image.resize((300, 500)), dtype=np.int32).reshape(-1, 3)
+    colours = len(np.unique(pixels, axis=0))
+    ink = float((pixels.sum(axis=1) < 600).mean())
+    assert colours > 50, f"only {colours} colours: a blank or broken page?"
+    assert ink > 0.03, f"only {ink:.1%} of the page is not near-white"
