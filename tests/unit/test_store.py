@@ -91,3 +91,24 @@ def test_dumps_is_canonical_and_strict_json_drops_nan():
         "x": [None, 1.0, None],
         "y": [1, 2],
     }
+
+
+def test_model_cache_loads_once_and_evicts_least_recently_used():
+    from tunelens.runs.executors import ModelCache
+
+    calls = []
+
+    def loader(name, *, dtype, device):
+        calls.append((name, dtype, device))
+        return object()
+
+    cache = ModelCache(loader, max_models=2)
+    a = cache("a")
+    assert cache("a") is a and cache.loads == 1
+    cache("b", dtype="bfloat16")
+    cache("a")  # a is now the most recently used
+    cache("c")  # evicts b
+    assert len(cache) == 2 and cache("a") is a
+    cache("b", dtype="bfloat16")
+    assert cache.loads == 4
+    assert calls[1] == ("b", "bfloat16", "cpu")

@@ -11,9 +11,11 @@ changed (tuning works on a copy or an adapter that it removes).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,21 +55,34 @@ class Executor(Protocol):
 
 
 class ModelCache:
-    """``load_model`` with memory: one load per (model, dtype, device) in this process."""
+    """``load_model`` with memory: one load per (model, dtype, device) in this process.
 
-    def __init__(self, loader: Callable[..., Any] | None = None):
+    At most ``max_models`` stay loaded (least recently used goes first): cells
+    come grouped by model, and a sweep over several 7B models must not keep
+    them all on one GPU.
+    """
+
+    def __init__(self, loader: Callable[..., Any] | None = None, max_models: int = 2):
         self._loader = loader
-        self._models: dict[tuple[Any, ...], Any] = {}
+        self.max_models = max(1, max_models)
+        self._models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.loads = 0
 
     def __call__(
         self, name: str, dtype: str = "float32", device: str = "cpu", **options: Any
     ) -> Any:
         key = (name, dtype, device, tuple(sorted(options.items())))
-        if key not in self._models:
-            loader = self._loader
-            if loader is None:
-                from tunelens.models.loading import load_model as loader
-            self._models[key] = loader(name, dtype=dtype, device=device, **options)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        while len(self._models) >= self.max_models:
+            self._models.popitem(last=False)
+            gc.collect()
+        loader = self._loader
+        if loader is None:
+            from tunelens.models.loading import load_model as loader
+        self._models[key] = loader(name, dtype=dtype, device=device, **options)
+        self.loads += 1
         return self._models[key]
 
     def __len__(self) -> int:

@@ -55,6 +55,13 @@ def strict_json(value: Any) -> Any:
     return value
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give (mkstemp's 0600 would hide reports from others)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +69,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
     )
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
