@@ -103,7 +103,8 @@ def _check_room(lengths: Sequence[int], limit: int | None, needed: int, kind: st
         if total > limit:
             raise TunelensInputError(
                 f"prompt is {n} tokens; with {needed} new tokens that exceeds the model context "
-                f"of {limit} (tunelens never truncates a prompt)" if kind == "causal" else
+                f"of {limit} (tunelens never truncates a prompt: use fewer demonstrations or "
+                "fewer new tokens)" if kind == "causal" else
                 f"prompt is {n} tokens, longer than the model context of {limit} "
                 "(tunelens never truncates a prompt)",
                 where=f"prompt {i}",

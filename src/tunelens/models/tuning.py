@@ -311,12 +311,12 @@ class TunedModel:
     layers / tuned weights; use :meth:`adapter_disabled` for base outputs.
     """
 
-    loaded: LoadedModel
-    model: Any
+    loaded: LoadedModel = field(repr=False)
+    model: Any = field(repr=False)
     method: Literal["lora", "full"]
-    losses: list[float] = field(default_factory=list)
-    _flags: _SavedFlags | None = None
-    _base_state: dict[str, torch.Tensor] | None = None
+    losses: list[float] = field(default_factory=list, repr=False)
+    _flags: _SavedFlags | None = field(default=None, repr=False)
+    _base_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     _unloaded: bool = False
 
     @property
