@@ -36,20 +36,32 @@ def main() -> None:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished cells are kept; re-run the same command to resume", err=True)
+        typer.echo("interrupted: finished cells are kept; re-run the same command to resume",
+                   err=True)
         sys.exit(130)
     except SystemExit:
         raise
     except Exception as error:  # noqa: BLE001 - the CLI's last line of defence
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(2 if isinstance(error, click.exceptions.UsageError) else error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(1)
+        _exit_for_click_error(error)
         raise
+
+
+def _exit_for_click_error(error: Exception) -> None:
+    """Show a usage error the way click would, and exit 2 (typer >= 0.29 bundles click)."""
+    try:
+        from typer._click import exceptions as click_errors
+    except ImportError:  # typer < 0.29 uses the click package
+        from click import exceptions as click_errors
+    from typer import exceptions as typer_errors
+
+    if isinstance(error, click_errors.ClickException):
+        error.show()
+        sys.exit(2 if isinstance(error, click_errors.UsageError) else error.exit_code)
+    if isinstance(error, getattr(typer_errors, "Abort", ())):
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    if isinstance(error, getattr(typer_errors, "Exit", ())):
+        sys.exit(error.exit_code)
 
 
 # Command modules register themselves on the apps above.

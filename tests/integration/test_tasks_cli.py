@@ -200,3 +200,10 @@ def test_validate_reports_each_bad_file_and_keeps_checking(good, tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert len(result.stdout.strip().splitlines()) == 2  # the good ones are still summarised
+
+
+def test_unknown_option_exits_2_with_usage_and_no_traceback():
+    result = tunelens("tasks", "show", "--no-such-option")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -19,7 +19,8 @@ def parse_shots(text: str) -> tuple[int, ...]:
     try:
         shots = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise TunelensInputError(f"--shots must be comma-separated integers, got {text!r}") from None
+        raise TunelensInputError(
+            f"--shots must be comma-separated integers, got {text!r}") from None
     if not shots or min(shots) < 0:
         raise TunelensInputError(f"--shots must list non-negative integers, got {text!r}")
     return shots
@@ -56,16 +57,22 @@ def path() -> None:
 def train_model(
     workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
         "world_train"),
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 10000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 14000,
+    curriculum_steps: Annotated[int, typer.Option(
+        help="Steps of one-word tasks only, before every rule family.")] = 8000,
+    category_init: Annotated[float, typer.Option(
+        help="Shared per-category embedding direction at init (0 = off).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
-    install: Annotated[bool, typer.Option(help="Copy the result into the package's assets.")] = False,
+    install: Annotated[bool, typer.Option(
+        help="Copy the result into the package's assets.")] = False,
 ) -> None:
     """Train the world model from its seed (resumable), then export it in HF format."""
     from tunelens.models.loading import world_model_dir
     from tunelens.models.world_model import WorldModelRecipe, export_world_model, train_world_model
 
-    recipe = WorldModelRecipe(seed=seed, steps=steps, threads=threads)
+    recipe = WorldModelRecipe(seed=seed, steps=steps, curriculum_steps=curriculum_steps,
+                              category_init=category_init, threads=threads)
     model = train_world_model(recipe, workdir)
     target = world_model_dir() if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)

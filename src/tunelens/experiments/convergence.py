@@ -148,7 +148,8 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
             icl_prompts.append(render_prompt(demo_set.task, anchor.input, demos, style))
             references.append(anchor.outputs)
             owners.append(j)
-    anchor_prompts, icl_prompts = anchor_prompts[: params["n_pairs"]], icl_prompts[: params["n_pairs"]]
+    n_pairs = params["n_pairs"]
+    anchor_prompts, icl_prompts = anchor_prompts[:n_pairs], icl_prompts[:n_pairs]
     references, owners = references[: params["n_pairs"]], owners[: params["n_pairs"]]
 
     h_anchor = capture_last_token_states(loaded, anchor_prompts).numpy()

@@ -22,6 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelens.tasks.world.corpus import BOS, SEP, CorpusMix, training_sequence, vocabulary_texts
 from tunelens.tasks.world.generator import generate_world
+from tunelens.tasks.world.lexicon import CATEGORIES
 
 PAD, UNK = "[PAD]", "[UNK]"
 ADDED = ["Input:", "Output:", "Definition:", "Explanation:"]
@@ -37,9 +38,15 @@ class WorldModelRecipe:
     heads: int = 4
     intermediate_size: int = 384
     max_positions: int = 256
-    seq_len: int = 128
-    batch_size: int = 48
-    steps: int = 10000
+    seq_len: int = 64
+    batch_size: int = 64
+    steps: int = 14000
+    # Curriculum: only the one-word family (plus facts) before this step, in which
+    # in-context learning breaks through first; then every family by FAMILY_WEIGHTS.
+    curriculum_steps: int = 8000
+    # Scale of a shared per-category direction added to the initial embeddings of
+    # the lexicon's words (0 = plain random init): category knowledge from the start.
+    category_init: float = 0.0
     lr: float = 3e-3
     warmup: int = 200
     decay_start: float = 0.7  # constant lr until this share of steps, then cosine to lr/10
@@ -84,7 +91,25 @@ def build_model(recipe: WorldModelRecipe, tokenizer: PreTrainedTokenizerFast) ->
         pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5,
     )
     torch.manual_seed(recipe.seed)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if recipe.category_init:
+        _add_category_directions(model, tokenizer, recipe)
+    return model
+
+
+@torch.no_grad()
+def _add_category_directions(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, recipe: WorldModelRecipe
+) -> None:
+    """Give words of one category a shared embedding component, seeded."""
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    emb = model.get_input_embeddings().weight
+    std = emb.std().item()
+    vocab = tokenizer.get_vocab()
+    for category in sorted(CATEGORIES):
+        direction = torch.randn(emb.shape[1], generator=gen) * std * recipe.category_init
+        for word in CATEGORIES[category]:
+            emb[vocab[word]] += direction
 
 
 class _Batcher:
@@ -113,7 +138,8 @@ class _Batcher:
         for row in range(r.batch_size):
             tokens, mask = training_sequence(
                 rng, seed=r.seed, max_tokens=r.seq_len, tokenize=self._tokenize,
-                forbidden_label_sets=self.forbidden, mix=CorpusMix())
+                forbidden_label_sets=self.forbidden, mix=CorpusMix(),
+                family="word_category" if step < r.curriculum_steps else None)
             row_ids = torch.tensor([self.vocab[t] for t in tokens])
             ids[row, : len(tokens)] = row_ids
             # labels[t] is the token at t, scored where it is a target; HF shifts them.
@@ -166,7 +192,13 @@ def train_world_model(
     recipe: WorldModelRecipe, workdir: Path, *, progress: bool = True
 ) -> LlamaForCausalLM:
     """Train (or resume) the world model in ``workdir``; returns the final model."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     torch.set_num_threads(recipe.threads)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +223,7 @@ def train_world_model(
         start = state["step"]
     batcher = _Batcher(recipe, tokenizer)
     probe_tasks = generate_world(recipe.seed).heldout
+    one_word_tasks = [t for t in probe_tasks if t.metadata["family"] == "word_category"]
     model.train()
     columns = [TextColumn("world model"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
@@ -215,9 +248,12 @@ def train_world_model(
             done = step + 1
             if done % recipe.eval_every == 0 or done == recipe.steps:
                 acc = probe_icl_accuracy(model, tokenizer, probe_tasks, seed=recipe.seed)
+                one_word = probe_icl_accuracy(model, tokenizer, one_word_tasks, seed=recipe.seed)
                 record = {"step": done, "loss": round(running, 4),
                           "lr": learning_rate(recipe, step), "seconds": round(time.time() - t0, 1),
-                          "heldout_accuracy": {str(k): round(v, 1) for k, v in acc.items()}}
+                          "heldout_accuracy": {str(k): round(v, 1) for k, v in acc.items()},
+                          "heldout_word_category_accuracy":
+                              {str(k): round(v, 1) for k, v in one_word.items()}}
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if progress:

@@ -94,11 +94,17 @@ def training_sequence(
     tokenize: Callable[[str], list[str]],
     forbidden_label_sets: frozenset[frozenset[str]],
     mix: CorpusMix = CorpusMix(),
+    family: str | None = None,
 ) -> tuple[list[str], list[bool]]:
-    """One training sequence of at most ``max_tokens`` tokens."""
+    """One training sequence of at most ``max_tokens`` tokens.
+
+    ``family`` pins the rule family (the curriculum's first phase); None draws
+    it by ``FAMILY_WEIGHTS``.
+    """
     if rng.random() < mix.facts:
         return fact_sequence(rng, max_tokens)
-    rule = draw_rule(rng, seed=seed, heldout=False, forbidden_label_sets=forbidden_label_sets)
+    rule = draw_rule(rng, seed=seed, heldout=False, family=family,
+                     forbidden_label_sets=forbidden_label_sets)
     definition = None
     if rng.random() < mix.definition_prefix:
         definition = tokenize(rule.definition(rng.randrange(3)))

@@ -74,7 +74,10 @@ def draw_rule(
 
 
 def _derangement(labels: tuple[str, ...], rng: random.Random) -> tuple[str, ...]:
-    perms = [p for p in itertools.permutations(labels) if all(a != b for a, b in zip(p, labels))]
+    perms = [
+        p for p in itertools.permutations(labels)
+        if all(a != b for a, b in zip(p, labels, strict=True))
+    ]
     return rng.choice(perms)
 
 
