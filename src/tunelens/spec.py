@@ -150,9 +150,14 @@ def load_spec(path: Path) -> Spec:
                                  source=str(path), where=where) from None
     if not isinstance(data, dict):
         raise TunelensInputError("a spec must be a mapping of keys", source=str(path))
+    return validate_spec(data, source=str(path))
+
+
+def validate_spec(data: dict, *, source: str) -> Spec:
+    """A Spec from plain data; the first error names ``source`` and the key path."""
     try:
         return Spec.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise TunelensInputError(first["msg"], source=str(path), where=where) from None
+        raise TunelensInputError(first["msg"], source=source, where=where) from None

@@ -1,0 +1,139 @@
+"""`tunelens convergence` and `tunelens audit`: one study each, from command-line options.
+
+Each builds a spec with one section (the same pydantic models as a YAML spec,
+so defaults and checks are shared) and runs it like `tunelens run`: resumable
+cells under DIR/cells/, then DIR/results.json, DIR/report.html and DIR/plots/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tunelens.cli import app
+from tunelens.errors import TunelensInputError
+
+
+def comma_list(option: str, text: str | None, kind: type = str) -> list[Any] | None:
+    """'1,2,4' -> [1, 2, 4]; None stays None (the spec's default)."""
+    if text is None:
+        return None
+    items = [piece.strip() for piece in text.split(",") if piece.strip()]
+    if not items:
+        raise TunelensInputError(f"{option} needs at least one value")
+    try:
+        if kind is bool:
+            truth = {"true": True, "on": True, "yes": True, "false": False, "off": False,
+                     "no": False}
+            return [truth[item.lower()] for item in items]
+        return [item if kind is str or item == "full" else kind(item) for item in items]
+    except (KeyError, ValueError):
+        raise TunelensInputError(
+            f"{option}: cannot read {text!r} as comma-separated {kind.__name__} values") from None
+
+
+def _section(**options: Any) -> dict[str, Any]:
+    """Options the user gave (None means: keep the spec's default)."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _run(section_name: str, section: dict[str, Any], top: dict[str, Any], out: Path,
+         executor: str, progress: bool) -> None:
+    from tunelens.report.html import build_report
+    from tunelens.runs.study import RESULTS, run_study
+    from tunelens.spec import validate_spec
+
+    spec = validate_spec({**top, section_name: section}, source=f"tunelens {section_name}")
+    run_study(spec, out, executor=executor, progress=progress)
+    typer.echo(f"results: {out / RESULTS}")
+    typer.echo(f"report:  {build_report(out)}")
+
+
+ModelOption = Annotated[str, typer.Option(help="'world' or a local Hugging Face model directory.")]
+OutOption = Annotated[Path, typer.Option(help="Run directory; re-run the command to resume.")]
+SeedsOption = Annotated[str | None, typer.Option(help="Comma-separated seeds.")]
+ExecutorOption = Annotated[str, typer.Option(help="'local' or 'ray'.")]
+DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
+DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+
+
+@app.command("convergence")
+def convergence(
+    model: ModelOption = "world",
+    tasks: Annotated[str, typer.Option(
+        help="Tasks: a path (SuperNI JSON, directory, split file, JSONL) or world:heldout.")
+    ] = "world:heldout",
+    out: OutOption = Path("runs/convergence"),
+    k: Annotated[str | None, typer.Option(help="Demonstrations per set, e.g. 1,2,4,8,16.")] = None,
+    n_pairs: Annotated[int | None, typer.Option(help="(set, anchor) pairs per seed.")] = None,
+    seeds: SeedsOption = None,
+    flip_fraction: Annotated[str | None, typer.Option(
+        help="Shares of flipped demonstration labels, e.g. 0,0.5,1.")] = None,
+    relevance: Annotated[str | None, typer.Option(help="same and/or other.")] = None,
+    definition: Annotated[str | None, typer.Option(
+        help="Definition in ICL and anchor prompts: false, true or both (false,true).")] = None,
+    controls: Annotated[str | None, typer.Option(
+        help="none, random_init, shuffled (comma-separated).")] = None,
+    template: Annotated[str | None, typer.Option(help="plain, tk or chat.")] = None,
+    method: Annotated[str | None, typer.Option(help="Tuning: lora or full.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Tuning learning rate.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Tuning epochs per set.")] = None,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+    executor: ExecutorOption = "local",
+    no_progress: NoProgress = False,
+) -> None:
+    """Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."""
+    tuning = _section(method=method, learning_rate=learning_rate, epochs=epochs)
+    section = _section(
+        tasks=tasks, n_pairs=n_pairs, k=comma_list("--k", k, int),
+        seeds=comma_list("--seeds", seeds, int),
+        flip_fraction=comma_list("--flip-fraction", flip_fraction, float),
+        relevance=comma_list("--relevance", relevance),
+        definition=comma_list("--definition", definition, bool),
+        controls=comma_list("--controls", controls), template=template,
+        tuning=tuning or None,
+    )
+    _run("convergence", section, {"model": model, "dtype": dtype, "device": device}, out,
+         executor, not no_progress)
+
+
+@app.command("audit")
+def audit(
+    model: ModelOption = "world",
+    train: Annotated[str, typer.Option(help="Training tasks (path or world:train).")] = (
+        "world:train"),
+    test: Annotated[str, typer.Option(help="Held-out tasks (path or world:heldout).")] = (
+        "world:heldout"),
+    out: OutOption = Path("runs/audit"),
+    definitions: Annotated[str | None, typer.Option(
+        help="Definition while tuning: original, simplified, none.")] = None,
+    examples: Annotated[str | None, typer.Option(
+        help="Examples while tuning: original, delusive, none.")] = None,
+    instances_per_task: Annotated[str | None, typer.Option(
+        help="Training instances per task, e.g. 5,50,full.")] = None,
+    seeds: SeedsOption = None,
+    eval_instances_per_task: Annotated[int | None, typer.Option(
+        help="Held-out instances scored per task.")] = None,
+    method: Annotated[str | None, typer.Option(help="Tuning: lora or full.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Tuning learning rate.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Tuning epochs.")] = None,
+    dtype: DtypeOption = "float32",
+    device: DeviceOption = "cpu",
+    executor: ExecutorOption = "local",
+    no_progress: NoProgress = False,
+) -> None:
+    """Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."""
+    tuning = _section(method=method, learning_rate=learning_rate, epochs=epochs)
+    section = _section(
+        train=train, test=test, definitions=comma_list("--definitions", definitions),
+        examples=comma_list("--examples", examples),
+        instances_per_task=comma_list("--instances-per-task", instances_per_task, int),
+        seeds=comma_list("--seeds", seeds, int), eval_instances_per_task=eval_instances_per_task,
+        tuning=tuning or None,
+    )
+    _run("audit", section, {"model": model, "dtype": dtype, "device": device}, out,
+         executor, not no_progress)
