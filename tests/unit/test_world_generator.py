@@ -95,3 +95,20 @@ def test_training_rules_never_draw_heldout_signatures():
     for _ in range(300):
         rule = draw_rule(rng, seed=0, heldout=False)
         assert not is_heldout(rule.signature, 0)
+
+
+def test_exported_world_loads_through_the_superni_loaders(world, tmp_path):
+    from tunelens.tasks.loaders import load_split, load_tasks
+    from tunelens.tasks.world.export import export_world
+
+    export_world(world, tmp_path)
+    loaded = {t.name: t for t in load_tasks(tmp_path / "tasks")}
+    assert set(loaded) == {t.name for t in world.train + world.heldout}
+    for original in world.train + world.heldout:
+        task = loaded[original.name]
+        assert task.definition == original.definition
+        assert task.labels == original.labels
+        assert [i.outputs for i in task.instances] == [i.outputs for i in original.instances]
+        assert len(task.positive_examples) == len(original.positive_examples)
+    test_split = load_split(tmp_path, "default", "test")
+    assert [t.name for t in test_split] == [t.name for t in world.heldout]
