@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-CODE_VERSION = "1"  # bump when a change alters cell results; old cells are then recomputed
+CODE_VERSION = "2"  # bump when a change alters cell results; old cells are then recomputed
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
     from tunelens.models.controls import random_init_like
     from tunelens.models.hidden_states import capture_last_token_states
     from tunelens.models.predict import generate_predictions
-    from tunelens.models.tuning import tune_on_pairs
+    from tunelens.models.tuning import attach_lora, tune_many_sets, tune_on_pairs
 
     if params["control"] == "random_init":
         loaded = random_init_like(loaded, seed=10_000 + seed)
@@ -161,22 +161,39 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
     h_it = np.zeros_like(h_anchor)
     pred_it: list[str] = [""] * len(anchor_prompts)
     config = tuning_config(TuningSpec(**params["tuning"]), seed)
-    for j, pairs in enumerate(tuning_sets):
+    used = [j for j in range(len(tuning_sets)) if j in set(owners)]
+
+    def probe_tuned(j: int, tuned) -> None:
         rows = [i for i, owner in enumerate(owners) if owner == j]
-        if not rows:
-            continue
-        tuned = tune_on_pairs(loaded, pairs, config)
+        probe = tuned.as_loaded()
+        prompts = [anchor_prompts[i] for i in rows]
+        h_it[rows] = capture_last_token_states(probe, prompts).numpy()
+        for i, pred in zip(rows, generate_predictions(probe, prompts, max_new_tokens=max_new),
+                           strict=True):
+            pred_it[i] = pred
+
+    if config.method == "lora":
+        # Every set's adapter in one batched run (equal to sequential runs; see
+        # models.tuning.tune_many_sets), then one PEFT wrapper probed per adapter.
+        states = tune_many_sets(loaded, [tuning_sets[j] for j in used], config)
+        tuned = attach_lora(loaded, config)
         try:
-            probe = tuned.as_loaded()
-            prompts = [anchor_prompts[i] for i in rows]
-            h_it[rows] = capture_last_token_states(probe, prompts).numpy()
-            for i, pred in zip(rows, generate_predictions(probe, prompts, max_new_tokens=max_new),
-                               strict=True):
-                pred_it[i] = pred
+            for n, (j, state) in enumerate(zip(used, states, strict=True)):
+                tuned.load_adapter_state(state)
+                probe_tuned(j, tuned)
+                if progress is not None:
+                    progress(n + 1, len(used))
         finally:
             tuned.unload()
-        if progress is not None:
-            progress(j + 1, len(tuning_sets))
+    else:
+        for n, j in enumerate(used):
+            tuned = tune_on_pairs(loaded, tuning_sets[j], config)
+            try:
+                probe_tuned(j, tuned)
+            finally:
+                tuned.unload()
+            if progress is not None:
+                progress(n + 1, len(used))
 
     cos = {
         "icl_it": cosine_per_layer(h_icl, h_it),
