@@ -76,7 +76,18 @@ def train_model(
     model = train_world_model(recipe, workdir)
     target = world_model_dir() if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)
+    record_reference_eval(target, recipe.seed)
     typer.echo(f"world model written to {target}")
+
+
+def record_reference_eval(directory: Path, seed: int) -> None:
+    """Write reference_eval.json beside an exported model (a test reproduces it)."""
+    from tunelens.experiments.world_eval import reference_eval
+    from tunelens.models.loading import load_model
+    from tunelens.tasks.world.generator import generate_world
+
+    recorded = reference_eval(load_model(str(directory)), generate_world(seed).heldout)
+    (directory / "reference_eval.json").write_text(json.dumps(recorded, indent=2) + "\n")
 
 
 @world_app.command("eval")
@@ -103,7 +114,11 @@ def evaluate(
     table = Table(title=f"held-out world tasks: {result.tasks}, {queries} queries each")
     table.add_column("demonstrations")
     table.add_column("accuracy", justify="right")
+    families = sorted(result.per_family)
+    for family in families:
+        table.add_column(family.replace("_", " "), justify="right")
     for k, acc in result.shots.items():
-        table.add_row(str(k), f"{acc:.1f}")
+        table.add_row(str(k), f"{acc:.1f}",
+                      *(f"{result.per_family[f][k]:.1f}" for f in families))
     table.add_row("random guess", f"{result.random_baseline:.1f}")
     Console().print(table)

@@ -97,3 +97,16 @@ def evaluate_icl(
         per_family={f: {k: sum(v) / len(v) for k, v in acc.items()}
                     for f, acc in per_family.items()},
     )
+
+
+# A small fixed evaluation recorded beside the shipped model (reference_eval.json);
+# a test re-runs it through the generic loader and compares.
+REFERENCE_SETTINGS: dict = {"tasks": 12, "shots": [0, 8], "queries_per_task": 10, "seed": 0}
+
+
+def reference_eval(loaded: LoadedModel, heldout: list[Task]) -> dict:
+    """The fixed small evaluation of REFERENCE_SETTINGS, as a JSON-ready dict."""
+    s = REFERENCE_SETTINGS
+    result = evaluate_icl(loaded, heldout[: s["tasks"]], tuple(s["shots"]),
+                          queries_per_task=s["queries_per_task"], seed=s["seed"])
+    return {"settings": s, "shots": result.to_json()["shots"]}

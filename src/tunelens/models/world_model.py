@@ -56,6 +56,10 @@ class WorldModelRecipe:
     threads: int = 2
 
 
+# Recipe fields that do not change the result: a run may resume with other values.
+RUNTIME_FIELDS = ("threads", "checkpoint_every", "eval_every")
+
+
 def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over every word the world can produce.
 
@@ -189,9 +193,13 @@ def probe_icl_accuracy(
 
 
 def train_world_model(
-    recipe: WorldModelRecipe, workdir: Path, *, progress: bool = True
+    recipe: WorldModelRecipe, workdir: Path, *, progress: bool = True, until: int | None = None
 ) -> LlamaForCausalLM:
-    """Train (or resume) the world model in ``workdir``; returns the final model."""
+    """Train (or resume) the world model in ``workdir``; returns the model.
+
+    ``until`` stops after that step with a checkpoint (a later call resumes), so
+    a long recipe can run in pieces.
+    """
     from rich.progress import (
         BarColumn,
         Progress,
@@ -215,7 +223,8 @@ def train_world_model(
     log_path = workdir / "training_log.jsonl"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if state["recipe"] != asdict(recipe):
+        same = {k: v for k, v in state["recipe"].items() if k not in RUNTIME_FIELDS}
+        if same != {k: v for k, v in asdict(recipe).items() if k not in RUNTIME_FIELDS}:
             raise ValueError(f"{ckpt} was made with another recipe; use a fresh directory")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -231,7 +240,8 @@ def train_world_model(
     running, t0 = None, time.time()
     with Progress(*columns, disable=not progress) as bar:
         job = bar.add_task("train", total=recipe.steps, completed=start, loss=float("nan"))
-        for step in range(start, recipe.steps):
+        stop = recipe.steps if until is None else min(until, recipe.steps)
+        for step in range(start, stop):
             ids, labels = batcher(step)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, step)
@@ -258,7 +268,7 @@ def train_world_model(
                     f.write(json.dumps(record) + "\n")
                 if progress:
                     bar.console.print(record)
-            if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+            if done % recipe.checkpoint_every == 0 or done in (recipe.steps, stop):
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "torch_rng": torch.get_rng_state(), "step": done,

@@ -443,3 +443,9 @@ def build_report(out_dir: Path) -> Path:
     path = out_dir / REPORT
     atomic_write_text(path, render_report(results, plots))
     return path
+
+
+def page_style() -> str:
+    """The report's ``<style>`` block, for other one-page reports that should look the same."""
+    start, end = TEMPLATE.index("<style>"), TEMPLATE.index("</style>") + len("</style>")
+    return TEMPLATE[start:end]

@@ -59,7 +59,7 @@ def task_sequence(
 ) -> tuple[list[str], list[bool]]:
     """Examples of one rule until the sequence is full."""
     tokens, mask = [BOS], [False]
-    if definition_tokens:
+    if definition_tokens and len(definition_tokens) + 3 <= max_tokens:
         tokens += ["Definition:", *definition_tokens, SEP]
         mask += [False] * (len(definition_tokens) + 2)
     block = 0

@@ -1,0 +1,151 @@
+"""`tunelens examples add|list|export`: keep examples accepted in operation, export tuning sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tunelens.cli import app
+from tunelens.errors import TunelensInputError
+from tunelens.examples.store import (
+    DEFAULT_DB,
+    ExampleStore,
+    NewExample,
+    check_time,
+    read_example_file,
+)
+
+examples_app = typer.Typer(
+    help="The example loop: a local SQLite store of examples accepted in operation.",
+    no_args_is_help=True,
+)
+app.add_typer(examples_app, name="examples")
+
+DbOption = Annotated[
+    Path, typer.Option("--db", help="The SQLite store (created on the first add).")
+]
+
+
+def _short(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@examples_app.command("add")
+def add(
+    db: DbOption = Path(DEFAULT_DB),
+    input_text: Annotated[
+        str | None, typer.Option("--input", help="The example's input text.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="The accepted output (the tuning target).")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="An optional class tag.")] = None,
+    source: Annotated[str, typer.Option(help="Where the example comes from.")] = "",
+    rejected: Annotated[
+        bool, typer.Option("--rejected", help="Record it as rejected (never exported).")
+    ] = False,
+    time: Annotated[
+        str | None, typer.Option(help="ISO 8601 time; default: now (UTC).")] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--from", help="Add every row of a JSONL file ({input, output, label?, "
+                     "source?, accepted?, time?} per line) or a CSV file with those columns, "
+                     "in one transaction."),
+    ] = None,
+    skip_duplicates: Annotated[
+        bool, typer.Option("--skip-duplicates",
+                           help="Skip exact duplicates instead of refusing the whole add.")
+    ] = False,
+) -> None:
+    """Add one example (--input/--output) or a file of them (--from); duplicates are refused.
+
+    Rows with likely personal data (e-mail, phone or card numbers) are stored and flagged;
+    `export` leaves them out unless --include-flagged. Exit 2 on a malformed row or a
+    duplicate, and then nothing is added.
+    """
+    if from_file is not None:
+        if input_text is not None or output is not None:
+            raise TunelensInputError("give either --from FILE or --input/--output, not both",
+                                     where="examples add")
+        rows = read_example_file(from_file, default_source=source)
+        origin = str(from_file)
+    else:
+        if input_text is None or output is None:
+            raise TunelensInputError("give --input and --output (or --from FILE)",
+                                     where="examples add")
+        if not input_text.strip() or not output.strip():
+            raise TunelensInputError("--input and --output must not be empty",
+                                     where="examples add")
+        if time is not None:
+            check_time(time, "--time", "")
+        rows = [NewExample(input_text, output, label or None, source, not rejected, time)]
+        origin = None
+    with ExampleStore(db) as store:
+        result = store.add(rows, skip_duplicates=skip_duplicates, origin=origin)
+    ids = [row.id for row in result.added]
+    span = f"#{ids[0]}" if len(ids) == 1 else (f"#{ids[0]}-#{ids[-1]}" if ids else "none")
+    typer.echo(f"added {len(ids)} example{'s' if len(ids) != 1 else ''} ({span}) to {db}")
+    for where, existing in result.skipped:
+        typer.echo(f"skipped {where or 'row'}: duplicate of example #{existing}", err=True)
+    flagged = [row for row in result.added if row.pii]
+    for row in flagged:
+        typer.echo(f"flagged #{row.id}: likely personal data ({', '.join(row.pii)}); kept out "
+                   "of exports unless --include-flagged", err=True)
+
+
+@examples_app.command("list")
+def list_examples(
+    db: DbOption = Path(DEFAULT_DB),
+    flagged: Annotated[
+        bool, typer.Option("--flagged", help="Only rows flagged for personal data.")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many rows.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List stored examples: id, time, accepted, flags, source, label, input and output."""
+    with ExampleStore(db, create=False) as store:
+        rows = store.examples(flagged=True if flagged else None, limit=limit)
+        total = store.count()
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row.to_json(), ensure_ascii=False))
+        return
+    table = Table(title=Text(f"{db}: {len(rows)} of {total} examples"))
+    for column in ("id", "time", "accepted", "pii", "source", "label", "input", "output"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        # Text cells: example text is untrusted and may contain rich markup like "[bold]".
+        table.add_row(str(row.id), row.time, "yes" if row.accepted else "no",
+                      Text(", ".join(row.pii) or "-"), Text(row.source or "-"),
+                      Text(row.label or "-"), Text(_short(row.input)), Text(_short(row.output)))
+    Console().print(table)
+
+
+@examples_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="The JSONL task file to write.")],
+    db: DbOption = Path(DEFAULT_DB),
+    task: Annotated[
+        str | None, typer.Option(help="Task name in the header; default: the output's stem.")
+    ] = None,
+    definition: Annotated[str, typer.Option(help="Task definition for the header.")] = "",
+    include_flagged: Annotated[
+        bool, typer.Option("--include-flagged",
+                           help="Also export rows flagged for personal data.")
+    ] = False,
+) -> None:
+    """Export accepted examples as a tuning set in the tunelens JSONL task format."""
+    with ExampleStore(db, create=False) as store:
+        result = store.export_task(out, task=task or out.stem, definition=definition,
+                                   include_flagged=include_flagged)
+    typer.echo(f"exported {result.written} examples to {result.path}")
+    if result.left_out_flagged:
+        typer.echo(f"left out {result.left_out_flagged} example(s) flagged for personal data "
+                   "(--include-flagged exports them)", err=True)
+    if result.left_out_rejected:
+        typer.echo(f"left out {result.left_out_rejected} rejected example(s)", err=True)

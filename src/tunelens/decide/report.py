@@ -1,0 +1,363 @@
+"""decide.json -> decide.html: one self-contained page (the run report's style and safety).
+
+Like :mod:`tunelens.report.html`, the page is rendered by Jinja2 with
+autoescaping and nothing marked safe (task names, labels, definitions and model
+answers are untrusted text), a Content-Security-Policy forbids scripts and
+external resources, and figures are inline PNGs written without timestamps
+(:func:`tunelens.report.plots.save`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from tunelens.decide.verdict import fmt_count, fmt_diff, fmt_flops, fmt_share, fmt_stat
+from tunelens.report.html import data_uri, page_style
+from tunelens.report.plots import convergence_figure, mean_ci, plt, save
+from tunelens.runs.store import atomic_write_text
+
+PLOTS_DIR = "plots"
+COLOURS = {"icl": "#1f77b4", "tuning": "#d62728", "control": "#9467bd", "zero_shot": "#2ca02c",
+           "baseline": "#7f7f7f"}
+
+
+def _methods(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {m["id"]: m for m in data.get("methods", [])}
+
+
+def _series(data: Mapping[str, Any], key: str) -> list[tuple[int, Mapping[str, Any]]]:
+    methods = _methods(data)
+    return [(n, methods[i]) for n, i in data.get("curves", {}).get(key, []) if i in methods]
+
+
+def learning_curve_figure(data: Mapping[str, Any]):
+    """Accuracy vs labelled examples: ICL and tuning curves with 95% CIs, baselines as lines."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    for key, label in (("icl", "ICL (k demonstrations)"), ("tuning", "tuned (n examples)")):
+        points = _series(data, key)
+        if not points:
+            continue
+        xs = [n for n, _ in points]
+        stats = [mean_ci(m["accuracy"]) for _, m in points]
+        ms = [s[0] for s in stats]
+        ax.errorbar(xs, ms, yerr=[[m - (lo if lo is not None else m) for m, lo, _ in stats],
+                                  [(hi if hi is not None else m) - m for m, _, hi in stats]],
+                    marker="o", capsize=3, label=label, color=COLOURS[key])
+    for i, (n, method) in enumerate(_series(data, "controls"), start=1):
+        m, lo, hi = mean_ci(method["accuracy"])
+        ax.errorbar([n * 1.07 ** i], [m], yerr=[[m - lo], [hi - m]], marker="s" if i == 1 else "D",
+                    capsize=3, linestyle="none", color=COLOURS["control"],
+                    label=short_name(method))
+    methods = _methods(data)
+    for key, style in (("zero_shot", "-"), ("label_guess", "--")):
+        method = methods.get(data.get("curves", {}).get(key, ""))
+        if method is None:
+            continue
+        m, lo, hi = mean_ci(method["accuracy"])
+        colour = COLOURS["zero_shot" if key == "zero_shot" else "baseline"]
+        ax.axhline(m, linestyle=style, color=colour, linewidth=1, label=method["name"])
+        if lo is not None and hi is not None and hi > lo:
+            ax.axhspan(lo, hi, color=colour, alpha=0.08, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("labelled examples used (log scale)")
+    ax.set_ylabel("accuracy (exact match, %)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def short_name(method: Mapping[str, Any]) -> str:
+    """A label short enough for a plot: 'ICL k=4', 'tuned n=32', 'control: delusive'."""
+    family, n = method["family"], method["examples"]
+    if family == "icl":
+        return f"ICL k={n}"
+    if family == "tuning":
+        return f"tuned n={n}"
+    if family == "control":
+        return f"control: {method['id'].removeprefix('control_')} n={n}"
+    return {"zero_shot": "zero-shot", "label_guess": "label guess"}.get(method["id"],
+                                                                        method["id"])
+
+
+def compute_figure(data: Mapping[str, Any]):
+    """Accuracy vs inference FLOPs per 1,000 items: the cheaper path at equal quality.
+
+    Methods that share a prompt length (zero-shot and every tuned model) sit at one x;
+    their labels are stacked beside the column.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=100)
+    columns: dict[float, list[tuple[float, str]]] = {}
+    for method in data.get("methods", []):
+        flops = method["compute"]["per_1000_items"]["flops"]
+        if not flops:
+            continue
+        m, lo, hi = mean_ci(method["accuracy"])
+        ax.errorbar([flops], [m], yerr=[[m - lo], [hi - m]], marker="o", capsize=3,
+                    color=COLOURS.get(method["family"], "#333333"), linestyle="none", alpha=0.8)
+        columns.setdefault(round(flops, 3), []).append((m, short_name(method)))
+    for flops, entries in columns.items():
+        entries.sort(reverse=True)
+        text = "\n".join(f"{name}: {m:.1f}" for m, name in entries)
+        ax.annotate(text, (flops, entries[0][0]), fontsize=6, xytext=(5, 0),
+                    textcoords="offset points", va="top")
+    ax.set_xscale("log")
+    ax.margins(x=0.2)
+    ax.set_xlabel("inference FLOPs per 1,000 items (log scale; tuning's one-off cost excluded)")
+    ax.set_ylabel("accuracy (exact match, %)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_figure(data: Mapping[str, Any]):
+    """Per-layer cosines (ICL-IT, anchor-ICL, anchor-IT), drawn like the convergence study."""
+    sim = data["similarity"]
+    layers = [{"layer": row["layer"], "cos_icl_it": row["icl_it"],
+               "cos_anchor_icl": row["anchor_icl"], "cos_anchor_it": row["anchor_it"]}
+              for row in sim["layers"]]
+    return convergence_figure({"condition": {"k": sim["k"], "items": sim["n_items"]},
+                               "layers": layers})
+
+
+def _confusion_view(method: Mapping[str, Any]) -> dict[str, Any]:
+    conf = method["confusion"]
+    rows = []
+    for label, counts in zip(conf["labels"], conf["counts"], strict=True):
+        rows.append([label, *[fmt_count(c) if float(c).is_integer() else f"{c:.1f}"
+                              for c in counts]])
+    return {"name": method["name"], "columns": ["true \\ predicted", *conf["predicted"]],
+            "rows": rows}
+
+
+def _method_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    has_costs = any("cost_per_1000" in m for m in data.get("methods", []))
+    columns = ["method", "examples", "accuracy % [95% CI]", "answers outside the labels"]
+    if has_costs:
+        columns.append("error cost per 1,000 items [95% CI]")
+    columns += ["prompt tokens per item", "prompt tokens per 1,000 items",
+                "inference FLOPs per 1,000 items", "tuning FLOPs (once)", "tuning steps"]
+    rows = []
+    for m in data.get("methods", []):
+        per = m["compute"]["per_1000_items"]
+        training = m["compute"].get("training")
+        row = [m["name"], str(m["examples"]), fmt_stat(m["accuracy"], unit=""),
+               str(m["out_of_space"])]
+        if has_costs:
+            row.append(fmt_stat(m.get("cost_per_1000"), unit="", digits=2))
+        row += [f"{per['prompt_tokens_per_item']:.1f}" if per["prompt_tokens_per_item"] is not None
+                else "n/a", fmt_count(per["prompt_tokens"]), fmt_flops(per["flops"]),
+                fmt_flops(training["flops"]) if training else "-",
+                str(m["train"]["steps"]) if "train" in m else "-"]
+        rows.append(row)
+    return columns, rows
+
+
+def _comparison_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    methods = _methods(data)
+    rows = []
+    comparisons = data.get("comparisons", {})
+    for group, title in (("at_equal_size", "tuning vs ICL"), ("vs_zero_shot", "vs zero-shot")):
+        for comp in comparisons.get(group, []):
+            winner = methods[comp["winner"]]["name"] if comp["winner"] else "too close to call"
+            needed = comp.get("items_to_resolve")
+            rows.append([title, str(comp.get("examples", "")), methods[comp["a"]]["name"],
+                         methods[comp["b"]]["name"], fmt_diff(comp["difference"]), winner,
+                         fmt_count(needed) if needed else "-"])
+    return rows
+
+
+def _share_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    share = data.get("format_share")
+    if not share:
+        return []
+    methods = _methods(data)
+    return [[methods[c]["name"], fmt_stat(methods[c]["accuracy"], unit=""),
+             fmt_share(v["share"]), fmt_diff(v["vs_tuned"])]
+            for c, v in share.get("controls", {}).items()]
+
+
+def _kv(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if not isinstance(mapping, Mapping):
+        return []
+    return [(str(k), v if isinstance(v, str) else repr(v) if not isinstance(v, (int, float))
+             else str(v)) for k, v in mapping.items()]
+
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tunelens decide: {{ task.name }}</title>
+{{ style }}
+</head><body><main>
+{% macro table(columns, rows) %}
+<div class="scroll"><table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}
+</tr></thead><tbody>{% for row in rows %}<tr>{% for v in row %}<td{% if not loop.first %}
+ class="num"{% endif %}>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table></div>
+{% endmacro %}
+<h1>Prompt with examples, or tune? &mdash; {{ task.name }}</h1>
+<div class="meta">model {{ model.name }} ({{ model_params }} non-embedding parameters)
+&middot; {{ task.examples }} labelled examples, labels {{ labels }} &middot; tunelens {{ version }}
+</div>
+<nav><a href="#verdict">Verdict</a><a href="#curves">Learning curves</a>
+<a href="#methods">Methods</a><a href="#compute">Compute</a>
+{% if shares %}<a href="#format">Format-only controls</a>{% endif %}
+<a href="#confusion">Confusion</a>{% if similarity %}<a href="#similarity">Hidden states</a>
+{% endif %}<a href="#split">Split</a><a href="#settings">Settings</a></nav>
+
+<h2 id="verdict">Verdict</h2>
+<ul>{% for line in verdict.summary %}<li>{{ line }}</li>{% endfor %}</ul>
+<h3>Which method wins at which data size</h3>
+<ul>{% for line in verdict.by_size %}<li>{{ line }}</li>{% endfor %}</ul>
+{% if verdict.format %}<h3>Is the tuning gain real?</h3>
+<ul>{% for line in verdict.format %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
+{% if verdict.similarity %}<p>{{ verdict.similarity }}</p>{% endif %}
+<h3>Where the intervals are too wide to decide</h3>
+{% if wide %}{{ table(["comparison", "difference (points) [95% CI]", "CI width",
+  "test items to resolve (about)"], wide) }}
+{% else %}<p>Every comparison was decided at this test size.</p>{% endif %}
+{% if verdict.notes %}<p class="note">{% for n in verdict.notes %}{{ n }}
+{% endfor %}</p>{% endif %}
+<p class="meta">Accuracy is exact match (SuperNI normalisation) on the {{ split.test }} test items;
+intervals are 95% bootstrap intervals over test items ({{ config.bootstrap }} resamples);
+differences are paired (same items). A method wins when the interval of its difference
+excludes 0.</p>
+
+<h2 id="curves">Learning curves</h2>
+<figure><img src="{{ curves_png }}" alt="learning curves">
+<figcaption>Accuracy against the number of labelled examples: ICL with k demonstrations
+and tuning on n examples, 95% CIs; horizontal lines: zero-shot and the label-space guess;
+squares: format-only controls.</figcaption></figure>
+
+<h2 id="methods">Methods</h2>
+{{ table(method_columns, method_rows) }}
+<h3>Comparisons</h3>
+{{ table(["comparison", "examples", "a", "b", "a - b (points) [95% CI]", "winner",
+  "test items to resolve (about)"], comparison_rows) }}
+
+<h2 id="compute">Compute per 1,000 items</h2>
+<figure><img src="{{ compute_png }}" alt="accuracy against compute">
+<figcaption>Accuracy against inference FLOPs per 1,000 items. FLOPs = 2 N T + L d T (T + 1)
+per sequence of T tokens (N = {{ model_params }} non-embedding parameters, L =
+{{ model.layers }} layers, d = {{ model.width }}); tuning costs 3 forward passes per training
+token once (see the methods table).</figcaption></figure>
+
+{% if shares %}<h2 id="format">Format-only controls</h2>
+<p>Share of the tuning gain (tuned minus zero-shot) that a control reaches; near 100%: the
+gain is mostly the output format.</p>
+{{ table(["control", "accuracy % [95% CI]", "share of the tuning gain [95% CI]",
+  "control - tuned (points) [95% CI]"], shares) }}{% endif %}
+
+{% if costs %}<h2 id="costs">Error costs</h2>
+<p>From {{ costs.source }}; (other) = an answer outside the label space.</p>
+{{ table(costs.columns, costs.rows) }}{% endif %}
+
+<h2 id="confusion">Confusion matrices</h2>
+<p>Rows: true label; columns: predicted label, (other) = an answer outside the label space.
+The label-space guess shows expected counts.</p>
+{% for c in confusions %}<h3>{{ c.name }}</h3>{{ table(c.columns, c.rows) }}{% endfor %}
+
+{% if similarity %}<h2 id="similarity">ICL-IT hidden-state similarity</h2>
+<p>Last-token hidden states per layer on {{ similarity.n_items }} test items: the base model
+with k={{ similarity.k }} demonstrations (ICL), the model tuned on those same demonstrations
+without them in the prompt (IT), and the base model without them (anchor).</p>
+<figure><img src="{{ similarity_png }}" alt="hidden-state similarity per layer"></figure>
+{{ table(["prediction", "accuracy % [95% CI]"], similarity.accuracy) }}{% endif %}
+
+<h2 id="split">Split</h2>
+<p>Seeded (seed {{ split.seed }}), stratified by {{ split.stratified_by }}: test set
+{{ split.test }}, demonstration pool {{ split.demo_pool }}, tuning pool
+{{ split.tuning_pool }}.</p>
+{{ table(["label", "test", "demonstration pool", "tuning pool"], split_rows) }}
+<h3>Task definition</h3><pre>{{ task.definition }}</pre>
+
+<h2 id="settings">Settings</h2>
+<div class="scroll"><table><tbody>{% for k, v in settings %}<tr><th>{{ k }}</th>
+<td>{{ v }}</td></tr>{% endfor %}</tbody></table></div>
+<h3>Environment</h3>
+<div class="scroll"><table><tbody>{% for k, v in environment %}<tr><th>{{ k }}</th>
+<td>{{ v }}</td></tr>{% endfor %}</tbody></table></div>
+</main></body></html>
+"""
+
+
+def render(data: Mapping[str, Any], images: Mapping[str, str]) -> str:
+    """The page's HTML for decide.json ``data`` and figure data URIs."""
+    method_columns, method_rows = _method_rows(data)
+    verdict = data.get("verdict", {})
+    wide = [[f"{w['a']} vs {w['b']}", fmt_diff(w["difference"]),
+             f"{w['width']:.1f}" if w.get("width") is not None else "n/a",
+             fmt_count(w["items_to_resolve"]) if w.get("items_to_resolve") else "-"]
+            for w in verdict.get("too_wide", [])]
+    costs = data.get("costs")
+    cost_view = None
+    if costs:
+        cost_view = {"source": costs["source"], "columns": ["true \\ predicted",
+                                                            *costs["predicted"]],
+                     "rows": [[label, *[f"{c:g}" for c in row]]
+                              for label, row in zip(costs["labels"], costs["costs"],
+                                                    strict=True)]}
+    similarity = data.get("similarity")
+    sim_view = None
+    if similarity:
+        sim_view = {"k": similarity["k"], "n_items": similarity["n_items"],
+                    "accuracy": [[name, fmt_stat(stat, unit="")]
+                                 for name, stat in similarity["accuracy"].items()]}
+    split = data["split"]
+    model = data["model"]
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(TEMPLATE).render(
+        style=_markup(page_style()),
+        task=data["task"], model=model, labels=", ".join(data["task"]["labels"]),
+        model_params=fmt_count(model.get("non_embedding_parameters")),
+        version=str(data.get("tunelens_version")), verdict=verdict, wide=wide,
+        split=split, config=data["config"], curves_png=images["curves"],
+        compute_png=images["compute"], similarity_png=images.get("similarity", ""),
+        method_columns=method_columns, method_rows=method_rows,
+        comparison_rows=_comparison_rows(data), shares=_share_rows(data), costs=cost_view,
+        confusions=[_confusion_view(m) for m in data.get("methods", [])],
+        similarity=sim_view,
+        split_rows=[[label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
+                    for label, c in split["per_label"].items()],
+        settings=_settings(data), environment=_kv(data.get("environment")),
+    )
+
+
+def _markup(text: str) -> Any:
+    """Our own constant stylesheet (never data) passes the autoescaper unchanged."""
+    from markupsafe import Markup
+
+    return Markup(text)
+
+
+def _settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    config = dict(data.get("config", {}))
+    tuning = config.pop("tuning", {})
+    rows = _kv(config) + [(f"tuning.{k}", str(v)) for k, v in (tuning or {}).items()]
+    return [*rows, ("model sizes from", str(data["model"].get("sizes_from", "")))]
+
+
+def write_report(out_dir: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write DIR/plots/decide_*.png and DIR/decide.html; returns the HTML path."""
+    out = Path(out_dir)
+    plots = out / PLOTS_DIR
+    images = {"curves": data_uri(save(learning_curve_figure(data), plots / "decide_curves.png")),
+              "compute": data_uri(save(compute_figure(data), plots / "decide_compute.png"))}
+    if data.get("similarity"):
+        images["similarity"] = data_uri(save(similarity_figure(data),
+                                             plots / "decide_similarity.png"))
+    path = out / "decide.html"
+    atomic_write_text(path, render(data, images))
+    return path
+
+
+__all__: Sequence[str] = ["render", "write_report"]

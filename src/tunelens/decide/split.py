@@ -1,0 +1,145 @@
+"""The seeded, label-stratified split of a task's examples into test set and two pools.
+
+``decide`` measures every method on one test set and draws what each method
+learns from two disjoint pools: the **demonstration pool** (ICL prompts take its
+first k examples) and the **tuning pool** (tuning on n takes its first n). The
+three parts are stratified by label: each holds the labels in the proportions
+of the whole task, up to rounding, with the rounding done by largest remainders
+(:func:`allocate`). Within a pool the order is stratified too
+(:func:`stratified_order`), so that every prefix (the k demonstrations, the n
+tuning examples) is as close to the task's label proportions as a prefix of
+that length can be, and a smaller prefix is part of a larger one: the learning
+curves add examples instead of drawing new sets.
+
+A label is an instance's first reference output. Everything depends only on
+the instances and the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from tunelens.errors import TunelensInputError
+from tunelens.tasks.types import Instance
+
+
+def label_of(instance: Instance) -> str:
+    """The label an instance is stratified by: its first reference output."""
+    return instance.outputs[0]
+
+
+def allocate(counts: Mapping[str, int], n: int) -> dict[str, int]:
+    """Split ``n`` over labels in proportion to ``counts`` (largest-remainder rounding).
+
+    Each label gets ``floor(n * c / total)``, and the items left over go one
+    each to the labels with the largest remainders (ties: label order). Exact
+    integer arithmetic; no label gets more than its count. ``n`` must be
+    between 0 and the total.
+    """
+    total = sum(counts.values())
+    if n < 0 or n > total:
+        raise ValueError(f"cannot allocate {n} of {total} items")
+    if total == 0:
+        return {label: 0 for label in counts}
+    shares = {label: divmod(n * count, total) for label, count in counts.items()}
+    out = {label: q for label, (q, _) in shares.items()}
+    left = n - sum(out.values())
+    by_remainder = sorted(counts, key=lambda label: (-shares[label][1], label))
+    for label in by_remainder[:left]:
+        out[label] += 1
+    return out
+
+
+def stratified_order(groups: Mapping[str, Sequence[Instance]], rng: random.Random
+                     ) -> list[Instance]:
+    """Interleave label groups so that every prefix keeps the proportions.
+
+    Item i of a group of size m sits at position (i + 1/2) / m of the unit
+    interval; items are taken in that order (ties broken at random, seeded),
+    which spreads each label evenly over the sequence.
+    """
+    keyed = []
+    for label in sorted(groups):
+        items = groups[label]
+        for i, item in enumerate(items):
+            keyed.append(((2 * i + 1) / (2 * len(items)), rng.random(), label, item))
+    keyed.sort(key=lambda entry: entry[:3])
+    return [entry[3] for entry in keyed]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Test set, demonstration pool and tuning pool: disjoint, stratified by label."""
+
+    test: tuple[Instance, ...]
+    demo_pool: tuple[Instance, ...]
+    tuning_pool: tuple[Instance, ...]
+    seed: int
+
+    def sizes(self) -> dict[str, int]:
+        return {"test": len(self.test), "demo_pool": len(self.demo_pool),
+                "tuning_pool": len(self.tuning_pool)}
+
+    def per_label(self) -> dict[str, dict[str, int]]:
+        """label -> {test, demo_pool, tuning_pool} counts."""
+        labels = sorted({label_of(i) for part in (self.test, self.demo_pool, self.tuning_pool)
+                         for i in part})
+        return {label: {name: sum(1 for i in part if label_of(i) == label)
+                        for name, part in (("test", self.test), ("demo_pool", self.demo_pool),
+                                           ("tuning_pool", self.tuning_pool))}
+                for label in labels}
+
+
+def resolve_test_size(test_size: float, n: int) -> int:
+    """A fraction (0 < x < 1) of ``n``, rounded, at least 1; or a count (a whole number >= 1)."""
+    if 0 < test_size < 1:
+        return max(1, round(test_size * n))
+    if test_size >= 1 and float(test_size).is_integer():
+        return int(test_size)
+    raise TunelensInputError(
+        f"test size {test_size:g} must be a fraction between 0 and 1 or a whole number of "
+        "examples", where="--test-size")
+
+
+def stratified_split(instances: Sequence[Instance], *, test_size: float, demo_size: int,
+                     seed: int) -> Split:
+    """Split ``instances`` into test set, demonstration pool and tuning pool (the rest).
+
+    ``test_size`` is a fraction of all instances or a count; ``demo_size`` a
+    count. The test set is taken first, then the demonstration pool from what
+    is left, each allocated over labels by :func:`allocate`; each label's
+    instances are shuffled once (seeded) and dealt in that order.
+    """
+    n = len(instances)
+    n_test = resolve_test_size(test_size, n)
+    if demo_size < 0:
+        raise TunelensInputError(f"demonstration pool size must be >= 0, got {demo_size}",
+                                 where="--demo-size")
+    if n_test + demo_size > n:
+        raise TunelensInputError(
+            f"the task has {n} examples: too few for a test set of {n_test} and a "
+            f"demonstration pool of {demo_size}; lower --test-size or --demo-size",
+            where="split")
+    rng = random.Random(f"decide-split|{seed}")
+    groups: dict[str, list[Instance]] = {}
+    for instance in instances:
+        groups.setdefault(label_of(instance), []).append(instance)
+    for label in sorted(groups):
+        rng.shuffle(groups[label])
+    counts = {label: len(items) for label, items in groups.items()}
+    test_alloc = allocate(counts, n_test)
+    rest = {label: counts[label] - test_alloc[label] for label in counts}
+    demo_alloc = allocate(rest, demo_size)
+    test, demo, tune = {}, {}, {}
+    for label, items in groups.items():
+        a, b = test_alloc[label], test_alloc[label] + demo_alloc[label]
+        test[label], demo[label], tune[label] = items[:a], items[a:b], items[b:]
+    order_rng = random.Random(f"decide-order|{seed}")
+    return Split(
+        test=tuple(stratified_order(test, order_rng)),
+        demo_pool=tuple(stratified_order(demo, order_rng)),
+        tuning_pool=tuple(stratified_order(tune, order_rng)),
+        seed=seed,
+    )
