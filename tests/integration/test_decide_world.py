@@ -107,6 +107,12 @@ def test_decide_on_a_world_task(tmp_path):
     assert HOSTILE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html
 
+    # the page can be rebuilt from decide.json alone
+    from tunelens.decide.report import rebuild_report
+
+    (out / "decide.html").unlink()
+    assert rebuild_report(out).read_text() == html
+
     # a re-run reads every method back from the store and writes the same file
     before = (out / "decide.json").read_bytes()
     timings = json.loads((out / "timings.json").read_text())
@@ -147,7 +153,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
                             for i in range(20)))
     costs = tmp_path / "costs.csv"
     costs.write_text("true,predicted,cost\niron,right,1\n")
-    out = ["--model", "world", "--out", str(tmp_path / "out"), "--no-progress"]
+    out = ["--out", str(tmp_path / "out"), "--no-progress"]
     cases = [
         (["--task", str(free)], "needs a classification task"),
         (["--task", str(tmp_path / "absent.jsonl")], "absent.jsonl"),
@@ -161,13 +167,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
          "model directory does not exist"),
     ]
     for args, message in cases:
-        code, err = main_in_process(["decide", *args, *out], capsys, monkeypatch)
+        model = [] if "--model" in args else ["--model", "world"]
+        code, err = main_in_process(["decide", *args, *model, *out], capsys, monkeypatch)
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in err, err
         assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     # and once through a real process: the installed entry point behaves the same
-    result = tunelens("decide", "--task", str(broken), *out, cwd=tmp_path)
+    result = tunelens("decide", "--task", str(broken), "--model", "world", *out, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

@@ -64,39 +64,58 @@ def test_add_list_export_round_trip(tmp_path):
     assert valid.returncode == 0, valid.stderr
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path):
+def main_in_process(args: list[str], cwd: Path, capsys, monkeypatch) -> tuple[int, str]:
+    """Exit status and stderr of ``tunelens ARGS`` through the CLI's own entry point."""
+    from tunelens.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["tunelens", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     first = tunelens("examples", "add", "--input", "x", "--output", "y", cwd=tmp_path)
     assert first.returncode == 0
-    cases = []
+    # one refusal through a real process ...
     dup = tunelens("examples", "add", "--input", "x", "--output", "y", cwd=tmp_path)
-    cases.append((dup, "duplicate of example #1"))
+    assert dup.returncode == 2
+    lines = dup.stderr.strip().splitlines()
+    assert len(lines) == 1 and "duplicate of example #1" in lines[0], dup.stderr
+    # ... and the others through the same entry point in this process
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": "fine", "output": "ok"}\n{"input": "no output"}\n')
-    cases.append((tunelens("examples", "add", "--from", str(bad), cwd=tmp_path),
-                  f"{bad}: line 2: field 'output': missing"))
     dup_file = tmp_path / "dup.jsonl"
     dup_file.write_text('{"input": "new", "output": "row"}\n{"input": "x", "output": "y"}\n')
-    cases.append((tunelens("examples", "add", "--from", str(dup_file), cwd=tmp_path),
-                  f"{dup_file}: line 2: duplicate of example #1"))
-    cases.append((tunelens("examples", "add", "--input", "only input", cwd=tmp_path),
-                  "give --input and --output"))
     junk = tmp_path / "junk.sqlite"
     junk.write_text("definitely not sqlite " * 20)
-    cases.append((tunelens("examples", "list", "--db", str(junk), cwd=tmp_path),
-                  "not a tunelens examples database"))
-    cases.append((tunelens("examples", "export", "--out", "x.jsonl", "--db", "absent.sqlite",
-                           cwd=tmp_path), "no examples database"))
-    for result, message in cases:
-        assert result.returncode == 2, (result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-        assert message in lines[0], lines[0]
+    cases = [
+        (["examples", "add", "--from", str(bad)], f"{bad}: line 2: field 'output': missing"),
+        (["examples", "add", "--from", str(dup_file)],
+         f"{dup_file}: line 2: duplicate of example #1"),
+        (["examples", "add", "--input", "only input"], "give --input and --output"),
+        (["examples", "add", "--input", "a", "--output", "b", "--time", "noon"], "ISO 8601"),
+        (["examples", "list", "--db", str(junk)], "not a tunelens examples database"),
+        (["examples", "export", "--out", "x.jsonl", "--db", "absent.sqlite"],
+         "no examples database"),
+    ]
+    for args, message in cases:
+        code, err = main_in_process(args, tmp_path, capsys, monkeypatch)
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     # nothing of the refused adds landed; --skip-duplicates adds the rest
     with ExampleStore(tmp_path / "tunelens_examples.sqlite") as store:
         assert store.count() == 1
-    skip = tunelens("examples", "add", "--from", str(dup_file), "--skip-duplicates",
-                    cwd=tmp_path)
-    assert skip.returncode == 0 and "skipped line 2: duplicate of example #1" in skip.stderr
+    code, err = main_in_process(["examples", "add", "--from", str(dup_file),
+                                 "--skip-duplicates"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "skipped line 2: duplicate of example #1" in err
 
 
 def check_consistent(db: Path) -> list[tuple]:
@@ -107,6 +126,7 @@ def check_consistent(db: Path) -> list[tuple]:
                             "digest FROM examples ORDER BY id").fetchall()
     for id_, input_text, output, label, source, created, accepted, pii, key in rows:
         assert input_text and output and created and accepted in (0, 1), id_
+        assert isinstance(source, str) and isinstance(pii, str), id_
         assert key == digest(input_text, output, label), id_
     return rows
 

@@ -110,6 +110,15 @@ def test_guess_level_best_and_unreadable_gain():
     assert all("too wide to say" in line for line in out["format"][1:])
 
 
+def test_guess_is_best():
+    results = copy.deepcopy(RESULTS)
+    results["best"] = {"id": "label_guess", "indistinguishable": [],
+                       "cheapest_at_equal_quality": "label_guess"}
+    line = verdict(results)["summary"][0]
+    assert line.startswith("No method beats guessing a label (50.0% [50.0, 50.0])")
+    assert line.endswith("The best model method is tuned, n=8, 80.0% [70.0, 90.0].")
+
+
 def test_identical_scores_are_not_called_too_wide():
     results = copy.deepcopy(RESULTS)
     results["comparisons"]["at_equal_size"][0].update(

@@ -51,8 +51,9 @@ class DecideConfig(BaseModel):
     similarity_items: int = Field(
         64, ge=0, description="Test items probed for hidden-state similarity (0: skip it).")
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every interval.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
-    device: str = Field("cpu", description="torch device.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype: float32, bfloat16 or float16.")
+    device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps).")
     tuning: TuningSpec = Field(TuningSpec(), description="How each tuned model is tuned.")
 
     @field_validator("k")

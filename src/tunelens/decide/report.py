@@ -15,7 +15,14 @@ from typing import Any
 
 import jinja2
 
-from tunelens.decide.verdict import fmt_count, fmt_diff, fmt_flops, fmt_share, fmt_stat
+from tunelens.decide.verdict import (
+    fmt_count,
+    fmt_diff,
+    fmt_flops,
+    fmt_share,
+    fmt_stat,
+    identical,
+)
 from tunelens.report.html import data_uri, page_style
 from tunelens.report.plots import convergence_figure, mean_ci, plt, save
 from tunelens.runs.store import atomic_write_text
@@ -164,7 +171,8 @@ def _comparison_rows(data: Mapping[str, Any]) -> list[list[str]]:
     comparisons = data.get("comparisons", {})
     for group, title in (("at_equal_size", "tuning vs ICL"), ("vs_zero_shot", "vs zero-shot")):
         for comp in comparisons.get(group, []):
-            winner = methods[comp["winner"]]["name"] if comp["winner"] else "too close to call"
+            winner = (methods[comp["winner"]]["name"] if comp["winner"] else
+                      "no difference" if identical(comp) else "too close to call")
             needed = comp.get("items_to_resolve")
             rows.append([title, str(comp.get("examples", "")), methods[comp["a"]]["name"],
                          methods[comp["b"]]["name"], fmt_diff(comp["difference"]), winner,
@@ -196,6 +204,8 @@ TEMPLATE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>tunelens decide: {{ task.name }}</title>
 {{ style }}
+<style>.grid{display:flex;flex-wrap:wrap;gap:0 28px}.grid h3{font-size:15px;margin:14px 0 2px}
+</style>
 </head><body><main>
 {% macro table(columns, rows) %}
 <div class="scroll"><table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}
@@ -263,7 +273,8 @@ gain is mostly the output format.</p>
 <h2 id="confusion">Confusion matrices</h2>
 <p>Rows: true label; columns: predicted label, (other) = an answer outside the label space.
 The label-space guess shows expected counts.</p>
-{% for c in confusions %}<h3>{{ c.name }}</h3>{{ table(c.columns, c.rows) }}{% endfor %}
+<div class="grid">{% for c in confusions %}<div><h3>{{ c.name }}</h3>
+{{ table(c.columns, c.rows) }}</div>{% endfor %}</div>
 
 {% if similarity %}<h2 id="similarity">ICL-IT hidden-state similarity</h2>
 <p>Last-token hidden states per layer on {{ similarity.n_items }} test items: the base model
@@ -360,4 +371,21 @@ def write_report(out_dir: str | Path, data: Mapping[str, Any]) -> Path:
     return path
 
 
-__all__: Sequence[str] = ["render", "write_report"]
+def rebuild_report(out_dir: str | Path) -> Path:
+    """Write DIR/decide.html again from DIR/decide.json (after a change to this module, say)."""
+    import json
+
+    from tunelens.errors import TunelensInputError
+
+    path = Path(out_dir) / "decide.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunelensInputError("no decide.json; run `tunelens decide` first",
+                                 source=str(path)) from None
+    except (OSError, ValueError) as error:
+        raise TunelensInputError(f"cannot read: {error}", source=str(path)) from None
+    return write_report(out_dir, data)
+
+
+__all__: Sequence[str] = ["rebuild_report", "render", "write_report"]

@@ -173,8 +173,17 @@ def best_line(results: Mapping[str, Any]) -> str:
     if not best:
         return ""
     top = methods[best["id"]]
-    text = f"Best: {top['name']}, accuracy {fmt_stat(top['accuracy'])}."
     tied = best.get("indistinguishable", [])
+    if best["id"] == "label_guess":
+        models = [m for m in methods.values() if m["id"] != "label_guess"]
+        runner_up = max(models, key=lambda m: m["accuracy"]["mean"]) if models else None
+        text = (f"No method beats guessing a label ({fmt_stat(top['accuracy'])}): on this "
+                "evidence no method has learned the task.")
+        if runner_up is not None:
+            text += (f" The best model method is {runner_up['name']}, "
+                     f"{fmt_stat(runner_up['accuracy'])}.")
+        return text
+    text = f"Best: {top['name']}, accuracy {fmt_stat(top['accuracy'])}."
     if "label_guess" in [best["id"], *tied]:
         text += (" It is not distinguishable from guessing a label "
                  f"({fmt_stat(methods['label_guess']['accuracy'])}): on this evidence no "
