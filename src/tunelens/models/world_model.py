@@ -46,7 +46,9 @@ class WorldModelRecipe:
     curriculum_steps: int = 8000
     # Scale of a shared per-category direction added to the initial embeddings of
     # the lexicon's words (0 = plain random init): category knowledge from the start.
-    category_init: float = 0.0
+    category_init: float = 1.0
+    # Share of task sequences with bursty inputs (see tasks.world.corpus.CorpusMix).
+    bursty: float = 0.0
     lr: float = 3e-3
     warmup: int = 200
     decay_start: float = 0.7  # constant lr until this share of steps, then cosine to lr/10
@@ -142,7 +144,7 @@ class _Batcher:
         for row in range(r.batch_size):
             tokens, mask = training_sequence(
                 rng, seed=r.seed, max_tokens=r.seq_len, tokenize=self._tokenize,
-                forbidden_label_sets=self.forbidden, mix=CorpusMix(),
+                forbidden_label_sets=self.forbidden, mix=CorpusMix(bursty=r.bursty),
                 family="word_category" if step < r.curriculum_steps else None)
             row_ids = torch.tensor([self.vocab[t] for t in tokens])
             ids[row, : len(tokens)] = row_ids
@@ -223,7 +225,9 @@ def train_world_model(
     log_path = workdir / "training_log.jsonl"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        same = {k: v for k, v in state["recipe"].items() if k not in RUNTIME_FIELDS}
+        # Fields added after a checkpoint was written take their defaults.
+        saved = {**asdict(WorldModelRecipe()), **state["recipe"]}
+        same = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}
         if same != {k: v for k, v in asdict(recipe).items() if k not in RUNTIME_FIELDS}:
             raise ValueError(f"{ckpt} was made with another recipe; use a fresh directory")
         model.load_state_dict(state["model"])

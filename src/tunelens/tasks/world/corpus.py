@@ -29,6 +29,10 @@ class CorpusMix:
     facts: float = 0.15
     definition_prefix: float = 0.2  # of task sequences: plain format with a definition first
     tk_layout: float = 0.1  # of task sequences: Tk-Instruct blocks
+    # Of task sequences: inputs drawn from 3 words per category, so exact words
+    # recur within the sequence (bursty data, which speeds up the emergence of
+    # in-context copying; the full lexicon teaches the category generalisation).
+    bursty: float = 0.0
 
 
 def _example_tokens(words: list[str], label: str) -> tuple[list[str], list[bool]]:
@@ -56,8 +60,9 @@ def task_sequence(
     *,
     definition_tokens: list[str] | None,
     tk_layout: bool,
+    lexicon: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[str], list[bool]]:
-    """Examples of one rule until the sequence is full."""
+    """Examples of one rule until the sequence is full (inputs from ``lexicon``)."""
     tokens, mask = [BOS], [False]
     if definition_tokens and len(definition_tokens) + 3 <= max_tokens:
         tokens += ["Definition:", *definition_tokens, SEP]
@@ -68,17 +73,17 @@ def task_sequence(
             piece, piece_mask = [], []
             for i in (1, 2):
                 label = rng.choice(rule.labels)
-                t, m = _example_tokens(rule.sample_input(rng, label), label)
+                t, m = _example_tokens(rule.sample_input(rng, label, lexicon), label)
                 piece += ["Positive", "Example", str(i), "-", *t]
                 piece_mask += [False] * 4 + m
             label = rng.choice(rule.labels)
-            t, m = _example_tokens(rule.sample_input(rng, label), label)
+            t, m = _example_tokens(rule.sample_input(rng, label, lexicon), label)
             head = ["Now", "complete", "the", "following", "example", "-"]
             piece += head + t
             piece_mask += [False] * len(head) + m
         else:
             label = rng.choice(rule.labels)
-            piece, piece_mask = _example_tokens(rule.sample_input(rng, label), label)
+            piece, piece_mask = _example_tokens(rule.sample_input(rng, label, lexicon), label)
         if len(tokens) + len(piece) > max_tokens:
             return tokens, mask
         tokens += piece
@@ -108,8 +113,12 @@ def training_sequence(
     definition = None
     if rng.random() < mix.definition_prefix:
         definition = tokenize(rule.definition(rng.randrange(3)))
+    tk_layout = rng.random() < mix.tk_layout
+    lexicon = None
+    if mix.bursty and rng.random() < mix.bursty:
+        lexicon = {cat: tuple(rng.sample(CATEGORIES[cat], 3)) for cat in rule.categories}
     return task_sequence(rng, rule, max_tokens, definition_tokens=definition,
-                         tk_layout=rng.random() < mix.tk_layout)
+                         tk_layout=tk_layout, lexicon=lexicon)
 
 
 def vocabulary_texts(seed: int) -> list[str]:

@@ -63,26 +63,31 @@ class Rule:
             raise ValueError(f"unknown rule family {f!r}")
         return self.labels[0] if holds else self.labels[1]
 
-    def sample_input(self, rng: random.Random, label: str) -> list[str]:
-        """Rejection-sample an input whose label is ``label``."""
+    def sample_input(self, rng: random.Random, label: str,
+                     lexicon: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+        """Rejection-sample an input whose label is ``label``.
+
+        ``lexicon`` restricts the words of each category (default: all of them).
+        """
         for _ in range(1000):
-            words = self._draw(rng, label)
+            words = self._draw(rng, label, lexicon or CATEGORIES)
             if self.label_of(words) == label:
                 return words
         raise RuntimeError(f"cannot draw an input with label {label!r} for {self}")
 
-    def _draw(self, rng: random.Random, label: str) -> list[str]:
+    def _draw(self, rng: random.Random, label: str,
+              lexicon: dict[str, tuple[str, ...]]) -> list[str]:
         f, c = self.family, self.categories
         n = SEQUENCE_LENGTH[f]
         if f == "word_category":
-            return [rng.choice(CATEGORIES[c[self.labels.index(label)]])]
+            return [rng.choice(lexicon[c[self.labels.index(label)]])]
         if f == "same_category":
             if label == self.labels[0]:
                 cat = rng.choice(c)
-                return rng.sample(CATEGORIES[cat], 2)
+                return rng.sample(lexicon[cat], 2)
             a, b = rng.sample(c, 2)
-            return [rng.choice(CATEGORIES[a]), rng.choice(CATEGORIES[b])]
-        return [rng.choice(CATEGORIES[rng.choice(c)]) for _ in range(n)]
+            return [rng.choice(lexicon[a]), rng.choice(lexicon[b])]
+        return [rng.choice(lexicon[rng.choice(c)]) for _ in range(n)]
 
     def definition(self, template: int) -> str:
         """The rule in English, in one of three paraphrases."""
