@@ -64,6 +64,8 @@ def train_model(
         help="Shared per-category embedding direction at init (0 = off).")] = 1.0,
     bursty: Annotated[float, typer.Option(
         help="Share of sequences whose inputs recur (3 words per category).")] = 0.0,
+    all_tokens_loss: Annotated[bool, typer.Option(
+        help="Loss on every token, not only on outputs.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
     install: Annotated[bool, typer.Option(
@@ -74,7 +76,8 @@ def train_model(
     from tunelens.models.world_model import WorldModelRecipe, export_world_model, train_world_model
 
     recipe = WorldModelRecipe(seed=seed, steps=steps, curriculum_steps=curriculum_steps,
-                              category_init=category_init, bursty=bursty, threads=threads)
+                              category_init=category_init, bursty=bursty,
+                              all_tokens_loss=all_tokens_loss, threads=threads)
     model = train_world_model(recipe, workdir)
     target = world_model_dir() if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)

@@ -49,6 +49,7 @@ class WorldModelRecipe:
     category_init: float = 1.0
     # Share of task sequences with bursty inputs (see tasks.world.corpus.CorpusMix).
     bursty: float = 0.0
+    all_tokens_loss: bool = False  # see tasks.world.corpus.CorpusMix
     lr: float = 3e-3
     warmup: int = 200
     decay_start: float = 0.7  # constant lr until this share of steps, then cosine to lr/10
@@ -144,7 +145,8 @@ class _Batcher:
         for row in range(r.batch_size):
             tokens, mask = training_sequence(
                 rng, seed=r.seed, max_tokens=r.seq_len, tokenize=self._tokenize,
-                forbidden_label_sets=self.forbidden, mix=CorpusMix(bursty=r.bursty),
+                forbidden_label_sets=self.forbidden,
+                mix=CorpusMix(bursty=r.bursty, all_tokens_loss=r.all_tokens_loss),
                 family="word_category" if step < r.curriculum_steps else None)
             row_ids = torch.tensor([self.vocab[t] for t in tokens])
             ids[row, : len(tokens)] = row_ids

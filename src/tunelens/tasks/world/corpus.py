@@ -33,6 +33,9 @@ class CorpusMix:
     # recur within the sequence (bursty data, which speeds up the emergence of
     # in-context copying; the full lexicon teaches the category generalisation).
     bursty: float = 0.0
+    # Loss on every token (plain language modelling) instead of outputs only:
+    # predicting recurring input words trains copying from the context.
+    all_tokens_loss: bool = False
 
 
 def _example_tokens(words: list[str], label: str) -> tuple[list[str], list[bool]]:
@@ -101,11 +104,29 @@ def training_sequence(
     mix: CorpusMix = CorpusMix(),
     family: str | None = None,
 ) -> tuple[list[str], list[bool]]:
-    """One training sequence of at most ``max_tokens`` tokens.
+    """One training sequence of at most ``max_tokens`` tokens, and its loss mask.
 
     ``family`` pins the rule family (the curriculum's first phase); None draws
     it by ``FAMILY_WEIGHTS``.
     """
+    tokens, mask = _training_sequence(rng, seed=seed, max_tokens=max_tokens, tokenize=tokenize,
+                                      forbidden_label_sets=forbidden_label_sets, mix=mix,
+                                      family=family)
+    if mix.all_tokens_loss:
+        mask = [False] + [True] * (len(tokens) - 1)
+    return tokens, mask
+
+
+def _training_sequence(
+    rng: random.Random,
+    *,
+    seed: int,
+    max_tokens: int,
+    tokenize: Callable[[str], list[str]],
+    forbidden_label_sets: frozenset[frozenset[str]],
+    mix: CorpusMix,
+    family: str | None,
+) -> tuple[list[str], list[bool]]:
     if rng.random() < mix.facts:
         return fact_sequence(rng, max_tokens)
     rule = draw_rule(rng, seed=seed, heldout=False, family=family,
