@@ -57,17 +57,17 @@ def path() -> None:
 def train_model(
     workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
         "world_train"),
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 14000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 12000,
     curriculum_steps: Annotated[int, typer.Option(
-        help="Steps of one-word tasks only, before every rule family.")] = 8000,
+        help="Steps of one-word tasks only, before every rule family.")] = 6000,
     category_init: Annotated[float, typer.Option(
         help="Shared per-category embedding direction at init (0 = off).")] = 1.0,
     bursty: Annotated[float, typer.Option(
-        help="Share of sequences whose inputs recur (3 words per category).")] = 0.0,
+        help="Share of sequences whose inputs recur (3 words per category).")] = 0.5,
     all_tokens_loss: Annotated[bool, typer.Option(
-        help="Loss on every token, not only on outputs.")] = False,
+        help="Loss on every token, not only on outputs.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = 1,
     install: Annotated[bool, typer.Option(
         help="Copy the result into the package's assets.")] = False,
 ) -> None:

@@ -40,23 +40,23 @@ class WorldModelRecipe:
     max_positions: int = 256
     seq_len: int = 64
     batch_size: int = 64
-    steps: int = 14000
+    steps: int = 12000
     # Curriculum: only the one-word family (plus facts) before this step, in which
     # in-context learning breaks through first; then every family by FAMILY_WEIGHTS.
-    curriculum_steps: int = 8000
+    curriculum_steps: int = 6000
     # Scale of a shared per-category direction added to the initial embeddings of
     # the lexicon's words (0 = plain random init): category knowledge from the start.
     category_init: float = 1.0
     # Share of task sequences with bursty inputs (see tasks.world.corpus.CorpusMix).
-    bursty: float = 0.0
-    all_tokens_loss: bool = False  # see tasks.world.corpus.CorpusMix
+    bursty: float = 0.5
+    all_tokens_loss: bool = True  # see tasks.world.corpus.CorpusMix
     lr: float = 3e-3
     warmup: int = 200
     decay_start: float = 0.7  # constant lr until this share of steps, then cosine to lr/10
     weight_decay: float = 0.01
     checkpoint_every: int = 500
     eval_every: int = 500
-    threads: int = 2
+    threads: int = 1
 
 
 # Recipe fields that do not change the result: a run may resume with other values.

@@ -4,9 +4,13 @@ Every sequence draws a fresh training rule *and fresh label words*, so the only
 way to predict an output is to read the examples before it: that is what makes
 in-context learning emerge. Some sequences start with the task definition,
 some use the Tk-Instruct layout, and some are plain facts ("cat is an
-animal .") that put category knowledge into the model. Only output tokens
-carry loss. Sequences are lists of tokenizer tokens plus a loss mask, built
-directly from words so that a training step costs no tokenizer call.
+animal .") that put category knowledge into the model. In bursty sequences a
+few words per category recur, so copying from the context pays off early; with
+loss on every token (the shipped recipe) predicting those recurring words
+trains the copying circuit that in-context learning then reuses (with loss on
+outputs only, no run of up to 10,000 steps left the guess; see the world
+model's training log). Sequences are lists of tokenizer tokens plus a loss
+mask, built directly from words so that a training step costs no tokenizer call.
 """
 
 from __future__ import annotations
