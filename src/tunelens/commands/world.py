@@ -67,7 +67,8 @@ def train_model(
     all_tokens_loss: Annotated[bool, typer.Option(
         help="Loss on every token, not only on outputs.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")] = 1,
+    threads: Annotated[int, typer.Option(
+        help="CPU threads for torch (1 is fastest on a busy machine).")] = 1,
     install: Annotated[bool, typer.Option(
         help="Copy the result into the package's assets.")] = False,
 ) -> None:
