@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -126,7 +126,8 @@ def run_baseline_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], see
 
 
 def run_grid_cell(loaded, train: Sequence[Task], test: Sequence[Task], params: dict[str, Any],
-                  seed: int, progress: bool = True) -> dict[str, Any]:
+                  seed: int, progress: bool = True,
+                  on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Tune on the training tasks under one condition, then predict on the held-out tasks."""
     from tunelens.experiments.convergence import tuning_config
     from tunelens.models.predict import generate_predictions
@@ -137,7 +138,7 @@ def run_grid_cell(loaded, train: Sequence[Task], test: Sequence[Task], params: d
                            n_positive=params["n_positive"], seed=seed,
                            template=params["template"])
     config = tuning_config(TuningSpec(**params["tuning"]), seed)
-    tuned = multitask_tune(loaded, pairs, config, progress=progress)
+    tuned = multitask_tune(loaded, pairs, config, progress=progress, on_step=on_step)
     try:
         items = eval_items(test, params["eval_instances_per_task"])
         prompts = eval_prompts(items, params["n_positive"], params["template"])
@@ -234,7 +235,10 @@ class AuditExperiment:
         loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
         if "baseline" in p:
             return run_baseline_cell(loaded, test, p, cell.seed)
-        return run_grid_cell(loaded, load_task_set(p["train"]), test, p, cell.seed)
+        return run_grid_cell(loaded, load_task_set(p["train"]), test, p, cell.seed,
+                             progress=False,
+                             on_step=lambda done, total: context.progress("tuning steps",
+                                                                          done, total))
 
     def aggregate(self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
                   ) -> dict[str, Any]:

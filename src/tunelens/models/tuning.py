@@ -756,6 +756,7 @@ def multitask_tune(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     names: Sequence[str] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TunedModel:
     """Multi-task instruction tuning with Hugging Face Accelerate; loss on targets only.
 
@@ -767,7 +768,8 @@ def multitask_tune(
     ``checkpoint_dir`` receives ``final/`` (and ``step-N/`` every ``save_steps``):
     PEFT ``save_pretrained`` adapters for LoRA, safetensors model + tokenizer for
     full fine-tuning. Returns a TunedModel on the unwrapped model; ``unload()``
-    restores the base (single-process runs).
+    restores the base (single-process runs). ``on_step(done, total)`` is called
+    after every optimizer step (e.g. a study's own progress bar).
     """
     from accelerate import Accelerator
 
@@ -779,7 +781,8 @@ def multitask_tune(
     tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
     try:
         _train_accelerated(tuned, encoded, config, accelerator, progress,
-                           Path(checkpoint_dir) if checkpoint_dir is not None else None)
+                           Path(checkpoint_dir) if checkpoint_dir is not None else None,
+                           on_step)
     except BaseException:
         tuned.unload()
         raise
@@ -787,7 +790,8 @@ def multitask_tune(
 
 
 def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config: TuningConfig,
-                       accelerator: Any, progress: bool, checkpoint_dir: Path | None) -> None:
+                       accelerator: Any, progress: bool, checkpoint_dir: Path | None,
+                       on_step: Callable[[int, int], None] | None = None) -> None:
     from torch.utils.data import DataLoader
 
     loaded = tuned.loaded
@@ -836,6 +840,8 @@ def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config
                     step += 1
                     tuned.losses.append(float(loss.detach()))
                     advance(tuned.losses[-1])
+                    if on_step is not None:
+                        on_step(step, total)
                     if (checkpoint_dir is not None and config.save_steps
                             and step % config.save_steps == 0 and step < total):
                         _save_checkpoint(accelerator, model, tuned, checkpoint_dir / f"step-{step}")
