@@ -1,0 +1,43 @@
+"""bench/run.py --quick runs end to end and ends with the JSON line the issue asks for."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+KEYS = ("hidden_states_ratio", "per_set_tuning_ratio", "sft_tokens_ratio", "mfu_forward")
+
+
+def test_quick_bench_prints_the_four_figures(tmp_path):
+    pytest.importorskip("trl")  # the baseline of the multi-task comparison (dev / bench extra)
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    for key in KEYS:
+        value = result[key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+    assert json.loads(out.read_text()) == result
+    # one human-readable line per comparison before the JSON
+    for label in ("hidden states", "per-set tuning", "multi-task tuning", "MFU forward"):
+        assert any(line.startswith(label) for line in lines[:-1]), label
+    # both sides of each comparison compute the same thing
+    for model in ("20m", "world"):
+        states = result["hidden_states"][model]
+        bound = 1e-6 * max(1.0, states["max_abs_state"])
+        assert states["max_abs_diff"] <= bound and states["prototype_max_abs_diff"] <= bound
+    for model in ("20m", "world"):
+        tuned = result["per_set_tuning"][model]
+        assert tuned["max_rel_adapter_diff"] < 1e-3
+        assert tuned["prototype_max_rel_adapter_diff"] < 1e-3
+    assert result["sft"]["world"]["trl_tokens"] == result["sft"]["world"]["tunelens_tokens"]
