@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from tunelens.errors import TunelensInputError
+from tunelens.tasks.loaders import read_text
 
 OTHER = "(other)"
 
@@ -163,15 +164,7 @@ def load_costs(path: str | Path, labels: Sequence[str]) -> CostMatrix:
     """The cost matrix in ``path`` (CSV or YAML, by suffix) for a task with ``labels``."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TunelensInputError("no such file", source=source) from None
-    except UnicodeDecodeError as error:
-        raise TunelensInputError(f"not UTF-8 text (byte {error.start})", source=source) from None
-    except OSError as error:
-        raise TunelensInputError(f"cannot read: {error.strerror or error}", source=source
-                                 ) from None
+    text = read_text(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         entries = _csv_entries(text, source)

@@ -37,6 +37,7 @@ from tunelens.errors import TunelensInputError
 from tunelens.examples.pii import pii_flags
 from tunelens.runs.store import atomic_write_text
 from tunelens.tasks.jsonl import FORMAT_KEY, FORMAT_VERSION, is_header
+from tunelens.tasks.loaders import read_text
 
 DEFAULT_DB = "tunelens_examples.sqlite"
 SCHEMA_VERSION = 1
@@ -233,15 +234,7 @@ def read_example_file(path: str | Path, default_source: str = "") -> list[NewExa
     """
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TunelensInputError("no such file", source=source) from None
-    except UnicodeDecodeError as error:
-        raise TunelensInputError(f"not UTF-8 text (byte {error.start})", source=source) from None
-    except OSError as error:
-        raise TunelensInputError(f"cannot read: {error.strerror or error}", source=source
-                                 ) from None
+    text = read_text(path, allow_empty=True)
     default_source = default_source or path.name
     rows = _csv_rows(text, source) if path.suffix.lower() == ".csv" else _jsonl_rows(text,
                                                                                       source)

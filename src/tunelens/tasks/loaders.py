@@ -32,8 +32,12 @@ TASK_SUFFIXES = (".json", ".jsonl")
 PathLike = str | Path
 
 
-def read_text(path: Path) -> str:
-    """The file's text, with clear errors for a missing, unreadable, binary or empty file."""
+def read_text(path: Path, *, allow_empty: bool = False) -> str:
+    """The file's text, with clear errors for a missing, unreadable, binary or empty file.
+
+    ``allow_empty`` leaves a blank file to the caller (which may say more precisely
+    what is missing).
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except FileNotFoundError:
@@ -42,7 +46,7 @@ def read_text(path: Path) -> str:
         raise TunelensInputError(f"not UTF-8 text (byte {error.start})", source=str(path)) from None
     except OSError as error:
         raise TunelensInputError(f"cannot read: {error.strerror}", source=str(path)) from None
-    if not text.strip():
+    if not allow_empty and not text.strip():
         raise TunelensInputError("file is empty", source=str(path))
     return text
 
