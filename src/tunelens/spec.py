@@ -132,8 +132,10 @@ def default_spec() -> Spec:
     return Spec(
         convergence=ConvergenceSpec(),
         audit=AuditSpec(),
-        note="Embedded default: the world model and world tasks; sized to finish in about "
-        "15 minutes on 2 CPU cores.",
+        note="Embedded default: both studies on the world model and world tasks, at each "
+        "study's own default sizes (convergence: k 8, 30 pairs x 3 seeds, random-init control; "
+        "audit: the low-resource grid, 5 instances per task, one seed); about a minute on 2 CPU "
+        "cores.",
     )
 
 
