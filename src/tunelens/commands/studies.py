@@ -58,6 +58,8 @@ ExecutorOption = Annotated[str, typer.Option(help="'local' or 'ray'.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+MethodOption = Annotated[str | None, typer.Option(help="Tuning: lora or full.")]
+LearningRateOption = Annotated[float | None, typer.Option(help="Tuning learning rate.")]
 
 
 @app.command("convergence")
@@ -78,8 +80,8 @@ def convergence(
     controls: Annotated[str | None, typer.Option(
         help="none, random_init, shuffled (comma-separated).")] = None,
     template: Annotated[str | None, typer.Option(help="plain, tk or chat.")] = None,
-    method: Annotated[str | None, typer.Option(help="Tuning: lora or full.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Tuning learning rate.")] = None,
+    method: MethodOption = None,
+    learning_rate: LearningRateOption = None,
     epochs: Annotated[int | None, typer.Option(help="Tuning epochs per set.")] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
@@ -118,8 +120,8 @@ def audit(
     seeds: SeedsOption = None,
     eval_instances_per_task: Annotated[int | None, typer.Option(
         help="Held-out instances scored per task.")] = None,
-    method: Annotated[str | None, typer.Option(help="Tuning: lora or full.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Tuning learning rate.")] = None,
+    method: MethodOption = None,
+    learning_rate: LearningRateOption = None,
     epochs: Annotated[int | None, typer.Option(help="Tuning epochs.")] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",

@@ -105,6 +105,15 @@ def identical(comp: Mapping[str, Any]) -> bool:
     return diff.get("mean") == 0 and lo == 0 and hi == 0
 
 
+def _outcome(comp: Mapping[str, Any], a_label: str, b_label: str, b_id: str) -> str:
+    """'<winner> wins by <difference>', or the close-call sentence when neither won."""
+    if comp["winner"] == comp["a"]:
+        return f"{a_label} wins by {fmt_diff(comp['difference'])}"
+    if comp["winner"] == b_id:
+        return f"{b_label} wins by {fmt_diff(comp['difference'])}"
+    return _close_call(comp)
+
+
 def _close_call(comp: Mapping[str, Any]) -> str:
     if identical(comp):
         return "no difference: the same score on every test item"
@@ -126,9 +135,7 @@ def size_lines(results: Mapping[str, Any]) -> tuple[list[str], list[dict[str, An
         method = methods[comp["a"]]
         if method["family"] != "icl" or method["examples"] >= smallest_tuned:
             continue
-        outcome = (f"ICL wins by {fmt_diff(comp['difference'])}" if comp["winner"] == comp["a"]
-                   else f"zero-shot wins by {fmt_diff(comp['difference'])}"
-                   if comp["winner"] == "zero_shot" else _close_call(comp))
+        outcome = _outcome(comp, "ICL", "zero-shot", "zero_shot")
         lines.append(f"With {method['examples']} example(s): ICL k={method['examples']} "
                      f"{fmt_stat(method['accuracy'])} vs zero-shot "
                      f"{fmt_stat(methods['zero_shot']['accuracy'])}: {outcome}.")
@@ -136,12 +143,7 @@ def size_lines(results: Mapping[str, Any]) -> tuple[list[str], list[dict[str, An
                      "winner": comp["winner"], "difference": comp["difference"]})
     for comp in comparisons.get("at_equal_size", []):
         tuned, icl = methods[comp["a"]], methods[comp["b"]]
-        if comp["winner"] == comp["a"]:
-            outcome = f"tuning wins by {fmt_diff(comp['difference'])}"
-        elif comp["winner"] == comp["b"]:
-            outcome = f"ICL wins by {fmt_diff(comp['difference'])}"
-        else:
-            outcome = _close_call(comp)
+        outcome = _outcome(comp, "tuning", "ICL", comp["b"])
         payback = comp.get("tuning_pays_back_after_items")
         cost = ""
         if comp["winner"] != comp["b"]:
@@ -158,9 +160,7 @@ def size_lines(results: Mapping[str, Any]) -> tuple[list[str], list[dict[str, An
         if method["family"] != "tuning" or any(
                 c["a"] == comp["a"] for c in comparisons.get("at_equal_size", [])):
             continue
-        outcome = (f"tuning wins by {fmt_diff(comp['difference'])}" if comp["winner"] == comp["a"]
-                   else f"zero-shot wins by {fmt_diff(comp['difference'])}"
-                   if comp["winner"] == "zero_shot" else _close_call(comp))
+        outcome = _outcome(comp, "tuning", "zero-shot", "zero_shot")
         lines.append(f"With {method['examples']} examples: {method['name']} "
                      f"{fmt_stat(method['accuracy'])} vs zero-shot: {outcome} (no ICL prompt "
                      "this small was measured).")

@@ -150,7 +150,7 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
             owners.append(j)
     n_pairs = params["n_pairs"]
     anchor_prompts, icl_prompts = anchor_prompts[:n_pairs], icl_prompts[:n_pairs]
-    references, owners = references[: params["n_pairs"]], owners[: params["n_pairs"]]
+    references, owners = references[:n_pairs], owners[:n_pairs]
 
     h_anchor = capture_last_token_states(loaded, anchor_prompts).numpy()
     h_icl = capture_last_token_states(loaded, icl_prompts).numpy()
@@ -161,7 +161,7 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
     h_it = np.zeros_like(h_anchor)
     pred_it: list[str] = [""] * len(anchor_prompts)
     config = tuning_config(TuningSpec(**params["tuning"]), seed)
-    used = [j for j in range(len(tuning_sets)) if j in set(owners)]
+    used = sorted(set(owners))  # sets that own a kept pair, in set order
 
     def probe_tuned(j: int, tuned) -> None:
         rows = [i for i, owner in enumerate(owners) if owner == j]

@@ -113,37 +113,23 @@ def training_sequence(
     ``family`` pins the rule family (the curriculum's first phase); None draws
     it by ``FAMILY_WEIGHTS``.
     """
-    tokens, mask = _training_sequence(rng, seed=seed, max_tokens=max_tokens, tokenize=tokenize,
-                                      forbidden_label_sets=forbidden_label_sets, mix=mix,
-                                      family=family)
+    if rng.random() < mix.facts:
+        tokens, mask = fact_sequence(rng, max_tokens)
+    else:
+        rule = draw_rule(rng, seed=seed, heldout=False, family=family,
+                         forbidden_label_sets=forbidden_label_sets)
+        definition = None
+        if rng.random() < mix.definition_prefix:
+            definition = tokenize(rule.definition(rng.randrange(3)))
+        tk_layout = rng.random() < mix.tk_layout
+        lexicon = None
+        if mix.bursty and rng.random() < mix.bursty:
+            lexicon = {cat: tuple(rng.sample(CATEGORIES[cat], 3)) for cat in rule.categories}
+        tokens, mask = task_sequence(rng, rule, max_tokens, definition_tokens=definition,
+                                     tk_layout=tk_layout, lexicon=lexicon)
     if mix.all_tokens_loss:
         mask = [False] + [True] * (len(tokens) - 1)
     return tokens, mask
-
-
-def _training_sequence(
-    rng: random.Random,
-    *,
-    seed: int,
-    max_tokens: int,
-    tokenize: Callable[[str], list[str]],
-    forbidden_label_sets: frozenset[frozenset[str]],
-    mix: CorpusMix,
-    family: str | None,
-) -> tuple[list[str], list[bool]]:
-    if rng.random() < mix.facts:
-        return fact_sequence(rng, max_tokens)
-    rule = draw_rule(rng, seed=seed, heldout=False, family=family,
-                     forbidden_label_sets=forbidden_label_sets)
-    definition = None
-    if rng.random() < mix.definition_prefix:
-        definition = tokenize(rule.definition(rng.randrange(3)))
-    tk_layout = rng.random() < mix.tk_layout
-    lexicon = None
-    if mix.bursty and rng.random() < mix.bursty:
-        lexicon = {cat: tuple(rng.sample(CATEGORIES[cat], 3)) for cat in rule.categories}
-    return task_sequence(rng, rule, max_tokens, definition_tokens=definition,
-                         tk_layout=tk_layout, lexicon=lexicon)
 
 
 def vocabulary_texts(seed: int) -> list[str]:
