@@ -47,8 +47,9 @@ _MASKABLE = ("sdpa", "eager")
 
 
 @torch.no_grad()
-def capture_packed(loaded: Any, prefix: str, suffixes: list[str],
-                   max_tokens: int = 2048) -> torch.Tensor:
+def capture_packed(
+    loaded: Any, prefix: str, suffixes: list[str], max_tokens: int = 2048
+) -> torch.Tensor:
     """``capture_last_token_states(loaded, [prefix + s for s in suffixes])`` in packed rows.
 
     Each forward holds the prefix and as many suffixes as fit in ``max_tokens``.
@@ -64,8 +65,12 @@ def capture_packed(loaded: Any, prefix: str, suffixes: list[str],
 
     model = loaded.model
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if (loaded.kind != "causal" or not suffixes or not _accepts_position_ids(model)
-            or attention not in _MASKABLE):
+    if (
+        loaded.kind != "causal"
+        or not suffixes
+        or not _accepts_position_ids(model)
+        or attention not in _MASKABLE
+    ):
         return capture_with_shared_prefix(loaded, prefix, suffixes)
     prefix_ids, rests = split_shared_prefix(loaded.tokenizer, prefix, suffixes)
     if not prefix_ids:
@@ -92,10 +97,15 @@ def capture_packed(loaded: Any, prefix: str, suffixes: list[str],
         if attention == "eager":  # eager attention adds the mask to the scores
             dtype = next(model.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(dtype).min)
-        out = model(input_ids=torch.tensor([ids], device=loaded.device), attention_mask=mask,
-                    position_ids=torch.tensor([positions], device=loaded.device),
-                    output_hidden_states=True, use_cache=False)
+                ~mask, torch.finfo(dtype).min
+            )
+        out = model(
+            input_ids=torch.tensor([ids], device=loaded.device),
+            attention_mask=mask,
+            position_ids=torch.tensor([positions], device=loaded.device),
+            output_hidden_states=True,
+            use_cache=False,
+        )
         index = torch.tensor(last, device=loaded.device)
         states = torch.stack([h[0, index] for h in out.hidden_states], dim=1)
         for i, state in zip(rows, states.float().cpu(), strict=True):
@@ -128,19 +138,26 @@ def _supported(loaded: Any) -> bool:
     return loaded.kind == "causal" and _accepts_position_ids(loaded.model)
 
 
-def tune_many_sets_shared_prefix(loaded: Any, sets: Sequence[Sequence[tuple[str, str]]],
-                                 config: Any, *, seeds: Sequence[int] | None = None,
-                                 sets_per_batch: int | None = None) -> list[dict[str, Any]]:
+def tune_many_sets_shared_prefix(
+    loaded: Any,
+    sets: Sequence[Sequence[tuple[str, str]]],
+    config: Any,
+    *,
+    seeds: Sequence[int] | None = None,
+    sets_per_batch: int | None = None,
+) -> list[dict[str, Any]]:
     """``tune_many_sets`` with each set's common prompt prefix computed once per step."""
     if not _supported(loaded):
-        return tuning.tune_many_sets(loaded, sets, config, seeds=seeds,
-                                     sets_per_batch=sets_per_batch)
+        return tuning.tune_many_sets(
+            loaded, sets, config, seeds=seeds, sets_per_batch=sets_per_batch
+        )
     tuning._check_plain(loaded)
     seeds = [config.seed] * len(sets) if seeds is None else list(seeds)
     encoded = [tuning._encode(loaded, pairs, config, None) for pairs in sets]
     base = loaded.model
-    names = tuning.target_module_names(base, tuning.resolve_target_modules(
-        base, config.target_modules))
+    names = tuning.target_module_names(
+        base, tuning.resolve_target_modules(base, config.target_modules)
+    )
     shapes = tuning._module_shapes(base, names)
     groups: dict[int, list[int]] = {}
     for i, pairs in enumerate(encoded):
@@ -153,11 +170,17 @@ def tune_many_sets_shared_prefix(loaded: Any, sets: Sequence[Sequence[tuple[str,
             param.requires_grad_(False)
         for members in groups.values():
             for start in range(0, len(members), chunk):
-                block = members[start: start + chunk]
-                states = [tuning.initial_lora_state(shapes, config.lora_r, seeds[i])
-                          for i in block]
-                args = (loaded, names, [encoded[i] for i in block], states,
-                        [seeds[i] for i in block], block, config)
+                block = members[start : start + chunk]
+                states = [tuning.initial_lora_state(shapes, config.lora_r, seeds[i]) for i in block]
+                args = (
+                    loaded,
+                    names,
+                    [encoded[i] for i in block],
+                    states,
+                    [seeds[i] for i in block],
+                    block,
+                    config,
+                )
                 prefixes = [shared_prefix_length(encoded[i]) for i in block]
                 train = _train_lockstep_prefix if min(prefixes) > 0 else tuning._train_lockstep
                 for i, state in zip(block, train(*args), strict=True):
@@ -168,10 +191,15 @@ def tune_many_sets_shared_prefix(loaded: Any, sets: Sequence[Sequence[tuple[str,
     return [r for r in results if r is not None]
 
 
-def _train_lockstep_prefix(loaded: Any, names: Sequence[str],
-                           encoded: Sequence[Sequence[EncodedPair]], states: Sequence[Any],
-                           seeds: Sequence[int], set_ids: Sequence[int], config: Any
-                           ) -> list[dict[str, torch.Tensor]]:
+def _train_lockstep_prefix(
+    loaded: Any,
+    names: Sequence[str],
+    encoded: Sequence[Sequence[EncodedPair]],
+    states: Sequence[Any],
+    seeds: Sequence[int],
+    set_ids: Sequence[int],
+    config: Any,
+) -> list[dict[str, torch.Tensor]]:
     model, device = loaded.model, loaded.device
     pad_id = loaded.tokenizer.pad_token_id
     n_sets = len(encoded)
@@ -185,16 +213,20 @@ def _train_lockstep_prefix(loaded: Any, names: Sequence[str],
     prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
     prefix_positions = torch.arange(width, device=device).expand(n_sets, -1)
     starts = torch.tensor(lengths, device=device)
-    suffixes = [[EncodedPair(e.prompt_ids[n:], e.target_ids) for e in pairs]
-                for pairs, n in zip(encoded, lengths, strict=True)]
-    schedules = [tuning.step_batches(len(e), config, seed)
-                 for e, seed in zip(encoded, seeds, strict=True)]
+    suffixes = [
+        [EncodedPair(e.prompt_ids[n:], e.target_ids) for e in pairs]
+        for pairs, n in zip(encoded, lengths, strict=True)
+    ]
+    schedules = [
+        tuning.step_batches(len(e), config, seed) for e, seed in zip(encoded, seeds, strict=True)
+    ]
     trunk = model.base_model  # the decoder without the LM head: the prefix needs no logits
     with tuning.batched_lora(model, names, states, config) as layers:
         params = [p for layer in layers for p in (layer.lora_A, layer.lora_B)]
         optimizer = tuning._optimizer(params, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, tuning._lr_lambda(config, len(schedules[0])))
+            optimizer, tuning._lr_lambda(config, len(schedules[0]))
+        )
         torch.manual_seed(config.seed)
         tuning._set_train_mode(model, config)
         for layer in layers:
@@ -202,24 +234,41 @@ def _train_lockstep_prefix(loaded: Any, names: Sequence[str],
         try:
             for step in range(len(schedules[0])):
                 rows = len(schedules[0][step])  # lockstep: every set takes equal batches
-                batch = {k: v.to(device) for k, v in collate_causal(
-                    [suffix[i] for suffix, schedule in zip(suffixes, schedules, strict=True)
-                     for i in schedule[step]], pad_id).items()}
-                cache = trunk(input_ids=prefix_ids, attention_mask=prefix_mask,
-                              position_ids=prefix_positions, use_cache=True).past_key_values
+                batch = {
+                    k: v.to(device)
+                    for k, v in collate_causal(
+                        [
+                            suffix[i]
+                            for suffix, schedule in zip(suffixes, schedules, strict=True)
+                            for i in schedule[step]
+                        ],
+                        pad_id,
+                    ).items()
+                }
+                cache = trunk(
+                    input_ids=prefix_ids,
+                    attention_mask=prefix_mask,
+                    position_ids=prefix_positions,
+                    use_cache=True,
+                ).past_key_values
                 cache.batch_repeat_interleave(rows)
                 suffix_width = batch["input_ids"].shape[1]
                 logits = model(
                     input_ids=batch["input_ids"],
-                    attention_mask=torch.cat([prefix_mask.repeat_interleave(rows, dim=0),
-                                              batch["attention_mask"]], dim=1),
-                    position_ids=(starts.repeat_interleave(rows)[:, None]
-                                  + torch.arange(suffix_width, device=device)),
-                    past_key_values=cache, use_cache=True,
+                    attention_mask=torch.cat(
+                        [prefix_mask.repeat_interleave(rows, dim=0), batch["attention_mask"]], dim=1
+                    ),
+                    position_ids=(
+                        starts.repeat_interleave(rows)[:, None]
+                        + torch.arange(suffix_width, device=device)
+                    ),
+                    past_key_values=cache,
+                    use_cache=True,
                 ).logits
                 labels = batch["labels"]
-                per_set = (token_losses(logits, labels, "causal").view(n_sets, -1).sum(1)
-                           / label_counts(labels, "causal").view(n_sets, -1).sum(1).clamp(min=1))
+                per_set = token_losses(logits, labels, "causal").view(n_sets, -1).sum(
+                    1
+                ) / label_counts(labels, "causal").view(n_sets, -1).sum(1).clamp(min=1)
                 for j, value in enumerate(per_set.tolist()):
                     tuning._check_finite(value, step + 1, config, "loss", set_ids[j])
                 per_set.sum().backward()
@@ -232,10 +281,19 @@ def _train_lockstep_prefix(loaded: Any, names: Sequence[str],
             optimizer.zero_grad(set_to_none=True)
             model.eval()
         return [
-            {key: tensor for name, layer in zip(names, layers, strict=True)
-             for key, tensor in ((tuning._adapter_key(name, "lora_A"),
-                                  layer.lora_A[s].detach().to("cpu", torch.float32, copy=True)),
-                                 (tuning._adapter_key(name, "lora_B"),
-                                  layer.lora_B[s].detach().to("cpu", torch.float32, copy=True)))}
+            {
+                key: tensor
+                for name, layer in zip(names, layers, strict=True)
+                for key, tensor in (
+                    (
+                        tuning._adapter_key(name, "lora_A"),
+                        layer.lora_A[s].detach().to("cpu", torch.float32, copy=True),
+                    ),
+                    (
+                        tuning._adapter_key(name, "lora_B"),
+                        layer.lora_B[s].detach().to("cpu", torch.float32, copy=True),
+                    ),
+                )
+            }
             for s in range(n_sets)
         ]

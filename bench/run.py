@@ -80,10 +80,25 @@ class Sizes:
     prototype_sets_per_batch: int = 10
 
 
-QUICK = Sizes(anchors=4, k=4, hidden_repeats=1, sets=3, set_epochs=1, set_batch=2,
-              set_repeats=1, sets_20m=2, set_epochs_20m=1, sft_steps=2, sft_batch=4,
-              sft_repeats=1, sft_steps_20m=2, matmul_n=256, big_hidden=64, big_layers=2,
-              big_intermediate=128)
+QUICK = Sizes(
+    anchors=4,
+    k=4,
+    hidden_repeats=1,
+    sets=3,
+    set_epochs=1,
+    set_batch=2,
+    set_repeats=1,
+    sets_20m=2,
+    set_epochs_20m=1,
+    sft_steps=2,
+    sft_batch=4,
+    sft_repeats=1,
+    sft_steps_20m=2,
+    matmul_n=256,
+    big_hidden=64,
+    big_layers=2,
+    big_intermediate=128,
+)
 
 
 def log(message: str) -> None:
@@ -97,8 +112,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warm_up: bool = True
-                ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warm_up: bool = True
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """Warm each function up once (unless done by the caller), then run them in turn.
 
     Returns the minimum and the median time per name over ``repeats`` runs, and
@@ -110,8 +126,11 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warm_up: bool =
         for name, fn in fns.items():
             seconds, results[name] = timed(fn)
             times[name].append(seconds)
-    return ({n: min(t) for n, t in times.items()},
-            {n: statistics.median(t) for n, t in times.items()}, results)
+    return (
+        {n: min(t) for n, t in times.items()},
+        {n: statistics.median(t) for n, t in times.items()},
+        results,
+    )
 
 
 def matmul_peak_gflops(n: int, repeats: int = 5) -> float:
@@ -132,13 +151,17 @@ def linear_params(model: Any) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def report(label: str, base_s: float, ours_s: float, target: float, extra: str = "",
-           ours: str = "tunelens") -> float:
+def report(
+    label: str, base_s: float, ours_s: float, target: float, extra: str = "", ours: str = "tunelens"
+) -> float:
     """Print one comparison line; returns baseline time / our time."""
     ratio = base_s / ours_s
     verdict = f"target >= {target:g}x  {'met' if ratio >= target else 'MISSED'}"
-    print(f"{label:<40} baseline {base_s:8.3f} s  {ours} {ours_s:8.3f} s  "
-          f"{ratio:6.2f}x faster  {verdict}{extra}", flush=True)
+    print(
+        f"{label:<40} baseline {base_s:8.3f} s  {ours} {ours_s:8.3f} s  "
+        f"{ratio:6.2f}x faster  {verdict}{extra}",
+        flush=True,
+    )
     return ratio
 
 
@@ -162,17 +185,24 @@ def random_llama(tokenizer: Any, sizes: Sizes, seed: int = 0) -> Any:
     from tunelens.models.loading import load_model_from_objects
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=sizes.big_hidden,
-        intermediate_size=sizes.big_intermediate, num_hidden_layers=sizes.big_layers,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=sizes.big_hidden,
+        intermediate_size=sizes.big_intermediate,
+        num_hidden_layers=sizes.big_layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     n = sum(p.numel() for p in model.parameters())
-    return load_model_from_objects(model, copy.deepcopy(tokenizer),
-                                   name=f"random-llama-{n / 1e6:.1f}M")
+    return load_model_from_objects(
+        model, copy.deepcopy(tokenizer), name=f"random-llama-{n / 1e6:.1f}M"
+    )
 
 
 def icl_workload(tokenizer: Any, sizes: Sizes) -> tuple[str, list[str], str]:
@@ -196,7 +226,7 @@ def icl_workload(tokenizer: Any, sizes: Sizes) -> tuple[str, list[str], str]:
         return len(tokenizer(prompt)["input_ids"])
 
     task = sorted(tasks, key=lambda t: (length(t), t.name))[len(tasks) // 2]
-    anchors = task.instances[sizes.k: sizes.k + sizes.anchors]
+    anchors = task.instances[sizes.k : sizes.k + sizes.anchors]
     prompts = [render_prompt(task, a.input, demos(task), style) for a in anchors]
     cut = prompts[0].rindex("Input: ")
     prefix = prompts[0][:cut]
@@ -211,9 +241,13 @@ def demo_sets(n_sets: int, k: int) -> list[list[tuple[str, str]]]:
 
     style = PromptStyle(template="plain", definition=True, n_positive=0)
     tasks = generate_world(0).train
-    return [[(render_prompt(task, inst.input, [], style), render_target(inst.outputs[0]))
-             for inst in task.instances[:k]]
-            for task in (tasks[j % len(tasks)] for j in range(n_sets))]
+    return [
+        [
+            (render_prompt(task, inst.input, [], style), render_target(inst.outputs[0]))
+            for inst in task.instances[:k]
+        ]
+        for task in (tasks[j % len(tasks)] for j in range(n_sets))
+    ]
 
 
 def sft_pairs(n: int) -> list[tuple[str, str]]:
@@ -223,8 +257,15 @@ def sft_pairs(n: int) -> list[tuple[str, str]]:
 
     tasks = generate_world(0).train
     per_task = math.ceil(n / len(tasks))
-    pairs = training_pairs(tasks, definition="original", examples="original",
-                           instances_per_task=per_task, n_positive=2, seed=0, template="plain")
+    pairs = training_pairs(
+        tasks,
+        definition="original",
+        examples="original",
+        instances_per_task=per_task,
+        n_positive=2,
+        seed=0,
+        template="plain",
+    )
     return pairs[:n]
 
 
@@ -253,11 +294,14 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
 
     prefix, suffixes, task = icl_workload(loaded.tokenizer, sizes)
     prompts = [prefix + s for s in suffixes]
-    best, median, results = interleaved({
-        "baseline": lambda: plain_states(loaded, prompts),
-        "tunelens": lambda: capture_with_shared_prefix(loaded, prefix, suffixes),
-        "prototype": lambda: capture_packed(loaded, prefix, suffixes),
-    }, sizes.hidden_repeats)
+    best, median, results = interleaved(
+        {
+            "baseline": lambda: plain_states(loaded, prompts),
+            "tunelens": lambda: capture_with_shared_prefix(loaded, prefix, suffixes),
+            "prototype": lambda: capture_packed(loaded, prefix, suffixes),
+        },
+        sizes.hidden_repeats,
+    )
     diff = float((results["baseline"] - results["tunelens"]).abs().max())
     proto_diff = float((results["baseline"] - results["prototype"]).abs().max())
     scale = float(results["baseline"].abs().max())
@@ -265,19 +309,39 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
     full_tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts)
     our_tokens = len(prefix_ids) + sum(len(r or []) for r in rests)
     n = linear_params(loaded.model)
-    ratio = report(f"hidden states [{label}]", best["baseline"], best["tunelens"],
-                   TARGETS["hidden_states"], f"  max|diff| {diff:.1e} (states up to {scale:.0f})")
-    proto_ratio = report(f"  prototype packed rows [{label}]", best["baseline"],
-                         best["prototype"], TARGETS["hidden_states"],
-                         f"  bench/prototypes.py, max|diff| {proto_diff:.1e}", ours="prototype")
+    ratio = report(
+        f"hidden states [{label}]",
+        best["baseline"],
+        best["tunelens"],
+        TARGETS["hidden_states"],
+        f"  max|diff| {diff:.1e} (states up to {scale:.0f})",
+    )
+    proto_ratio = report(
+        f"  prototype packed rows [{label}]",
+        best["baseline"],
+        best["prototype"],
+        TARGETS["hidden_states"],
+        f"  bench/prototypes.py, max|diff| {proto_diff:.1e}",
+        ours="prototype",
+    )
     return {
-        "ratio": ratio, "prototype_ratio": proto_ratio, "baseline_s": best["baseline"],
-        "tunelens_s": best["tunelens"], "prototype_s": best["prototype"],
-        "baseline_median_s": median["baseline"], "tunelens_median_s": median["tunelens"],
-        "prototype_median_s": median["prototype"], "max_abs_diff": diff,
-        "prototype_max_abs_diff": proto_diff, "max_abs_state": scale, "task": task,
-        "prompts": len(prompts), "prefix_tokens": len(prefix_ids),
-        "prompt_tokens_total": full_tokens, "tunelens_tokens": our_tokens, "linear_params": n,
+        "ratio": ratio,
+        "prototype_ratio": proto_ratio,
+        "baseline_s": best["baseline"],
+        "tunelens_s": best["tunelens"],
+        "prototype_s": best["prototype"],
+        "baseline_median_s": median["baseline"],
+        "tunelens_median_s": median["tunelens"],
+        "prototype_median_s": median["prototype"],
+        "max_abs_diff": diff,
+        "prototype_max_abs_diff": proto_diff,
+        "max_abs_state": scale,
+        "task": task,
+        "prompts": len(prompts),
+        "prefix_tokens": len(prefix_ids),
+        "prompt_tokens_total": full_tokens,
+        "tunelens_tokens": our_tokens,
+        "linear_params": n,
         "gflops_baseline": 2 * n * full_tokens / best["baseline"] / 1e9,
         "gflops_tunelens": 2 * n * our_tokens / best["tunelens"] / 1e9,
         "gflops_prototype": 2 * n * our_tokens / best["prototype"] / 1e9,
@@ -288,8 +352,9 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
 # 2. per-set tuning
 
 
-def peft_sequential(loaded: Any, sets: Sequence[Sequence[tuple[str, str]]], config: Any,
-                    seeds: Sequence[int]) -> list[dict[str, Any]]:
+def peft_sequential(
+    loaded: Any, sets: Sequence[Sequence[tuple[str, str]]], config: Any, seeds: Sequence[int]
+) -> list[dict[str, Any]]:
     """The baseline: one plain PEFT LoRA run per set, one after the other.
 
     Starting weights and batch order are tunelens's seeded ones (a copy of A
@@ -308,14 +373,20 @@ def peft_sequential(loaded: Any, sets: Sequence[Sequence[tuple[str, str]]], conf
     states = []
     for pairs, seed in zip(sets, seeds, strict=True):
         torch.manual_seed(seed)
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(config.target_modules),
+            task_type="CAUSAL_LM",
+        )
         peft_model = get_peft_model(model, lora)
         set_state(peft_model, tuning.initial_lora_state(shapes, config.lora_r, seed))
         encoded = encode_pairs(tokenizer, pairs, kind="causal", add_eos=True)
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
-                                      weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         peft_model.train()
         for indices in tuning.step_batches(len(encoded), config, seed):
             batch = collate_causal([encoded[i] for i in indices], tokenizer.pad_token_id)
@@ -324,15 +395,17 @@ def peft_sequential(loaded: Any, sets: Sequence[Sequence[tuple[str, str]]], conf
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        states.append({k: v.detach().clone()
-                       for k, v in get_peft_model_state_dict(peft_model).items()})
+        states.append(
+            {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        )
         peft_model.unload()
         model.eval()
     return states
 
 
-def set_tokens(tokenizer: Any, sets: Sequence[Sequence[tuple[str, str]]], seeds: Sequence[int],
-               config: Any) -> dict[str, int]:
+def set_tokens(
+    tokenizer: Any, sets: Sequence[Sequence[tuple[str, str]]], seeds: Sequence[int], config: Any
+) -> dict[str, int]:
     """Token positions each side computes over all steps (the per-set profile evidence).
 
     ``useful``: non-pad tokens; ``peft``: padded to the longest row of each
@@ -347,8 +420,9 @@ def set_tokens(tokenizer: Any, sets: Sequence[Sequence[tuple[str, str]]], seeds:
     encoded = [encode_pairs(tokenizer, pairs, kind="causal") for pairs in sets]
     lengths = [[len(e.prompt_ids) + len(e.target_ids) for e in es] for es in encoded]
     prefixes = [shared_prefix_length(es) for es in encoded]
-    schedules = [step_batches(len(es), config, seed) for es, seed in zip(encoded, seeds,
-                                                                          strict=True)]
+    schedules = [
+        step_batches(len(es), config, seed) for es, seed in zip(encoded, seeds, strict=True)
+    ]
     counts = {"useful": 0, "peft": 0, "tune_many_sets": 0, "prototype": 0}
     for step in range(len(schedules[0])):
         batches = [schedule[step] for schedule in schedules]
@@ -356,14 +430,14 @@ def set_tokens(tokenizer: Any, sets: Sequence[Sequence[tuple[str, str]]], seeds:
         counts["useful"] += sum(lengths[s][i] for s, batch in enumerate(batches) for i in batch)
         counts["peft"] += sum(len(batch) * n for batch, n in zip(batches, longest, strict=True))
         counts["tune_many_sets"] += sum(map(len, batches)) * max(longest)
-        suffix = max(lengths[s][i] - prefixes[s] for s, batch in enumerate(batches)
-                     for i in batch)
+        suffix = max(lengths[s][i] - prefixes[s] for s, batch in enumerate(batches) for i in batch)
         counts["prototype"] += len(sets) * max(prefixes) + sum(map(len, batches)) * suffix
     return counts
 
 
-def bench_per_set(loaded: Any, n_sets: int, epochs: int, sizes: Sizes, label: str,
-                  repeats: int) -> dict[str, Any]:
+def bench_per_set(
+    loaded: Any, n_sets: int, epochs: int, sizes: Sizes, label: str, repeats: int
+) -> dict[str, Any]:
     """PEFT sequential vs ``tune_many_sets`` (library) vs the shared-prefix prototype."""
     import torch
 
@@ -372,20 +446,29 @@ def bench_per_set(loaded: Any, n_sets: int, epochs: int, sizes: Sizes, label: st
 
     sets = demo_sets(n_sets, sizes.k)
     seeds = list(range(n_sets))
-    config = TuningConfig(lora_r=8, lora_alpha=16, learning_rate=1e-3, epochs=epochs,
-                          batch_size=sizes.set_batch, max_grad_norm=1.0)
+    config = TuningConfig(
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=1e-3,
+        epochs=epochs,
+        batch_size=sizes.set_batch,
+        max_grad_norm=1.0,
+    )
     sides = {
         "baseline": lambda s, c: peft_sequential(loaded, s, c, seeds[: len(s)]),
         "tunelens": lambda s, c: tune_many_sets(loaded, s, c, seeds=seeds[: len(s)]),
         "prototype": lambda s, c: tune_many_sets_shared_prefix(
-            loaded, s, c, seeds=seeds[: len(s)], sets_per_batch=sizes.prototype_sets_per_batch),
+            loaded, s, c, seeds=seeds[: len(s)], sets_per_batch=sizes.prototype_sets_per_batch
+        ),
     }
     warm = TuningConfig(**{**config.model_dump(), "epochs": 1})
     for side in sides.values():  # warm-up on two sets, one epoch
         side(sets[:2], warm)
     best, median, results = interleaved(
-        {name: (lambda side=side: side(sets, config)) for name, side in sides.items()}, repeats,
-        warm_up=False)
+        {name: (lambda side=side: side(sets, config)) for name, side in sides.items()},
+        repeats,
+        warm_up=False,
+    )
 
     def adapter_diff(name: str) -> tuple[float, float]:
         """Max element-wise |difference| to PEFT's adapters, and max relative L2 difference."""
@@ -401,24 +484,42 @@ def bench_per_set(loaded: Any, n_sets: int, epochs: int, sizes: Sizes, label: st
     steps = len(step_batches(sizes.k, config, 0))
     tokens = set_tokens(loaded.tokenizer, sets, seeds, config)
     n = linear_params(loaded.model)
-    ratio = report(f"per-set tuning [{label}]", best["baseline"], best["tunelens"],
-                   TARGETS["per_set_tuning"], f"  {n_sets} sets x {steps} steps, "
-                   f"adapter diff max {diff:.1e} rel {rel:.1e}; token positions: PEFT "
-                   f"{tokens['peft']}, tunelens {tokens['tune_many_sets']}")
-    proto_ratio = report(f"  prototype shared prefix [{label}]", best["baseline"],
-                         best["prototype"], TARGETS["per_set_tuning"],
-                         f"  bench/prototypes.py, adapter diff max {proto_diff:.1e} rel "
-                         f"{proto_rel:.1e}; token positions {tokens['prototype']}",
-                         ours="prototype")
+    ratio = report(
+        f"per-set tuning [{label}]",
+        best["baseline"],
+        best["tunelens"],
+        TARGETS["per_set_tuning"],
+        f"  {n_sets} sets x {steps} steps, "
+        f"adapter diff max {diff:.1e} rel {rel:.1e}; token positions: PEFT "
+        f"{tokens['peft']}, tunelens {tokens['tune_many_sets']}",
+    )
+    proto_ratio = report(
+        f"  prototype shared prefix [{label}]",
+        best["baseline"],
+        best["prototype"],
+        TARGETS["per_set_tuning"],
+        f"  bench/prototypes.py, adapter diff max {proto_diff:.1e} rel "
+        f"{proto_rel:.1e}; token positions {tokens['prototype']}",
+        ours="prototype",
+    )
     return {
-        "ratio": ratio, "prototype_ratio": proto_ratio,
-        "baseline_s": best["baseline"], "tunelens_s": best["tunelens"],
-        "prototype_s": best["prototype"], "baseline_median_s": median["baseline"],
-        "tunelens_median_s": median["tunelens"], "prototype_median_s": median["prototype"],
-        "max_abs_adapter_diff": diff, "prototype_max_abs_adapter_diff": proto_diff,
-        "max_rel_adapter_diff": rel, "prototype_max_rel_adapter_diff": proto_rel,
-        "sets": n_sets, "steps_per_set": steps, "tokens": tokens["useful"],
-        "tokens_computed": tokens, "linear_params": n,
+        "ratio": ratio,
+        "prototype_ratio": proto_ratio,
+        "baseline_s": best["baseline"],
+        "tunelens_s": best["tunelens"],
+        "prototype_s": best["prototype"],
+        "baseline_median_s": median["baseline"],
+        "tunelens_median_s": median["tunelens"],
+        "prototype_median_s": median["prototype"],
+        "max_abs_adapter_diff": diff,
+        "prototype_max_abs_adapter_diff": proto_diff,
+        "max_rel_adapter_diff": rel,
+        "prototype_max_rel_adapter_diff": proto_rel,
+        "sets": n_sets,
+        "steps_per_set": steps,
+        "tokens": tokens["useful"],
+        "tokens_computed": tokens,
+        "linear_params": n,
         "gflops_baseline": 4 * n * tokens["useful"] / best["baseline"] / 1e9,
         "gflops_tunelens": 4 * n * tokens["useful"] / best["tunelens"] / 1e9,
     }
@@ -439,8 +540,9 @@ def tunelens_sft(loaded: Any, pairs: Sequence[tuple[str, str]], config: Any) -> 
     return sum(len(e.prompt_ids) + len(e.target_ids) for e in encoded)
 
 
-def trl_sft(loaded: Any, pairs: Sequence[tuple[str, str]], config: Any, workdir: str
-            ) -> tuple[float, float, int]:
+def trl_sft(
+    loaded: Any, pairs: Sequence[tuple[str, str]], config: Any, workdir: str
+) -> tuple[float, float, int]:
     """One SFTTrainer run on a fresh copy of the model.
 
     Returns the seconds of ``trainer.train()``, TRL's own ``train_runtime`` (its
@@ -453,23 +555,46 @@ def trl_sft(loaded: Any, pairs: Sequence[tuple[str, str]], config: Any, workdir:
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        output_dir=workdir, per_device_train_batch_size=config.batch_size,
-        max_steps=config.max_steps, learning_rate=config.learning_rate,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm, optim="adamw_torch", seed=config.seed,
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
-        packing=False, completion_only_loss=True, max_length=None,
-        report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
+        output_dir=workdir,
+        per_device_train_batch_size=config.batch_size,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        seed=config.seed,
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        packing=False,
+        completion_only_loss=True,
+        max_length=None,
+        report_to="none",
+        logging_strategy="no",
+        save_strategy="no",
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    data = Dataset.from_dict({"prompt": [p for p, _ in pairs],
-                              "completion": [c for _, c in pairs]})
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    data = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = SFTTrainer(model=copy.deepcopy(loaded.model), args=args, train_dataset=data,
-                             processing_class=copy.deepcopy(loaded.tokenizer), peft_config=lora)
+        trainer = SFTTrainer(
+            model=copy.deepcopy(loaded.model),
+            args=args,
+            train_dataset=data,
+            processing_class=copy.deepcopy(loaded.tokenizer),
+            peft_config=lora,
+        )
         with contextlib.redirect_stdout(sys.stderr):  # train() prints its metrics dict
             seconds, output = timed(trainer.train)
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
@@ -482,20 +607,29 @@ def padded_positions(tokenizer: Any, pairs: Sequence[tuple[str, str]], batch: in
 
     from tunelens.models.batching import encode_pairs
 
-    lengths = [len(e.prompt_ids) + len(e.target_ids)
-               for e in encode_pairs(tokenizer, pairs, kind="causal")]
+    lengths = [
+        len(e.prompt_ids) + len(e.target_ids) for e in encode_pairs(tokenizer, pairs, kind="causal")
+    ]
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
-    return sum(len(chunk) * max(lengths[i] for i in chunk)
-               for chunk in (order[j: j + batch] for j in range(0, len(order), batch)))
+    return sum(
+        len(chunk) * max(lengths[i] for i in chunk)
+        for chunk in (order[j : j + batch] for j in range(0, len(order), batch))
+    )
 
 
-def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int
-              ) -> dict[str, Any]:
+def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int) -> dict[str, Any]:
     from tunelens.models.tuning import TuningConfig
 
     pairs = sft_pairs(steps * sizes.sft_batch)
-    config = TuningConfig(lora_r=8, lora_alpha=16, learning_rate=1e-3, epochs=1,
-                          batch_size=sizes.sft_batch, max_steps=steps, max_grad_norm=1.0)
+    config = TuningConfig(
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=1e-3,
+        epochs=1,
+        batch_size=sizes.sft_batch,
+        max_steps=steps,
+        max_grad_norm=1.0,
+    )
     warm = TuningConfig(**{**config.model_dump(), "max_steps": min(2, steps)})
     warm_pairs = pairs[: warm.max_steps * sizes.sft_batch]
     times: dict[str, list[float]] = {"baseline": [], "tunelens": [], "trl_runtime": []}
@@ -514,21 +648,31 @@ def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int
     ratio = our_rate / trl_rate
     n = linear_params(loaded.model)
     verdict = f"  target >= {TARGETS['sft_tokens']:g}x  " + (
-        "met" if ratio >= TARGETS["sft_tokens"] else "MISSED")
-    print(f"{'multi-task tuning [' + label + ']':<40} TRL {trl_rate:9.0f} tok/s  tunelens "
-          f"{our_rate:9.0f} tok/s  {ratio:6.2f}x tokens/s{verdict}  ({steps} steps x "
-          f"batch {sizes.sft_batch}; {our_tokens} vs {trl_tokens} tokens, ~{padded} "
-          "positions with padding)", flush=True)
+        "met" if ratio >= TARGETS["sft_tokens"] else "MISSED"
+    )
+    print(
+        f"{'multi-task tuning [' + label + ']':<40} TRL {trl_rate:9.0f} tok/s  tunelens "
+        f"{our_rate:9.0f} tok/s  {ratio:6.2f}x tokens/s{verdict}  ({steps} steps x "
+        f"batch {sizes.sft_batch}; {our_tokens} vs {trl_tokens} tokens, ~{padded} "
+        "positions with padding)",
+        flush=True,
+    )
     return {
-        "ratio": ratio, "trl_s": best["baseline"], "tunelens_s": best["tunelens"],
+        "ratio": ratio,
+        "trl_s": best["baseline"],
+        "tunelens_s": best["tunelens"],
         "trl_median_s": statistics.median(times["baseline"]),
         "tunelens_median_s": statistics.median(times["tunelens"]),
         "trl_train_runtime_s": best["trl_runtime"],
         "ratio_vs_trl_train_runtime": our_rate / (trl_tokens / best["trl_runtime"]),
-        "trl_tokens": trl_tokens, "tunelens_tokens": our_tokens,
+        "trl_tokens": trl_tokens,
+        "tunelens_tokens": our_tokens,
         "padded_positions_random_order": padded,
-        "trl_tokens_per_s": trl_rate, "tunelens_tokens_per_s": our_rate,
-        "steps": steps, "batch_size": sizes.sft_batch, "linear_params": n,
+        "trl_tokens_per_s": trl_rate,
+        "tunelens_tokens_per_s": our_rate,
+        "steps": steps,
+        "batch_size": sizes.sft_batch,
+        "linear_params": n,
         "gflops_trl": 4 * n * trl_tokens / best["baseline"] / 1e9,
         "gflops_tunelens": 4 * n * our_tokens / best["tunelens"] / 1e9,
     }
@@ -556,18 +700,27 @@ def run_profiles(world: Any, big: Any, sizes: Sizes) -> None:
     from tunelens.models.tuning import TuningConfig, tune_many_sets
 
     prefix, suffixes, _ = icl_workload(big.tokenizer, sizes)
-    profile(f"capture_with_shared_prefix [{big.name}]",
-            lambda: capture_with_shared_prefix(big, prefix, suffixes))
+    profile(
+        f"capture_with_shared_prefix [{big.name}]",
+        lambda: capture_with_shared_prefix(big, prefix, suffixes),
+    )
     sets = demo_sets(sizes.sets, sizes.k)
     seeds = list(range(len(sets)))
     config = TuningConfig(epochs=2, batch_size=sizes.set_batch)
-    profile("sequential PEFT [world model], 2 epochs",
-            lambda: peft_sequential(world, sets, config, seeds))
-    profile("tune_many_sets [world model], 2 epochs",
-            lambda: tune_many_sets(world, sets, config, seeds=seeds))
-    profile("prototype shared prefix [world model], 2 epochs",
-            lambda: tune_many_sets_shared_prefix(world, sets, config, seeds=seeds,
-                                                 sets_per_batch=sizes.prototype_sets_per_batch))
+    profile(
+        "sequential PEFT [world model], 2 epochs",
+        lambda: peft_sequential(world, sets, config, seeds),
+    )
+    profile(
+        "tune_many_sets [world model], 2 epochs",
+        lambda: tune_many_sets(world, sets, config, seeds=seeds),
+    )
+    profile(
+        "prototype shared prefix [world model], 2 epochs",
+        lambda: tune_many_sets_shared_prefix(
+            world, sets, config, seeds=seeds, sets_per_batch=sizes.prototype_sets_per_batch
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -584,19 +737,25 @@ def environment(threads: int) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle
-                       if line.startswith("model name"))
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     weights = world_model_dir() / "model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else ""
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "peft": peft.__version__, "trl": trl.__version__, "world_model_sha256": digest,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+        "world_model_sha256": digest,
     }
 
 
@@ -605,8 +764,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (tiny models)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", help="also write the JSON object to this file")
-    parser.add_argument("--profile", action="store_true",
-                        help="print torch.profiler tables of the tunelens side to stderr")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print torch.profiler tables of the tunelens side to stderr",
+    )
     args = parser.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -615,8 +777,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Spinning OpenMP threads that share cores with other processes wait for each other
         # at every parallel region; with passive waiting they sleep instead.
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        log(f"note: load average {busy:.1f} at start: the machine is shared, figures are "
-            "depressed and noisier; OMP_WAIT_POLICY=PASSIVE")
+        log(
+            f"note: load average {busy:.1f} at start: the machine is shared, figures are "
+            "depressed and noisier; OMP_WAIT_POLICY=PASSIVE"
+        )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -637,8 +801,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"quick": args.quick, "environment": environment(args.threads)}
 
     peak = matmul_peak_gflops(sizes.matmul_n)
-    print(f"{'fp32 matmul peak':<40} {peak:.1f} GFLOP/s ({sizes.matmul_n}^3 torch.matmul, "
-          f"{args.threads} threads)", flush=True)
+    print(
+        f"{'fp32 matmul peak':<40} {peak:.1f} GFLOP/s ({sizes.matmul_n}^3 torch.matmul, "
+        f"{args.threads} threads)",
+        flush=True,
+    )
     result["matmul_peak_gflops"] = peak
 
     world = world_model()
@@ -648,8 +815,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hs_big = bench_hidden_states(big, sizes, big_label)
     hs_world = bench_hidden_states(world, sizes, "world model")
     log("per-set tuning ...")
-    sets_world = bench_per_set(world, sizes.sets, sizes.set_epochs, sizes, "world model",
-                               sizes.set_repeats)
+    sets_world = bench_per_set(
+        world, sizes.sets, sizes.set_epochs, sizes, "world model", sizes.set_repeats
+    )
     sets_big = bench_per_set(big, sizes.sets_20m, sizes.set_epochs_20m, sizes, big_label, 1)
     log("multi-task tuning ...")
     sft_world = bench_sft(world, sizes.sft_steps, sizes, "world model", sizes.sft_repeats)
@@ -671,37 +839,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mfu_sft_world_trl": sft_world["gflops_trl"] / peak,
     }
     met = "met" if mfu["mfu_forward"] >= TARGETS["mfu_forward"] else "MISSED"
-    print(f"{'MFU forward [' + big_label + ']':<40} tunelens {mfu['mfu_forward']:6.1%}  "
-          f"baseline {mfu['mfu_forward_baseline']:6.1%}  target >= "
-          f"{TARGETS['mfu_forward']:.0%}  {met}  (prototype packed rows "
-          f"{mfu['mfu_forward_prototype']:.1%})", flush=True)
-    print(f"{'MFU LoRA training [' + big_label + ']':<40} per-set tunelens "
-          f"{mfu['mfu_per_set_tuning_20m']:6.1%} / PEFT "
-          f"{mfu['mfu_per_set_tuning_20m_baseline']:6.1%};  multi-task tunelens "
-          f"{mfu['mfu_sft_20m']:6.1%} / TRL {mfu['mfu_sft_20m_trl']:6.1%}", flush=True)
+    print(
+        f"{'MFU forward [' + big_label + ']':<40} tunelens {mfu['mfu_forward']:6.1%}  "
+        f"baseline {mfu['mfu_forward_baseline']:6.1%}  target >= "
+        f"{TARGETS['mfu_forward']:.0%}  {met}  (prototype packed rows "
+        f"{mfu['mfu_forward_prototype']:.1%})",
+        flush=True,
+    )
+    print(
+        f"{'MFU LoRA training [' + big_label + ']':<40} per-set tunelens "
+        f"{mfu['mfu_per_set_tuning_20m']:6.1%} / PEFT "
+        f"{mfu['mfu_per_set_tuning_20m_baseline']:6.1%};  multi-task tunelens "
+        f"{mfu['mfu_sft_20m']:6.1%} / TRL {mfu['mfu_sft_20m_trl']:6.1%}",
+        flush=True,
+    )
 
     if args.profile:
         run_profiles(world, big, sizes)
 
-    result.update({
-        "hidden_states_ratio": hs_big["ratio"],
-        "hidden_states_ratio_world": hs_world["ratio"],
-        "hidden_states_ratio_prototype": hs_big["prototype_ratio"],
-        "hidden_states_ratio_prototype_world": hs_world["prototype_ratio"],
-        "per_set_tuning_ratio": sets_world["ratio"],
-        "per_set_tuning_ratio_20m": sets_big["ratio"],
-        "per_set_tuning_ratio_prototype": sets_world["prototype_ratio"],
-        "per_set_tuning_ratio_prototype_20m": sets_big["prototype_ratio"],
-        "sft_tokens_ratio": sft_world["ratio"],
-        "sft_tokens_ratio_20m": sft_big["ratio"],
-        "sft_tokens_ratio_vs_trl_train_runtime": sft_world["ratio_vs_trl_train_runtime"],
-        **mfu,
-        "targets": TARGETS,
-        "hidden_states": {"20m": hs_big, "world": hs_world},
-        "per_set_tuning": {"world": sets_world, "20m": sets_big},
-        "sft": {"world": sft_world, "20m": sft_big},
-        "total_s": time.perf_counter() - start,
-    })
+    result.update(
+        {
+            "hidden_states_ratio": hs_big["ratio"],
+            "hidden_states_ratio_world": hs_world["ratio"],
+            "hidden_states_ratio_prototype": hs_big["prototype_ratio"],
+            "hidden_states_ratio_prototype_world": hs_world["prototype_ratio"],
+            "per_set_tuning_ratio": sets_world["ratio"],
+            "per_set_tuning_ratio_20m": sets_big["ratio"],
+            "per_set_tuning_ratio_prototype": sets_world["prototype_ratio"],
+            "per_set_tuning_ratio_prototype_20m": sets_big["prototype_ratio"],
+            "sft_tokens_ratio": sft_world["ratio"],
+            "sft_tokens_ratio_20m": sft_big["ratio"],
+            "sft_tokens_ratio_vs_trl_train_runtime": sft_world["ratio_vs_trl_train_runtime"],
+            **mfu,
+            "targets": TARGETS,
+            "hidden_states": {"20m": hs_big, "world": hs_world},
+            "per_set_tuning": {"world": sets_world, "20m": sets_big},
+            "sft": {"world": sft_world, "20m": sft_big},
+            "total_s": time.perf_counter() - start,
+        }
+    )
     line = json.dumps(result, sort_keys=False, default=float)
     if args.out:
         with open(args.out, "w") as handle:

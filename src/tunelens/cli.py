@@ -36,8 +36,9 @@ def main() -> None:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished cells are kept; re-run the same command to resume",
-                   err=True)
+        typer.echo(
+            "interrupted: finished cells are kept; re-run the same command to resume", err=True
+        )
         sys.exit(130)
     except SystemExit:
         raise

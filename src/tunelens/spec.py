@@ -36,7 +36,8 @@ class TuningSpec(_Strict):
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator.")
     target_modules: list[str] | None = Field(
-        None, description="Modules that get adapters; default q and v projections.")
+        None, description="Modules that get adapters; default q and v projections."
+    )
     learning_rate: float = Field(1e-2, gt=0, description="Peak learning rate.")
     epochs: int = Field(10, ge=1, description="Passes over the tuning data.")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
@@ -48,9 +49,11 @@ class ConvergenceSpec(_Strict):
 
     tasks: str = Field("world:heldout", description="Tasks the demonstrations come from.")
     models: list[str] = Field(
-        [], description="Models to sweep; empty means the spec's top-level model.")
+        [], description="Models to sweep; empty means the spec's top-level model."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="Weights dtype; empty means the spec's.")
+        None, description="Weights dtype; empty means the spec's."
+    )
     device: str | None = Field(None, description="torch device; empty means the spec's.")
     n_pairs: int = Field(30, ge=2, description="(demonstration set, anchor) pairs per seed.")
     anchors_per_set: int = Field(1, ge=1, description="Anchors probed per tuned set.")
@@ -58,11 +61,14 @@ class ConvergenceSpec(_Strict):
     k: list[int] = Field([8], min_length=1, description="Demonstrations per set.")
     flip_fraction: list[float] = Field([0.0], description="Share of demonstrations mislabelled.")
     relevance: list[Literal["same", "other"]] = Field(
-        ["same"], description="Demonstrations from the same task or another task.")
+        ["same"], description="Demonstrations from the same task or another task."
+    )
     definition: list[bool] = Field([False], description="Task definition in ICL/anchor prompts.")
     controls: list[Literal["none", "random_init", "shuffled"]] = Field(
-        ["none", "random_init"], description="'none' is the real pipeline; the others are "
-        "controls: a randomly initialised model, and shuffled-token demonstrations.")
+        ["none", "random_init"],
+        description="'none' is the real pipeline; the others are "
+        "controls: a randomly initialised model, and shuffled-token demonstrations.",
+    )
     template: Literal["plain", "tk", "chat"] = Field("plain", description="Prompt template.")
     tuning: TuningSpec = TuningSpec()
 
@@ -79,16 +85,20 @@ class AuditSpec(_Strict):
 
     model: str | None = Field(None, description="Model to tune; empty means the spec's.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="Weights dtype; empty means the spec's.")
+        None, description="Weights dtype; empty means the spec's."
+    )
     device: str | None = Field(None, description="torch device; empty means the spec's.")
     train: str = Field("world:train", description="Training tasks.")
     test: str = Field("world:heldout", description="Held-out evaluation tasks.")
     definitions: list[Literal["original", "simplified", "none"]] = Field(
-        ["original", "simplified", "none"], description="Definition variant while tuning.")
+        ["original", "simplified", "none"], description="Definition variant while tuning."
+    )
     examples: list[Literal["original", "delusive", "none"]] = Field(
-        ["original", "delusive", "none"], description="Positive-example variant while tuning.")
+        ["original", "delusive", "none"], description="Positive-example variant while tuning."
+    )
     instances_per_task: list[int | Literal["full"]] = Field(
-        [5], description="Training instances per task: low (5), mid, or 'full'.")
+        [5], description="Training instances per task: low (5), mid, or 'full'."
+    )
     seeds: list[int] = Field([0], min_length=1, description="Tuning seeds.")
     n_positive: int = Field(2, ge=0, description="Positive examples in the Tk-Instruct encoding.")
     eval_instances_per_task: int = Field(50, ge=1, description="Held-out instances scored.")
@@ -148,8 +158,9 @@ def load_spec(path: Path) -> Spec:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
-        raise TunelensInputError(f"invalid YAML: {getattr(error, 'problem', error)}",
-                                 source=str(path), where=where) from None
+        raise TunelensInputError(
+            f"invalid YAML: {getattr(error, 'problem', error)}", source=str(path), where=where
+        ) from None
     if not isinstance(data, dict):
         raise TunelensInputError("a spec must be a mapping of keys", source=str(path))
     return validate_spec(data, source=str(path))

@@ -49,16 +49,22 @@ def test_audit_grid_runs_end_to_end_on_superni(tiny_model, tmp_path, arch):
     model_dir = tmp_path / arch
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    spec = Spec.model_validate({
-        "model": str(model_dir),
-        "audit": {
-            "train": str(task_dir(tmp_path, TRAIN, "train")),
-            "test": str(task_dir(tmp_path, TEST, "test")),
-            "definitions": ["original", "simplified"], "examples": ["original", "delusive"],
-            "instances_per_task": [2], "eval_instances_per_task": 3, "max_new_tokens": 3,
-            "bootstrap": 200, "tuning": {"epochs": 1, "batch_size": 4},
-        },
-    })
+    spec = Spec.model_validate(
+        {
+            "model": str(model_dir),
+            "audit": {
+                "train": str(task_dir(tmp_path, TRAIN, "train")),
+                "test": str(task_dir(tmp_path, TEST, "test")),
+                "definitions": ["original", "simplified"],
+                "examples": ["original", "delusive"],
+                "instances_per_task": [2],
+                "eval_instances_per_task": 3,
+                "max_new_tokens": 3,
+                "bootstrap": 200,
+                "tuning": {"epochs": 1, "batch_size": 4},
+            },
+        }
+    )
     out = tmp_path / "run"
     results = run_study(spec, out, progress=False)
     assert len(results["audit"]) == 4
@@ -66,8 +72,11 @@ def test_audit_grid_runs_end_to_end_on_superni(tiny_model, tmp_path, arch):
     for entry in results["audit"]:
         assert set(entry["per_task"]) == set(TEST)
         assert 0.0 <= entry["em"]["mean"] <= 100.0
-    expected_ids = {inst.id for task in load_tasks(task_dir(tmp_path, TEST, "ids"))
-                    for inst in task.instances[:3]}
+    expected_ids = {
+        inst.id
+        for task in load_tasks(task_dir(tmp_path, TEST, "ids"))
+        for inst in task.instances[:3]
+    }
     grid_cells = [json.loads(p.read_text()) for p in (out / "cells" / "audit").glob("*.json")]
     stored = [c["result"] for c in grid_cells if "definition" in c["cell"]["params"]]
     assert len(stored) == 4

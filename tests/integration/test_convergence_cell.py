@@ -11,9 +11,18 @@ from tunelens.models.loading import load_model
 from tunelens.spec import TuningSpec
 from tunelens.tasks.world.generator import generate_world
 
-PARAMS = {"control": "none", "n_pairs": 4, "anchors_per_set": 1, "k": 2, "relevance": "same",
-          "flip_fraction": 0.0, "template": "plain", "definition": False, "model": "world",
-          "tuning": TuningSpec(epochs=3, batch_size=2).model_dump()}
+PARAMS = {
+    "control": "none",
+    "n_pairs": 4,
+    "anchors_per_set": 1,
+    "k": 2,
+    "relevance": "same",
+    "flip_fraction": 0.0,
+    "template": "plain",
+    "definition": False,
+    "model": "world",
+    "tuning": TuningSpec(epochs=3, batch_size=2).model_dump(),
+}
 
 
 def sequential_sets(loaded, sets, config, **_):

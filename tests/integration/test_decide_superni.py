@@ -27,16 +27,19 @@ TASK = "task1344_glue_entailment_classification"
 
 
 def superni_root() -> Path | None:
-    for candidate in (os.environ.get("TUNELENS_SUPERNI"), REPO.parent / "shared" / "data" /
-                      "superni"):
+    for candidate in (
+        os.environ.get("TUNELENS_SUPERNI"),
+        REPO.parent / "shared" / "data" / "superni",
+    ):
         if candidate and (Path(candidate) / "index.tsv").is_file():
             return Path(candidate)
     return None
 
 
 ROOT = superni_root()
-pytestmark = pytest.mark.skipif(ROOT is None, reason="../shared/data/superni not present "
-                                "(or set TUNELENS_SUPERNI)")
+pytestmark = pytest.mark.skipif(
+    ROOT is None, reason="../shared/data/superni not present (or set TUNELENS_SUPERNI)"
+)
 
 
 def tiny_llama_for(task: Task, directory: Path) -> Path:
@@ -46,23 +49,41 @@ def tiny_llama_for(task: Task, directory: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     pre = pre_tokenizers.Whitespace()
-    texts = [task.definition, "Definition: Input: Output:",
-             *[i.input for i in task.instances], *[o for i in task.instances for o in i.outputs]]
+    texts = [
+        task.definition,
+        "Definition: Input: Output:",
+        *[i.input for i in task.instances],
+        *[o for i in task.instances for o in i.outputs],
+    ]
     words = {w for text in texts for w, _ in pre.pre_tokenize_str(text)}
     special = ["[PAD]", "[UNK]", "<s>", "</s>"]
     vocab = {tok: i for i, tok in enumerate(special + sorted(words - set(special)))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre
     core.add_special_tokens(special)
-    core.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                        special_tokens=[("<s>", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                        unk_token="[UNK]", pad_token="[PAD]")
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 2)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, bos_token_id=2, eos_token_id=3,
-                         pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -78,17 +99,30 @@ def test_decide_on_a_superni_task(tmp_path):
     model = tiny_llama_for(task, tmp_path / "tiny-llama")
     costs = tmp_path / "costs.csv"
     costs.write_text("true,predicted,cost\n0,1,5\n1,0,1\n")
-    config = make_config(k=[1, 2], tune_sizes=[8, 32], test_size=20, bootstrap=200,
-                         similarity_items=6, predict="score",
-                         tuning=TuningSpec(epochs=1, batch_size=8, learning_rate=1e-2))
+    config = make_config(
+        k=[1, 2],
+        tune_sizes=[8, 32],
+        test_size=20,
+        bootstrap=200,
+        similarity_items=6,
+        predict="score",
+        tuning=TuningSpec(epochs=1, batch_size=8, learning_rate=1e-2),
+    )
     out = tmp_path / "out"
     outcome = run_decide(task_path, str(model), config, out, costs_path=costs, progress=False)
     data = outcome.results
     assert data["split"]["test"] == 20 and data["split"]["demo_pool"] == 2
     assert data["split"]["tuning_pool"] == 278
     assert [m["id"] for m in data["methods"]] == [
-        "zero_shot", "icl_k1", "icl_k2", "tune_n8", "tune_n32", "control_simplified",
-        "control_delusive", "label_guess"]
+        "zero_shot",
+        "icl_k1",
+        "icl_k2",
+        "tune_n8",
+        "tune_n32",
+        "control_simplified",
+        "control_delusive",
+        "label_guess",
+    ]
     for method in data["methods"]:
         # label scoring always answers with a label
         assert method["out_of_space"] == 0

@@ -23,8 +23,10 @@ from tunelens.spec import TuningSpec
 from tunelens.tasks.jsonl import write_jsonl
 from tunelens.tasks.world.generator import generate_world
 
-pytestmark = pytest.mark.skipif(not (world_model_dir() / "config.json").is_file(),
-                                reason="the embedded world model is not installed")
+pytestmark = pytest.mark.skipif(
+    not (world_model_dir() / "config.json").is_file(),
+    reason="the embedded world model is not installed",
+)
 
 HOSTILE = "<script>alert(1)</script>"
 ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
@@ -37,8 +39,15 @@ def world_task(tmp_path: Path) -> Path:
 
 
 def small_config(**overrides):
-    fields = dict(k=[1, 4], tune_sizes=[8, "all"], test_size=16, demo_size=4, bootstrap=200,
-                  similarity_items=8, tuning=TuningSpec(epochs=2, batch_size=8))
+    fields = dict(
+        k=[1, 4],
+        tune_sizes=[8, "all"],
+        test_size=16,
+        demo_size=4,
+        bootstrap=200,
+        similarity_items=8,
+        tuning=TuningSpec(epochs=2, batch_size=8),
+    )
     return make_config(**{**fields, **overrides})
 
 
@@ -52,8 +61,7 @@ def test_decide_on_a_world_task(tmp_path):
         lines.append(f"{true}: {{{wrong}}}")
     costs.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    outcome = run_decide(task_path, "world", small_config(), out, costs_path=costs,
-                         progress=False)
+    outcome = run_decide(task_path, "world", small_config(), out, costs_path=costs, progress=False)
     data = json.loads((out / "decide.json").read_text())
     assert data == outcome.results
 
@@ -61,8 +69,16 @@ def test_decide_on_a_world_task(tmp_path):
     assert data["split"]["tuning_pool"] == 56 - 16 - 4
     assert sum(c["test"] for c in data["split"]["per_label"].values()) == 16
     ids = [m["id"] for m in data["methods"]]
-    assert ids == ["zero_shot", "icl_k1", "icl_k4", "tune_n8", "tune_n36", "control_simplified",
-                   "control_delusive", "label_guess"]
+    assert ids == [
+        "zero_shot",
+        "icl_k1",
+        "icl_k4",
+        "tune_n8",
+        "tune_n36",
+        "control_simplified",
+        "control_delusive",
+        "label_guess",
+    ]
     for method in data["methods"]:
         assert 0 <= method["accuracy"]["mean"] <= 100
         lo, hi = method["accuracy"]["ci"]
@@ -75,11 +91,16 @@ def test_decide_on_a_world_task(tmp_path):
         assert per["flops"] >= 0 and per["prompt_tokens"] >= 0
     methods = {m["id"]: m for m in data["methods"]}
     # ICL prompts are longer, so they cost more per item than zero-shot and the tuned models
-    assert methods["icl_k4"]["compute"]["per_1000_items"]["prompt_tokens"] > \
-        methods["zero_shot"]["compute"]["per_1000_items"]["prompt_tokens"] == \
-        methods["tune_n8"]["compute"]["per_1000_items"]["prompt_tokens"]
-    assert methods["tune_n36"]["compute"]["training"]["flops"] > \
-        methods["tune_n8"]["compute"]["training"]["flops"] > 0
+    assert (
+        methods["icl_k4"]["compute"]["per_1000_items"]["prompt_tokens"]
+        > methods["zero_shot"]["compute"]["per_1000_items"]["prompt_tokens"]
+        == methods["tune_n8"]["compute"]["per_1000_items"]["prompt_tokens"]
+    )
+    assert (
+        methods["tune_n36"]["compute"]["training"]["flops"]
+        > methods["tune_n8"]["compute"]["training"]["flops"]
+        > 0
+    )
     assert methods["tune_n8"]["train"]["steps"] == 2  # 8 pairs, batch 8, 2 epochs
     assert methods["label_guess"]["accuracy"]["mean"] == pytest.approx(25.0)
     assert methods["label_guess"]["cost_per_1000"]["mean"] > 0
@@ -99,8 +120,17 @@ def test_decide_on_a_world_task(tmp_path):
     assert verdict["summary"][0].startswith("Best: ")
 
     html = (out / "decide.html").read_text()
-    for anchor in ("verdict", "curves", "methods", "compute", "format", "costs", "confusion",
-                   "similarity", "split"):
+    for anchor in (
+        "verdict",
+        "curves",
+        "methods",
+        "compute",
+        "format",
+        "costs",
+        "confusion",
+        "similarity",
+        "split",
+    ):
         assert f'id="{anchor}"' in html, anchor
     assert html.count("data:image/png;base64,") == 3
     assert "Where the intervals are too wide to decide" in html
@@ -123,14 +153,26 @@ def test_decide_on_a_world_task(tmp_path):
     assert not (out / "timings.json").exists()  # nothing was recomputed
 
     # a changed tuning size computes only the new method
-    run_decide(task_path, "world", small_config(tune_sizes=[8, 16, "all"]), out,
-               costs_path=costs, progress=False)
+    run_decide(
+        task_path,
+        "world",
+        small_config(tune_sizes=[8, 16, "all"]),
+        out,
+        costs_path=costs,
+        progress=False,
+    )
     assert list(json.loads((out / "timings.json").read_text())) == ["tune n=16"]
 
 
 def tunelens(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunelens", *args], capture_output=True,
-                          text=True, env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelens", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def main_in_process(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
@@ -149,8 +191,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     broken = tmp_path / "broken.jsonl"
     broken.write_text(task_path.read_text().splitlines()[0] + '\n{"input": "cat"}\n')
     free = tmp_path / "free.jsonl"
-    free.write_text("".join(json.dumps({"input": f"q{i}", "output": f"answer {i}"}) + "\n"
-                            for i in range(20)))
+    free.write_text(
+        "".join(json.dumps({"input": f"q{i}", "output": f"answer {i}"}) + "\n" for i in range(20))
+    )
     costs = tmp_path / "costs.csv"
     costs.write_text("true,predicted,cost\niron,right,1\n")
     out = ["--out", str(tmp_path / "out"), "--no-progress"]
@@ -163,8 +206,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
         (["--task", str(task_path), "--test-size", "50"], "too few"),
         (["--task", str(task_path), "--template", "fancy"], "--template"),
         (["--task", str(task_path), "--lr", "-1"], "--lr"),
-        (["--task", str(task_path), "--model", str(tmp_path / "no_model")],
-         "model directory does not exist"),
+        (
+            ["--task", str(task_path), "--model", str(tmp_path / "no_model")],
+            "model directory does not exist",
+        ),
     ]
     for args, message in cases:
         model = [] if "--model" in args else ["--model", "world"]

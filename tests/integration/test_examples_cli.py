@@ -20,20 +20,39 @@ AFTER = NewExample("added after the kill", "yes")
 
 
 def tunelens(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunelens", *args], capture_output=True,
-                          text=True, env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelens", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_add_list_export_round_trip(tmp_path):
-    ok = tunelens("examples", "add", "--input", "A joy from start to finish.", "--output",
-                  "positive", "--label", "positive", "--source", "review-ui", cwd=tmp_path)
+    ok = tunelens(
+        "examples",
+        "add",
+        "--input",
+        "A joy from start to finish.",
+        "--output",
+        "positive",
+        "--label",
+        "positive",
+        "--source",
+        "review-ui",
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "added 1 example (#1)" in ok.stdout
     assert (tmp_path / "tunelens_examples.sqlite").is_file()  # the default --db
     rows = tmp_path / "rows.jsonl"
-    rows.write_text('{"input": "Dull, long and loud.", "output": "negative"}\n'
-                    '{"input": "Call me on +44 20 7946 0958", "output": "positive"}\n'
-                    '{"input": "Never again.", "output": "negative", "accepted": false}\n')
+    rows.write_text(
+        '{"input": "Dull, long and loud.", "output": "negative"}\n'
+        '{"input": "Call me on +44 20 7946 0958", "output": "positive"}\n'
+        '{"input": "Never again.", "output": "negative", "accepted": false}\n'
+    )
     bulk = tunelens("examples", "add", "--from", str(rows), cwd=tmp_path)
     assert bulk.returncode == 0, bulk.stderr
     assert "added 3 examples (#2-#4)" in bulk.stdout
@@ -42,22 +61,36 @@ def test_add_list_export_round_trip(tmp_path):
     listed = tunelens("examples", "list", "--json", cwd=tmp_path)
     records = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["id"], r["accepted"], r["pii"]) for r in records] == [
-        (1, True, []), (2, True, []), (3, True, ["phone"]), (4, False, [])]
+        (1, True, []),
+        (2, True, []),
+        (3, True, ["phone"]),
+        (4, False, []),
+    ]
     assert records[1]["source"] == "rows.jsonl"
     table = tunelens("examples", "list", "--flagged", cwd=tmp_path)
     assert table.returncode == 0 and "+44 20 7946 0958" in table.stdout
     assert "A joy" not in table.stdout
 
     out = tmp_path / "tuning.jsonl"
-    exported = tunelens("examples", "export", "--out", str(out), "--task", "reviews",
-                        "--definition", "Is the review positive or negative?", cwd=tmp_path)
+    exported = tunelens(
+        "examples",
+        "export",
+        "--out",
+        str(out),
+        "--task",
+        "reviews",
+        "--definition",
+        "Is the review positive or negative?",
+        cwd=tmp_path,
+    )
     assert exported.returncode == 0, exported.stderr
     assert "exported 2 examples" in exported.stdout
     assert "left out 1 example(s) flagged" in exported.stderr
     task = load_jsonl(out)
     assert task.name == "reviews" and [i.id for i in task.instances] == ["ex1", "ex2"]
-    with_flagged = tunelens("examples", "export", "--out", str(out), "--include-flagged",
-                            cwd=tmp_path)
+    with_flagged = tunelens(
+        "examples", "export", "--out", str(out), "--include-flagged", cwd=tmp_path
+    )
     assert with_flagged.returncode == 0
     assert [i.id for i in load_jsonl(out).instances] == ["ex1", "ex2", "ex3"]
     valid = tunelens("tasks", "validate", str(out), cwd=tmp_path)
@@ -96,13 +129,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     junk.write_text("definitely not sqlite " * 20)
     cases = [
         (["examples", "add", "--from", str(bad)], f"{bad}: line 2: field 'output': missing"),
-        (["examples", "add", "--from", str(dup_file)],
-         f"{dup_file}: line 2: duplicate of example #1"),
+        (
+            ["examples", "add", "--from", str(dup_file)],
+            f"{dup_file}: line 2: duplicate of example #1",
+        ),
         (["examples", "add", "--input", "only input"], "give --input and --output"),
         (["examples", "add", "--input", "a", "--output", "b", "--time", "noon"], "ISO 8601"),
         (["examples", "list", "--db", str(junk)], "not a tunelens examples database"),
-        (["examples", "export", "--out", "x.jsonl", "--db", "absent.sqlite"],
-         "no examples database"),
+        (
+            ["examples", "export", "--out", "x.jsonl", "--db", "absent.sqlite"],
+            "no examples database",
+        ),
     ]
     for args, message in cases:
         code, err = main_in_process(args, tmp_path, capsys, monkeypatch)
@@ -113,8 +150,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     # nothing of the refused adds landed; --skip-duplicates adds the rest
     with ExampleStore(tmp_path / "tunelens_examples.sqlite") as store:
         assert store.count() == 1
-    code, err = main_in_process(["examples", "add", "--from", str(dup_file),
-                                 "--skip-duplicates"], tmp_path, capsys, monkeypatch)
+    code, err = main_in_process(
+        ["examples", "add", "--from", str(dup_file), "--skip-duplicates"],
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
     assert code == 0 and "skipped line 2: duplicate of example #1" in err
 
 
@@ -122,8 +163,10 @@ def check_consistent(db: Path) -> list[tuple]:
     """integrity_check ok, and every row complete and self-consistent."""
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = conn.execute("SELECT id, input, output, label, source, created_at, accepted, pii, "
-                            "digest FROM examples ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT id, input, output, label, source, created_at, accepted, pii, "
+            "digest FROM examples ORDER BY id"
+        ).fetchall()
     for id_, input_text, output, label, source, created, accepted, pii, key in rows:
         assert input_text and output and created and accepted in (0, 1), id_
         assert isinstance(source, str) and isinstance(pii, str), id_
@@ -146,12 +189,22 @@ def test_kill_during_a_bulk_add_leaves_all_or_nothing(tmp_path):
         store.add([BEFORE])
     n = 60_000
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps({"input": f"example number {i} " + "word " * 20,
-                                       "output": "yes" if i % 2 else "no"}) + "\n"
-                           for i in range(n)))
-    proc = subprocess.Popen([sys.executable, "-m", "tunelens", "examples", "add", "--from",
-                             str(big), "--db", str(db)], env=ENV, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    big.write_text(
+        "".join(
+            json.dumps(
+                {"input": f"example number {i} " + "word " * 20, "output": "yes" if i % 2 else "no"}
+            )
+            + "\n"
+            for i in range(n)
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunelens", "examples", "add", "--from", str(big), "--db", str(db)],
+        env=ENV,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     journal = Path(f"{db}-journal")
     saw_journal = wait_for(lambda: journal.exists() or proc.poll() is not None)
     os.kill(proc.pid, signal.SIGKILL)
@@ -178,8 +231,9 @@ def test_kill_during_a_stream_of_adds_keeps_every_committed_row(tmp_path):
         "    if i % 20 == 0:\n"
         "        print(i, flush=True)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], env=ENV,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(db)], env=ENV, stdout=subprocess.PIPE, text=True
+    )
     for line in proc.stdout:
         if int(line) >= 100:
             break

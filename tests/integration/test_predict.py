@@ -50,8 +50,12 @@ def test_batched_greedy_predictions_equal_a_manual_argmax_loop(tiny_model, arch)
     # Seed 2: the tiny T5 of seed 0 only ever emits padding.
     loaded = wrap(tiny_model(arch, seed=2 if arch == "t5" else 0), arch)
     got = generate_predictions(loaded, PROMPTS, max_new_tokens=6, batch_size=2)
-    want = [first_line(loaded.tokenizer.decode(manual_greedy_ids(loaded, p, 6),
-                                               skip_special_tokens=True)) for p in PROMPTS]
+    want = [
+        first_line(
+            loaded.tokenizer.decode(manual_greedy_ids(loaded, p, 6), skip_special_tokens=True)
+        )
+        for p in PROMPTS
+    ]
     assert got == want
     assert any(got)  # random tiny models still say something
     assert generate_predictions(loaded, PROMPTS, max_new_tokens=6, batch_size=2) == got
@@ -70,8 +74,13 @@ def _tokenizer_with_newline_at(tokenizer, token_id: int):
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.add_special_tokens(["[PAD]", "[UNK]", "<s>", "</s>"])
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   unk_token="[UNK]", pad_token="[PAD]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+    )
 
 
 def test_predictions_stop_at_the_first_newline(tiny_model):
@@ -80,15 +89,19 @@ def test_predictions_stop_at_the_first_newline(tiny_model):
     for text in PROMPTS:
         generated = manual_greedy_ids(loaded, text, 4)
         prompt_ids = set(loaded.tokenizer(text)["input_ids"])
-        if (len(generated) >= 2 and not (special | prompt_ids) & set(generated[:2])
-                and generated[0] != generated[1]):
+        if (
+            len(generated) >= 2
+            and not (special | prompt_ids) & set(generated[:2])
+            and generated[0] != generated[1]
+        ):
             break
     else:
         pytest.skip("no prompt whose greedy continuation has two distinct ordinary tokens")
     first, second = generated[0], generated[1]
     loaded.tokenizer = _tokenizer_with_newline_at(loaded.tokenizer, second)
     assert generate_predictions(loaded, [text], max_new_tokens=4) == [
-        loaded.tokenizer.decode([first])]
+        loaded.tokenizer.decode([first])
+    ]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
@@ -105,12 +118,16 @@ def test_label_scores_are_summed_log_probabilities(tiny_model, arch):
                 if loaded.kind == "causal":
                     ids = torch.tensor([prompt_ids + label_ids])
                     logp = model(input_ids=ids).logits[0].log_softmax(-1)
-                    want = sum(float(logp[len(prompt_ids) - 1 + t, tok])
-                               for t, tok in enumerate(label_ids))
+                    want = sum(
+                        float(logp[len(prompt_ids) - 1 + t, tok]) for t, tok in enumerate(label_ids)
+                    )
                 else:
                     decoder = torch.tensor([[0] + label_ids[:-1]])
-                    logp = model(input_ids=torch.tensor([prompt_ids]),
-                                 decoder_input_ids=decoder).logits[0].log_softmax(-1)
+                    logp = (
+                        model(input_ids=torch.tensor([prompt_ids]), decoder_input_ids=decoder)
+                        .logits[0]
+                        .log_softmax(-1)
+                    )
                     want = sum(float(logp[t, tok]) for t, tok in enumerate(label_ids))
                 assert scores[i, j] == pytest.approx(want, abs=1e-4)
     again = score_labels(loaded, PROMPTS, LABELS, batch_size=16)
@@ -126,8 +143,7 @@ def test_predictions_of_a_tuned_model_and_long_prompts(tiny_model):
 
     loaded = wrap(tiny_model("llama"), "llama")
     pairs = memorisable_pairs()
-    tuned = tune_on_pairs(loaded, pairs, TuningConfig(epochs=60, batch_size=4,
-                                                      learning_rate=3e-2))
+    tuned = tune_on_pairs(loaded, pairs, TuningConfig(epochs=60, batch_size=4, learning_rate=3e-2))
     try:
         predictions = generate_predictions(tuned.as_loaded(), [p for p, _ in pairs])
         assert predictions == [t.strip() for _, t in pairs]

@@ -11,15 +11,33 @@ from pathlib import Path
 
 def tunelens(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tunelens", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tunelens", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_convergence_writes_the_contract_keys(tmp_path: Path):
     out = tmp_path / "conv"
-    result = tunelens("convergence", "--out", str(out), "--n-pairs", "3", "--seeds", "0",
-                      "--k", "2", "--controls", "none,random_init", "--epochs", "2",
-                      "--no-progress")
+    result = tunelens(
+        "convergence",
+        "--out",
+        str(out),
+        "--n-pairs",
+        "3",
+        "--seeds",
+        "0",
+        "--k",
+        "2",
+        "--controls",
+        "none,random_init",
+        "--epochs",
+        "2",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     entries = json.loads((out / "results.json").read_text())["convergence"]
     assert [e["condition"]["control"] for e in entries] == ["none", "random_init"]
@@ -36,9 +54,20 @@ def test_convergence_writes_the_contract_keys(tmp_path: Path):
 
 def test_audit_writes_the_contract_keys(tmp_path: Path):
     out = tmp_path / "audit"
-    result = tunelens("audit", "--out", str(out), "--definitions", "original,simplified",
-                      "--examples", "original", "--eval-instances-per-task", "2",
-                      "--epochs", "1", "--no-progress")
+    result = tunelens(
+        "audit",
+        "--out",
+        str(out),
+        "--definitions",
+        "original,simplified",
+        "--examples",
+        "original",
+        "--eval-instances-per-task",
+        "2",
+        "--epochs",
+        "1",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     conditions = [e["condition"] for e in results["audit"]]

@@ -30,8 +30,9 @@ def fast(**changes) -> TuningConfig:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lora_tuning_memorises_a_small_set(tiny_model, arch):
     loaded = wrap(tiny_model(arch), arch)
-    tuned = tune_on_pairs(loaded, memorisable_pairs(), fast(epochs=40, batch_size=4,
-                                                            learning_rate=3e-2))
+    tuned = tune_on_pairs(
+        loaded, memorisable_pairs(), fast(epochs=40, batch_size=4, learning_rate=3e-2)
+    )
     try:
         assert tuned.steps == 40
         assert tuned.losses[-1] < 0.3 * tuned.losses[0]
@@ -88,8 +89,9 @@ def test_adapter_toggles_and_unload_restores_the_base_bit_for_bit(tiny_model, ar
 def test_full_fine_tuning_is_reversible(tiny_model):
     loaded = wrap(tiny_model("gpt2"), "gpt2")
     before = logits_of(loaded, PROBE)
-    tuned = tune_on_pairs(loaded, memorisable_pairs(),
-                          fast(method="full", learning_rate=1e-3, epochs=2))
+    tuned = tune_on_pairs(
+        loaded, memorisable_pairs(), fast(method="full", learning_rate=1e-3, epochs=2)
+    )
     after = logits_of(loaded, PROBE)
     assert not torch.allclose(after, before)
     with tuned.adapter_disabled():
@@ -100,8 +102,9 @@ def test_full_fine_tuning_is_reversible(tiny_model):
     assert all(p.grad is None for p in loaded.model.parameters())
 
 
-@pytest.mark.parametrize(("arch", "targets"), [("llama", ["q_proj", "v_proj"]),
-                                               ("gpt2", ["c_attn"]), ("t5", ["q", "v"])])
+@pytest.mark.parametrize(
+    ("arch", "targets"), [("llama", ["q_proj", "v_proj"]), ("gpt2", ["c_attn"]), ("t5", ["q", "v"])]
+)
 def test_default_targets_fall_back_per_architecture(tiny_model, arch, targets):
     loaded = wrap(tiny_model(arch), arch)
     assert resolve_target_modules(loaded.model, TuningConfig().target_modules) == targets
@@ -174,14 +177,20 @@ def test_a_prompt_longer_than_the_context_is_an_input_error(tiny_model):
     assert not has_lora_layers(loaded.model)
 
 
-@pytest.mark.parametrize(("arch", "method"), [("llama", "lora"), ("t5", "lora"),
-                                              ("gpt2", "full"), ("t5", "full")])
+@pytest.mark.parametrize(
+    ("arch", "method"), [("llama", "lora"), ("t5", "lora"), ("gpt2", "full"), ("t5", "full")]
+)
 def test_multitask_tune_runs_and_checkpoints(tiny_model, tmp_path, arch, method):
     loaded = wrap(tiny_model(arch), arch)
     before = logits_of(loaded, PROBE)
     pairs = [p for s in demo_sets(3, 4) for p in s]
-    config = fast(method=method, learning_rate=1e-2 if method == "lora" else 1e-3,
-                  epochs=2, batch_size=4, save_steps=2)
+    config = fast(
+        method=method,
+        learning_rate=1e-2 if method == "lora" else 1e-3,
+        epochs=2,
+        batch_size=4,
+        save_steps=2,
+    )
     tuned = multitask_tune(loaded, pairs, config, progress=True, checkpoint_dir=tmp_path)
     try:
         assert tuned.steps == 6
@@ -207,8 +216,9 @@ def test_multitask_tune_is_deterministic_and_full_checkpoints_load_back(tiny_mod
     config = fast(method="full", learning_rate=1e-3, epochs=2, batch_size=3)
     runs = []
     for attempt in range(2):
-        tuned = multitask_tune(loaded, pairs, config, progress=False,
-                               checkpoint_dir=tmp_path / str(attempt))
+        tuned = multitask_tune(
+            loaded, pairs, config, progress=False, checkpoint_dir=tmp_path / str(attempt)
+        )
         runs.append((tuned.losses, logits_of(loaded, PROBE, tuned.model)))
         tuned.unload()
     assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])

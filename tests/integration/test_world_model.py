@@ -19,8 +19,14 @@ SHIPPED = world_model_dir()
 
 
 def test_shipped_model_is_complete_and_small():
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_log.jsonl",
-                 "recipe.json", "reference_eval.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training_log.jsonl",
+        "recipe.json",
+        "reference_eval.json",
+    ):
         assert (SHIPPED / name).is_file(), name
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 20 * 2**20
 
@@ -48,20 +54,36 @@ def test_reproduces_its_recorded_few_shot_accuracy():
 
 
 def test_world_path_command_prints_the_directory():
-    out = subprocess.run([sys.executable, "-m", "tunelens", "world", "path"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "tunelens", "world", "path"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == str(SHIPPED)
 
 
 def test_training_in_pieces_equals_one_run(tmp_path):
-    recipe = WorldModelRecipe(hidden_size=16, layers=1, heads=2, intermediate_size=32,
-                              seq_len=32, batch_size=4, steps=6, curriculum_steps=3,
-                              warmup=2, checkpoint_every=100, eval_every=100, threads=1)
+    recipe = WorldModelRecipe(
+        hidden_size=16,
+        layers=1,
+        heads=2,
+        intermediate_size=32,
+        seq_len=32,
+        batch_size=4,
+        steps=6,
+        curriculum_steps=3,
+        warmup=2,
+        checkpoint_every=100,
+        eval_every=100,
+        threads=1,
+    )
     whole = train_world_model(recipe, tmp_path / "whole", progress=False)
     train_world_model(recipe, tmp_path / "pieces", progress=False, until=2)
     resumed = train_world_model(replace(recipe, threads=2), tmp_path / "pieces", progress=False)
-    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     with pytest.raises(ValueError, match="another recipe"):
         train_world_model(replace(recipe, lr=1e-3), tmp_path / "pieces", progress=False)

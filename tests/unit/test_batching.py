@@ -37,7 +37,8 @@ def test_causal_labels_are_masked_exactly_on_prompt_and_padding(tiny_tokenizer):
         assert batch["labels"][row, n_prompt:n_all].tolist() == target_ids
         assert batch["labels"][row, n_all:].eq(IGNORE_INDEX).all()
         assert batch["attention_mask"][row].tolist() == [1] * n_all + [0] * (
-            batch["input_ids"].shape[1] - n_all)
+            batch["input_ids"].shape[1] - n_all
+        )
 
 
 def test_eos_is_optional_and_learned_even_when_it_is_the_pad_token(tiny_tokenizer):
@@ -60,19 +61,25 @@ def test_seq2seq_batches_put_the_prompt_in_the_encoder_and_the_target_in_labels(
     for row, (prompt_text, target_text) in enumerate(PAIRS):
         prompt_ids = tokenizer(prompt_text)["input_ids"]
         target_ids = tokenizer(target_text, add_special_tokens=False)["input_ids"] + [
-            tokenizer.eos_token_id]
+            tokenizer.eos_token_id
+        ]
         assert batch["input_ids"][row, : len(prompt_ids)].tolist() == prompt_ids
         assert batch["attention_mask"][row].sum() == len(prompt_ids)
         assert batch["labels"][row, : len(target_ids)].tolist() == target_ids
-        assert batch["labels"][row, len(target_ids):].eq(IGNORE_INDEX).all()
+        assert batch["labels"][row, len(target_ids) :].eq(IGNORE_INDEX).all()
 
 
 def test_a_pair_longer_than_the_context_is_refused_with_its_name_and_lengths(tiny_tokenizer):
     tokenizer = tiny_tokenizer()
     long_prompt = "Input : " + "the cat " * 40 + "\nOutput :"
     with pytest.raises(TunelensInputError) as caught:
-        encode_pairs(tokenizer, [PAIRS[0], (long_prompt, " yes")], kind="causal",
-                     max_length=64, names=["t1/i1", "t1/i2"])
+        encode_pairs(
+            tokenizer,
+            [PAIRS[0], (long_prompt, " yes")],
+            kind="causal",
+            max_length=64,
+            names=["t1/i1", "t1/i2"],
+        )
     message = str(caught.value)
     n_prompt = len(tokenizer(long_prompt)["input_ids"])
     assert "t1/i2" in message and f"{n_prompt} tokens" in message and "64" in message
@@ -100,11 +107,16 @@ def test_context_length_reads_the_config_where_it_has_one():
 def test_token_losses_sum_only_labelled_positions():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX],
-                           [IGNORE_INDEX, 1, 2, 6, 5]])
+    labels = torch.tensor(
+        [[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX], [IGNORE_INDEX, 1, 2, 6, 5]]
+    )
     got = token_losses(logits, labels, "causal")
     logp = logits.log_softmax(-1)
-    want = torch.tensor([logp[0, 1, 3] + logp[0, 2, 4],
-                         logp[1, 0, 1] + logp[1, 1, 2] + logp[1, 2, 6] + logp[1, 3, 5]])
+    want = torch.tensor(
+        [
+            logp[0, 1, 3] + logp[0, 2, 4],
+            logp[1, 0, 1] + logp[1, 1, 2] + logp[1, 2, 6] + logp[1, 3, 5],
+        ]
+    )
     torch.testing.assert_close(got, -want)
     assert label_counts(labels, "causal").tolist() == [2, 4]

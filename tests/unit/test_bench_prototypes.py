@@ -23,8 +23,10 @@ from prototypes import (  # noqa: E402
     tune_many_sets_shared_prefix,
 )
 
-PREFIX = ("Definition : is it an animal ?\n\n"
-          "Input : the cat\nOutput : yes\n\nInput : a knife\nOutput : no\n\n")
+PREFIX = (
+    "Definition : is it an animal ?\n\n"
+    "Input : the cat\nOutput : yes\n\nInput : a knife\nOutput : no\n\n"
+)
 SUFFIXES = [
     "Input : a dog\nOutput :",
     "",  # the prompt is exactly the prefix
@@ -37,10 +39,18 @@ def definition_sets() -> list[list[tuple[str, str]]]:
     """Three sets of four pairs; the prompts of a set share a definition."""
     words = ["cat", "dog", "apple", "pear", "knife", "spoon", "bird", "fish", "tree", "house"]
     sets = []
-    for j, definition in enumerate(["is it an animal ?", "is it a fruit or a tool ?",
-                                    "the first word is a colour"]):
-        sets.append([(f"Definition : {definition}\n\nInput : the {words[(j + i) % 10]}"
-                      f"\nOutput :", f" {['yes', 'no'][(i + j) % 2]}") for i in range(4)])
+    for j, definition in enumerate(
+        ["is it an animal ?", "is it a fruit or a tool ?", "the first word is a colour"]
+    ):
+        sets.append(
+            [
+                (
+                    f"Definition : {definition}\n\nInput : the {words[(j + i) % 10]}\nOutput :",
+                    f" {['yes', 'no'][(i + j) % 2]}",
+                )
+                for i in range(4)
+            ]
+        )
     return sets
 
 
@@ -82,8 +92,14 @@ def test_shared_prefix_length_keeps_the_last_prompt_token(tiny_model):
 def test_shared_prefix_tuning_equals_tune_many_sets(tiny_model, arch):
     loaded = load_model_from_objects(*tiny_model(arch))
     sets = definition_sets()
-    config = TuningConfig(epochs=3, batch_size=2, learning_rate=1e-2, weight_decay=0.01,
-                          lr_schedule="linear", max_grad_norm=0.5)
+    config = TuningConfig(
+        epochs=3,
+        batch_size=2,
+        learning_rate=1e-2,
+        weight_decay=0.01,
+        lr_schedule="linear",
+        max_grad_norm=0.5,
+    )
     want = tune_many_sets(loaded, sets, config, seeds=[3, 4, 5])
     got = tune_many_sets_shared_prefix(loaded, sets, config, seeds=[3, 4, 5], sets_per_batch=2)
     for ours, theirs in zip(got, want, strict=True):

@@ -37,29 +37,43 @@ def test_csv_and_yaml_give_the_same_matrix(tmp_path):
 
 
 def test_csv_columns_in_any_order_and_explicit_other(tmp_path):
-    path = write(tmp_path, "c.csv",
-                 "cost,true,predicted\n1,spam,ham\n20,ham,spam\n5,ham,(other)\n0.5,ham,ham\n")
+    path = write(
+        tmp_path,
+        "c.csv",
+        "cost,true,predicted\n1,spam,ham\n20,ham,spam\n5,ham,(other)\n0.5,ham,ham\n",
+    )
     matrix = load_costs(path, LABELS)
     assert matrix.cost("ham", OTHER) == 5 and matrix.cost("ham", "ham") == 0.5
     assert matrix.to_json()["costs"] == [[0.5, 20, 5], [1, 0, 1]]
 
 
-@pytest.mark.parametrize("name,text,message,where", [
-    ("c.csv", "true,predicted,cost\nspam,ham,1\n", "no cost for true 'ham' predicted 'spam'",
-     None),
-    ("c.csv", "true,predicted,cost\nspam,ham,1\nham,spma,2\n", "predicted label 'spma'",
-     "line 3"),
-    ("c.csv", "true,predicted,cost\nspam,ham,1\nham,spam,x\n", "must be a number", "line 3"),
-    ("c.csv", "true,predicted,cost\nspam,ham,-1\nham,spam,2\n", ">= 0", "line 2"),
-    ("c.csv", "true,predicted,cost\nspam,ham,1\nspam,ham,2\n", "given twice", "line 3"),
-    ("c.csv", "true,guess,cost\n", "header", "line 1"),
-    ("c.csv", "true,predicted,cost\nspam,ham\n", "3 fields", "line 2"),
-    ("c.yaml", "spam: [ham, 1]\n", "mapping predicted label", "spam"),
-    ("c.yaml", "spam: {ham: nan}\nham: {spam: 1}\n", "finite", "spam -> ham"),
-    ("c.yaml", "spam: {ham: 1\n", "invalid YAML", None),
-    ("c.yaml", "- 1\n", "expected a mapping", None),
-    ("c.txt", "x", ".csv or .yaml", None),
-])
+@pytest.mark.parametrize(
+    "name,text,message,where",
+    [
+        (
+            "c.csv",
+            "true,predicted,cost\nspam,ham,1\n",
+            "no cost for true 'ham' predicted 'spam'",
+            None,
+        ),
+        (
+            "c.csv",
+            "true,predicted,cost\nspam,ham,1\nham,spma,2\n",
+            "predicted label 'spma'",
+            "line 3",
+        ),
+        ("c.csv", "true,predicted,cost\nspam,ham,1\nham,spam,x\n", "must be a number", "line 3"),
+        ("c.csv", "true,predicted,cost\nspam,ham,-1\nham,spam,2\n", ">= 0", "line 2"),
+        ("c.csv", "true,predicted,cost\nspam,ham,1\nspam,ham,2\n", "given twice", "line 3"),
+        ("c.csv", "true,guess,cost\n", "header", "line 1"),
+        ("c.csv", "true,predicted,cost\nspam,ham\n", "3 fields", "line 2"),
+        ("c.yaml", "spam: [ham, 1]\n", "mapping predicted label", "spam"),
+        ("c.yaml", "spam: {ham: nan}\nham: {spam: 1}\n", "finite", "spam -> ham"),
+        ("c.yaml", "spam: {ham: 1\n", "invalid YAML", None),
+        ("c.yaml", "- 1\n", "expected a mapping", None),
+        ("c.txt", "x", ".csv or .yaml", None),
+    ],
+)
 def test_bad_costs_files_name_the_place(tmp_path, name, text, message, where):
     path = write(tmp_path, name, text)
     with pytest.raises(TunelensInputError) as info:

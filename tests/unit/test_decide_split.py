@@ -25,18 +25,21 @@ def instances(counts: dict[str, int]) -> list[Instance]:
     return out
 
 
-@pytest.mark.parametrize("counts,n,expected", [
-    # 10 of 20 in 3:1 proportions: 7.5 / 2.5 -> remainders tie at .5 -> label order breaks it
-    ({"a": 15, "b": 5}, 10, {"a": 8, "b": 2}),
-    # 7 of 10 = 5:3:2 -> 3.5, 2.1, 1.4: floors 3, 2, 1 (6), one left -> a (remainder .5)
-    ({"a": 5, "b": 3, "c": 2}, 7, {"a": 4, "b": 2, "c": 1}),
-    # 3 of 9 over 3 equal labels: exact
-    ({"a": 3, "b": 3, "c": 3}, 3, {"a": 1, "b": 1, "c": 1}),
-    # 1 of 100 with a rare label: the majority label takes it
-    ({"rare": 1, "common": 99}, 1, {"rare": 0, "common": 1}),
-    ({"a": 2, "b": 2}, 0, {"a": 0, "b": 0}),
-    ({"a": 2, "b": 3}, 5, {"a": 2, "b": 3}),
-])
+@pytest.mark.parametrize(
+    "counts,n,expected",
+    [
+        # 10 of 20 in 3:1 proportions: 7.5 / 2.5 -> remainders tie at .5 -> label order breaks it
+        ({"a": 15, "b": 5}, 10, {"a": 8, "b": 2}),
+        # 7 of 10 = 5:3:2 -> 3.5, 2.1, 1.4: floors 3, 2, 1 (6), one left -> a (remainder .5)
+        ({"a": 5, "b": 3, "c": 2}, 7, {"a": 4, "b": 2, "c": 1}),
+        # 3 of 9 over 3 equal labels: exact
+        ({"a": 3, "b": 3, "c": 3}, 3, {"a": 1, "b": 1, "c": 1}),
+        # 1 of 100 with a rare label: the majority label takes it
+        ({"rare": 1, "common": 99}, 1, {"rare": 0, "common": 1}),
+        ({"a": 2, "b": 2}, 0, {"a": 0, "b": 0}),
+        ({"a": 2, "b": 3}, 5, {"a": 2, "b": 3}),
+    ],
+)
 def test_allocate_hand_computed(counts, n, expected):
     assert allocate(counts, n) == expected
     assert sum(allocate(counts, n).values()) == n
@@ -95,14 +98,17 @@ def test_pool_prefixes_keep_the_proportions():
         for label, share in (("a", 0.5), ("b", 0.25), ("c", 0.25)):
             assert abs(counts[label] - share * n) <= 1, (n, counts)
     # two labels of equal size alternate, so k=2 demonstrations show both
-    demos = stratified_split(instances({"x": 10, "y": 10}), test_size=4, demo_size=8,
-                             seed=5).demo_pool
+    demos = stratified_split(
+        instances({"x": 10, "y": 10}), test_size=4, demo_size=8, seed=5
+    ).demo_pool
     assert {label_of(i) for i in demos[:2]} == {"x", "y"}
 
 
 def test_stratified_order_spreads_a_minority_label():
-    groups = {"a": [Instance(f"a{i}", "", ("a",)) for i in range(6)],
-              "b": [Instance(f"b{i}", "", ("b",)) for i in range(2)]}
+    groups = {
+        "a": [Instance(f"a{i}", "", ("a",)) for i in range(6)],
+        "b": [Instance(f"b{i}", "", ("b",)) for i in range(2)],
+    }
     order = [label_of(i) for i in stratified_order(groups, random.Random(0))]
     assert order.count("b") == 2
     assert "b" in order[:4] and "b" in order[4:]

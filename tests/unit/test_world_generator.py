@@ -71,8 +71,11 @@ def test_definition_blind_methods_are_bounded_at_half(world):
 
 def test_instances_follow_their_rule_and_are_label_balanced(world):
     for task in world.train + world.heldout:
-        rule = Rule(task.metadata["family"], tuple(task.metadata["rule_categories"]),
-                    tuple(task.metadata["rule_labels"]))
+        rule = Rule(
+            task.metadata["family"],
+            tuple(task.metadata["rule_categories"]),
+            tuple(task.metadata["rule_labels"]),
+        )
         counts = defaultdict(int)
         for inst in task.instances:
             assert rule.label_of(inst.input.split()) == inst.outputs[0]
@@ -86,8 +89,10 @@ def test_definitions_state_every_label_and_the_categories(world):
         for label in task.labels:
             assert f'"{label}"' in task.definition
         if task.metadata["family"] != "same_category":
-            assert any(cat.split()[-1] in task.definition or cat in task.definition
-                       for cat in task.metadata["rule_categories"])
+            assert any(
+                cat.split()[-1] in task.definition or cat in task.definition
+                for cat in task.metadata["rule_categories"]
+            )
 
 
 def test_training_rules_never_draw_heldout_signatures():

@@ -20,43 +20,66 @@ def _help(name: str) -> str:
 
 @app.command("decide")
 def decide(
-    task: Annotated[Path, typer.Option(
-        "--task", help="The task: a tunelens JSONL file (or SuperNI JSON) with a label space.")],
-    model: Annotated[str, typer.Option(
-        "--model", help="'world' (the embedded model) or a local Hugging Face model directory.")],
-    costs: Annotated[Path | None, typer.Option(
-        "--costs", help="Cost of each (true, predicted) pair: CSV with columns "
-        "true,predicted,cost or YAML true -> predicted -> cost.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Output folder; default ./decide-<task>. Re-run to resume.")] = None,
+    task: Annotated[
+        Path,
+        typer.Option(
+            "--task", help="The task: a tunelens JSONL file (or SuperNI JSON) with a label space."
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="'world' (the embedded model) or a local Hugging Face model directory."
+        ),
+    ],
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            "--costs",
+            help="Cost of each (true, predicted) pair: CSV with columns "
+            "true,predicted,cost or YAML true -> predicted -> cost.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder; default ./decide-<task>. Re-run to resume."),
+    ] = None,
     k: Annotated[str, typer.Option("--k", help=_help("k") + " Comma-separated.")] = "1,2,4,8,16",
-    tune_sizes: Annotated[str, typer.Option(
-        "--tune-sizes", help=_help("tune_sizes") + " Comma-separated.")] = "8,32,128,all",
+    tune_sizes: Annotated[
+        str, typer.Option("--tune-sizes", help=_help("tune_sizes") + " Comma-separated.")
+    ] = "8,32,128,all",
     seed: Annotated[int, typer.Option(help=_help("seed"))] = 0,
     test_size: Annotated[float, typer.Option("--test-size", help=_help("test_size"))] = 0.3,
-    demo_size: Annotated[int | None, typer.Option(
-        "--demo-size", help=_help("demo_size"))] = None,
+    demo_size: Annotated[int | None, typer.Option("--demo-size", help=_help("demo_size"))] = None,
     template: Annotated[str, typer.Option(help=_help("template"))] = "plain",
-    definition: Annotated[bool, typer.Option(
-        "--definition/--no-definition", help=_help("definition"))] = True,
+    definition: Annotated[
+        bool, typer.Option("--definition/--no-definition", help=_help("definition"))
+    ] = True,
     predict: Annotated[str, typer.Option(help=_help("predict"))] = "generate",
-    max_new_tokens: Annotated[int | None, typer.Option(
-        "--max-new-tokens", help=_help("max_new_tokens"))] = None,
-    controls: Annotated[bool, typer.Option(
-        "--controls/--no-controls", help=_help("controls"))] = True,
-    similarity_k: Annotated[int | None, typer.Option(
-        "--similarity-k", help=_help("similarity_k"))] = None,
-    similarity_items: Annotated[int, typer.Option(
-        "--similarity-items", help=_help("similarity_items"))] = 64,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help=_help("max_new_tokens"))
+    ] = None,
+    controls: Annotated[
+        bool, typer.Option("--controls/--no-controls", help=_help("controls"))
+    ] = True,
+    similarity_k: Annotated[
+        int | None, typer.Option("--similarity-k", help=_help("similarity_k"))
+    ] = None,
+    similarity_items: Annotated[
+        int, typer.Option("--similarity-items", help=_help("similarity_items"))
+    ] = 64,
     bootstrap: Annotated[int, typer.Option(help=_help("bootstrap"))] = 2000,
     epochs: Annotated[int, typer.Option(help=_TUNING["epochs"].description)] = 10,
     lr: Annotated[float, typer.Option("--lr", help=_TUNING["learning_rate"].description)] = 1e-2,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", help=_TUNING["batch_size"].description)] = 8,
-    max_steps: Annotated[int | None, typer.Option(
-        "--max-steps", help=_TUNING["max_steps"].description)] = None,
-    tuning_method: Annotated[str, typer.Option(
-        "--tuning-method", help=_TUNING["method"].description)] = "lora",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help=_TUNING["batch_size"].description)
+    ] = 8,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help=_TUNING["max_steps"].description)
+    ] = None,
+    tuning_method: Annotated[
+        str, typer.Option("--tuning-method", help=_TUNING["method"].description)
+    ] = "lora",
     lora_r: Annotated[int, typer.Option("--lora-r", help=_TUNING["lora_r"].description)] = 8,
     dtype: Annotated[str, typer.Option(help=_help("dtype"))] = "float32",
     device: Annotated[str, typer.Option(help=_help("device"))] = "cpu",
@@ -74,8 +97,14 @@ def decide(
     from tunelens.spec import TuningSpec
 
     try:
-        tuning = TuningSpec(method=tuning_method, lora_r=lora_r, learning_rate=lr, epochs=epochs,
-                            batch_size=batch_size, max_steps=max_steps)
+        tuning = TuningSpec(
+            method=tuning_method,
+            lora_r=lora_r,
+            learning_rate=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            max_steps=max_steps,
+        )
     except Exception as error:  # pydantic ValidationError: report it as bad input
         from pydantic import ValidationError
 
@@ -85,15 +114,27 @@ def decide(
 
         first = error.errors()[0]
         option = {"learning_rate": "lr", "method": "tuning-method"}.get(
-            str(first["loc"][0]), str(first["loc"][0]).replace("_", "-"))
+            str(first["loc"][0]), str(first["loc"][0]).replace("_", "-")
+        )
         raise TunelensInputError(first["msg"], where=f"--{option}") from None
     config = make_config(
-        k=parse_int_list(k, "--k"), tune_sizes=parse_int_list(tune_sizes, "--tune-sizes",
-                                                              allow_all=True),
-        seed=seed, test_size=test_size, demo_size=demo_size, template=template,
-        definition=definition, predict=predict, max_new_tokens=max_new_tokens,
-        controls=controls, similarity_k=similarity_k, similarity_items=similarity_items,
-        bootstrap=bootstrap, dtype=dtype, device=device, tuning=tuning)
+        k=parse_int_list(k, "--k"),
+        tune_sizes=parse_int_list(tune_sizes, "--tune-sizes", allow_all=True),
+        seed=seed,
+        test_size=test_size,
+        demo_size=demo_size,
+        template=template,
+        definition=definition,
+        predict=predict,
+        max_new_tokens=max_new_tokens,
+        controls=controls,
+        similarity_k=similarity_k,
+        similarity_items=similarity_items,
+        bootstrap=bootstrap,
+        dtype=dtype,
+        device=device,
+        tuning=tuning,
+    )
     outcome = run_decide(task, model, config, out, costs_path=costs, progress=not no_progress)
     for line in outcome.results["verdict"]["summary"]:
         typer.echo(line)

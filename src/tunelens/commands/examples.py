@@ -41,7 +41,8 @@ def _short(text: str, limit: int = 60) -> str:
 def add(
     db: DbOption = Path(DEFAULT_DB),
     input_text: Annotated[
-        str | None, typer.Option("--input", help="The example's input text.")] = None,
+        str | None, typer.Option("--input", help="The example's input text.")
+    ] = None,
     output: Annotated[
         str | None, typer.Option("--output", help="The accepted output (the tuning target).")
     ] = None,
@@ -50,17 +51,21 @@ def add(
     rejected: Annotated[
         bool, typer.Option("--rejected", help="Record it as rejected (never exported).")
     ] = False,
-    time: Annotated[
-        str | None, typer.Option(help="ISO 8601 time; default: now (UTC).")] = None,
+    time: Annotated[str | None, typer.Option(help="ISO 8601 time; default: now (UTC).")] = None,
     from_file: Annotated[
         Path | None,
-        typer.Option("--from", help="Add every row of a JSONL file ({input, output, label?, "
-                     "source?, accepted?, time?} per line) or a CSV file with those columns, "
-                     "in one transaction."),
+        typer.Option(
+            "--from",
+            help="Add every row of a JSONL file ({input, output, label?, "
+            "source?, accepted?, time?} per line) or a CSV file with those columns, "
+            "in one transaction.",
+        ),
     ] = None,
     skip_duplicates: Annotated[
-        bool, typer.Option("--skip-duplicates",
-                           help="Skip exact duplicates instead of refusing the whole add.")
+        bool,
+        typer.Option(
+            "--skip-duplicates", help="Skip exact duplicates instead of refusing the whole add."
+        ),
     ] = False,
 ) -> None:
     """Add one example (--input/--output) or a file of them (--from); duplicates are refused.
@@ -71,17 +76,18 @@ def add(
     """
     if from_file is not None:
         if input_text is not None or output is not None:
-            raise TunelensInputError("give either --from FILE or --input/--output, not both",
-                                     where="examples add")
+            raise TunelensInputError(
+                "give either --from FILE or --input/--output, not both", where="examples add"
+            )
         rows = read_example_file(from_file, default_source=source)
         origin = str(from_file)
     else:
         if input_text is None or output is None:
-            raise TunelensInputError("give --input and --output (or --from FILE)",
-                                     where="examples add")
+            raise TunelensInputError(
+                "give --input and --output (or --from FILE)", where="examples add"
+            )
         if not input_text.strip() or not output.strip():
-            raise TunelensInputError("--input and --output must not be empty",
-                                     where="examples add")
+            raise TunelensInputError("--input and --output must not be empty", where="examples add")
         if time is not None:
             check_time(time, "--time", "")
         rows = [NewExample(input_text, output, label or None, source, not rejected, time)]
@@ -95,15 +101,19 @@ def add(
         typer.echo(f"skipped {where or 'row'}: duplicate of example #{existing}", err=True)
     flagged = [row for row in result.added if row.pii]
     for row in flagged:
-        typer.echo(f"flagged #{row.id}: likely personal data ({', '.join(row.pii)}); kept out "
-                   "of exports unless --include-flagged", err=True)
+        typer.echo(
+            f"flagged #{row.id}: likely personal data ({', '.join(row.pii)}); kept out "
+            "of exports unless --include-flagged",
+            err=True,
+        )
 
 
 @examples_app.command("list")
 def list_examples(
     db: DbOption = Path(DEFAULT_DB),
     flagged: Annotated[
-        bool, typer.Option("--flagged", help="Only rows flagged for personal data.")] = False,
+        bool, typer.Option("--flagged", help="Only rows flagged for personal data.")
+    ] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -120,9 +130,16 @@ def list_examples(
         table.add_column(column, overflow="fold")
     for row in rows:
         # Text cells: example text is untrusted and may contain rich markup like "[bold]".
-        table.add_row(str(row.id), row.time, "yes" if row.accepted else "no",
-                      Text(", ".join(row.pii) or "-"), Text(row.source or "-"),
-                      Text(row.label or "-"), Text(_short(row.input)), Text(_short(row.output)))
+        table.add_row(
+            str(row.id),
+            row.time,
+            "yes" if row.accepted else "no",
+            Text(", ".join(row.pii) or "-"),
+            Text(row.source or "-"),
+            Text(row.label or "-"),
+            Text(_short(row.input)),
+            Text(_short(row.output)),
+        )
     Console().print(table)
 
 
@@ -135,17 +152,20 @@ def export(
     ] = None,
     definition: Annotated[str, typer.Option(help="Task definition for the header.")] = "",
     include_flagged: Annotated[
-        bool, typer.Option("--include-flagged",
-                           help="Also export rows flagged for personal data.")
+        bool, typer.Option("--include-flagged", help="Also export rows flagged for personal data.")
     ] = False,
 ) -> None:
     """Export accepted examples as a tuning set in the tunelens JSONL task format."""
     with ExampleStore(db, create=False) as store:
-        result = store.export_task(out, task=task or out.stem, definition=definition,
-                                   include_flagged=include_flagged)
+        result = store.export_task(
+            out, task=task or out.stem, definition=definition, include_flagged=include_flagged
+        )
     typer.echo(f"exported {result.written} examples to {result.path}")
     if result.left_out_flagged:
-        typer.echo(f"left out {result.left_out_flagged} example(s) flagged for personal data "
-                   "(--include-flagged exports them)", err=True)
+        typer.echo(
+            f"left out {result.left_out_flagged} example(s) flagged for personal data "
+            "(--include-flagged exports them)",
+            err=True,
+        )
     if result.left_out_rejected:
         typer.echo(f"left out {result.left_out_rejected} rejected example(s)", err=True)

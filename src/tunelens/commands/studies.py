@@ -25,13 +25,20 @@ def comma_list(option: str, text: str | None, kind: type = str) -> list[Any] | N
         raise TunelensInputError(f"{option} needs at least one value")
     try:
         if kind is bool:
-            truth = {"true": True, "on": True, "yes": True, "false": False, "off": False,
-                     "no": False}
+            truth = {
+                "true": True,
+                "on": True,
+                "yes": True,
+                "false": False,
+                "off": False,
+                "no": False,
+            }
             return [truth[item.lower()] for item in items]
         return [item if kind is str or item == "full" else kind(item) for item in items]
     except (KeyError, ValueError):
         raise TunelensInputError(
-            f"{option}: cannot read {text!r} as comma-separated {kind.__name__} values") from None
+            f"{option}: cannot read {text!r} as comma-separated {kind.__name__} values"
+        ) from None
 
 
 def _section(**options: Any) -> dict[str, Any]:
@@ -39,8 +46,14 @@ def _section(**options: Any) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def _run(section_name: str, section: dict[str, Any], top: dict[str, Any], out: Path,
-         executor: str, progress: bool) -> None:
+def _run(
+    section_name: str,
+    section: dict[str, Any],
+    top: dict[str, Any],
+    out: Path,
+    executor: str,
+    progress: bool,
+) -> None:
     from tunelens.report.html import build_report
     from tunelens.runs.study import RESULTS, run_study
     from tunelens.spec import validate_spec
@@ -65,20 +78,29 @@ LearningRateOption = Annotated[float | None, typer.Option(help="Tuning learning 
 @app.command("convergence")
 def convergence(
     model: ModelOption = "world",
-    tasks: Annotated[str, typer.Option(
-        help="Tasks: a path (SuperNI JSON, directory, split file, JSONL) or world:heldout.")
+    tasks: Annotated[
+        str,
+        typer.Option(
+            help="Tasks: a path (SuperNI JSON, directory, split file, JSONL) or world:heldout."
+        ),
     ] = "world:heldout",
     out: OutOption = Path("runs/convergence"),
     k: Annotated[str | None, typer.Option(help="Demonstrations per set, e.g. 1,2,4,8,16.")] = None,
     n_pairs: Annotated[int | None, typer.Option(help="(set, anchor) pairs per seed.")] = None,
     seeds: SeedsOption = None,
-    flip_fraction: Annotated[str | None, typer.Option(
-        help="Shares of flipped demonstration labels, e.g. 0,0.5,1.")] = None,
+    flip_fraction: Annotated[
+        str | None, typer.Option(help="Shares of flipped demonstration labels, e.g. 0,0.5,1.")
+    ] = None,
     relevance: Annotated[str | None, typer.Option(help="same and/or other.")] = None,
-    definition: Annotated[str | None, typer.Option(
-        help="Definition in ICL and anchor prompts: false, true or both (false,true).")] = None,
-    controls: Annotated[str | None, typer.Option(
-        help="none, random_init, shuffled (comma-separated).")] = None,
+    definition: Annotated[
+        str | None,
+        typer.Option(
+            help="Definition in ICL and anchor prompts: false, true or both (false,true)."
+        ),
+    ] = None,
+    controls: Annotated[
+        str | None, typer.Option(help="none, random_init, shuffled (comma-separated).")
+    ] = None,
     template: Annotated[str | None, typer.Option(help="plain, tk or chat.")] = None,
     method: MethodOption = None,
     learning_rate: LearningRateOption = None,
@@ -91,35 +113,50 @@ def convergence(
     """Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."""
     tuning = _section(method=method, learning_rate=learning_rate, epochs=epochs)
     section = _section(
-        tasks=tasks, n_pairs=n_pairs, k=comma_list("--k", k, int),
+        tasks=tasks,
+        n_pairs=n_pairs,
+        k=comma_list("--k", k, int),
         seeds=comma_list("--seeds", seeds, int),
         flip_fraction=comma_list("--flip-fraction", flip_fraction, float),
         relevance=comma_list("--relevance", relevance),
         definition=comma_list("--definition", definition, bool),
-        controls=comma_list("--controls", controls), template=template,
+        controls=comma_list("--controls", controls),
+        template=template,
         tuning=tuning or None,
     )
-    _run("convergence", section, {"model": model, "dtype": dtype, "device": device}, out,
-         executor, not no_progress)
+    _run(
+        "convergence",
+        section,
+        {"model": model, "dtype": dtype, "device": device},
+        out,
+        executor,
+        not no_progress,
+    )
 
 
 @app.command("audit")
 def audit(
     model: ModelOption = "world",
     train: Annotated[str, typer.Option(help="Training tasks (path or world:train).")] = (
-        "world:train"),
+        "world:train"
+    ),
     test: Annotated[str, typer.Option(help="Held-out tasks (path or world:heldout).")] = (
-        "world:heldout"),
+        "world:heldout"
+    ),
     out: OutOption = Path("runs/audit"),
-    definitions: Annotated[str | None, typer.Option(
-        help="Definition while tuning: original, simplified, none.")] = None,
-    examples: Annotated[str | None, typer.Option(
-        help="Examples while tuning: original, delusive, none.")] = None,
-    instances_per_task: Annotated[str | None, typer.Option(
-        help="Training instances per task, e.g. 5,50,full.")] = None,
+    definitions: Annotated[
+        str | None, typer.Option(help="Definition while tuning: original, simplified, none.")
+    ] = None,
+    examples: Annotated[
+        str | None, typer.Option(help="Examples while tuning: original, delusive, none.")
+    ] = None,
+    instances_per_task: Annotated[
+        str | None, typer.Option(help="Training instances per task, e.g. 5,50,full.")
+    ] = None,
     seeds: SeedsOption = None,
-    eval_instances_per_task: Annotated[int | None, typer.Option(
-        help="Held-out instances scored per task.")] = None,
+    eval_instances_per_task: Annotated[
+        int | None, typer.Option(help="Held-out instances scored per task.")
+    ] = None,
     method: MethodOption = None,
     learning_rate: LearningRateOption = None,
     epochs: Annotated[int | None, typer.Option(help="Tuning epochs.")] = None,
@@ -131,11 +168,20 @@ def audit(
     """Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."""
     tuning = _section(method=method, learning_rate=learning_rate, epochs=epochs)
     section = _section(
-        train=train, test=test, definitions=comma_list("--definitions", definitions),
+        train=train,
+        test=test,
+        definitions=comma_list("--definitions", definitions),
         examples=comma_list("--examples", examples),
         instances_per_task=comma_list("--instances-per-task", instances_per_task, int),
-        seeds=comma_list("--seeds", seeds, int), eval_instances_per_task=eval_instances_per_task,
+        seeds=comma_list("--seeds", seeds, int),
+        eval_instances_per_task=eval_instances_per_task,
         tuning=tuning or None,
     )
-    _run("audit", section, {"model": model, "dtype": dtype, "device": device}, out,
-         executor, not no_progress)
+    _run(
+        "audit",
+        section,
+        {"model": model, "dtype": dtype, "device": device},
+        out,
+        executor,
+        not no_progress,
+    )

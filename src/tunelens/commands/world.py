@@ -20,7 +20,8 @@ def parse_shots(text: str) -> tuple[int, ...]:
         shots = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise TunelensInputError(
-            f"--shots must be comma-separated integers, got {text!r}") from None
+            f"--shots must be comma-separated integers, got {text!r}"
+        ) from None
     if not shots or min(shots) < 0:
         raise TunelensInputError(f"--shots must list non-negative integers, got {text!r}")
     return shots
@@ -31,8 +32,12 @@ def export(
     directory: Annotated[Path, typer.Argument(help="Where to write tasks/ and splits/default/.")],
     seed: Annotated[int, typer.Option(help="World seed (0 is the shipped world).")] = 0,
     n_train: Annotated[int, typer.Option(help="Number of training tasks.")] = 60,
-    instances: Annotated[int, typer.Option(help="Instances per task (at most; one-word "
-                                                    "tasks have fewer distinct inputs).")] = 60,
+    instances: Annotated[
+        int,
+        typer.Option(
+            help="Instances per task (at most; one-word tasks have fewer distinct inputs)."
+        ),
+    ] = 60,
 ) -> None:
     """Write the world's tasks in the Super-NaturalInstructions layout."""
     from tunelens.tasks.world.export import export_world
@@ -41,8 +46,10 @@ def export(
     world = generate_world(seed, n_train=n_train, n_instances=instances)
     written = export_world(world, directory)
     bound = definition_blind_upper_bound(world.heldout)
-    typer.echo(f"wrote {len(written)} tasks ({len(world.train)} train, {len(world.heldout)} "
-               f"held-out) to {directory}; definition-blind upper bound on held-out: {bound:.1f}")
+    typer.echo(
+        f"wrote {len(written)} tasks ({len(world.train)} train, {len(world.heldout)} "
+        f"held-out) to {directory}; definition-blind upper bound on held-out: {bound:.1f}"
+    )
 
 
 @world_app.command("path")
@@ -56,29 +63,42 @@ def path() -> None:
 @world_app.command("train-model")
 def train_model(
     workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
-        "world_train"),
+        "world_train"
+    ),
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 12000,
-    curriculum_steps: Annotated[int, typer.Option(
-        help="Steps of one-word tasks only, before every rule family.")] = 6000,
-    category_init: Annotated[float, typer.Option(
-        help="Shared per-category embedding direction at init (0 = off).")] = 1.0,
-    bursty: Annotated[float, typer.Option(
-        help="Share of sequences whose inputs recur (3 words per category).")] = 0.5,
-    all_tokens_loss: Annotated[bool, typer.Option(
-        help="Loss on every token, not only on outputs.")] = True,
+    curriculum_steps: Annotated[
+        int, typer.Option(help="Steps of one-word tasks only, before every rule family.")
+    ] = 6000,
+    category_init: Annotated[
+        float, typer.Option(help="Shared per-category embedding direction at init (0 = off).")
+    ] = 1.0,
+    bursty: Annotated[
+        float, typer.Option(help="Share of sequences whose inputs recur (3 words per category).")
+    ] = 0.5,
+    all_tokens_loss: Annotated[
+        bool, typer.Option(help="Loss on every token, not only on outputs.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
-    threads: Annotated[int, typer.Option(
-        help="CPU threads for torch (1 is fastest on a busy machine).")] = 1,
-    install: Annotated[bool, typer.Option(
-        help="Copy the result into the package's assets.")] = False,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")
+    ] = 1,
+    install: Annotated[
+        bool, typer.Option(help="Copy the result into the package's assets.")
+    ] = False,
 ) -> None:
     """Train the world model from its seed (resumable), then export it in HF format."""
     from tunelens.models.loading import world_model_dir
     from tunelens.models.world_model import WorldModelRecipe, export_world_model, train_world_model
 
-    recipe = WorldModelRecipe(seed=seed, steps=steps, curriculum_steps=curriculum_steps,
-                              category_init=category_init, bursty=bursty,
-                              all_tokens_loss=all_tokens_loss, threads=threads)
+    recipe = WorldModelRecipe(
+        seed=seed,
+        steps=steps,
+        curriculum_steps=curriculum_steps,
+        category_init=category_init,
+        bursty=bursty,
+        all_tokens_loss=all_tokens_loss,
+        threads=threads,
+    )
     model = train_world_model(recipe, workdir)
     target = world_model_dir() if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)
@@ -100,7 +120,8 @@ def record_reference_eval(directory: Path, seed: int) -> None:
 def evaluate(
     model: Annotated[str, typer.Option(help="'world' or a local HF model directory.")] = "world",
     shots: Annotated[str, typer.Option(help="Comma-separated numbers of demonstrations.")] = (
-        "0,1,2,4,8,16"),
+        "0,1,2,4,8,16"
+    ),
     queries: Annotated[int, typer.Option(help="Queries per task and k.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the demonstration draws.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -112,8 +133,9 @@ def evaluate(
 
     k_values = parse_shots(shots)
     loaded = load_model(model)
-    result = evaluate_icl(loaded, generate_world(0).heldout, k_values, queries_per_task=queries,
-                          seed=seed)
+    result = evaluate_icl(
+        loaded, generate_world(0).heldout, k_values, queries_per_task=queries, seed=seed
+    )
     if as_json:
         typer.echo(json.dumps(result.to_json()))
         return
@@ -124,7 +146,6 @@ def evaluate(
     for family in families:
         table.add_column(family.replace("_", " "), justify="right")
     for k, acc in result.shots.items():
-        table.add_row(str(k), f"{acc:.1f}",
-                      *(f"{result.per_family[f][k]:.1f}" for f in families))
+        table.add_row(str(k), f"{acc:.1f}", *(f"{result.per_family[f][k]:.1f}" for f in families))
     table.add_row("random guess", f"{result.random_baseline:.1f}")
     Console().print(table)

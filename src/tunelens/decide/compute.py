@@ -39,8 +39,11 @@ class ModelShape:
     width: int
 
     def to_json(self) -> dict[str, int]:
-        return {"non_embedding_parameters": self.non_embedding, "layers": self.layers,
-                "width": self.width}
+        return {
+            "non_embedding_parameters": self.non_embedding,
+            "layers": self.layers,
+            "width": self.width,
+        }
 
 
 def forward_flops(tokens: float, shape: ModelShape) -> float:
@@ -49,13 +52,18 @@ def forward_flops(tokens: float, shape: ModelShape) -> float:
     return 2.0 * shape.non_embedding * t + shape.layers * shape.width * t * (t + 1.0)
 
 
-def inference_per_1000(prompt_tokens: Sequence[int], answer_tokens: float, shape: ModelShape
-                       ) -> dict[str, float]:
+def inference_per_1000(
+    prompt_tokens: Sequence[int], answer_tokens: float, shape: ModelShape
+) -> dict[str, float]:
     """Per 1,000 items like these: prompt tokens, answer tokens, FLOPs (mean over the items)."""
     lengths = np.asarray(prompt_tokens, dtype=np.float64)
     if lengths.size == 0:
-        return {"prompt_tokens_per_item": float("nan"), "prompt_tokens": float("nan"),
-                "answer_tokens": float("nan"), "flops": float("nan")}
+        return {
+            "prompt_tokens_per_item": float("nan"),
+            "prompt_tokens": float("nan"),
+            "answer_tokens": float("nan"),
+            "flops": float("nan"),
+        }
     flops = np.mean([forward_flops(n + answer_tokens, shape) for n in lengths])
     return {
         "prompt_tokens_per_item": float(lengths.mean()),
@@ -65,14 +73,16 @@ def inference_per_1000(prompt_tokens: Sequence[int], answer_tokens: float, shape
     }
 
 
-def training_flops(pair_tokens: Sequence[int], uses: Sequence[int], shape: ModelShape
-                   ) -> dict[str, float]:
+def training_flops(
+    pair_tokens: Sequence[int], uses: Sequence[int], shape: ModelShape
+) -> dict[str, float]:
     """One-off tuning cost: tokens processed and 3 x forward FLOPs, each pair times its uses."""
     if len(pair_tokens) != len(uses):
         raise ValueError(f"{len(pair_tokens)} pair lengths for {len(uses)} use counts")
     tokens = float(sum(n * u for n, u in zip(pair_tokens, uses, strict=True)))
-    flops = float(sum(3.0 * forward_flops(n, shape) * u
-                      for n, u in zip(pair_tokens, uses, strict=True)))
+    flops = float(
+        sum(3.0 * forward_flops(n, shape) * u for n, u in zip(pair_tokens, uses, strict=True))
+    )
     return {"tokens": tokens, "flops": flops}
 
 
@@ -85,8 +95,9 @@ def pair_uses(n_pairs: int, steps: Sequence[Sequence[int]]) -> list[int]:
     return uses
 
 
-def break_even_items(one_off_flops: float, per_item_flops: float, other_per_item_flops: float
-                     ) -> float | None:
+def break_even_items(
+    one_off_flops: float, per_item_flops: float, other_per_item_flops: float
+) -> float | None:
     """Items after which paying ``one_off_flops`` up front and ``per_item_flops`` per item
     costs less than ``other_per_item_flops`` per item; None when it never does."""
     saving = other_per_item_flops - per_item_flops
@@ -95,11 +106,16 @@ def break_even_items(one_off_flops: float, per_item_flops: float, other_per_item
     return one_off_flops / saving
 
 
-def compute_entry(prompt_tokens: Sequence[int], answer_tokens: float, shape: ModelShape,
-                  training: dict[str, float] | None = None) -> dict[str, Any]:
+def compute_entry(
+    prompt_tokens: Sequence[int],
+    answer_tokens: float,
+    shape: ModelShape,
+    training: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The ``compute`` block of one method in decide.json."""
-    entry: dict[str, Any] = {"per_1000_items": inference_per_1000(prompt_tokens, answer_tokens,
-                                                                  shape)}
+    entry: dict[str, Any] = {
+        "per_1000_items": inference_per_1000(prompt_tokens, answer_tokens, shape)
+    }
     if training is not None:
         entry["training"] = training
     return entry

@@ -23,36 +23,53 @@ class DecideConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: list[int] = Field(
-        [1, 2, 4, 8, 16], min_length=1,
-        description="Demonstrations per ICL prompt: one ICL method per value.")
+        [1, 2, 4, 8, 16],
+        min_length=1,
+        description="Demonstrations per ICL prompt: one ICL method per value.",
+    )
     tune_sizes: list[int | Literal["all"]] = Field(
-        [8, 32, 128, ALL], min_length=1,
+        [8, 32, 128, ALL],
+        min_length=1,
         description="Tuning-pool examples per tuned model ('all' = the whole pool); sizes "
-        "larger than the pool are skipped.")
+        "larger than the pool are skipped.",
+    )
     seed: int = Field(0, description="Seeds the split, the tuning runs and the bootstrap.")
     test_size: float = Field(
-        0.3, gt=0, description="Test set: a fraction of the examples (0 < x < 1) or a count.")
+        0.3, gt=0, description="Test set: a fraction of the examples (0 < x < 1) or a count."
+    )
     demo_size: int | None = Field(
-        None, ge=1, description="Demonstration pool size; default: the largest k.")
+        None, ge=1, description="Demonstration pool size; default: the largest k."
+    )
     template: Literal["plain", "tk", "chat"] = Field(
-        "plain", description="Prompt template (plain: the world model's format).")
+        "plain", description="Prompt template (plain: the world model's format)."
+    )
     definition: bool = Field(True, description="Show the task definition in every prompt.")
     predict: Literal["generate", "score"] = Field(
-        "generate", description="'generate': greedy answer, exact match (any text can come "
-        "out); 'score': the label with the highest log-probability (always a label).")
+        "generate",
+        description="'generate': greedy answer, exact match (any text can come "
+        "out); 'score': the label with the highest log-probability (always a label).",
+    )
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Tokens generated per answer; default: the longest label + 2.")
+        None, ge=1, description="Tokens generated per answer; default: the longest label + 2."
+    )
     controls: bool = Field(
-        True, description="Run the format-only controls (simplified definition, delusive "
-        "examples) at the largest tuning size.")
+        True,
+        description="Run the format-only controls (simplified definition, delusive "
+        "examples) at the largest tuning size.",
+    )
     similarity_k: int | None = Field(
-        None, ge=1, description="k for the ICL-IT hidden-state similarity; default: the k with "
-        "the best ICL accuracy.")
+        None,
+        ge=1,
+        description="k for the ICL-IT hidden-state similarity; default: the k with "
+        "the best ICL accuracy.",
+    )
     similarity_items: int = Field(
-        64, ge=0, description="Test items probed for hidden-state similarity (0: skip it).")
+        64, ge=0, description="Test items probed for hidden-state similarity (0: skip it)."
+    )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every interval.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype: float32, bfloat16 or float16.")
+        "float32", description="Weights dtype: float32, bfloat16 or float16."
+    )
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps).")
     tuning: TuningSpec = Field(TuningSpec(), description="How each tuned model is tuned.")
 
@@ -86,8 +103,9 @@ def parse_int_list(text: str, option: str, *, allow_all: bool = False) -> list[i
             values.append(int(part))
         except ValueError:
             expected = "whole numbers or 'all'" if allow_all else "whole numbers"
-            raise TunelensInputError(f"{part!r} is not one of the {expected} this option takes",
-                                     where=option) from None
+            raise TunelensInputError(
+                f"{part!r} is not one of the {expected} this option takes", where=option
+            ) from None
     if not values:
         raise TunelensInputError("expected a comma-separated list, got nothing", where=option)
     return values

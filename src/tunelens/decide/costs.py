@@ -63,27 +63,35 @@ class CostMatrix:
 
     def to_json(self) -> dict[str, Any]:
         columns = [*self.labels, OTHER]
-        return {"source": self.source, "labels": list(self.labels), "predicted": columns,
-                "costs": [[self.costs[(t, p)] for p in columns] for t in self.labels]}
+        return {
+            "source": self.source,
+            "labels": list(self.labels),
+            "predicted": columns,
+            "costs": [[self.costs[(t, p)] for p in columns] for t in self.labels],
+        }
 
 
 def _number(value: Any, source: str, where: str) -> float:
     if isinstance(value, bool) or value is None:
-        raise TunelensInputError(f"cost must be a number, got {value!r}", source=source,
-                                 where=where)
+        raise TunelensInputError(
+            f"cost must be a number, got {value!r}", source=source, where=where
+        )
     try:
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise TunelensInputError(f"cost must be a number, got {value!r}", source=source,
-                                 where=where) from None
+        raise TunelensInputError(
+            f"cost must be a number, got {value!r}", source=source, where=where
+        ) from None
     if not math.isfinite(number) or number < 0:
-        raise TunelensInputError(f"cost must be a finite number >= 0, got {value!r}",
-                                 source=source, where=where)
+        raise TunelensInputError(
+            f"cost must be a finite number >= 0, got {value!r}", source=source, where=where
+        )
     return number
 
 
-def build_cost_matrix(entries: Sequence[tuple[str, str, Any, str]], labels: Sequence[str],
-                      source: str = "") -> CostMatrix:
+def build_cost_matrix(
+    entries: Sequence[tuple[str, str, Any, str]], labels: Sequence[str], source: str = ""
+) -> CostMatrix:
     """A complete CostMatrix from (true, predicted, cost, where) entries; see the module rules."""
     labels = tuple(labels)
     known = set(labels)
@@ -91,15 +99,21 @@ def build_cost_matrix(entries: Sequence[tuple[str, str, Any, str]], labels: Sequ
     given: dict[tuple[str, str], float] = {}
     for true, predicted, value, where in entries:
         if true not in known:
-            raise TunelensInputError(f"true label {true!r} is not a label of the task ({shown})",
-                                     source=source, where=where)
+            raise TunelensInputError(
+                f"true label {true!r} is not a label of the task ({shown})",
+                source=source,
+                where=where,
+            )
         if predicted not in known and predicted != OTHER:
             raise TunelensInputError(
-                f"predicted label {predicted!r} is not a label of the task ({shown}) nor "
-                f"{OTHER!r}", source=source, where=where)
+                f"predicted label {predicted!r} is not a label of the task ({shown}) nor {OTHER!r}",
+                source=source,
+                where=where,
+            )
         if (true, predicted) in given:
-            raise TunelensInputError(f"the pair {true!r} -> {predicted!r} is given twice",
-                                     source=source, where=where)
+            raise TunelensInputError(
+                f"the pair {true!r} -> {predicted!r} is given twice", source=source, where=where
+            )
         given[(true, predicted)] = _number(value, source, where)
     costs: dict[tuple[str, str], float] = {}
     for true in labels:
@@ -111,7 +125,9 @@ def build_cost_matrix(entries: Sequence[tuple[str, str, Any, str]], labels: Sequ
             else:
                 raise TunelensInputError(
                     f"no cost for true {true!r} predicted {predicted!r}; every wrong pair "
-                    "needs a cost", source=source)
+                    "needs a cost",
+                    source=source,
+                )
         worst = max(costs[(true, p)] for p in labels)
         costs[(true, OTHER)] = given.get((true, OTHER), worst)
     return CostMatrix(labels, costs, source)
@@ -123,14 +139,17 @@ def _csv_entries(text: str, source: str) -> list[tuple[str, str, Any, str]]:
     if sorted(header) != ["cost", "predicted", "true"]:
         raise TunelensInputError(
             f"CSV header must be the columns true, predicted, cost; found {header}",
-            source=source, where="line 1")
+            source=source,
+            where="line 1",
+        )
     reader.fieldnames = header
     entries = []
     for row in reader:
         where = f"line {reader.line_num}"
         if None in row or any(v is None for v in row.values()):
-            raise TunelensInputError("expected 3 fields: true, predicted, cost", source=source,
-                                     where=where)
+            raise TunelensInputError(
+                "expected 3 fields: true, predicted, cost", source=source, where=where
+            )
         if all(not v.strip() for v in row.values()):
             continue
         entries.append((row["true"].strip(), row["predicted"].strip(), row["cost"], where))
@@ -145,16 +164,17 @@ def _yaml_entries(text: str, source: str) -> list[tuple[str, str, Any, str]]:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(error, "problem", None) or str(error).split("\n")[0]
-        raise TunelensInputError(f"invalid YAML: {problem}", source=source, where=where
-                                 ) from None
+        raise TunelensInputError(f"invalid YAML: {problem}", source=source, where=where) from None
     if not isinstance(data, Mapping):
-        raise TunelensInputError("expected a mapping: true label -> predicted label -> cost",
-                                 source=source)
+        raise TunelensInputError(
+            "expected a mapping: true label -> predicted label -> cost", source=source
+        )
     entries = []
     for true, row in data.items():
         if not isinstance(row, Mapping):
-            raise TunelensInputError("expected a mapping predicted label -> cost",
-                                     source=source, where=f"{true!s}")
+            raise TunelensInputError(
+                "expected a mapping predicted label -> cost", source=source, where=f"{true!s}"
+            )
         for predicted, value in row.items():
             entries.append((str(true), str(predicted), value, f"{true!s} -> {predicted!s}"))
     return entries
@@ -171,15 +191,15 @@ def load_costs(path: str | Path, labels: Sequence[str]) -> CostMatrix:
     elif suffix in (".yaml", ".yml", ".json"):
         entries = _yaml_entries(text, source)
     else:
-        raise TunelensInputError("costs file must be .csv or .yaml/.yml (or .json)",
-                                 source=source)
+        raise TunelensInputError("costs file must be .csv or .yaml/.yml (or .json)", source=source)
     return build_cost_matrix(entries, labels, source)
 
 
 def item_costs(trues: Sequence[str], predicted: Sequence[str], matrix: CostMatrix) -> np.ndarray:
     """The cost of each (true, predicted) item; ``predicted`` holds labels or ``(other)``."""
-    return np.array([matrix.cost(t, p) for t, p in zip(trues, predicted, strict=True)],
-                    dtype=np.float64)
+    return np.array(
+        [matrix.cost(t, p) for t, p in zip(trues, predicted, strict=True)], dtype=np.float64
+    )
 
 
 def guess_item_costs(trues: Sequence[str], matrix: CostMatrix) -> np.ndarray:

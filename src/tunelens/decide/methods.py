@@ -57,9 +57,15 @@ class Method:
 
 def task_digest(task: Task) -> str:
     """A hash of what results depend on: definition, labels and every instance."""
-    payload = json.dumps({"definition": task.definition, "labels": list(task.labels or ()),
-                          "instances": [[i.id, i.input, list(i.outputs)] for i in task.instances]},
-                         sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {
+            "definition": task.definition,
+            "labels": list(task.labels or ()),
+            "instances": [[i.id, i.input, list(i.outputs)] for i in task.instances],
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
 
 
@@ -80,27 +86,48 @@ def as_examples(instances: Sequence[Instance]) -> list[Example]:
     return [Example(i.input, label_of(i)) for i in instances]
 
 
-def plan_methods(task: Task, split: Split, config: DecideConfig, model_key: dict[str, Any]
-                 ) -> tuple[list[Method], list[str]]:
+def plan_methods(
+    task: Task, split: Split, config: DecideConfig, model_key: dict[str, Any]
+) -> tuple[list[Method], list[str]]:
     """The methods to run (without similarity, whose k depends on ICL results) and notes on
     what was skipped and why."""
-    common = {"task": task_digest(task), "model": model_key, "seed": config.seed,
-              "test_size": config.test_size, "demo_size": len(split.demo_pool),
-              "template": config.template, "definition": config.definition,
-              "predict": config.predict, "max_new_tokens": config.max_new_tokens}
+    common = {
+        "task": task_digest(task),
+        "model": model_key,
+        "seed": config.seed,
+        "test_size": config.test_size,
+        "demo_size": len(split.demo_pool),
+        "template": config.template,
+        "definition": config.definition,
+        "predict": config.predict,
+        "max_new_tokens": config.max_new_tokens,
+    }
     tuning = config.tuning.model_dump()
     notes: list[str] = []
-    methods = [Method("zero_shot", "zero_shot", "zero-shot", 0,
-                      Cell(EXPERIMENT, "zero-shot", {**common, "method": "zero_shot"},
-                           config.seed))]
+    methods = [
+        Method(
+            "zero_shot",
+            "zero_shot",
+            "zero-shot",
+            0,
+            Cell(EXPERIMENT, "zero-shot", {**common, "method": "zero_shot"}, config.seed),
+        )
+    ]
     for k in config.k:
         if k > len(split.demo_pool):
-            notes.append(f"ICL k={k} skipped: the demonstration pool holds "
-                         f"{len(split.demo_pool)} examples")
+            notes.append(
+                f"ICL k={k} skipped: the demonstration pool holds {len(split.demo_pool)} examples"
+            )
             continue
-        methods.append(Method(f"icl_k{k}", "icl", f"ICL, k={k}", k,
-                              Cell(EXPERIMENT, f"icl k={k}",
-                                   {**common, "method": "icl", "k": k}, config.seed)))
+        methods.append(
+            Method(
+                f"icl_k{k}",
+                "icl",
+                f"ICL, k={k}",
+                k,
+                Cell(EXPERIMENT, f"icl k={k}", {**common, "method": "icl", "k": k}, config.seed),
+            )
+        )
     pool = len(split.tuning_pool)
     sizes: list[tuple[int, str]] = []
     for size in config.tune_sizes:
@@ -114,39 +141,87 @@ def plan_methods(task: Task, split: Split, config: DecideConfig, model_key: dict
             continue
         sizes.append((n, label))
     for n, label in sizes:
-        methods.append(Method(f"tune_n{n}", "tuning", f"tuned, {label}", n,
-                              Cell(EXPERIMENT, f"tune n={n}",
-                                   {**common, "method": "tune", "n": n, "tuning": tuning},
-                                   config.seed)))
+        methods.append(
+            Method(
+                f"tune_n{n}",
+                "tuning",
+                f"tuned, {label}",
+                n,
+                Cell(
+                    EXPERIMENT,
+                    f"tune n={n}",
+                    {**common, "method": "tune", "n": n, "tuning": tuning},
+                    config.seed,
+                ),
+            )
+        )
     if config.controls and sizes:
         n, label = sizes[-1]
-        controls = [("simplified", "tuned with the simplified definition"),
-                    ("delusive", "tuned on delusive examples")]
+        controls = [
+            ("simplified", "tuned with the simplified definition"),
+            ("delusive", "tuned on delusive examples"),
+        ]
         if not config.definition:
-            notes.append("the simplified-definition control is skipped: prompts show no "
-                         "definition (--no-definition), so it would equal plain tuning")
+            notes.append(
+                "the simplified-definition control is skipped: prompts show no "
+                "definition (--no-definition), so it would equal plain tuning"
+            )
             controls = controls[1:]
         for variant, text in controls:
-            methods.append(Method(f"control_{variant}", "control", f"{text}, {label}", n,
-                                  Cell(EXPERIMENT, f"control {variant} n={n}",
-                                       {**common, "method": "control", "variant": variant,
-                                        "n": n, "tuning": tuning}, config.seed),
-                                  {"variant": variant}))
+            methods.append(
+                Method(
+                    f"control_{variant}",
+                    "control",
+                    f"{text}, {label}",
+                    n,
+                    Cell(
+                        EXPERIMENT,
+                        f"control {variant} n={n}",
+                        {
+                            **common,
+                            "method": "control",
+                            "variant": variant,
+                            "n": n,
+                            "tuning": tuning,
+                        },
+                        config.seed,
+                    ),
+                    {"variant": variant},
+                )
+            )
     elif config.controls:
         notes.append("the format-only controls are skipped: no tuning size was measured")
     return methods, notes
 
 
-def similarity_method(task: Task, split: Split, config: DecideConfig, model_key: dict[str, Any],
-                      k: int) -> Method:
-    common = {"task": task_digest(task), "model": model_key, "seed": config.seed,
-              "test_size": config.test_size, "demo_size": len(split.demo_pool),
-              "template": config.template, "definition": config.definition,
-              "predict": config.predict, "max_new_tokens": config.max_new_tokens}
-    params = {**common, "method": "similarity", "k": k, "items": config.similarity_items,
-              "tuning": config.tuning.model_dump()}
-    return Method("similarity", "similarity", f"ICL-IT similarity, k={k}", k,
-                  Cell(EXPERIMENT, f"similarity k={k}", params, config.seed))
+def similarity_method(
+    task: Task, split: Split, config: DecideConfig, model_key: dict[str, Any], k: int
+) -> Method:
+    common = {
+        "task": task_digest(task),
+        "model": model_key,
+        "seed": config.seed,
+        "test_size": config.test_size,
+        "demo_size": len(split.demo_pool),
+        "template": config.template,
+        "definition": config.definition,
+        "predict": config.predict,
+        "max_new_tokens": config.max_new_tokens,
+    }
+    params = {
+        **common,
+        "method": "similarity",
+        "k": k,
+        "items": config.similarity_items,
+        "tuning": config.tuning.model_dump(),
+    }
+    return Method(
+        "similarity",
+        "similarity",
+        f"ICL-IT similarity, k={k}",
+        k,
+        Cell(EXPERIMENT, f"similarity k={k}", params, config.seed),
+    )
 
 
 # ---------------------------------------------------------------- computing one cell
@@ -155,26 +230,28 @@ def similarity_method(task: Task, split: Split, config: DecideConfig, model_key:
 def _token_counts(loaded: LoadedModel, texts: Sequence[str]) -> list[int]:
     if not texts:
         return []
-    return [len(ids) for ids in loaded.tokenizer(list(texts), add_special_tokens=True)[
-        "input_ids"]]
+    return [len(ids) for ids in loaded.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
 
 def answer_tokens(loaded: LoadedModel, references: Sequence[str]) -> float:
     """Mean tokens of the answers (``" " + label``) plus one stop token."""
     ids = loaded.tokenizer([render_target(r) for r in references], add_special_tokens=False)[
-        "input_ids"]
+        "input_ids"
+    ]
     return float(np.mean([len(i) for i in ids]) + 1.0) if references else 0.0
 
 
 def default_max_new_tokens(loaded: LoadedModel, labels: Sequence[str]) -> int:
     """Enough tokens for the longest label, and two to spare."""
     ids = loaded.tokenizer([render_target(label) for label in labels], add_special_tokens=False)[
-        "input_ids"]
+        "input_ids"
+    ]
     return max(len(i) for i in ids) + 2
 
 
-def predict(loaded: LoadedModel, prompts: Sequence[str], labels: Sequence[str],
-            config: DecideConfig) -> list[str]:
+def predict(
+    loaded: LoadedModel, prompts: Sequence[str], labels: Sequence[str], config: DecideConfig
+) -> list[str]:
     """Greedy answers, or the best-scoring label (``config.predict``)."""
     from tunelens.models.predict import generate_predictions, score_labels
 
@@ -191,31 +268,44 @@ def _tuning_config(config: DecideConfig):
     return tuning_config(config.tuning, config.seed)
 
 
-def training_pairs(task: Task, examples: Sequence[Example], style: PromptStyle, tokenizer: Any
-                   ) -> list[tuple[str, str]]:
+def training_pairs(
+    task: Task, examples: Sequence[Example], style: PromptStyle, tokenizer: Any
+) -> list[tuple[str, str]]:
     """Zero-shot (prompt, target) pairs: what a tuned model is trained on and asked."""
-    return [(render_prompt(task, e.input, [], style, tokenizer), render_target(e.output))
-            for e in examples]
+    return [
+        (render_prompt(task, e.input, [], style, tokenizer), render_target(e.output))
+        for e in examples
+    ]
 
 
-def _train_record(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], tuned: Any,
-                  tuning: Any) -> dict[str, Any]:
+def _train_record(
+    loaded: LoadedModel, pairs: Sequence[tuple[str, str]], tuned: Any, tuning: Any
+) -> dict[str, Any]:
     """Tokens per training pair and how often the schedule used each (for the FLOP count)."""
     from tunelens.decide.compute import pair_uses
     from tunelens.models.batching import context_length, encode_pairs
     from tunelens.models.tuning import step_batches
 
-    encoded = encode_pairs(loaded.tokenizer, pairs, kind=loaded.kind, add_eos=tuning.add_eos,
-                           max_length=context_length(loaded.model))
+    encoded = encode_pairs(
+        loaded.tokenizer,
+        pairs,
+        kind=loaded.kind,
+        add_eos=tuning.add_eos,
+        max_length=context_length(loaded.model),
+    )
     steps = step_batches(len(pairs), tuning)
-    return {"pairs": len(pairs),
-            "pair_tokens": [len(e.prompt_ids) + len(e.target_ids) for e in encoded],
-            "uses": pair_uses(len(pairs), steps), "steps": tuned.steps,
-            "final_loss": round(tuned.losses[-1], 6) if tuned.losses else None}
+    return {
+        "pairs": len(pairs),
+        "pair_tokens": [len(e.prompt_ids) + len(e.target_ids) for e in encoded],
+        "uses": pair_uses(len(pairs), steps),
+        "steps": tuned.steps,
+        "final_loss": round(tuned.losses[-1], 6) if tuned.losses else None,
+    }
 
 
-def run_method(method: Method, loaded: LoadedModel, task: Task, split: Split,
-               config: DecideConfig) -> dict[str, Any]:
+def run_method(
+    method: Method, loaded: LoadedModel, task: Task, split: Split, config: DecideConfig
+) -> dict[str, Any]:
     """Compute one method's cell: predictions on the test set, prompt tokens, training record."""
     from tunelens.models.tuning import tune_on_pairs
     from tunelens.tasks.variants import delusive_examples, simplified_definition
@@ -228,8 +318,11 @@ def run_method(method: Method, loaded: LoadedModel, task: Task, split: Split,
     result: dict[str, Any] = {"answer_tokens": answer_tokens(loaded, [label_of(i) for i in test])}
     if method.family in ("zero_shot", "icl"):
         demos = as_examples(split.demo_pool[: method.examples])
-        prompts = zero_shot if method.family == "zero_shot" else [
-            render_prompt(task, i.input, demos, style, tokenizer) for i in test]
+        prompts = (
+            zero_shot
+            if method.family == "zero_shot"
+            else [render_prompt(task, i.input, demos, style, tokenizer) for i in test]
+        )
         result["predictions"] = predict(loaded, prompts, labels, config)
         result["prompt_tokens"] = _token_counts(loaded, prompts)
         return result
@@ -254,8 +347,9 @@ def run_method(method: Method, loaded: LoadedModel, task: Task, split: Split,
     return result
 
 
-def _run_similarity(method: Method, loaded: LoadedModel, task: Task, split: Split,
-                    config: DecideConfig) -> dict[str, Any]:
+def _run_similarity(
+    method: Method, loaded: LoadedModel, task: Task, split: Split, config: DecideConfig
+) -> dict[str, Any]:
     """Hidden states at the last prompt token, per layer: anchor (zero-shot), ICL (k demos),
     IT (tuned on the same k demos, zero-shot prompt); per-item cosines and accuracies."""
     from tunelens.measures.similarity import cosine_per_layer
@@ -273,19 +367,26 @@ def _run_similarity(method: Method, loaded: LoadedModel, task: Task, split: Spli
     h_icl = capture_last_token_states(loaded, icl).numpy()
     pred_anchor = predict(loaded, anchor, labels, config)
     pred_icl = predict(loaded, icl, labels, config)
-    tuned = tune_on_pairs(loaded, training_pairs(task, demos, style, tokenizer),
-                          _tuning_config(config))
+    tuned = tune_on_pairs(
+        loaded, training_pairs(task, demos, style, tokenizer), _tuning_config(config)
+    )
     try:
         h_it = capture_last_token_states(tuned.as_loaded(), anchor).numpy()
         pred_it = predict(tuned.as_loaded(), anchor, labels, config)
     finally:
         tuned.unload()
-    cos = {"icl_it": cosine_per_layer(h_icl, h_it),
-           "anchor_icl": cosine_per_layer(h_anchor, h_icl),
-           "anchor_it": cosine_per_layer(h_anchor, h_it)}
-    return {"k": method.examples, "n_items": len(items), "n_layers": int(h_anchor.shape[1]),
-            "cos": {name: np.round(v, 7).tolist() for name, v in cos.items()},
-            "predictions": {"anchor": pred_anchor, "icl": pred_icl, "it": pred_it}}
+    cos = {
+        "icl_it": cosine_per_layer(h_icl, h_it),
+        "anchor_icl": cosine_per_layer(h_anchor, h_icl),
+        "anchor_it": cosine_per_layer(h_anchor, h_it),
+    }
+    return {
+        "k": method.examples,
+        "n_items": len(items),
+        "n_layers": int(h_anchor.shape[1]),
+        "cos": {name: np.round(v, 7).tolist() for name, v in cos.items()},
+        "predictions": {"anchor": pred_anchor, "icl": pred_icl, "it": pred_it},
+    }
 
 
 def resolve_model_name(name: str) -> str:

@@ -34,14 +34,17 @@ def to_label(prediction: str, labels: Sequence[str]) -> str:
 
 def item_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
     """Exact match (0 or 100) of each prediction against its references."""
-    return np.array([exact_match(p, r) for p, r in zip(predictions, references, strict=True)],
-                    dtype=np.float64)
+    return np.array(
+        [exact_match(p, r) for p, r in zip(predictions, references, strict=True)], dtype=np.float64
+    )
 
 
 def guess_item_scores(references: Sequence[Sequence[str]], labels: Sequence[str]) -> np.ndarray:
     """The exact expected exact match of a uniform guess over ``labels``, per item."""
-    return np.array([float(np.mean([exact_match(label, refs) for label in labels]))
-                     for refs in references], dtype=np.float64)
+    return np.array(
+        [float(np.mean([exact_match(label, refs) for label in labels])) for refs in references],
+        dtype=np.float64,
+    )
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,16 @@ class Confusion:
         return float(sum(sum(row) for row in self.counts))
 
     def to_json(self) -> dict[str, Any]:
-        return {"labels": list(self.labels), "predicted": list(self.predicted),
-                "counts": [list(row) for row in self.counts]}
+        return {
+            "labels": list(self.labels),
+            "predicted": list(self.predicted),
+            "counts": [list(row) for row in self.counts],
+        }
 
 
-def confusion_matrix(trues: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
-                     ) -> Confusion:
+def confusion_matrix(
+    trues: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
+) -> Confusion:
     """Counts per (true, predicted); ``predicted`` holds labels or ``(other)``."""
     labels = tuple(labels)
     columns = {label: j for j, label in enumerate((*labels, OTHER))}
@@ -91,8 +98,9 @@ def summary(values: Sequence[float] | np.ndarray, *, seed: int, n_boot: int) -> 
     return mean_ci(np.asarray(values, dtype=np.float64), seed=seed, n_resamples=n_boot)
 
 
-def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
-                      seed: int, n_boot: int) -> dict[str, Any]:
+def paired_difference(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, seed: int, n_boot: int
+) -> dict[str, Any]:
     """Mean of a - b over the same items, with a bootstrap CI of the per-item differences."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:

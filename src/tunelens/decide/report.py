@@ -28,8 +28,13 @@ from tunelens.report.plots import convergence_figure, mean_ci, plt, save
 from tunelens.runs.store import atomic_write_text
 
 PLOTS_DIR = "plots"
-COLOURS = {"icl": "#1f77b4", "tuning": "#d62728", "control": "#9467bd", "zero_shot": "#2ca02c",
-           "baseline": "#7f7f7f"}
+COLOURS = {
+    "icl": "#1f77b4",
+    "tuning": "#d62728",
+    "control": "#9467bd",
+    "zero_shot": "#2ca02c",
+    "baseline": "#7f7f7f",
+}
 
 
 def _methods(data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -51,14 +56,30 @@ def learning_curve_figure(data: Mapping[str, Any]):
         xs = [n for n, _ in points]
         stats = [mean_ci(m["accuracy"]) for _, m in points]
         ms = [s[0] for s in stats]
-        ax.errorbar(xs, ms, yerr=[[m - (lo if lo is not None else m) for m, lo, _ in stats],
-                                  [(hi if hi is not None else m) - m for m, _, hi in stats]],
-                    marker="o", capsize=3, label=label, color=COLOURS[key])
+        ax.errorbar(
+            xs,
+            ms,
+            yerr=[
+                [m - (lo if lo is not None else m) for m, lo, _ in stats],
+                [(hi if hi is not None else m) - m for m, _, hi in stats],
+            ],
+            marker="o",
+            capsize=3,
+            label=label,
+            color=COLOURS[key],
+        )
     for i, (n, method) in enumerate(_series(data, "controls"), start=1):
         m, lo, hi = mean_ci(method["accuracy"])
-        ax.errorbar([n * 1.07 ** i], [m], yerr=[[m - lo], [hi - m]], marker="s" if i == 1 else "D",
-                    capsize=3, linestyle="none", color=COLOURS["control"],
-                    label=short_name(method))
+        ax.errorbar(
+            [n * 1.07**i],
+            [m],
+            yerr=[[m - lo], [hi - m]],
+            marker="s" if i == 1 else "D",
+            capsize=3,
+            linestyle="none",
+            color=COLOURS["control"],
+            label=short_name(method),
+        )
     methods = _methods(data)
     for key, style in (("zero_shot", "-"), ("label_guess", "--")):
         method = methods.get(data.get("curves", {}).get(key, ""))
@@ -88,8 +109,7 @@ def short_name(method: Mapping[str, Any]) -> str:
         return f"tuned n={n}"
     if family == "control":
         return f"control: {method['id'].removeprefix('control_')} n={n}"
-    return {"zero_shot": "zero-shot", "label_guess": "label guess"}.get(method["id"],
-                                                                        method["id"])
+    return {"zero_shot": "zero-shot", "label_guess": "label guess"}.get(method["id"], method["id"])
 
 
 def compute_figure(data: Mapping[str, Any]):
@@ -105,14 +125,28 @@ def compute_figure(data: Mapping[str, Any]):
         if not flops:
             continue
         m, lo, hi = mean_ci(method["accuracy"])
-        ax.errorbar([flops], [m], yerr=[[m - lo], [hi - m]], marker="o", capsize=3,
-                    color=COLOURS.get(method["family"], "#333333"), linestyle="none", alpha=0.8)
+        ax.errorbar(
+            [flops],
+            [m],
+            yerr=[[m - lo], [hi - m]],
+            marker="o",
+            capsize=3,
+            color=COLOURS.get(method["family"], "#333333"),
+            linestyle="none",
+            alpha=0.8,
+        )
         columns.setdefault(round(flops, 3), []).append((m, short_name(method)))
     for flops, entries in columns.items():
         entries.sort(reverse=True)
         text = "\n".join(f"{name}: {m:.1f}" for m, name in entries)
-        ax.annotate(text, (flops, entries[0][0]), fontsize=6, xytext=(5, 0),
-                    textcoords="offset points", va="top")
+        ax.annotate(
+            text,
+            (flops, entries[0][0]),
+            fontsize=6,
+            xytext=(5, 0),
+            textcoords="offset points",
+            va="top",
+        )
     ax.set_xscale("log")
     ax.margins(x=0.2)
     ax.set_xlabel("inference FLOPs per 1,000 items (log scale; tuning's one-off cost excluded)")
@@ -125,21 +159,32 @@ def compute_figure(data: Mapping[str, Any]):
 def similarity_figure(data: Mapping[str, Any]):
     """Per-layer cosines (ICL-IT, anchor-ICL, anchor-IT), drawn like the convergence study."""
     sim = data["similarity"]
-    layers = [{"layer": row["layer"], "cos_icl_it": row["icl_it"],
-               "cos_anchor_icl": row["anchor_icl"], "cos_anchor_it": row["anchor_it"]}
-              for row in sim["layers"]]
-    return convergence_figure({"condition": {"k": sim["k"], "items": sim["n_items"]},
-                               "layers": layers})
+    layers = [
+        {
+            "layer": row["layer"],
+            "cos_icl_it": row["icl_it"],
+            "cos_anchor_icl": row["anchor_icl"],
+            "cos_anchor_it": row["anchor_it"],
+        }
+        for row in sim["layers"]
+    ]
+    return convergence_figure(
+        {"condition": {"k": sim["k"], "items": sim["n_items"]}, "layers": layers}
+    )
 
 
 def _confusion_view(method: Mapping[str, Any]) -> dict[str, Any]:
     conf = method["confusion"]
     rows = []
     for label, counts in zip(conf["labels"], conf["counts"], strict=True):
-        rows.append([label, *[fmt_count(c) if float(c).is_integer() else f"{c:.1f}"
-                              for c in counts]])
-    return {"name": method["name"], "columns": ["true \\ predicted", *conf["predicted"]],
-            "rows": rows}
+        rows.append(
+            [label, *[fmt_count(c) if float(c).is_integer() else f"{c:.1f}" for c in counts]]
+        )
+    return {
+        "name": method["name"],
+        "columns": ["true \\ predicted", *conf["predicted"]],
+        "rows": rows,
+    }
 
 
 def _method_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -147,20 +192,34 @@ def _method_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     columns = ["method", "examples", "accuracy % [95% CI]", "answers outside the labels"]
     if has_costs:
         columns.append("error cost per 1,000 items [95% CI]")
-    columns += ["prompt tokens per item", "prompt tokens per 1,000 items",
-                "inference FLOPs per 1,000 items", "tuning FLOPs (once)", "tuning steps"]
+    columns += [
+        "prompt tokens per item",
+        "prompt tokens per 1,000 items",
+        "inference FLOPs per 1,000 items",
+        "tuning FLOPs (once)",
+        "tuning steps",
+    ]
     rows = []
     for m in data.get("methods", []):
         per = m["compute"]["per_1000_items"]
         training = m["compute"].get("training")
-        row = [m["name"], str(m["examples"]), fmt_stat(m["accuracy"], unit=""),
-               str(m["out_of_space"])]
+        row = [
+            m["name"],
+            str(m["examples"]),
+            fmt_stat(m["accuracy"], unit=""),
+            str(m["out_of_space"]),
+        ]
         if has_costs:
             row.append(fmt_stat(m.get("cost_per_1000"), unit="", digits=2))
-        row += [f"{per['prompt_tokens_per_item']:.1f}" if per["prompt_tokens_per_item"] is not None
-                else "n/a", fmt_count(per["prompt_tokens"]), fmt_flops(per["flops"]),
-                fmt_flops(training["flops"]) if training else "-",
-                str(m["train"]["steps"]) if "train" in m else "-"]
+        row += [
+            f"{per['prompt_tokens_per_item']:.1f}"
+            if per["prompt_tokens_per_item"] is not None
+            else "n/a",
+            fmt_count(per["prompt_tokens"]),
+            fmt_flops(per["flops"]),
+            fmt_flops(training["flops"]) if training else "-",
+            str(m["train"]["steps"]) if "train" in m else "-",
+        ]
         rows.append(row)
     return columns, rows
 
@@ -171,12 +230,25 @@ def _comparison_rows(data: Mapping[str, Any]) -> list[list[str]]:
     comparisons = data.get("comparisons", {})
     for group, title in (("at_equal_size", "tuning vs ICL"), ("vs_zero_shot", "vs zero-shot")):
         for comp in comparisons.get(group, []):
-            winner = (methods[comp["winner"]]["name"] if comp["winner"] else
-                      "no difference" if identical(comp) else "too close to call")
+            winner = (
+                methods[comp["winner"]]["name"]
+                if comp["winner"]
+                else "no difference"
+                if identical(comp)
+                else "too close to call"
+            )
             needed = comp.get("items_to_resolve")
-            rows.append([title, str(comp.get("examples", "")), methods[comp["a"]]["name"],
-                         methods[comp["b"]]["name"], fmt_diff(comp["difference"]), winner,
-                         fmt_count(needed) if needed else "-"])
+            rows.append(
+                [
+                    title,
+                    str(comp.get("examples", "")),
+                    methods[comp["a"]]["name"],
+                    methods[comp["b"]]["name"],
+                    fmt_diff(comp["difference"]),
+                    winner,
+                    fmt_count(needed) if needed else "-",
+                ]
+            )
     return rows
 
 
@@ -185,16 +257,27 @@ def _share_rows(data: Mapping[str, Any]) -> list[list[str]]:
     if not share:
         return []
     methods = _methods(data)
-    return [[methods[c]["name"], fmt_stat(methods[c]["accuracy"], unit=""),
-             fmt_share(v["share"]), fmt_diff(v["vs_tuned"])]
-            for c, v in share.get("controls", {}).items()]
+    return [
+        [
+            methods[c]["name"],
+            fmt_stat(methods[c]["accuracy"], unit=""),
+            fmt_share(v["share"]),
+            fmt_diff(v["vs_tuned"]),
+        ]
+        for c, v in share.get("controls", {}).items()
+    ]
 
 
 def _kv(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     if not isinstance(mapping, Mapping):
         return []
-    return [(str(k), v if isinstance(v, str) else repr(v) if not isinstance(v, (int, float))
-             else str(v)) for k, v in mapping.items()]
+    return [
+        (
+            str(k),
+            v if isinstance(v, str) else repr(v) if not isinstance(v, (int, float)) else str(v),
+        )
+        for k, v in mapping.items()
+    ]
 
 
 TEMPLATE = """<!DOCTYPE html>
@@ -304,42 +387,68 @@ def render(data: Mapping[str, Any], images: Mapping[str, str]) -> str:
     """The page's HTML for decide.json ``data`` and figure data URIs."""
     method_columns, method_rows = _method_rows(data)
     verdict = data.get("verdict", {})
-    wide = [[f"{w['a']} vs {w['b']}", fmt_diff(w["difference"]),
-             f"{w['width']:.1f}" if w.get("width") is not None else "n/a",
-             fmt_count(w["items_to_resolve"]) if w.get("items_to_resolve") else "-"]
-            for w in verdict.get("too_wide", [])]
+    wide = [
+        [
+            f"{w['a']} vs {w['b']}",
+            fmt_diff(w["difference"]),
+            f"{w['width']:.1f}" if w.get("width") is not None else "n/a",
+            fmt_count(w["items_to_resolve"]) if w.get("items_to_resolve") else "-",
+        ]
+        for w in verdict.get("too_wide", [])
+    ]
     costs = data.get("costs")
     cost_view = None
     if costs:
-        cost_view = {"source": costs["source"], "columns": ["true \\ predicted",
-                                                            *costs["predicted"]],
-                     "rows": [[label, *[f"{c:g}" for c in row]]
-                              for label, row in zip(costs["labels"], costs["costs"],
-                                                    strict=True)]}
+        cost_view = {
+            "source": costs["source"],
+            "columns": ["true \\ predicted", *costs["predicted"]],
+            "rows": [
+                [label, *[f"{c:g}" for c in row]]
+                for label, row in zip(costs["labels"], costs["costs"], strict=True)
+            ],
+        }
     similarity = data.get("similarity")
     sim_view = None
     if similarity:
-        sim_view = {"k": similarity["k"], "n_items": similarity["n_items"],
-                    "accuracy": [[name, fmt_stat(stat, unit="")]
-                                 for name, stat in similarity["accuracy"].items()]}
+        sim_view = {
+            "k": similarity["k"],
+            "n_items": similarity["n_items"],
+            "accuracy": [
+                [name, fmt_stat(stat, unit="")] for name, stat in similarity["accuracy"].items()
+            ],
+        }
     split = data["split"]
     model = data["model"]
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     return env.from_string(TEMPLATE).render(
         style=_markup(page_style()),
-        task=data["task"], model=model, labels=", ".join(data["task"]["labels"]),
+        task=data["task"],
+        model=model,
+        labels=", ".join(data["task"]["labels"]),
         model_params=fmt_count(model.get("non_embedding_parameters")),
-        version=str(data.get("tunelens_version")), verdict=verdict, wide=wide,
-        split=split, config=data["config"], curves_png=images["curves"],
-        compute_png=images["compute"], similarity_png=images.get("similarity", ""),
-        method_columns=method_columns, method_rows=method_rows,
-        comparison_rows=_comparison_rows(data), shares=_share_rows(data), costs=cost_view,
+        version=str(data.get("tunelens_version")),
+        verdict=verdict,
+        wide=wide,
+        split=split,
+        config=data["config"],
+        curves_png=images["curves"],
+        compute_png=images["compute"],
+        similarity_png=images.get("similarity", ""),
+        method_columns=method_columns,
+        method_rows=method_rows,
+        comparison_rows=_comparison_rows(data),
+        shares=_share_rows(data),
+        costs=cost_view,
         confusions=[_confusion_view(m) for m in data.get("methods", [])],
         similarity=sim_view,
-        split_rows=[[label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
-                    for label, c in split["per_label"].items()],
-        settings=_settings(data), environment=_kv(data.get("environment")),
+        split_rows=[
+            [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
+            for label, c in split["per_label"].items()
+        ],
+        settings=_settings(data),
+        environment=_kv(data.get("environment")),
     )
 
 
@@ -361,11 +470,14 @@ def write_report(out_dir: str | Path, data: Mapping[str, Any]) -> Path:
     """Write DIR/plots/decide_*.png and DIR/decide.html; returns the HTML path."""
     out = Path(out_dir)
     plots = out / PLOTS_DIR
-    images = {"curves": data_uri(save(learning_curve_figure(data), plots / "decide_curves.png")),
-              "compute": data_uri(save(compute_figure(data), plots / "decide_compute.png"))}
+    images = {
+        "curves": data_uri(save(learning_curve_figure(data), plots / "decide_curves.png")),
+        "compute": data_uri(save(compute_figure(data), plots / "decide_compute.png")),
+    }
     if data.get("similarity"):
-        images["similarity"] = data_uri(save(similarity_figure(data),
-                                             plots / "decide_similarity.png"))
+        images["similarity"] = data_uri(
+            save(similarity_figure(data), plots / "decide_similarity.png")
+        )
     path = out / "decide.html"
     atomic_write_text(path, render(data, images))
     return path
@@ -381,8 +493,9 @@ def rebuild_report(out_dir: str | Path) -> Path:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise TunelensInputError("no decide.json; run `tunelens decide` first",
-                                 source=str(path)) from None
+        raise TunelensInputError(
+            "no decide.json; run `tunelens decide` first", source=str(path)
+        ) from None
     except (OSError, ValueError) as error:
         raise TunelensInputError(f"cannot read: {error}", source=str(path)) from None
     return write_report(out_dir, data)

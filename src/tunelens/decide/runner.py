@@ -64,10 +64,14 @@ def load_decide_task(path: str | Path) -> Task:
     if task.labels is None:
         raise TunelensInputError(
             "decide needs a classification task: this task's outputs are free text (give "
-            "'labels' in the JSONL header, or more examples per label)", source=str(path))
+            "'labels' in the JSONL header, or more examples per label)",
+            source=str(path),
+        )
     if len(task.labels) < 2:
-        raise TunelensInputError(f"decide needs at least two labels; the task has only "
-                                 f"{task.labels[0]!r}", source=str(path))
+        raise TunelensInputError(
+            f"decide needs at least two labels; the task has only {task.labels[0]!r}",
+            source=str(path),
+        )
     return task
 
 
@@ -113,9 +117,13 @@ class _Progress:
             TimeElapsedColumn,
         )
 
-        with Progress(TextColumn("[bold]decide[/bold] {task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True)) as bar:
+        with Progress(
+            TextColumn("[bold]decide[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        ) as bar:
             self._bar = bar
             self._task = bar.add_task("", total=self.total)
             yield self
@@ -134,8 +142,13 @@ class _Progress:
             self._bar.update(self._task, total=self.total)
 
 
-def _run_cells(methods: list[Method], store: CellStore, compute: Callable[[Method], dict],
-               bar: _Progress, timings: dict[str, float]) -> dict[str, dict[str, Any]]:
+def _run_cells(
+    methods: list[Method],
+    store: CellStore,
+    compute: Callable[[Method], dict],
+    bar: _Progress,
+    timings: dict[str, float],
+) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for method in methods:
         bar.start(method.name)
@@ -150,14 +163,21 @@ def _run_cells(methods: list[Method], store: CellStore, compute: Callable[[Metho
     return results
 
 
-def _similarity_k(config: DecideConfig, split: Split, results: dict[str, dict[str, Any]],
-                  methods: list[Method], notes: list[str]) -> int | None:
+def _similarity_k(
+    config: DecideConfig,
+    split: Split,
+    results: dict[str, dict[str, Any]],
+    methods: list[Method],
+    notes: list[str],
+) -> int | None:
     if config.similarity_items == 0:
         return None
     if config.similarity_k is not None:
         if config.similarity_k > len(split.demo_pool):
-            notes.append(f"hidden-state similarity skipped: k={config.similarity_k} is more than "
-                         f"the demonstration pool ({len(split.demo_pool)})")
+            notes.append(
+                f"hidden-state similarity skipped: k={config.similarity_k} is more than "
+                f"the demonstration pool ({len(split.demo_pool)})"
+            )
             return None
         return config.similarity_k
     icl = [m for m in methods if m.family == "icl"]
@@ -165,14 +185,22 @@ def _similarity_k(config: DecideConfig, split: Split, results: dict[str, dict[st
         notes.append("hidden-state similarity skipped: no ICL method was measured")
         return None
     references = [i.outputs for i in split.test]
-    accuracy = {m.examples: float(np.mean(item_scores(results[m.id]["predictions"], references)))
-                for m in icl}
+    accuracy = {
+        m.examples: float(np.mean(item_scores(results[m.id]["predictions"], references)))
+        for m in icl
+    }
     return max(accuracy, key=lambda k: (accuracy[k], -k))
 
 
-def run_decide(task_path: str | Path, model: str, config: DecideConfig,
-               out_dir: str | Path | None = None, *, costs_path: str | Path | None = None,
-               progress: bool = True) -> DecideOutcome:
+def run_decide(
+    task_path: str | Path,
+    model: str,
+    config: DecideConfig,
+    out_dir: str | Path | None = None,
+    *,
+    costs_path: str | Path | None = None,
+    progress: bool = True,
+) -> DecideOutcome:
     """Measure every method on the task's test set and write decide.json and decide.html."""
     from tunelens.decide.report import write_report
 
@@ -180,8 +208,9 @@ def run_decide(task_path: str | Path, model: str, config: DecideConfig,
     costs: CostMatrix | None = load_costs(costs_path, task.labels) if costs_path else None
     out = Path(out_dir) if out_dir is not None else default_out_dir(task)
     demo_size = config.demo_size if config.demo_size is not None else max(config.k)
-    split = stratified_split(task.instances, test_size=config.test_size, demo_size=demo_size,
-                             seed=config.seed)
+    split = stratified_split(
+        task.instances, test_size=config.test_size, demo_size=demo_size, seed=config.seed
+    )
     model_name = resolve_model_name(model)
     model_key = model_fingerprint(model_name)
     shape, model_info = model_shape(model_name)
@@ -220,18 +249,35 @@ def run_decide(task_path: str | Path, model: str, config: DecideConfig,
                     previous = {}
             atomic_write_text(timings_path, dumps({**previous, **timings}, indent=1) + "\n")
 
-    measured = build_results(task=task, split=split, methods=methods, results=results,
-                             costs=costs, shape=shape, seed=config.seed, n_boot=config.bootstrap)
+    measured = build_results(
+        task=task,
+        split=split,
+        methods=methods,
+        results=results,
+        costs=costs,
+        shape=shape,
+        seed=config.seed,
+        n_boot=config.bootstrap,
+    )
     data: dict[str, Any] = {
         "tunelens_version": tunelens.__version__,
         "environment": _environment(config),
-        "task": {"name": task.name, "source": task.source, "definition": task.definition,
-                 "labels": list(task.labels), "examples": len(task.instances)},
+        "task": {
+            "name": task.name,
+            "source": task.source,
+            "definition": task.definition,
+            "labels": list(task.labels),
+            "examples": len(task.instances),
+        },
         "model": {"name": model, **model_info},
         "config": config.model_dump(mode="json"),
         "costs": costs.to_json() if costs is not None else None,
-        "split": {"seed": config.seed, "stratified_by": "label (first reference output)",
-                  **split.sizes(), "per_label": split.per_label()},
+        "split": {
+            "seed": config.seed,
+            "stratified_by": "label (first reference output)",
+            **split.sizes(),
+            "per_label": split.per_label(),
+        },
         **measured,
         "notes": notes,
     }

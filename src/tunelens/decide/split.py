@@ -52,8 +52,9 @@ def allocate(counts: Mapping[str, int], n: int) -> dict[str, int]:
     return out
 
 
-def stratified_order(groups: Mapping[str, Sequence[Instance]], rng: random.Random
-                     ) -> list[Instance]:
+def stratified_order(
+    groups: Mapping[str, Sequence[Instance]], rng: random.Random
+) -> list[Instance]:
     """Interleave label groups so that every prefix keeps the proportions.
 
     Item i of a group of size m sits at position (i + 1/2) / m of the unit
@@ -79,17 +80,28 @@ class Split:
     seed: int
 
     def sizes(self) -> dict[str, int]:
-        return {"test": len(self.test), "demo_pool": len(self.demo_pool),
-                "tuning_pool": len(self.tuning_pool)}
+        return {
+            "test": len(self.test),
+            "demo_pool": len(self.demo_pool),
+            "tuning_pool": len(self.tuning_pool),
+        }
 
     def per_label(self) -> dict[str, dict[str, int]]:
         """label -> {test, demo_pool, tuning_pool} counts."""
-        labels = sorted({label_of(i) for part in (self.test, self.demo_pool, self.tuning_pool)
-                         for i in part})
-        return {label: {name: sum(1 for i in part if label_of(i) == label)
-                        for name, part in (("test", self.test), ("demo_pool", self.demo_pool),
-                                           ("tuning_pool", self.tuning_pool))}
-                for label in labels}
+        labels = sorted(
+            {label_of(i) for part in (self.test, self.demo_pool, self.tuning_pool) for i in part}
+        )
+        return {
+            label: {
+                name: sum(1 for i in part if label_of(i) == label)
+                for name, part in (
+                    ("test", self.test),
+                    ("demo_pool", self.demo_pool),
+                    ("tuning_pool", self.tuning_pool),
+                )
+            }
+            for label in labels
+        }
 
 
 def resolve_test_size(test_size: float, n: int) -> int:
@@ -99,12 +111,14 @@ def resolve_test_size(test_size: float, n: int) -> int:
     if test_size >= 1 and float(test_size).is_integer():
         return int(test_size)
     raise TunelensInputError(
-        f"test size {test_size:g} must be a fraction between 0 and 1 or a whole number of "
-        "examples", where="--test-size")
+        f"test size {test_size:g} must be a fraction between 0 and 1 or a whole number of examples",
+        where="--test-size",
+    )
 
 
-def stratified_split(instances: Sequence[Instance], *, test_size: float, demo_size: int,
-                     seed: int) -> Split:
+def stratified_split(
+    instances: Sequence[Instance], *, test_size: float, demo_size: int, seed: int
+) -> Split:
     """Split ``instances`` into test set, demonstration pool and tuning pool (the rest).
 
     ``test_size`` is a fraction of all instances or a count; ``demo_size`` a
@@ -115,13 +129,15 @@ def stratified_split(instances: Sequence[Instance], *, test_size: float, demo_si
     n = len(instances)
     n_test = resolve_test_size(test_size, n)
     if demo_size < 0:
-        raise TunelensInputError(f"demonstration pool size must be >= 0, got {demo_size}",
-                                 where="--demo-size")
+        raise TunelensInputError(
+            f"demonstration pool size must be >= 0, got {demo_size}", where="--demo-size"
+        )
     if n_test + demo_size > n:
         raise TunelensInputError(
             f"the task has {n} examples: too few for a test set of {n_test} and a "
             f"demonstration pool of {demo_size}; lower --test-size or --demo-size",
-            where="split")
+            where="split",
+        )
     rng = random.Random(f"decide-split|{seed}")
     groups: dict[str, list[Instance]] = {}
     for instance in instances:

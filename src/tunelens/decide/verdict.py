@@ -47,8 +47,9 @@ def fmt_stat(stat: Mapping[str, Any] | None, unit: str = "%", digits: int = 1) -
     if not stat:
         return "n/a"
     lo, hi = stat.get("ci", [None, None])
-    return f"{fmt_num(stat.get('mean'), digits)}{unit} [{fmt_num(lo, digits)}, " \
-           f"{fmt_num(hi, digits)}]"
+    return (
+        f"{fmt_num(stat.get('mean'), digits)}{unit} [{fmt_num(lo, digits)}, {fmt_num(hi, digits)}]"
+    )
 
 
 def fmt_diff(stat: Mapping[str, Any]) -> str:
@@ -118,8 +119,11 @@ def _close_call(comp: Mapping[str, Any]) -> str:
     if identical(comp):
         return "no difference: the same score on every test item"
     needed = comp.get("items_to_resolve")
-    tail = (f"; about {fmt_count(needed)} test items would resolve a difference this size"
-            if needed else "")
+    tail = (
+        f"; about {fmt_count(needed)} test items would resolve a difference this size"
+        if needed
+        else ""
+    )
     return f"too close to call: {fmt_diff(comp['difference'])}{tail}"
 
 
@@ -136,34 +140,58 @@ def size_lines(results: Mapping[str, Any]) -> tuple[list[str], list[dict[str, An
         if method["family"] != "icl" or method["examples"] >= smallest_tuned:
             continue
         outcome = _outcome(comp, "ICL", "zero-shot", "zero_shot")
-        lines.append(f"With {method['examples']} example(s): ICL k={method['examples']} "
-                     f"{fmt_stat(method['accuracy'])} vs zero-shot "
-                     f"{fmt_stat(methods['zero_shot']['accuracy'])}: {outcome}.")
-        rows.append({"examples": method["examples"], "a": comp["a"], "b": "zero_shot",
-                     "winner": comp["winner"], "difference": comp["difference"]})
+        lines.append(
+            f"With {method['examples']} example(s): ICL k={method['examples']} "
+            f"{fmt_stat(method['accuracy'])} vs zero-shot "
+            f"{fmt_stat(methods['zero_shot']['accuracy'])}: {outcome}."
+        )
+        rows.append(
+            {
+                "examples": method["examples"],
+                "a": comp["a"],
+                "b": "zero_shot",
+                "winner": comp["winner"],
+                "difference": comp["difference"],
+            }
+        )
     for comp in comparisons.get("at_equal_size", []):
         tuned, icl = methods[comp["a"]], methods[comp["b"]]
         outcome = _outcome(comp, "tuning", "ICL", comp["b"])
         payback = comp.get("tuning_pays_back_after_items")
         cost = ""
         if comp["winner"] != comp["b"]:
-            cost = (f" Tuning's one-off compute pays back after about {fmt_count(payback)} items "
-                    "(shorter prompts than ICL)." if _finite(payback) else
-                    " Tuning never pays back its one-off compute against this ICL prompt.")
-        lines.append(f"With {tuned['examples']} examples: {tuned['name']} "
-                     f"{fmt_stat(tuned['accuracy'])} vs ICL k={icl['examples']} "
-                     f"{fmt_stat(icl['accuracy'])}: {outcome}.{cost}")
-        rows.append({"examples": tuned["examples"], "a": comp["a"], "b": comp["b"],
-                     "winner": comp["winner"], "difference": comp["difference"]})
+            cost = (
+                f" Tuning's one-off compute pays back after about {fmt_count(payback)} items "
+                "(shorter prompts than ICL)."
+                if _finite(payback)
+                else " Tuning never pays back its one-off compute against this ICL prompt."
+            )
+        lines.append(
+            f"With {tuned['examples']} examples: {tuned['name']} "
+            f"{fmt_stat(tuned['accuracy'])} vs ICL k={icl['examples']} "
+            f"{fmt_stat(icl['accuracy'])}: {outcome}.{cost}"
+        )
+        rows.append(
+            {
+                "examples": tuned["examples"],
+                "a": comp["a"],
+                "b": comp["b"],
+                "winner": comp["winner"],
+                "difference": comp["difference"],
+            }
+        )
     for comp in comparisons.get("vs_zero_shot", []):
         method = methods[comp["a"]]
         if method["family"] != "tuning" or any(
-                c["a"] == comp["a"] for c in comparisons.get("at_equal_size", [])):
+            c["a"] == comp["a"] for c in comparisons.get("at_equal_size", [])
+        ):
             continue
         outcome = _outcome(comp, "tuning", "zero-shot", "zero_shot")
-        lines.append(f"With {method['examples']} examples: {method['name']} "
-                     f"{fmt_stat(method['accuracy'])} vs zero-shot: {outcome} (no ICL prompt "
-                     "this small was measured).")
+        lines.append(
+            f"With {method['examples']} examples: {method['name']} "
+            f"{fmt_stat(method['accuracy'])} vs zero-shot: {outcome} (no ICL prompt "
+            "this small was measured)."
+        )
     return lines, rows
 
 
@@ -177,25 +205,35 @@ def best_line(results: Mapping[str, Any]) -> str:
     if best["id"] == "label_guess":
         models = [m for m in methods.values() if m["id"] != "label_guess"]
         runner_up = max(models, key=lambda m: m["accuracy"]["mean"]) if models else None
-        text = (f"No method beats guessing a label ({fmt_stat(top['accuracy'])}): on this "
-                "evidence no method has learned the task.")
+        text = (
+            f"No method beats guessing a label ({fmt_stat(top['accuracy'])}): on this "
+            "evidence no method has learned the task."
+        )
         if runner_up is not None:
-            text += (f" The best model method is {runner_up['name']}, "
-                     f"{fmt_stat(runner_up['accuracy'])}.")
+            text += (
+                f" The best model method is {runner_up['name']}, {fmt_stat(runner_up['accuracy'])}."
+            )
         return text
     text = f"Best: {top['name']}, accuracy {fmt_stat(top['accuracy'])}."
     if "label_guess" in [best["id"], *tied]:
-        text += (" It is not distinguishable from guessing a label "
-                 f"({fmt_stat(methods['label_guess']['accuracy'])}): on this evidence no "
-                 "method has learned the task.")
+        text += (
+            " It is not distinguishable from guessing a label "
+            f"({fmt_stat(methods['label_guess']['accuracy'])}): on this evidence no "
+            "method has learned the task."
+        )
         return text
     if tied:
-        text += (" Equal in quality within the intervals: "
-                 + ", ".join(methods[i]["name"] for i in tied) + ".")
+        text += (
+            " Equal in quality within the intervals: "
+            + ", ".join(methods[i]["name"] for i in tied)
+            + "."
+        )
     cheapest = methods[best["cheapest_at_equal_quality"]]
     per = cheapest["compute"]["per_1000_items"]
-    text += (f" Cheapest of these per 1,000 items: {cheapest['name']} "
-             f"({fmt_flops(per['flops'])} FLOPs, {fmt_count(per['prompt_tokens'])} prompt tokens")
+    text += (
+        f" Cheapest of these per 1,000 items: {cheapest['name']} "
+        f"({fmt_flops(per['flops'])} FLOPs, {fmt_count(per['prompt_tokens'])} prompt tokens"
+    )
     training = cheapest["compute"].get("training")
     if training:
         text += f", plus {fmt_flops(training['flops'])} FLOPs once for tuning"
@@ -211,23 +249,31 @@ def share_lines(results: Mapping[str, Any]) -> list[str]:
     gain = share["tuning_gain"]
     lo, hi = gain["ci"]
     gain_decided = _finite(lo) and _finite(hi) and lo > 0
-    line = (f"Tuning gain ({tuned['name']} minus zero-shot): {fmt_diff(gain)}.")
+    line = f"Tuning gain ({tuned['name']} minus zero-shot): {fmt_diff(gain)}."
     if not gain_decided:
-        line += (" Its interval does not lie above 0, so the share of it that format-only "
-                 "controls reach cannot be read.")
+        line += (
+            " Its interval does not lie above 0, so the share of it that format-only "
+            "controls reach cannot be read."
+        )
     lines = [line]
     for control, data in share.get("controls", {}).items():
         name = methods[control]["name"]
         reading = share_reading(data["share"], gain_decided)
-        explained = {"mostly format": "most of the tuning gain is the output format",
-                     "more than the format": "tuning taught more than the output format",
-                     "undecided": "the interval is too wide to say how much is format"}[reading]
+        explained = {
+            "mostly format": "most of the tuning gain is the output format",
+            "more than the format": "tuning taught more than the output format",
+            "undecided": "the interval is too wide to say how much is format",
+        }[reading]
         if not _finite(data["share"].get("mean")):
-            lines.append(f"{name} ({fmt_stat(methods[control]['accuracy'])}): no share, "
-                         "since tuning gained nothing over zero-shot.")
+            lines.append(
+                f"{name} ({fmt_stat(methods[control]['accuracy'])}): no share, "
+                "since tuning gained nothing over zero-shot."
+            )
             continue
-        lines.append(f"{name} ({fmt_stat(methods[control]['accuracy'])}) reaches "
-                     f"{fmt_share(data['share'])} of the tuning gain: {explained}.")
+        lines.append(
+            f"{name} ({fmt_stat(methods[control]['accuracy'])}) reaches "
+            f"{fmt_share(data['share'])} of the tuning gain: {explained}."
+        )
     return lines
 
 
@@ -237,8 +283,10 @@ def cost_line(results: Mapping[str, Any]) -> str:
         return ""
     cheapest = min(entries, key=lambda m: (m["cost_per_1000"]["mean"], m["examples"]))
     zero = _by_id(results).get("zero_shot")
-    text = (f"Lowest expected error cost per 1,000 items: {cheapest['name']}, "
-            f"{fmt_stat(cheapest['cost_per_1000'], unit='', digits=2)}")
+    text = (
+        f"Lowest expected error cost per 1,000 items: {cheapest['name']}, "
+        f"{fmt_stat(cheapest['cost_per_1000'], unit='', digits=2)}"
+    )
     if zero is not None and zero["id"] != cheapest["id"]:
         text += f" (zero-shot: {fmt_stat(zero['cost_per_1000'], unit='', digits=2)})"
     return text + "."
@@ -249,10 +297,12 @@ def similarity_line(results: Mapping[str, Any]) -> str:
     if not sim or not sim.get("layers"):
         return ""
     last = sim["layers"][-1]
-    return (f"Hidden states at k={sim['k']} ({sim['n_items']} test items, last layer): cosine "
-            f"ICL-IT {fmt_stat(last['icl_it'], unit='', digits=3)}, anchor-ICL "
-            f"{fmt_stat(last['anchor_icl'], unit='', digits=3)}, anchor-IT "
-            f"{fmt_stat(last['anchor_it'], unit='', digits=3)}.")
+    return (
+        f"Hidden states at k={sim['k']} ({sim['n_items']} test items, last layer): cosine "
+        f"ICL-IT {fmt_stat(last['icl_it'], unit='', digits=3)}, anchor-ICL "
+        f"{fmt_stat(last['anchor_icl'], unit='', digits=3)}, anchor-IT "
+        f"{fmt_stat(last['anchor_it'], unit='', digits=3)}."
+    )
 
 
 def too_wide(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -264,10 +314,15 @@ def too_wide(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         for comp in comparisons.get(group, []):
             if comp["winner"] is None and not identical(comp):
                 lo, hi = comp["difference"]["ci"]
-                out.append({"a": methods[comp["a"]]["name"], "b": methods[comp["b"]]["name"],
-                            "difference": comp["difference"],
-                            "width": (hi - lo) if _finite(lo) and _finite(hi) else None,
-                            "items_to_resolve": comp.get("items_to_resolve")})
+                out.append(
+                    {
+                        "a": methods[comp["a"]]["name"],
+                        "b": methods[comp["b"]]["name"],
+                        "difference": comp["difference"],
+                        "width": (hi - lo) if _finite(lo) and _finite(hi) else None,
+                        "items_to_resolve": comp.get("items_to_resolve"),
+                    }
+                )
     return out
 
 
@@ -277,9 +332,17 @@ def verdict(results: Mapping[str, Any], notes: Sequence[str] = ()) -> dict[str, 
     wide = too_wide(results)
     summary = [line for line in (best_line(results), cost_line(results)) if line]
     if wide:
-        summary.append(f"{len(wide)} comparison(s) are too close to call at this test size "
-                       f"({results['methods'][0]['n_items']} items); see the list below.")
+        summary.append(
+            f"{len(wide)} comparison(s) are too close to call at this test size "
+            f"({results['methods'][0]['n_items']} items); see the list below."
+        )
     sim = similarity_line(results)
-    return {"summary": summary, "by_size": lines, "by_size_table": rows,
-            "format": share_lines(results), "similarity": sim, "too_wide": wide,
-            "notes": list(notes)}
+    return {
+        "summary": summary,
+        "by_size": lines,
+        "by_size_table": rows,
+        "format": share_lines(results),
+        "similarity": sim,
+        "too_wide": wide,
+        "notes": list(notes),
+    }

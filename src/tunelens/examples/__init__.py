@@ -13,5 +13,11 @@ from tunelens.examples.store import (
     read_example_file,
 )
 
-__all__ = ["DEFAULT_DB", "ExampleStore", "NewExample", "StoredExample", "pii_flags",
-           "read_example_file"]
+__all__ = [
+    "DEFAULT_DB",
+    "ExampleStore",
+    "NewExample",
+    "StoredExample",
+    "pii_flags",
+    "read_example_file",
+]

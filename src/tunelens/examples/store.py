@@ -87,9 +87,16 @@ class StoredExample:
     pii: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "input": self.input, "output": self.output, "label": self.label,
-                "source": self.source, "time": self.time, "accepted": self.accepted,
-                "pii": list(self.pii)}
+        return {
+            "id": self.id,
+            "input": self.input,
+            "output": self.output,
+            "label": self.label,
+            "source": self.source,
+            "time": self.time,
+            "accepted": self.accepted,
+            "pii": list(self.pii),
+        }
 
 
 @dataclass
@@ -128,22 +135,28 @@ def check_time(value: str, source: str, where: str) -> str:
     except ValueError:
         raise TunelensInputError(
             f"time {value!r} is not an ISO 8601 date or time (e.g. 2024-05-01T12:00:00Z)",
-            source=source, where=where) from None
+            source=source,
+            where=where,
+        ) from None
     return value
 
 
 # ---------------------------------------------------------------- reading rows from files
 
 
-def _string(value: Any, name: str, source: str, where: str, *, optional: bool = False
-            ) -> str | None:
+def _string(
+    value: Any, name: str, source: str, where: str, *, optional: bool = False
+) -> str | None:
     if value is None and optional:
         return None
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
         value = value[0]  # a tunelens JSONL instance may give its output as a one-item list
     if not isinstance(value, str):
-        raise TunelensInputError(f"field '{name}': expected a string, got "
-                                 f"{type(value).__name__}", source=source, where=where)
+        raise TunelensInputError(
+            f"field '{name}': expected a string, got {type(value).__name__}",
+            source=source,
+            where=where,
+        )
     return value
 
 
@@ -152,15 +165,16 @@ def _accepted(value: Any, source: str, where: str) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "0", "false",
-                                                            "no"):
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "0", "false", "no"):
         return value.strip().lower() in ("1", "true", "yes")
-    raise TunelensInputError(f"field 'accepted': expected true or false, got {value!r}",
-                             source=source, where=where)
+    raise TunelensInputError(
+        f"field 'accepted': expected true or false, got {value!r}", source=source, where=where
+    )
 
 
-def row_to_example(row: dict[str, Any], source: str, where: str,
-                   default_source: str = "") -> NewExample:
+def row_to_example(
+    row: dict[str, Any], source: str, where: str, default_source: str = ""
+) -> NewExample:
     """A NewExample from one JSON object or CSV row; errors name the file, line and field."""
     for name in ("input", "output"):
         if name not in row or row[name] is None:
@@ -192,11 +206,13 @@ def _jsonl_rows(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as error:
-            raise TunelensInputError(f"invalid JSON: {error.msg} (column {error.colno})",
-                                     source=source, where=where) from None
+            raise TunelensInputError(
+                f"invalid JSON: {error.msg} (column {error.colno})", source=source, where=where
+            ) from None
         if not isinstance(obj, dict):
-            raise TunelensInputError("expected a JSON object on each line", source=source,
-                                     where=where)
+            raise TunelensInputError(
+                "expected a JSON object on each line", source=source, where=where
+            )
         if is_header(obj):  # a tunelens task file's header: not an example
             continue
         yield where, obj
@@ -208,17 +224,22 @@ def _csv_rows(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if "input" not in header or "output" not in header:
         raise TunelensInputError(
             f"CSV header must name the columns 'input' and 'output' (optional: label, source, "
-            f"accepted, time); found {header}", source=source, where="line 1")
+            f"accepted, time); found {header}",
+            source=source,
+            where="line 1",
+        )
     unknown = [h for h in header if h not in ROW_FIELDS]
     if unknown:
-        raise TunelensInputError(f"unknown CSV column(s) {unknown}; expected {list(ROW_FIELDS)}",
-                                 source=source, where="line 1")
+        raise TunelensInputError(
+            f"unknown CSV column(s) {unknown}; expected {list(ROW_FIELDS)}",
+            source=source,
+            where="line 1",
+        )
     reader.fieldnames = header
     for row in reader:
         where = f"line {reader.line_num}"
         if None in row:
-            raise TunelensInputError("more fields than the header has", source=source,
-                                     where=where)
+            raise TunelensInputError("more fields than the header has", source=source, where=where)
         if all(v in (None, "") for v in row.values()):
             continue
         yield where, {k: v for k, v in row.items() if v is not None}
@@ -236,8 +257,7 @@ def read_example_file(path: str | Path, default_source: str = "") -> list[NewExa
     source = str(path)
     text = read_text(path, allow_empty=True)
     default_source = default_source or path.name
-    rows = _csv_rows(text, source) if path.suffix.lower() == ".csv" else _jsonl_rows(text,
-                                                                                      source)
+    rows = _csv_rows(text, source) if path.suffix.lower() == ".csv" else _jsonl_rows(text, source)
     examples = [row_to_example(row, source, where, default_source) for where, row in rows]
     if not examples:
         raise TunelensInputError("file holds no examples", source=source)
@@ -249,8 +269,16 @@ def read_example_file(path: str | Path, default_source: str = "") -> list[NewExa
 
 def _row(record: Sequence[Any]) -> StoredExample:
     id_, input_text, output, label, source, created_at, accepted, pii, _ = record
-    return StoredExample(int(id_), input_text, output, label, source, created_at,
-                         bool(accepted), tuple(f for f in pii.split(",") if f))
+    return StoredExample(
+        int(id_),
+        input_text,
+        output,
+        label,
+        source,
+        created_at,
+        bool(accepted),
+        tuple(f for f in pii.split(",") if f),
+    )
 
 
 class ExampleStore:
@@ -260,8 +288,9 @@ class ExampleStore:
         self.path = Path(path)
         self.source = str(self.path)
         if not self.path.exists() and not create:
-            raise TunelensInputError("no examples database here; add examples first",
-                                     source=self.source)
+            raise TunelensInputError(
+                "no examples database here; add examples first", source=self.source
+            )
         if self.path.exists() and not self.path.is_file():
             raise TunelensInputError("not a file", source=self.source)
         if not self.path.parent.is_dir():
@@ -270,14 +299,16 @@ class ExampleStore:
             # isolation_level None: no implicit transactions; every write opens its own.
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         except sqlite3.Error as error:
-            raise TunelensInputError(f"cannot open the database: {error}", source=self.source
-                                     ) from None
+            raise TunelensInputError(
+                f"cannot open the database: {error}", source=self.source
+            ) from None
         try:
             self._prepare()
         except sqlite3.DatabaseError as error:
             self._conn.close()
-            raise TunelensInputError(f"not a tunelens examples database ({error})",
-                                     source=self.source) from None
+            raise TunelensInputError(
+                f"not a tunelens examples database ({error})", source=self.source
+            ) from None
         except BaseException:
             self._conn.close()
             raise
@@ -295,12 +326,17 @@ class ExampleStore:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
         if app_id != _APPLICATION_ID:
-            raise TunelensInputError("not a tunelens examples database (an SQLite file of "
-                                     "something else)", source=self.source)
+            raise TunelensInputError(
+                "not a tunelens examples database (an SQLite file of something else)",
+                source=self.source,
+            )
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
-            raise TunelensInputError(f"examples database version {version}; this tunelens "
-                                     f"reads version {SCHEMA_VERSION}", source=self.source)
+            raise TunelensInputError(
+                f"examples database version {version}; this tunelens "
+                f"reads version {SCHEMA_VERSION}",
+                source=self.source,
+            )
 
     def close(self) -> None:
         self._conn.close()
@@ -328,8 +364,13 @@ class ExampleStore:
         row = self._conn.execute("SELECT id FROM examples WHERE digest = ?", (key,)).fetchone()
         return None if row is None else int(row[0])
 
-    def add(self, examples: Iterable[NewExample], *, skip_duplicates: bool = False,
-            origin: str | None = None) -> AddResult:
+    def add(
+        self,
+        examples: Iterable[NewExample],
+        *,
+        skip_duplicates: bool = False,
+        origin: str | None = None,
+    ) -> AddResult:
         """Add examples in one transaction: all of them, or (on an error) none.
 
         An exact duplicate (same input, output and label as a stored row or an
@@ -350,22 +391,43 @@ class ExampleStore:
                             continue
                         raise TunelensInputError(
                             f"duplicate of example #{existing} (same input, output and label); "
-                            "nothing was added" + ("" if not example.where else
-                                                   " (--skip-duplicates adds the others)"),
-                            source=origin, where=example.where or None)
+                            "nothing was added"
+                            + ("" if not example.where else " (--skip-duplicates adds the others)"),
+                            source=origin,
+                            where=example.where or None,
+                        )
                     flags = pii_flags(example.input, example.output, example.label)
                     time = example.time or now_utc()
                     cursor = conn.execute(
                         "INSERT INTO examples (input, output, label, source, created_at, "
                         "accepted, pii, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (example.input, example.output, example.label, example.source, time,
-                         int(example.accepted), ",".join(flags), key))
-                    result.added.append(StoredExample(
-                        int(cursor.lastrowid), example.input, example.output, example.label,
-                        example.source, time, example.accepted, flags))
+                        (
+                            example.input,
+                            example.output,
+                            example.label,
+                            example.source,
+                            time,
+                            int(example.accepted),
+                            ",".join(flags),
+                            key,
+                        ),
+                    )
+                    result.added.append(
+                        StoredExample(
+                            int(cursor.lastrowid),
+                            example.input,
+                            example.output,
+                            example.label,
+                            example.source,
+                            time,
+                            example.accepted,
+                            flags,
+                        )
+                    )
         except sqlite3.DatabaseError as error:
-            raise TunelensInputError(f"cannot write to the database: {error}",
-                                     source=self.source) from None
+            raise TunelensInputError(
+                f"cannot write to the database: {error}", source=self.source
+            ) from None
         return result
 
     # -------------------------------------------------------------- reads
@@ -373,8 +435,9 @@ class ExampleStore:
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0])
 
-    def examples(self, *, accepted: bool | None = None, flagged: bool | None = None,
-                 limit: int | None = None) -> list[StoredExample]:
+    def examples(
+        self, *, accepted: bool | None = None, flagged: bool | None = None, limit: int | None = None
+    ) -> list[StoredExample]:
         """Rows in id order, optionally only accepted / rejected, flagged / unflagged."""
         query = f"SELECT {_COLUMNS} FROM examples"
         conditions, params = [], []
@@ -392,13 +455,15 @@ class ExampleStore:
         try:
             return [_row(r) for r in self._conn.execute(query, params)]
         except sqlite3.DatabaseError as error:
-            raise TunelensInputError(f"cannot read the database: {error}", source=self.source
-                                     ) from None
+            raise TunelensInputError(
+                f"cannot read the database: {error}", source=self.source
+            ) from None
 
     # -------------------------------------------------------------- export
 
-    def export_task(self, path: str | Path, *, task: str, definition: str = "",
-                    include_flagged: bool = False) -> ExportResult:
+    def export_task(
+        self, path: str | Path, *, task: str, definition: str = "", include_flagged: bool = False
+    ) -> ExportResult:
         """Write accepted rows as a tunelens JSONL task (header + one instance per line).
 
         Rows flagged for personal data are left out unless ``include_flagged``;
@@ -411,8 +476,12 @@ class ExampleStore:
         flagged = [r for r in accepted if r.pii]
         chosen = accepted if include_flagged else [r for r in accepted if not r.pii]
         if not chosen:
-            why = (f"; {len(flagged)} accepted example(s) are flagged for personal data "
-                   "(--include-flagged exports them)" if flagged else "")
+            why = (
+                f"; {len(flagged)} accepted example(s) are flagged for personal data "
+                "(--include-flagged exports them)"
+                if flagged
+                else ""
+            )
             raise TunelensInputError(f"no accepted examples to export{why}", source=self.source)
         header = {FORMAT_KEY: FORMAT_VERSION, "task": task, "definition": definition}
         lines = [json.dumps(header, ensure_ascii=False)]
@@ -423,5 +492,6 @@ class ExampleStore:
             lines.append(json.dumps(line, ensure_ascii=False))
         path = Path(path)
         atomic_write_text(path, "\n".join(lines) + "\n")
-        return ExportResult(path, len(chosen), 0 if include_flagged else len(flagged),
-                            len(rejected))
+        return ExportResult(
+            path, len(chosen), 0 if include_flagged else len(flagged), len(rejected)
+        )

@@ -28,14 +28,23 @@ from tunelens.spec import AuditSpec, TuningSpec
 from tunelens.tasks.types import Task
 
 BASELINES = ("untuned", "random", "copy_input", "copy_demo")
-SHARES = {"simplified": {"definition": "simplified", "examples": "original"},
-          "delusive": {"definition": "original", "examples": "delusive"},
-          "no_definition": {"definition": "none", "examples": "original"}}
+SHARES = {
+    "simplified": {"definition": "simplified", "examples": "original"},
+    "delusive": {"definition": "original", "examples": "delusive"},
+    "no_definition": {"definition": "none", "examples": "original"},
+}
 
 
-def training_pairs(tasks: Sequence[Task], *, definition: str, examples: str,
-                   instances_per_task: int | str, n_positive: int, seed: int,
-                   template: str = "tk") -> list[tuple[str, str]]:
+def training_pairs(
+    tasks: Sequence[Task],
+    *,
+    definition: str,
+    examples: str,
+    instances_per_task: int | str,
+    n_positive: int,
+    seed: int,
+    template: str = "tk",
+) -> list[tuple[str, str]]:
     """Tk-Instruct encoded (prompt, target) pairs under one grid condition."""
     from tunelens.tasks.variants import apply_definition_variant, apply_examples_variant
 
@@ -44,14 +53,16 @@ def training_pairs(tasks: Sequence[Task], *, definition: str, examples: str,
     for task in tasks:
         varied = apply_definition_variant(task, definition)
         varied = apply_examples_variant(varied, examples, seed=seed)
-        style = PromptStyle(template=template, definition=definition != "none",
-                            n_positive=n_positive)
+        style = PromptStyle(
+            template=template, definition=definition != "none", n_positive=n_positive
+        )
         instances = list(task.instances)
         if instances_per_task != "full":
             instances = rng.sample(instances, min(int(instances_per_task), len(instances)))
         for inst in instances:
-            pairs.append((render_prompt(varied, inst.input, None, style),
-                          render_target(inst.outputs[0])))
+            pairs.append(
+                (render_prompt(varied, inst.input, None, style), render_target(inst.outputs[0]))
+            )
     return pairs
 
 
@@ -69,9 +80,12 @@ def score(items: list[tuple[Task, Any]], predictions: Sequence[str]) -> dict[str
         per_task[task.name]["em"].append(em)
         per_task[task.name]["rouge_l"].append(rl)
         records.append({"task": task.name, "id": inst.id, "prediction": pred, "em": em})
-    return {"predictions": records,
-            "per_task": {name: {m: float(np.mean(v)) for m, v in ms.items()}
-                         for name, ms in per_task.items()}}
+    return {
+        "predictions": records,
+        "per_task": {
+            name: {m: float(np.mean(v)) for m, v in ms.items()} for name, ms in per_task.items()
+        },
+    }
 
 
 def output_space(task: Task) -> list[str]:
@@ -88,9 +102,11 @@ def expected_guess_scores(items: list[tuple[Task, Any]]) -> dict[str, dict[str, 
     for task, inst in items:
         space = spaces.setdefault(task.name, output_space(task))
         per_task[task.name]["em"].append(
-            float(np.mean([exact_match(label, inst.outputs) for label in space])))
+            float(np.mean([exact_match(label, inst.outputs) for label in space]))
+        )
         per_task[task.name]["rouge_l"].append(
-            float(np.mean([rouge_l(label, inst.outputs) for label in space])))
+            float(np.mean([rouge_l(label, inst.outputs) for label in space]))
+        )
     return {name: {m: float(np.mean(v)) for m, v in ms.items()} for name, ms in per_task.items()}
 
 
@@ -99,8 +115,9 @@ def eval_prompts(items: list[tuple[Task, Any]], n_positive: int, template: str) 
     return [render_prompt(task, inst.input, None, style) for task, inst in items]
 
 
-def run_baseline_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int
-                      ) -> dict[str, Any]:
+def run_baseline_cell(
+    loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int
+) -> dict[str, Any]:
     """One baseline: untuned model, output-space guess, copy input, copy demonstration."""
     items = eval_items(tasks, params["eval_instances_per_task"])
     which = params["baseline"]
@@ -108,8 +125,9 @@ def run_baseline_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], see
         from tunelens.models.predict import generate_predictions
 
         prompts = eval_prompts(items, params["n_positive"], params["template"])
-        result = score(items, generate_predictions(loaded, prompts,
-                                                   max_new_tokens=params["max_new_tokens"]))
+        result = score(
+            items, generate_predictions(loaded, prompts, max_new_tokens=params["max_new_tokens"])
+        )
     elif which == "random":
         rng = random.Random(f"guess|{seed}")
         draw = [rng.choice(output_space(task)) for task, _ in items]
@@ -118,32 +136,49 @@ def run_baseline_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], see
     elif which == "copy_input":
         result = score(items, [inst.input for _, inst in items])
     elif which == "copy_demo":
-        result = score(items, [task.positive_examples[0].output if task.positive_examples
-                               else "" for task, _ in items])
+        result = score(
+            items,
+            [
+                task.positive_examples[0].output if task.positive_examples else ""
+                for task, _ in items
+            ],
+        )
     else:
         raise ValueError(f"unknown baseline {which!r}")
     return result
 
 
-def run_grid_cell(loaded, train: Sequence[Task], test: Sequence[Task], params: dict[str, Any],
-                  seed: int, progress: bool = True,
-                  on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run_grid_cell(
+    loaded,
+    train: Sequence[Task],
+    test: Sequence[Task],
+    params: dict[str, Any],
+    seed: int,
+    progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Tune on the training tasks under one condition, then predict on the held-out tasks."""
     from tunelens.experiments.convergence import tuning_config
     from tunelens.models.predict import generate_predictions
     from tunelens.models.tuning import multitask_tune
 
-    pairs = training_pairs(train, definition=params["definition"], examples=params["examples"],
-                           instances_per_task=params["instances_per_task"],
-                           n_positive=params["n_positive"], seed=seed,
-                           template=params["template"])
+    pairs = training_pairs(
+        train,
+        definition=params["definition"],
+        examples=params["examples"],
+        instances_per_task=params["instances_per_task"],
+        n_positive=params["n_positive"],
+        seed=seed,
+        template=params["template"],
+    )
     config = tuning_config(TuningSpec(**params["tuning"]), seed)
     tuned = multitask_tune(loaded, pairs, config, progress=progress, on_step=on_step)
     try:
         items = eval_items(test, params["eval_instances_per_task"])
         prompts = eval_prompts(items, params["n_positive"], params["template"])
-        predictions = generate_predictions(tuned.as_loaded(), prompts,
-                                           max_new_tokens=params["max_new_tokens"])
+        predictions = generate_predictions(
+            tuned.as_loaded(), prompts, max_new_tokens=params["max_new_tokens"]
+        )
     finally:
         tuned.unload()
     result = score(items, predictions)
@@ -151,8 +186,9 @@ def run_grid_cell(loaded, train: Sequence[Task], test: Sequence[Task], params: d
     return result
 
 
-def _summary(per_task: dict[str, dict[str, float]], tasks: Sequence[Task], n_boot: int,
-             seed: int) -> dict[str, Any]:
+def _summary(
+    per_task: dict[str, dict[str, float]], tasks: Sequence[Task], n_boot: int, seed: int
+) -> dict[str, Any]:
     """EM and ROUGE-L overall (CI over tasks), per category, per task."""
     names = [t.name for t in tasks if t.name in per_task]
     out: dict[str, Any] = {}
@@ -163,21 +199,31 @@ def _summary(per_task: dict[str, dict[str, float]], tasks: Sequence[Task], n_boo
     for task in tasks:
         if task.name in per_task:
             by_category[task.categories[0] if task.categories else "uncategorised"].append(
-                task.name)
+                task.name
+            )
     out["per_category"] = {
-        cat: {metric: mean_ci(np.array([per_task[n][metric] for n in members]), seed=seed,
-                              n_resamples=n_boot) for metric in ("em", "rouge_l")}
+        cat: {
+            metric: mean_ci(
+                np.array([per_task[n][metric] for n in members]), seed=seed, n_resamples=n_boot
+            )
+            for metric in ("em", "rouge_l")
+        }
         | {"tasks": len(members)}
         for cat, members in sorted(by_category.items())
     }
-    out["per_task"] = {n: {m: round(per_task[n][m], 4) for m in ("em", "rouge_l")}
-                       for n in names}
+    out["per_task"] = {n: {m: round(per_task[n][m], 4) for m in ("em", "rouge_l")} for n in names}
     return out
 
 
-def format_share(cond: dict[str, dict[str, float]], original: dict[str, dict[str, float]],
-                 untuned: dict[str, dict[str, float]], names: list[str], metric: str,
-                 n_boot: int, seed: int) -> dict[str, Any]:
+def format_share(
+    cond: dict[str, dict[str, float]],
+    original: dict[str, dict[str, float]],
+    untuned: dict[str, dict[str, float]],
+    names: list[str],
+    metric: str,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
     """(condition - untuned) / (original - untuned) over tasks, with a paired bootstrap CI."""
     c = np.array([cond[n][metric] for n in names])
     o = np.array([original[n][metric] for n in names])
@@ -191,12 +237,17 @@ def format_share(cond: dict[str, dict[str, float]], original: dict[str, dict[str
     rng = np.random.default_rng(seed)
     draws = np.array([ratio(rng.integers(0, len(names), len(names))) for _ in range(n_boot)])
     draws = draws[np.isfinite(draws)]
-    ci = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] if len(
-        draws) else [float("nan"), float("nan")]
+    ci = (
+        [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+        if len(draws)
+        else [float("nan"), float("nan")]
+    )
     gain = float(o.mean() - u.mean())
-    return {"mean": point if np.isfinite(point) else None,
-            "ci": [x if np.isfinite(x) else None for x in ci],
-            "tuning_gain": gain}
+    return {
+        "mean": point if np.isfinite(point) else None,
+        "ci": [x if np.isfinite(x) else None for x in ci],
+        "tuning_gain": gain,
+    }
 
 
 class AuditExperiment:
@@ -205,22 +256,35 @@ class AuditExperiment:
     name = "audit"
 
     def _common(self, section: AuditSpec) -> dict[str, Any]:
-        return {"model": section.model, "dtype": section.dtype, "device": section.device,
-                "train": section.train, "test": section.test, "n_positive": section.n_positive,
-                "eval_instances_per_task": section.eval_instances_per_task,
-                "max_new_tokens": section.max_new_tokens, "template": "tk"}
+        return {
+            "model": section.model,
+            "dtype": section.dtype,
+            "device": section.device,
+            "train": section.train,
+            "test": section.test,
+            "n_positive": section.n_positive,
+            "eval_instances_per_task": section.eval_instances_per_task,
+            "max_new_tokens": section.max_new_tokens,
+            "template": "tk",
+        }
 
     def cells(self, section: AuditSpec) -> list[Cell]:
         common = self._common(section)
-        cells = [Cell("audit", f"baseline {b}", {**common, "baseline": b}, section.seeds[0])
-                 for b in BASELINES]
+        cells = [
+            Cell("audit", f"baseline {b}", {**common, "baseline": b}, section.seeds[0])
+            for b in BASELINES
+        ]
         for n in section.instances_per_task:
             for definition in section.definitions:
                 for examples in section.examples:
                     for seed in section.seeds:
-                        params = {**common, "definition": definition, "examples": examples,
-                                  "instances_per_task": n,
-                                  "tuning": section.tuning.model_dump()}
+                        params = {
+                            **common,
+                            "definition": definition,
+                            "examples": examples,
+                            "instances_per_task": n,
+                            "tuning": section.tuning.model_dump(),
+                        }
                         name = f"def={definition} ex={examples} n={n} seed={seed}"
                         cells.append(Cell("audit", name, params, seed))
         return cells
@@ -235,13 +299,19 @@ class AuditExperiment:
         loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
         if "baseline" in p:
             return run_baseline_cell(loaded, test, p, cell.seed)
-        return run_grid_cell(loaded, load_task_set(p["train"]), test, p, cell.seed,
-                             progress=False,
-                             on_step=lambda done, total: context.progress("tuning steps",
-                                                                          done, total))
+        return run_grid_cell(
+            loaded,
+            load_task_set(p["train"]),
+            test,
+            p,
+            cell.seed,
+            progress=False,
+            on_step=lambda done, total: context.progress("tuning steps", done, total),
+        )
 
-    def aggregate(self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
-                  ) -> dict[str, Any]:
+    def aggregate(
+        self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
+    ) -> dict[str, Any]:
         from tunelens.tasks.sets import load_task_set
 
         test = load_task_set(section.test)
@@ -254,16 +324,24 @@ class AuditExperiment:
             if "baseline" in cell.params:
                 if cell.params["baseline"] == "random":
                     expected = _summary(result["expected_per_task"], test, n_boot, seed=0)
-                    summary = {**expected, "draw": {"em": summary["em"],
-                                                    "rouge_l": summary["rouge_l"]}}
+                    summary = {
+                        **expected,
+                        "draw": {"em": summary["em"], "rouge_l": summary["rouge_l"]},
+                    }
                 if cell.params["baseline"] == "untuned":
                     untuned_per_task = result["per_task"]
                 baselines[cell.params["baseline"]] = summary
             else:
-                condition = {k: cell.params[k] for k in ("definition", "examples",
-                                                         "instances_per_task")}
-                grid.append({"condition": {**condition, "seed": cell.seed}, **summary,
-                             "_per_task_raw": result["per_task"]})
+                condition = {
+                    k: cell.params[k] for k in ("definition", "examples", "instances_per_task")
+                }
+                grid.append(
+                    {
+                        "condition": {**condition, "seed": cell.seed},
+                        **summary,
+                        "_per_task_raw": result["per_task"],
+                    }
+                )
         shares = self._shares(grid, baselines, untuned_per_task, test, n_boot)
         for entry in grid:
             entry.pop("_per_task_raw")
@@ -278,8 +356,15 @@ class AuditExperiment:
         if "random" in baselines:
             random_per_task = {n: v for n, v in baselines["random"]["per_task"].items()}
         out = []
-        keyed = {(e["condition"]["definition"], e["condition"]["examples"],
-                  e["condition"]["instances_per_task"], e["condition"]["seed"]): e for e in grid}
+        keyed = {
+            (
+                e["condition"]["definition"],
+                e["condition"]["examples"],
+                e["condition"]["instances_per_task"],
+                e["condition"]["seed"],
+            ): e
+            for e in grid
+        }
         for (definition, examples, n, seed), entry in keyed.items():
             if (definition, examples) != ("original", "original"):
                 continue
@@ -288,13 +373,16 @@ class AuditExperiment:
             for share, cond in SHARES.items():
                 other = keyed.get((cond["definition"], cond["examples"], n, seed))
                 if other is not None:
-                    row[share] = {m: format_share(other["_per_task_raw"], original, untuned,
-                                                  names, m, n_boot, seed)
-                                  for m in ("em", "rouge_l")}
+                    row[share] = {
+                        m: format_share(
+                            other["_per_task_raw"], original, untuned, names, m, n_boot, seed
+                        )
+                        for m in ("em", "rouge_l")
+                    }
             if random_per_task is not None:
-                row["random_guess"] = {m: format_share(random_per_task, original, untuned,
-                                                       names, m, n_boot, seed)
-                                       for m in ("em", "rouge_l")}
+                row["random_guess"] = {
+                    m: format_share(random_per_task, original, untuned, names, m, n_boot, seed)
+                    for m in ("em", "rouge_l")
+                }
             out.append(row)
         return out
-

@@ -29,8 +29,15 @@ class Cell:
     @property
     def key(self) -> str:
         payload = json.dumps(
-            {"experiment": self.experiment, "params": self.params, "seed": self.seed,
-             "code": CODE_VERSION}, sort_keys=True, separators=(",", ":"))
+            {
+                "experiment": self.experiment,
+                "params": self.params,
+                "seed": self.seed,
+                "code": CODE_VERSION,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 

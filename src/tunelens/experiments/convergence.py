@@ -32,8 +32,10 @@ from tunelens.spec import ConvergenceSpec, TuningSpec
 from tunelens.tasks.types import Example, Instance, Task
 
 PAIRS = ("icl_it", "anchor_icl", "anchor_it")
-COMPARISONS = {"icl_it>anchor_icl": ("icl_it", "anchor_icl"),
-               "icl_it>anchor_it": ("icl_it", "anchor_it")}
+COMPARISONS = {
+    "icl_it>anchor_icl": ("icl_it", "anchor_icl"),
+    "icl_it>anchor_it": ("icl_it", "anchor_it"),
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ def sample_demo_sets(
     return sets
 
 
-def flip_demos(demos: Sequence[Example], labels: Sequence[str] | None, fraction: float,
-               rng: random.Random) -> tuple[Example, ...]:
+def flip_demos(
+    demos: Sequence[Example], labels: Sequence[str] | None, fraction: float, rng: random.Random
+) -> tuple[Example, ...]:
     """Give round(fraction * k) demonstrations a wrong label of the same space."""
     demos = list(demos)
     n_flip = round(fraction * len(demos))
@@ -98,9 +101,9 @@ def shuffle_demo_tokens(demos: Sequence[Example], rng: random.Random) -> tuple[E
     rng.shuffle(words)
     out, pos = [], 0
     for inp, outp in pieces:
-        new_in = words[pos: pos + len(inp)]
+        new_in = words[pos : pos + len(inp)]
         pos += len(inp)
-        new_out = words[pos: pos + len(outp)]
+        new_out = words[pos : pos + len(outp)]
         pos += len(outp)
         out.append(Example(" ".join(new_in), " ".join(new_out)))
     return tuple(out)
@@ -118,8 +121,9 @@ def _prompt_style(template: str, definition: bool) -> PromptStyle:
     return PromptStyle(template=template, definition=definition, n_positive=0)
 
 
-def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int,
-                         progress=None) -> dict[str, Any]:
+def run_convergence_cell(
+    loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int, progress=None
+) -> dict[str, Any]:
     """One condition and seed: per-pair cosines per layer, CKA per layer, accuracies."""
     from tunelens.models.controls import random_init_like
     from tunelens.models.hidden_states import capture_last_token_states
@@ -128,9 +132,14 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
 
     if params["control"] == "random_init":
         loaded = random_init_like(loaded, seed=10_000 + seed)
-    sets = sample_demo_sets(tasks, n_pairs=params["n_pairs"],
-                            anchors_per_set=params["anchors_per_set"], k=params["k"],
-                            relevance=params["relevance"], seed=seed)
+    sets = sample_demo_sets(
+        tasks,
+        n_pairs=params["n_pairs"],
+        anchors_per_set=params["anchors_per_set"],
+        k=params["k"],
+        relevance=params["relevance"],
+        seed=seed,
+    )
     rng = random.Random(f"corrupt|{seed}|{params['flip_fraction']}|{params['control']}")
     style = _prompt_style(params["template"], params["definition"])
     # IT sees each demonstration as a zero-shot example: the anchor prompt's format.
@@ -141,8 +150,12 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
         demos = flip_demos(demo_set.demos, demo_set.task.labels, params["flip_fraction"], rng)
         if params["control"] == "shuffled":
             demos = shuffle_demo_tokens(demos, rng)
-        tuning_sets.append([(render_prompt(demo_set.task, d.input, [], tune_style),
-                             render_target(d.output)) for d in demos])
+        tuning_sets.append(
+            [
+                (render_prompt(demo_set.task, d.input, [], tune_style), render_target(d.output))
+                for d in demos
+            ]
+        )
         for anchor in demo_set.anchors:
             anchor_prompts.append(render_prompt(demo_set.task, anchor.input, [], style))
             icl_prompts.append(render_prompt(demo_set.task, anchor.input, demos, style))
@@ -168,8 +181,9 @@ def run_convergence_cell(loaded, tasks: Sequence[Task], params: dict[str, Any], 
         probe = tuned.as_loaded()
         prompts = [anchor_prompts[i] for i in rows]
         h_it[rows] = capture_last_token_states(probe, prompts).numpy()
-        for i, pred in zip(rows, generate_predictions(probe, prompts, max_new_tokens=max_new),
-                           strict=True):
+        for i, pred in zip(
+            rows, generate_predictions(probe, prompts, max_new_tokens=max_new), strict=True
+        ):
             pred_it[i] = pred
 
     if config.method == "lora":
@@ -232,8 +246,11 @@ def _layer_stats(cos: dict[str, np.ndarray], seed: int) -> list[dict[str, Any]]:
         for comp, (x, y) in COMPARISONS.items():
             test = paired_wilcoxon_greater(cos[x][:, layer], cos[y][:, layer])
             raw[comp].append(test)
-            entry["wilcoxon"][comp] = {"statistic": float(test.statistic), "p": float(test.p),
-                                       "effect": float(test.effect)}
+            entry["wilcoxon"][comp] = {
+                "statistic": float(test.statistic),
+                "p": float(test.p),
+                "effect": float(test.effect),
+            }
         layers.append(entry)
     for comp, tests in raw.items():
         adjusted = holm([t.p for t in tests])
@@ -244,8 +261,10 @@ def _layer_stats(cos: dict[str, np.ndarray], seed: int) -> list[dict[str, Any]]:
 
 def condition_of(params: dict[str, Any]) -> dict[str, Any]:
     """The factor values that name a condition (seed excluded)."""
-    return {key: params[key] for key in
-            ("model", "k", "flip_fraction", "relevance", "definition", "control")}
+    return {
+        key: params[key]
+        for key in ("model", "k", "flip_fraction", "relevance", "definition", "control")
+    }
 
 
 def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -258,8 +277,10 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
     for members in groups.values():
         members.sort(key=lambda m: m[0].seed)
         cos = {n: np.concatenate([np.asarray(r["cos"][n]) for _, r in members]) for n in PAIRS}
-        correct = {n: np.concatenate([np.asarray(r["correct"][n]) for _, r in members])
-                   for n in ("anchor", "icl", "it")}
+        correct = {
+            n: np.concatenate([np.asarray(r["correct"][n]) for _, r in members])
+            for n in ("anchor", "icl", "it")
+        }
         cka = {n: np.mean([r["cka"][n] for _, r in members], axis=0) for n in PAIRS}
         layers = _layer_stats(cos, seed=0)
         for entry in layers:
@@ -267,16 +288,23 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
         per_seed = []
         for cell, result in members:
             seed_cos = {n: np.asarray(result["cos"][n]) for n in PAIRS}
-            per_seed.append({"seed": cell.seed, "n_pairs": result["n_pairs"],
-                             "layers": _layer_stats(seed_cos, seed=cell.seed)})
-        entries.append({
-            "condition": condition_of(members[0][0].params),
-            "n_pairs": int(cos["icl_it"].shape[0]),
-            "seeds": [cell.seed for cell, _ in members],
-            "accuracy": {n: mean_ci(v, seed=0) for n, v in correct.items()},
-            "layers": layers,
-            "per_seed": per_seed,
-        })
+            per_seed.append(
+                {
+                    "seed": cell.seed,
+                    "n_pairs": result["n_pairs"],
+                    "layers": _layer_stats(seed_cos, seed=cell.seed),
+                }
+            )
+        entries.append(
+            {
+                "condition": condition_of(members[0][0].params),
+                "n_pairs": int(cos["icl_it"].shape[0]),
+                "seeds": [cell.seed for cell, _ in members],
+                "accuracy": {n: mean_ci(v, seed=0) for n, v in correct.items()},
+                "layers": layers,
+                "per_seed": per_seed,
+            }
+        )
     return entries
 
 
@@ -295,17 +323,24 @@ class ConvergenceExperiment:
                             for control in section.controls:
                                 for seed in section.seeds:
                                     params = {
-                                        "model": model, "dtype": section.dtype,
-                                        "device": section.device, "tasks": section.tasks,
+                                        "model": model,
+                                        "dtype": section.dtype,
+                                        "device": section.device,
+                                        "tasks": section.tasks,
                                         "n_pairs": section.n_pairs,
                                         "anchors_per_set": section.anchors_per_set,
-                                        "template": section.template, "k": k,
-                                        "flip_fraction": flip, "relevance": relevance,
-                                        "definition": definition, "control": control,
+                                        "template": section.template,
+                                        "k": k,
+                                        "flip_fraction": flip,
+                                        "relevance": relevance,
+                                        "definition": definition,
+                                        "control": control,
                                         "tuning": section.tuning.model_dump(),
                                     }
-                                    name = (f"{model} k={k} flip={flip} {relevance} "
-                                            f"def={definition} {control} seed={seed}")
+                                    name = (
+                                        f"{model} k={k} flip={flip} {relevance} "
+                                        f"def={definition} {control} seed={seed}"
+                                    )
                                     cells.append(Cell("convergence", name, params, seed))
         return cells
 
@@ -321,6 +356,7 @@ class ConvergenceExperiment:
 
         return run_convergence_cell(loaded, tasks, p, cell.seed, progress=report)
 
-    def aggregate(self, section: ConvergenceSpec,
-                  results: list[tuple[Cell, dict[str, Any]]]) -> dict[str, Any]:
+    def aggregate(
+        self, section: ConvergenceSpec, results: list[tuple[Cell, dict[str, Any]]]
+    ) -> dict[str, Any]:
         return {"convergence": aggregate_convergence(results)}

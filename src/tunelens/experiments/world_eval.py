@@ -38,8 +38,10 @@ class WorldEvalResult:
             "random_baseline": round(self.random_baseline, 2),
             "tasks": self.tasks,
             "queries_per_task": self.queries_per_task,
-            "per_family": {f: {str(k): round(v, 2) for k, v in acc.items()}
-                           for f, acc in self.per_family.items()},
+            "per_family": {
+                f: {str(k): round(v, 2) for k, v in acc.items()}
+                for f, acc in self.per_family.items()
+            },
         }
 
 
@@ -79,8 +81,7 @@ def evaluate_icl(
             prompts += p
             refs += r
             owners += [task] * len(p)
-        predictions = generate_predictions(loaded, prompts, max_new_tokens=4,
-                                           batch_size=batch_size)
+        predictions = generate_predictions(loaded, prompts, max_new_tokens=4, batch_size=batch_size)
         scores: dict[str, list[float]] = defaultdict(list)
         for task, pred, ref in zip(owners, predictions, refs, strict=True):
             scores[task.name].append(exact_match(pred, ref))
@@ -94,8 +95,9 @@ def evaluate_icl(
         random_baseline=random_baseline,
         tasks=len(tasks),
         queries_per_task=queries_per_task,
-        per_family={f: {k: sum(v) / len(v) for k, v in acc.items()}
-                    for f, acc in per_family.items()},
+        per_family={
+            f: {k: sum(v) / len(v) for k, v in acc.items()} for f, acc in per_family.items()
+        },
     )
 
 
@@ -107,6 +109,11 @@ REFERENCE_SETTINGS: dict = {"tasks": 12, "shots": [0, 8], "queries_per_task": 10
 def reference_eval(loaded: LoadedModel, heldout: list[Task]) -> dict:
     """The fixed small evaluation of REFERENCE_SETTINGS, as a JSON-ready dict."""
     s = REFERENCE_SETTINGS
-    result = evaluate_icl(loaded, heldout[: s["tasks"]], tuple(s["shots"]),
-                          queries_per_task=s["queries_per_task"], seed=s["seed"])
+    result = evaluate_icl(
+        loaded,
+        heldout[: s["tasks"]],
+        tuple(s["shots"]),
+        queries_per_task=s["queries_per_task"],
+        seed=s["seed"],
+    )
     return {"settings": s, "shots": result.to_json()["shots"]}

@@ -197,9 +197,7 @@ def collate(
     """The padded batch for ``kind`` (see :func:`collate_causal` / :func:`collate_seq2seq`)."""
     if not encoded:
         raise ValueError("cannot collate an empty batch")
-    return collate_causal(encoded, pad_id) if kind == "causal" else collate_seq2seq(
-        encoded, pad_id
-    )
+    return collate_causal(encoded, pad_id) if kind == "causal" else collate_seq2seq(encoded, pad_id)
 
 
 def decoder_inputs(model: Any, labels: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -268,8 +266,9 @@ def _unwrap(model: Any) -> Any:
     return get_base() if callable(get_base) else inner
 
 
-def masked_lm_loss(model: Any, batch: dict[str, torch.Tensor], kind: str, pad_id: int
-                   ) -> torch.Tensor:
+def masked_lm_loss(
+    model: Any, batch: dict[str, torch.Tensor], kind: str, pad_id: int
+) -> torch.Tensor:
     """Mean negative log-likelihood over the target tokens of a batch (loss on outputs only)."""
     logits = forward_logits(model, batch, kind, pad_id)
     labels = batch["labels"]

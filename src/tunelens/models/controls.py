@@ -18,5 +18,9 @@ def random_init_like(loaded: LoadedModel, seed: int) -> LoadedModel:
     auto = AutoModelForSeq2SeqLM if loaded.kind == "seq2seq" else AutoModelForCausalLM
     model = auto.from_config(loaded.model.config)
     model.to(dtype=loaded.model.dtype, device=loaded.model.device).eval()
-    return LoadedModel(model=model, tokenizer=loaded.tokenizer, kind=loaded.kind,
-                       name=f"{loaded.name} (random init, seed {seed})")
+    return LoadedModel(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        kind=loaded.kind,
+        name=f"{loaded.name} (random init, seed {seed})",
+    )

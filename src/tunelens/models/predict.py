@@ -82,9 +82,17 @@ def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
     config = copy.deepcopy(base) if base is not None else GenerationConfig()
     stops = sorted(set(_eos_ids(model, tokenizer)) | set(newline_token_ids(tokenizer)))
     config.update(
-        do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-        max_new_tokens=max_new_tokens, max_length=None, min_new_tokens=None, min_length=0,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=stops or None,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        max_length=None,
+        min_new_tokens=None,
+        min_length=0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stops or None,
     )
     return config
 
@@ -104,8 +112,9 @@ def _check_room(lengths: Sequence[int], limit: int | None, needed: int, kind: st
             raise TunelensInputError(
                 f"prompt is {n} tokens; with {needed} new tokens that exceeds the model context "
                 f"of {limit} (tunelens never truncates a prompt: use fewer demonstrations or "
-                "fewer new tokens)" if kind == "causal" else
-                f"prompt is {n} tokens, longer than the model context of {limit} "
+                "fewer new tokens)"
+                if kind == "causal"
+                else f"prompt is {n} tokens, longer than the model context of {limit} "
                 "(tunelens never truncates a prompt)",
                 where=f"prompt {i}",
             )
@@ -129,8 +138,9 @@ def generate_predictions(
     model, tokenizer = loaded.model, loaded.tokenizer
     lengths, order = _length_order(tokenizer, prompts)
     if min(lengths) == 0:
-        raise TunelensInputError("prompt tokenises to no tokens",
-                                 where=f"prompt {lengths.index(0)}")
+        raise TunelensInputError(
+            "prompt tokenises to no tokens", where=f"prompt {lengths.index(0)}"
+        )
     _check_room(lengths, context_length(model), max_new_tokens, loaded.kind)
     config = _greedy_config(model, tokenizer, max_new_tokens)
     side = "left" if loaded.kind == "causal" else "right"
@@ -139,13 +149,16 @@ def generate_predictions(
     results: list[str] = [""] * len(prompts)
     try:
         for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
-            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
-                              padding_side=side).to(loaded.device)
-            output = model.generate(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"],
-                                    generation_config=config)
-            new = output[:, batch["input_ids"].shape[1]:] if loaded.kind == "causal" else output
+            rows = order[start : start + batch_size]
+            batch = tokenizer(
+                [prompts[i] for i in rows], return_tensors="pt", padding=True, padding_side=side
+            ).to(loaded.device)
+            output = model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                generation_config=config,
+            )
+            new = output[:, batch["input_ids"].shape[1] :] if loaded.kind == "causal" else output
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(rows, texts, strict=True):
                 results[i] = first_line(text)
@@ -180,16 +193,24 @@ def score_labels(
     model, tokenizer = loaded.model, loaded.tokenizer
     pairs = [(p, render_target(label)) for p in prompts for label in labels]
     names = [f"prompt {i}, label {label!r}" for i in range(len(prompts)) for label in labels]
-    encoded = encode_pairs(tokenizer, pairs, kind=loaded.kind, add_eos=include_eos,
-                           max_length=context_length(model), names=names)
-    order = sorted(range(len(encoded)),
-                   key=lambda i: (-len(encoded[i].prompt_ids) - len(encoded[i].target_ids), i))
+    encoded = encode_pairs(
+        tokenizer,
+        pairs,
+        kind=loaded.kind,
+        add_eos=include_eos,
+        max_length=context_length(model),
+        names=names,
+    )
+    order = sorted(
+        range(len(encoded)),
+        key=lambda i: (-len(encoded[i].prompt_ids) - len(encoded[i].target_ids), i),
+    )
     scores = np.zeros(len(encoded), dtype=np.float64)
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
+            rows = order[start : start + batch_size]
             batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id, loaded.kind)
             batch = {k: v.to(loaded.device) for k, v in batch.items()}
             logits = forward_logits(model, batch, loaded.kind, tokenizer.pad_token_id)

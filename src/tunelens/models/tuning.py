@@ -82,43 +82,65 @@ class TuningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["lora", "full"] = Field(
-        "lora", description="'lora': low-rank adapters on target_modules; 'full': all weights.")
+        "lora", description="'lora': low-rank adapters on target_modules; 'full': all weights."
+    )
     lora_r: int = Field(8, ge=1, description="LoRA rank (columns of A, rows of B).")
     lora_alpha: float = Field(
-        16, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r.")
+        16, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r."
+    )
     lora_dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input (0 keeps batched tuning "
-        "equal to sequential tuning).")
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the LoRA input (0 keeps batched tuning "
+        "equal to sequential tuning).",
+    )
     target_modules: list[str] = Field(
-        list(DEFAULT_TARGET_MODULES), min_length=1,
+        list(DEFAULT_TARGET_MODULES),
+        min_length=1,
         description="Module names (suffixes) that get adapters. With the default q_proj/v_proj, "
         "architectures that name them otherwise fall back to their own attention projections "
-        "(GPT-2 c_attn, T5 q/v, GPT-NeoX/BLOOM/Falcon query_key_value).")
+        "(GPT-2 c_attn, T5 q/v, GPT-NeoX/BLOOM/Falcon query_key_value).",
+    )
     learning_rate: float = Field(
-        1e-3, gt=0, description="AdamW learning rate (1e-3 suits LoRA; full fine-tuning wants "
-        "about 1e-5 to 5e-5).")
+        1e-3,
+        gt=0,
+        description="AdamW learning rate (1e-3 suits LoRA; full fine-tuning wants "
+        "about 1e-5 to 5e-5).",
+    )
     lr_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="Constant learning rate, or linear decay to 0 over the steps.")
+        "constant", description="Constant learning rate, or linear decay to 0 over the steps."
+    )
     epochs: int = Field(10, ge=1, description="Passes over the tuning pairs.")
     batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per process).")
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (before the epochs end).")
+        None, ge=1, description="Stop after this many optimizer steps (before the epochs end)."
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
     max_grad_norm: float | None = Field(
-        1.0, gt=0, description="Clip the gradient norm to this value; empty turns clipping off.")
+        1.0, gt=0, description="Clip the gradient norm to this value; empty turns clipping off."
+    )
     seed: int = Field(0, description="Seeds LoRA initialisation, data order and dropout.")
     shuffle: bool = Field(True, description="Reshuffle the pairs each epoch (seeded).")
     add_eos: bool = Field(
-        True, description="Append the tokenizer's end-of-sequence token to each target, so the "
-        "tuned model learns to stop.")
+        True,
+        description="Append the tokenizer's end-of-sequence token to each target, so the "
+        "tuned model learns to stop.",
+    )
     model_dropout: bool = Field(
-        False, description="Keep the model's own dropout layers active while tuning (off: "
-        "deterministic and independent of batching).")
+        False,
+        description="Keep the model's own dropout layers active while tuning (off: "
+        "deterministic and independent of batching).",
+    )
     gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Micro-batches per optimizer step in multitask_tune (when it "
-        "creates the Accelerator).")
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step in multitask_tune (when it "
+        "creates the Accelerator).",
+    )
     save_steps: int | None = Field(
-        None, ge=1, description="multitask_tune: also checkpoint every this many steps.")
+        None, ge=1, description="multitask_tune: also checkpoint every this many steps."
+    )
 
 
 class TuningDivergedError(TunelensInputError):
@@ -129,8 +151,15 @@ class TuningDivergedError(TunelensInputError):
     reports it on one line with exit status 2.
     """
 
-    def __init__(self, step: int, value: float, *, what: str = "loss", set_index: int | None = None,
-                 learning_rate: float | None = None):
+    def __init__(
+        self,
+        step: int,
+        value: float,
+        *,
+        what: str = "loss",
+        set_index: int | None = None,
+        learning_rate: float | None = None,
+    ):
         self.step = step
         self.value = value
         self.set_index = set_index
@@ -162,7 +191,8 @@ def _is_conv1d(module: torch.nn.Module) -> bool:
 def target_module_names(model: torch.nn.Module, targets: Sequence[str]) -> list[str]:
     """Names of the Linear / Conv1D modules matched by ``targets`` (PEFT's suffix rule)."""
     return [
-        name for name, module in model.named_modules()
+        name
+        for name, module in model.named_modules()
         if _adaptable(module) and any(name == t or name.endswith(f".{t}") for t in targets)
     ]
 
@@ -200,7 +230,8 @@ def _module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[s
     for name in names:
         weight = modules[name].weight
         fan_in, fan_out = (
-            (weight.shape[0], weight.shape[1]) if _is_conv1d(modules[name])
+            (weight.shape[0], weight.shape[1])
+            if _is_conv1d(modules[name])
             else (weight.shape[1], weight.shape[0])
         )
         shapes.append((name, int(fan_in), int(fan_out)))
@@ -212,9 +243,7 @@ def _adapter_key(module_name: str, matrix: str) -> str:
     return f"base_model.model.{module_name}.{matrix}.weight"
 
 
-def initial_lora_state(
-    shapes: Sequence[tuple[str, int, int]], r: int, seed: int
-) -> AdapterState:
+def initial_lora_state(shapes: Sequence[tuple[str, int, int]], r: int, seed: int) -> AdapterState:
     """LoRA starting weights from a seeded generator: A ~ U(+-1/sqrt(in)), B = 0.
 
     The same distribution as PEFT's default (Kaiming-uniform with a = sqrt(5)),
@@ -243,14 +272,16 @@ def step_batches(n: int, config: TuningConfig, seed: int | None = None) -> list[
     Depends only on (n, seed, epochs, batch_size, max_steps, shuffle), so a
     sequential run and a batched many-set run see the same batches per set.
     """
-    generator = torch.Generator().manual_seed((config.seed if seed is None else seed) * 7919
-                                              + _DATA_STREAM)
+    generator = torch.Generator().manual_seed(
+        (config.seed if seed is None else seed) * 7919 + _DATA_STREAM
+    )
     steps: list[list[int]] = []
     for _ in range(config.epochs):
-        order = torch.randperm(n, generator=generator).tolist() if config.shuffle else list(
-            range(n))
+        order = (
+            torch.randperm(n, generator=generator).tolist() if config.shuffle else list(range(n))
+        )
         for start in range(0, n, config.batch_size):
-            steps.append(order[start: start + config.batch_size])
+            steps.append(order[start : start + config.batch_size])
             if config.max_steps is not None and len(steps) >= config.max_steps:
                 return steps
     return steps
@@ -262,8 +293,7 @@ def _lr_lambda(config: TuningConfig, total_steps: int) -> Callable[[int], float]
     return lambda step: 1.0
 
 
-def _optimizer(params: Sequence[torch.nn.Parameter], config: TuningConfig
-               ) -> torch.optim.Optimizer:
+def _optimizer(params: Sequence[torch.nn.Parameter], config: TuningConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
@@ -331,8 +361,12 @@ class TunedModel:
     def as_loaded(self) -> LoadedModel:
         """The tuned model as a LoadedModel, for hidden states and predictions."""
         self._check_live()
-        return LoadedModel(model=self.model, tokenizer=self.loaded.tokenizer,
-                           kind=self.loaded.kind, name=f"{self.loaded.name} ({self.method}-tuned)")
+        return LoadedModel(
+            model=self.model,
+            tokenizer=self.loaded.tokenizer,
+            kind=self.loaded.kind,
+            name=f"{self.loaded.name} ({self.method}-tuned)",
+        )
 
     @contextmanager
     def adapter_disabled(self) -> Iterator[LoadedModel]:
@@ -360,8 +394,10 @@ class TunedModel:
             raise ValueError("adapter_state() is for LoRA; full fine-tuning has no adapter")
         from peft import get_peft_model_state_dict
 
-        return {k: v.detach().to("cpu", copy=True)
-                for k, v in get_peft_model_state_dict(self.model).items()}
+        return {
+            k: v.detach().to("cpu", copy=True)
+            for k, v in get_peft_model_state_dict(self.model).items()
+        }
 
     def load_adapter_state(self, state: AdapterState) -> None:
         """Put another adapter's weights (e.g. one of :func:`tune_many_sets`) into this model."""
@@ -415,11 +451,13 @@ def _check_plain(loaded: LoadedModel) -> None:
     if isinstance(loaded.model, PeftModel):
         raise ValueError(
             "the loaded model already carries an adapter; unload() the previous TunedModel "
-            "before tuning again")
+            "before tuning again"
+        )
 
 
-def attach_lora(loaded: LoadedModel, config: TuningConfig,
-                state: AdapterState | None = None) -> TunedModel:
+def attach_lora(
+    loaded: LoadedModel, config: TuningConfig, state: AdapterState | None = None
+) -> TunedModel:
     """Wrap the loaded model with a PEFT LoRA adapter (no weight copy); seeded initial weights.
 
     ``state`` loads given adapter weights instead (e.g. from :func:`tune_many_sets`).
@@ -446,8 +484,9 @@ def attach_lora(loaded: LoadedModel, config: TuningConfig,
     peft_model = get_peft_model(base, lora_config)
     tuned = TunedModel(loaded=loaded, model=peft_model, method="lora", _flags=flags)
     try:
-        init = state if state is not None else initial_lora_state(
-            shapes, config.lora_r, config.seed)
+        init = (
+            state if state is not None else initial_lora_state(shapes, config.lora_r, config.seed)
+        )
         load_adapter_state(peft_model, init)
     except Exception:
         tuned.unload()
@@ -464,8 +503,9 @@ def load_adapter_state(peft_model: Any, state: AdapterState) -> None:
     if set(state) != expected:
         missing = sorted(expected - set(state))[:3]
         unexpected = sorted(set(state) - expected)[:3]
-        raise ValueError(f"adapter state does not fit this model: missing {missing}, "
-                         f"unexpected {unexpected}")
+        raise ValueError(
+            f"adapter state does not fit this model: missing {missing}, unexpected {unexpected}"
+        )
     set_peft_model_state_dict(peft_model, state)
 
 
@@ -473,8 +513,13 @@ def _prepare_full(loaded: LoadedModel) -> TunedModel:
     """Full fine-tuning: keep a CPU copy of the weights for unload(), make all weights trainable."""
     _check_plain(loaded)
     model = loaded.model
-    tuned = TunedModel(loaded=loaded, model=model, method="full", _flags=_SavedFlags.of(model),
-                       _base_state=_cpu_state(model))
+    tuned = TunedModel(
+        loaded=loaded,
+        model=model,
+        method="full",
+        _flags=_SavedFlags.of(model),
+        _base_state=_cpu_state(model),
+    )
     for param in model.parameters():
         param.requires_grad_(True)
     return tuned
@@ -489,20 +534,36 @@ def _set_train_mode(model: torch.nn.Module, config: TuningConfig) -> None:
                 module.train()
 
 
-def _check_finite(value: torch.Tensor | float, step: int, config: TuningConfig, what: str,
-                  set_index: int | None = None) -> None:
+def _check_finite(
+    value: torch.Tensor | float,
+    step: int,
+    config: TuningConfig,
+    what: str,
+    set_index: int | None = None,
+) -> None:
     number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(number):
-        raise TuningDivergedError(step, number, what=what, set_index=set_index,
-                                  learning_rate=config.learning_rate)
+        raise TuningDivergedError(
+            step, number, what=what, set_index=set_index, learning_rate=config.learning_rate
+        )
 
 
-def _encode(loaded: LoadedModel, pairs: Sequence[tuple[str, str]], config: TuningConfig,
-            names: Sequence[str] | None) -> list[EncodedPair]:
+def _encode(
+    loaded: LoadedModel,
+    pairs: Sequence[tuple[str, str]],
+    config: TuningConfig,
+    names: Sequence[str] | None,
+) -> list[EncodedPair]:
     if not pairs:
         raise TunelensInputError("no training pairs to tune on", where="tuning")
-    return encode_pairs(loaded.tokenizer, pairs, kind=loaded.kind, add_eos=config.add_eos,
-                        max_length=context_length(loaded.model), names=names)
+    return encode_pairs(
+        loaded.tokenizer,
+        pairs,
+        kind=loaded.kind,
+        add_eos=config.add_eos,
+        max_length=context_length(loaded.model),
+        names=names,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -534,8 +595,7 @@ def tune_on_pairs(
     return tuned
 
 
-def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: TuningConfig
-                 ) -> None:
+def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: TuningConfig) -> None:
     model, loaded = tuned.model, tuned.loaded
     pad_id = loaded.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
@@ -546,9 +606,10 @@ def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: Tuni
     _set_train_mode(model, config)
     try:
         for step, indices in enumerate(schedule, start=1):
-            batch = {k: v.to(loaded.device)
-                     for k, v in collate([encoded[i] for i in indices], pad_id,
-                                         loaded.kind).items()}
+            batch = {
+                k: v.to(loaded.device)
+                for k, v in collate([encoded[i] for i in indices], pad_id, loaded.kind).items()
+            }
             loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
             _check_finite(loss, step, config, "loss")
             loss.backward()
@@ -576,8 +637,14 @@ class BatchedLoraLinear(torch.nn.Module):
     Works for inputs shaped [batch, ..., in] and for token-flattened [batch * seq, in].
     """
 
-    def __init__(self, base: torch.nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                 scaling: float, dropout: float):
+    def __init__(
+        self,
+        base: torch.nn.Module,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        dropout: float,
+    ):
         super().__init__()
         self.base = base
         self.lora_A = torch.nn.Parameter(lora_a)  # [sets, r, in]
@@ -596,8 +663,12 @@ class BatchedLoraLinear(torch.nn.Module):
 
 
 @contextmanager
-def batched_lora(model: torch.nn.Module, names: Sequence[str], states: Sequence[AdapterState],
-                 config: TuningConfig) -> Iterator[list[BatchedLoraLinear]]:
+def batched_lora(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    states: Sequence[AdapterState],
+    config: TuningConfig,
+) -> Iterator[list[BatchedLoraLinear]]:
     """Within the block, each named module of ``model`` carries one LoRA adapter per state.
 
     The original modules are put back on exit; base weights are never written.
@@ -613,8 +684,10 @@ def batched_lora(model: torch.nn.Module, names: Sequence[str], states: Sequence[
             parent_name, _, child = name.rpartition(".")
             parent = modules[parent_name] if parent_name else model
             base = modules[name]
-            stack = [torch.stack([s[_adapter_key(name, m)] for s in states]).to(device, dtype)
-                     for m in ("lora_A", "lora_B")]
+            stack = [
+                torch.stack([s[_adapter_key(name, m)] for s in states]).to(device, dtype)
+                for m in ("lora_A", "lora_B")
+            ]
             layer = BatchedLoraLinear(base, stack[0], stack[1], scaling, config.lora_dropout)
             setattr(parent, child, layer)
             wrapped.append((parent, child, base))
@@ -648,8 +721,9 @@ def tune_many_sets(
     :func:`attach_lora`. The base model is left untouched.
     """
     if config.method != "lora":
-        raise TunelensInputError("tune_many_sets tunes LoRA adapters; method must be 'lora'",
-                                 where="tuning.method")
+        raise TunelensInputError(
+            "tune_many_sets tunes LoRA adapters; method must be 'lora'", where="tuning.method"
+        )
     _check_plain(loaded)
     seeds = [config.seed] * len(sets) if seeds is None else list(seeds)
     if len(seeds) != len(sets):
@@ -669,10 +743,17 @@ def tune_many_sets(
             param.requires_grad_(False)
         for members in groups.values():
             for start in range(0, len(members), chunk):
-                block = members[start: start + chunk]
+                block = members[start : start + chunk]
                 states = [initial_lora_state(shapes, config.lora_r, seeds[i]) for i in block]
-                trained = _train_lockstep(loaded, names, [encoded[i] for i in block], states,
-                                          [seeds[i] for i in block], block, config)
+                trained = _train_lockstep(
+                    loaded,
+                    names,
+                    [encoded[i] for i in block],
+                    states,
+                    [seeds[i] for i in block],
+                    block,
+                    config,
+                )
                 for i, state in zip(block, trained, strict=True):
                     results[i] = state
     finally:
@@ -681,34 +762,42 @@ def tune_many_sets(
     return [r for r in results if r is not None]
 
 
-def _train_lockstep(loaded: LoadedModel, names: Sequence[str],
-                    encoded: Sequence[Sequence[EncodedPair]], states: Sequence[AdapterState],
-                    seeds: Sequence[int], set_ids: Sequence[int], config: TuningConfig
-                    ) -> list[AdapterState]:
+def _train_lockstep(
+    loaded: LoadedModel,
+    names: Sequence[str],
+    encoded: Sequence[Sequence[EncodedPair]],
+    states: Sequence[AdapterState],
+    seeds: Sequence[int],
+    set_ids: Sequence[int],
+    config: TuningConfig,
+) -> list[AdapterState]:
     """Train equal-sized sets together; returns their final adapter states (CPU)."""
     model, kind = loaded.model, loaded.kind
     pad_id = loaded.tokenizer.pad_token_id
-    schedules = [step_batches(len(e), config, seed) for e, seed in zip(encoded, seeds,
-                                                                         strict=True)]
+    schedules = [step_batches(len(e), config, seed) for e, seed in zip(encoded, seeds, strict=True)]
     n_sets = len(encoded)
     with batched_lora(model, names, states, config) as layers:
         params = [p for layer in layers for p in (layer.lora_A, layer.lora_B)]
         optimizer = _optimizer(params, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(config, len(schedules[0])))
+            optimizer, _lr_lambda(config, len(schedules[0]))
+        )
         torch.manual_seed(config.seed)
         _set_train_mode(model, config)
         for layer in layers:
             layer.dropout.train()
         try:
             for step in range(len(schedules[0])):
-                rows = [e[i] for e, schedule in zip(encoded, schedules, strict=True)
-                        for i in schedule[step]]
+                rows = [
+                    e[i]
+                    for e, schedule in zip(encoded, schedules, strict=True)
+                    for i in schedule[step]
+                ]
                 batch = {k: v.to(loaded.device) for k, v in collate(rows, pad_id, kind).items()}
                 logits = forward_logits(model, batch, kind, pad_id)
-                per_set = (token_losses(logits, batch["labels"], kind).view(n_sets, -1).sum(1)
-                           / label_counts(batch["labels"], kind).view(n_sets, -1).sum(1)
-                           .clamp(min=1))
+                per_set = token_losses(logits, batch["labels"], kind).view(n_sets, -1).sum(
+                    1
+                ) / label_counts(batch["labels"], kind).view(n_sets, -1).sum(1).clamp(min=1)
                 for j, value in enumerate(per_set.tolist()):
                     _check_finite(value, step + 1, config, "loss", set_ids[j])
                 per_set.sum().backward()
@@ -721,17 +810,31 @@ def _train_lockstep(loaded: LoadedModel, names: Sequence[str],
             optimizer.zero_grad(set_to_none=True)
             model.eval()
         return [
-            {key: tensor for name, layer in zip(names, layers, strict=True)
-             for key, tensor in ((_adapter_key(name, "lora_A"),
-                                  layer.lora_A[s].detach().to("cpu", torch.float32, copy=True)),
-                                 (_adapter_key(name, "lora_B"),
-                                  layer.lora_B[s].detach().to("cpu", torch.float32, copy=True)))}
+            {
+                key: tensor
+                for name, layer in zip(names, layers, strict=True)
+                for key, tensor in (
+                    (
+                        _adapter_key(name, "lora_A"),
+                        layer.lora_A[s].detach().to("cpu", torch.float32, copy=True),
+                    ),
+                    (
+                        _adapter_key(name, "lora_B"),
+                        layer.lora_B[s].detach().to("cpu", torch.float32, copy=True),
+                    ),
+                )
+            }
             for s in range(n_sets)
         ]
 
 
-def _clip_per_set(params: Sequence[torch.nn.Parameter], max_norm: float, step: int,
-                  config: TuningConfig, set_ids: Sequence[int]) -> None:
+def _clip_per_set(
+    params: Sequence[torch.nn.Parameter],
+    max_norm: float,
+    step: int,
+    config: TuningConfig,
+    set_ids: Sequence[int],
+) -> None:
     """``clip_grad_norm_`` for each set's slice of the stacked parameters separately."""
     grads = [p.grad for p in params if p.grad is not None]
     squares = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)
@@ -775,23 +878,37 @@ def multitask_tune(
 
     encoded = _encode(loaded, pairs, config, names)
     if accelerator is None:
-        accelerator = Accelerator(cpu=loaded.device.type == "cpu",
-                                  gradient_accumulation_steps=config.gradient_accumulation_steps)
+        accelerator = Accelerator(
+            cpu=loaded.device.type == "cpu",
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        )
     torch.manual_seed(config.seed)
     tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
     try:
-        _train_accelerated(tuned, encoded, config, accelerator, progress,
-                           Path(checkpoint_dir) if checkpoint_dir is not None else None,
-                           on_step)
+        _train_accelerated(
+            tuned,
+            encoded,
+            config,
+            accelerator,
+            progress,
+            Path(checkpoint_dir) if checkpoint_dir is not None else None,
+            on_step,
+        )
     except BaseException:
         tuned.unload()
         raise
     return tuned
 
 
-def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config: TuningConfig,
-                       accelerator: Any, progress: bool, checkpoint_dir: Path | None,
-                       on_step: Callable[[int, int], None] | None = None) -> None:
+def _train_accelerated(
+    tuned: TunedModel,
+    encoded: Sequence[EncodedPair],
+    config: TuningConfig,
+    accelerator: Any,
+    progress: bool,
+    checkpoint_dir: Path | None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> None:
     from torch.utils.data import DataLoader
 
     loaded = tuned.loaded
@@ -799,7 +916,9 @@ def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config
     params = [p for p in tuned.model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, config)
     loader = DataLoader(
-        list(encoded), batch_size=config.batch_size, shuffle=config.shuffle,
+        list(encoded),
+        batch_size=config.batch_size,
+        shuffle=config.shuffle,
         generator=torch.Generator().manual_seed(config.seed * 7919 + _DATA_STREAM),
         collate_fn=partial(collate, pad_id=pad_id, kind=loaded.kind),
     )
@@ -811,9 +930,11 @@ def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config
         total = min(total, config.max_steps)
     # AcceleratedScheduler steps once per process per optimizer step: count in those units.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(config, total * accelerator.num_processes))
+        optimizer, _lr_lambda(config, total * accelerator.num_processes)
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(
-        tuned.model, optimizer, loader, scheduler)
+        tuned.model, optimizer, loader, scheduler
+    )
     _set_train_mode(model, config)
     step = 0
     try:
@@ -825,10 +946,15 @@ def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config
                     with accelerator.accumulate(model):
                         loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
                         bad = accelerator.reduce(
-                            (~torch.isfinite(loss.detach())).float().reshape(1), "sum")
+                            (~torch.isfinite(loss.detach())).float().reshape(1), "sum"
+                        )
                         if float(bad.sum()) > 0:
-                            raise TuningDivergedError(step + 1, float(loss), what="loss",
-                                                      learning_rate=config.learning_rate)
+                            raise TuningDivergedError(
+                                step + 1,
+                                float(loss),
+                                what="loss",
+                                learning_rate=config.learning_rate,
+                            )
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and config.max_grad_norm is not None:
                             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -842,8 +968,12 @@ def _train_accelerated(tuned: TunedModel, encoded: Sequence[EncodedPair], config
                     advance(tuned.losses[-1])
                     if on_step is not None:
                         on_step(step, total)
-                    if (checkpoint_dir is not None and config.save_steps
-                            and step % config.save_steps == 0 and step < total):
+                    if (
+                        checkpoint_dir is not None
+                        and config.save_steps
+                        and step % config.save_steps == 0
+                        and step < total
+                    ):
                         _save_checkpoint(accelerator, model, tuned, checkpoint_dir / f"step-{step}")
                     if step >= total:
                         break
@@ -866,8 +996,9 @@ def _save_checkpoint(accelerator: Any, model: Any, tuned: TunedModel, directory:
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     state = accelerator.get_state_dict(model)
-    unwrapped.save_pretrained(str(directory), state_dict=state,
-                              is_main_process=accelerator.is_main_process)
+    unwrapped.save_pretrained(
+        str(directory), state_dict=state, is_main_process=accelerator.is_main_process
+    )
     if tuned.method == "full" and accelerator.is_main_process:
         tuned.loaded.tokenizer.save_pretrained(str(directory))
     accelerator.wait_for_everyone()

@@ -83,19 +83,30 @@ def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, core.token_to_id(BOS))]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, eos_token=SEP, pad_token=PAD, unk_token=UNK,
-        padding_side="left", model_max_length=256,
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=SEP,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
+        model_max_length=256,
     )
 
 
 def build_model(recipe: WorldModelRecipe, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.layers,
-        num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
-        max_position_embeddings=recipe.max_positions, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5,
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rms_norm_eps=1e-5,
     )
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(config)
@@ -144,10 +155,14 @@ class _Batcher:
         labels = torch.full((r.batch_size, r.seq_len), -100, dtype=torch.long)
         for row in range(r.batch_size):
             tokens, mask = training_sequence(
-                rng, seed=r.seed, max_tokens=r.seq_len, tokenize=self._tokenize,
+                rng,
+                seed=r.seed,
+                max_tokens=r.seq_len,
+                tokenize=self._tokenize,
                 forbidden_label_sets=self.forbidden,
                 mix=CorpusMix(bursty=r.bursty, all_tokens_loss=r.all_tokens_loss),
-                family="word_category" if step < r.curriculum_steps else None)
+                family="word_category" if step < r.curriculum_steps else None,
+            )
             row_ids = torch.tensor([self.vocab[t] for t in tokens])
             ids[row, : len(tokens)] = row_ids
             # labels[t] is the token at t, scored where it is a target; HF shifts them.
@@ -220,8 +235,13 @@ def train_world_model(
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=recipe.lr,
+        betas=(0.9, 0.98),
+    )
     start = 0
     ckpt = workdir / "checkpoint.pt"
     log_path = workdir / "training_log.jsonl"
@@ -240,9 +260,14 @@ def train_world_model(
     probe_tasks = generate_world(recipe.seed).heldout
     one_word_tasks = [t for t in probe_tasks if t.metadata["family"] == "word_category"]
     model.train()
-    columns = [TextColumn("world model"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn("world model"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     running, t0 = None, time.time()
     with Progress(*columns, disable=not progress) as bar:
         job = bar.add_task("train", total=recipe.steps, completed=start, loss=float("nan"))
@@ -251,8 +276,9 @@ def train_world_model(
             ids, labels = batcher(step)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, step)
-            loss = model(input_ids=ids, attention_mask=(ids != batcher.pad).long(),
-                         labels=labels).loss
+            loss = model(
+                input_ids=ids, attention_mask=(ids != batcher.pad).long(), labels=labels
+            ).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -265,26 +291,39 @@ def train_world_model(
             if done % recipe.eval_every == 0 or done == recipe.steps:
                 acc = probe_icl_accuracy(model, tokenizer, probe_tasks, seed=recipe.seed)
                 one_word = probe_icl_accuracy(model, tokenizer, one_word_tasks, seed=recipe.seed)
-                record = {"step": done, "loss": round(running, 4),
-                          "lr": learning_rate(recipe, step), "seconds": round(time.time() - t0, 1),
-                          "heldout_accuracy": {str(k): round(v, 1) for k, v in acc.items()},
-                          "heldout_word_category_accuracy":
-                              {str(k): round(v, 1) for k, v in one_word.items()}}
+                record = {
+                    "step": done,
+                    "loss": round(running, 4),
+                    "lr": learning_rate(recipe, step),
+                    "seconds": round(time.time() - t0, 1),
+                    "heldout_accuracy": {str(k): round(v, 1) for k, v in acc.items()},
+                    "heldout_word_category_accuracy": {
+                        str(k): round(v, 1) for k, v in one_word.items()
+                    },
+                }
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if progress:
                     bar.console.print(record)
             if done % recipe.checkpoint_every == 0 or done in (recipe.steps, stop):
                 tmp = ckpt.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "step": done,
-                            "recipe": asdict(recipe)}, tmp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "step": done,
+                        "recipe": asdict(recipe),
+                    },
+                    tmp,
+                )
                 tmp.replace(ckpt)
     return model
 
 
-def export_world_model(model: LlamaForCausalLM, recipe: WorldModelRecipe, workdir: Path,
-                       target: Path) -> None:
+def export_world_model(
+    model: LlamaForCausalLM, recipe: WorldModelRecipe, workdir: Path, target: Path
+) -> None:
     """Save model, tokenizer and training log in Hugging Face format (safetensors)."""
     target.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(recipe.seed)

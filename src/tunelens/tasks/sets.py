@@ -29,7 +29,8 @@ def _one(ref: str) -> list[Task]:
         which = parts[-1]
         if which not in ("train", "heldout", "test"):
             raise TunelensInputError(
-                f"unknown world task set {ref!r}; use world:train or world:heldout")
+                f"unknown world task set {ref!r}; use world:train or world:heldout"
+            )
         world = _world(seed)
         return list(world.train if which == "train" else world.heldout)
     from tunelens.tasks.loaders import load_split, load_tasks

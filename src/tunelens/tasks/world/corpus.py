@@ -48,7 +48,7 @@ def _example_tokens(words: list[str], label: str) -> tuple[list[str], list[bool]
 
 
 def fact_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[bool]]:
-    """"cat is an animal ." sentences; loss on the category noun phrase."""
+    """ "cat is an animal ." sentences; loss on the category noun phrase."""
     tokens, mask = [BOS], [False]
     while True:
         cat = rng.choice(sorted(CATEGORIES))
@@ -116,8 +116,9 @@ def training_sequence(
     if rng.random() < mix.facts:
         tokens, mask = fact_sequence(rng, max_tokens)
     else:
-        rule = draw_rule(rng, seed=seed, heldout=False, family=family,
-                         forbidden_label_sets=forbidden_label_sets)
+        rule = draw_rule(
+            rng, seed=seed, heldout=False, family=family, forbidden_label_sets=forbidden_label_sets
+        )
         definition = None
         if rng.random() < mix.definition_prefix:
             definition = tokenize(rule.definition(rng.randrange(3)))
@@ -125,8 +126,14 @@ def training_sequence(
         lexicon = None
         if mix.bursty and rng.random() < mix.bursty:
             lexicon = {cat: tuple(rng.sample(CATEGORIES[cat], 3)) for cat in rule.categories}
-        tokens, mask = task_sequence(rng, rule, max_tokens, definition_tokens=definition,
-                                     tk_layout=tk_layout, lexicon=lexicon)
+        tokens, mask = task_sequence(
+            rng,
+            rule,
+            max_tokens,
+            definition_tokens=definition,
+            tk_layout=tk_layout,
+            lexicon=lexicon,
+        )
     if mix.all_tokens_loss:
         mask = [False] + [True] * (len(tokens) - 1)
     return tokens, mask
@@ -146,6 +153,6 @@ def vocabulary_texts(seed: int) -> list[str]:
         "Positive Example - Now complete the following example - Explanation: is",
         " ".join(str(i) for i in range(64)),
         'Answer "a" or "b". Answer "a", "b" or "c". Answer with a short text. Answer with one of',
-        ". , ; : ! ? - ( ) [ ] ' \" \". \", \"; \": .\" ,\" ).",
+        '. , ; : ! ? - ( ) [ ] \' " ". ", "; ": ." ," ).',
     ]
     return texts

@@ -23,8 +23,9 @@ def task_to_superni(task: Task) -> dict:
         "Domains": ["Instruction world"],
         "Positive Examples": [example(e) for e in task.positive_examples],
         "Negative Examples": [example(e) for e in task.negative_examples],
-        "Instances": [{"id": i.id, "input": i.input, "output": list(i.outputs)}
-                      for i in task.instances],
+        "Instances": [
+            {"id": i.id, "input": i.input, "output": list(i.outputs)} for i in task.instances
+        ],
         "Instance License": ["Apache 2.0"],
         "World Rule": task.metadata,
     }

@@ -26,11 +26,19 @@ HELDOUT_SHARE = 0.25
 # one-word family dominates: it is the one in which in-context learning emerges
 # first (see the world model's training log).
 FAMILY_WEIGHTS: dict[str, float] = {
-    "word_category": 0.5, "first_word": 0.12, "last_word": 0.12, "contains": 0.1,
-    "majority": 0.08, "same_category": 0.08,
+    "word_category": 0.5,
+    "first_word": 0.12,
+    "last_word": 0.12,
+    "contains": 0.1,
+    "majority": 0.08,
+    "same_category": 0.08,
 }
 HELDOUT_GROUPS_PER_FAMILY: dict[str, int] = {
-    "word_category": 8, "first_word": 3, "last_word": 3, "contains": 2, "majority": 2,
+    "word_category": 8,
+    "first_word": 3,
+    "last_word": 3,
+    "contains": 2,
+    "majority": 2,
     "same_category": 2,
 }
 
@@ -75,7 +83,8 @@ def draw_rule(
 
 def _derangement(labels: tuple[str, ...], rng: random.Random) -> tuple[str, ...]:
     perms = [
-        p for p in itertools.permutations(labels)
+        p
+        for p in itertools.permutations(labels)
         if all(a != b for a, b in zip(p, labels, strict=True))
     ]
     return rng.choice(perms)
@@ -126,8 +135,9 @@ def rule_to_task(
         for label in labels
     ]
     wrong_input = rule.sample_input(rng, labels[0])
-    negative = [Example(" ".join(wrong_input), labels[1], f"The rule gives {labels[0]}, not "
-                        f"{labels[1]}.")]
+    negative = [
+        Example(" ".join(wrong_input), labels[1], f"The rule gives {labels[0]}, not {labels[1]}.")
+    ]
     return Task(
         name=name,
         definition=rule.definition(template),
@@ -137,14 +147,15 @@ def rule_to_task(
         categories=(f"World {rule.family.replace('_', ' ')}",),
         source="tunelens instruction world",
         labels=tuple(sorted(rule.labels)),
-        metadata={"family": rule.family, "rule_categories": list(rule.categories),
-                  "rule_labels": list(rule.labels)},
+        metadata={
+            "family": rule.family,
+            "rule_categories": list(rule.categories),
+            "rule_labels": list(rule.labels),
+        },
     )
 
 
-def generate_world(
-    seed: int = 0, *, n_train: int = 60, n_instances: int = 60
-) -> World:
+def generate_world(seed: int = 0, *, n_train: int = 60, n_instances: int = 60) -> World:
     """The embedded world: ``n_train`` training tasks and 40 held-out tasks in 20 groups."""
     rng = random.Random(seed)
     heldout: list[Task] = []
@@ -154,8 +165,13 @@ def generate_world(
         signatures: set[tuple] = set()
         for _ in range(n_groups):
             while True:
-                rule = draw_rule(rng, seed=seed, heldout=True, family=family,
-                                 forbidden_label_sets=frozenset(heldout_label_sets))
+                rule = draw_rule(
+                    rng,
+                    seed=seed,
+                    heldout=True,
+                    family=family,
+                    forbidden_label_sets=frozenset(heldout_label_sets),
+                )
                 if rule.signature not in signatures or len(signatures) > 50:
                     break
             signatures.add(rule.signature)
@@ -164,8 +180,9 @@ def generate_world(
             inputs: list[str] | None = None
             for member, r in enumerate((rule, twin)):
                 name = f"world_heldout_{group:02d}{'ab'[member]}_{family}"
-                task = rule_to_task(r, name, rng, n_instances=n_instances,
-                                    template=rng.randrange(3), inputs=inputs)
+                task = rule_to_task(
+                    r, name, rng, n_instances=n_instances, template=rng.randrange(3), inputs=inputs
+                )
                 inputs = sorted(i.input for i in task.instances)
                 heldout.append(task)
             group += 1
@@ -173,7 +190,10 @@ def generate_world(
     train = [
         rule_to_task(
             draw_rule(rng, seed=seed, heldout=False, forbidden_label_sets=forbidden),
-            f"world_train_{i:03d}", rng, n_instances=n_instances, template=rng.randrange(3),
+            f"world_train_{i:03d}",
+            rng,
+            n_instances=n_instances,
+            template=rng.randrange(3),
         )
         for i in range(n_train)
     ]
@@ -197,5 +217,12 @@ def definition_blind_upper_bound(tasks: list[Task]) -> float:
     return 100.0 * best / total
 
 
-__all__ = ["FAMILIES", "World", "definition_blind_upper_bound", "draw_rule", "generate_world",
-           "is_heldout", "rule_to_task"]
+__all__ = [
+    "FAMILIES",
+    "World",
+    "definition_blind_upper_bound",
+    "draw_rule",
+    "generate_world",
+    "is_heldout",
+    "rule_to_task",
+]

@@ -22,8 +22,14 @@ FAMILIES: tuple[str, ...] = (
     "same_category",  # two words; do both belong to the same category?
 )
 
-SEQUENCE_LENGTH = {"word_category": 1, "first_word": 3, "last_word": 3, "contains": 3,
-                   "majority": 3, "same_category": 2}
+SEQUENCE_LENGTH = {
+    "word_category": 1,
+    "first_word": 3,
+    "last_word": 3,
+    "contains": 3,
+    "majority": 3,
+    "same_category": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,9 @@ class Rule:
             raise ValueError(f"unknown rule family {f!r}")
         return self.labels[0] if holds else self.labels[1]
 
-    def sample_input(self, rng: random.Random, label: str,
-                     lexicon: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    def sample_input(
+        self, rng: random.Random, label: str, lexicon: dict[str, tuple[str, ...]] | None = None
+    ) -> list[str]:
         """Rejection-sample an input whose label is ``label``.
 
         ``lexicon`` restricts the words of each category (default: all of them).
@@ -75,8 +82,9 @@ class Rule:
                 return words
         raise RuntimeError(f"cannot draw an input with label {label!r} for {self}")
 
-    def _draw(self, rng: random.Random, label: str,
-              lexicon: dict[str, tuple[str, ...]]) -> list[str]:
+    def _draw(
+        self, rng: random.Random, label: str, lexicon: dict[str, tuple[str, ...]]
+    ) -> list[str]:
         f, c = self.family, self.categories
         n = SEQUENCE_LENGTH[f]
         if f == "word_category":
@@ -100,10 +108,20 @@ class Rule:
             if t == 0:
                 return "If the word is " + ", if it is ".join(parts) + "."
             if t == 1:
-                return "Name the kind of the word: for " + ", for ".join(
-                    f"{one[cat]} say {label}" for cat, label in zip(c, lab, strict=True)) + "."
-            return "Each word is " + " or ".join(one[x] for x in c) + ". Answer " + ", ".join(
-                f"{label} for {one[cat]}" for cat, label in zip(c, lab, strict=True)) + "."
+                return (
+                    "Name the kind of the word: for "
+                    + ", for ".join(
+                        f"{one[cat]} say {label}" for cat, label in zip(c, lab, strict=True)
+                    )
+                    + "."
+                )
+            return (
+                "Each word is "
+                + " or ".join(one[x] for x in c)
+                + ". Answer "
+                + ", ".join(f"{label} for {one[cat]}" for cat, label in zip(c, lab, strict=True))
+                + "."
+            )
         condition = {
             "first_word": f"the first word is {one[c[0]]}",
             "last_word": f"the last word is {one[c[0]]}",
