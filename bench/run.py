@@ -732,7 +732,7 @@ def environment(threads: int) -> dict[str, Any]:
     import transformers
     import trl
 
-    from tunelens.models.loading import world_model_dir
+    from tunelens.models.paths import world_model_dir
 
     cpu = platform.processor() or platform.machine()
     try:

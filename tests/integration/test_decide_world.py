@@ -18,7 +18,7 @@ import pytest
 
 from tunelens.decide.config import make_config
 from tunelens.decide.runner import run_decide
-from tunelens.models.loading import world_model_dir
+from tunelens.models.paths import world_model_dir
 from tunelens.spec import TuningSpec
 from tunelens.tasks.jsonl import write_jsonl
 from tunelens.tasks.world.generator import generate_world

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tunelens.experiments.world_eval import reference_eval
-from tunelens.models.loading import load_model, world_model_dir
+from tunelens.models.loading import load_model
+from tunelens.models.paths import world_model_dir
 from tunelens.models.world_model import WorldModelRecipe, train_world_model
 from tunelens.tasks.world.generator import generate_world
 

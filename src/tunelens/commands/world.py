@@ -55,7 +55,7 @@ def export(
 @world_app.command("path")
 def path() -> None:
     """Print the directory of the shipped world model."""
-    from tunelens.models.loading import world_model_dir
+    from tunelens.models.paths import world_model_dir
 
     typer.echo(str(world_model_dir()))
 
@@ -87,7 +87,7 @@ def train_model(
     ] = False,
 ) -> None:
     """Train the world model from its seed (resumable), then export it in HF format."""
-    from tunelens.models.loading import world_model_dir
+    from tunelens.models.paths import world_model_dir
     from tunelens.models.world_model import WorldModelRecipe, export_world_model, train_world_model
 
     recipe = WorldModelRecipe(

@@ -36,7 +36,8 @@ import numpy as np
 from tunelens.decide.config import DecideConfig
 from tunelens.decide.split import Split, label_of
 from tunelens.experiments.base import Cell
-from tunelens.models.loading import LoadedModel, resolve_model_path
+from tunelens.models.loading import LoadedModel
+from tunelens.models.paths import resolve_model_path
 from tunelens.prompts import PromptStyle, render_prompt, render_target
 from tunelens.tasks.types import Example, Instance, Task
 

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import torch
 
-import tunelens
 from tunelens.errors import TunelensInputError
+from tunelens.models.paths import WORLD, resolve_model_path
 
 ModelKind = Literal["causal", "seq2seq"]
 
@@ -37,7 +37,6 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 
-WORLD = "world"
 
 # Files of which at least one must be present for AutoTokenizer to have something to load.
 TOKENIZER_FILES = (
@@ -63,40 +62,6 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Where the model's parameters live (inputs must be moved there)."""
         return next(self.model.parameters()).device
-
-
-def world_model_dir() -> Path:
-    """The directory of the embedded world model inside the installed package."""
-    return Path(tunelens.__file__).parent / "assets" / "world_model"
-
-
-def resolve_model_path(name_or_path: str) -> Path:
-    """``"world"`` -> the embedded model; anything else is a local directory path."""
-    if name_or_path == WORLD:
-        directory = world_model_dir()
-        if not (directory / "config.json").is_file():
-            raise TunelensInputError(
-                "the embedded world model is not installed; train it with "
-                "`tunelens world train-model --install` or give a local model directory",
-                source=str(directory),
-            )
-        return directory
-    directory = Path(name_or_path).expanduser()
-    if not directory.exists():
-        raise TunelensInputError(
-            "model directory does not exist (tunelens never downloads; give 'world' or a "
-            "local Hugging Face model directory)",
-            source=str(directory),
-        )
-    if not directory.is_dir():
-        raise TunelensInputError(
-            "not a directory; a model is a Hugging Face model directory", source=str(directory)
-        )
-    if not (directory / "config.json").is_file():
-        raise TunelensInputError(
-            "no config.json; not a Hugging Face model directory", source=str(directory)
-        )
-    return directory
 
 
 def parse_dtype(dtype: str) -> torch.dtype:

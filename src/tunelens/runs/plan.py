@@ -212,7 +212,7 @@ def known_architecture(name: str) -> str | None:
 def model_size(name_or_path: str) -> ModelSize:
     """Sizes from the model's config.json (no weights loaded), else from the known table."""
     if name_or_path == "world":
-        from tunelens.models.loading import world_model_dir
+        from tunelens.models.paths import world_model_dir
 
         config_path = world_model_dir() / "config.json"
     else:

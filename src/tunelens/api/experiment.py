@@ -1,0 +1,115 @@
+"""What every experiment provides to the run machinery, and what the machinery gives it.
+
+An :class:`Experiment` turns its spec section into cells (after its inputs are
+loaded and digested through :class:`StudyInputs`), computes one cell given a
+:class:`RunContext`, and aggregates finished cells into its results section.
+Cell results are plain JSON; aggregation reads only them (never a model).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tunelens.api.cell import Cell
+
+__all__ = ["Experiment", "RunContext", "StudyInputs"]
+
+
+@dataclass
+class RunContext:
+    """What a cell runner may use: cached models and a way to report progress."""
+
+    load_model: Callable[..., Any]  # (name, dtype=..., device=...) -> LoadedModel, cached
+    progress: Callable[[str, int, int], None] = lambda label, done, total: None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass
+class StudyInputs:
+    """Loads each task set and fingerprints each model once per study, before cells are made.
+
+    ``strict_models=False`` (``tunelens plan``) gives a model that is not on
+    this machine the digest ``absent:<name>`` instead of an error, so a plan can
+    be made for a model that will only exist on the cluster.
+    """
+
+    strict_models: bool = True
+    _tasks: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _task_digests: dict[str, str] = field(default_factory=dict)
+    _models: dict[str, str] = field(default_factory=dict)
+
+    def tasks(self, ref: str) -> tuple[Any, ...]:
+        """The tasks a reference names (``world:heldout``, a path, a split file), loaded once."""
+        if ref not in self._tasks:
+            from tunelens.tasks.sets import load_task_set
+
+            self._tasks[ref] = tuple(load_task_set(ref))
+        return self._tasks[ref]
+
+    def task_digest(self, ref: str) -> str:
+        """Digest of the *content* of every task ``ref`` names, as loaded."""
+        if ref not in self._task_digests:
+            from tunelens.tasks.digest import task_set_digest
+
+            self._task_digests[ref] = task_set_digest(self.tasks(ref))
+        return self._task_digests[ref]
+
+    def model_digest(self, name: str) -> str:
+        """Fingerprint of a model's config and weight files (content, not names or times)."""
+        if name not in self._models:
+            from tunelens.models.fingerprint import model_fingerprint
+
+            try:
+                self._models[name] = model_fingerprint(name)
+            except Exception:
+                if self.strict_models:
+                    raise
+                self._models[name] = f"absent:{name}"
+        return self._models[name]
+
+
+class Experiment(ABC):
+    """The contract between an experiment and ``tunelens.runs``; register with the decorator.
+
+    ``name`` is its spec section, its cell folder and its progress label;
+    ``code_version`` is bumped whenever a change alters this experiment's cell
+    results, so old cells are recomputed (other experiments' cells stay valid).
+    """
+
+    name: ClassVar[str]
+    code_version: ClassVar[str] = "1"
+
+    def cell(
+        self,
+        name: str,
+        params: dict[str, Any],
+        seed: int,
+        inputs: Mapping[str, str],
+        data: Mapping[str, Any] | None = None,
+    ) -> Cell:
+        """A cell of this experiment (its name and code version filled in)."""
+        return Cell(
+            self.name, name, params, seed, dict(inputs), self.code_version, dict(data or {})
+        )
+
+    @abstractmethod
+    def cells(self, section: Any, inputs: StudyInputs) -> list[Cell]:
+        """Every cell of this experiment's section, in a deterministic order."""
+
+    def followup_cells(
+        self, section: Any, inputs: StudyInputs, finished: list[tuple[Cell, dict[str, Any]]]
+    ) -> list[Cell]:
+        """Cells that depend on finished results (e.g. decide's similarity at the best k)."""
+        return []
+
+    @abstractmethod
+    def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
+        """Compute one cell; the result must be JSON-serialisable and deterministic."""
+
+    @abstractmethod
+    def aggregate(self, section: Any, results: list[tuple[Cell, dict[str, Any]]]) -> dict[str, Any]:
+        """This experiment's keys of the results file (e.g. {"convergence": [...]})."""
