@@ -28,11 +28,13 @@ every figure (``hidden_states_ratio``, ``per_set_tuning_ratio``,
 repeats (``*_median_s`` keys hold the medians). ``--quick`` shrinks every
 workload to a smoke test (tiny models, a few prompts and steps).
 
-FLOPs convention: ``N`` = weights of all ``nn.Linear`` modules (attention, MLP
-and LM head; the embedding lookup is free), a forward costs ``2 N`` per non-pad
-token and a LoRA training step ``4 N`` per non-pad token (forward plus the
-backward to activations; the frozen weights need no gradient). Attention
-score FLOPs are left out (under 4% of the total at these lengths).
+FLOPs convention: :mod:`tunelens.measures.flops` (Kaplan et al. 2020, Table 1),
+with the LM head counted (it is real work for a utilisation figure): ``N`` =
+weights of all ``nn.Linear`` modules (attention, MLP and LM head; the embedding
+lookup is free), a forward costs ``2 N`` per non-pad token and a LoRA training
+step ``4 N`` per non-pad token (``weights="frozen"``: forward plus the backward
+to activations; the frozen weights need no gradient). Attention score FLOPs
+are left out (``attention=False``; under 4% of the total at these lengths).
 """
 
 from __future__ import annotations
@@ -149,6 +151,29 @@ def linear_params(model: Any) -> int:
     import torch
 
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def flop_shape(model: Any) -> Any:
+    """The :class:`tunelens.measures.flops.ModelShape` of ``model``, LM head counted."""
+    import torch
+
+    from tunelens.measures.flops import ModelShape
+
+    head = model.get_output_embeddings()
+    head_params = head.weight.numel() if isinstance(head, torch.nn.Linear) else 0
+    return ModelShape(non_embedding=linear_params(model) - head_params, head=head_params)
+
+
+def gflops_per_s(tokens: float, seconds: float, model: Any, *, training: bool) -> float:
+    """GFLOP/s of ``tokens`` forward (or frozen-base LoRA training) tokens in ``seconds``."""
+    from tunelens.measures.flops import forward_flops, training_flops
+
+    shape = flop_shape(model)
+    if training:
+        flops = training_flops(tokens, shape, weights="frozen", attention=False)
+    else:
+        flops = forward_flops(tokens, shape, attention=False)
+    return flops / seconds / 1e9
 
 
 def report(
@@ -308,7 +333,8 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
     prefix_ids, rests = split_shared_prefix(loaded.tokenizer, prefix, suffixes)
     full_tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts)
     our_tokens = len(prefix_ids) + sum(len(r or []) for r in rests)
-    n = linear_params(loaded.model)
+    model = loaded.model
+    n = linear_params(model)
     ratio = report(
         f"hidden states [{label}]",
         best["baseline"],
@@ -342,9 +368,9 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
         "prompt_tokens_total": full_tokens,
         "tunelens_tokens": our_tokens,
         "linear_params": n,
-        "gflops_baseline": 2 * n * full_tokens / best["baseline"] / 1e9,
-        "gflops_tunelens": 2 * n * our_tokens / best["tunelens"] / 1e9,
-        "gflops_prototype": 2 * n * our_tokens / best["prototype"] / 1e9,
+        "gflops_baseline": gflops_per_s(full_tokens, best["baseline"], model, training=False),
+        "gflops_tunelens": gflops_per_s(our_tokens, best["tunelens"], model, training=False),
+        "gflops_prototype": gflops_per_s(our_tokens, best["prototype"], model, training=False),
     }
 
 
@@ -483,7 +509,8 @@ def bench_per_set(
     (diff, rel), (proto_diff, proto_rel) = adapter_diff("tunelens"), adapter_diff("prototype")
     steps = len(step_batches(sizes.k, config, 0))
     tokens = set_tokens(loaded.tokenizer, sets, seeds, config)
-    n = linear_params(loaded.model)
+    model = loaded.model
+    n = linear_params(model)
     ratio = report(
         f"per-set tuning [{label}]",
         best["baseline"],
@@ -520,8 +547,8 @@ def bench_per_set(
         "tokens": tokens["useful"],
         "tokens_computed": tokens,
         "linear_params": n,
-        "gflops_baseline": 4 * n * tokens["useful"] / best["baseline"] / 1e9,
-        "gflops_tunelens": 4 * n * tokens["useful"] / best["tunelens"] / 1e9,
+        "gflops_baseline": gflops_per_s(tokens["useful"], best["baseline"], model, training=True),
+        "gflops_tunelens": gflops_per_s(tokens["useful"], best["tunelens"], model, training=True),
     }
 
 
@@ -646,7 +673,8 @@ def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int) -
     trl_rate, our_rate = trl_tokens / best["baseline"], our_tokens / best["tunelens"]
     padded = padded_positions(loaded.tokenizer, pairs, sizes.sft_batch)
     ratio = our_rate / trl_rate
-    n = linear_params(loaded.model)
+    model = loaded.model
+    n = linear_params(model)
     verdict = f"  target >= {TARGETS['sft_tokens']:g}x  " + (
         "met" if ratio >= TARGETS["sft_tokens"] else "MISSED"
     )
@@ -673,8 +701,8 @@ def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int) -
         "steps": steps,
         "batch_size": sizes.sft_batch,
         "linear_params": n,
-        "gflops_trl": 4 * n * trl_tokens / best["baseline"] / 1e9,
-        "gflops_tunelens": 4 * n * our_tokens / best["tunelens"] / 1e9,
+        "gflops_trl": gflops_per_s(trl_tokens, best["baseline"], model, training=True),
+        "gflops_tunelens": gflops_per_s(our_tokens, best["tunelens"], model, training=True),
     }
 
 

@@ -23,25 +23,19 @@ from pydantic import (
 )
 
 from tunelens.errors import TunelensInputError
+from tunelens.models.tuning.config import StudyTuning, TuningConfig
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TuningSpec(_Strict):
-    """How a model is tuned (per demonstration set, or multi-task)."""
+TuningSpec = TuningConfig
+"""How a model is tuned: the library's one tuning configuration (``tunelens.models.tuning``).
 
-    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or all weights.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator.")
-    target_modules: list[str] | None = Field(
-        None, description="Modules that get adapters; default q and v projections."
-    )
-    learning_rate: float = Field(1e-2, gt=0, description="Peak learning rate.")
-    epochs: int = Field(10, ge=1, description="Passes over the tuning data.")
-    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+Its defaults are the library's; a study changes one for itself only here (the
+audit's ``tuning`` default below). The seed comes from the study's seeds.
+"""
 
 
 class ConvergenceSpec(_Strict):
@@ -70,7 +64,7 @@ class ConvergenceSpec(_Strict):
         "controls: a randomly initialised model, and shuffled-token demonstrations.",
     )
     template: Literal["plain", "tk", "chat"] = Field("plain", description="Prompt template.")
-    tuning: TuningSpec = TuningSpec()
+    tuning: StudyTuning = Field(TuningSpec(), description="How each demonstration set is tuned.")
 
     @field_validator("flip_fraction")
     @classmethod
@@ -104,7 +98,26 @@ class AuditSpec(_Strict):
     eval_instances_per_task: int = Field(50, ge=1, description="Held-out instances scored.")
     max_new_tokens: int = Field(8, ge=1, description="Bound on generated tokens.")
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for CIs over tasks.")
-    tuning: TuningSpec = TuningSpec(learning_rate=3e-3, epochs=2, batch_size=16)
+    tuning: StudyTuning = Field(
+        TuningSpec(learning_rate=3e-3, epochs=2, batch_size=16),
+        description="How the model is tuned on the training mixture (the audit's own "
+        "learning rate, epochs and batch size).",
+    )
+
+
+DEFAULT_SHOTS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
+
+
+class WorldEvalSpec(_Strict):
+    """Few-shot accuracy of a model on world tasks (``tunelens world eval``), one cell per k."""
+
+    model: str = Field("world", description="'world' or a local Hugging Face model directory.")
+    tasks: str = Field("world:heldout", description="Tasks to evaluate.")
+    shots: list[int] = Field(list(DEFAULT_SHOTS), min_length=1, description="Values of k.")
+    queries_per_task: int = Field(20, ge=1, description="Queries per task and k.")
+    seed: int = Field(0, ge=0, description="Seed of the demonstration draws.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
+    device: str = Field("cpu", description="torch device.")
 
 
 class Spec(_Strict):
@@ -116,6 +129,7 @@ class Spec(_Strict):
     seed: int = Field(0, description="Base seed.")
     convergence: ConvergenceSpec | None = None
     audit: AuditSpec | None = None
+    world_eval: WorldEvalSpec | None = None
     note: str = Field("", description="Free text shown in the report.")
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ import hashlib
 import time
 from typing import Any
 
-from tunelens.experiments.base import Cell, RunContext
+from tunelens.api import Cell, Experiment, RunContext, StudyInputs
 
 XSS = "<script>alert(1)</script>"
 
@@ -27,7 +27,7 @@ def stat(mean: float, width: float = 0.05) -> dict[str, Any]:
     return {"mean": round(mean, 6), "ci": [round(mean - width, 6), round(mean + width, 6)]}
 
 
-class FakeConvergence:
+class FakeConvergence(Experiment):
     """One cell per (k, seed); per-layer cosines rise with depth."""
 
     name = "convergence"
@@ -36,7 +36,7 @@ class FakeConvergence:
         self.delay = delay
         self.layers = layers
 
-    def cells(self, section: Any) -> list[Cell]:
+    def cells(self, section: Any, inputs: StudyInputs | None = None) -> list[Cell]:
         return [
             Cell("convergence", f"k={k} seed={seed}", {"k": k, "device": "cpu"}, seed)
             for k in section.k
@@ -97,7 +97,7 @@ class FakeConvergence:
         return {"convergence": entries}
 
 
-class FakeAudit:
+class FakeAudit(Experiment):
     """Baseline cells plus one cell per (definition, examples, seed); one task name is hostile."""
 
     name = "audit"
@@ -107,7 +107,7 @@ class FakeAudit:
     def __init__(self, delay: float = 0.0):
         self.delay = delay
 
-    def cells(self, section: Any) -> list[Cell]:
+    def cells(self, section: Any, inputs: StudyInputs | None = None) -> list[Cell]:
         cells = [
             Cell("audit", f"baseline {b}", {"baseline": b}, 0)
             for b in ("untuned", "random", "copy_input", "copy_demo")

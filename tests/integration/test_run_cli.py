@@ -83,9 +83,9 @@ def test_run_command_writes_results_and_report(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from tunelens.cli import app
-    from tunelens.experiments import registry
+    from tunelens.runs import study
 
-    monkeypatch.setattr(registry, "get_experiments", lambda: fake_experiments())
+    monkeypatch.setattr(study, "get_experiments", lambda: fake_experiments())
     spec = write(tmp_path / "spec.yaml", "convergence:\n  k: [2]\n  seeds: [0, 1]\n")
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(spec), "--out", str(out), "--no-progress"])

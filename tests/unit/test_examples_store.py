@@ -179,7 +179,12 @@ def test_read_jsonl_and_csv(tmp_path):
             "field 'output': missing",
             "line 2",
         ),
-        ("r.jsonl", '{"input": "a", "output": "b"}\n{bad json\n', "invalid JSON", "line 2"),
+        (
+            "r.jsonl",
+            '{"input": "a", "output": "b"}\n{bad json\n',
+            "invalid JSON",
+            "line 2, column 2",
+        ),
         ("r.jsonl", '["a", "b"]\n', "JSON object", "line 1"),
         ("r.jsonl", '{"input": 3, "output": "b"}\n', "field 'input': expected a string", "line 1"),
         ("r.jsonl", '{"input": " ", "output": "b"}\n', "field 'input': empty", "line 1"),

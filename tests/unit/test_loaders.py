@@ -227,7 +227,7 @@ def test_superni_field_errors(tmp_path, data, where, message):
 @pytest.mark.parametrize(
     ("lines", "where", "message"),
     [
-        (['{"input": "x", "output": "y"}', "{oops"], "line 2", "invalid JSON"),
+        (['{"input": "x", "output": "y"}', "{oops"], "line 2, column 2", "invalid JSON"),
         (['{"input": "x", "output": "y"}', "", '["x", "y"]'], "line 3", "JSON object"),
         (['{"input": "x"}'], "line 1, field 'output'", "no output"),
         (['{"input": "x", "output": []}'], "line 1, field 'output'", "no output"),

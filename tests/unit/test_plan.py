@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunelens.errors import TunelensInputError
-from tunelens.experiments.base import Cell
+from tunelens.api import Cell
 from tunelens.runs.plan import (
     KNOWN_ARCHITECTURES,
     audit_tokens,
@@ -105,7 +105,7 @@ def test_plan_uses_an_experiments_own_estimator():
     class Custom:
         name = "convergence"
 
-        def cells(self, section):
+        def cells(self, section, inputs=None):
             return [Cell("convergence", f"c{i}", {"model": "world"}, i) for i in range(3)]
 
         def estimate_tokens(self, section, cell):

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tunelens.experiments.base import Cell
+from tunelens.api import Cell
 from tunelens.runs import store as store_module
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 
@@ -29,6 +29,8 @@ def test_round_trip_and_layout(tmp_path):
         "name": "cell 1",
         "params": c.params,
         "seed": 1,
+        "inputs": {},
+        "code_version": "1",
         "key": c.key,
     }
     assert store.read(c) == {"x": 1.5, "arr": [0, 1, 2], "f32": 0.25}

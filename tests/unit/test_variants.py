@@ -17,7 +17,9 @@ from tunelens.tasks.variants import (
     flip_labels,
     irrelevant_examples,
     no_examples,
+    output_space,
     output_space_sentence,
+    shuffle_demo_tokens,
     simplified_definition,
 )
 
@@ -151,16 +153,72 @@ def test_flip_labels_flips_exactly_the_rounded_fraction(fraction):
         changed = sum(a.output != b.output for a, b in zip(examples, flipped, strict=True))
         assert changed == round(fraction * len(examples))
         assert all(e.output in LABELS for e in flipped)
+        assert [e.input for e in flipped] == [e.input for e in examples]
         assert flipped == flip_labels(examples, LABELS, fraction, seed)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+def test_flip_labels_gives_each_flipped_demo_another_label_of_the_space(k, fraction):
+    examples = list(make_task().positive_examples)[:k]
+    for seed in range(30):
+        flipped = flip_labels(examples, LABELS, fraction, random.Random(seed))
+        changed = [(a, b) for a, b in zip(examples, flipped, strict=True) if a != b]
+        assert len(changed) == round(fraction * k)
+        for old, new in changed:
+            assert new.input == old.input and new.output != old.output and new.output in LABELS
+
+
+def test_flip_labels_without_a_label_space_uses_the_distinct_outputs():
+    task = make_task(labels=None)
+    space = output_space(task)
+    assert space == sorted({i.outputs[0] for i in task.instances})
+    demos = [Example(i.input, i.outputs[0]) for i in task.instances[:6]]
+    for seed in range(20):
+        flipped = flip_labels(demos, space, 0.5, seed)
+        changed = [(a, b) for a, b in zip(demos, flipped, strict=True) if a != b]
+        assert len(changed) == 3
+        assert all(new.output in space and new.output != old.output for old, new in changed)
+        # No space passed: the demonstrations' own distinct outputs.
+        own = {d.output for d in demos}
+        assert all(e.output in own for e in flip_labels(demos, None, 1.0, seed))
+    assert output_space(make_task()) == list(LABELS)
 
 
 def test_flip_labels_errors():
     examples = list(make_task().positive_examples)
     with pytest.raises(TunelensInputError, match="between 0 and 1"):
         flip_labels(examples, LABELS, 1.5, 0)
-    with pytest.raises(TunelensInputError, match="two labels"):
-        flip_labels(examples, None, 0.5, 0)
-    assert flip_labels(examples, None, 0.0, 0) == examples
+    single = [Example(f"x{i}", "same") for i in range(4)]
+    with pytest.raises(TunelensInputError, match="at least two possible labels"):
+        flip_labels(single, None, 0.5, 0)
+    with pytest.raises(TunelensInputError, match="at least two possible labels"):
+        flip_labels(examples, ("only",), 0.5, 0)
+    assert flip_labels(single, None, 0.0, 0) == single  # flipping none always works
+    assert flip_labels(examples, LABELS, 0.05, 0) == examples  # round(0.05 * 8) == 0
+
+
+def test_shuffled_tokens_keep_the_words_and_the_lengths():
+    demos = [
+        Example("the cat sat", "yes", "why"),
+        Example("a dog", "no"),
+        Example("one two three four", "maybe not"),
+    ]
+
+    def all_words(examples):
+        return sorted(w for e in examples for w in (e.input + " " + e.output).split())
+
+    outcomes = set()
+    for seed in range(30):
+        shuffled = shuffle_demo_tokens(demos, seed)
+        assert all_words(shuffled) == all_words(demos)
+        for old, new in zip(demos, shuffled, strict=True):
+            assert len(new.input.split()) == len(old.input.split())
+            assert len(new.output.split()) == len(old.output.split())
+            assert new.explanation == ""
+        assert shuffled == shuffle_demo_tokens(demos, seed)
+        outcomes.add(tuple(shuffled))
+    assert len(outcomes) > 1
 
 
 def test_irrelevant_examples_come_from_the_other_task():
@@ -173,6 +231,20 @@ def test_irrelevant_examples_come_from_the_other_task():
         irrelevant_examples(task, task, 1, 0)
     with pytest.raises(TunelensInputError, match="usable examples"):
         irrelevant_examples(task, other, 1000, 0)
+
+
+def test_irrelevant_examples_are_nested_and_never_share_an_input_with_the_task():
+    task = make_task("mine")
+    overlap = tuple(Instance(f"o{i}", f"mine input {i}", ("yes",)) for i in range(6))
+    other = make_task("other", labels=("no", "yes"))
+    other = other.with_changes(instances=overlap + other.instances)
+    own_inputs = {i.input for i in task.instances} | {e.input for e in task.positive_examples}
+    for seed in range(20):
+        everything = irrelevant_examples(task, other, None, seed)
+        assert not own_inputs & {e.input for e in everything}
+        assert len(everything) == len(other.positive_examples) + len(other.instances) - 6
+        for n in (0, 1, 4, 9):
+            assert irrelevant_examples(task, other, n, seed) == everything[:n]
 
 
 def test_grid_variant_names():

@@ -32,12 +32,12 @@ class RunContext:
 class StudyInputs:
     """Loads each task set and fingerprints each model once per study, before cells are made.
 
-    ``strict_models=False`` (``tunelens plan``) gives a model that is not on
-    this machine the digest ``absent:<name>`` instead of an error, so a plan can
-    be made for a model that will only exist on the cluster.
+    ``strict=False`` (``tunelens plan``) gives a model or task set that is not
+    on this machine the digest ``absent:<name>`` (and no tasks) instead of an
+    error, so a plan can be made for inputs that will only exist on the cluster.
     """
 
-    strict_models: bool = True
+    strict: bool = True
     _tasks: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _task_digests: dict[str, str] = field(default_factory=dict)
     _models: dict[str, str] = field(default_factory=dict)
@@ -45,9 +45,16 @@ class StudyInputs:
     def tasks(self, ref: str) -> tuple[Any, ...]:
         """The tasks a reference names (``world:heldout``, a path, a split file), loaded once."""
         if ref not in self._tasks:
+            from tunelens.errors import TunelensInputError
             from tunelens.tasks.sets import load_task_set
 
-            self._tasks[ref] = tuple(load_task_set(ref))
+            try:
+                self._tasks[ref] = tuple(load_task_set(ref))
+            except TunelensInputError:
+                if self.strict:
+                    raise
+                self._tasks[ref] = ()
+                self._task_digests[ref] = f"absent:{ref}"
         return self._tasks[ref]
 
     def task_digest(self, ref: str) -> str:
@@ -66,7 +73,7 @@ class StudyInputs:
             try:
                 self._models[name] = model_fingerprint(name)
             except Exception:
-                if self.strict_models:
+                if self.strict:
                     raise
                 self._models[name] = f"absent:{name}"
         return self._models[name]

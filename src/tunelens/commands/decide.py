@@ -8,10 +8,13 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
+from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.decide.config import DecideConfig
+from tunelens.models.tuning.config import TuningConfig
 
 _FIELDS = DecideConfig.model_fields
-_TUNING = _FIELDS["tuning"].default.__class__.model_fields
+# decide's own names for two tuning options (contracts); the rest are --<field-name>.
+TUNING_NAMES = {"method": ("--tuning-method",), "learning_rate": ("--learning-rate", "--lr")}
 
 
 def _help(name: str) -> str:
@@ -19,6 +22,7 @@ def _help(name: str) -> str:
 
 
 @app.command("decide")
+@with_tuning_options(_FIELDS["tuning"].default, names=TUNING_NAMES)
 def decide(
     task: Annotated[
         Path,
@@ -69,21 +73,10 @@ def decide(
         int, typer.Option("--similarity-items", help=_help("similarity_items"))
     ] = 64,
     bootstrap: Annotated[int, typer.Option(help=_help("bootstrap"))] = 2000,
-    epochs: Annotated[int, typer.Option(help=_TUNING["epochs"].description)] = 10,
-    lr: Annotated[float, typer.Option("--lr", help=_TUNING["learning_rate"].description)] = 1e-2,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help=_TUNING["batch_size"].description)
-    ] = 8,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help=_TUNING["max_steps"].description)
-    ] = None,
-    tuning_method: Annotated[
-        str, typer.Option("--tuning-method", help=_TUNING["method"].description)
-    ] = "lora",
-    lora_r: Annotated[int, typer.Option("--lora-r", help=_TUNING["lora_r"].description)] = 8,
     dtype: Annotated[str, typer.Option(help=_help("dtype"))] = "float32",
     device: Annotated[str, typer.Option(help=_help("device"))] = "cpu",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    tuning: TuningConfig | None = None,
 ) -> None:
     """Measure zero-shot, ICL at each k, tuning at each n, the format-only controls and the
     label-space guess on one test set of TASK; write DIR/decide.json and DIR/decide.html.
@@ -94,29 +87,7 @@ def decide(
     """
     from tunelens.decide.config import make_config, parse_int_list
     from tunelens.decide.runner import run_decide
-    from tunelens.spec import TuningSpec
 
-    try:
-        tuning = TuningSpec(
-            method=tuning_method,
-            lora_r=lora_r,
-            learning_rate=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            max_steps=max_steps,
-        )
-    except Exception as error:  # pydantic ValidationError: report it as bad input
-        from pydantic import ValidationError
-
-        if not isinstance(error, ValidationError):
-            raise
-        from tunelens.errors import TunelensInputError
-
-        first = error.errors()[0]
-        option = {"learning_rate": "lr", "method": "tuning-method"}.get(
-            str(first["loc"][0]), str(first["loc"][0]).replace("_", "-")
-        )
-        raise TunelensInputError(first["msg"], where=f"--{option}") from None
     config = make_config(
         k=parse_int_list(k, "--k"),
         tune_sizes=parse_int_list(tune_sizes, "--tune-sizes", allow_all=True),

@@ -13,7 +13,10 @@ from typing import Annotated, Any
 import typer
 
 from tunelens.cli import app
+from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.errors import TunelensInputError
+from tunelens.models.tuning.config import TuningConfig
+from tunelens.spec import AuditSpec, ConvergenceSpec
 
 
 def comma_list(option: str, text: str | None, kind: type = str) -> list[Any] | None:
@@ -71,11 +74,10 @@ ExecutorOption = Annotated[str, typer.Option(help="'local' or 'ray'.")]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
-MethodOption = Annotated[str | None, typer.Option(help="Tuning: lora or full.")]
-LearningRateOption = Annotated[float | None, typer.Option(help="Tuning learning rate.")]
 
 
 @app.command("convergence")
+@with_tuning_options(ConvergenceSpec.model_fields["tuning"].default)
 def convergence(
     model: ModelOption = "world",
     tasks: Annotated[
@@ -102,16 +104,13 @@ def convergence(
         str | None, typer.Option(help="none, random_init, shuffled (comma-separated).")
     ] = None,
     template: Annotated[str | None, typer.Option(help="plain, tk or chat.")] = None,
-    method: MethodOption = None,
-    learning_rate: LearningRateOption = None,
-    epochs: Annotated[int | None, typer.Option(help="Tuning epochs per set.")] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
     executor: ExecutorOption = "local",
     no_progress: NoProgress = False,
+    tuning: TuningConfig | None = None,
 ) -> None:
     """Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."""
-    tuning = _section(method=method, learning_rate=learning_rate, epochs=epochs)
     section = _section(
         tasks=tasks,
         n_pairs=n_pairs,
@@ -122,7 +121,7 @@ def convergence(
         definition=comma_list("--definition", definition, bool),
         controls=comma_list("--controls", controls),
         template=template,
-        tuning=tuning or None,
+        tuning=tuning,
     )
     _run(
         "convergence",
@@ -135,6 +134,7 @@ def convergence(
 
 
 @app.command("audit")
+@with_tuning_options(AuditSpec.model_fields["tuning"].default)
 def audit(
     model: ModelOption = "world",
     train: Annotated[str, typer.Option(help="Training tasks (path or world:train).")] = (
@@ -157,16 +157,13 @@ def audit(
     eval_instances_per_task: Annotated[
         int | None, typer.Option(help="Held-out instances scored per task.")
     ] = None,
-    method: MethodOption = None,
-    learning_rate: LearningRateOption = None,
-    epochs: Annotated[int | None, typer.Option(help="Tuning epochs.")] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
     executor: ExecutorOption = "local",
     no_progress: NoProgress = False,
+    tuning: TuningConfig | None = None,
 ) -> None:
     """Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."""
-    tuning = _section(method=method, learning_rate=learning_rate, epochs=epochs)
     section = _section(
         train=train,
         test=test,
@@ -175,7 +172,7 @@ def audit(
         instances_per_task=comma_list("--instances-per-task", instances_per_task, int),
         seeds=comma_list("--seeds", seeds, int),
         eval_instances_per_task=eval_instances_per_task,
-        tuning=tuning or None,
+        tuning=tuning,
     )
     _run(
         "audit",

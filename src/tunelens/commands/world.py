@@ -125,17 +125,35 @@ def evaluate(
     queries: Annotated[int, typer.Option(help="Queries per task and k.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the demonstration draws.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the cells in this run directory (re-run to resume); default: a "
+            "temporary one."
+        ),
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
-    """Few-shot accuracy on the held-out world tasks, with the label-space random baseline."""
-    from tunelens.experiments.world_eval import evaluate_icl
-    from tunelens.models.loading import load_model
-    from tunelens.tasks.world.generator import generate_world
+    """Few-shot accuracy on the held-out world tasks, with the label-space random baseline.
 
-    k_values = parse_shots(shots)
-    loaded = load_model(model)
-    result = evaluate_icl(
-        loaded, generate_world(0).heldout, k_values, queries_per_task=queries, seed=seed
+    One cell per k of the ``world_eval`` experiment, on the same machinery as ``tunelens run``.
+    """
+    import tempfile
+
+    from tunelens.api import get_experiments
+    from tunelens.experiments.world_eval import WorldEvalResult, WorldEvalSpec
+    from tunelens.runs.study import execute
+
+    section = WorldEvalSpec(
+        model=model, shots=list(parse_shots(shots)), queries_per_task=queries, seed=seed
     )
+    experiment = get_experiments()["world_eval"]
+    with tempfile.TemporaryDirectory(prefix="tunelens-world-eval-") as scratch:
+        (run,) = execute(
+            out or Path(scratch), [(experiment, section)], progress=not no_progress and not as_json
+        )
+        data = run.aggregate()["world_eval"]
+    result = WorldEvalResult.from_json(data)
     if as_json:
         typer.echo(json.dumps(result.to_json()))
         return

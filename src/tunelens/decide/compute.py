@@ -1,8 +1,8 @@
 """Compute per 1,000 items: prompt tokens and FLOPs of each method, and tuning's one-off cost.
 
 Token counts are measured with the model's tokenizer on the prompts ``decide``
-actually ran. FLOPs follow the usual transformer estimate (Kaplan et al. 2020)
-with N = non-embedding parameters (from the model's config.json, as
+actually ran. FLOPs follow :mod:`tunelens.measures.flops` (Kaplan et al. 2020,
+Table 1) with N = non-embedding parameters (from the model's config.json, as
 ``tunelens plan`` reads it), L layers and d the attention width:
 
 * a forward pass over a sequence of T tokens costs ``2 N T + L d T (T + 1)``:
@@ -24,32 +24,22 @@ items the one-off cost is paid back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from tunelens.measures import flops as _flops
+from tunelens.measures.flops import ModelShape, forward_flops
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the FLOP estimate needs: non-embedding parameters, layers, attention width."""
-
-    non_embedding: int
-    layers: int
-    width: int
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "non_embedding_parameters": self.non_embedding,
-            "layers": self.layers,
-            "width": self.width,
-        }
-
-
-def forward_flops(tokens: float, shape: ModelShape) -> float:
-    """FLOPs of one forward pass over ``tokens`` tokens: 2 N T + L d T (T + 1)."""
-    t = float(tokens)
-    return 2.0 * shape.non_embedding * t + shape.layers * shape.width * t * (t + 1.0)
+__all__ = [
+    "ModelShape",
+    "break_even_items",
+    "compute_entry",
+    "forward_flops",
+    "inference_per_1000",
+    "pair_uses",
+    "training_flops",
+]
 
 
 def inference_per_1000(
@@ -81,7 +71,7 @@ def training_flops(
         raise ValueError(f"{len(pair_tokens)} pair lengths for {len(uses)} use counts")
     tokens = float(sum(n * u for n, u in zip(pair_tokens, uses, strict=True)))
     flops = float(
-        sum(3.0 * forward_flops(n, shape) * u for n, u in zip(pair_tokens, uses, strict=True))
+        sum(_flops.training_flops(n, shape) * u for n, u in zip(pair_tokens, uses, strict=True))
     )
     return {"tokens": tokens, "flops": flops}
 

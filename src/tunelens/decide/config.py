@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelens.errors import TunelensInputError
-from tunelens.spec import TuningSpec
+from tunelens.models.tuning.config import StudyTuning, TuningConfig
 
 ALL = "all"
 
@@ -71,7 +71,11 @@ class DecideConfig(BaseModel):
         "float32", description="Weights dtype: float32, bfloat16 or float16."
     )
     device: str = Field("cpu", description="torch device (cpu, cuda, cuda:1, mps).")
-    tuning: TuningSpec = Field(TuningSpec(), description="How each tuned model is tuned.")
+    tuning: StudyTuning = Field(
+        TuningConfig(),
+        description="How each tuned model is tuned (the one tuning configuration; its seed "
+        "is ``seed``).",
+    )
 
     @field_validator("k")
     @classmethod

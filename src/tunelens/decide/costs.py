@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 
 from tunelens.errors import TunelensInputError
-from tunelens.tasks.loaders import read_text
+from tunelens.io import parse_json, read_text
 
 OTHER = "(other)"
 
@@ -78,7 +78,7 @@ def _number(value: Any, source: str, where: str) -> float:
         )
     try:
         number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TunelensInputError(
             f"cost must be a number, got {value!r}", source=source, where=where
         ) from None
@@ -165,6 +165,10 @@ def _yaml_entries(text: str, source: str) -> list[tuple[str, str, Any, str]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(error, "problem", None) or str(error).split("\n")[0]
         raise TunelensInputError(f"invalid YAML: {problem}", source=source, where=where) from None
+    return _mapping_entries(data, source)
+
+
+def _mapping_entries(data: Any, source: str) -> list[tuple[str, str, Any, str]]:
     if not isinstance(data, Mapping):
         raise TunelensInputError(
             "expected a mapping: true label -> predicted label -> cost", source=source
@@ -188,7 +192,9 @@ def load_costs(path: str | Path, labels: Sequence[str]) -> CostMatrix:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         entries = _csv_entries(text, source)
-    elif suffix in (".yaml", ".yml", ".json"):
+    elif suffix == ".json":
+        entries = _mapping_entries(parse_json(text, source=source), source)
+    elif suffix in (".yaml", ".yml"):
         entries = _yaml_entries(text, source)
     else:
         raise TunelensInputError("costs file must be .csv or .yaml/.yml (or .json)", source=source)

@@ -17,15 +17,14 @@ The label-space guess needs no model and is computed from the test set.
 
 Tuned models see exactly the prompt format they are evaluated with (zero-shot,
 the original definition), as in the audit; the controls change only what they
-are tuned on. A cell's key covers the task's content, the model's weights (file
-sizes and times), the split settings and the method's own settings, so a re-run
-skips finished cells and a changed input recomputes only what it affects.
+are tuned on. A cell's key covers the task's content and the model's files (as
+digests, see :mod:`tunelens.experiments.decide`), the split settings and the
+method's own settings, so a re-run skips finished cells and a changed input
+recomputes only what it affects.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from tunelens.api import Cell
 from tunelens.decide.config import DecideConfig
 from tunelens.decide.split import Split, label_of
-from tunelens.experiments.base import Cell
 from tunelens.models.loading import LoadedModel
-from tunelens.models.paths import resolve_model_path
 from tunelens.prompts import PromptStyle, render_prompt, render_target
-from tunelens.tasks.types import Example, Instance, Task
+from tunelens.tasks.sampling import first_examples
+from tunelens.tasks.types import Example, Task
 
 EXPERIMENT = "decide"
 
@@ -56,45 +55,17 @@ class Method:
     settings: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-def task_digest(task: Task) -> str:
-    """A hash of what results depend on: definition, labels and every instance."""
-    payload = json.dumps(
-        {
-            "definition": task.definition,
-            "labels": list(task.labels or ()),
-            "instances": [[i.id, i.input, list(i.outputs)] for i in task.instances],
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
-
-
-def model_fingerprint(name: str) -> dict[str, Any]:
-    """The model's name plus sizes and modification times of its config and weight files."""
-    directory = resolve_model_path(name)
-    files = sorted([*directory.glob("*.safetensors"), *directory.glob("*.json")])
-    stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
-    digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:20]
-    return {"name": name, "files": digest}
-
-
 def prompt_style(config: DecideConfig) -> PromptStyle:
     return PromptStyle(template=config.template, definition=config.definition, n_positive=0)
 
 
-def as_examples(instances: Sequence[Instance]) -> list[Example]:
-    return [Example(i.input, label_of(i)) for i in instances]
-
-
 def plan_methods(
-    task: Task, split: Split, config: DecideConfig, model_key: dict[str, Any]
+    task: Task, split: Split, config: DecideConfig, model: str
 ) -> tuple[list[Method], list[str]]:
     """The methods to run (without similarity, whose k depends on ICL results) and notes on
     what was skipped and why."""
     common = {
-        "task": task_digest(task),
-        "model": model_key,
+        "model": model,
         "seed": config.seed,
         "test_size": config.test_size,
         "demo_size": len(split.demo_pool),
@@ -195,12 +166,9 @@ def plan_methods(
     return methods, notes
 
 
-def similarity_method(
-    task: Task, split: Split, config: DecideConfig, model_key: dict[str, Any], k: int
-) -> Method:
+def similarity_method(task: Task, split: Split, config: DecideConfig, model: str, k: int) -> Method:
     common = {
-        "task": task_digest(task),
-        "model": model_key,
+        "model": model,
         "seed": config.seed,
         "test_size": config.test_size,
         "demo_size": len(split.demo_pool),
@@ -263,12 +231,6 @@ def predict(
     return generate_predictions(loaded, list(prompts), max_new_tokens=max_new)
 
 
-def _tuning_config(config: DecideConfig):
-    from tunelens.experiments.convergence import tuning_config
-
-    return tuning_config(config.tuning, config.seed)
-
-
 def training_pairs(
     task: Task, examples: Sequence[Example], style: PromptStyle, tokenizer: Any
 ) -> list[tuple[str, str]]:
@@ -318,7 +280,7 @@ def run_method(
     zero_shot = [render_prompt(task, i.input, [], style, tokenizer) for i in test]
     result: dict[str, Any] = {"answer_tokens": answer_tokens(loaded, [label_of(i) for i in test])}
     if method.family in ("zero_shot", "icl"):
-        demos = as_examples(split.demo_pool[: method.examples])
+        demos = first_examples(split.demo_pool, method.examples, what="demonstration pool")
         prompts = (
             zero_shot
             if method.family == "zero_shot"
@@ -329,7 +291,7 @@ def run_method(
         return result
     if method.family == "similarity":
         return _run_similarity(method, loaded, task, split, config)
-    examples = as_examples(split.tuning_pool[: method.examples])
+    examples = first_examples(split.tuning_pool, method.examples, what="tuning pool")
     train_task = task
     variant = method.settings.get("variant")
     if variant == "simplified":
@@ -337,7 +299,7 @@ def run_method(
     elif variant == "delusive":
         examples = delusive_examples(examples, labels, f"decide-delusive|{config.seed}")
     pairs = training_pairs(train_task, examples, style, tokenizer)
-    tuning = _tuning_config(config)
+    tuning = config.tuning.with_seed(config.seed)
     tuned = tune_on_pairs(loaded, pairs, tuning)
     try:
         result["predictions"] = predict(tuned.as_loaded(), zero_shot, labels, config)
@@ -361,7 +323,7 @@ def _run_similarity(
     style = prompt_style(config)
     tokenizer = loaded.tokenizer
     items = split.test[: config.similarity_items]
-    demos = as_examples(split.demo_pool[: method.examples])
+    demos = first_examples(split.demo_pool, method.examples, what="demonstration pool")
     anchor = [render_prompt(task, i.input, [], style, tokenizer) for i in items]
     icl = [render_prompt(task, i.input, demos, style, tokenizer) for i in items]
     h_anchor = capture_last_token_states(loaded, anchor).numpy()
@@ -369,7 +331,7 @@ def _run_similarity(
     pred_anchor = predict(loaded, anchor, labels, config)
     pred_icl = predict(loaded, icl, labels, config)
     tuned = tune_on_pairs(
-        loaded, training_pairs(task, demos, style, tokenizer), _tuning_config(config)
+        loaded, training_pairs(task, demos, style, tokenizer), config.tuning.with_seed(config.seed)
     )
     try:
         h_it = capture_last_token_states(tuned.as_loaded(), anchor).numpy()

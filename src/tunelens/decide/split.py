@@ -12,62 +12,24 @@ that length can be, and a smaller prefix is part of a larger one: the learning
 curves add examples instead of drawing new sets.
 
 A label is an instance's first reference output. Everything depends only on
-the instances and the seed.
+the instances and the seed. The allocation and the stratified order belong to
+the one family of samplers in :mod:`tunelens.tasks.sampling`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tunelens.errors import TunelensInputError
+from tunelens.tasks.sampling import allocate, stratified_order
 from tunelens.tasks.types import Instance
 
 
 def label_of(instance: Instance) -> str:
     """The label an instance is stratified by: its first reference output."""
     return instance.outputs[0]
-
-
-def allocate(counts: Mapping[str, int], n: int) -> dict[str, int]:
-    """Split ``n`` over labels in proportion to ``counts`` (largest-remainder rounding).
-
-    Each label gets ``floor(n * c / total)``, and the items left over go one
-    each to the labels with the largest remainders (ties: label order). Exact
-    integer arithmetic; no label gets more than its count. ``n`` must be
-    between 0 and the total.
-    """
-    total = sum(counts.values())
-    if n < 0 or n > total:
-        raise ValueError(f"cannot allocate {n} of {total} items")
-    if total == 0:
-        return {label: 0 for label in counts}
-    shares = {label: divmod(n * count, total) for label, count in counts.items()}
-    out = {label: q for label, (q, _) in shares.items()}
-    left = n - sum(out.values())
-    by_remainder = sorted(counts, key=lambda label: (-shares[label][1], label))
-    for label in by_remainder[:left]:
-        out[label] += 1
-    return out
-
-
-def stratified_order(
-    groups: Mapping[str, Sequence[Instance]], rng: random.Random
-) -> list[Instance]:
-    """Interleave label groups so that every prefix keeps the proportions.
-
-    Item i of a group of size m sits at position (i + 1/2) / m of the unit
-    interval; items are taken in that order (ties broken at random, seeded),
-    which spreads each label evenly over the sequence.
-    """
-    keyed = []
-    for label in sorted(groups):
-        items = groups[label]
-        for i, item in enumerate(items):
-            keyed.append(((2 * i + 1) / (2 * len(items)), rng.random(), label, item))
-    keyed.sort(key=lambda entry: entry[:3])
-    return [entry[3] for entry in keyed]
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ from typing import Any
 
 from tunelens.errors import TunelensInputError
 from tunelens.examples.pii import pii_flags
+from tunelens.io import iter_json_lines, read_text
 from tunelens.runs.store import atomic_write_text
 from tunelens.tasks.jsonl import FORMAT_KEY, FORMAT_VERSION, is_header
-from tunelens.tasks.loaders import read_text
 
 DEFAULT_DB = "tunelens_examples.sqlite"
 SCHEMA_VERSION = 1
@@ -199,23 +199,10 @@ def row_to_example(
 
 
 def _jsonl_rows(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunelensInputError(
-                f"invalid JSON: {error.msg} (column {error.colno})", source=source, where=where
-            ) from None
-        if not isinstance(obj, dict):
-            raise TunelensInputError(
-                "expected a JSON object on each line", source=source, where=where
-            )
+    for lineno, obj in iter_json_lines(text, source=source):
         if is_header(obj):  # a tunelens task file's header: not an example
             continue
-        yield where, obj
+        yield f"line {lineno}", obj
 
 
 def _csv_rows(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelens.experiments.base import Cell, RunContext
+from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.measures.stats import mean_ci
 from tunelens.measures.text import exact_match, rouge_l
 from tunelens.prompts import PromptStyle, render_prompt, render_target
@@ -46,6 +46,7 @@ def training_pairs(
     template: str = "tk",
 ) -> list[tuple[str, str]]:
     """Tk-Instruct encoded (prompt, target) pairs under one grid condition."""
+    from tunelens.tasks.sampling import sample_instances
     from tunelens.tasks.variants import apply_definition_variant, apply_examples_variant
 
     rng = random.Random(f"audit-train|{seed}|{instances_per_task}")
@@ -56,10 +57,7 @@ def training_pairs(
         style = PromptStyle(
             template=template, definition=definition != "none", n_positive=n_positive
         )
-        instances = list(task.instances)
-        if instances_per_task != "full":
-            instances = rng.sample(instances, min(int(instances_per_task), len(instances)))
-        for inst in instances:
+        for inst in sample_instances(task.instances, instances_per_task, rng):
             pairs.append(
                 (render_prompt(varied, inst.input, None, style), render_target(inst.outputs[0]))
             )
@@ -158,7 +156,6 @@ def run_grid_cell(
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Tune on the training tasks under one condition, then predict on the held-out tasks."""
-    from tunelens.experiments.convergence import tuning_config
     from tunelens.models.predict import generate_predictions
     from tunelens.models.tuning import multitask_tune
 
@@ -171,7 +168,7 @@ def run_grid_cell(
         seed=seed,
         template=params["template"],
     )
-    config = tuning_config(TuningSpec(**params["tuning"]), seed)
+    config = TuningSpec(**params["tuning"], seed=seed)
     tuned = multitask_tune(loaded, pairs, config, progress=progress, on_step=on_step)
     try:
         items = eval_items(test, params["eval_instances_per_task"])
@@ -250,10 +247,13 @@ def format_share(
     }
 
 
-class AuditExperiment:
+@register_experiment
+class AuditExperiment(Experiment):
     """The audit study as cells for ``tunelens.runs``."""
 
     name = "audit"
+    # 3: cell keys hold task and model content digests; baselines without a model ignore it.
+    code_version = "3"
 
     def _common(self, section: AuditSpec) -> dict[str, Any]:
         return {
@@ -268,12 +268,30 @@ class AuditExperiment:
             "template": "tk",
         }
 
-    def cells(self, section: AuditSpec) -> list[Cell]:
+    def cells(self, section: AuditSpec, inputs: StudyInputs) -> list[Cell]:
         common = self._common(section)
-        cells = [
-            Cell("audit", f"baseline {b}", {**common, "baseline": b}, section.seeds[0])
-            for b in BASELINES
-        ]
+        test = inputs.tasks(section.test)
+        test_digest = {"test": inputs.task_digest(section.test)}
+        model_digest = {"model": inputs.model_digest(str(section.model))}
+        cells = []
+        for baseline in BASELINES:
+            # Only the untuned baseline runs the model; the others depend on the test tasks alone.
+            uses = {**test_digest, **model_digest} if baseline == "untuned" else test_digest
+            cells.append(
+                self.cell(
+                    f"baseline {baseline}",
+                    {**common, "baseline": baseline},
+                    section.seeds[0],
+                    uses,
+                    {"test": test},
+                )
+            )
+        train = inputs.tasks(section.train)
+        grid_inputs = {
+            **test_digest,
+            "train": inputs.task_digest(section.train),
+            **model_digest,
+        }
         for n in section.instances_per_task:
             for definition in section.definitions:
                 for examples in section.examples:
@@ -286,14 +304,16 @@ class AuditExperiment:
                             "tuning": section.tuning.model_dump(),
                         }
                         name = f"def={definition} ex={examples} n={n} seed={seed}"
-                        cells.append(Cell("audit", name, params, seed))
+                        cells.append(
+                            self.cell(
+                                name, params, seed, grid_inputs, {"train": train, "test": test}
+                            )
+                        )
         return cells
 
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
-        from tunelens.tasks.sets import load_task_set
-
         p = cell.params
-        test = load_task_set(p["test"])
+        test = cell.data["test"]
         if p.get("baseline") in ("random", "copy_input", "copy_demo"):
             return run_baseline_cell(None, test, p, cell.seed)
         loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
@@ -301,7 +321,7 @@ class AuditExperiment:
             return run_baseline_cell(loaded, test, p, cell.seed)
         return run_grid_cell(
             loaded,
-            load_task_set(p["train"]),
+            cell.data["train"],
             test,
             p,
             cell.seed,
@@ -312,9 +332,11 @@ class AuditExperiment:
     def aggregate(
         self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
-        from tunelens.tasks.sets import load_task_set
+        test = results[0][0].data.get("test") if results else None
+        if test is None:
+            from tunelens.tasks.sets import load_task_set
 
-        test = load_task_set(section.test)
+            test = load_task_set(section.test)
         n_boot = section.bootstrap
         baselines: dict[str, Any] = {}
         grid: list[dict[str, Any]] = []
@@ -345,7 +367,9 @@ class AuditExperiment:
         shares = self._shares(grid, baselines, untuned_per_task, test, n_boot)
         for entry in grid:
             entry.pop("_per_task_raw")
-        return {"audit": grid, "baselines": baselines, "audit_format_share": shares}
+        from tunelens.api.results import dump_audit
+
+        return dump_audit({"audit": grid, "baselines": baselines, "audit_format_share": shares})
 
     def _shares(self, grid, baselines, untuned, test, n_boot) -> list[dict[str, Any]]:
         """Format shares per (instances_per_task, seed) for each format-only control."""

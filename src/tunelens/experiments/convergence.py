@@ -8,113 +8,39 @@ states at the last prompt token, at every layer:
 - ``it``: the model tuned on those k demonstrations, on the anchor query alone.
 
 A set is tuned once and probed with every anchor paired with it. Sampling
-depends only on (seed, k, relevance), so conditions that differ in flips,
-definition or control are measured on the same draws (a paired design).
+(``tunelens.tasks.sampling.sample_demo_sets``) depends only on (seed,
+relevance), so conditions that differ in flips, definition or control are
+measured on the same draws (a paired design), and across k the anchors are the
+same and the demonstrations nested (those for k are a prefix of those for a
+larger k). Flipped labels and shuffled tokens come from ``tunelens.tasks.variants``.
 Cell results hold per-pair cosines; statistics are computed when cells are
 aggregated, pooled over seeds and per seed.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tunelens.experiments.base import Cell, RunContext
+from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.measures.similarity import cosine_per_layer, linear_cka_per_layer
 from tunelens.measures.stats import holm, mean_ci, paired_wilcoxon_greater
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, render_prompt, render_target
 from tunelens.spec import ConvergenceSpec, TuningSpec
-from tunelens.tasks.types import Example, Instance, Task
+from tunelens.tasks.sampling import sample_demo_sets
+from tunelens.tasks.types import Task
+from tunelens.tasks.variants import flip_labels, output_space, shuffle_demo_tokens
 
 PAIRS = ("icl_it", "anchor_icl", "anchor_it")
 COMPARISONS = {
     "icl_it>anchor_icl": ("icl_it", "anchor_icl"),
     "icl_it>anchor_it": ("icl_it", "anchor_it"),
 }
-
-
-@dataclass(frozen=True)
-class DemoSet:
-    """k demonstrations and the anchors probed with them (disjoint from the demos)."""
-
-    task: Task
-    demos: tuple[Example, ...]
-    anchors: tuple[Instance, ...]
-
-
-def sample_demo_sets(
-    tasks: Sequence[Task],
-    *,
-    n_pairs: int,
-    anchors_per_set: int,
-    k: int,
-    relevance: str,
-    seed: int,
-) -> list[DemoSet]:
-    """Seeded demonstration sets; with relevance 'other' demos come from another task."""
-    rng = random.Random(f"convergence|{seed}|{k}|{relevance}")
-    usable = [t for t in tasks if len(t.instances) >= k + anchors_per_set]
-    if not usable:
-        raise ValueError(f"no task has the {k + anchors_per_set} instances that k={k} needs")
-    if relevance == "other" and len(usable) < 2:
-        raise ValueError("relevance 'other' needs at least two tasks")
-    order = rng.sample(usable, len(usable))
-    sets = []
-    n_sets = -(-n_pairs // anchors_per_set)
-    for j in range(n_sets):
-        task = order[j % len(order)]
-        pool = list(task.instances)
-        rng.shuffle(pool)
-        anchors = tuple(pool[:anchors_per_set])
-        source_pool = pool[anchors_per_set:]
-        if relevance == "other":
-            other = rng.choice([t for t in usable if t.name != task.name])
-            source_pool = rng.sample(list(other.instances), len(other.instances))
-        demos = tuple(Example(i.input, i.outputs[0]) for i in source_pool[:k])
-        sets.append(DemoSet(task, demos, anchors))
-    return sets
-
-
-def flip_demos(
-    demos: Sequence[Example], labels: Sequence[str] | None, fraction: float, rng: random.Random
-) -> tuple[Example, ...]:
-    """Give round(fraction * k) demonstrations a wrong label of the same space."""
-    demos = list(demos)
-    n_flip = round(fraction * len(demos))
-    if n_flip == 0 or not labels or len(labels) < 2:
-        return tuple(demos)
-    for i in rng.sample(range(len(demos)), n_flip):
-        wrong = [label for label in labels if label != demos[i].output]
-        demos[i] = Example(demos[i].input, rng.choice(wrong), demos[i].explanation)
-    return tuple(demos)
-
-
-def shuffle_demo_tokens(demos: Sequence[Example], rng: random.Random) -> tuple[Example, ...]:
-    """Pool the words of all demonstrations and deal them back at random (same lengths)."""
-    pieces = [(d.input.split(), d.output.split()) for d in demos]
-    words = [w for inp, out in pieces for w in inp + out]
-    rng.shuffle(words)
-    out, pos = [], 0
-    for inp, outp in pieces:
-        new_in = words[pos : pos + len(inp)]
-        pos += len(inp)
-        new_out = words[pos : pos + len(outp)]
-        pos += len(outp)
-        out.append(Example(" ".join(new_in), " ".join(new_out)))
-    return tuple(out)
-
-
-def tuning_config(spec: TuningSpec, seed: int):
-    """The models.tuning config for a spec's tuning section."""
-    from tunelens.models.tuning import TuningConfig
-
-    fields = spec.model_dump()
-    return TuningConfig(**{k: v for k, v in fields.items() if v is not None}, seed=seed)
 
 
 def _prompt_style(template: str, definition: bool) -> PromptStyle:
@@ -139,6 +65,7 @@ def run_convergence_cell(
         k=params["k"],
         relevance=params["relevance"],
         seed=seed,
+        k_max=params.get("k_max"),
     )
     rng = random.Random(f"corrupt|{seed}|{params['flip_fraction']}|{params['control']}")
     style = _prompt_style(params["template"], params["definition"])
@@ -147,7 +74,9 @@ def run_convergence_cell(
     anchor_prompts, icl_prompts, references, owners = [], [], [], []
     tuning_sets = []
     for j, demo_set in enumerate(sets):
-        demos = flip_demos(demo_set.demos, demo_set.task.labels, params["flip_fraction"], rng)
+        demos = flip_labels(
+            demo_set.demos, output_space(demo_set.task), params["flip_fraction"], rng
+        )
         if params["control"] == "shuffled":
             demos = shuffle_demo_tokens(demos, rng)
         tuning_sets.append(
@@ -173,7 +102,7 @@ def run_convergence_cell(
 
     h_it = np.zeros_like(h_anchor)
     pred_it: list[str] = [""] * len(anchor_prompts)
-    config = tuning_config(TuningSpec(**params["tuning"]), seed)
+    config = TuningSpec(**params["tuning"], seed=seed)
     used = sorted(set(owners))  # sets that own a kept pair, in set order
 
     def probe_tuned(j: int, tuned) -> None:
@@ -305,56 +234,63 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
                 "per_seed": per_seed,
             }
         )
-    return entries
+    from tunelens.api.results import dump_convergence
+
+    return dump_convergence(entries)  # validated: the typed shape of results.json
 
 
-class ConvergenceExperiment:
+@register_experiment
+class ConvergenceExperiment(Experiment):
     """The convergence study as cells for ``tunelens.runs``."""
 
     name = "convergence"
+    # 3: cell keys hold task and model content digests; nested demonstration sets.
+    code_version = "3"
 
-    def cells(self, section: ConvergenceSpec) -> list[Cell]:
+    def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
+        tasks = inputs.tasks(section.tasks)
+        digests = {"tasks": inputs.task_digest(section.tasks)}
         cells = []
         for model in section.models:
-            for k in section.k:
-                for flip in section.flip_fraction:
-                    for relevance in section.relevance:
-                        for definition in section.definition:
-                            for control in section.controls:
-                                for seed in section.seeds:
-                                    params = {
-                                        "model": model,
-                                        "dtype": section.dtype,
-                                        "device": section.device,
-                                        "tasks": section.tasks,
-                                        "n_pairs": section.n_pairs,
-                                        "anchors_per_set": section.anchors_per_set,
-                                        "template": section.template,
-                                        "k": k,
-                                        "flip_fraction": flip,
-                                        "relevance": relevance,
-                                        "definition": definition,
-                                        "control": control,
-                                        "tuning": section.tuning.model_dump(),
-                                    }
-                                    name = (
-                                        f"{model} k={k} flip={flip} {relevance} "
-                                        f"def={definition} {control} seed={seed}"
-                                    )
-                                    cells.append(Cell("convergence", name, params, seed))
+            cell_inputs = {**digests, "model": inputs.model_digest(model)}
+            for k, flip, relevance, definition, control, seed in itertools.product(
+                section.k,
+                section.flip_fraction,
+                section.relevance,
+                section.definition,
+                section.controls,
+                section.seeds,
+            ):
+                params = {
+                    "model": model,
+                    "dtype": section.dtype,
+                    "device": section.device,
+                    "tasks": section.tasks,
+                    "n_pairs": section.n_pairs,
+                    "anchors_per_set": section.anchors_per_set,
+                    "template": section.template,
+                    "k": k,
+                    "k_max": max(section.k),
+                    "flip_fraction": flip,
+                    "relevance": relevance,
+                    "definition": definition,
+                    "control": control,
+                    "tuning": section.tuning.model_dump(),
+                }
+                name = (
+                    f"{model} k={k} flip={flip} {relevance} def={definition} {control} seed={seed}"
+                )
+                cells.append(self.cell(name, params, seed, cell_inputs, {"tasks": tasks}))
         return cells
 
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
-        from tunelens.tasks.sets import load_task_set
-
         p = cell.params
         loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
-        tasks = load_task_set(p["tasks"])
 
         def report(done: int, total: int) -> None:
             context.progress(f"tuning sets ({cell.name})", done, total)
 
-        return run_convergence_cell(loaded, tasks, p, cell.seed, progress=report)
+        return run_convergence_cell(loaded, cell.data["tasks"], p, cell.seed, progress=report)
 
     def aggregate(
         self, section: ConvergenceSpec, results: list[tuple[Cell, dict[str, Any]]]

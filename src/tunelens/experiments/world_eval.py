@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.measures.text import exact_match
-from tunelens.models.loading import LoadedModel
-from tunelens.models.predict import generate_predictions
 from tunelens.prompts import PromptStyle, render_prompt
-from tunelens.tasks.types import Example, Task
+from tunelens.spec import DEFAULT_SHOTS, WorldEvalSpec
+from tunelens.tasks.sampling import sample_queries_with_demos
+from tunelens.tasks.types import Task
 
-DEFAULT_SHOTS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
+if TYPE_CHECKING:
+    from tunelens.models.loading import LoadedModel
 
 
 @dataclass
@@ -32,7 +36,20 @@ class WorldEvalResult:
     queries_per_task: int
     per_family: dict[str, dict[int, float]] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorldEvalResult:
+        """The inverse of :meth:`to_json` (keys back to ints)."""
+        return cls(
+            shots={int(k): v for k, v in data["shots"].items()},
+            random_baseline=data["random_baseline"],
+            tasks=data["tasks"],
+            queries_per_task=data["queries_per_task"],
+            per_family={
+                f: {int(k): v for k, v in acc.items()} for f, acc in data["per_family"].items()
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "shots": {str(k): round(v, 2) for k, v in self.shots.items()},
             "random_baseline": round(self.random_baseline, 2),
@@ -48,17 +65,62 @@ class WorldEvalResult:
 def icl_prompts(
     task: Task, k: int, queries: int, rng: random.Random, *, definition: bool = False
 ) -> tuple[list[str], list[tuple[str, ...]]]:
-    """``queries`` prompts with k demonstrations from the task's other instances."""
+    """``queries`` prompts with k demonstrations from the task's other instances.
+
+    The draws are :func:`tunelens.tasks.sampling.sample_queries_with_demos`.
+    """
     style = PromptStyle(template="plain", definition=definition)
     prompts, references = [], []
-    pool = list(task.instances)
-    for q in range(queries):
-        query = pool[q % len(pool)]
-        others = [i for i in pool if i.id != query.id]
-        demos = [Example(i.input, i.outputs[0]) for i in rng.sample(others, k)]
+    for query, demos in sample_queries_with_demos(task, k, queries, rng):
         prompts.append(render_prompt(task, query.input, demos, style))
         references.append(query.outputs)
     return prompts, references
+
+
+def accuracy_at_k(
+    loaded: LoadedModel,
+    tasks: Sequence[Task],
+    k: int,
+    *,
+    queries_per_task: int = 20,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Exact-match accuracy (0-100) per task with k demonstrations: one k of the evaluation."""
+    from tunelens.models.predict import generate_predictions
+
+    rng = random.Random(seed * 7919 + k)
+    prompts, refs, owners = [], [], []
+    for task in tasks:
+        p, r = icl_prompts(task, k, queries_per_task, rng)
+        prompts += p
+        refs += r
+        owners += [task.name] * len(p)
+    predictions = generate_predictions(loaded, prompts, max_new_tokens=4, batch_size=batch_size)
+    scores: dict[str, list[float]] = defaultdict(list)
+    for name, pred, ref in zip(owners, predictions, refs, strict=True):
+        scores[name].append(exact_match(pred, ref))
+    return {task.name: sum(scores[task.name]) / len(scores[task.name]) for task in tasks}
+
+
+def summarize(
+    tasks: Sequence[Task], per_k: dict[int, dict[str, float]], queries_per_task: int
+) -> WorldEvalResult:
+    """Per-task accuracies per k -> the averages over tasks, overall and per rule family."""
+    per_family: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for k, accuracies in per_k.items():
+        for task in tasks:
+            per_family[task.metadata.get("family", "other")][k].append(accuracies[task.name])
+    random_baseline = sum(100.0 / len(t.labels or ("?",)) for t in tasks) / len(tasks)
+    return WorldEvalResult(
+        shots={k: sum(acc.values()) / len(acc) for k, acc in per_k.items()},
+        random_baseline=random_baseline,
+        tasks=len(tasks),
+        queries_per_task=queries_per_task,
+        per_family={
+            f: {k: sum(v) / len(v) for k, v in acc.items()} for f, acc in per_family.items()
+        },
+    )
 
 
 def evaluate_icl(
@@ -71,34 +133,58 @@ def evaluate_icl(
     batch_size: int = 64,
 ) -> WorldEvalResult:
     """Few-shot exact-match accuracy per k, averaged over tasks (each task weighs the same)."""
-    per_task: dict[int, list[float]] = defaultdict(list)
-    per_family: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for k in shots:
-        rng = random.Random(seed * 7919 + k)
-        prompts, refs, owners = [], [], []
-        for task in tasks:
-            p, r = icl_prompts(task, k, queries_per_task, rng)
-            prompts += p
-            refs += r
-            owners += [task] * len(p)
-        predictions = generate_predictions(loaded, prompts, max_new_tokens=4, batch_size=batch_size)
-        scores: dict[str, list[float]] = defaultdict(list)
-        for task, pred, ref in zip(owners, predictions, refs, strict=True):
-            scores[task.name].append(exact_match(pred, ref))
-        for task in tasks:
-            acc = sum(scores[task.name]) / len(scores[task.name])
-            per_task[k].append(acc)
-            per_family[task.metadata.get("family", "other")][k].append(acc)
-    random_baseline = sum(100.0 / len(t.labels or ("?",)) for t in tasks) / len(tasks)
-    return WorldEvalResult(
-        shots={k: sum(v) / len(v) for k, v in per_task.items()},
-        random_baseline=random_baseline,
-        tasks=len(tasks),
-        queries_per_task=queries_per_task,
-        per_family={
-            f: {k: sum(v) / len(v) for k, v in acc.items()} for f, acc in per_family.items()
-        },
-    )
+    per_k = {
+        k: accuracy_at_k(
+            loaded, tasks, k, queries_per_task=queries_per_task, seed=seed, batch_size=batch_size
+        )
+        for k in shots
+    }
+    return summarize(tasks, per_k, queries_per_task)
+
+
+@register_experiment
+class WorldEvalExperiment(Experiment):
+    """``tunelens world eval`` (and a spec's ``world_eval`` section) as cells."""
+
+    name = "world_eval"
+    code_version = "1"
+
+    def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
+        tasks = inputs.tasks(section.tasks)
+        digests = {
+            "tasks": inputs.task_digest(section.tasks),
+            "model": inputs.model_digest(section.model),
+        }
+        common = section.model_dump(exclude={"shots"})
+        return [
+            self.cell(
+                f"{section.model} k={k}",
+                {**common, "k": k},
+                section.seed,
+                digests,
+                {"tasks": tasks},
+            )
+            for k in section.shots
+        ]
+
+    def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
+        p = cell.params
+        loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
+        accuracies = accuracy_at_k(
+            loaded,
+            cell.data["tasks"],
+            p["k"],
+            queries_per_task=p["queries_per_task"],
+            seed=p["seed"],
+        )
+        return {"k": p["k"], "per_task": accuracies}
+
+    def aggregate(
+        self, section: WorldEvalSpec, results: list[tuple[Cell, dict[str, Any]]]
+    ) -> dict[str, Any]:
+        tasks = results[0][0].data["tasks"] if results else ()
+        per_k = {int(r["k"]): r["per_task"] for _, r in results}
+        return {"world_eval": summarize(tasks, per_k, section.queries_per_task).to_json()}
 
 
 # A small fixed evaluation recorded beside the shipped model (reference_eval.json);

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as _scipy_stats
 
 # Resamples are drawn in blocks of at most this many values to bound memory.
 _BLOCK_VALUES = 2_000_000
@@ -56,6 +55,8 @@ def paired_wilcoxon_greater(
     nonzero = d[d != 0]
     if nonzero.size == 0:
         return WilcoxonResult(statistic=0.0, p=1.0, effect=0.0, n=0)
+    from scipy import stats as _scipy_stats  # lazy: scipy.stats costs ~0.5 s to import
+
     result = _scipy_stats.wilcoxon(x, y, alternative="greater")
     ranks = _scipy_stats.rankdata(np.abs(nonzero))
     t_plus, t_minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()

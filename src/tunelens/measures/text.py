@@ -13,10 +13,10 @@ import re
 import string
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from nltk.stem import porter
-from rouge_score import rouge_scorer
-from rouge_score.tokenizers import Tokenizer
+if TYPE_CHECKING:  # rouge_score pulls nltk (and nltk scipy): imported only when scoring
+    from rouge_score import rouge_scorer
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -27,19 +27,23 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.lower().translate(_PUNCTUATION).split())
 
 
-class _UnicodeStemmingTokenizer(Tokenizer):
-    """rouge_score's default tokenisation, extended to non-ASCII word characters."""
-
-    def __init__(self) -> None:
-        self._stemmer = porter.PorterStemmer()  # the stemmer rouge_score itself uses
-
-    def tokenize(self, text: str) -> list[str]:
-        tokens = _WORD.findall(text.lower())
-        return [self._stemmer.stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
-
-
 @lru_cache(maxsize=1)
 def _scorer() -> rouge_scorer.RougeScorer:
+    """The ROUGE-L scorer, built on first use (its imports cost most of a second)."""
+    from nltk.stem import porter
+    from rouge_score import rouge_scorer
+    from rouge_score.tokenizers import Tokenizer
+
+    class _UnicodeStemmingTokenizer(Tokenizer):
+        """rouge_score's default tokenisation, extended to non-ASCII word characters."""
+
+        def __init__(self) -> None:
+            self._stemmer = porter.PorterStemmer()  # the stemmer rouge_score itself uses
+
+        def tokenize(self, text: str) -> list[str]:
+            tokens = _WORD.findall(text.lower())
+            return [self._stemmer.stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
+
     return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnicodeStemmingTokenizer())
 
 

@@ -1,11 +1,13 @@
 """results.json -> one self-contained report.html (inline CSS, plots as data URIs).
 
-The report reads only ``DIR/results.json``; it never loads a model. Task
-names, definitions, categories, spec notes and model outputs are untrusted
-text: the template is rendered by Jinja2 with autoescaping on and no value is
-marked safe, and a Content-Security-Policy forbids scripts and any external
-resource, so a hostile task name renders as text. Sections appear only for
-keys that results.json has; unknown keys get a generic table.
+The report reads only ``DIR/results.json``, through the typed models of
+:mod:`tunelens.api.results`; it never loads a model. Task names, definitions,
+categories, spec notes and model outputs are untrusted text: the templates
+(``templates/*.html.j2``, one base that every page extends, one section
+template per experiment) are rendered by Jinja2 with autoescaping on and no
+value is marked safe, and a Content-Security-Policy forbids scripts and any
+external resource, so a hostile task name renders as text. Sections appear
+only for keys that results.json has; unknown keys get a generic table.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
+from pydantic import BaseModel, ValidationError
 
+from tunelens.api.results import StudyResults
 from tunelens.errors import TunelensInputError
 from tunelens.report.plots import BASELINES, CURVES, Plot, audit_label, write_plots
 from tunelens.runs.store import atomic_write_text
@@ -33,26 +37,44 @@ AUDIT_KNOWN = ("condition", "em", "rouge_l", "per_task", "per_category")
 
 def load_results(out_dir: Path) -> dict[str, Any]:
     """``out_dir/results.json`` as a dict, or a TunelensInputError naming the problem."""
+    from tunelens.io import read_json
+
     path = Path(out_dir) / "results.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         raise TunelensInputError(
             "no results.json; run `tunelens run SPEC --out DIR` first", source=str(path)
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TunelensInputError(f"cannot read: {error}", source=str(path)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TunelensInputError(
-            f"invalid JSON: {error.msg}",
-            source=str(path),
-            where=f"line {error.lineno}, column {error.colno}",
-        ) from None
+        )
+    data = read_json(path, what="results file")
     if not isinstance(data, dict):
         raise TunelensInputError("results.json must hold a JSON object", source=str(path))
     return data
+
+
+def parse_results(data: Any, source: str | Path = "results.json") -> StudyResults:
+    """results.json data as :class:`StudyResults`, or a TunelensInputError naming the key."""
+    if isinstance(data, StudyResults):
+        return data
+    if not isinstance(data, Mapping):
+        raise TunelensInputError("results.json must hold a JSON object", source=str(source))
+    try:
+        return StudyResults.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise TunelensInputError(
+            f"not a tunelens results file: {first['msg']}", source=str(source), where=where
+        ) from None
+
+
+def plain(value: Any) -> Any:
+    """A model (or any value) as JSON data with sorted keys: the order results.json has."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_unset=True)
+    if isinstance(value, Mapping):
+        return {k: plain(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------- value formatting

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tunelens.api import Cell, Experiment, RunContext
 from tunelens.errors import TunelensInputError
-from tunelens.experiments.base import Cell, Experiment, RunContext
 from tunelens.runs.store import CellStore
 
 StepCallback = Callable[[str, int, int], None]  # (label, done, total) inside one cell

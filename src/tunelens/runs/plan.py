@@ -9,12 +9,15 @@ Everything here is an **estimate** for budgeting, not a measurement:
   Training tokens are counted without padding; ICL prompts without reusing the
   shared demonstration prefix (an upper bound). An experiment may give better
   numbers by having an ``estimate_tokens(section, cell)`` method (the hook).
-- FLOPs: ``2 * N`` per forward-only token and ``6 * N`` per training token
+- FLOPs (:mod:`tunelens.measures.flops`, Kaplan et al. 2020, Table 1):
+  ``2 * N`` per forward-only token and ``6 * N`` per training token
   (forward + backward), N = the non-embedding parameter count, read from the
   model's ``config.json`` without loading weights, or from a table of known
   architectures when the model directory is not on this machine yet (the
-  example specs name ``models/Llama-2-7b-hf``). LoRA saves the weight
-  gradients (~4N rather than 6N); the estimate keeps 6N.
+  example specs name ``models/Llama-2-7b-hf``). The token counts are totals
+  over sequences of estimated length, so the attention (context) term is left
+  out. LoRA saves the weight gradients (~4N rather than 6N); the estimate
+  keeps 6N.
 - Time: FLOPs / (accelerator peak * MFU). Peaks are dense bf16 tensor-core
   figures (H100 SXM 989 TFLOP/s, A100 312 TFLOP/s); ``cpu`` measures a quick
   fp32 matmul on this machine.
@@ -26,7 +29,6 @@ Everything here is an **estimate** for budgeting, not a measurement:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -36,8 +38,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tunelens.api import Cell, Experiment
 from tunelens.errors import TunelensInputError
-from tunelens.experiments.base import Cell, Experiment
+from tunelens.io import read_json, read_text
+from tunelens.measures.flops import ModelShape, forward_flops, training_flops
 from tunelens.spec import Spec
 
 TokenCounts = dict[str, int]  # {"forward": tokens in forward-only passes, "backward": trained}
@@ -218,10 +222,10 @@ def model_size(name_or_path: str) -> ModelSize:
     else:
         config_path = Path(name_or_path).expanduser() / "config.json"
     if config_path.is_file():
+        config = read_json(config_path, what="model config")
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
             counts = count_parameters(config)
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise TunelensInputError(
                 f"cannot read the model's sizes: {error}", source=str(config_path)
             ) from None
@@ -276,7 +280,7 @@ def task_shape(ref: str, role: str = "tasks") -> TaskShape:
     for piece in pieces:
         path = Path(piece).expanduser()
         if path.is_file() and path.name.endswith("_tasks.txt"):
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_text(path, allow_empty=True).splitlines()
             count += sum(1 for line in lines if line.strip())
         elif path.is_dir():
             count += sum(1 for p in path.rglob("*") if p.suffix in (".json", ".jsonl"))
@@ -505,15 +509,16 @@ def plan_study(
     if not 0 < mfu <= 1:
         raise TunelensInputError(f"MFU must lie in (0, 1], got {mfu}", where="--mfu")
     if experiments is None:
-        from tunelens.experiments.registry import get_experiments
+        from tunelens.api import get_experiments
 
         experiments = get_experiments()
+    from tunelens.api import StudyInputs
     from tunelens.runs.study import plan_cells
 
     peak = peak_flops if peak_flops is not None else accelerator_peak(gpu)
     sizes: dict[str, ModelSize] = {}
     plans = []
-    for name, section, cells in plan_cells(spec, experiments):
+    for name, section, cells in plan_cells(spec, experiments, StudyInputs(strict=False)):
         experiment = experiments[name]
         estimator: TokenEstimator = getattr(experiment, "estimate_tokens", estimate_tokens)
         plan = ExperimentPlan(name, sorted({_cell_model(c) for c in cells}))
@@ -524,7 +529,10 @@ def plan_study(
             size = sizes[model]
             tokens = estimator(section, cell)
             fwd, bwd = int(tokens.get("forward", 0)), int(tokens.get("backward", 0))
-            flops = 2 * size.non_embedding * fwd + 6 * size.non_embedding * bwd
+            shape = ModelShape(size.non_embedding, size.layers, size.hidden)
+            flops = forward_flops(fwd, shape, attention=False) + training_flops(
+                bwd, shape, attention=False
+            )
             tuning = cell.params.get("tuning") or {}
             batch, seq = _training_shape(name, section, cell)
             memory = peak_memory(

@@ -1,7 +1,7 @@
 """The cell store: one JSON file per finished cell, so a killed run loses only cells in flight.
 
 Layout: ``DIR/cells/<experiment>/<cell.key>.json`` holding
-``{"cell": {experiment, name, params, seed, key}, "result": ...}``.
+``{"cell": {experiment, name, params, seed, inputs, code_version, key}, "result": ...}``.
 
 A file is written to a hidden temporary file in the same folder, flushed,
 fsynced and renamed over its final name (``os.replace`` is atomic on POSIX and
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelens.experiments.base import Cell
+from tunelens.api import Cell
 
 CELLS_DIR = "cells"
 TEMP_PREFIX = "."  # temporary files are hidden: ".<key>.json.<random>.tmp"
@@ -103,6 +103,8 @@ def cell_record(cell: Cell) -> dict[str, Any]:
         "name": cell.name,
         "params": cell.params,
         "seed": cell.seed,
+        "inputs": cell.inputs,
+        "code_version": cell.code_version,
         "key": cell.key,
     }
 

@@ -16,10 +16,12 @@ resumed run and an uninterrupted one write the same bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import yaml
 
 import tunelens
-from tunelens.experiments.base import Cell, Experiment
+from tunelens.api import Cell, Experiment, StudyInputs, get_experiments
+from tunelens.progress import ProgressDisplay
 from tunelens.runs.executors import Executor, Job, make_executor
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 from tunelens.spec import Spec
@@ -82,93 +85,195 @@ def spec_yaml(spec: Spec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def spec_sections(
+    spec: Spec, experiments: Mapping[str, Experiment] | None = None
+) -> list[tuple[Experiment, Any]]:
+    """(experiment, section) for each registered experiment whose spec section is present."""
+    if experiments is None:
+        experiments = get_experiments()
+    return [
+        (experiment, getattr(spec, name))
+        for name, experiment in experiments.items()
+        if getattr(spec, name, None) is not None
+    ]
+
+
 def plan_cells(
-    spec: Spec, experiments: Mapping[str, Experiment]
+    spec: Spec,
+    experiments: Mapping[str, Experiment] | None = None,
+    inputs: StudyInputs | None = None,
 ) -> list[tuple[str, Any, list[Cell]]]:
-    """(section name, section, cells) for each experiment whose spec section is present."""
-    planned = []
-    seen: set[str] = set()
-    for name, experiment in experiments.items():
-        section = getattr(spec, name, None)
-        if section is None:
-            continue
-        cells = experiment.cells(section)
-        for cell in cells:
-            if cell.key in seen:
-                raise ValueError(f"{name}: two cells share the key {cell.key} ({cell.name})")
-            seen.add(cell.key)
-        planned.append((name, section, cells))
+    """(section name, section, cells) for each experiment whose spec section is present.
+
+    Tasks are loaded and models fingerprinted here, before any cell exists, so
+    every cell key covers the content it depends on.
+    """
+    inputs = inputs or StudyInputs()
+    planned = [
+        (experiment.name, section, experiment.cells(section, inputs))
+        for experiment, section in spec_sections(spec, experiments)
+    ]
+    check_unique_keys(cell for _, _, cells in planned for cell in cells)
     return planned
 
 
+def check_unique_keys(cells: Iterable[Cell]) -> None:
+    """Two cells with one key would overwrite each other's results."""
+    seen: dict[str, str] = {}
+    for cell in cells:
+        if cell.key in seen:
+            raise ValueError(
+                f"{cell.experiment}: cells {seen[cell.key]!r} and {cell.name!r} share the key "
+                f"{cell.key}"
+            )
+        seen[cell.key] = cell.name
+
+
 class _Bars:
-    """Rich progress bars (per experiment, with ETA in cells) or nothing."""
+    """The study's progress: one bar per experiment (cells) and one for steps inside a cell."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress: Any = None
-        self._bars: dict[str, Any] = {}
-        self._step: Any = None
-
-    def __enter__(self) -> _Bars:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    def __init__(self, display: ProgressDisplay):
+        self.display = display
+        self._bars: dict[str, int] = {}
+        self._step: int | None = None
 
     def experiment(self, name: str, total: int, done: int) -> None:
-        if self._progress is not None:
+        if name in self._bars:
+            self.display.update(self._bars[name], total=total)
+        else:
             # Cells finished earlier start the bar filled; the ETA uses only this run's pace.
-            self._bars[name] = self._progress.add_task(f"{name} cells", total=total, completed=done)
+            self._bars[name] = self.display.add(f"{name} cells", total=total, completed=done)
 
     def cell_done(self, job: Job, seconds: float) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._bars[job.cell.experiment])
-            if self._step is not None:
-                self._progress.update(self._step, visible=False)
+        self.display.advance(self._bars[job.cell.experiment])
+        if self._step is not None:
+            self.display.update(self._step, visible=False)
 
     def step(self, label: str, done: int, total: int) -> None:
-        if self._progress is None:
-            return
         if self._step is None:
-            self._step = self._progress.add_task(f"  {label}", total=total, completed=done)
+            self._step = self.display.add(f"  {label}", total=total, completed=done)
         else:
-            self._progress.reset(
+            self.display.update(
                 self._step, total=total, completed=done, description=f"  {label}", visible=True
             )
 
 
 def _read_timings(path: Path) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class SectionRun:
+    """One experiment's section and its finished cells, in the order of its cells."""
+
+    experiment: Experiment
+    section: Any
+    results: list[tuple[Cell, dict[str, Any]]]
+
+    def aggregate(self) -> dict[str, Any]:
+        return self.experiment.aggregate(self.section, self.results)
+
+
+def execute(
+    out_dir: Path,
+    sections: Sequence[tuple[Experiment, Any]],
+    *,
+    inputs: StudyInputs | None = None,
+    executor: str | Executor = "local",
+    address: str | None = None,
+    progress: bool = True,
+) -> list[SectionRun]:
+    """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
+
+    This is the one cell loop of tunelens (``run``, the study commands,
+    ``decide`` and ``world eval`` all come here): cells are planned after the
+    inputs load, finished ones are skipped, the rest run on the executor, then
+    each experiment may add follow-up cells that depend on finished results
+    (rounds repeat until none is new). Seconds per cell and per invocation go
+    to ``out_dir/timings.json``.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    inputs = inputs or StudyInputs()
+    runner = make_executor(executor, address=address) if isinstance(executor, str) else executor
+    store = CellStore(out_dir)
+    planned = [(exp, section, exp.cells(section, inputs)) for exp, section in sections]
+    check_unique_keys(cell for _, _, cells in planned for cell in cells)
+    finished = store.finished_keys()
+
+    timings_path = out_dir / TIMINGS
+    timings = _read_timings(timings_path)
+    cell_times: dict[str, Any] = dict(timings.get("cells") or {})
+    cells_run = 0
+
+    def done(job: Job, seconds: float) -> None:
+        cell_times[job.cell.key] = {
+            "experiment": job.cell.experiment,
+            "name": job.cell.name,
+            "seconds": round(seconds, 3),
+        }
+        bars.cell_done(job, seconds)
+
+    def finished_pairs(exp: Experiment, cells: list[Cell]) -> list[tuple[Cell, dict[str, Any]]]:
+        pairs = []
+        for cell in cells:
+            result = store.read(cell)
+            if result is None:
+                raise RuntimeError(
+                    f"{exp.name}: cell {cell.name} ({cell.key}) missing after the run"
+                )
+            pairs.append((cell, result))
+        return pairs
+
+    def write_timings() -> None:
+        runs = list(timings.get("runs") or [])
+        total = sum(len(cells) for _, _, cells in planned)
+        runs.append(
+            {
+                "executor": runner.name,
+                "cells_run": cells_run,
+                "cells_skipped": total - cells_run,
+                "run_seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        atomic_write_text(timings_path, dumps({"cells": cell_times, "runs": runs}, indent=2) + "\n")
+
+    with ProgressDisplay(progress) as display:
+        bars = _Bars(display)
+        pending = planned
+        try:
+            while pending:
+                for exp, _, cells in planned:
+                    bars.experiment(exp.name, len(cells), sum(c.key in finished for c in cells))
+                jobs = [
+                    Job(exp, cell)
+                    for exp, _, cells in pending
+                    for cell in cells
+                    if cell.key not in finished
+                ]
+                runner.run(jobs, store, on_done=done, on_step=bars.step)
+                cells_run += len(jobs)
+                finished |= {job.cell.key for job in jobs}
+                more = []
+                for index, (exp, section, cells) in enumerate(planned):
+                    known = {c.key for c in cells}
+                    extra = [
+                        c
+                        for c in exp.followup_cells(section, inputs, finished_pairs(exp, cells))
+                        if c.key not in known
+                    ]
+                    if extra:
+                        planned[index] = (exp, section, cells + extra)
+                        more.append((exp, section, extra))
+                check_unique_keys(cell for _, _, cells in planned for cell in cells)
+                pending = more
+        finally:
+            write_timings()
+    return [SectionRun(exp, section, finished_pairs(exp, cells)) for exp, section, cells in planned]
 
 
 def run_study(
@@ -185,70 +290,25 @@ def run_study(
     ``experiments`` maps spec section names to experiments (default: the
     registry); ``executor`` is ``"local"``, ``"ray"`` or an executor object.
     """
-    started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / SPEC, spec_yaml(spec))
-    if experiments is None:
-        from tunelens.experiments.registry import get_experiments
-
-        experiments = get_experiments()
-    runner = make_executor(executor, address=address) if isinstance(executor, str) else executor
-    store = CellStore(out_dir)
-    planned = plan_cells(spec, experiments)
-    finished = store.finished_keys()
-
-    timings_path = out_dir / TIMINGS
-    timings = _read_timings(timings_path)
-    cell_times: dict[str, Any] = dict(timings.get("cells") or {})
-
-    def done(job: Job, seconds: float) -> None:
-        cell_times[job.cell.key] = {
-            "experiment": job.cell.experiment,
-            "name": job.cell.name,
-            "seconds": round(seconds, 3),
-        }
-        bars.cell_done(job, seconds)
-
-    jobs = [
-        Job(experiments[name], cell)
-        for name, _, cells in planned
-        for cell in cells
-        if cell.key not in finished
-    ]
-    with _Bars(progress) as bars:
-        for name, _, cells in planned:
-            bars.experiment(name, len(cells), sum(c.key in finished for c in cells))
-        runner.run(jobs, store, on_done=done, on_step=bars.step)
-    ran = time.perf_counter() - started
-
+    runs = execute(
+        out_dir,
+        spec_sections(spec, experiments),
+        executor=executor,
+        address=address,
+        progress=progress,
+    )
     results: dict[str, Any] = {}
-    for name, section, cells in planned:
-        pairs = []
-        for cell in cells:
-            result = store.read(cell)
-            if result is None:
-                raise RuntimeError(f"{name}: cell {cell.name} ({cell.key}) missing after the run")
-            pairs.append((cell, result))
-        for key, value in experiments[name].aggregate(section, pairs).items():
+    for run in runs:
+        for key, value in run.aggregate().items():
             if key in results or key in RESERVED_KEYS:
-                raise ValueError(f"{name}: results key {key!r} is already taken")
+                raise ValueError(f"{run.experiment.name}: results key {key!r} is already taken")
             results[key] = value
     results["spec"] = spec.model_dump(mode="json")
     results["tunelens_version"] = tunelens.__version__
     results["environment"] = environment(spec)
     results = strict_json(results)
     atomic_write_text(out_dir / RESULTS, dumps(results, indent=2) + "\n")
-
-    runs = list(timings.get("runs") or [])
-    runs.append(
-        {
-            "executor": runner.name,
-            "cells_run": len(jobs),
-            "cells_skipped": sum(len(c) for _, _, c in planned) - len(jobs),
-            "run_seconds": round(ran, 3),
-            "total_seconds": round(time.perf_counter() - started, 3),
-        }
-    )
-    atomic_write_text(timings_path, dumps({"cells": cell_times, "runs": runs}, indent=2) + "\n")
     return results

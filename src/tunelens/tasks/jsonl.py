@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelens.errors import TunelensInputError
+from tunelens.io import read_json_lines
 from tunelens.tasks.labels import derive_label_space
-from tunelens.tasks.loaders import FieldReader, check_unique_ids, read_text
+from tunelens.tasks.loaders import FieldReader, check_unique_ids
 from tunelens.tasks.types import Example, Instance, Task
 
 FORMAT_KEY = "tunelens_task"
@@ -46,25 +47,7 @@ def is_header(obj: dict[str, Any]) -> bool:
 
 def _parse_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line, with errors naming the line."""
-    rows = []
-    # split on "\n" only: str.splitlines() would also break at U+2028 inside a string
-    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunelensInputError(
-                f"invalid JSON: {error.msg} (column {error.colno})",
-                source=str(path),
-                where=f"line {lineno}",
-            ) from None
-        if not isinstance(obj, dict):
-            raise TunelensInputError(
-                "expected a JSON object on each line", source=str(path), where=f"line {lineno}"
-            )
-        rows.append((lineno, obj))
-    return rows
+    return read_json_lines(path, what="task file")
 
 
 def load_jsonl(path: str | Path) -> Task:

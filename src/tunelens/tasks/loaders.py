@@ -18,45 +18,18 @@ task's metadata so that world tasks survive a round trip.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tunelens.errors import TunelensInputError
+from tunelens.io import read_json, read_text  # read_text: re-exported for older imports
 from tunelens.tasks.labels import derive_label_space
 from tunelens.tasks.types import Example, Instance, Task
 
 TASK_SUFFIXES = (".json", ".jsonl")
 
 PathLike = str | Path
-
-
-def read_text(path: Path, *, allow_empty: bool = False) -> str:
-    """The file's text, with clear errors for a missing, unreadable, binary or empty file.
-
-    ``allow_empty`` leaves a blank file to the caller (which may say more precisely
-    what is missing).
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
-    except FileNotFoundError:
-        raise TunelensInputError("no such file or directory", source=str(path)) from None
-    except UnicodeDecodeError as error:
-        raise TunelensInputError(f"not UTF-8 text (byte {error.start})", source=str(path)) from None
-    except OSError as error:
-        raise TunelensInputError(f"cannot read: {error.strerror}", source=str(path)) from None
-    if not allow_empty and not text.strip():
-        raise TunelensInputError("file is empty", source=str(path))
-    return text
-
-
-def _json_error(error: json.JSONDecodeError, path: Path) -> TunelensInputError:
-    return TunelensInputError(
-        f"invalid JSON: {error.msg}",
-        source=str(path),
-        where=f"line {error.lineno}, column {error.colno}",
-    )
 
 
 class FieldReader:
@@ -210,12 +183,7 @@ def parse_superni(data: Any, path: Path, name: str | None = None) -> Task:
 def load_superni_task(path: PathLike) -> Task:
     """One SuperNI task JSON file."""
     path = Path(path)
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _json_error(error, path) from None
-    return parse_superni(data, path)
+    return parse_superni(read_json(path, what="task file"), path)
 
 
 def find_task_files(directory: PathLike) -> list[Path]:

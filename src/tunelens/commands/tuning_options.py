@@ -1,0 +1,161 @@
+"""The tuning options of the study commands, generated from the one tuning configuration.
+
+:func:`with_tuning_options` adds one option per field of
+:class:`~tunelens.models.tuning.TuningConfig` (the seed excepted: each command
+has its own ``--seed`` / ``--seeds``) to a typer command. An option's help is
+the field's description and its shown default is the command's own default
+configuration, so neither is written twice. An option left out keeps that
+default; the command receives, as ``tuning``, its default configuration with
+the given options applied (checked; a bad value is an input error naming the
+option).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from tunelens.errors import TunelensInputError
+from tunelens.models.tuning.config import TuningConfig
+
+__all__ = ["NOT_OPTIONS", "option_names", "parse_tuning_options", "with_tuning_options"]
+
+NOT_OPTIONS = frozenset({"seed"})
+"""Tuning fields without an option: the seed comes from the command's own seeds."""
+
+PANEL = "Tuning"
+_PREFIX = "tuning__"
+_NONE = ("none", "")
+
+
+def _fields() -> dict[str, FieldInfo]:
+    return {k: v for k, v in TuningConfig.model_fields.items() if k not in NOT_OPTIONS}
+
+
+def _is_nullable(info: FieldInfo) -> bool:
+    return type(None) in typing.get_args(info.annotation)
+
+
+def _is_list(info: FieldInfo) -> bool:
+    return typing.get_origin(info.annotation) is list
+
+
+def option_names(field: str, names: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+    """The option names of a tuning field: ``--lora-r`` unless the command names it itself."""
+    given = (names or {}).get(field)
+    return tuple(given) if given else (f"--{field.replace('_', '-')}",)
+
+
+def _shown(value: Any) -> str | bool:
+    if value is None:
+        return False
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _annotation(
+    field: str, info: FieldInfo, default: Any, names: Mapping[str, Sequence[str]] | None
+) -> Any:
+    """``Annotated[type | None, typer.Option(...)]`` for one field (None: not given)."""
+    decls = option_names(field, names)
+    common: dict[str, Any] = {
+        "help": info.description,
+        "show_default": _shown(default),
+        "rich_help_panel": PANEL,
+    }
+    if info.annotation is bool:
+        flag = decls[0].removeprefix("--")
+        common["show_default"] = flag if default else f"no-{flag}"
+        return Annotated[
+            bool | None,
+            typer.Option(f"{decls[0]}/--no-{flag}", *decls[1:], **common),
+        ]
+    if _is_list(info):
+        return Annotated[str | None, typer.Option(*decls, metavar="A,B,...", **common)]
+    if _is_nullable(info):
+        inner = next(t for t in typing.get_args(info.annotation) if t is not type(None))
+        metavar = f"{'INTEGER' if inner is int else 'FLOAT'}|none"
+        return Annotated[str | None, typer.Option(*decls, metavar=metavar, **common)]
+    kind = info.annotation if info.annotation in (int, float) else str
+    if typing.get_origin(info.annotation) is typing.Literal:
+        common["metavar"] = "|".join(map(str, typing.get_args(info.annotation)))
+    return Annotated[kind | None, typer.Option(*decls, **common)]
+
+
+def parse_tuning_options(
+    raw: Mapping[str, Any],
+    defaults: TuningConfig,
+    names: Mapping[str, Sequence[str]] | None = None,
+) -> TuningConfig:
+    """``defaults`` with the given options (None: not given) applied; errors name the option."""
+    fields = _fields()
+    given: dict[str, Any] = {}
+    for field, value in raw.items():
+        if value is None:
+            continue
+        info = fields[field]
+        if _is_list(info):
+            value = [piece.strip() for piece in str(value).split(",") if piece.strip()]
+        elif _is_nullable(info) and isinstance(value, str) and value.strip().lower() in _NONE:
+            value = None
+        given[field] = value
+    try:
+        return TuningConfig.model_validate({**defaults.model_dump(), **given})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        where = option_names(field, names)[0] if field in fields else "tuning options"
+        raise TunelensInputError(first["msg"], where=where) from None
+
+
+def with_tuning_options(
+    defaults: TuningConfig, *, names: Mapping[str, Sequence[str]] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a typer command with one option per tuning field.
+
+    ``defaults`` is the command's default configuration (shown in the help);
+    ``names`` gives a field its own option names (existing names are kept that
+    way, e.g. decide's ``--lr``). The command takes a ``tuning`` parameter and
+    receives the configuration there (a :class:`TuningConfig`).
+    """
+    fields = _fields()
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(command, include_extras=True)
+        signature = inspect.signature(command)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.name != "tuning"
+        ]
+        added = [
+            inspect.Parameter(
+                _PREFIX + field,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=_annotation(field, info, getattr(defaults, field), names),
+            )
+            for field, info in fields.items()
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            raw = {field: kwargs.pop(_PREFIX + field, None) for field in fields}
+            return command(**kwargs, tuning=parse_tuning_options(raw, defaults, names))
+
+        parameters = own + added
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        wrapper.__annotations__["return"] = hints.get("return", types.NoneType)
+        return wrapper
+
+    return decorate

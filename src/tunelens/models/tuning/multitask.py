@@ -1,0 +1,182 @@
+"""Multi-task tuning through Hugging Face Accelerate (one CPU, one GPU, or many GPUs)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelens.models.batching import EncodedPair, collate, masked_lm_loss
+from tunelens.models.loading import LoadedModel
+from tunelens.models.tuning.adapters import TunedModel, _prepare_full, attach_lora
+from tunelens.models.tuning.config import TuningConfig
+from tunelens.models.tuning.loop import (
+    _DATA_STREAM,
+    TuningDivergedError,
+    _encode,
+    _lr_lambda,
+    _optimizer,
+    _set_train_mode,
+)
+from tunelens.progress import ProgressDisplay
+
+
+def multitask_tune(
+    loaded: LoadedModel,
+    pairs: Sequence[tuple[str, str]],
+    config: TuningConfig,
+    *,
+    accelerator: Any = None,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    names: Sequence[str] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TunedModel:
+    """Multi-task instruction tuning with Hugging Face Accelerate; loss on targets only.
+
+    ``accelerator.prepare(model, optimizer, dataloader, scheduler)`` and
+    ``accelerator.backward`` make the same code run on one CPU, one GPU, or under
+    ``accelerate launch`` with DDP / DeepSpeed / FSDP configs. Without an
+    ``accelerator`` one is created on the loaded model's device type. The shared
+    :class:`~tunelens.progress.ProgressDisplay` (stderr, main process) shows steps,
+    loss and ETA.
+    ``checkpoint_dir`` receives ``final/`` (and ``step-N/`` every ``save_steps``):
+    PEFT ``save_pretrained`` adapters for LoRA, safetensors model + tokenizer for
+    full fine-tuning. Returns a TunedModel on the unwrapped model; ``unload()``
+    restores the base (single-process runs). ``on_step(done, total)`` is called
+    after every optimizer step (e.g. a study's own progress bar).
+    """
+    from accelerate import Accelerator
+
+    encoded = _encode(loaded, pairs, config, names)
+    if accelerator is None:
+        accelerator = Accelerator(
+            cpu=loaded.device.type == "cpu",
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        )
+    torch.manual_seed(config.seed)
+    tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
+    try:
+        _train_accelerated(
+            tuned,
+            encoded,
+            config,
+            accelerator,
+            progress,
+            Path(checkpoint_dir) if checkpoint_dir is not None else None,
+            on_step,
+        )
+    except BaseException:
+        tuned.unload()
+        raise
+    return tuned
+
+
+def _train_accelerated(
+    tuned: TunedModel,
+    encoded: Sequence[EncodedPair],
+    config: TuningConfig,
+    accelerator: Any,
+    progress: bool,
+    checkpoint_dir: Path | None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> None:
+    from torch.utils.data import DataLoader
+
+    loaded = tuned.loaded
+    pad_id = loaded.tokenizer.pad_token_id
+    params = [p for p in tuned.model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, config)
+    dataset: Any = list(encoded)  # a list is a map-style dataset
+    loader: Any = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=config.shuffle,
+        generator=torch.Generator().manual_seed(config.seed * 7919 + _DATA_STREAM),
+        collate_fn=partial(collate, pad_id=pad_id, kind=loaded.kind),
+    )
+    accumulation = accelerator.gradient_accumulation_steps
+    local_batches = math.ceil(len(loader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(local_batches / accumulation)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    # AcceleratedScheduler steps once per process per optimizer step: count in those units.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(config, total * accelerator.num_processes)
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(
+        tuned.model, optimizer, loader, scheduler
+    )
+    _set_train_mode(model, config)
+    step = 0
+    try:
+        with ProgressDisplay(progress and accelerator.is_main_process) as display:
+            bar = display.add("tuning", total)
+            for epoch in range(config.epochs):
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                for batch in loader:
+                    with accelerator.accumulate(model):
+                        loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
+                        bad = accelerator.reduce(
+                            (~torch.isfinite(loss.detach())).float().reshape(1), "sum"
+                        )
+                        if float(bad.sum()) > 0:
+                            raise TuningDivergedError(
+                                step + 1,
+                                float(loss),
+                                what="loss",
+                                learning_rate=config.learning_rate,
+                            )
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and config.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    tuned.losses.append(float(loss.detach()))
+                    display.advance(bar, loss=tuned.losses[-1])
+                    if on_step is not None:
+                        on_step(step, total)
+                    if (
+                        checkpoint_dir is not None
+                        and config.save_steps
+                        and step % config.save_steps == 0
+                        and step < total
+                    ):
+                        _save_checkpoint(accelerator, model, tuned, checkpoint_dir / f"step-{step}")
+                    if step >= total:
+                        break
+                if step >= total:
+                    break
+        if checkpoint_dir is not None:
+            _save_checkpoint(accelerator, model, tuned, checkpoint_dir / "final")
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+    tuned.model = accelerator.unwrap_model(model)
+
+
+def _save_checkpoint(accelerator: Any, model: Any, tuned: TunedModel, directory: Path) -> None:
+    """Adapters via PEFT ``save_pretrained``; full models as safetensors + tokenizer.
+
+    ``accelerator.get_state_dict`` gathers weights sharded by DeepSpeed ZeRO-3 or
+    FSDP; only the main process writes.
+    """
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    state = accelerator.get_state_dict(model)
+    unwrapped.save_pretrained(
+        str(directory), state_dict=state, is_main_process=accelerator.is_main_process
+    )
+    if tuned.method == "full" and accelerator.is_main_process:
+        tuned.loaded.tokenizer.save_pretrained(str(directory))
+    accelerator.wait_for_everyone()

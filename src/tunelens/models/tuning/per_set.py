@@ -1,0 +1,75 @@
+"""One small fine-tune: the loaded model tuned on one set of (prompt, target) pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from tunelens.models.batching import EncodedPair, collate, masked_lm_loss
+from tunelens.models.loading import LoadedModel
+from tunelens.models.tuning.adapters import TunedModel, _prepare_full, attach_lora
+from tunelens.models.tuning.config import TuningConfig
+from tunelens.models.tuning.loop import (
+    _check_finite,
+    _encode,
+    _lr_lambda,
+    _optimizer,
+    _set_train_mode,
+    step_batches,
+)
+
+
+def tune_on_pairs(
+    loaded: LoadedModel,
+    pairs: Sequence[tuple[str, str]],
+    config: TuningConfig,
+    *,
+    names: Sequence[str] | None = None,
+) -> TunedModel:
+    """Fine-tune the loaded model on (prompt, target) pairs; loss on target tokens only.
+
+    A plain seeded loop (AdamW, gradient clipping, optional linear decay) on the
+    model's device. Returns a TunedModel; call its ``unload()`` before tuning the
+    same loaded model again. ``names`` (e.g. ``"task/instance"``) label pairs in
+    error messages. Raises TunelensInputError for a pair that does not fit the
+    context and TuningDivergedError when the loss or gradient norm is not finite.
+    """
+    encoded = _encode(loaded, pairs, config, names)
+    tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
+    try:
+        _train_plain(tuned, encoded, config)
+    except BaseException:
+        tuned.unload()
+        raise
+    return tuned
+
+
+def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: TuningConfig) -> None:
+    model, loaded = tuned.model, tuned.loaded
+    pad_id = loaded.tokenizer.pad_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    schedule = step_batches(len(encoded), config)
+    optimizer = _optimizer(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(schedule)))
+    torch.manual_seed(config.seed)
+    _set_train_mode(model, config)
+    try:
+        for step, indices in enumerate(schedule, start=1):
+            batch = {
+                k: v.to(loaded.device)
+                for k, v in collate([encoded[i] for i in indices], pad_id, loaded.kind).items()
+            }
+            loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
+            _check_finite(loss, step, config, "loss")
+            loss.backward()
+            if config.max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                _check_finite(norm, step, config, "gradient norm")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tuned.losses.append(float(loss.detach()))
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()

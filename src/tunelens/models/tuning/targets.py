@@ -1,0 +1,123 @@
+"""Which modules get adapters, and the seeded LoRA starting weights.
+
+Shared by sequential (:mod:`.per_set`), batched (:mod:`.batched_lora`) and
+multi-task (:mod:`.multitask`) tuning, so that every path starts from the same
+adapters for the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from tunelens.errors import TunelensInputError
+from tunelens.models.tuning.config import DEFAULT_TARGET_MODULES
+
+AdapterState = dict[str, torch.Tensor]
+
+# Attention projections per architecture where the q_proj / v_proj default names nothing;
+# peft's own table (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) is consulted after.
+FALLBACK_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    "gpt2": ("c_attn",),
+    "t5": ("q", "v"),
+    "mt5": ("q", "v"),
+    "umt5": ("q", "v"),
+    "gpt_neox": ("query_key_value",),
+    "bloom": ("query_key_value",),
+    "falcon": ("query_key_value",),
+}
+
+# Separate seeded streams: LoRA initial weights, and the order of the training data.
+_INIT_STREAM = 0
+
+
+def _adaptable(module: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, torch.nn.Linear | Conv1D)
+
+
+def _is_conv1d(module: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def target_module_names(model: torch.nn.Module, targets: Sequence[str]) -> list[str]:
+    """Names of the Linear / Conv1D modules matched by ``targets`` (PEFT's suffix rule)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if _adaptable(module) and any(name == t or name.endswith(f".{t}") for t in targets)
+    ]
+
+
+def resolve_target_modules(model: torch.nn.Module, requested: Sequence[str]) -> list[str]:
+    """``requested`` if it names modules of ``model``, else the architecture's fallback.
+
+    Fallbacks apply only to the default (q_proj, v_proj); a user's own list that
+    matches nothing is an input error listing what the model has.
+    """
+    if target_module_names(model, requested):
+        return list(requested)
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if tuple(requested) == DEFAULT_TARGET_MODULES:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        for candidate in (
+            FALLBACK_TARGET_MODULES.get(model_type),
+            TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type),
+        ):
+            if candidate and target_module_names(model, candidate):
+                return list(candidate)
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _adaptable(m)})
+    raise TunelensInputError(
+        f"no module of this {model_type or 'model'} matches target_modules {list(requested)}; "
+        f"its linear layers end in: {', '.join(suffixes[:16])}",
+        where="tuning.target_modules",
+    )
+
+
+def _module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(name, in_features, out_features) of each target; Conv1D stores its weight as [in, out]."""
+    modules = dict(model.named_modules())
+    shapes = []
+    for name in names:
+        weight = modules[name].weight
+        fan_in, fan_out = (
+            (weight.shape[0], weight.shape[1])
+            if _is_conv1d(modules[name])
+            else (weight.shape[1], weight.shape[0])
+        )
+        shapes.append((name, int(fan_in), int(fan_out)))
+    return shapes
+
+
+def _adapter_key(module_name: str, matrix: str) -> str:
+    """The key PEFT's ``get_peft_model_state_dict`` uses for a LoRA matrix of a module."""
+    return f"base_model.model.{module_name}.{matrix}.weight"
+
+
+def initial_lora_state(shapes: Sequence[tuple[str, int, int]], r: int, seed: int) -> AdapterState:
+    """LoRA starting weights from a seeded generator: A ~ U(+-1/sqrt(in)), B = 0.
+
+    The same distribution as PEFT's default (Kaiming-uniform with a = sqrt(5)),
+    but drawn from ``torch.Generator(seed)`` on the CPU in module order, so that
+    sequential and batched tuning start from identical adapters on any device.
+    """
+    generator = torch.Generator().manual_seed(seed * 7919 + _INIT_STREAM)
+    state: AdapterState = {}
+    for name, fan_in, fan_out in shapes:
+        bound = 1.0 / math.sqrt(fan_in)
+        a = (torch.rand(r, fan_in, generator=generator) * 2.0 - 1.0) * bound
+        state[_adapter_key(name, "lora_A")] = a
+        state[_adapter_key(name, "lora_B")] = torch.zeros(fan_out, r)
+    return state
+
+
+def _adapter_dtype(model: torch.nn.Module) -> torch.dtype:
+    """float32 adapters on half-precision bases (as PEFT's autocast_adapter_dtype does)."""
+    dtype = next(model.parameters()).dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
