@@ -79,7 +79,7 @@ class ResultsModel(BaseModel):
 
 
 class Stat(ResultsModel):
-    """A summary statistic: ``{"mean": x, "ci": [lo, hi]}`` (95% bootstrap CI; null = non-finite)."""
+    """A summary: ``{"mean": x, "ci": [lo, hi]}`` (95% bootstrap CI; null = non-finite)."""
 
     mean: float | None
     ci: list[float | None] = Field(min_length=2, max_length=2)

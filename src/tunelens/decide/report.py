@@ -1,9 +1,11 @@
 """decide.json -> decide.html: one self-contained page (the run report's style and safety).
 
-Like :mod:`tunelens.report.html`, the page is rendered by Jinja2 with
-autoescaping and nothing marked safe (task names, labels, definitions and model
-answers are untrusted text), a Content-Security-Policy forbids scripts and
-external resources, and figures are inline PNGs written without timestamps
+decide.json is read through :class:`tunelens.api.results.DecideResults`. The
+page is ``templates/decide.html.j2`` of :mod:`tunelens.report`, which extends
+the base every tunelens page shares (stylesheet, Content-Security-Policy, nav,
+table macro): rendered by Jinja2 with autoescaping and nothing marked safe
+(task names, labels, definitions and model answers are untrusted text), with
+figures as inline PNGs written without timestamps
 (:func:`tunelens.report.plots.save`).
 """
 
@@ -13,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
+from pydantic import ValidationError
 
+from tunelens.api.results import DecideResults
 from tunelens.decide.verdict import (
     fmt_count,
     fmt_diff,
@@ -23,7 +26,8 @@ from tunelens.decide.verdict import (
     fmt_stat,
     identical,
 )
-from tunelens.report.html import data_uri, page_style
+from tunelens.errors import TunelensInputError
+from tunelens.report.html import data_uri, plain, template_environment
 from tunelens.report.plots import convergence_figure, mean_ci, plt, save
 from tunelens.runs.store import atomic_write_text
 
@@ -280,183 +284,106 @@ def _kv(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
-TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tunelens decide: {{ task.name }}</title>
-{{ style }}
-<style>.grid{display:flex;flex-wrap:wrap;gap:0 28px}.grid h3{font-size:15px;margin:14px 0 2px}
-</style>
-</head><body><main>
-{% macro table(columns, rows) %}
-<div class="scroll"><table><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}
-</tr></thead><tbody>{% for row in rows %}<tr>{% for v in row %}<td{% if not loop.first %}
- class="num"{% endif %}>{{ v }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table></div>
-{% endmacro %}
-<h1>Prompt with examples, or tune? &mdash; {{ task.name }}</h1>
-<div class="meta">model {{ model.name }} ({{ model_params }} non-embedding parameters)
-&middot; {{ task.examples }} labelled examples, labels {{ labels }} &middot; tunelens {{ version }}
-</div>
-<nav><a href="#verdict">Verdict</a><a href="#curves">Learning curves</a>
-<a href="#methods">Methods</a><a href="#compute">Compute</a>
-{% if shares %}<a href="#format">Format-only controls</a>{% endif %}
-<a href="#confusion">Confusion</a>{% if similarity %}<a href="#similarity">Hidden states</a>
-{% endif %}<a href="#split">Split</a><a href="#settings">Settings</a></nav>
-
-<h2 id="verdict">Verdict</h2>
-<ul>{% for line in verdict.summary %}<li>{{ line }}</li>{% endfor %}</ul>
-<h3>Which method wins at which data size</h3>
-<ul>{% for line in verdict.by_size %}<li>{{ line }}</li>{% endfor %}</ul>
-{% if verdict.format %}<h3>Is the tuning gain real?</h3>
-<ul>{% for line in verdict.format %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
-{% if verdict.similarity %}<p>{{ verdict.similarity }}</p>{% endif %}
-<h3>Where the intervals are too wide to decide</h3>
-{% if wide %}{{ table(["comparison", "difference (points) [95% CI]", "CI width",
-  "test items to resolve (about)"], wide) }}
-{% else %}<p>Every comparison was decided at this test size.</p>{% endif %}
-{% if verdict.notes %}<p class="note">{% for n in verdict.notes %}{{ n }}
-{% endfor %}</p>{% endif %}
-<p class="meta">Accuracy is exact match (SuperNI normalisation) on the {{ split.test }} test items;
-intervals are 95% bootstrap intervals over test items ({{ config.bootstrap }} resamples);
-differences are paired (same items). A method wins when the interval of its difference
-excludes 0.</p>
-
-<h2 id="curves">Learning curves</h2>
-<figure><img src="{{ curves_png }}" alt="learning curves">
-<figcaption>Accuracy against the number of labelled examples: ICL with k demonstrations
-and tuning on n examples, 95% CIs; horizontal lines: zero-shot and the label-space guess;
-squares: format-only controls.</figcaption></figure>
-
-<h2 id="methods">Methods</h2>
-{{ table(method_columns, method_rows) }}
-<h3>Comparisons</h3>
-{{ table(["comparison", "examples", "a", "b", "a - b (points) [95% CI]", "winner",
-  "test items to resolve (about)"], comparison_rows) }}
-
-<h2 id="compute">Compute per 1,000 items</h2>
-<figure><img src="{{ compute_png }}" alt="accuracy against compute">
-<figcaption>Accuracy against inference FLOPs per 1,000 items. FLOPs = 2 N T + L d T (T + 1)
-per sequence of T tokens (N = {{ model_params }} non-embedding parameters, L =
-{{ model.layers }} layers, d = {{ model.width }}); tuning costs 3 forward passes per training
-token once (see the methods table).</figcaption></figure>
-
-{% if shares %}<h2 id="format">Format-only controls</h2>
-<p>Share of the tuning gain (tuned minus zero-shot) that a control reaches; near 100%: the
-gain is mostly the output format.</p>
-{{ table(["control", "accuracy % [95% CI]", "share of the tuning gain [95% CI]",
-  "control - tuned (points) [95% CI]"], shares) }}{% endif %}
-
-{% if costs %}<h2 id="costs">Error costs</h2>
-<p>From {{ costs.source }}; (other) = an answer outside the label space.</p>
-{{ table(costs.columns, costs.rows) }}{% endif %}
-
-<h2 id="confusion">Confusion matrices</h2>
-<p>Rows: true label; columns: predicted label, (other) = an answer outside the label space.
-The label-space guess shows expected counts.</p>
-<div class="grid">{% for c in confusions %}<div><h3>{{ c.name }}</h3>
-{{ table(c.columns, c.rows) }}</div>{% endfor %}</div>
-
-{% if similarity %}<h2 id="similarity">ICL-IT hidden-state similarity</h2>
-<p>Last-token hidden states per layer on {{ similarity.n_items }} test items: the base model
-with k={{ similarity.k }} demonstrations (ICL), the model tuned on those same demonstrations
-without them in the prompt (IT), and the base model without them (anchor).</p>
-<figure><img src="{{ similarity_png }}" alt="hidden-state similarity per layer"></figure>
-{{ table(["prediction", "accuracy % [95% CI]"], similarity.accuracy) }}{% endif %}
-
-<h2 id="split">Split</h2>
-<p>Seeded (seed {{ split.seed }}), stratified by {{ split.stratified_by }}: test set
-{{ split.test }}, demonstration pool {{ split.demo_pool }}, tuning pool
-{{ split.tuning_pool }}.</p>
-{{ table(["label", "test", "demonstration pool", "tuning pool"], split_rows) }}
-<h3>Task definition</h3><pre>{{ task.definition }}</pre>
-
-<h2 id="settings">Settings</h2>
-<div class="scroll"><table><tbody>{% for k, v in settings %}<tr><th>{{ k }}</th>
-<td>{{ v }}</td></tr>{% endfor %}</tbody></table></div>
-<h3>Environment</h3>
-<div class="scroll"><table><tbody>{% for k, v in environment %}<tr><th>{{ k }}</th>
-<td>{{ v }}</td></tr>{% endfor %}</tbody></table></div>
-</main></body></html>
-"""
+def parse_decide(data: Any, source: str | Path = "decide.json") -> DecideResults:
+    """decide.json data as :class:`DecideResults`, or a TunelensInputError naming the key."""
+    if isinstance(data, DecideResults):
+        return data
+    try:
+        return DecideResults.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise TunelensInputError(
+            f"not a tunelens decide file: {first['msg']}", source=str(source), where=where
+        ) from None
 
 
-def render(data: Mapping[str, Any], images: Mapping[str, str]) -> str:
+def _toc(results: DecideResults) -> list[tuple[str, str]]:
+    toc = [
+        ("verdict", "Verdict"),
+        ("curves", "Learning curves"),
+        ("methods", "Methods"),
+        ("compute", "Compute"),
+    ]
+    if results.format_share is not None:
+        toc.append(("format", "Format-only controls"))
+    toc.append(("confusion", "Confusion"))
+    if results.similarity is not None:
+        toc.append(("similarity", "Hidden states"))
+    return [*toc, ("split", "Split"), ("settings", "Settings")]
+
+
+def render(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -> str:
     """The page's HTML for decide.json ``data`` and figure data URIs."""
+    results = parse_decide(data)
+    data = plain(results)  # the helpers read JSON data, in decide.json's (sorted) key order
     method_columns, method_rows = _method_rows(data)
-    verdict = data.get("verdict", {})
+    verdict = results.verdict
     wide = [
         [
-            f"{w['a']} vs {w['b']}",
-            fmt_diff(w["difference"]),
-            f"{w['width']:.1f}" if w.get("width") is not None else "n/a",
-            fmt_count(w["items_to_resolve"]) if w.get("items_to_resolve") else "-",
+            f"{w.a} vs {w.b}",
+            fmt_diff(plain(w.difference)),
+            f"{w.width:.1f}" if w.width is not None else "n/a",
+            fmt_count(w.items_to_resolve) if w.items_to_resolve else "-",
         ]
-        for w in verdict.get("too_wide", [])
+        for w in verdict.too_wide
     ]
-    costs = data.get("costs")
+    costs = results.costs
     cost_view = None
     if costs:
         cost_view = {
-            "source": costs["source"],
-            "columns": ["true \\ predicted", *costs["predicted"]],
+            "source": costs.source,
+            "columns": ["true \\ predicted", *costs.predicted],
             "rows": [
                 [label, *[f"{c:g}" for c in row]]
-                for label, row in zip(costs["labels"], costs["costs"], strict=True)
+                for label, row in zip(costs.labels, costs.costs, strict=True)
             ],
         }
-    similarity = data.get("similarity")
+    similarity = results.similarity
     sim_view = None
     if similarity:
         sim_view = {
-            "k": similarity["k"],
-            "n_items": similarity["n_items"],
+            "k": similarity.k,
+            "n_items": similarity.n_items,
             "accuracy": [
-                [name, fmt_stat(stat, unit="")] for name, stat in similarity["accuracy"].items()
+                [name, fmt_stat(plain(stat), unit="")]
+                for name, stat in sorted(similarity.accuracy.items())
             ],
         }
-    split = data["split"]
-    model = data["model"]
-    env = jinja2.Environment(
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    split = results.split
+    model = results.model
+    return (
+        template_environment()
+        .get_template("decide.html.j2")
+        .render(
+            title=f"tunelens decide: {results.task.name}",
+            toc=_toc(results),
+            task=results.task,
+            model=model,
+            labels=", ".join(results.task.labels),
+            model_params=fmt_count(model.non_embedding_parameters),
+            version=str(results.tunelens_version),
+            verdict=verdict,
+            wide=wide,
+            split=split,
+            config=data["config"],
+            curves_png=images["curves"],
+            compute_png=images["compute"],
+            similarity_png=images.get("similarity", ""),
+            methods={"columns": method_columns, "rows": method_rows},
+            comparison_rows=_comparison_rows(data),
+            shares=_share_rows(data),
+            costs=cost_view,
+            confusions=[_confusion_view(m) for m in data["methods"]],
+            similarity=sim_view,
+            split_rows=[
+                [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
+                for label, c in sorted(split.per_label.items())
+            ],
+            settings=_settings(data),
+            environment=_kv(data["environment"]),
+        )
     )
-    return env.from_string(TEMPLATE).render(
-        style=_markup(page_style()),
-        task=data["task"],
-        model=model,
-        labels=", ".join(data["task"]["labels"]),
-        model_params=fmt_count(model.get("non_embedding_parameters")),
-        version=str(data.get("tunelens_version")),
-        verdict=verdict,
-        wide=wide,
-        split=split,
-        config=data["config"],
-        curves_png=images["curves"],
-        compute_png=images["compute"],
-        similarity_png=images.get("similarity", ""),
-        method_columns=method_columns,
-        method_rows=method_rows,
-        comparison_rows=_comparison_rows(data),
-        shares=_share_rows(data),
-        costs=cost_view,
-        confusions=[_confusion_view(m) for m in data.get("methods", [])],
-        similarity=sim_view,
-        split_rows=[
-            [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
-            for label, c in split["per_label"].items()
-        ],
-        settings=_settings(data),
-        environment=_kv(data.get("environment")),
-    )
-
-
-def _markup(text: str) -> Any:
-    """Our own constant stylesheet (never data) passes the autoescaper unchanged."""
-    from markupsafe import Markup
-
-    return Markup(text)
 
 
 def _settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -466,28 +393,28 @@ def _settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [*rows, ("model sizes from", str(data["model"].get("sizes_from", "")))]
 
 
-def write_report(out_dir: str | Path, data: Mapping[str, Any]) -> Path:
+def write_report(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) -> Path:
     """Write DIR/plots/decide_*.png and DIR/decide.html; returns the HTML path."""
     out = Path(out_dir)
+    results = parse_decide(data, source=out / "decide.json")
+    data = plain(results)
     plots = out / PLOTS_DIR
     images = {
         "curves": data_uri(save(learning_curve_figure(data), plots / "decide_curves.png")),
         "compute": data_uri(save(compute_figure(data), plots / "decide_compute.png")),
     }
-    if data.get("similarity"):
+    if results.similarity is not None:
         images["similarity"] = data_uri(
             save(similarity_figure(data), plots / "decide_similarity.png")
         )
     path = out / "decide.html"
-    atomic_write_text(path, render(data, images))
+    atomic_write_text(path, render(results, images))
     return path
 
 
 def rebuild_report(out_dir: str | Path) -> Path:
     """Write DIR/decide.html again from DIR/decide.json (after a change to this module, say)."""
     import json
-
-    from tunelens.errors import TunelensInputError
 
     path = Path(out_dir) / "decide.json"
     try:
@@ -498,7 +425,7 @@ def rebuild_report(out_dir: str | Path) -> Path:
         ) from None
     except (OSError, ValueError) as error:
         raise TunelensInputError(f"cannot read: {error}", source=str(path)) from None
-    return write_report(out_dir, data)
+    return write_report(out_dir, parse_decide(data, source=path))
 
 
-__all__: Sequence[str] = ["rebuild_report", "render", "write_report"]
+__all__: Sequence[str] = ["parse_decide", "rebuild_report", "render", "write_report"]

@@ -26,6 +26,7 @@ from tunelens.measures.text import exact_match, rouge_l
 from tunelens.prompts import PromptStyle, render_prompt, render_target
 from tunelens.spec import AuditSpec, TuningSpec
 from tunelens.tasks.types import Task
+from tunelens.tasks.variants import output_space
 
 BASELINES = ("untuned", "random", "copy_input", "copy_demo")
 SHARES = {
@@ -84,13 +85,6 @@ def score(items: list[tuple[Task, Any]], predictions: Sequence[str]) -> dict[str
             name: {m: float(np.mean(v)) for m, v in ms.items()} for name, ms in per_task.items()
         },
     }
-
-
-def output_space(task: Task) -> list[str]:
-    """The label space, or for free text every distinct reference output of the task."""
-    if task.labels:
-        return list(task.labels)
-    return sorted({inst.outputs[0] for inst in task.instances})
 
 
 def expected_guess_scores(items: list[tuple[Task, Any]]) -> dict[str, dict[str, float]]:

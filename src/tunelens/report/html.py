@@ -16,6 +16,7 @@ import base64
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tunelens.api.results import StudyResults
+from tunelens.api.results import ConvergenceEntry, StudyResults
 from tunelens.errors import TunelensInputError
 from tunelens.report.plots import BASELINES, CURVES, Plot, audit_label, write_plots
 from tunelens.runs.store import atomic_write_text
@@ -99,6 +100,8 @@ def fmt_number(value: Any) -> str:
 
 def fmt(value: Any) -> str:
     """One table cell: '0.912 [0.90, 0.93]' for a summary, compact JSON for structures."""
+    if isinstance(value, BaseModel):
+        value = plain(value)
     if is_stat(value):
         text = fmt_number(value.get("mean"))
         ci = value.get("ci")
@@ -163,14 +166,14 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def convergence_view(entries: list[Any], plots: list[Plot]) -> list[dict[str, Any]]:
+def convergence_view(
+    entries: Sequence[ConvergenceEntry], plots: list[Plot]
+) -> list[dict[str, Any]]:
     figures = iter(plots)
     views = []
     for i, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            continue
         plot = next(figures, None)
-        layers = [row for row in entry.get("layers") or [] if isinstance(row, Mapping)]
+        layers = [plain(row) for row in entry.layers]
         cos_keys = [k for k, _, _ in CURVES if any(k in row for row in layers)]
         other = sorted(
             {k for row in layers for k in row if k not in ("layer", "wilcoxon", *cos_keys)}
@@ -184,54 +187,44 @@ def convergence_view(entries: list[Any], plots: list[Plot]) -> list[dict[str, An
             ]
             for row in layers
         ]
-        tests = []
-        for row in layers:
-            wilcoxon = row.get("wilcoxon")
-            if isinstance(wilcoxon, Mapping):
-                for name, test in wilcoxon.items():
-                    test = test if isinstance(test, Mapping) else {}
-                    tests.append(
-                        [
-                            fmt(row.get("layer")),
-                            str(name),
-                            *[fmt(test.get(k)) for k in ("statistic", "p", "p_holm", "effect")],
-                        ]
-                    )
-        accuracy = entry.get("accuracy")
+        tests = [
+            [
+                fmt(row.layer),
+                str(name),
+                *[fmt(getattr(test, k)) for k in ("statistic", "p", "p_holm", "effect")],
+            ]
+            for row in entry.layers
+            for name, test in sorted(row.wilcoxon.items())
+        ]
         views.append(
             {
                 "title": f"Condition {i + 1}",
-                "condition": condition_text(entry.get("condition")),
-                "n_pairs": fmt(entry.get("n_pairs")),
-                "accuracy": [(str(k), fmt(v)) for k, v in accuracy.items()]
-                if isinstance(accuracy, Mapping)
-                else [],
+                "condition": condition_text(plain(entry.condition)),
+                "n_pairs": fmt(entry.n_pairs),
+                "accuracy": [(str(k), fmt(v)) for k, v in plain(entry.accuracy).items()],
                 "plot": data_uri(plot.path) if plot else None,
                 "caption": plot.caption if plot else "",
                 "layers": {"columns": columns, "rows": rows},
                 "tests": tests,
-                "extras": extras(entry, CONVERGENCE_KNOWN),
+                "extras": extras(plain(entry), CONVERGENCE_KNOWN),
             }
         )
     return views
 
 
-def _sources(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+def _baseline_sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, entry) for every baseline: the known ones in their order, then the rest."""
+    if results.baselines is None:
+        return []
+    baselines = plain(results.baselines)
+    names = [*[b for b in BASELINES if b in baselines], *sorted(set(baselines) - set(BASELINES))]
+    return [(f"baseline: {n}", baselines[n]) for n in names if isinstance(baselines[n], Mapping)]
+
+
+def _sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any]]]:
     """(label, entry) for every baseline and audit condition, in report order."""
-    sources: list[tuple[str, Mapping[str, Any]]] = []
-    baselines = results.get("baselines")
-    if isinstance(baselines, Mapping):
-        names = [
-            *[b for b in BASELINES if b in baselines],
-            *sorted(set(baselines) - set(BASELINES)),
-        ]
-        sources += [
-            (f"baseline: {n}", baselines[n]) for n in names if isinstance(baselines[n], Mapping)
-        ]
-    audit = results.get("audit")
-    if isinstance(audit, list):
-        sources += [(audit_label(e), e) for e in audit if isinstance(e, Mapping)]
-    return sources
+    audit = [(audit_label(e), e) for e in plain(results.audit or [])]
+    return [*_baseline_sources(results), *audit]
 
 
 def breakdown(
@@ -254,39 +247,32 @@ def breakdown(
     return {"columns": [key.replace("per_", ""), *[label for label, _ in sources]], "rows": rows}
 
 
-def audit_view(results: Mapping[str, Any], plots: list[Plot]) -> dict[str, Any]:
-    audit = [e for e in results.get("audit") or [] if isinstance(e, Mapping)]
+def audit_view(results: StudyResults, plots: list[Plot]) -> dict[str, Any]:
+    audit = plain(results.audit or [])
     condition_keys: list[str] = []
     for e in audit:
-        c = e.get("condition")
-        if isinstance(c, Mapping):
-            condition_keys += [str(k) for k in c if str(k) not in condition_keys]
+        condition_keys += [str(k) for k in e["condition"] if str(k) not in condition_keys]
     extra_keys: list[str] = []
     for e in audit:
         extra_keys += [str(k) for k in e if k not in AUDIT_KNOWN and str(k) not in extra_keys]
-    grid_rows = []
-    for e in audit:
-        c = e.get("condition") if isinstance(e.get("condition"), Mapping) else {}
-        grid_rows.append(
-            [
-                *[fmt(c.get(k)) for k in condition_keys],
-                fmt(e.get("em")),
-                fmt(e.get("rouge_l")),
-                *[fmt(e.get(k)) for k in extra_keys],
-            ]
-        )
-    baselines = results.get("baselines")
-    baseline_rows = []
-    if isinstance(baselines, Mapping):
-        for label, entry in _sources({"baselines": baselines}):
-            baseline_rows.append(
-                [
-                    label.removeprefix("baseline: "),
-                    fmt(entry.get("em")),
-                    fmt(entry.get("rouge_l")),
-                    "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
-                ]
-            )
+    grid_rows = [
+        [
+            *[fmt(e["condition"].get(k)) for k in condition_keys],
+            fmt(e["em"]),
+            fmt(e["rouge_l"]),
+            *[fmt(e.get(k)) for k in extra_keys],
+        ]
+        for e in audit
+    ]
+    baseline_rows = [
+        [
+            label.removeprefix("baseline: "),
+            fmt(entry.get("em")),
+            fmt(entry.get("rouge_l")),
+            "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
+        ]
+        for label, entry in _baseline_sources(results)
+    ]
     sources = _sources(results)
     return {
         "plot": data_uri(plots[0].path) if plots else None,
@@ -301,153 +287,90 @@ def audit_view(results: Mapping[str, Any], plots: list[Plot]) -> dict[str, Any]:
     }
 
 
-TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tunelens report</title>
-<style>
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;
-background:#fff;line-height:1.45}
-main{max-width:1150px;margin:0 auto;padding:24px}
-h1{margin:0 0 4px;font-size:26px}h2{border-bottom:2px solid #d0d7de;padding-bottom:4px;
-margin-top:36px}h3{margin-top:26px}
-.meta{color:#57606a;font-size:14px}.note{background:#f6f8fa;border-left:4px solid #0969da;
-padding:8px 12px;white-space:pre-wrap}
-nav a{margin-right:14px}
-.scroll{overflow-x:auto;margin:8px 0 16px}
-table{border-collapse:collapse;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa;position:sticky;top:0}
-td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-tr:nth-child(even) td{background:#fbfcfd}
-figure{margin:12px 0}figure img{max-width:100%;border:1px solid #d0d7de}
-figcaption{color:#57606a;font-size:13px}
-pre{background:#f6f8fa;padding:10px;overflow-x:auto;font-size:12px;white-space:pre-wrap}
-details summary{cursor:pointer;color:#0969da}
-</style></head>
-<body><main>
-<h1>tunelens report</h1>
-<div class="meta">tunelens {{ version }}{% if env %} &middot; {{ env_line }}{% endif %}</div>
-{% if note %}<p class="note">{{ note }}</p>{% endif %}
-<nav>{% for anchor, title in toc %}<a href="#{{ anchor }}">{{ title }}</a>{% endfor %}</nav>
+@dataclass(frozen=True)
+class Section:
+    """One experiment's part of report.html: its anchor, nav title, template and view.
 
-{% macro table(t, numeric_from=1) %}
-<div class="scroll"><table><thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}
-</tr></thead><tbody>{% for row in t.rows %}<tr>{% for v in row %}
-<td{% if loop.index0 >= numeric_from %} class="num"{% endif %}>{{ v }}</td>{% endfor %}</tr>
-{% endfor %}</tbody></table></div>
-{% endmacro %}
+    ``present(results)`` says whether results.json has the section;
+    ``view(results, plots)`` builds what ``templates/<template>`` reads as
+    ``section.view`` (``plots``: the figures of this section).
+    """
 
-{% if convergence is not none %}
-<h2 id="convergence">Convergence: ICL vs instruction tuning, layer by layer</h2>
-<p>Cosine similarity of last-token hidden states per layer, mean over (demonstration set,
-anchor) pairs with 95% bootstrap CIs. Wilcoxon: paired one-sided signed-rank tests across
-pairs, Holm-corrected across layers.</p>
-{% for c in convergence %}
-<h3>{{ c.title }}</h3>
-<p><b>Condition:</b> {{ c.condition }} &middot; <b>pairs:</b> {{ c.n_pairs }}</p>
-{% if c.accuracy %}<div class="scroll"><table><thead><tr><th>prediction</th><th>accuracy</th>
-</tr></thead><tbody>{% for k, v in c.accuracy %}<tr><td>{{ k }}</td><td class="num">{{ v }}</td>
-</tr>{% endfor %}</tbody></table></div>{% endif %}
-{% if c.plot %}<figure><img src="{{ c.plot }}" alt="{{ c.caption }}">
-<figcaption>{{ c.caption }}</figcaption></figure>{% endif %}
-{% if c.layers.rows %}<details><summary>Per-layer similarity</summary>
-{{ table(c.layers) }}</details>{% endif %}
-{% if c.tests %}<h4>Wilcoxon signed-rank tests</h4>
-{{ table({"columns": ["layer", "comparison", "statistic", "p", "p (Holm)", "effect"],
-          "rows": c.tests}, 2) }}{% endif %}
-{% if c.extras %}<details><summary>Other values</summary><div class="scroll"><table><tbody>
-{% for k, v in c.extras %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
-</tbody></table></div></details>{% endif %}
-{% endfor %}
-{% endif %}
-
-{% if audit is not none %}
-<h2 id="audit">Audit: what instruction tuning taught</h2>
-<p>Zero-shot scores on held-out tasks (x100), with 95% bootstrap CIs over tasks.</p>
-{% if audit.plot %}<figure><img src="{{ audit.plot }}" alt="{{ audit.caption }}">
-<figcaption>{{ audit.caption }}</figcaption></figure>{% endif %}
-{% if audit.grid.rows %}<h3>Tuning conditions</h3>{{ table(audit.grid, 0) }}{% endif %}
-{% if audit.baselines %}<h3>Baselines</h3>
-{{ table({"columns": ["baseline", "exact match", "ROUGE-L", "other"],
-          "rows": audit.baselines}) }}{% endif %}
-{% if audit.categories.em.rows %}<h3>Per category: exact match</h3>
-{{ table(audit.categories.em) }}
-<h3>Per category: ROUGE-L</h3>{{ table(audit.categories.rouge_l) }}{% endif %}
-{% if audit.tasks.em.rows %}<details><summary>Per task ({{ audit.tasks.em.rows|length }}
-tasks)</summary><h4>Exact match</h4>{{ table(audit.tasks.em) }}
-<h4>ROUGE-L</h4>{{ table(audit.tasks.rouge_l) }}</details>{% endif %}
-{% endif %}
-
-{% for anchor, title, block in others %}
-<h2 id="{{ anchor }}">{{ title }}</h2>
-{% if block.kind == "table" %}{{ table(block, 0) }}{% else %}<pre>{{ block.text }}</pre>{% endif %}
-{% endfor %}
-
-{% if spec_yaml %}<h2 id="spec">Spec</h2><pre>{{ spec_yaml }}</pre>{% endif %}
-{% if env %}<h2 id="environment">Environment</h2><div class="scroll"><table><tbody>
-{% for k, v in env %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
-</tbody></table></div>{% endif %}
-</main></body></html>
-"""
+    anchor: str
+    title: str
+    template: str
+    present: Callable[[StudyResults], bool]
+    view: Callable[[StudyResults, list[Plot]], Any]
 
 
-def _environment() -> jinja2.Environment:
+SECTIONS: list[Section] = [
+    Section(
+        "convergence",
+        "Convergence",
+        "sections/convergence.html.j2",
+        lambda r: r.convergence is not None,
+        lambda r, plots: convergence_view(r.convergence or [], plots),
+    ),
+    Section(
+        "audit",
+        "Audit",
+        "sections/audit.html.j2",
+        lambda r: r.audit is not None or r.baselines is not None,
+        audit_view,
+    ),
+]
+
+
+def template_environment() -> jinja2.Environment:
+    """The Jinja2 environment of every tunelens page: the package's templates, autoescaped."""
     return jinja2.Environment(
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+        loader=jinja2.PackageLoader("tunelens.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
-def render_report(results: Mapping[str, Any], plots: list[Plot]) -> str:
+def render_report(results: StudyResults | Mapping[str, Any], plots: list[Plot]) -> str:
     """The report's HTML for ``results`` and already written ``plots``."""
-    spec = results.get("spec")
-    env = results.get("environment")
-    env_rows = [(str(k), fmt(v)) for k, v in env.items()] if isinstance(env, Mapping) else []
-    note = spec.get("note") if isinstance(spec, Mapping) else None
-    convergence = results.get("convergence")
-    has_audit = isinstance(results.get("audit"), list) or isinstance(
-        results.get("baselines"), Mapping
-    )
-    toc = []
-    if isinstance(convergence, list):
-        toc.append(("convergence", "Convergence"))
-    if has_audit:
-        toc.append(("audit", "Audit"))
+    results = parse_results(results)
+    spec = results.spec
+    env_rows = [(str(k), fmt(v)) for k, v in plain(results.environment or {}).items()]
+    note = spec.get("note") if spec is not None else None
+    toc: list[tuple[str, str]] = []
+    sections = []
+    for section in SECTIONS:
+        if section.present(results):
+            mine = [p for p in plots if p.section == section.anchor]
+            sections.append({"template": section.template, "view": section.view(results, mine)})
+            toc.append((section.anchor, section.title))
+    data = plain(results)
     others = []
-    for key in sorted(k for k in results if k not in KNOWN_KEYS):
+    for key in sorted(k for k in data if k not in KNOWN_KEYS):
         anchor = "key-" + "".join(ch if ch.isalnum() else "-" for ch in str(key))
-        others.append(
-            (anchor, str(key).replace("_", " ").capitalize(), generic_block(results[key]))
-        )
+        others.append((anchor, str(key).replace("_", " ").capitalize(), generic_block(data[key])))
         toc.append((anchor, str(key)))
-    if isinstance(spec, Mapping):
+    if spec is not None:
         toc.append(("spec", "Spec"))
     if env_rows:
         toc.append(("environment", "Environment"))
     return (
-        _environment()
-        .from_string(TEMPLATE)
+        template_environment()
+        .get_template("study.html.j2")
         .render(
-            version=fmt(results.get("tunelens_version")),
+            title="tunelens report",
+            version=fmt(results.tunelens_version),
             env=env_rows,
             env_line=", ".join(
                 f"{k} {v}" for k, v in env_rows if k in ("python", "torch", "device")
             ),
             note=note or "",
             toc=toc,
-            convergence=convergence_view(
-                convergence, [p for p in plots if p.section == "convergence"]
-            )
-            if isinstance(convergence, list)
-            else None,
-            audit=audit_view(results, [p for p in plots if p.section == "audit"])
-            if has_audit
-            else None,
+            sections=sections,
             others=others,
             spec_yaml=yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
-            if isinstance(spec, Mapping)
+            if spec is not None
             else "",
         )
     )
@@ -456,18 +379,12 @@ def render_report(results: Mapping[str, Any], plots: list[Plot]) -> str:
 def build_report(out_dir: Path) -> Path:
     """Write ``out_dir/report.html`` (and the PNGs under ``out_dir/plots/``) from results.json."""
     out_dir = Path(out_dir)
-    results = load_results(out_dir)
+    results = parse_results(load_results(out_dir), source=out_dir / "results.json")
     plots_dir = out_dir / PLOTS_DIR
     if plots_dir.is_dir():  # figures of an earlier report may name conditions no longer there
         for old in plots_dir.glob("*.png"):
             old.unlink()
-    plots = write_plots(results, plots_dir)
+    plots = write_plots(plain(results), plots_dir)
     path = out_dir / REPORT
     atomic_write_text(path, render_report(results, plots))
     return path
-
-
-def page_style() -> str:
-    """The report's ``<style>`` block, for other one-page reports that should look the same."""
-    start, end = TEMPLATE.index("<style>"), TEMPLATE.index("</style>") + len("</style>")
-    return TEMPLATE[start:end]

@@ -6,6 +6,7 @@ Run directory::
     DIR/cells/<experiment>/<key>.json   one finished cell each (see runs.store)
     DIR/results.json    aggregated results (deterministic: no times, sorted keys)
     DIR/timings.json    seconds per cell and per run (varies between runs)
+    DIR/manifest.json   command line, start time, versions, code revision (see runs.manifest)
     DIR/report.html, DIR/plots/   written by tunelens.report
 
 Resume: cells whose file is in the store are skipped, so re-running the same
@@ -32,6 +33,7 @@ import tunelens
 from tunelens.api import Cell, Experiment, StudyInputs, get_experiments
 from tunelens.progress import ProgressDisplay
 from tunelens.runs.executors import Executor, Job, make_executor
+from tunelens.runs.manifest import write_manifest
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 from tunelens.spec import Spec
 
@@ -186,6 +188,7 @@ def execute(
     executor: str | Executor = "local",
     address: str | None = None,
     progress: bool = True,
+    results_file: str | None = None,
 ) -> list[SectionRun]:
     """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
 
@@ -203,6 +206,8 @@ def execute(
     store = CellStore(out_dir)
     planned = [(exp, section, exp.cells(section, inputs)) for exp, section in sections]
     check_unique_keys(cell for _, _, cells in planned for cell in cells)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(out_dir, [exp for exp, _ in sections], results_file=results_file)
     finished = store.finished_keys()
 
     timings_path = out_dir / TIMINGS
@@ -299,6 +304,7 @@ def run_study(
         executor=executor,
         address=address,
         progress=progress,
+        results_file=RESULTS,
     )
     results: dict[str, Any] = {}
     for run in runs:

@@ -66,7 +66,8 @@ class TuningConfig(BaseModel):
     max_grad_norm: float | None = Field(
         1.0,
         gt=0,
-        description="Clip the gradient norm to this value; none (null in a spec) turns clipping off.",
+        description="Clip the gradient norm to this value; none (null in a spec) turns "
+        "clipping off.",
     )
     seed: int = Field(
         0,

@@ -1,0 +1,76 @@
+"""``DIR/manifest.json``: how a run directory was made (beside results, which stay byte-stable).
+
+Written by every invocation of the shared cell loop (``run``, the study
+commands, ``decide``, ``world eval --out``): the command line, start time,
+tunelens version and code revision, package versions, the experiments and
+their code versions, and which results file the directory holds, so that
+``tunelens report DIR`` knows which page to rebuild.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import tunelens
+from tunelens.runs.store import atomic_write_text, dumps
+
+__all__ = ["MANIFEST", "read_manifest", "write_manifest"]
+
+MANIFEST = "manifest.json"
+_PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "scipy", "ray")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def code_revision() -> str | None:
+    """The git commit of the tunelens source tree, when it is a checkout (else None)."""
+    source = Path(tunelens.__file__).resolve().parent
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def write_manifest(
+    out_dir: Path, experiments: Sequence[Any], *, results_file: str | None = None
+) -> None:
+    """Record this invocation in ``out_dir/manifest.json`` (replacing the previous one)."""
+    manifest = {
+        "command": list(sys.argv),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tunelens_version": tunelens.__version__,
+        "code_revision": code_revision(),
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "experiments": {e.name: e.code_version for e in experiments},
+        "results": results_file,
+    }
+    atomic_write_text(Path(out_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a run directory, or None where there is none (older runs)."""
+    import json
+
+    try:
+        data = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
