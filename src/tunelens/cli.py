@@ -24,8 +24,18 @@ app.add_typer(world_app, name="world")
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Log progress details (INFO) and show library warnings (transformers).",
+    ),
+) -> None:
     """tunelens: ICL vs instruction tuning, measured."""
+    from tunelens.log import setup_logging
+
+    setup_logging(verbose)
 
 
 def main() -> None:

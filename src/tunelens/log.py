@@ -61,7 +61,7 @@ def setup_logging(verbose: bool = False) -> None:
 def _filter_transformers(verbose: bool) -> None:
     """transformers' logger and warnings: errors only unless ``verbose`` (then its defaults)."""
     if verbose:
-        warnings.filters[:] = [f for f in warnings.filters if not _is_ours(f)]
+        warnings.filterwarnings("default", module=_TRANSFORMERS_MODULE)  # undo a quiet call
         if "transformers" in sys.modules:
             logging.getLogger("transformers").setLevel(logging.WARNING)
         return
@@ -70,8 +70,3 @@ def _filter_transformers(verbose: bool) -> None:
     if "transformers" in sys.modules:
         logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=_TRANSFORMERS_MODULE)
-
-
-def _is_ours(entry: tuple[object, ...]) -> bool:
-    module = entry[3]
-    return entry[0] == "ignore" and getattr(module, "pattern", None) == _TRANSFORMERS_MODULE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest_models import prompt, wrap
+from tests.helpers.models import prompt, wrap
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.predict import first_line, generate_predictions, score_labels
@@ -137,7 +137,7 @@ def test_label_scores_are_summed_log_probabilities(tiny_model, arch):
 
 
 def test_predictions_of_a_tuned_model_and_long_prompts(tiny_model):
-    from conftest_models import memorisable_pairs
+    from tests.helpers.models import memorisable_pairs
 
     from tunelens.models.tuning import TuningConfig, tune_on_pairs
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runs_fakes import XSS, fake_experiments, small_spec
+from tests.helpers.fakes import XSS, fake_experiments, small_spec
 
 from tunelens.errors import TunelensInputError
 from tunelens.report.html import build_report

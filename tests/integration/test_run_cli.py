@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs_fakes import fake_experiments
+from tests.helpers.fakes import fake_experiments
 
 from tunelens.spec import default_spec, load_spec
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runs_fakes import XSS, FakeConvergence, fake_experiments, small_spec
+from tests.helpers.fakes import XSS, FakeConvergence, fake_experiments, small_spec
 
 from tunelens.runs.store import CellStore
 from tunelens.runs.study import run_study
@@ -99,7 +99,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     sys.path.insert(0, {here!r})
-    from runs_fakes import fake_experiments, small_spec
+    from tests.helpers.fakes import fake_experiments, small_spec
     from tunelens.runs.study import run_study
     run_study(small_spec(), Path(sys.argv[1]), progress=False,
               experiments=fake_experiments(delay=float(sys.argv[2])))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest_models import demo_sets, has_lora_layers, logits_of, memorisable_pairs, prompt, wrap
+from tests.helpers.models import (
+    demo_sets,
+    has_lora_layers,
+    logits_of,
+    memorisable_pairs,
+    prompt,
+    wrap,
+)
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.batching import masked_lm_loss

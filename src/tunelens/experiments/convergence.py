@@ -28,7 +28,7 @@ import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.measures.similarity import cosine_per_layer, linear_cka_per_layer
-from tunelens.measures.stats import holm, mean_ci, paired_wilcoxon_greater
+from tunelens.measures.stats import holm, mean_ci, paired_wilcoxon, paired_wilcoxon_greater
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, render_prompt, render_target
 from tunelens.spec import ConvergenceSpec, TuningSpec
@@ -234,9 +234,69 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
                 "per_seed": per_seed,
             }
         )
+    _compare_k(entries, groups)
     from tunelens.api.results import dump_convergence
 
     return dump_convergence(entries)  # validated: the typed shape of results.json
+
+
+def _compare_k(
+    entries: list[dict[str, Any]], groups: dict[str, list[tuple[Cell, dict[str, Any]]]]
+) -> None:
+    """Add ``k_comparison`` to each entry whose condition also ran at a larger k.
+
+    Demonstration sets are nested (:mod:`tunelens.tasks.sampling`): for one seed
+    the anchors are the same for every k and the demonstrations for k are a
+    prefix of those for a larger k. So pair i of a seed at k and pair i of that
+    seed at the largest k are the same anchor, and the two-sided Wilcoxon test
+    of their ICL-IT cosines is paired. Holm across layers 1.. (layer 0, the
+    embeddings, is reported but left out of the family).
+    """
+    by_condition: dict[str, tuple[dict[str, Any], list[tuple[Cell, dict[str, Any]]]]] = {}
+    for entry, members in zip(entries, groups.values(), strict=True):
+        by_condition[repr(sorted(entry["condition"].items()))] = (entry, members)
+    for entry, members in by_condition.values():
+        others = {**entry["condition"]}
+        k = others.pop("k")
+        bigger = [
+            (e, m)
+            for e, m in by_condition.values()
+            if e["condition"]["k"] > k
+            and {key: v for key, v in e["condition"].items() if key != "k"} == others
+        ]
+        if not bigger:
+            continue
+        top, top_members = max(bigger, key=lambda em: em[0]["condition"]["k"])
+        mine = {cell.seed: np.asarray(r["cos"]["icl_it"]) for cell, r in members}
+        theirs = {cell.seed: np.asarray(r["cos"]["icl_it"]) for cell, r in top_members}
+        seeds = sorted(set(mine) & set(theirs))
+        if not seeds or any(mine[s].shape != theirs[s].shape for s in seeds):
+            continue
+        x = np.concatenate([mine[s] for s in seeds])
+        y = np.concatenate([theirs[s] for s in seeds])
+        layers = []
+        for layer in range(x.shape[1]):
+            test = paired_wilcoxon(x[:, layer], y[:, layer])
+            layers.append(
+                {
+                    "layer": layer,
+                    "difference": round(float(np.mean(x[:, layer] - y[:, layer])), 6),
+                    "statistic": test.statistic,
+                    "p": test.p,
+                    "effect": test.effect,
+                }
+            )
+        adjusted = holm([entry["p"] for entry in layers[1:]])
+        layers[0]["p_holm"] = None
+        for row, p_holm in zip(layers[1:], adjusted, strict=True):
+            row["p_holm"] = float(p_holm)
+        entry["k_comparison"] = {
+            "against_k": top["condition"]["k"],
+            "paired_by": "seed and anchor (nested demonstration sets)",
+            "n_pairs": int(x.shape[0]),
+            "seeds": seeds,
+            "layers": layers,
+        }
 
 
 @register_experiment

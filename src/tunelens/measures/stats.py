@@ -19,7 +19,7 @@ _BLOCK_VALUES = 2_000_000
 
 @dataclass(frozen=True)
 class WilcoxonResult:
-    """One-sided paired signed-rank test that x > y.
+    """Paired signed-rank test of x against y (one-sided x > y, or two-sided).
 
     ``statistic`` is scipy's (the sum of ranks of positive differences, zero
     differences dropped); ``effect`` the matched-pairs rank-biserial correlation
@@ -36,7 +36,16 @@ class WilcoxonResult:
 def paired_wilcoxon_greater(
     x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
 ) -> WilcoxonResult:
-    """``scipy.stats.wilcoxon(x, y, alternative="greater")`` plus its rank-biserial effect.
+    """The one-sided paired test that x > y (see :func:`paired_wilcoxon`)."""
+    return paired_wilcoxon(x, y, alternative="greater")
+
+
+def paired_wilcoxon(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    alternative: str = "two-sided",
+) -> WilcoxonResult:
+    """``scipy.stats.wilcoxon(x, y, alternative=...)`` plus its rank-biserial effect.
 
     All-zero differences (or no pairs) give p = 1, effect 0, statistic 0 without
     calling scipy (which would warn). NaNs propagate to a NaN result.
@@ -57,7 +66,7 @@ def paired_wilcoxon_greater(
         return WilcoxonResult(statistic=0.0, p=1.0, effect=0.0, n=0)
     from scipy import stats as _scipy_stats  # lazy: scipy.stats costs ~0.5 s to import
 
-    result = _scipy_stats.wilcoxon(x, y, alternative="greater")
+    result = _scipy_stats.wilcoxon(x, y, alternative=alternative)
     ranks = _scipy_stats.rankdata(np.abs(nonzero))
     t_plus, t_minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
     effect = (t_plus - t_minus) / (t_plus + t_minus)

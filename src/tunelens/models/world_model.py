@@ -20,9 +20,12 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tunelens.log import get_logger
 from tunelens.tasks.world.corpus import BOS, SEP, CorpusMix, training_sequence, vocabulary_texts
 from tunelens.tasks.world.generator import generate_world
 from tunelens.tasks.world.lexicon import CATEGORIES
+
+_log = get_logger(__name__)
 
 PAD, UNK = "[PAD]", "[UNK]"
 ADDED = ["Input:", "Output:", "Definition:", "Explanation:"]
@@ -219,13 +222,7 @@ def train_world_model(
     ``until`` stops after that step with a checkpoint (a later call resumes), so
     a long recipe can run in pieces.
     """
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from tunelens.progress import ProgressDisplay
 
     torch.set_num_threads(recipe.threads)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -260,17 +257,9 @@ def train_world_model(
     probe_tasks = generate_world(recipe.seed).heldout
     one_word_tasks = [t for t in probe_tasks if t.metadata["family"] == "word_category"]
     model.train()
-    columns = [
-        TextColumn("world model"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
     running, t0 = None, time.time()
-    with Progress(*columns, disable=not progress) as bar:
-        job = bar.add_task("train", total=recipe.steps, completed=start, loss=float("nan"))
+    with ProgressDisplay(progress) as bar:
+        job = bar.add("world model", recipe.steps, completed=start)
         stop = recipe.steps if until is None else min(until, recipe.steps)
         for step in range(start, stop):
             ids, labels = batcher(step)
@@ -286,7 +275,7 @@ def train_world_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            bar.update(job, advance=1, loss=running)
+            bar.advance(job, loss=running)
             done = step + 1
             if done % recipe.eval_every == 0 or done == recipe.steps:
                 acc = probe_icl_accuracy(model, tokenizer, probe_tasks, seed=recipe.seed)
@@ -304,7 +293,7 @@ def train_world_model(
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if progress:
-                    bar.console.print(record)
+                    _log.info("world model: %s", json.dumps(record))
             if done % recipe.checkpoint_every == 0 or done in (recipe.steps, stop):
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save(
