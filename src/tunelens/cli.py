@@ -62,7 +62,7 @@ def _exit_for_click_error(error: Exception) -> None:
     try:
         from typer._click import exceptions as click_errors
     except ImportError:  # typer < 0.29 uses the click package
-        from click import exceptions as click_errors
+        from click import exceptions as click_errors  # type: ignore[no-redef]
     from typer import exceptions as typer_errors
 
     if isinstance(error, click_errors.ClickException):
@@ -72,7 +72,7 @@ def _exit_for_click_error(error: Exception) -> None:
         typer.echo("aborted", err=True)
         sys.exit(1)
     if isinstance(error, getattr(typer_errors, "Exit", ())):
-        sys.exit(error.exit_code)
+        sys.exit(getattr(error, "exit_code", 1))
 
 
 # Command modules register themselves on the apps above.

@@ -104,6 +104,15 @@ class AuditSpec(_Strict):
         "learning rate, epochs and batch size).",
     )
 
+    @field_validator("tuning", mode="before")
+    @classmethod
+    def _audit_tuning_defaults(cls, value: object) -> object:
+        """A partial ``tuning`` mapping keeps the audit's own defaults for the keys it omits."""
+        if isinstance(value, dict):
+            default = cls.model_fields["tuning"].default
+            return {**default.model_dump(), **value}
+        return value
+
 
 DEFAULT_SHOTS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
 

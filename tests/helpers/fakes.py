@@ -208,7 +208,7 @@ class FakeAudit(Experiment):
         grid = []
         for cell, result in results:
             if "baseline" in cell.params:
-                baselines[cell.params["baseline"]] = AuditSummary(**self._summary(result))
+                baselines[cell.params["baseline"]] = self._summary(result)
             else:
                 condition = AuditCondition(
                     **{k: cell.params[k] for k in ("definition", "examples", "instances_per_task")},

@@ -12,7 +12,25 @@ import numpy as np
 import pytest
 from tests.helpers.fakes import XSS, fake_experiments, small_spec
 
+from tunelens.api.results import (
+    AuditCategoryScores,
+    AuditCondition,
+    AuditEntry,
+    AuditTaskScores,
+    Baselines,
+    ConvergenceAccuracy,
+    ConvergenceCondition,
+    ConvergenceEntry,
+    ConvergenceLayer,
+    LayerStats,
+    RandomBaseline,
+    SeedStats,
+    Stat,
+    StudyResults,
+    WilcoxonTest,
+)
 from tunelens.errors import TunelensInputError
+from tunelens.report import build_any_report
 from tunelens.report.html import build_report
 from tunelens.runs.study import run_study
 
@@ -27,31 +45,69 @@ def run_dir(tmp_path_factory) -> Path:
     return out
 
 
-def hostile_results() -> dict:
+def audit_entry(definition: str = "original") -> AuditEntry:
+    """One audit entry with untrusted text in its task, category and condition names."""
+    stat = Stat(mean=40.0, ci=[35.0, 45.0])
+    return AuditEntry(
+        condition=AuditCondition(
+            definition=definition, examples="original", instances_per_task=5, seed=0
+        ),
+        em=stat,
+        rouge_l=stat,
+        per_task={XSS: AuditTaskScores(em=10.0, rouge_l=20.0)},
+        per_category={f"cat {XSS}": AuditCategoryScores(em=stat, rouge_l=stat, tasks=1)},
+        # keys the models do not name: shown as they are, escaped
+        format_share={"mean": 0.5, "ci": [0.4, 0.6]},
+        prediction=f'"><img src=x onerror=alert(1)> {XSS}',
+    )
+
+
+def convergence_entry(k: int = 8, layers: int = 2) -> ConvergenceEntry:
+    stat = Stat(mean=0.9, ci=[0.85, 0.95])
+    tests = {"icl_it>anchor_icl": WilcoxonTest(statistic=12.0, p=0.01, p_holm=0.02, effect=0.4)}
+    rows = [
+        LayerStats(
+            layer=i, cos_icl_it=stat, cos_anchor_icl=stat, cos_anchor_it=stat, wilcoxon=tests
+        )
+        for i in range(layers)
+    ]
+    return ConvergenceEntry(
+        condition=ConvergenceCondition(
+            model="world",
+            k=k,
+            flip_fraction=0.0,
+            relevance="same",
+            definition=True,
+            control="none",
+        ),
+        n_pairs=30,
+        seeds=[0],
+        accuracy=ConvergenceAccuracy(anchor=stat, icl=stat, it=stat),
+        layers=[
+            ConvergenceLayer(**dict(row), cka_icl_it=0.5, cka_anchor_icl=0.4, cka_anchor_it=0.3)
+            for row in rows
+        ],
+        per_seed=[SeedStats(seed=0, n_pairs=30, layers=rows)],
+    )
+
+
+def write_results(out: Path, results: StudyResults) -> Path:
+    (out / "results.json").write_text(json.dumps(results.dump()), encoding="utf-8")
+    return out
+
+
+def hostile_results() -> StudyResults:
     """Hand-written results.json: untrusted text in task, category, definition and note."""
-    stat = {"mean": 40.0, "ci": [35.0, 45.0]}
-    entry = {
-        "condition": {
-            "definition": XSS,
-            "examples": "original",
-            "instances_per_task": 5,
-            "seed": 0,
-        },
-        "em": stat,
-        "rouge_l": stat,
-        "per_task": {XSS: {"em": 10.0, "rouge_l": 20.0}},
-        "per_category": {f"cat {XSS}": {"em": stat, "rouge_l": stat}},
-        "format_share": {"mean": 0.5, "ci": [0.4, 0.6]},
-        "prediction": f'"><img src=x onerror=alert(1)> {XSS}',
-    }
-    return {
-        "audit": [entry],
-        "baselines": {"random": {k: v for k, v in entry.items() if k != "condition"}},
-        "spec": {"note": XSS, "model": XSS},
-        "environment": {"python": XSS},
-        "tunelens_version": "0.1.0",
-        f"extra_{XSS}": [{"name": XSS}],
-    }
+    entry = audit_entry(definition=XSS)
+    random = RandomBaseline(**{k: v for k, v in entry if k != "condition"})
+    return StudyResults(
+        audit=[entry],
+        baselines=Baselines(random=random),
+        spec={"note": XSS, "model": XSS},
+        environment={"python": XSS},
+        tunelens_version="0.1.0",
+        **{f"extra_{XSS}": [{"name": XSS}]},
+    )
 
 
 def test_report_is_self_contained_with_plots(run_dir):
@@ -80,8 +136,7 @@ def test_report_is_self_contained_with_plots(run_dir):
 
 
 def test_untrusted_text_is_escaped(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps(hostile_results()))
-    html = build_report(tmp_path).read_text(encoding="utf-8")
+    html = build_report(write_results(tmp_path, hostile_results())).read_text(encoding="utf-8")
     assert XSS not in html
     assert "<script" not in html.lower()
     assert "<img src=x" not in html
@@ -90,15 +145,8 @@ def test_untrusted_text_is_escaped(tmp_path):
 
 
 def test_sections_only_for_present_keys(tmp_path):
-    (tmp_path / "results.json").write_text(
-        json.dumps(
-            {
-                "convergence": [{"condition": {"k": 8}, "layers": [{"layer": 0}]}],
-                "tunelens_version": "0.1.0",
-            }
-        )
-    )
-    html = build_report(tmp_path).read_text(encoding="utf-8")
+    results = StudyResults(convergence=[convergence_entry()], tunelens_version="0.1.0")
+    html = build_report(write_results(tmp_path, results)).read_text(encoding="utf-8")
     assert 'id="convergence"' in html
     for absent in ('id="audit"', 'id="spec"', 'id="environment"', "Baselines"):
         assert absent not in html
@@ -114,6 +162,22 @@ def test_missing_or_invalid_results_are_input_errors(tmp_path):
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(TunelensInputError, match="JSON object"):
         build_report(tmp_path)
+
+
+def test_a_renamed_key_is_an_input_error_naming_it(tmp_path):
+    """The report reads results.json through the typed models: a renamed key fails clearly."""
+    data = StudyResults(convergence=[convergence_entry()], audit=[audit_entry()]).dump()
+    data["audit"][0]["rouge"] = data["audit"][0].pop("rouge_l")
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    with pytest.raises(TunelensInputError, match="Field required") as error:
+        build_report(tmp_path)
+    assert "audit.0.rouge_l" in str(error.value)
+
+
+def test_build_any_report_dispatches_on_the_files_present(run_dir, tmp_path):
+    assert build_any_report(run_dir) == [run_dir / "report.html"]
+    with pytest.raises(TunelensInputError, match="no results.json"):
+        build_any_report(tmp_path)
 
 
 def test_chromium_renders_a_nontrivial_page(run_dir, tmp_path):

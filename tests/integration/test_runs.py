@@ -18,7 +18,7 @@ from tunelens.runs.store import CellStore
 from tunelens.runs.study import run_study
 from tunelens.spec import load_spec
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: tests.helpers imports from it
 N_CELLS = 6 + 8  # small_spec(): 2 k x 3 seeds, 4 baselines + 2 x 2 grid
 
 
@@ -98,7 +98,7 @@ def test_cell_error_keeps_finished_cells(tmp_path):
 SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    sys.path.insert(0, {here!r})
+    sys.path.insert(0, {root!r})
     from tests.helpers.fakes import fake_experiments, small_spec
     from tunelens.runs.study import run_study
     run_study(small_spec(), Path(sys.argv[1]), progress=False,
@@ -112,7 +112,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
 
     killed = tmp_path / "killed"
     script = tmp_path / "study.py"
-    script.write_text(SCRIPT.format(here=str(HERE)))
+    script.write_text(SCRIPT.format(root=str(ROOT)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, str(script), str(killed), "0.3"],
@@ -140,6 +140,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
     assert (killed / "results.json").read_bytes() == (reference / "results.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_ray_and_local_executors_agree(tmp_path):
     """A private local Ray instance (1 CPU) runs each cell as a task; about 15 s."""
     pytest.importorskip("ray")

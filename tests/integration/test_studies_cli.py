@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def tunelens(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -20,6 +22,7 @@ def tunelens(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_convergence_writes_the_contract_keys(tmp_path: Path):
     out = tmp_path / "conv"
     result = tunelens(
@@ -52,6 +55,7 @@ def test_convergence_writes_the_contract_keys(tmp_path: Path):
     assert (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_audit_writes_the_contract_keys(tmp_path: Path):
     out = tmp_path / "audit"
     result = tunelens(

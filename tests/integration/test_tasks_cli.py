@@ -161,6 +161,7 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str, str]]:
     ]
 
 
+@pytest.mark.slow
 def test_every_malformed_input_exits_2_with_one_line(tmp_path):
     for args, message, place in _bad_cases(tmp_path):
         result = tunelens(*args)

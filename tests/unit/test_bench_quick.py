@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
 KEYS = ("hidden_states_ratio", "per_set_tuning_ratio", "sft_tokens_ratio", "mfu_forward")
 
 
+@pytest.mark.slow
 def test_quick_bench_prints_the_four_figures(tmp_path):
     pytest.importorskip("trl")  # the baseline of the multi-task comparison (dev / bench extra)
     out = tmp_path / "bench.json"

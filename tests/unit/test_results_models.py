@@ -63,7 +63,8 @@ def convergence_cell(k: int, seed: int, n_pairs: int = 6, n_layers: int = 3):
         "cos": {p: np.round(rng.uniform(0.2, 1.0, (n_pairs, n_layers)), 7).tolist() for p in PAIRS},
         "cka": {p: [round(float(x), 7) for x in rng.uniform(0, 1, n_layers)] for p in PAIRS},
         "correct": {
-            n: [float(x) for x in rng.choice([0.0, 100.0], n_pairs)] for n in ("anchor", "icl", "it")
+            n: [float(x) for x in rng.choice([0.0, 100.0], n_pairs)]
+            for n in ("anchor", "icl", "it")
         },
         "tasks": ["t"] * n_pairs,
     }
@@ -79,6 +80,7 @@ def test_convergence_round_trip(raw):
     constant[1]["cos"] = {p: [[0.5] * 3] * 6 for p in PAIRS}
     entries = aggregate_convergence([*cells, constant])
     assert len(entries) == 3
+    assert [("k_comparison" in e) for e in entries] == [True, True, False]
     assert_lossless(entries, dump_convergence(entries))
     assert_lossless(entries, dump_convergence(json.loads(canonical(entries))))
 
@@ -205,9 +207,7 @@ def test_decide_json_goes_through_the_model(tmp_path, monkeypatch, raw):
         labels = list(task.labels)
         truth = [label_of(i) for i in split.test]
         skill = {"zero_shot": 0.4, "icl": 0.6, "tuning": 0.8}.get(method.family, 0.5)
-        predictions = [
-            t if rng.random() < skill else rng.choice([*labels, "what?"]) for t in truth
-        ]
+        predictions = [t if rng.random() < skill else rng.choice([*labels, "what?"]) for t in truth]
         result: dict[str, Any] = {
             "answer_tokens": 2.0,
             "predictions": predictions,

@@ -64,12 +64,13 @@ def test_todays_spec_keys_keep_their_meaning():
 
 def test_a_spec_tuning_section_round_trips():
     section = {"method": "lora", "lora_r": 4, "lora_dropout": 0.1, "lr_schedule": "linear"}
-    spec = validate_spec({"convergence": {"tuning": section}}, source="test")
-    dumped = spec.convergence.tuning.model_dump()
+    spec = validate_spec({"convergence": {"tuning": section}}, source="test").convergence
+    assert spec is not None
+    dumped = spec.tuning.model_dump()
     assert "seed" not in dumped
-    again = validate_spec({"convergence": {"tuning": dumped}}, source="test")
-    assert again.convergence.tuning == spec.convergence.tuning
-    assert TuningConfig(**dumped) == spec.convergence.tuning
+    again = validate_spec({"convergence": {"tuning": dumped}}, source="test").convergence
+    assert again is not None and again.tuning == spec.tuning
+    assert TuningConfig(**dumped) == spec.tuning
     full = default_spec().model_dump()
     assert validate_spec(full, source="test") == default_spec()
 
@@ -167,3 +168,14 @@ def test_the_tuning_config_does_not_import_torch():
     code = "import sys, tunelens.spec, tunelens.models.tuning; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_partial_audit_tuning_section_keeps_the_audits_defaults():
+    from tunelens.spec import AuditSpec, validate_spec
+
+    spec = validate_spec({"audit": {"tuning": {"epochs": 1}}}, source="spec.yaml")
+    assert spec.audit is not None
+    default = AuditSpec().tuning
+    assert spec.audit.tuning.epochs == 1
+    assert spec.audit.tuning.learning_rate == default.learning_rate != 1e-2
+    assert spec.audit.tuning.batch_size == default.batch_size

@@ -14,7 +14,7 @@ through these functions, so a renamed or missing key fails where it is made.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,8 @@ __all__ = [
     "DecideTask",
     "DecideVerdict",
     "FormatShare",
+    "KComparison",
+    "KComparisonLayer",
     "LayerStats",
     "MetricShares",
     "RandomBaseline",
@@ -140,6 +142,27 @@ class ConvergenceAccuracy(ResultsModel):
     it: Stat
 
 
+class KComparisonLayer(ResultsModel):
+    """Per layer: mean ICL-IT cosine difference (this k - the larger k), two-sided Wilcoxon."""
+
+    layer: int
+    difference: float | None
+    statistic: float | None
+    p: float | None
+    effect: float | None
+    p_holm: float | None  # null at layer 0 (the embeddings, outside the Holm family)
+
+
+class KComparison(ResultsModel):
+    """ICL-IT cosines at this k against the largest k of the same condition, paired."""
+
+    against_k: int
+    paired_by: str
+    n_pairs: int
+    seeds: list[int]
+    layers: list[KComparisonLayer]
+
+
 class ConvergenceEntry(ResultsModel):
     """One entry of results.json ``convergence``: a condition pooled over seeds."""
 
@@ -149,6 +172,7 @@ class ConvergenceEntry(ResultsModel):
     accuracy: ConvergenceAccuracy
     layers: list[ConvergenceLayer]
     per_seed: list[SeedStats]
+    k_comparison: KComparison | None = None  # when the condition also ran at a larger k
 
 
 # ---------------------------------------------------------------- audit
@@ -442,7 +466,7 @@ def _dump(model: type[M], data: Any) -> dict[str, Any]:
     return model.model_validate(data).dump()
 
 
-def dump_convergence(entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def dump_convergence(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """results.json ``convergence``, validated: the same entries, keys and values."""
     return [_dump(ConvergenceEntry, entry) for entry in entries]
 

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
+from tunelens.commands.studies import AddressOption, ExecutorOption
 from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.decide.config import DecideConfig
 from tunelens.models.tuning.config import TuningConfig
 
 _FIELDS = DecideConfig.model_fields
 # decide's own names for two tuning options (contracts); the rest are --<field-name>.
-TUNING_NAMES = {"method": ("--tuning-method",), "learning_rate": ("--learning-rate", "--lr")}
+TUNING_NAMES = {"method": ("--tuning-method",), "learning_rate": ("--lr", "--learning-rate")}
 
 
 def _help(name: str) -> str:
@@ -75,6 +76,8 @@ def decide(
     bootstrap: Annotated[int, typer.Option(help=_help("bootstrap"))] = 2000,
     dtype: Annotated[str, typer.Option(help=_help("dtype"))] = "float32",
     device: Annotated[str, typer.Option(help=_help("device"))] = "cpu",
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     tuning: TuningConfig | None = None,
 ) -> None:
@@ -106,7 +109,16 @@ def decide(
         device=device,
         tuning=tuning,
     )
-    outcome = run_decide(task, model, config, out, costs_path=costs, progress=not no_progress)
+    outcome = run_decide(
+        task,
+        model,
+        config,
+        out,
+        costs_path=costs,
+        progress=not no_progress,
+        executor=executor,
+        address=address,
+    )
     for line in outcome.results["verdict"]["summary"]:
         typer.echo(line)
     typer.echo(f"results: {outcome.json_path}")

@@ -56,13 +56,14 @@ def _run(
     out: Path,
     executor: str,
     progress: bool,
+    address: str | None = None,
 ) -> None:
     from tunelens.report.html import build_report
     from tunelens.runs.study import RESULTS, run_study
     from tunelens.spec import validate_spec
 
     spec = validate_spec({**top, section_name: section}, source=f"tunelens {section_name}")
-    run_study(spec, out, executor=executor, progress=progress)
+    run_study(spec, out, executor=executor, address=address, progress=progress)
     typer.echo(f"results: {out / RESULTS}")
     typer.echo(f"report:  {build_report(out)}")
 
@@ -70,7 +71,16 @@ def _run(
 ModelOption = Annotated[str, typer.Option(help="'world' or a local Hugging Face model directory.")]
 OutOption = Annotated[Path, typer.Option(help="Run directory; re-run the command to resume.")]
 SeedsOption = Annotated[str | None, typer.Option(help="Comma-separated seeds.")]
-ExecutorOption = Annotated[str, typer.Option(help="'local' or 'ray'.")]
+ExecutorOption = Annotated[
+    str, typer.Option(help="Where cells run: 'local' (this process) or 'ray' (Ray tasks).")
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster address (e.g. 'auto', 'ray://head:10001'); default: a local Ray "
+        "instance. Needs --executor ray."
+    ),
+]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
@@ -107,6 +117,7 @@ def convergence(
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
     executor: ExecutorOption = "local",
+    address: AddressOption = None,
     no_progress: NoProgress = False,
     tuning: TuningConfig | None = None,
 ) -> None:
@@ -130,6 +141,7 @@ def convergence(
         out,
         executor,
         not no_progress,
+        address,
     )
 
 
@@ -160,6 +172,7 @@ def audit(
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
     executor: ExecutorOption = "local",
+    address: AddressOption = None,
     no_progress: NoProgress = False,
     tuning: TuningConfig | None = None,
 ) -> None:
@@ -181,4 +194,5 @@ def audit(
         out,
         executor,
         not no_progress,
+        address,
     )

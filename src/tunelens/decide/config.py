@@ -7,14 +7,14 @@ tuning epochs or the test size, or run on a GPU.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.tuning.config import StudyTuning, TuningConfig
 
-ALL = "all"
+ALL: Final = "all"
 
 
 class DecideConfig(BaseModel):

@@ -28,7 +28,7 @@ from tunelens.decide.verdict import (
 )
 from tunelens.errors import TunelensInputError
 from tunelens.report.html import data_uri, plain, template_environment
-from tunelens.report.plots import convergence_figure, mean_ci, plt, save
+from tunelens.report.plots import convergence_figure, plt, save, stat_values
 from tunelens.runs.store import atomic_write_text
 
 PLOTS_DIR = "plots"
@@ -58,22 +58,19 @@ def learning_curve_figure(data: Mapping[str, Any]):
         if not points:
             continue
         xs = [n for n, _ in points]
-        stats = [mean_ci(m["accuracy"]) for _, m in points]
+        stats = [stat_values(m["accuracy"]) for _, m in points]
         ms = [s[0] for s in stats]
         ax.errorbar(
             xs,
             ms,
-            yerr=[
-                [m - (lo if lo is not None else m) for m, lo, _ in stats],
-                [(hi if hi is not None else m) - m for m, _, hi in stats],
-            ],
+            yerr=[[m - lo for m, lo, _ in stats], [hi - m for m, _, hi in stats]],
             marker="o",
             capsize=3,
             label=label,
             color=COLOURS[key],
         )
     for i, (n, method) in enumerate(_series(data, "controls"), start=1):
-        m, lo, hi = mean_ci(method["accuracy"])
+        m, lo, hi = stat_values(method["accuracy"])
         ax.errorbar(
             [n * 1.07**i],
             [m],
@@ -86,13 +83,13 @@ def learning_curve_figure(data: Mapping[str, Any]):
         )
     methods = _methods(data)
     for key, style in (("zero_shot", "-"), ("label_guess", "--")):
-        method = methods.get(data.get("curves", {}).get(key, ""))
-        if method is None:
+        line = methods.get(data.get("curves", {}).get(key, ""))
+        if line is None:
             continue
-        m, lo, hi = mean_ci(method["accuracy"])
+        m, lo, hi = stat_values(line["accuracy"])
         colour = COLOURS["zero_shot" if key == "zero_shot" else "baseline"]
-        ax.axhline(m, linestyle=style, color=colour, linewidth=1, label=method["name"])
-        if lo is not None and hi is not None and hi > lo:
+        ax.axhline(m, linestyle=style, color=colour, linewidth=1, label=line["name"])
+        if hi > lo:
             ax.axhspan(lo, hi, color=colour, alpha=0.08, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("labelled examples used (log scale)")
@@ -128,7 +125,7 @@ def compute_figure(data: Mapping[str, Any]):
         flops = method["compute"]["per_1000_items"]["flops"]
         if not flops:
             continue
-        m, lo, hi = mean_ci(method["accuracy"])
+        m, lo, hi = stat_values(method["accuracy"])
         ax.errorbar(
             [flops],
             [m],
@@ -316,8 +313,8 @@ def _toc(results: DecideResults) -> list[tuple[str, str]]:
 def render(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -> str:
     """The page's HTML for decide.json ``data`` and figure data URIs."""
     results = parse_decide(data)
-    data = plain(results)  # the helpers read JSON data, in decide.json's (sorted) key order
-    method_columns, method_rows = _method_rows(data)
+    view: dict[str, Any] = plain(results)  # JSON data in decide.json's (sorted) key order
+    method_columns, method_rows = _method_rows(view)
     verdict = results.verdict
     wide = [
         [
@@ -366,22 +363,22 @@ def render(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -
             verdict=verdict,
             wide=wide,
             split=split,
-            config=data["config"],
+            config=view["config"],
             curves_png=images["curves"],
             compute_png=images["compute"],
             similarity_png=images.get("similarity", ""),
             methods={"columns": method_columns, "rows": method_rows},
-            comparison_rows=_comparison_rows(data),
-            shares=_share_rows(data),
+            comparison_rows=_comparison_rows(view),
+            shares=_share_rows(view),
             costs=cost_view,
-            confusions=[_confusion_view(m) for m in data["methods"]],
+            confusions=[_confusion_view(m) for m in view["methods"]],
             similarity=sim_view,
             split_rows=[
                 [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
                 for label, c in sorted(split.per_label.items())
             ],
-            settings=_settings(data),
-            environment=_kv(data["environment"]),
+            settings=_settings(view),
+            environment=_kv(view["environment"]),
         )
     )
 
@@ -397,15 +394,15 @@ def write_report(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) -
     """Write DIR/plots/decide_*.png and DIR/decide.html; returns the HTML path."""
     out = Path(out_dir)
     results = parse_decide(data, source=out / "decide.json")
-    data = plain(results)
+    view: dict[str, Any] = plain(results)
     plots = out / PLOTS_DIR
     images = {
-        "curves": data_uri(save(learning_curve_figure(data), plots / "decide_curves.png")),
-        "compute": data_uri(save(compute_figure(data), plots / "decide_compute.png")),
+        "curves": data_uri(save(learning_curve_figure(view), plots / "decide_curves.png")),
+        "compute": data_uri(save(compute_figure(view), plots / "decide_compute.png")),
     }
     if results.similarity is not None:
         images["similarity"] = data_uri(
-            save(similarity_figure(data), plots / "decide_similarity.png")
+            save(similarity_figure(view), plots / "decide_similarity.png")
         )
     path = out / "decide.html"
     atomic_write_text(path, render(results, images))

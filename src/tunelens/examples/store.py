@@ -144,11 +144,11 @@ def check_time(value: str, source: str, where: str) -> str:
 # ---------------------------------------------------------------- reading rows from files
 
 
-def _string(
-    value: Any, name: str, source: str, where: str, *, optional: bool = False
-) -> str | None:
-    if value is None and optional:
-        return None
+def _optional_string(value: Any, name: str, source: str, where: str) -> str | None:
+    return None if value is None else _string(value, name, source, where)
+
+
+def _string(value: Any, name: str, source: str, where: str) -> str:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
         value = value[0]  # a tunelens JSONL instance may give its output as a one-item list
     if not isinstance(value, str):
@@ -185,7 +185,7 @@ def row_to_example(
         raise TunelensInputError("field 'input': empty", source=source, where=where)
     if not output.strip():
         raise TunelensInputError("field 'output': empty", source=source, where=where)
-    label = _string(row.get("label"), "label", source, where, optional=True)
+    label = _optional_string(row.get("label"), "label", source, where)
     label = label if label else None
     row_source = _string(row.get("source", default_source) or "", "source", source, where)
     raw_accepted = row.get("accepted")
@@ -401,7 +401,7 @@ class ExampleStore:
                     )
                     result.added.append(
                         StoredExample(
-                            int(cursor.lastrowid),
+                            int(cursor.lastrowid or 0),
                             example.input,
                             example.output,
                             example.label,

@@ -51,6 +51,14 @@ def mean_ci(stat: Any) -> tuple[float | None, float | None, float | None]:
     return _num(stat.get("mean")), _num(lo), _num(hi)
 
 
+def stat_values(stat: Any) -> tuple[float, float, float]:
+    """(mean, lo, hi) as floats to plot: a missing mean is NaN (no point), a missing bound
+    the mean (no error bar)."""
+    mean, lo, hi = mean_ci(stat)
+    m = mean if mean is not None else float("nan")
+    return m, lo if lo is not None else m, hi if hi is not None else m
+
+
 def condition_label(condition: Any) -> str:
     """'k=8, flip_fraction=0.0, ...' from a condition dict (any other value: its str)."""
     if isinstance(condition, Mapping):
@@ -63,12 +71,16 @@ def convergence_figure(entry: Mapping[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     layers = [row for row in entry.get("layers") or [] if isinstance(row, Mapping)]
     for key, label, colour in CURVES:
-        xs, ms, los, his = [], [], [], []
+        xs: list[float] = []
+        ms: list[float] = []
+        los: list[float] = []
+        his: list[float] = []
         for i, row in enumerate(layers):
             mean, lo, hi = mean_ci(row.get(key))
             if mean is None:
                 continue
-            xs.append(_num(row.get("layer")) if _num(row.get("layer")) is not None else i)
+            layer = _num(row.get("layer"))
+            xs.append(layer if layer is not None else i)
             ms.append(mean)
             los.append(lo if lo is not None else mean)
             his.append(hi if hi is not None else mean)
@@ -113,7 +125,9 @@ def audit_figure(
     fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=100, sharey=True)
     ys = list(range(len(bars)))
     for ax, (metric, title) in zip(axes, METRICS, strict=True):
-        means, errs, colours = [], [[], []], []
+        means: list[float] = []
+        errs: list[list[float]] = [[], []]
+        colours: list[str] = []
         for _, data, colour in bars:
             mean, lo, hi = mean_ci(data.get(metric))
             m = mean if mean is not None else 0.0

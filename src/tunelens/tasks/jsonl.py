@@ -83,7 +83,7 @@ def load_jsonl(path: str | Path) -> Task:
             raise r.error("labels", "label space is empty; omit 'labels' to derive it")
         labels = tuple(sorted(set(given)))
 
-    instances = []
+    instances: list[Instance] = []
     for lineno, obj in rows:
         line = FieldReader(path, f"line {lineno}")
         if is_header(obj):

@@ -293,8 +293,8 @@ def split_task_files(listing: PathLike, *, allow_missing: bool = False) -> list[
     tasks_dir = listing.parents[2] / "tasks"
     by_name: dict[str, Path] = {}
     if tasks_dir.is_dir():
-        for file in find_task_files(tasks_dir):
-            by_name.setdefault(file.stem, file)
+        for found in find_task_files(tasks_dir):
+            by_name.setdefault(found.stem, found)
     files: list[Path] = []
     for lineno, name in read_split(listing):
         file = by_name.get(name)
