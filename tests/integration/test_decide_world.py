@@ -142,6 +142,16 @@ def test_decide_on_a_world_task(tmp_path):
 
     (out / "decide.html").unlink()
     assert rebuild_report(out).read_text() == html
+    # ... and `tunelens report DIR` rebuilds decide's page like any run's
+    from typer.testing import CliRunner
+
+    from tunelens.cli import app
+
+    (out / "decide.html").unlink()
+    rebuilt = CliRunner().invoke(app, ["report", str(out)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"report: {out / 'decide.html'}" in rebuilt.output
+    assert (out / "decide.html").read_text() == html
 
     # a re-run reads every method back from the store and writes the same file
     before = (out / "decide.json").read_bytes()

@@ -147,6 +147,7 @@ def test_world_eval_round_trip():
     )
     data = result.to_json()
     assert_lossless(data, dump_world_eval(data))
+    assert_lossless({"world_eval": data}, dump_study({"world_eval": data}))
 
 
 def test_study_round_trip_with_common_keys():

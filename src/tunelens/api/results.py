@@ -271,6 +271,7 @@ class StudyResults(ResultsModel):
     audit: list[AuditEntry] | None = None
     baselines: Baselines | None = None
     audit_format_share: list[AuditFormatShareRow] | None = None
+    world_eval: WorldEval | None = None
     spec: dict[str, Any] | None = None
     tunelens_version: str | None = None
     environment: dict[str, Any] | None = None

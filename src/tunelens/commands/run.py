@@ -47,9 +47,13 @@ def run(
 
 @app.command("report")
 def report(
-    directory: Annotated[Path, typer.Argument(help="A run directory holding results.json.")],
+    directory: Annotated[
+        Path, typer.Argument(help="A run directory holding results.json or decide.json.")
+    ],
 ) -> None:
-    """Rebuild DIR/report.html (and DIR/plots/) from DIR/results.json."""
-    from tunelens.report.html import build_report
+    """Rebuild a run's report from its results: DIR/report.html from DIR/results.json,
+    DIR/decide.html from DIR/decide.json (and their figures)."""
+    from tunelens.report import build_any_report
 
-    typer.echo(f"report: {build_report(directory)}")
+    for path in build_any_report(directory):
+        typer.echo(f"report: {path}")

@@ -184,7 +184,10 @@ class WorldEvalExperiment(Experiment):
     ) -> dict[str, Any]:
         tasks = results[0][0].data["tasks"] if results else ()
         per_k = {int(r["k"]): r["per_task"] for _, r in results}
-        return {"world_eval": summarize(tasks, per_k, section.queries_per_task).to_json()}
+        from tunelens.api.results import dump_world_eval
+
+        summary = summarize(tasks, per_k, section.queries_per_task).to_json()
+        return {"world_eval": dump_world_eval(summary)}
 
 
 # A small fixed evaluation recorded beside the shipped model (reference_eval.json);
