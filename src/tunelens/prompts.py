@@ -29,11 +29,14 @@ TEMPLATES = ("tk", "plain", "chat")
 _PLAIN_QUERY_END = "\nOutput:"
 
 
+Template = Literal["tk", "plain", "chat"]
+
+
 @dataclass(frozen=True)
 class PromptStyle:
     """How a prompt is encoded; part of every cell's identity."""
 
-    template: Literal["tk", "plain", "chat"] = "tk"
+    template: Template = "tk"
     definition: bool = True
     n_positive: int = 2  # task positive examples used when demos is None
     explanations: bool = False

@@ -147,7 +147,7 @@ class Spec(_Strict):
         common = {"dtype": self.dtype, "device": self.device}
         if self.convergence is not None:
             c = self.convergence
-            update = {k: v for k, v in common.items() if getattr(c, k) is None}
+            update: dict[str, object] = {k: v for k, v in common.items() if getattr(c, k) is None}
             if not c.models:
                 update["models"] = [self.model]
             object.__setattr__(self, "convergence", c.model_copy(update=update))

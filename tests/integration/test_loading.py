@@ -138,7 +138,9 @@ def test_unknown_device(tiny_model, tmp_path):
 
 def test_world_resolves_to_the_package_assets(monkeypatch, tmp_path, tiny_model):
     assert world_model_dir().parts[-2:] == ("assets", "world_model")
-    monkeypatch.setattr(loading, "world_model_dir", lambda: tmp_path / "world_model")
+    from tunelens.models import paths
+
+    monkeypatch.setattr(paths, "world_model_dir", lambda: tmp_path / "world_model")
     with pytest.raises(TunelensInputError, match="world model is not installed") as info:
         load_model("world")
     assert str(tmp_path / "world_model") in str(info.value)

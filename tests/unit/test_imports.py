@@ -20,3 +20,11 @@ def test_import_loads_no_heavy_library():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_public_name_resolves():
+    import tunelens
+
+    assert set(tunelens.__all__) >= {"run_study", "run_decide", "Experiment", "exact_match"}
+    for name in tunelens.__all__:
+        assert getattr(tunelens, name) is not None, name

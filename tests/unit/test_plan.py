@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelens.errors import TunelensInputError
 from tunelens.api import Cell
+from tunelens.errors import TunelensInputError
 from tunelens.runs.plan import (
     KNOWN_ARCHITECTURES,
     audit_tokens,

@@ -19,7 +19,7 @@ def run(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Run directory; re-run to resume.")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="Run directory; re-run to resume.")] = ...,  # type: ignore[assignment]  # typer: required
     # A plain string checked by the library, so a bad value is exit status 2 with one line.
     executor: Annotated[
         str, typer.Option(help="Where cells run: 'local' (this process) or 'ray' (Ray tasks).")

@@ -106,8 +106,8 @@ def validate(
                 f"ok {file}: {task.name}, {len(task.instances)} instances, "
                 f"{describe_labels(task.labels)}"
             )
-    for error in errors:
-        typer.echo(f"error: {error}", err=True)
+    for problem in errors:
+        typer.echo(f"error: {problem}", err=True)
     if errors:
         sys.exit(2)
 

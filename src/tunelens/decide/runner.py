@@ -92,7 +92,7 @@ def run_decide(
     from tunelens.runs.study import execute
 
     task = load_decide_task(task_path)
-    costs: CostMatrix | None = load_costs(costs_path, task.labels) if costs_path else None
+    costs: CostMatrix | None = load_costs(costs_path, task.labels or ()) if costs_path else None
     out = Path(out_dir) if out_dir is not None else default_out_dir(task)
     section = DecideSection(str(task_path), model, config, costs)
     inputs = StudyInputs()

@@ -56,7 +56,7 @@ def fmt_diff(stat: Mapping[str, Any]) -> str:
     """'+12.3 points [4.1, 20.0]' for a paired difference."""
     mean = stat.get("mean")
     lo, hi = stat.get("ci", [None, None])
-    sign = "+" if _finite(mean) and mean >= 0 else ""
+    sign = "+" if mean is not None and _finite(mean) and mean >= 0 else ""
     return f"{sign}{fmt_num(mean)} points [{fmt_num(lo)}, {fmt_num(hi)}]"
 
 

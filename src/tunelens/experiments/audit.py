@@ -23,7 +23,7 @@ import numpy as np
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.measures.stats import mean_ci
 from tunelens.measures.text import exact_match, rouge_l
-from tunelens.prompts import PromptStyle, render_prompt, render_target
+from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import AuditSpec, TuningSpec
 from tunelens.tasks.types import Task
 from tunelens.tasks.variants import output_space
@@ -44,7 +44,7 @@ def training_pairs(
     instances_per_task: int | str,
     n_positive: int,
     seed: int,
-    template: str = "tk",
+    template: Template = "tk",
 ) -> list[tuple[str, str]]:
     """Tk-Instruct encoded (prompt, target) pairs under one grid condition."""
     from tunelens.tasks.sampling import sample_instances
@@ -102,7 +102,7 @@ def expected_guess_scores(items: list[tuple[Task, Any]]) -> dict[str, dict[str, 
     return {name: {m: float(np.mean(v)) for m, v in ms.items()} for name, ms in per_task.items()}
 
 
-def eval_prompts(items: list[tuple[Task, Any]], n_positive: int, template: str) -> list[str]:
+def eval_prompts(items: list[tuple[Task, Any]], n_positive: int, template: Template) -> list[str]:
     style = PromptStyle(template=template, definition=True, n_positive=n_positive)
     return [render_prompt(task, inst.input, None, style) for task, inst in items]
 

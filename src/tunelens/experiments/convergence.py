@@ -30,7 +30,7 @@ from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_exp
 from tunelens.measures.similarity import cosine_per_layer, linear_cka_per_layer
 from tunelens.measures.stats import holm, mean_ci, paired_wilcoxon, paired_wilcoxon_greater
 from tunelens.measures.text import exact_match
-from tunelens.prompts import PromptStyle, render_prompt, render_target
+from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import ConvergenceSpec, TuningSpec
 from tunelens.tasks.sampling import sample_demo_sets
 from tunelens.tasks.types import Task
@@ -43,7 +43,7 @@ COMPARISONS = {
 }
 
 
-def _prompt_style(template: str, definition: bool) -> PromptStyle:
+def _prompt_style(template: Template, definition: bool) -> PromptStyle:
     return PromptStyle(template=template, definition=definition, n_positive=0)
 
 
@@ -287,7 +287,7 @@ def _compare_k(
                 }
             )
         adjusted = holm([entry["p"] for entry in layers[1:]])
-        layers[0]["p_holm"] = None
+        layers[0]["p_holm"] = None  # type: ignore[assignment]  # layer 0 is outside the family
         for row, p_holm in zip(layers[1:], adjusted, strict=True):
             row["p_holm"] = float(p_holm)
         entry["k_comparison"] = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -80,7 +81,7 @@ def _causal_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
 
 
 def _decoder_start_id(model: torch.nn.Module) -> int:
-    config = _base_model(model).config
+    config: Any = _base_model(model).config
     for source in (config, getattr(model, "generation_config", None)):
         value = getattr(source, "decoder_start_token_id", None) if source is not None else None
         if value is not None:
@@ -226,7 +227,8 @@ def capture_with_shared_prefix(
             results[i] = prefix_last[0]
     for start in range(0, len(extend), batch_size):
         rows = extend[start : start + batch_size]
-        states = _suffix_batch(loaded, cache, len(prefix_ids), [rests[i] for i in rows])
+        row_ids = [r for r in (rests[i] for i in rows) if r is not None]
+        states = _suffix_batch(loaded, cache, len(prefix_ids), row_ids)
         for row, state in zip(rows, states.float().cpu(), strict=True):
             results[row] = state
     plain = [i for i, r in enumerate(rests) if r is None]

@@ -224,7 +224,7 @@ def load_model(
         raise TunelensInputError(
             f"cannot load the model weights: {_one_line(error)}", source=source
         ) from None
-    model.to(torch_device)
+    model.to(torch_device)  # type: ignore[arg-type]  # transformers types .to() narrowly
     model.eval()
     _sync_pad_id(model, tokenizer)
     name = WORLD if name_or_path == WORLD else str(directory)

@@ -124,7 +124,7 @@ def _add_category_directions(
 ) -> None:
     """Give words of one category a shared embedding component, seeded."""
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    emb = model.get_input_embeddings().weight
+    emb: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]
     std = emb.std().item()
     vocab = tokenizer.get_vocab()
     for category in sorted(CATEGORIES):
@@ -141,7 +141,7 @@ class _Batcher:
         self.vocab = tokenizer.get_vocab()
         self.pad = tokenizer.pad_token_id
         world = generate_world(recipe.seed)
-        self.forbidden = frozenset(frozenset(t.labels) for t in world.heldout)
+        self.forbidden = frozenset(frozenset(t.labels or ()) for t in world.heldout)
         pre = pre_tokenizers.Whitespace()
         self._definitions: dict[str, list[str]] = {}
         self._split = lambda text: [p for p, _ in pre.pre_tokenize_str(text)]
@@ -228,7 +228,8 @@ def train_world_model(
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(recipe.seed)
     model = build_model(recipe, tokenizer)
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     optimizer = torch.optim.AdamW(

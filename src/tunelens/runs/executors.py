@@ -80,7 +80,9 @@ class ModelCache:
             gc.collect()
         loader = self._loader
         if loader is None:
-            from tunelens.models.loading import load_model as loader
+            from tunelens.models.loading import load_model
+
+            loader = load_model
         self._models[key] = loader(name, dtype=dtype, device=device, **options)
         self.loads += 1
         return self._models[key]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -36,6 +36,9 @@ from tunelens.runs.executors import Executor, Job, make_executor
 from tunelens.runs.manifest import write_manifest
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 from tunelens.spec import Spec
+
+if TYPE_CHECKING:
+    from tunelens.decide.config import DecideConfig
 
 RESERVED_KEYS = ("spec", "tunelens_version", "environment")
 RESULTS = "results.json"
@@ -64,7 +67,7 @@ def _device_name(device: str) -> str:
     return device
 
 
-def environment(spec: Spec) -> dict[str, Any]:
+def environment(spec: Spec | DecideConfig) -> dict[str, Any]:
     """What results depend on besides the spec: versions, machine, device, seed.
 
     Nothing here changes between two runs on one machine, so it may sit in
