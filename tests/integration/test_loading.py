@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from tunelens.errors import TunelensInputError
-from tunelens.models import loading
 from tunelens.models.hidden_states import capture_last_token_states
 from tunelens.models.loading import load_model, load_model_from_objects
 from tunelens.models.paths import world_model_dir
