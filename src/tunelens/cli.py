@@ -1,6 +1,7 @@
 """The tunelens command line: parse options, call the library, print. No logic here.
 
-Exit status: 0 success, 2 bad input (one line on stderr), 1 internal failure.
+Exit status: 0 success, 2 bad input (one line on stderr), 1 internal failure,
+130 interrupted (one ``interrupted:`` line on stderr).
 """
 
 from __future__ import annotations
@@ -39,22 +40,79 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: run the app, turning bad input into exit 2 without a traceback."""
+    """Entry point: run the app; bad input is exit 2 and one line, Ctrl-C exit 130.
+
+    With ``standalone_mode=False`` typer *returns* the exit code of a
+    ``typer.Exit`` (and 130 for a ``KeyboardInterrupt`` it caught), so the
+    return value is passed on to ``sys.exit``. SIGINT raises
+    :class:`tunelens.interrupt.Interrupted`, which typer does not swallow.
+    """
+    from tunelens import interrupt
+
+    interrupt.install()
+    interrupt.set_status(None)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except TunelensInputError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished cells are kept; re-run the same command to resume", err=True
-        )
-        sys.exit(130)
+        _fail(str(error))
+    except (interrupt.Interrupted, KeyboardInterrupt):
+        _interrupted()
     except SystemExit:
         raise
+    except OSError as error:
+        # Every read or write the library does not wrap itself: a read-only
+        # folder, a full disk, a permission: one line naming the path.
+        _fail(_os_error_line(error))
+    except RecursionError:
+        _fail("input nested too deeply to process")
     except Exception as error:  # noqa: BLE001 - the CLI's last line of defence
         _exit_for_click_error(error)
+        _exit_for_validation_error(error)
         raise
+    if code == 130:
+        _interrupted()
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _fail(line: str) -> None:
+    from tunelens.terminal import one_line
+
+    _flush_progress()
+    typer.echo(f"error: {one_line(line)}", err=True)
+    sys.exit(2)
+
+
+def _interrupted() -> None:
+    from tunelens import interrupt
+
+    _flush_progress()
+    typer.echo(interrupt.message(), err=True)
+    sys.exit(130)
+
+
+def _flush_progress() -> None:
+    """End a progress line left open, so the error starts on a line of its own."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _os_error_line(error: OSError) -> str:
+    path = error.filename if error.filename is not None else None
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{path}: {reason}" if path is not None else reason
+
+
+def _exit_for_validation_error(error: Exception) -> None:
+    """A pydantic error from an option model (``--queries 0``): exit 2 naming the field."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        _fail(f"{where}: {first['msg']}" if where else first["msg"])
 
 
 def _exit_for_click_error(error: Exception) -> None:
@@ -65,9 +123,13 @@ def _exit_for_click_error(error: Exception) -> None:
         from click import exceptions as click_errors  # type: ignore[no-redef]
     from typer import exceptions as typer_errors
 
+    if isinstance(error, click_errors.UsageError):
+        # One line, like every other bad input (click's own shows usage and a hint too).
+        hint = " (see --help)" if error.ctx is not None else ""
+        _fail(f"{error.format_message()}{hint}")
     if isinstance(error, click_errors.ClickException):
         error.show()
-        sys.exit(2 if isinstance(error, click_errors.UsageError) else error.exit_code)
+        sys.exit(error.exit_code)
     if isinstance(error, getattr(typer_errors, "Abort", ())):
         typer.echo("aborted", err=True)
         sys.exit(1)

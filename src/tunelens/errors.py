@@ -21,3 +21,18 @@ class TunelensInputError(Exception):
         parts = [p for p in (self.source, self.where) if p]
         prefix = ": ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class DivergedError(TunelensInputError):
+    """Numbers a computation produced are NaN, infinite or collapsed (a diverged tuning).
+
+    Raised where it is found (the step, the layer); the cell loop adds which
+    cell it was, so the line names the cell and the step.
+    """
+
+
+def in_cell(error: TunelensInputError, experiment: str, cell_name: str) -> TunelensInputError:
+    """``error`` restated for one cell: ``<experiment> cell '<name>': <where>: <message>``."""
+    where = ": ".join(p for p in (error.source, error.where) if p)
+    message = f"{where}: {error.message}" if where else error.message
+    return DivergedError(message, source=f"{experiment} cell {cell_name!r}")

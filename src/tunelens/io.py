@@ -10,6 +10,8 @@ so the CLI can print one line and exit 2 instead of a traceback.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,9 @@ def read_text(
     source = str(path)
     try:
         with path.open("rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                # /dev/zero, a FIFO, a terminal: no size to cap, and reading may never end
+                raise TunelensInputError(f"not a regular file, not a {what}", source=source)
             data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise TunelensInputError("no such file or directory", source=source) from None
@@ -140,3 +145,57 @@ def read_json_lines(
 ) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSON Lines file."""
     return list(iter_json_lines(read_text(path, max_bytes=max_bytes, what=what), source=path))
+
+
+def _no_duplicate_keys(base: type) -> type:
+    """A yaml loader class like ``base`` on which a key given twice in one mapping is an error."""
+    import yaml
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # an unhashable key fails in the base constructor, with its mark
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice (lines {seen[key]} and {line}); "
+                        "keep one",
+                        key_node.start_mark,
+                    )
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def parse_yaml(text: str, *, source: PathLike, strings_only: bool = False) -> Any:
+    """YAML ``text`` (safe: builds no objects); any failure a :class:`TunelensInputError`.
+
+    A key given twice in one mapping is an error naming both lines (PyYAML
+    would silently keep the last). ``strings_only``: every scalar stays a
+    string (labels like ``yes`` or ``0`` as written).
+    """
+    import yaml
+
+    base = yaml.BaseLoader if strings_only else yaml.SafeLoader
+    loader = _no_duplicate_keys(base)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe/base loader builds no objects
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(error, "problem", None) or str(error).split("\n")[0]
+        raise TunelensInputError(
+            f"invalid YAML: {problem}", source=str(source), where=where
+        ) from None
+    except RecursionError:
+        raise TunelensInputError("invalid YAML: nested too deeply", source=str(source)) from None
+    except ValueError as error:  # an integer too long to convert
+        raise TunelensInputError(f"invalid YAML: {error}", source=str(source)) from None

@@ -11,7 +11,10 @@ read at the prompt's last token, so one stray space changes every measurement.
   when explanations are on and the example has one) + ``\\n``, then
   ``Now complete the following example -\\nInput: {query}\\nOutput:``.
 * ``chat``: the plain text without its trailing ``\\nOutput:`` as one user turn,
-  through ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``.
+  through ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``
+  (a leading BOS the template writes is dropped when the tokenizer adds its
+  own). A tokenizer without a chat template is an input error naming the
+  ``template`` option.
 
 The model's answer is ``render_target(output)`` = ``" " + output``.
 """
@@ -78,16 +81,36 @@ def _chat(
     task: Task, query: str, demos: Sequence[Example], style: PromptStyle, tokenizer: Any
 ) -> str:
     if tokenizer is None:
-        raise TunelensInputError("the chat prompt template needs the model's tokenizer")
+        raise TunelensInputError(
+            "the chat prompt template needs the model's tokenizer", where="template"
+        )
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise TunelensInputError(
-            f"tokenizer {name!r} has no chat template; use the 'plain' or 'tk' template"
+            f"the model's tokenizer ({name}) has no chat template, so the 'chat' prompt "
+            "template cannot be used; choose --template plain or --template tk "
+            "(spec key: template)",
+            where="template",
         )
     content = _plain(task, query, demos, style)[: -len(_PLAIN_QUERY_END)]
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
+    return _without_double_bos(str(text), tokenizer)
+
+
+def _without_double_bos(text: str, tokenizer: Any) -> str:
+    """``text`` without a leading BOS when the tokenizer adds one itself when encoding.
+
+    Chat templates (Llama-2's, Mistral's) often start with ``{{ bos_token }}``;
+    the tokenizer then adds another, and every state would be read after two.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not text.startswith(bos):
+        return text
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("x")["input_ids"]
+    return text[len(bos) :] if ids and ids[0] == bos_id else text
 
 
 def render_prompt(

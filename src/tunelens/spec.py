@@ -9,11 +9,12 @@ of the embedded sets ``world:train`` / ``world:heldout``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,7 +28,28 @@ from tunelens.models.tuning.config import StudyTuning, TuningConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+"""A seed: a whole number in 0 .. 2**32 - 1 (what every seeded generator accepts)."""
+Positive = Annotated[int, Field(ge=1)]
+_T = TypeVar("_T")
+
+
+def _distinct(values: list[_T]) -> list[_T]:
+    """A sweep lists each value once (two equal values would be one cell twice)."""
+    seen: list[_T] = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.append(value)
+    return values
+
+
+Sweep = Annotated[list[_T], Field(min_length=1), AfterValidator(_distinct)]
+"""A swept factor: at least one value, each value once."""
 
 
 TuningSpec = TuningConfig
@@ -51,20 +73,85 @@ class ConvergenceSpec(_Strict):
     device: str | None = Field(None, description="torch device; empty means the spec's.")
     n_pairs: int = Field(30, ge=2, description="(demonstration set, anchor) pairs per seed.")
     anchors_per_set: int = Field(1, ge=1, description="Anchors probed per tuned set.")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Resampling seeds.")
-    k: list[int] = Field([8], min_length=1, description="Demonstrations per set.")
-    flip_fraction: list[float] = Field([0.0], description="Share of demonstrations mislabelled.")
-    relevance: list[Literal["same", "other"]] = Field(
+    seeds: Sweep[Seed] = Field([0, 1, 2], description="Resampling seeds.")
+    k: Sweep[Positive] = Field(
+        [8],
+        description="Demonstrations per set (>= 1; at most what the tasks hold, checked once "
+        "they load).",
+    )
+    flip_fraction: Sweep[float] = Field([0.0], description="Share of demonstrations mislabelled.")
+    relevance: Sweep[Literal["same", "other"]] = Field(
         ["same"], description="Demonstrations from the same task or another task."
     )
-    definition: list[bool] = Field([False], description="Task definition in ICL/anchor prompts.")
-    controls: list[Literal["none", "random_init", "shuffled"]] = Field(
+    definition: Sweep[bool] = Field([False], description="Task definition in ICL/anchor prompts.")
+    controls: Sweep[Literal["none", "random_init", "shuffled"]] = Field(
         ["none", "random_init"],
         description="'none' is the real pipeline; the others are "
         "controls: a randomly initialised model, and shuffled-token demonstrations.",
     )
     template: Literal["plain", "tk", "chat"] = Field("plain", description="Prompt template.")
     tuning: StudyTuning = Field(TuningSpec(), description="How each demonstration set is tuned.")
+    tuning_methods: list[Literal["lora", "full"]] = Field(
+        [],
+        description="Tuning methods to sweep (lora, full); empty means tuning.method only.",
+    )
+    lora_ranks: list[int] = Field(
+        [], description="LoRA ranks to sweep; empty means tuning.lora_r only."
+    )
+    target_module_sets: list[list[str]] = Field(
+        [],
+        description="LoRA target module sets to sweep, e.g. [[q_proj, v_proj], [all-linear]]; "
+        "empty means tuning.target_modules only.",
+    )
+    patching: bool | None = Field(
+        None,
+        description="Activation patching (the causal test): patch the ICL and IT states into "
+        "the zero-shot forward at each layer. Empty means on for the embedded world model, "
+        "off for other models.",
+    )
+    patching_layers: list[int] = Field(
+        [], description="Layers to patch (0 = embeddings); empty means every layer."
+    )
+
+    @field_validator("lora_ranks")
+    @classmethod
+    def _ranks(cls, v: list[int]) -> list[int]:
+        if any(r < 1 for r in v):
+            raise ValueError("LoRA ranks must be >= 1")
+        return v
+
+    @field_validator("patching_layers")
+    @classmethod
+    def _layers(cls, v: list[int]) -> list[int]:
+        if any(layer < 0 for layer in v):
+            raise ValueError("layers must be >= 0")
+        return sorted(set(v))
+
+    @field_validator("target_module_sets")
+    @classmethod
+    def _module_sets(cls, v: list[list[str]]) -> list[list[str]]:
+        if any(not modules for modules in v):
+            raise ValueError("a target module set needs at least one module name")
+        return v
+
+    def tuning_variants(self) -> list[TuningSpec]:
+        """The tuning configurations swept: methods x ranks x target sets (LoRA-only factors
+        do not multiply full fine-tuning), each the ``tuning`` section with those values."""
+        variants: list[TuningSpec] = []
+        for method in self.tuning_methods or [self.tuning.method]:
+            if method == "full":
+                combos: list[dict[str, object]] = [{"method": "full"}]
+            else:
+                combos = [
+                    {"method": "lora", "lora_r": r, "target_modules": list(modules)}
+                    for r in self.lora_ranks or [self.tuning.lora_r]
+                    for modules in self.target_module_sets or [self.tuning.target_modules]
+                ]
+            for combo in combos:
+                variant = self.tuning.model_copy(update=combo)
+                if variant not in variants:
+                    variants.append(variant)
+        return variants
 
     @field_validator("flip_fraction")
     @classmethod
@@ -84,18 +171,36 @@ class AuditSpec(_Strict):
     device: str | None = Field(None, description="torch device; empty means the spec's.")
     train: str = Field("world:train", description="Training tasks.")
     test: str = Field("world:heldout", description="Held-out evaluation tasks.")
-    definitions: list[Literal["original", "simplified", "none"]] = Field(
+    definitions: Sweep[Literal["original", "simplified", "none"]] = Field(
         ["original", "simplified", "none"], description="Definition variant while tuning."
     )
-    examples: list[Literal["original", "delusive", "none"]] = Field(
+    examples: Sweep[Literal["original", "delusive", "none"]] = Field(
         ["original", "delusive", "none"], description="Positive-example variant while tuning."
     )
-    instances_per_task: list[int | Literal["full"]] = Field(
-        [5], description="Training instances per task: low (5), mid, or 'full'."
+    instances_per_task: Sweep[Positive | Literal["full"]] = Field(
+        [5], description="Training instances per task (>= 1): low (5), mid, or 'full'."
     )
-    seeds: list[int] = Field([0], min_length=1, description="Tuning seeds.")
+    seeds: Sweep[Seed] = Field([0], description="Tuning seeds.")
     n_positive: int = Field(2, ge=0, description="Positive examples in the Tk-Instruct encoding.")
-    eval_instances_per_task: int = Field(50, ge=1, description="Held-out instances scored.")
+    eval_instances_per_task: int = Field(
+        100,
+        ge=1,
+        description="Held-out instances scored per task, the first ones of each (Tk-Instruct: "
+        "100). On world tasks 100 means every instance, so twin tasks share their inputs and "
+        "the definition-blind bound is exactly 50%.",
+    )
+    eval_encodings: Sweep[Literal["definition_only", "definition_examples"]] = Field(
+        ["definition_only", "definition_examples"],
+        description="How held-out prompts are encoded for the untuned baseline and every "
+        "tuned condition: 'definition_only' (truly zero-shot) or 'definition_examples' "
+        "(Tk-Instruct's: definition + n_positive positive examples). The first leads the "
+        "report and the baselines key.",
+    )
+    rouge_tokenizer: Literal["default", "unicode"] = Field(
+        "default",
+        description="ROUGE-L tokenizer: 'default' is the official SuperNI scorer "
+        "(rouge_score's, ASCII only); 'unicode' is tunelens's own for non-English text.",
+    )
     max_new_tokens: int = Field(8, ge=1, description="Bound on generated tokens.")
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for CIs over tasks.")
     tuning: StudyTuning = Field(
@@ -122,9 +227,11 @@ class WorldEvalSpec(_Strict):
 
     model: str = Field("world", description="'world' or a local Hugging Face model directory.")
     tasks: str = Field("world:heldout", description="Tasks to evaluate.")
-    shots: list[int] = Field(list(DEFAULT_SHOTS), min_length=1, description="Values of k.")
+    shots: Sweep[Annotated[int, Field(ge=0)]] = Field(
+        list(DEFAULT_SHOTS), description="Values of k (>= 0)."
+    )
     queries_per_task: int = Field(20, ge=1, description="Queries per task and k.")
-    seed: int = Field(0, ge=0, description="Seed of the demonstration draws.")
+    seed: Seed = Field(0, description="Seed of the demonstration draws.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
     device: str = Field("cpu", description="torch device.")
 
@@ -135,7 +242,23 @@ class Spec(_Strict):
     model: str = Field("world", description="'world' or a local Hugging Face model directory.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
     device: str = Field("cpu", description="torch device.")
-    seed: int = Field(0, description="Base seed.")
+    seed: Seed = Field(
+        0,
+        description="Base seed (0 .. 2**32 - 1): a section that lists no seeds of its own "
+        "draws with its default seeds shifted by it (convergence seed, seed+1, seed+2; audit "
+        "seed; world_eval seed). Seeds a section lists are used as given.",
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="A quick look (--limit N): at most N anchors / evaluation instances per "
+        "task (tunelens.runs.limit); cell keys and results.json record it. Empty: no limit.",
+    )
+    allow_missing_tasks: bool = Field(
+        False,
+        description="Skip the tasks a split file names that have no file (partial copies of "
+        "the benchmark) instead of stopping (--allow-missing-tasks).",
+    )
     convergence: ConvergenceSpec | None = None
     audit: AuditSpec | None = None
     world_eval: WorldEvalSpec | None = None
@@ -143,20 +266,28 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _fill_sections(self) -> Spec:
-        """Sections inherit model, dtype and device, so each cell's key names its model."""
+        """Sections inherit model, dtype and device, so each cell's key names its model, and
+        the base seed shifts the default seeds of sections that list none."""
         common = {"dtype": self.dtype, "device": self.device}
         if self.convergence is not None:
             c = self.convergence
             update: dict[str, object] = {k: v for k, v in common.items() if getattr(c, k) is None}
             if not c.models:
                 update["models"] = [self.model]
+            if "seeds" not in c.model_fields_set:
+                update["seeds"] = [self.seed + s for s in c.seeds]
             object.__setattr__(self, "convergence", c.model_copy(update=update))
         if self.audit is not None:
             a = self.audit
             update = {k: v for k, v in common.items() if getattr(a, k) is None}
             if a.model is None:
                 update["model"] = self.model
+            if "seeds" not in a.model_fields_set:
+                update["seeds"] = [self.seed + s for s in a.seeds]
             object.__setattr__(self, "audit", a.model_copy(update=update))
+        if self.world_eval is not None and "seed" not in self.world_eval.model_fields_set:
+            w = self.world_eval
+            object.__setattr__(self, "world_eval", w.model_copy(update={"seed": self.seed + w.seed}))
         return self
 
 
@@ -172,28 +303,57 @@ def default_spec() -> Spec:
     )
 
 
+#: Specs are a few kilobytes; a larger file is a wrong path (a weights file, a dump).
+MAX_SPEC_BYTES = 4 * 2**20
+
+
 def load_spec(path: Path) -> Spec:
-    """Parse and validate a YAML spec; errors name the file and the key path."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TunelensInputError("no such spec file", source=str(path)) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise TunelensInputError(
-            f"invalid YAML: {getattr(error, 'problem', error)}", source=str(path), where=where
-        ) from None
+    """Parse and validate a YAML spec; errors name the file and the key path.
+
+    Read through :mod:`tunelens.io` (size cap, UTF-8, one located error) and
+    parsed strictly: a key given twice is an error naming both lines, and
+    values are not coerced (``k: [true]`` or ``seed: 1e23`` are errors, not 1).
+    """
+    from tunelens.io import parse_yaml, read_text
+
+    if not Path(path).exists():
+        raise TunelensInputError("no such spec file", source=str(path))
+    text = read_text(path, what="spec", max_bytes=MAX_SPEC_BYTES)
+    data = parse_yaml(text, source=path)
     if not isinstance(data, dict):
         raise TunelensInputError("a spec must be a mapping of keys", source=str(path))
     return validate_spec(data, source=str(path))
 
 
 def validate_spec(data: dict, *, source: str) -> Spec:
-    """A Spec from plain data; the first error names ``source`` and the key path."""
+    """A Spec from plain data; the first error names ``source`` and the key path.
+
+    Strict: no value is coerced to another type (a boolean is no integer, a
+    float no seed, a string no number).
+    """
     try:
-        return Spec.model_validate(data)
+        return Spec.model_validate(data, strict=True)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise TunelensInputError(first["msg"], source=source, where=where) from None
+        where = dotted_key(first["loc"])
+        raise TunelensInputError(_message(first), source=source, where=where) from None
+
+
+def dotted_key(loc: tuple) -> str:
+    """``("audit", "instances_per_task", 0, "constrained-int")`` -> ``audit.instances_per_task.0``.
+
+    pydantic adds the tags of union members and validators to the location;
+    only field names and list indices are the user's key.
+    """
+    return ".".join(
+        str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p)
+    )
+
+
+def _message(error: dict) -> str:
+    """pydantic's message, with the offending value when it is short."""
+    message = str(error["msg"])
+    value = error.get("input")
+    if isinstance(value, (bool, int, float, str)) and len(repr(value)) <= 40:
+        return f"{message} (got {value!r})"
+    return message

@@ -55,13 +55,18 @@ def share(mean: float) -> FormatShare:
 
 
 class FakeConvergence(Experiment):
-    """One cell per (k, seed); per-layer cosines rise with depth."""
+    """One cell per (k, seed); per-layer cosines rise with depth.
+
+    ``die_once``: a path; the first cell to find it absent creates it and kills
+    its own process (a worker lost mid-cell), so a retry must finish the run.
+    """
 
     name = "convergence"
 
-    def __init__(self, delay: float = 0.0, layers: int = 4):
+    def __init__(self, delay: float = 0.0, layers: int = 4, die_once: str | None = None):
         self.delay = delay
         self.layers = layers
+        self.die_once = die_once
 
     def cells(self, section: Any, inputs: StudyInputs | None = None) -> list[Cell]:
         return [
@@ -71,6 +76,16 @@ class FakeConvergence(Experiment):
         ]
 
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
+        if self.die_once is not None:
+            import os
+            from pathlib import Path
+
+            try:
+                Path(self.die_once).touch(exist_ok=False)
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
         for step in range(3):
             context.progress(f"fake {cell.name}", step + 1, 3)
         time.sleep(self.delay)

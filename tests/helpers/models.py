@@ -65,3 +65,139 @@ def logits_of(loaded: LoadedModel, text: str, model=None) -> torch.Tensor:
 def has_lora_layers(module: torch.nn.Module) -> bool:
     """Whether PEFT LoRA layers are still injected anywhere in ``module``."""
     return any("lora_" in name for name, _ in module.named_modules())
+
+
+# ------------------------------------------------ the architecture matrix (issue 18)
+
+MATRIX_ARCHITECTURES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "phi",
+    "phi3",
+    "gpt2",
+    "t5",
+    "bart",
+)
+"""Tiny random configs of every architecture family tunelens is tested on, built in code."""
+
+# A minimal chat template (Jinja, as in a tokenizer_config.json): user turns are
+# wrapped, and the generation prompt opens the assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] }} : {{ message['content'] }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}assistant :{% endif %}"
+)
+
+
+def world_tokenizer():
+    """The embedded world model's word-level tokenizer (its vocabulary covers world tasks)."""
+    from transformers import AutoTokenizer
+
+    from tunelens.models.paths import world_model_dir
+
+    return AutoTokenizer.from_pretrained(world_model_dir())
+
+
+def tiny_config(arch: str, vocab_size: int, *, pad: int = 0, bos: int = 2, eos: int = 3):
+    """A 2-layer (2 + 2 for encoder-decoders), hidden-32 config of ``arch``."""
+    import transformers as tf
+
+    decoder = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "pad_token_id": pad,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+    }
+    if arch == "llama":
+        return tf.LlamaConfig(**decoder, initializer_range=0.2)
+    if arch == "mistral":
+        return tf.MistralConfig(**decoder, initializer_range=0.2, sliding_window=None)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**decoder, initializer_range=0.2)
+    if arch == "gemma":
+        return tf.GemmaConfig(**decoder, head_dim=8)
+    if arch == "phi":
+        return tf.PhiConfig(**decoder, partial_rotary_factor=0.5)
+    if arch == "phi3":
+        return tf.Phi3Config(**decoder, initializer_range=0.2)
+    if arch == "gpt2":
+        return tf.GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            initializer_range=0.2,
+            bos_token_id=bos,
+            eos_token_id=eos,
+        )
+    if arch == "t5":
+        return tf.T5Config(
+            vocab_size=vocab_size,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=pad,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+    if arch == "bart":
+        return tf.BartConfig(
+            vocab_size=vocab_size,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=256,
+            pad_token_id=pad,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            decoder_start_token_id=bos,
+            forced_bos_token_id=None,
+            forced_eos_token_id=None,
+        )
+    raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+def save_tiny_model(arch: str, directory, *, seed: int = 0, chat_template: str | None = None):
+    """A tiny random ``arch`` with the world tokenizer, saved in Hugging Face format.
+
+    ``chat_template`` (Jinja) is stored on the tokenizer when given. Returns the
+    directory, which loads through ``tunelens.models.loading.load_model``.
+    """
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    tokenizer = world_tokenizer()
+    config = tiny_config(
+        arch,
+        len(tokenizer),
+        pad=tokenizer.pad_token_id,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_config(config)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

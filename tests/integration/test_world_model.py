@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from tunelens.errors import TunelensInputError
 from tunelens.experiments.world_eval import reference_eval
 from tunelens.models.loading import load_model
 from tunelens.models.paths import world_model_dir
@@ -86,5 +87,5 @@ def test_training_in_pieces_equals_one_run(tmp_path):
         whole.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
-    with pytest.raises(ValueError, match="another recipe"):
+    with pytest.raises(TunelensInputError, match="another recipe"):
         train_world_model(replace(recipe, lr=1e-3), tmp_path / "pieces", progress=False)

@@ -29,14 +29,19 @@ def test_cosine_per_layer_matches_loop_and_shape():
             assert got[i, layer] == pytest.approx(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
 
 
-def test_cosine_self_is_one_opposite_is_minus_one_zero_vector_is_zero():
+def test_cosine_self_is_one_opposite_is_minus_one_zero_or_nonfinite_vector_is_nan():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(4, 2, 6)).astype(np.float32)
     np.testing.assert_allclose(cosine_per_layer(a, a), 1.0, atol=1e-12)
     np.testing.assert_allclose(cosine_per_layer(a, -2 * a), -1.0, atol=1e-12)
     b = a.copy()
     b[0, 1] = 0.0
-    assert cosine_per_layer(a, b)[0, 1] == 0.0
+    b[1, 0, 2] = np.inf
+    b[2, 1, 3] = np.nan
+    got = cosine_per_layer(a, b)
+    # Undefined, never reported as 0.0 ("orthogonal"); results.json writes NaN as null.
+    assert np.isnan(got[0, 1]) and np.isnan(got[1, 0]) and np.isnan(got[2, 1])
+    assert np.isfinite(got[3]).all()
 
 
 def test_cosine_rejects_mismatched_shapes():

@@ -34,10 +34,14 @@ class StudyInputs:
 
     ``strict=False`` (``tunelens plan``) gives a model or task set that is not
     on this machine the digest ``absent:<name>`` (and no tasks) instead of an
-    error, so a plan can be made for inputs that will only exist on the cluster.
+    error, so a plan can be made for inputs that will only exist on the cluster;
+    a task set that is here but does not load is an error either way.
+    ``allow_missing`` (``--allow-missing-tasks``) skips the tasks a split file
+    names that have no file (partial copies of the benchmark).
     """
 
     strict: bool = True
+    allow_missing: bool = False
     _tasks: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     _task_digests: dict[str, str] = field(default_factory=dict)
     _models: dict[str, str] = field(default_factory=dict)
@@ -49,10 +53,10 @@ class StudyInputs:
             from tunelens.tasks.sets import load_task_set
 
             try:
-                self._tasks[ref] = tuple(load_task_set(ref))
+                self._tasks[ref] = tuple(load_task_set(ref, allow_missing=self.allow_missing))
             except TunelensInputError:
-                if self.strict:
-                    raise
+                if self.strict or _on_this_machine(ref):
+                    raise  # plan too stops at a task set that is here but broken
                 self._tasks[ref] = ()
                 self._task_digests[ref] = f"absent:{ref}"
         return self._tasks[ref]
@@ -77,6 +81,14 @@ class StudyInputs:
                     raise
                 self._models[name] = f"absent:{name}"
         return self._models[name]
+
+
+def _on_this_machine(ref: str) -> bool:
+    """Whether every path a task reference names exists here (``world:`` sets always do)."""
+    from pathlib import Path
+
+    pieces = [p.strip() for p in ref.split(",") if p.strip()]
+    return all(p.startswith("world:") or Path(p).expanduser().exists() for p in pieces)
 
 
 class Experiment(ABC):
@@ -112,6 +124,10 @@ class Experiment(ABC):
     ) -> list[Cell]:
         """Cells that depend on finished results (e.g. decide's similarity at the best k)."""
         return []
+
+    def sample_logs(self, cell: Cell, result: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Per-sample records of a finished cell for ``DIR/samples/<key>.jsonl`` (None: no log)."""
+        return None
 
     @abstractmethod
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:

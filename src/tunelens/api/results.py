@@ -27,11 +27,17 @@ __all__ = [
     "AuditSections",
     "AuditSummary",
     "AuditTaskScores",
+    "AuditTraining",
+    "AuditEvaluation",
+    "AuditVerdict",
+    "AuditLabelSpace",
+    "AuditBound",
     "Baselines",
     "ConvergenceAccuracy",
     "ConvergenceCondition",
     "ConvergenceEntry",
     "ConvergenceLayer",
+    "ConvergenceTuning",
     "DecideBest",
     "DecideComparison",
     "DecideComparisons",
@@ -52,8 +58,11 @@ __all__ = [
     "KComparisonLayer",
     "LayerStats",
     "MetricShares",
+    "NextTokenAccuracy",
+    "PatchingRow",
     "RandomBaseline",
     "ResultsModel",
+    "SeedAgreementRow",
     "SeedStats",
     "Stat",
     "StudyResults",
@@ -100,21 +109,54 @@ class WilcoxonTest(ResultsModel):
 
 
 class LayerStats(ResultsModel):
-    """Per-layer cosine summaries and tests (the per-seed layers have no CKA)."""
+    """Per-layer cosine summaries and tests (the per-seed layers have no CKA).
+
+    Raw cosine; centered and standardized cosine (centered on the mean state of
+    the layer over every state of the condition; standardized also z-scores each
+    dimension); ``floor_*``: the centered cosine of mismatched pairs (state i of
+    one side against state j != i of the other, same task where possible), with
+    ``floor_raw_*`` / ``floor_standardized_*`` the floors of the other two
+    measures. ``wilcoxon["icl_it>floor"]`` tests matched centered ICL-IT
+    cosines against their floor. Layer 0 (the embeddings) is outside every
+    Holm family: its ``p_holm`` is null.
+    """
 
     layer: int
     cos_icl_it: Stat
     cos_anchor_icl: Stat
     cos_anchor_it: Stat
+    cos_centered_icl_it: Stat | None = None
+    cos_centered_anchor_icl: Stat | None = None
+    cos_centered_anchor_it: Stat | None = None
+    cos_standardized_icl_it: Stat | None = None
+    cos_standardized_anchor_icl: Stat | None = None
+    cos_standardized_anchor_it: Stat | None = None
+    floor_icl_it: Stat | None = None
+    floor_anchor_icl: Stat | None = None
+    floor_anchor_it: Stat | None = None
+    floor_raw_icl_it: Stat | None = None
+    floor_raw_anchor_icl: Stat | None = None
+    floor_raw_anchor_it: Stat | None = None
+    floor_standardized_icl_it: Stat | None = None
+    floor_standardized_anchor_icl: Stat | None = None
+    floor_standardized_anchor_it: Stat | None = None
     wilcoxon: dict[str, WilcoxonTest]
 
 
 class ConvergenceLayer(LayerStats):
-    """A pooled layer: cosines, tests and linear CKA of each pair."""
+    """A pooled layer: cosines, tests and linear CKA of each pair (biased and debiased).
+
+    ``cka_*`` is the biased HSIC estimator (Kornblith et al. 2019), which reads
+    about 0.2 on independent data at 30 items; ``cka_debiased_*`` uses the
+    unbiased HSIC (Song et al. 2012), centred on 0 there. Means over seeds.
+    """
 
     cka_icl_it: float | None
     cka_anchor_icl: float | None
     cka_anchor_it: float | None
+    cka_debiased_icl_it: float | None = None
+    cka_debiased_anchor_icl: float | None = None
+    cka_debiased_anchor_it: float | None = None
 
 
 class SeedStats(ResultsModel):
@@ -124,7 +166,10 @@ class SeedStats(ResultsModel):
 
 
 class ConvergenceCondition(ResultsModel):
-    """The factor values that name a condition (seed excluded)."""
+    """The factor values that name a condition (seed excluded).
+
+    ``tuning``: the tuning factor, e.g. 'lora r=8 q_proj,v_proj' or 'full'.
+    """
 
     model: str
     k: int
@@ -132,6 +177,7 @@ class ConvergenceCondition(ResultsModel):
     relevance: str
     definition: bool
     control: str
+    tuning: str | None = None
 
 
 class ConvergenceAccuracy(ResultsModel):
@@ -163,15 +209,90 @@ class KComparison(ResultsModel):
     layers: list[KComparisonLayer]
 
 
+class PatchingRow(ResultsModel):
+    """The anchor forward with the ``source`` state ("icl" or "it") patched in after ``layer``.
+
+    ``accuracy``: next-token accuracy (0-100) at the answer position (argmax over
+    the label space); ``gain_share``: (patched - anchor) / (icl - anchor) of that
+    accuracy, null when ICL gains nothing; ``kl_to_icl``: KL(ICL || patched) of
+    the label-space next-token distributions, in nats.
+    """
+
+    layer: int
+    source: str
+    accuracy: Stat
+    gain_share: Stat
+    kl_to_icl: Stat
+
+
+class NextTokenAccuracy(ResultsModel):
+    anchor: Stat
+    icl: Stat
+    it: Stat
+
+
+class Behaviour(ResultsModel):
+    """Next-token distributions at the answer position (over the label space where there is one).
+
+    ``kl_icl_it`` = KL(ICL || IT) and ``kl_icl_anchor`` = KL(ICL || anchor) in nats;
+    ``agreement``: share of pairs where the ICL and IT generated predictions are
+    equal (normalised); ``kl_anchor_minus_it``: the paired difference
+    KL(ICL || anchor) - KL(ICL || IT) (> 0: IT is closer to ICL than the anchor);
+    ``icl_gain`` / ``it_gain``: next-token accuracy minus the anchor's, in points.
+    """
+
+    kl_icl_it: Stat
+    kl_icl_anchor: Stat
+    agreement: Stat
+    next_token_accuracy: NextTokenAccuracy | None = None
+    kl_anchor_minus_it: Stat | None = None
+    icl_gain: Stat | None = None
+    it_gain: Stat | None = None
+
+
+class SeedAgreementRow(ResultsModel):
+    """Layers where a comparison is significant (p_holm < alpha), pooled and per seed."""
+
+    alpha: float
+    pooled_layers: list[int]
+    per_seed_layers: dict[str, list[int]]
+    holds_in_every_seed: list[int]
+
+
+class ConvergenceTuning(ResultsModel):
+    """The tuning configuration of the condition and what it adapted.
+
+    ``adapted``: ``requested`` target modules, the resolved ``modules``, the
+    ``weights`` they hold in words (GPT-2's fused ``c_attn``: "q, k, v
+    together") and ``n_modules`` adapted; full fine-tuning: every weight.
+    ``adapted_modules``: the resolved module suffixes (``["all"]`` for full
+    fine-tuning), e.g. ``["qkv_proj"]`` on Phi-3 under the default q/v request.
+    """
+
+    method: str | None = None
+    adapted_modules: list[str] | None = None
+    adapted: dict[str, Any] | None = None
+
+
 class ConvergenceEntry(ResultsModel):
-    """One entry of results.json ``convergence``: a condition pooled over seeds."""
+    """One entry of results.json ``convergence``: a condition pooled over seeds.
+
+    Pooled CIs are cluster bootstraps over (seed, demonstration set); pooled
+    tests run on cluster means; ``per_seed`` has each seed's own tests and
+    ``seed_agreement`` says whether a pooled finding holds in every seed.
+    """
 
     condition: ConvergenceCondition
     n_pairs: int
+    n_clusters: int | None = None
     seeds: list[int] | None = None
     accuracy: ConvergenceAccuracy
     layers: list[ConvergenceLayer]
     per_seed: list[SeedStats]
+    seed_agreement: dict[str, SeedAgreementRow] | None = None
+    behaviour: Behaviour | None = None
+    patching: list[PatchingRow] | None = None
+    tuning: ConvergenceTuning | None = None
     k_comparison: KComparison | None = None  # when the condition also ran at a larger k
 
 
@@ -184,9 +305,13 @@ class AuditTaskScores(ResultsModel):
 
 
 class AuditCategoryScores(ResultsModel):
+    """A category's scores; ``headline``: Tk-Instruct's metric for it (EM or ROUGE-L)."""
+
     em: Stat
     rouge_l: Stat
     tasks: int
+    headline_metric: str | None = None
+    headline: Stat | None = None
 
 
 class MetricStats(ResultsModel):
@@ -214,12 +339,36 @@ class AuditCondition(ResultsModel):
     examples: str
     instances_per_task: int | str
     seed: int
+    encoding: str | None = None  # evaluation encoding: definition_only | definition_examples
+
+
+class AuditTraining(ResultsModel):
+    """How a condition was tuned, as run (the manifest Tk-Instruct reproductions lack)."""
+
+    effective_batch_size: int
+    epochs: int
+    steps: int
+    learning_rate: float
+    seed: int
+    template: str
+
+
+class AuditEvaluation(ResultsModel):
+    """How held-out prompts were encoded and scored."""
+
+    encoding: str
+    template: str
+    n_positive: int
+    eval_instances_per_task: int
 
 
 class AuditEntry(AuditSummary):
-    """One entry of results.json ``audit``: one tuning condition and seed."""
+    """One entry of results.json ``audit``: one tuning condition, seed and evaluation encoding."""
 
     condition: AuditCondition
+    training: AuditTraining | None = None
+    evaluation: AuditEvaluation | None = None
+    tuning: ConvergenceTuning | None = None  # method, adapted_modules, adapted (as convergence)
 
 
 class Baselines(ResultsModel):
@@ -232,9 +381,15 @@ class Baselines(ResultsModel):
 
 
 class FormatShare(Stat):
-    """(condition - untuned) / (original - untuned); ``tuning_gain``: original - untuned."""
+    """(condition - untuned) / (original - untuned); ``tuning_gain``: original - untuned.
+
+    ``mean`` / ``ci`` are null and ``verdict`` is "tuning gain not significant" where
+    the paired interval of the gain (``gain``) includes zero.
+    """
 
     tuning_gain: float | None
+    gain: Stat | None = None
+    verdict: str | None = None
 
 
 class MetricShares(ResultsModel):
@@ -247,10 +402,38 @@ class AuditFormatShareRow(ResultsModel):
 
     instances_per_task: int | str
     seed: int
+    encoding: str | None = None
+    tuning_gain: dict[str, Stat] | None = None  # paired, per metric, with n and method
     simplified: MetricShares | None = None
     delusive: MetricShares | None = None
     no_definition: MetricShares | None = None
     random_guess: MetricShares | None = None
+
+
+class AuditVerdict(ResultsModel):
+    """One sentence per format-share row: shares, or "tuning gain not significant"."""
+
+    instances_per_task: int | str
+    seed: int
+    encoding: str
+    significant: bool
+    decided: bool | None = None  # significant, or an interval within +/- 5 EM (no real gain)
+    text: str
+
+
+class AuditLabelSpace(ResultsModel):
+    """A held-out task's label space: labels, source (header/definition/instances), unseen."""
+
+    labels: list[str] | None
+    source: str | None
+    unseen: list[str]
+
+
+class AuditBound(ResultsModel):
+    """The best EM of any definition-blind method on the evaluated held-out instances."""
+
+    em: float
+    applies_to: str
 
 
 class AuditSections(ResultsModel):
@@ -259,6 +442,10 @@ class AuditSections(ResultsModel):
     audit: list[AuditEntry]
     baselines: Baselines
     audit_format_share: list[AuditFormatShareRow]
+    baselines_by_encoding: dict[str, Baselines] | None = None
+    audit_verdict: list[AuditVerdict] | None = None
+    audit_label_spaces: dict[str, AuditLabelSpace] | None = None
+    audit_definition_blind_bound: AuditBound | None = None
 
 
 # ---------------------------------------------------------------- results.json
@@ -271,10 +458,15 @@ class StudyResults(ResultsModel):
     audit: list[AuditEntry] | None = None
     baselines: Baselines | None = None
     audit_format_share: list[AuditFormatShareRow] | None = None
+    baselines_by_encoding: dict[str, Baselines] | None = None
+    audit_verdict: list[AuditVerdict] | None = None
+    audit_label_spaces: dict[str, AuditLabelSpace] | None = None
+    audit_definition_blind_bound: AuditBound | None = None
     world_eval: WorldEval | None = None
     spec: dict[str, Any] | None = None
     tunelens_version: str | None = None
     environment: dict[str, Any] | None = None
+    limit: int | None = None  # a limited run (--limit N): at most N items per task
 
 
 # ---------------------------------------------------------------- world eval
@@ -348,6 +540,7 @@ class DecideTrain(ResultsModel):
     pairs: int
     steps: int
     final_loss: float | None
+    tuning: ConvergenceTuning | None = None  # adapted_modules and adapted
 
 
 class DecideMethod(ResultsModel):

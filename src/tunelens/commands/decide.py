@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
-from tunelens.commands.studies import AddressOption, ExecutorOption
+from tunelens.commands.studies import AddressOption, ExecutorOption, LimitOption, say_limited
 from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.decide.config import DecideConfig
 from tunelens.models.tuning.config import TuningConfig
@@ -79,6 +79,7 @@ def decide(
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    limit: LimitOption = None,
     tuning: TuningConfig | None = None,
 ) -> None:
     """Measure zero-shot, ICL at each k, tuning at each n, the format-only controls and the
@@ -108,6 +109,7 @@ def decide(
         dtype=dtype,
         device=device,
         tuning=tuning,
+        limit=limit,
     )
     outcome = run_decide(
         task,
@@ -123,3 +125,4 @@ def decide(
         typer.echo(line)
     typer.echo(f"results: {outcome.json_path}")
     typer.echo(f"report:  {outcome.html_path}")
+    say_limited(limit)

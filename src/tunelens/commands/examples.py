@@ -13,6 +13,7 @@ from rich.text import Text
 
 from tunelens.cli import app
 from tunelens.errors import TunelensInputError
+from tunelens.terminal import escape_control
 from tunelens.examples.store import (
     DEFAULT_DB,
     ExampleStore,
@@ -34,7 +35,12 @@ DbOption = Annotated[
 
 def _short(text: str, limit: int = 60) -> str:
     flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return escape_control(flat if len(flat) <= limit else flat[: limit - 1] + "…")
+
+
+def _safe(text: str) -> Text:
+    """A table cell: never markup, control characters (ANSI/OSC sequences) made visible."""
+    return Text(escape_control(text))
 
 
 @examples_app.command("add")
@@ -96,9 +102,15 @@ def add(
         result = store.add(rows, skip_duplicates=skip_duplicates, origin=origin)
     ids = [row.id for row in result.added]
     span = f"#{ids[0]}" if len(ids) == 1 else (f"#{ids[0]}-#{ids[-1]}" if ids else "none")
-    typer.echo(f"added {len(ids)} example{'s' if len(ids) != 1 else ''} ({span}) to {db}")
+    typer.echo(
+        f"added {len(ids)} example{'s' if len(ids) != 1 else ''} ({span}) to "
+        f"{escape_control(str(db))}"
+    )
     for where, existing in result.skipped:
-        typer.echo(f"skipped {where or 'row'}: duplicate of example #{existing}", err=True)
+        typer.echo(
+            f"skipped {escape_control(where or 'row')}: duplicate of example #{existing}",
+            err=True,
+        )
     flagged = [row for row in result.added if row.pii]
     for row in flagged:
         typer.echo(
@@ -125,18 +137,18 @@ def list_examples(
         for row in rows:
             typer.echo(json.dumps(row.to_json(), ensure_ascii=False))
         return
-    table = Table(title=Text(f"{db}: {len(rows)} of {total} examples"))
+    table = Table(title=_safe(f"{db}: {len(rows)} of {total} examples"))
     for column in ("id", "time", "accepted", "pii", "source", "label", "input", "output"):
         table.add_column(column, overflow="fold")
     for row in rows:
         # Text cells: example text is untrusted and may contain rich markup like "[bold]".
         table.add_row(
             str(row.id),
-            row.time,
+            _safe(row.time),
             "yes" if row.accepted else "no",
-            Text(", ".join(row.pii) or "-"),
-            Text(row.source or "-"),
-            Text(row.label or "-"),
+            _safe(", ".join(row.pii) or "-"),
+            _safe(row.source or "-"),
+            _safe(row.label or "-"),
             Text(_short(row.input)),
             Text(_short(row.output)),
         )
@@ -160,7 +172,7 @@ def export(
         result = store.export_task(
             out, task=task or out.stem, definition=definition, include_flagged=include_flagged
         )
-    typer.echo(f"exported {result.written} examples to {result.path}")
+    typer.echo(f"exported {result.written} examples to {escape_control(str(result.path))}")
     if result.left_out_flagged:
         typer.echo(
             f"left out {result.left_out_flagged} example(s) flagged for personal data "

@@ -8,6 +8,18 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
+from tunelens.commands.studies import AllowMissingOption, LimitOption, say_limited
+from tunelens.spec import Spec
+
+
+def with_run_options(spec: Spec, limit: int | None, allow_missing_tasks: bool) -> Spec:
+    """The spec with --limit / --allow-missing-tasks applied (an option given wins)."""
+    update: dict[str, object] = {}
+    if limit is not None:
+        update["limit"] = limit
+    if allow_missing_tasks:
+        update["allow_missing_tasks"] = True
+    return spec.model_copy(update=update) if update else spec
 
 
 @app.command("run")
@@ -32,6 +44,14 @@ def run(
         ),
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="If another run holds DIR (DIR/.lock), wait for it instead of refusing."
+        ),
+    ] = False,
+    limit: LimitOption = None,
+    allow_missing_tasks: AllowMissingOption = False,
 ) -> None:
     """Run every unfinished cell of a study, then write results.json and report.html."""
     from tunelens.report.html import build_report
@@ -39,10 +59,20 @@ def run(
     from tunelens.spec import default_spec, load_spec
 
     loaded = default_spec() if spec is None else load_spec(spec)
-    run_study(loaded, out, executor=executor, address=address, progress=not no_progress)
+    loaded = with_run_options(loaded, limit, allow_missing_tasks)
+    run_study(
+        loaded,
+        out,
+        executor=executor,
+        address=address,
+        progress=not no_progress,
+        source="the default spec" if spec is None else str(spec),
+        wait=wait,
+    )
     report = build_report(out)
     typer.echo(f"results: {out / RESULTS}")
     typer.echo(f"report:  {report}")
+    say_limited(loaded.limit)
 
 
 @app.command("report")

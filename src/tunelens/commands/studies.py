@@ -57,15 +57,28 @@ def _run(
     executor: str,
     progress: bool,
     address: str | None = None,
+    wait: bool = False,
 ) -> None:
     from tunelens.report.html import build_report
     from tunelens.runs.study import RESULTS, run_study
     from tunelens.spec import validate_spec
 
-    spec = validate_spec({**top, section_name: section}, source=f"tunelens {section_name}")
-    run_study(spec, out, executor=executor, address=address, progress=progress)
+    source = f"tunelens {section_name}"
+    spec = validate_spec({**top, section_name: section}, source=source)
+    run_study(
+        spec, out, executor=executor, address=address, progress=progress, source=source, wait=wait
+    )
     typer.echo(f"results: {out / RESULTS}")
     typer.echo(f"report:  {build_report(out)}")
+    say_limited(spec.limit)
+
+
+def say_limited(limit: int | None) -> None:
+    """The line a limited run ends with (stderr, so stdout stays the paths)."""
+    if limit is not None:
+        from tunelens.runs.limit import limit_note
+
+        typer.echo(limit_note(limit), err=True)
 
 
 ModelOption = Annotated[str, typer.Option(help="'world' or a local Hugging Face model directory.")]
@@ -84,6 +97,26 @@ AddressOption = Annotated[
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="A quick look: at most N anchors / evaluation instances per task (cell keys and "
+        "results.json record it; the run says it is limited). Default: no limit.",
+    ),
+]
+AllowMissingOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing-tasks",
+        help="Skip the tasks a split file names that have no file (a partial copy of the "
+        "benchmark) instead of stopping.",
+    ),
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="If another run holds DIR (DIR/.lock), wait for it to end."),
+]
 
 
 @app.command("convergence")
@@ -114,14 +147,47 @@ def convergence(
         str | None, typer.Option(help="none, random_init, shuffled (comma-separated).")
     ] = None,
     template: Annotated[str | None, typer.Option(help="plain, tk or chat.")] = None,
+    tuning_methods: Annotated[
+        str | None,
+        typer.Option(help="Tuning methods to sweep: lora, full (default: --method only)."),
+    ] = None,
+    lora_ranks: Annotated[
+        str | None, typer.Option(help="LoRA ranks to sweep, e.g. 4,8,16 (default: --lora-r only).")
+    ] = None,
+    target_module_sets: Annotated[
+        str | None,
+        typer.Option(
+            help="LoRA target module sets to sweep, sets separated by ';', modules by ',': "
+            "e.g. 'q_proj,v_proj;all-linear' (default: --target-modules only)."
+        ),
+    ] = None,
+    patching: Annotated[
+        bool | None,
+        typer.Option(
+            "--patching/--no-patching",
+            help="Activation patching of ICL and IT states into the zero-shot forward "
+            "(default: on for the world model, off otherwise).",
+            show_default=False,
+        ),
+    ] = None,
+    patching_layers: Annotated[
+        str | None, typer.Option(help="Layers to patch, e.g. 1,2 (default: every layer).")
+    ] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     no_progress: NoProgress = False,
+    wait: WaitOption = False,
+    limit: LimitOption = None,
+    allow_missing_tasks: AllowMissingOption = False,
     tuning: TuningConfig | None = None,
 ) -> None:
     """Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."""
+    module_sets = None
+    if target_module_sets is not None:
+        pieces = [p for p in target_module_sets.split(";") if p.strip()]
+        module_sets = [comma_list("--target-module-sets", piece) for piece in pieces]
     section = _section(
         tasks=tasks,
         n_pairs=n_pairs,
@@ -133,15 +199,27 @@ def convergence(
         controls=comma_list("--controls", controls),
         template=template,
         tuning=tuning,
+        tuning_methods=comma_list("--tuning-methods", tuning_methods),
+        lora_ranks=comma_list("--lora-ranks", lora_ranks, int),
+        target_module_sets=module_sets or None,
+        patching=patching,
+        patching_layers=comma_list("--patching-layers", patching_layers, int),
     )
     _run(
         "convergence",
         section,
-        {"model": model, "dtype": dtype, "device": device},
+        {
+            "model": model,
+            "dtype": dtype,
+            "device": device,
+            "limit": limit,
+            "allow_missing_tasks": allow_missing_tasks,
+        },
         out,
         executor,
         not no_progress,
         address,
+        wait,
     )
 
 
@@ -174,6 +252,9 @@ def audit(
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     no_progress: NoProgress = False,
+    wait: WaitOption = False,
+    limit: LimitOption = None,
+    allow_missing_tasks: AllowMissingOption = False,
     tuning: TuningConfig | None = None,
 ) -> None:
     """Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."""
@@ -190,9 +271,16 @@ def audit(
     _run(
         "audit",
         section,
-        {"model": model, "dtype": dtype, "device": device},
+        {
+            "model": model,
+            "dtype": dtype,
+            "device": device,
+            "limit": limit,
+            "allow_missing_tasks": allow_missing_tasks,
+        },
         out,
         executor,
         not no_progress,
         address,
+        wait,
     )

@@ -24,6 +24,7 @@ from tunelens.tasks.loaders import (
     split_task_files,
 )
 from tunelens.tasks.types import Task
+from tunelens.terminal import escape_control, one_line
 
 
 def describe_labels(labels: tuple[str, ...] | None) -> str:
@@ -68,6 +69,17 @@ def _task_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _is_table(path: Path) -> bool:
+    """A Hugging Face copy: a save_to_disk directory, a shard, or a folder holding shards."""
+    from tunelens.tasks import hf
+
+    if hf.is_dataset_dir(path):
+        return True
+    if path.is_dir():
+        return any(p.suffix == ".parquet" or hf.is_shard_jsonl(p) for p in path.rglob("*.*"))
+    return path.suffix == ".parquet" or hf.is_shard_jsonl(path)
+
+
 @tasks_app.command("validate")
 def validate(
     paths: Annotated[
@@ -86,13 +98,19 @@ def validate(
     seen: dict[str, Path] = {}
     for path in paths:
         try:
-            files = _task_files(path)
+            if _is_table(path):
+                # A Hugging Face copy is one table of many tasks: it loads (or fails) whole.
+                tables = load_tasks([path])
+                files = [Path(task.source) for task in tables]
+            else:
+                tables = None
+                files = _task_files(path)
         except TunelensInputError as error:
             errors.append(error)
             continue
-        for file in files:
+        for index, file in enumerate(files):
             try:
-                task = load_task_file(file)
+                task = tables[index] if tables is not None else load_task_file(file)
                 if task.name in seen:
                     raise TunelensInputError(
                         f"task {task.name!r} is defined twice (also in {seen[task.name]})",
@@ -103,11 +121,21 @@ def validate(
                 continue
             seen[task.name] = file
             typer.echo(
-                f"ok {file}: {task.name}, {len(task.instances)} instances, "
-                f"{describe_labels(task.labels)}"
+                one_line(
+                    f"ok {file}: {task.name}, {len(task.instances)} instances, "
+                    f"{describe_labels(task.labels)}"
+                )
             )
+            if task.labels is not None and len(task.labels) == 1:
+                typer.echo(
+                    one_line(
+                        f"warning: {file}: the label space has one label ({task.labels[0]!r}): "
+                        "every answer is that label, so a guess baseline scores 100"
+                    ),
+                    err=True,
+                )
     for problem in errors:
-        typer.echo(f"error: {problem}", err=True)
+        typer.echo(f"error: {one_line(str(problem))}", err=True)
     if errors:
         sys.exit(2)
 
@@ -130,18 +158,19 @@ def show(
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("source", Text(task.source, overflow="fold"))
+        # Control characters (ANSI/OSC escape sequences) are shown escaped, never obeyed.
+        table.add_row("source", Text(one_line(task.source), overflow="fold"))
         table.add_row("instances", str(len(task.instances)))
-        table.add_row("categories", Text(", ".join(task.categories) or "-"))
-        table.add_row("label space", Text(describe_labels(task.labels)))
+        table.add_row("categories", Text(one_line(", ".join(task.categories) or "-")))
+        table.add_row("label space", Text(one_line(describe_labels(task.labels))))
         table.add_row(
             "examples",
             f"{len(task.positive_examples)} positive, {len(task.negative_examples)} negative",
         )
-        console.print(Panel(table, title=Text(task.name), title_align="left"))
+        console.print(Panel(table, title=Text(one_line(task.name)), title_align="left"))
         console.print(
             Panel(
-                Text(example_prompt(task)),
+                Text(escape_control(example_prompt(task), keep_newlines=True)),
                 title="Tk-Instruct prompt, first instance",
                 title_align="left",
                 border_style="dim",

@@ -14,10 +14,19 @@ from tunelens.cli import world_app
 from tunelens.errors import TunelensInputError
 
 
+def check_range(option: str, value: int, low: int, high: int | None = None) -> None:
+    """An integer option within its bounds, or one error line naming the option."""
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise TunelensInputError(f"must be {bound}, got {value}", where=option)
+
+
 def parse_shots(text: str) -> tuple[int, ...]:
     """'0,1,2,4' -> (0, 1, 2, 4), with a clear error for anything else."""
     try:
         shots = tuple(int(x) for x in text.split(",") if x.strip())
+        if any(k > 10_000 for k in shots):
+            raise ValueError
     except ValueError:
         raise TunelensInputError(
             f"--shots must be comma-separated integers, got {text!r}"
@@ -40,10 +49,15 @@ def export(
     ] = 60,
 ) -> None:
     """Write the world's tasks in the Super-NaturalInstructions layout."""
+    from tunelens.runs.study import prepare_output_dir
     from tunelens.tasks.world.export import export_world
     from tunelens.tasks.world.generator import definition_blind_upper_bound, generate_world
 
+    check_range("--seed", seed, 0, 2**32 - 1)
+    check_range("--n-train", n_train, 1, 10_000)
+    check_range("--instances", instances, 2, 100_000)
     world = generate_world(seed, n_train=n_train, n_instances=instances)
+    prepare_output_dir(directory)
     written = export_world(world, directory)
     bound = definition_blind_upper_bound(world.heldout)
     typer.echo(
@@ -144,13 +158,19 @@ def evaluate(
     from tunelens.experiments.world_eval import WorldEvalResult, WorldEvalSpec
     from tunelens.runs.study import execute
 
+    check_range("--queries", queries, 1, 100_000)
+    check_range("--seed", seed, 0, 2**32 - 1)
     section = WorldEvalSpec(
-        model=model, shots=list(parse_shots(shots)), queries_per_task=queries, seed=seed
+        model=model, shots=list(dict.fromkeys(parse_shots(shots))), queries_per_task=queries,
+        seed=seed,
     )
     experiment = get_experiments()["world_eval"]
     with tempfile.TemporaryDirectory(prefix="tunelens-world-eval-") as scratch:
         (run,) = execute(
-            out or Path(scratch), [(experiment, section)], progress=not no_progress and not as_json
+            out or Path(scratch),
+            [(experiment, section)],
+            progress=not no_progress and not as_json,
+            source="tunelens world eval",
         )
         data = run.aggregate()["world_eval"]
     result = WorldEvalResult.from_json(data)

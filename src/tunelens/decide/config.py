@@ -76,6 +76,12 @@ class DecideConfig(BaseModel):
         description="How each tuned model is tuned (the one tuning configuration; its seed "
         "is ``seed``).",
     )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="A quick look: score at most this many test items (the first of the "
+        "stratified test set); empty: the whole test set.",
+    )
 
     @field_validator("k")
     @classmethod

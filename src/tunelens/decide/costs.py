@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from tunelens.errors import TunelensInputError
-from tunelens.io import parse_json, read_text
+from tunelens.io import parse_json, parse_yaml, read_text
 
 OTHER = "(other)"
 
@@ -157,15 +156,9 @@ def _csv_entries(text: str, source: str) -> list[tuple[str, str, Any, str]]:
 
 
 def _yaml_entries(text: str, source: str) -> list[tuple[str, str, Any, str]]:
-    try:
-        # BaseLoader: every scalar is a string, so labels like yes / no / 0 / 1.0 stay as written
-        data = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - builds no objects
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        problem = getattr(error, "problem", None) or str(error).split("\n")[0]
-        raise TunelensInputError(f"invalid YAML: {problem}", source=source, where=where) from None
-    return _mapping_entries(data, source)
+    # Every scalar a string, so labels like yes / no / 0 / 1.0 stay as written; a pair
+    # given twice is an error naming both lines (as in the CSV form).
+    return _mapping_entries(parse_yaml(text, source=source, strings_only=True), source)
 
 
 def _mapping_entries(data: Any, source: str) -> list[tuple[str, str, Any, str]]:

@@ -263,6 +263,8 @@ def _train_record(
         "uses": pair_uses(len(pairs), steps),
         "steps": tuned.steps,
         "final_loss": round(tuned.losses[-1], 6) if tuned.losses else None,
+        "adapted_modules": tuned.adapted_modules,
+        "adapted": tuned.adapted,
     }
 
 

@@ -65,6 +65,11 @@ def _method_entry(
         train = result["train"]
         training = training_flops(train["pair_tokens"], train["uses"], shape)
         entry["train"] = {k: train[k] for k in ("pairs", "steps", "final_loss")}
+        if "adapted_modules" in train:  # method cells from before issue 18 lack it
+            entry["train"]["tuning"] = {
+                "adapted_modules": train["adapted_modules"],
+                "adapted": train.get("adapted"),
+            }
     entry["compute"] = compute_entry(
         result["prompt_tokens"], result["answer_tokens"], shape, training
     )

@@ -97,7 +97,6 @@ def run_decide(
     section = DecideSection(str(task_path), model, config, costs)
     inputs = StudyInputs()
     section.plan(inputs)  # a bad task or model fails here, before the folder is made
-    out.mkdir(parents=True, exist_ok=True)
     experiment = get_experiments()["decide"]
     (run,) = execute(
         out,
@@ -106,6 +105,7 @@ def run_decide(
         executor=executor,
         address=address,
         progress=progress,
+        limit=config.limit,
     )
     from tunelens.api.results import dump_decide
 

@@ -1,18 +1,34 @@
 """Question 2: did instruction tuning teach the task, or only the output format?
 
 Each grid cell tunes the base model on the training tasks with one manipulation
-of their definitions and positive examples, then predicts zero-shot (no tuning
-on them) on held-out tasks presented with their original definitions in the
-Tk-Instruct encoding. Baselines need no tuning: the untuned model, a guess
-over each task's output space (its exact expected score, plus a seeded draw),
-copying the input, and copying a demonstration's output. Aggregation reports
-EM and ROUGE-L per task, per category and overall with bootstrap CIs over
-tasks, and the *output-format share*: the part of the tuning gain that a
-format-only condition already gets.
+of their definitions and positive examples (encoded the Tk-Instruct way:
+definition + ``n_positive`` examples), then predicts on held-out tasks with
+their original definitions, once per *evaluation encoding*:
+
+- ``definition_only``: the definition and the query, nothing else (truly
+  zero-shot: on the world's twin tasks a method blind to the definition is
+  bounded at 50%);
+- ``definition_examples``: Tk-Instruct's encoding, definition + ``n_positive``
+  positive examples (a model that learns in context can solve tasks untuned).
+
+Baselines need no tuning: the untuned model (per encoding), a guess over each
+task's output space (its exact expected score, plus a seeded draw), copying
+the input, and copying the first positive example's output. Metrics are the
+official SuperNI ones (:mod:`tunelens.measures.text`), per task, per category
+(with Tk-Instruct's headline metric) and overall, with intervals over tasks
+(a t-interval below 10 tasks). The *output-format share* (condition - untuned)
+/ (original - untuned) is reported as a share only where the tuning gain's
+paired interval excludes zero; otherwise the verdict is "tuning gain not
+significant", with the gain and its interval.
+
+Every cell keeps its per-sample records (instance id, exact prompt,
+prediction, references, both scores); :meth:`AuditExperiment.sample_logs`
+gives them to the run machinery, which writes ``DIR/samples/<cell key>.jsonl``.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -21,19 +37,25 @@ from typing import Any
 import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
-from tunelens.measures.stats import mean_ci
-from tunelens.measures.text import exact_match, rouge_l
+from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, mean_ci, unit_mean_ci
+from tunelens.measures.text import exact_match, headline_metric, rouge_l
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import AuditSpec, TuningSpec
 from tunelens.tasks.types import Task
 from tunelens.tasks.variants import output_space
 
 BASELINES = ("untuned", "random", "copy_input", "copy_demo")
+ENCODINGS = ("definition_only", "definition_examples")
 SHARES = {
     "simplified": {"definition": "simplified", "examples": "original"},
     "delusive": {"definition": "original", "examples": "delusive"},
     "no_definition": {"definition": "none", "examples": "original"},
 }
+NOT_SIGNIFICANT = "tuning gain not significant"
+# A non-significant gain whose interval lies within +/- this many EM points is read as
+# "no tuning gain of practical size" (a decided answer, though no share exists).
+NEGLIGIBLE_GAIN = 5.0
+METRICS = ("em", "rouge_l")
 
 
 def training_pairs(
@@ -70,74 +92,147 @@ def eval_items(tasks: Sequence[Task], per_task: int) -> list[tuple[Task, Any]]:
     return [(task, inst) for task in tasks for inst in task.instances[:per_task]]
 
 
-def score(items: list[tuple[Task, Any]], predictions: Sequence[str]) -> dict[str, Any]:
-    """Per-instance predictions and per-task mean EM / ROUGE-L (0-100)."""
-    per_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"em": [], "rouge_l": []})
-    records = []
-    for (task, inst), pred in zip(items, predictions, strict=True):
-        em, rl = exact_match(pred, inst.outputs), rouge_l(pred, inst.outputs)
-        per_task[task.name]["em"].append(em)
-        per_task[task.name]["rouge_l"].append(rl)
-        records.append({"task": task.name, "id": inst.id, "prediction": pred, "em": em})
+def encoding_style(encoding: str, n_positive: int, template: Template) -> PromptStyle:
+    """The evaluation prompt style of an encoding (both show the original definition)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown evaluation encoding {encoding!r}; use one of {ENCODINGS}")
+    shots = n_positive if encoding == "definition_examples" else 0
+    return PromptStyle(template=template, definition=True, n_positive=shots)
+
+
+def eval_prompts(
+    items: list[tuple[Task, Any]],
+    n_positive: int,
+    template: Template,
+    encoding: str = "definition_examples",
+) -> list[str]:
+    style = encoding_style(encoding, n_positive, template)
+    return [render_prompt(task, inst.input, None, style) for task, inst in items]
+
+
+def _per_task_means(records: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    per_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        for key in keys:
+            per_task[record["task"]][key].append(record[key])
     return {
-        "predictions": records,
-        "per_task": {
-            name: {m: float(np.mean(v)) for m, v in ms.items()} for name, ms in per_task.items()
-        },
+        name: {key: float(np.mean(values[key])) for key in keys}
+        for name, values in per_task.items()
     }
 
 
-def expected_guess_scores(items: list[tuple[Task, Any]]) -> dict[str, dict[str, float]]:
+def score(
+    items: list[tuple[Task, Any]],
+    predictions: Sequence[str],
+    prompts: Sequence[str | None] | None = None,
+    rouge_tokenizer: str = "default",
+) -> dict[str, Any]:
+    """Per-sample records and per-task mean EM / ROUGE-L (0-100)."""
+    prompts = prompts if prompts is not None else [None] * len(items)
+    records = []
+    for (task, inst), pred, prompt in zip(items, predictions, prompts, strict=True):
+        records.append(
+            {
+                "task": task.name,
+                "id": inst.id,
+                "prompt": prompt,
+                "prediction": pred,
+                "references": list(inst.outputs),
+                "em": exact_match(pred, inst.outputs),
+                "rouge_l": rouge_l(pred, inst.outputs, tokenizer=rouge_tokenizer),  # type: ignore[arg-type]
+            }
+        )
+    return {"samples": records, "per_task": _per_task_means(records, METRICS)}
+
+
+def expected_guess_scores(
+    items: list[tuple[Task, Any]], rouge_tokenizer: str = "default"
+) -> dict[str, dict[str, float]]:
     """Exact expected EM / ROUGE-L of a uniform guess over each task's output space."""
-    per_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"em": [], "rouge_l": []})
+    means = _per_task_means(
+        _expected_records(items, rouge_tokenizer), ("expected_em", "expected_rouge_l")
+    )
+    return {
+        name: {"em": v["expected_em"], "rouge_l": v["expected_rouge_l"]}
+        for name, v in means.items()
+    }
+
+
+def _expected_records(items: list[tuple[Task, Any]], rouge_tokenizer: str) -> list[dict[str, Any]]:
     spaces: dict[str, list[str]] = {}
+    records = []
     for task, inst in items:
         space = spaces.setdefault(task.name, output_space(task))
-        per_task[task.name]["em"].append(
-            float(np.mean([exact_match(label, inst.outputs) for label in space]))
+        records.append(
+            {
+                "task": task.name,
+                "expected_em": float(
+                    np.mean([exact_match(label, inst.outputs) for label in space])
+                ),
+                "expected_rouge_l": float(
+                    np.mean(
+                        [
+                            rouge_l(label, inst.outputs, tokenizer=rouge_tokenizer)  # type: ignore[arg-type]
+                            for label in space
+                        ]
+                    )
+                ),
+            }
         )
-        per_task[task.name]["rouge_l"].append(
-            float(np.mean([rouge_l(label, inst.outputs) for label in space]))
-        )
-    return {name: {m: float(np.mean(v)) for m, v in ms.items()} for name, ms in per_task.items()}
+    return records
 
 
-def eval_prompts(items: list[tuple[Task, Any]], n_positive: int, template: Template) -> list[str]:
-    style = PromptStyle(template=template, definition=True, n_positive=n_positive)
-    return [render_prompt(task, inst.input, None, style) for task, inst in items]
+def _encodings(params: dict[str, Any]) -> list[str]:
+    return list(params.get("eval_encodings") or ["definition_examples"])
+
+
+def _evaluate(
+    loaded, items: list[tuple[Task, Any]], params: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Predictions and scores of one model under every evaluation encoding of ``params``."""
+    from tunelens.models.predict import generate_predictions
+
+    out = {}
+    for encoding in _encodings(params):
+        prompts = eval_prompts(items, params["n_positive"], params["template"], encoding)
+        predictions = generate_predictions(loaded, prompts, max_new_tokens=params["max_new_tokens"])
+        out[encoding] = score(items, predictions, prompts, params.get("rouge_tokenizer", "default"))
+    return out
 
 
 def run_baseline_cell(
     loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int
 ) -> dict[str, Any]:
-    """One baseline: untuned model, output-space guess, copy input, copy demonstration."""
+    """One baseline: untuned model, output-space guess, copy input, copy demonstration.
+
+    ``evaluations`` maps an encoding (``"any"`` for baselines that read no prompt)
+    to its samples and per-task scores.
+    """
     items = eval_items(tasks, params["eval_instances_per_task"])
     which = params["baseline"]
+    tokenizer = params.get("rouge_tokenizer", "default")
     if which == "untuned":
-        from tunelens.models.predict import generate_predictions
-
-        prompts = eval_prompts(items, params["n_positive"], params["template"])
-        result = score(
-            items, generate_predictions(loaded, prompts, max_new_tokens=params["max_new_tokens"])
-        )
-    elif which == "random":
+        return {"evaluations": _evaluate(loaded, items, params)}
+    if which == "random":
         rng = random.Random(f"guess|{seed}")
         draw = [rng.choice(output_space(task)) for task, _ in items]
-        result = score(items, draw)
-        result["expected_per_task"] = expected_guess_scores(items)
-    elif which == "copy_input":
-        result = score(items, [inst.input for _, inst in items])
+        result = score(items, draw, rouge_tokenizer=tokenizer)
+        for record, expected in zip(
+            result["samples"], _expected_records(items, tokenizer), strict=True
+        ):
+            record["expected_em"] = expected["expected_em"]
+            record["expected_rouge_l"] = expected["expected_rouge_l"]
+        result["expected_per_task"] = expected_guess_scores(items, tokenizer)
+        return {"evaluations": {"any": result}}
+    if which == "copy_input":
+        predictions = [inst.input for _, inst in items]
     elif which == "copy_demo":
-        result = score(
-            items,
-            [
-                task.positive_examples[0].output if task.positive_examples else ""
-                for task, _ in items
-            ],
-        )
+        predictions = [
+            task.positive_examples[0].output if task.positive_examples else "" for task, _ in items
+        ]
     else:
         raise ValueError(f"unknown baseline {which!r}")
-    return result
+    return {"evaluations": {"any": score(items, predictions, rouge_tokenizer=tokenizer)}}
 
 
 def run_grid_cell(
@@ -150,7 +245,6 @@ def run_grid_cell(
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Tune on the training tasks under one condition, then predict on the held-out tasks."""
-    from tunelens.models.predict import generate_predictions
     from tunelens.models.tuning import multitask_tune
 
     pairs = training_pairs(
@@ -166,44 +260,157 @@ def run_grid_cell(
     tuned = multitask_tune(loaded, pairs, config, progress=progress, on_step=on_step)
     try:
         items = eval_items(test, params["eval_instances_per_task"])
-        prompts = eval_prompts(items, params["n_positive"], params["template"])
-        predictions = generate_predictions(
-            tuned.as_loaded(), prompts, max_new_tokens=params["max_new_tokens"]
-        )
+        evaluations = _evaluate(tuned.as_loaded(), items, params)
+        steps = tuned.steps
+        final_loss = tuned.losses[-1] if tuned.losses else None
+        adapted = tuned.adapted
     finally:
         tuned.unload()
-    result = score(items, predictions)
-    result["train_pairs"] = len(pairs)
-    return result
+    return {
+        "evaluations": evaluations,
+        "tuning": {
+            "method": config.method,
+            "adapted_modules": list((adapted or {}).get("modules") or []),
+            "adapted": adapted,
+        },
+        "train_pairs": len(pairs),
+        "training": {
+            "method": config.method,
+            "train_pairs": len(pairs),
+            "batch_size": config.batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "processes": 1,
+            "effective_batch_size": config.batch_size * config.gradient_accumulation_steps,
+            "epochs": config.epochs,
+            "max_steps": config.max_steps,
+            "steps": steps,
+            "learning_rate": config.learning_rate,
+            "lr_schedule": config.lr_schedule,
+            "seed": seed,
+            "template": params["template"],
+            "n_positive": params["n_positive"],
+            "final_loss": final_loss,
+        },
+    }
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _category(task: Task) -> str:
+    return task.categories[0] if task.categories else "uncategorised"
 
 
 def _summary(
     per_task: dict[str, dict[str, float]], tasks: Sequence[Task], n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """EM and ROUGE-L overall (CI over tasks), per category, per task."""
+    """EM and ROUGE-L overall (CI over tasks), per category (with its headline), per task."""
     names = [t.name for t in tasks if t.name in per_task]
     out: dict[str, Any] = {}
-    for metric in ("em", "rouge_l"):
+    for metric in METRICS:
         values = np.array([per_task[n][metric] for n in names])
-        out[metric] = mean_ci(values, seed=seed, n_resamples=n_boot)
+        out[metric] = unit_mean_ci(values, seed=seed, n_resamples=n_boot)
     by_category: dict[str, list[str]] = defaultdict(list)
     for task in tasks:
         if task.name in per_task:
-            by_category[task.categories[0] if task.categories else "uncategorised"].append(
-                task.name
-            )
-    out["per_category"] = {
-        cat: {
-            metric: mean_ci(
+            by_category[_category(task)].append(task.name)
+    out["per_category"] = {}
+    for cat, members in sorted(by_category.items()):
+        scores = {
+            metric: unit_mean_ci(
                 np.array([per_task[n][metric] for n in members]), seed=seed, n_resamples=n_boot
             )
-            for metric in ("em", "rouge_l")
+            for metric in METRICS
         }
-        | {"tasks": len(members)}
-        for cat, members in sorted(by_category.items())
-    }
-    out["per_task"] = {n: {m: round(per_task[n][m], 4) for m in ("em", "rouge_l")} for n in names}
+        headline = headline_metric(cat)
+        out["per_category"][cat] = {
+            **scores,
+            "tasks": len(members),
+            "headline_metric": headline,
+            "headline": scores[headline],
+        }
+    out["per_task"] = {n: {m: round(per_task[n][m], 4) for m in METRICS} for n in names}
     return out
+
+
+def _ratio_ci(c: np.ndarray, o: np.ndarray, u: np.ndarray, n_boot: int, seed: int) -> list[Any]:
+    """Paired interval of mean(c - u) / mean(o - u) over units: percentile, or BCa below 10."""
+    n = len(c)
+
+    def ratio(idx: np.ndarray) -> float:
+        gain = o[idx].mean() - u[idx].mean()
+        return float((c[idx].mean() - u[idx].mean()) / gain) if abs(gain) > 1e-9 else float("nan")
+
+    if n >= MIN_BOOTSTRAP_UNITS:
+        rng = np.random.default_rng(seed)
+        draws = np.array([ratio(rng.integers(0, n, n)) for _ in range(n_boot)])
+        draws = draws[np.isfinite(draws)]
+        if not len(draws):
+            return [None, None]
+        return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    if n < 3:
+        return [None, None]
+    from scipy import stats as _scipy_stats
+
+    def stat(ci_: np.ndarray, oi: np.ndarray, ui: np.ndarray, axis: int = -1) -> np.ndarray:
+        gain = oi.mean(axis=axis) - ui.mean(axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (ci_.mean(axis=axis) - ui.mean(axis=axis)) / gain
+
+    try:
+        res = _scipy_stats.bootstrap(
+            (c, o, u),
+            stat,
+            paired=True,
+            vectorized=True,
+            n_resamples=n_boot,
+            method="BCa",
+            random_state=np.random.default_rng(seed),
+        )
+    except Exception:  # noqa: BLE001 - degenerate resamples: no interval rather than a crash
+        return [None, None]
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None]
+
+
+def tuning_gain(
+    original: dict[str, dict[str, float]],
+    untuned: dict[str, dict[str, float]],
+    names: list[str],
+    metric: str,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The paired tuning gain mean(original - untuned) over tasks, its interval, n, method."""
+    d = np.array([original[n][metric] - untuned[n][metric] for n in names])
+    return unit_mean_ci(d, seed=seed, n_resamples=n_boot)
+
+
+def significant(gain: dict[str, Any]) -> bool:
+    """Whether a paired interval excludes zero."""
+    lo, hi = gain["ci"]
+    ok = all(isinstance(x, float) and math.isfinite(x) for x in (lo, hi))
+    return bool(ok and (lo > 0 or hi < 0))
+
+
+def negligible_gain(gain: dict[str, Any], margin: float | None = None) -> bool:
+    """Whether a gain's whole interval lies within +/- ``margin`` EM points (no practical gain)."""
+    margin = NEGLIGIBLE_GAIN if margin is None else margin
+    lo, hi = gain["ci"]
+    ok = all(isinstance(x, float) and math.isfinite(x) for x in (lo, hi))
+    return bool(ok and -margin <= lo and hi <= margin)
+
+
+def units_to_decide(gain: dict[str, Any]) -> int | None:
+    """Roughly how many tasks (at this gain and spread) would make the interval exclude zero."""
+    lo, hi = gain["ci"]
+    mean, n = gain["mean"], gain.get("n", 0)
+    if not all(isinstance(x, float) and math.isfinite(x) for x in (lo, hi, mean)) or not n:
+        return None
+    half = (hi - lo) / 2
+    if abs(mean) < 1e-9:
+        return None
+    return int(math.ceil(n * (half / abs(mean)) ** 2 * 1.1))
 
 
 def format_share(
@@ -215,30 +422,68 @@ def format_share(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """(condition - untuned) / (original - untuned) over tasks, with a paired bootstrap CI."""
+    """(condition - untuned) / (original - untuned) over tasks, with a paired interval.
+
+    Reported as a share (``mean``, ``ci``) only where the tuning gain's paired
+    interval excludes zero; otherwise ``mean`` and ``ci`` are null and
+    ``verdict`` says "tuning gain not significant" (``gain`` holds the gain and
+    its interval).
+    """
     c = np.array([cond[n][metric] for n in names])
     o = np.array([original[n][metric] for n in names])
     u = np.array([untuned[n][metric] for n in names])
-
-    def ratio(idx: np.ndarray) -> float:
-        gain = o[idx].mean() - u[idx].mean()
-        return float((c[idx].mean() - u[idx].mean()) / gain) if abs(gain) > 1e-9 else float("nan")
-
-    point = ratio(np.arange(len(names)))
-    rng = np.random.default_rng(seed)
-    draws = np.array([ratio(rng.integers(0, len(names), len(names))) for _ in range(n_boot)])
-    draws = draws[np.isfinite(draws)]
-    ci = (
-        [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
-        if len(draws)
-        else [float("nan"), float("nan")]
-    )
-    gain = float(o.mean() - u.mean())
-    return {
-        "mean": point if np.isfinite(point) else None,
-        "ci": [x if np.isfinite(x) else None for x in ci],
-        "tuning_gain": gain,
+    gain = tuning_gain(original, untuned, names, metric, n_boot, seed)
+    own_gain = unit_mean_ci(c - u, seed=seed, n_resamples=n_boot)
+    out: dict[str, Any] = {
+        "tuning_gain": float(o.mean() - u.mean()) if len(names) else None,
+        "gain": gain,
+        "condition_gain": own_gain,
+        "n": len(names),
     }
+    if not significant(gain):
+        out.update(
+            {"mean": None, "ci": [None, None], "verdict": NOT_SIGNIFICANT, "decidable": False}
+        )
+        out["tasks_to_decide"] = units_to_decide(gain)
+        return out
+    share = float((c.mean() - u.mean()) / (o.mean() - u.mean()))
+    from tunelens.decide.verdict import share_reading
+
+    ci = _ratio_ci(c, o, u, n_boot, seed)
+    out.update({"mean": share, "ci": ci, "verdict": "share", "decidable": True})
+    out["reading"] = share_reading({"ci": ci}, True)
+    out["method"] = "bootstrap" if len(names) >= MIN_BOOTSTRAP_UNITS else "BCa"
+    return out
+
+
+def label_spaces(tasks: Sequence[Task]) -> dict[str, Any]:
+    """Per task: its label space, where it came from, and definition-named labels never used."""
+    from tunelens.tasks.labels import describe_label_space
+
+    out = {}
+    for task in tasks:
+        space = describe_label_space(task)
+        unseen = list(space.unseen)
+        entry: dict[str, Any] = {
+            "labels": list(task.labels) if task.labels is not None else None,
+            "source": space.source,
+            "unseen": unseen,
+        }
+        if unseen:
+            entry["note"] = (
+                f"the definition names {', '.join(repr(x) for x in unseen)}, which no instance "
+                "uses; kept in the label space"
+            )
+        out[task.name] = entry
+    return out
+
+
+def definition_blind_bound(test: Sequence[Task], per_task: int) -> float:
+    """Best EM of any method blind to definition and examples, on the evaluated instances."""
+    from tunelens.tasks.world.generator import definition_blind_upper_bound
+
+    evaluated = [t.with_changes(instances=t.instances[:per_task]) for t in test]
+    return definition_blind_upper_bound(evaluated)
 
 
 @register_experiment
@@ -246,8 +491,8 @@ class AuditExperiment(Experiment):
     """The audit study as cells for ``tunelens.runs``."""
 
     name = "audit"
-    # 3: cell keys hold task and model content digests; baselines without a model ignore it.
-    code_version = "3"
+    # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
+    code_version = "4"
 
     def _common(self, section: AuditSpec) -> dict[str, Any]:
         return {
@@ -258,6 +503,8 @@ class AuditExperiment(Experiment):
             "test": section.test,
             "n_positive": section.n_positive,
             "eval_instances_per_task": section.eval_instances_per_task,
+            "eval_encodings": list(section.eval_encodings),
+            "rouge_tokenizer": section.rouge_tokenizer,
             "max_new_tokens": section.max_new_tokens,
             "template": "tk",
         }
@@ -269,16 +516,13 @@ class AuditExperiment(Experiment):
         model_digest = {"model": inputs.model_digest(str(section.model))}
         cells = []
         for baseline in BASELINES:
-            # Only the untuned baseline runs the model; the others depend on the test tasks alone.
+            # Only the untuned baseline runs the model (and reads prompts, so encodings).
             uses = {**test_digest, **model_digest} if baseline == "untuned" else test_digest
+            params = {**common, "baseline": baseline}
+            if baseline != "untuned":
+                params.pop("eval_encodings")
             cells.append(
-                self.cell(
-                    f"baseline {baseline}",
-                    {**common, "baseline": baseline},
-                    section.seeds[0],
-                    uses,
-                    {"test": test},
-                )
+                self.cell(f"baseline {baseline}", params, section.seeds[0], uses, {"test": test})
             )
         train = inputs.tasks(section.train)
         grid_inputs = {
@@ -323,6 +567,14 @@ class AuditExperiment(Experiment):
             on_step=lambda done, total: context.progress("tuning steps", done, total),
         )
 
+    def sample_logs(self, cell: Cell, result: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Per-sample records of a finished cell, one per (encoding, instance)."""
+        records = []
+        for encoding, evaluation in (result.get("evaluations") or {}).items():
+            for sample in evaluation.get("samples", []):
+                records.append({"cell": cell.name, "encoding": encoding, **sample})
+        return records
+
     def aggregate(
         self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
@@ -332,75 +584,225 @@ class AuditExperiment(Experiment):
 
             test = load_task_set(section.test)
         n_boot = section.bootstrap
-        baselines: dict[str, Any] = {}
+        encodings = list(section.eval_encodings)
+        lead = encodings[0]
+        template = "tk"
+        by_encoding: dict[str, dict[str, Any]] = {enc: {} for enc in encodings}
+        untuned: dict[str, dict[str, Any]] = {}
         grid: list[dict[str, Any]] = []
-        untuned_per_task = None
+        raw: dict[tuple, dict[str, Any]] = {}
+
+        def evaluation_info(encoding: str) -> dict[str, Any]:
+            return {
+                "encoding": encoding,
+                "template": template,
+                "n_positive": section.n_positive if encoding == "definition_examples" else 0,
+                "eval_instances_per_task": section.eval_instances_per_task,
+                "rouge_tokenizer": section.rouge_tokenizer,
+            }
+
         for cell, result in results:
-            summary = _summary(result["per_task"], test, n_boot, seed=0)
+            evaluations = result["evaluations"]
             if "baseline" in cell.params:
-                if cell.params["baseline"] == "random":
-                    expected = _summary(result["expected_per_task"], test, n_boot, seed=0)
+                which = cell.params["baseline"]
+                if which == "untuned":
+                    for enc in encodings:
+                        summary = _summary(evaluations[enc]["per_task"], test, n_boot, seed=0)
+                        by_encoding[enc][which] = {**summary, "evaluation": evaluation_info(enc)}
+                        untuned[enc] = evaluations[enc]["per_task"]
+                    continue
+                ev = evaluations["any"]
+                summary = _summary(ev["per_task"], test, n_boot, seed=0)
+                if which == "random":
+                    expected = _summary(ev["expected_per_task"], test, n_boot, seed=0)
                     summary = {
                         **expected,
                         "draw": {"em": summary["em"], "rouge_l": summary["rouge_l"]},
                     }
-                if cell.params["baseline"] == "untuned":
-                    untuned_per_task = result["per_task"]
-                baselines[cell.params["baseline"]] = summary
-            else:
-                condition = {
-                    k: cell.params[k] for k in ("definition", "examples", "instances_per_task")
+                for enc in encodings:
+                    by_encoding[enc][which] = summary
+                continue
+            condition = {
+                k: cell.params[k] for k in ("definition", "examples", "instances_per_task")
+            }
+            for enc in encodings:
+                per_task = evaluations[enc]["per_task"]
+                entry = {
+                    "condition": {**condition, "seed": cell.seed, "encoding": enc},
+                    **_summary(per_task, test, n_boot, seed=0),
+                    "training": result["training"],
+                    "evaluation": evaluation_info(enc),
                 }
-                grid.append(
-                    {
-                        "condition": {**condition, "seed": cell.seed},
-                        **summary,
-                        "_per_task_raw": result["per_task"],
-                    }
+                if "tuning" in result:  # cells from before issue 18 lack it
+                    entry["tuning"] = result["tuning"]
+                grid.append(entry)
+                key = (
+                    condition["definition"],
+                    condition["examples"],
+                    condition["instances_per_task"],
+                    cell.seed,
+                    enc,
                 )
-        shares = self._shares(grid, baselines, untuned_per_task, test, n_boot)
-        for entry in grid:
-            entry.pop("_per_task_raw")
+                raw[key] = per_task
+        # Lead with the first encoding (definition-only in the default).
+        grid.sort(key=lambda e: encodings.index(e["condition"]["encoding"]))
+        shares = self._shares(raw, by_encoding, untuned, test, n_boot, encodings)
+        bound = definition_blind_bound(test, section.eval_instances_per_task)
         from tunelens.api.results import dump_audit
 
-        return dump_audit({"audit": grid, "baselines": baselines, "audit_format_share": shares})
+        return dump_audit(
+            {
+                "audit": grid,
+                "baselines": by_encoding[lead],
+                "baselines_by_encoding": by_encoding,
+                "audit_format_share": shares,
+                "audit_verdict": self._verdicts(shares),
+                "audit_label_spaces": label_spaces(test),
+                "audit_definition_blind_bound": {
+                    "em": bound,
+                    "applies_to": "definition_only",
+                    "note": "the best exact match of any method that sees the input and the "
+                    "label space but neither the definition nor examples (twin tasks share "
+                    "inputs and label space with a different mapping)",
+                    "above": self._above_bound(bound, grid, by_encoding),
+                },
+            }
+        )
 
-    def _shares(self, grid, baselines, untuned, test, n_boot) -> list[dict[str, Any]]:
-        """Format shares per (instances_per_task, seed) for each format-only control."""
-        if untuned is None:
-            return []
-        names = [t.name for t in test if t.name in untuned]
-        random_per_task = None
-        if "random" in baselines:
-            random_per_task = {n: v for n, v in baselines["random"]["per_task"].items()}
+    def _shares(self, raw, by_encoding, untuned, test, n_boot, encodings) -> list[dict[str, Any]]:
+        """Format shares per (instances_per_task, seed, encoding) for each format-only control."""
         out = []
-        keyed = {
-            (
-                e["condition"]["definition"],
-                e["condition"]["examples"],
-                e["condition"]["instances_per_task"],
-                e["condition"]["seed"],
-            ): e
-            for e in grid
-        }
-        for (definition, examples, n, seed), entry in keyed.items():
-            if (definition, examples) != ("original", "original"):
+        for (definition, examples, n, seed, enc), original in raw.items():
+            if (definition, examples) != ("original", "original") or enc not in untuned:
                 continue
-            original = entry["_per_task_raw"]
-            row: dict[str, Any] = {"instances_per_task": n, "seed": seed}
+            base = untuned[enc]
+            names = [t.name for t in test if t.name in base and t.name in original]
+            row: dict[str, Any] = {
+                "instances_per_task": n,
+                "seed": seed,
+                "encoding": enc,
+                "tuning_gain": {
+                    m: tuning_gain(original, base, names, m, n_boot, seed) for m in METRICS
+                },
+            }
             for share, cond in SHARES.items():
-                other = keyed.get((cond["definition"], cond["examples"], n, seed))
+                other = raw.get((cond["definition"], cond["examples"], n, seed, enc))
                 if other is not None:
                     row[share] = {
-                        m: format_share(
-                            other["_per_task_raw"], original, untuned, names, m, n_boot, seed
-                        )
-                        for m in ("em", "rouge_l")
+                        m: format_share(other, original, base, names, m, n_boot, seed)
+                        for m in METRICS
                     }
-            if random_per_task is not None:
+            random_baseline = by_encoding[enc].get("random")
+            if random_baseline is not None:
+                guess = {k: dict(v) for k, v in random_baseline["per_task"].items()}
                 row["random_guess"] = {
-                    m: format_share(random_per_task, original, untuned, names, m, n_boot, seed)
-                    for m in ("em", "rouge_l")
+                    m: format_share(guess, original, base, names, m, n_boot, seed) for m in METRICS
                 }
             out.append(row)
+        out.sort(key=lambda r: encodings.index(r["encoding"]))
         return out
+
+    @staticmethod
+    def _above_bound(
+        bound: float, grid: list[dict[str, Any]], by_encoding: dict[str, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Definition-only scores whose whole interval lies above the definition-blind bound."""
+        rows = []
+        untuned = by_encoding.get("definition_only", {}).get("untuned")
+        if untuned is not None:
+            rows.append(("untuned", untuned["em"]))
+        for entry in grid:
+            c = entry["condition"]
+            if c["encoding"] == "definition_only":
+                name = f"def={c['definition']} ex={c['examples']} n={c['instances_per_task']}"
+                rows.append((f"{name} seed={c['seed']}", entry["em"]))
+        out = []
+        for name, em in rows:
+            lo = em["ci"][0]
+            above = isinstance(lo, float) and math.isfinite(lo) and lo > bound
+            out.append({"what": name, "em": em, "above": bool(above)})
+        return out
+
+    @staticmethod
+    def _verdicts(shares: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One sentence per share row (EM), with the gain and interval when not significant."""
+        verdicts = []
+        for row in shares:
+            gain = row["tuning_gain"]["em"]
+            lo, hi = gain["ci"]
+            where = (
+                f"{row['encoding']}, {row['instances_per_task']} instances per task, "
+                f"seed {row['seed']}"
+            )
+            span = f"{_fmt(gain['mean'], sign=True)} EM [{_fmt(lo)}, {_fmt(hi)}], n = {gain['n']}"
+            if not significant(gain):
+                negligible = negligible_gain(gain)
+                if negligible:
+                    more = (
+                        f"; the interval rules out a gain or loss above {NEGLIGIBLE_GAIN:g} EM: "
+                        "no tuning gain of practical size, so there is no gain to share"
+                    )
+                else:
+                    need = units_to_decide(gain)
+                    more = (
+                        f"; roughly {need} tasks (or {need / max(gain['n'], 1):.1f}x the "
+                        "evaluation) at this gain and spread would decide it"
+                        if need
+                        else ""
+                    )
+                text = f"{where}: {NOT_SIGNIFICANT} ({span}){more}"
+                verdicts.append(
+                    {
+                        **_row_key(row),
+                        "significant": False,
+                        "decided": negligible,
+                        "text": text,
+                    }
+                )
+                continue
+            parts = []
+            for share in (*SHARES, "random_guess"):
+                if share in row:
+                    s = row[share]["em"]
+                    reading = s.get("reading", "")
+                    parts.append(
+                        f"{share} {_pct(s['mean'])} [{_pct(s['ci'][0])}, {_pct(s['ci'][1])}]"
+                        + (f" ({reading})" if reading else "")
+                    )
+            text = f"{where}: tuning gain {span}; format shares: " + "; ".join(parts)
+            verdicts.append({**_row_key(row), "significant": True, "decided": True, "text": text})
+        return verdicts
+
+
+def _row_key(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("instances_per_task", "seed", "encoding")}
+
+
+def _fmt(x: Any, sign: bool = False) -> str:
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.2f}" if sign else f"{x:.2f}"
+
+
+def _pct(x: Any) -> str:
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.0f}%"
+
+
+__all__ = [
+    "BASELINES",
+    "ENCODINGS",
+    "NOT_SIGNIFICANT",
+    "AuditExperiment",
+    "eval_items",
+    "eval_prompts",
+    "expected_guess_scores",
+    "format_share",
+    "mean_ci",
+    "run_baseline_cell",
+    "run_grid_cell",
+    "score",
+    "training_pairs",
+    "tuning_gain",
+]

@@ -27,8 +27,23 @@ from typing import Any
 import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
-from tunelens.measures.similarity import cosine_per_layer, linear_cka_per_layer
-from tunelens.measures.stats import holm, mean_ci, paired_wilcoxon, paired_wilcoxon_greater
+from tunelens.measures.similarity import (
+    centered_cosine_per_layer,
+    cosine_per_layer,
+    debiased_linear_cka_per_layer,
+    layer_moments,
+    linear_cka_per_layer,
+    mismatched_floor_per_layer,
+    standardized_cosine_per_layer,
+)
+from tunelens.measures.stats import (
+    cluster_mean_ci,
+    cluster_means,
+    gain_share,
+    holm,
+    paired_wilcoxon,
+    paired_wilcoxon_greater,
+)
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import ConvergenceSpec, TuningSpec
@@ -41,6 +56,61 @@ COMPARISONS = {
     "icl_it>anchor_icl": ("icl_it", "anchor_icl"),
     "icl_it>anchor_it": ("icl_it", "anchor_it"),
 }
+# Matched pairs against their mismatched-pair floor, both with the centered cosine.
+FLOOR_COMPARISONS = {"icl_it>floor": "icl_it"}
+# Per-pair arrays of a cell, [n_pairs, layers] each, keyed by measure then pair.
+MEASURES = ("cos", "cos_centered", "cos_standardized", "floor", "floor_raw", "floor_standardized")
+PATCH_SOURCES = ("icl", "it")
+
+
+def tuning_label(tuning: dict[str, Any]) -> str:
+    """'lora r=8 q_proj,v_proj' or 'full': the tuning factor of a condition."""
+    if tuning.get("method") == "full":
+        return "full"
+    return f"lora r={tuning.get('lora_r')} {','.join(tuning.get('target_modules') or [])}"
+
+
+def patching_default(model: str) -> bool:
+    """Patching when the spec leaves it empty: on for the embedded world models only."""
+    return model == "world" or model.startswith("world-")
+
+
+def _adapted(loaded, config: TuningSpec) -> dict[str, Any]:
+    """Which weights tuning changes: LoRA's resolved targets in words, or every weight."""
+    from tunelens.models.tuning.targets import FULL_ADAPTED, describe_targets
+
+    if config.method == "full":
+        return dict(FULL_ADAPTED)
+    return describe_targets(loaded.model, config.target_modules)
+
+
+def _answer_readings(
+    logits, spaces: Sequence[list[int] | None], gold: Sequence[set[int]]
+) -> tuple[list[np.ndarray], list[float]]:
+    """Per row: log-probabilities at the answer position over its label space (else the
+    vocabulary), and whether their argmax is the first token of a reference (0/1)."""
+    import torch
+
+    logps, correct = [], []
+    for row, (space, refs) in enumerate(zip(spaces, gold, strict=True)):
+        values = logits[row].double()
+        if space is not None:
+            values = values[torch.tensor(space)]
+        logp = torch.log_softmax(values, dim=-1).numpy()
+        best = int(np.argmax(logp))
+        pred = space[best] if space is not None else best
+        logps.append(logp)
+        correct.append(1.0 if pred in refs else 0.0)
+    return logps, correct
+
+
+def _kl(p: Sequence[np.ndarray], q: Sequence[np.ndarray]) -> list[float]:
+    """KL(p || q) per row, in nats, from log-probabilities."""
+    return [float(np.sum(np.exp(lp) * (lp - lq))) for lp, lq in zip(p, q, strict=True)]
+
+
+def _rounded(x: np.ndarray) -> list:
+    return np.round(np.asarray(x, dtype=np.float64), 7).tolist()
 
 
 def _prompt_style(template: Template, definition: bool) -> PromptStyle:
@@ -50,9 +120,18 @@ def _prompt_style(template: Template, definition: bool) -> PromptStyle:
 def run_convergence_cell(
     loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int, progress=None
 ) -> dict[str, Any]:
-    """One condition and seed: per-pair cosines per layer, CKA per layer, accuracies."""
+    """One condition and seed: per-pair similarities per layer, CKA, behaviour, patching.
+
+    Raw, centered and standardized cosines per pair and their mismatched-pair
+    floors (the centering pool: every anchor, ICL and IT state of this cell);
+    biased and debiased CKA; generated predictions; the next-token
+    distribution at the answer position (over the task's label space) of the
+    anchor, ICL and IT forwards; with ``params["patching"]``, the anchor forward
+    with the ICL or IT state patched in at each layer.
+    """
     from tunelens.models.controls import random_init_like
     from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.patching import label_token_ids, last_token_forward, n_patch_layers
     from tunelens.models.predict import generate_predictions
     from tunelens.models.tuning import attach_lora, tune_many_sets, tune_on_pairs
 
@@ -71,6 +150,7 @@ def run_convergence_cell(
     style = _prompt_style(params["template"], params["definition"])
     # IT sees each demonstration as a zero-shot example: the anchor prompt's format.
     tune_style = style
+    chat = loaded.tokenizer  # the chat template renders through the model's own tokenizer
     anchor_prompts, icl_prompts, references, owners = [], [], [], []
     tuning_sets = []
     for j, demo_set in enumerate(sets):
@@ -81,28 +161,43 @@ def run_convergence_cell(
             demos = shuffle_demo_tokens(demos, rng)
         tuning_sets.append(
             [
-                (render_prompt(demo_set.task, d.input, [], tune_style), render_target(d.output))
+                (
+                    render_prompt(demo_set.task, d.input, [], tune_style, chat),
+                    render_target(d.output),
+                )
                 for d in demos
             ]
         )
         for anchor in demo_set.anchors:
-            anchor_prompts.append(render_prompt(demo_set.task, anchor.input, [], style))
-            icl_prompts.append(render_prompt(demo_set.task, anchor.input, demos, style))
+            anchor_prompts.append(render_prompt(demo_set.task, anchor.input, [], style, chat))
+            icl_prompts.append(render_prompt(demo_set.task, anchor.input, demos, style, chat))
             references.append(anchor.outputs)
             owners.append(j)
     n_pairs = params["n_pairs"]
     anchor_prompts, icl_prompts = anchor_prompts[:n_pairs], icl_prompts[:n_pairs]
     references, owners = references[:n_pairs], owners[:n_pairs]
 
+    tokenizer = loaded.tokenizer
+    spaces = [
+        label_token_ids(tokenizer, sets[o].task.labels) if sets[o].task.labels else None
+        for o in owners
+    ]
+    gold = [set(label_token_ids(tokenizer, refs)) for refs in references]
+
     h_anchor = capture_last_token_states(loaded, anchor_prompts).numpy()
     h_icl = capture_last_token_states(loaded, icl_prompts).numpy()
     max_new = params.get("max_new_tokens", 8)
     pred_anchor = generate_predictions(loaded, anchor_prompts, max_new_tokens=max_new)
     pred_icl = generate_predictions(loaded, icl_prompts, max_new_tokens=max_new)
+    fw_anchor = last_token_forward(loaded, anchor_prompts)
+    fw_icl = last_token_forward(loaded, icl_prompts)
 
     h_it = np.zeros_like(h_anchor)
+    it_logits = np.zeros(tuple(fw_anchor.logits.shape), dtype=np.float32)
+    it_states = np.zeros(tuple(fw_anchor.states.shape), dtype=np.float32)
     pred_it: list[str] = [""] * len(anchor_prompts)
     config = TuningSpec(**params["tuning"], seed=seed)
+    adapted = _adapted(loaded, config)
     used = sorted(set(owners))  # sets that own a kept pair, in set order
 
     def probe_tuned(j: int, tuned) -> None:
@@ -110,6 +205,9 @@ def run_convergence_cell(
         probe = tuned.as_loaded()
         prompts = [anchor_prompts[i] for i in rows]
         h_it[rows] = capture_last_token_states(probe, prompts).numpy()
+        reading = last_token_forward(probe, prompts)
+        it_logits[rows] = reading.logits.numpy()
+        it_states[rows] = reading.states.numpy()
         for i, pred in zip(
             rows, generate_predictions(probe, prompts, max_new_tokens=max_new), strict=True
         ):
@@ -138,66 +236,252 @@ def run_convergence_cell(
             if progress is not None:
                 progress(n + 1, len(used))
 
-    cos = {
-        "icl_it": cosine_per_layer(h_icl, h_it),
-        "anchor_icl": cosine_per_layer(h_anchor, h_icl),
-        "anchor_it": cosine_per_layer(h_anchor, h_it),
+    import torch
+
+    task_names = [sets[o].task.name for o in owners]
+    pairs = {
+        "icl_it": (h_icl, h_it),
+        "anchor_icl": (h_anchor, h_icl),
+        "anchor_it": (h_anchor, h_it),
     }
-    cka = {
-        "icl_it": linear_cka_per_layer(h_icl, h_it),
-        "anchor_icl": linear_cka_per_layer(h_anchor, h_icl),
-        "anchor_it": linear_cka_per_layer(h_anchor, h_it),
-    }
+    mean, std = layer_moments(h_anchor, h_icl, h_it)
+    measures: dict[str, dict[str, np.ndarray]] = {m: {} for m in MEASURES}
+    cka: dict[str, np.ndarray] = {}
+    cka_debiased: dict[str, np.ndarray] = {}
+    for name, (x, y) in pairs.items():
+        measures["cos"][name] = cosine_per_layer(x, y)
+        measures["cos_centered"][name] = centered_cosine_per_layer(x, y, mean)
+        measures["cos_standardized"][name] = standardized_cosine_per_layer(x, y, mean, std)
+        measures["floor_raw"][name] = mismatched_floor_per_layer(x, y, task_names)
+        measures["floor"][name] = mismatched_floor_per_layer(x, y, task_names, mean=mean)
+        measures["floor_standardized"][name] = mismatched_floor_per_layer(
+            x, y, task_names, mean=mean, std=std
+        )
+        cka[name] = linear_cka_per_layer(x, y)
+        cka_debiased[name] = debiased_linear_cka_per_layer(x, y)
     correct = {
         name: [exact_match(p, r) for p, r in zip(preds, references, strict=True)]
         for name, preds in (("anchor", pred_anchor), ("icl", pred_icl), ("it", pred_it))
     }
+    lp_anchor, next_anchor = _answer_readings(fw_anchor.logits, spaces, gold)
+    lp_icl, next_icl = _answer_readings(fw_icl.logits, spaces, gold)
+    lp_it, next_it = _answer_readings(torch.from_numpy(it_logits), spaces, gold)
+    behaviour = {
+        "kl_icl_it": _rounded(np.array(_kl(lp_icl, lp_it))),
+        "kl_icl_anchor": _rounded(np.array(_kl(lp_icl, lp_anchor))),
+        "agree": [exact_match(a, [b]) / 100.0 for a, b in zip(pred_icl, pred_it, strict=True)],
+        "next_correct": {"anchor": next_anchor, "icl": next_icl, "it": next_it},
+    }
+    patching = None
+    if params.get("patching"):
+        n_layers = n_patch_layers(loaded)
+        layers = [layer for layer in params.get("patching_layers") or range(n_layers)]
+        layers = [layer for layer in layers if layer < n_layers]
+        patching = {"layers": layers}
+        sources = {"icl": fw_icl.states, "it": torch.from_numpy(it_states)}
+        for source_name in PATCH_SOURCES:
+            rows_correct, rows_kl = [], []
+            for layer in layers:
+                reading = last_token_forward(
+                    loaded, anchor_prompts, patch_layer=layer, patch_states=sources[source_name]
+                )
+                lp, hits = _answer_readings(reading.logits, spaces, gold)
+                rows_correct.append(hits)
+                rows_kl.append(_rounded(np.array(_kl(lp_icl, lp))))
+            patching[source_name] = {"correct": rows_correct, "kl_to_icl": rows_kl}
     return {
         "n_pairs": len(anchor_prompts),
         "n_layers": int(h_anchor.shape[1]),
-        "cos": {name: np.round(v, 7).tolist() for name, v in cos.items()},
-        "cka": {name: [round(float(x), 7) for x in v] for name, v in cka.items()},
+        **{m: {name: _rounded(v) for name, v in values.items()} for m, values in measures.items()},
+        "cka": {name: _rounded(v) for name, v in cka.items()},
+        "cka_debiased": {name: _rounded(v) for name, v in cka_debiased.items()},
         "correct": correct,
-        "tasks": [sets[o].task.name for o in owners],
+        "behaviour": behaviour,
+        "patching": patching,
+        "adapted": adapted,
+        "tasks": task_names,
+        "sets": owners,
     }
 
 
-def _layer_stats(cos: dict[str, np.ndarray], seed: int) -> list[dict[str, Any]]:
-    """Per-layer means with bootstrap CIs and Holm-corrected one-sided Wilcoxon tests."""
+def _arr(values: Any) -> np.ndarray:
+    """A stored list as float64 (null, a non-finite value in the store, reads as NaN)."""
+    return np.asarray(values, dtype=np.float64)
+
+
+def _holm_from_layer_1(layers: list[dict[str, Any]], comp: str, pvalues: list[float]) -> None:
+    """Holm over layers 1.. (layer 0, the embeddings, is reported but outside the family)."""
+    layers[0]["wilcoxon"][comp]["p_holm"] = None
+    for layer, p_holm in enumerate(holm(pvalues[1:]), start=1):
+        layers[layer]["wilcoxon"][comp]["p_holm"] = float(p_holm)
+
+
+def _test(x: np.ndarray, y: np.ndarray, clusters: Sequence[object]) -> Any:
+    """One-sided paired Wilcoxon x > y on cluster means (per pair when clusters are pairs)."""
+    return paired_wilcoxon_greater(cluster_means(x, clusters), cluster_means(y, clusters))
+
+
+def _layer_stats(
+    data: dict[str, dict[str, np.ndarray]], clusters: Sequence[object], seed: int
+) -> list[dict[str, Any]]:
+    """Per-layer means with cluster-bootstrap CIs and one-sided Wilcoxon tests.
+
+    ``data[measure][pair]`` is ``[n_pairs, layers]`` (measures: ``cos`` and those of
+    :data:`MEASURES` present). Tests run on cluster means (a cluster: one
+    demonstration set of one seed), Holm-corrected over layers 1.. per comparison.
+    """
+    cos = data["cos"]
     n_layers = cos["icl_it"].shape[1]
     layers: list[dict[str, Any]] = []
-    raw: dict[str, list] = {name: [] for name in COMPARISONS}
+    raw: dict[str, list[float]] = {}
+    floors = "floor" in data and "cos_centered" in data
     for layer in range(n_layers):
         entry: dict[str, Any] = {"layer": layer}
-        for name in PAIRS:
-            entry[f"cos_{name}"] = mean_ci(cos[name][:, layer], seed=seed)
+        for measure in MEASURES:
+            if measure not in data:
+                continue
+            for name in PAIRS:
+                values = data[measure][name][:, layer]
+                entry[f"{measure}_{name}"] = cluster_mean_ci(values, clusters, seed=seed)
         entry["wilcoxon"] = {}
-        for comp, (x, y) in COMPARISONS.items():
-            test = paired_wilcoxon_greater(cos[x][:, layer], cos[y][:, layer])
-            raw[comp].append(test)
+        tests = {comp: (cos[x][:, layer], cos[y][:, layer]) for comp, (x, y) in COMPARISONS.items()}
+        if floors:
+            for comp, pair in FLOOR_COMPARISONS.items():
+                tests[comp] = (data["cos_centered"][pair][:, layer], data["floor"][pair][:, layer])
+        for comp, (x, y) in tests.items():
+            test = _test(x, y, clusters)
+            raw.setdefault(comp, []).append(test.p)
             entry["wilcoxon"][comp] = {
                 "statistic": float(test.statistic),
                 "p": float(test.p),
                 "effect": float(test.effect),
             }
         layers.append(entry)
-    for comp, tests in raw.items():
-        adjusted = holm([t.p for t in tests])
-        for layer, p_holm in enumerate(adjusted):
-            layers[layer]["wilcoxon"][comp]["p_holm"] = float(p_holm)
+    for comp, pvalues in raw.items():
+        _holm_from_layer_1(layers, comp, pvalues)
     return layers
 
 
 def condition_of(params: dict[str, Any]) -> dict[str, Any]:
-    """The factor values that name a condition (seed excluded)."""
-    return {
+    """The factor values that name a condition (seed excluded); ``tuning`` as a label."""
+    condition = {
         key: params[key]
         for key in ("model", "k", "flip_fraction", "relevance", "definition", "control")
     }
+    if isinstance(params.get("tuning"), dict):
+        condition["tuning"] = tuning_label(params["tuning"])
+    return condition
+
+
+def _clusters(members: list[tuple[Cell, dict[str, Any]]]) -> list[tuple[int, int]]:
+    """Cluster of each pooled pair: (seed, demonstration set); a pair alone without set ids."""
+    out: list[tuple[int, int]] = []
+    for cell, result in members:
+        sets = result.get("sets") or list(range(result["n_pairs"]))
+        out += [(cell.seed, int(j)) for j in sets]
+    return out
+
+
+def _pooled(members: list[tuple[Cell, dict[str, Any]]], key: str) -> dict[str, np.ndarray] | None:
+    """``result[key][pair]`` concatenated over seeds, or None when a cell lacks it."""
+    if not all(key in r for _, r in members):
+        return None
+    return {n: np.concatenate([_arr(r[key][n]) for _, r in members]) for n in PAIRS}
+
+
+def _behaviour(
+    members: list[tuple[Cell, dict[str, Any]]], clusters: Sequence[object]
+) -> dict[str, Any] | None:
+    """KL(ICL || IT), KL(ICL || anchor), ICL-IT agreement and next-token accuracies, with CIs."""
+    if not all(r.get("behaviour") for _, r in members):
+        return None
+
+    def pooled(*path: str) -> np.ndarray:
+        values = []
+        for _, r in members:
+            value: Any = r["behaviour"]
+            for key in path:
+                value = value[key]
+            values.append(_arr(value))
+        return np.concatenate(values)
+
+    nxt = {n: pooled("next_correct", n) * 100.0 for n in ("anchor", "icl", "it")}
+    return {
+        "kl_icl_it": cluster_mean_ci(pooled("kl_icl_it"), clusters),
+        "kl_icl_anchor": cluster_mean_ci(pooled("kl_icl_anchor"), clusters),
+        "agreement": cluster_mean_ci(pooled("agree"), clusters),
+        "next_token_accuracy": {n: cluster_mean_ci(v, clusters) for n, v in nxt.items()},
+        # paired: > 0 where IT's next-token distribution is closer to ICL's than the anchor's is
+        "kl_anchor_minus_it": cluster_mean_ci(
+            pooled("kl_icl_anchor") - pooled("kl_icl_it"), clusters
+        ),
+        "icl_gain": cluster_mean_ci(nxt["icl"] - nxt["anchor"], clusters),
+        "it_gain": cluster_mean_ci(nxt["it"] - nxt["anchor"], clusters),
+    }
+
+
+def _patching(
+    members: list[tuple[Cell, dict[str, Any]]], clusters: Sequence[object]
+) -> list[dict[str, Any]] | None:
+    """Per layer and source: patched next-token accuracy, share of the ICL gain, KL to ICL."""
+    if not all(r.get("patching") and r.get("behaviour") for _, r in members):
+        return None
+    layers = members[0][1]["patching"]["layers"]
+    if any(r["patching"]["layers"] != layers for _, r in members):
+        return None
+    anchor = np.concatenate([_arr(r["behaviour"]["next_correct"]["anchor"]) for _, r in members])
+    icl = np.concatenate([_arr(r["behaviour"]["next_correct"]["icl"]) for _, r in members])
+    rows = []
+    for source in PATCH_SOURCES:
+        for i, layer in enumerate(layers):
+            hits = np.concatenate([_arr(r["patching"][source]["correct"][i]) for _, r in members])
+            kl = np.concatenate([_arr(r["patching"][source]["kl_to_icl"][i]) for _, r in members])
+            rows.append(
+                {
+                    "layer": int(layer),
+                    "source": source,
+                    "accuracy": cluster_mean_ci(hits * 100.0, clusters),
+                    "gain_share": gain_share(hits, anchor, icl, clusters),
+                    "kl_to_icl": cluster_mean_ci(kl, clusters),
+                }
+            )
+    return rows
+
+
+def _seed_agreement(
+    layers: list[dict[str, Any]], per_seed: list[dict[str, Any]], alpha: float = 0.05
+) -> dict[str, Any]:
+    """Per comparison: layers significant pooled (p_holm < alpha), and in each seed."""
+    out: dict[str, Any] = {}
+    for comp in layers[0]["wilcoxon"] if layers else []:
+
+        def significant(rows: list[dict[str, Any]], comp: str = comp) -> list[int]:
+            return [
+                row["layer"]
+                for row in rows
+                if (p := row["wilcoxon"].get(comp, {}).get("p_holm")) is not None and p < alpha
+            ]
+
+        pooled = significant(layers)
+        seeds = {str(s["seed"]): significant(s["layers"]) for s in per_seed}
+        out[comp] = {
+            "alpha": alpha,
+            "pooled_layers": pooled,
+            "per_seed_layers": seeds,
+            "holds_in_every_seed": [
+                layer for layer in pooled if all(layer in v for v in seeds.values())
+            ],
+        }
+    return out
 
 
 def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One results.json entry per condition, pooled over seeds, with per-seed statistics."""
+    """One results.json entry per condition, pooled over seeds, with per-seed statistics.
+
+    Pooled CIs are cluster bootstraps over (seed, demonstration set) and pooled
+    tests run on cluster means, so pairs that share a tuned set are not
+    counted as independent; per-seed tests stand beside the pooled ones.
+    """
     groups: dict[str, list[tuple[Cell, dict[str, Any]]]] = {}
     for cell, result in results:
         key = repr(sorted(condition_of(cell.params).items()))
@@ -205,35 +489,55 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
     entries = []
     for members in groups.values():
         members.sort(key=lambda m: m[0].seed)
-        cos = {n: np.concatenate([np.asarray(r["cos"][n]) for _, r in members]) for n in PAIRS}
+        clusters = _clusters(members)
+        data = {m: v for m in MEASURES if (v := _pooled(members, m)) is not None}
         correct = {
-            n: np.concatenate([np.asarray(r["correct"][n]) for _, r in members])
+            n: np.concatenate([_arr(r["correct"][n]) for _, r in members])
             for n in ("anchor", "icl", "it")
         }
-        cka = {n: np.mean([r["cka"][n] for _, r in members], axis=0) for n in PAIRS}
-        layers = _layer_stats(cos, seed=0)
-        for entry in layers:
-            entry.update({f"cka_{n}": round(float(cka[n][entry["layer"]]), 6) for n in PAIRS})
+        layers = _layer_stats(data, clusters, seed=0)
+        for kind in ("cka", "cka_debiased"):
+            if not all(kind in r for _, r in members):
+                continue
+            values = {n: np.mean([_arr(r[kind][n]) for _, r in members], axis=0) for n in PAIRS}
+            for entry in layers:
+                entry.update(
+                    {f"{kind}_{n}": round(float(values[n][entry["layer"]]), 6) for n in PAIRS}
+                )
         per_seed = []
         for cell, result in members:
-            seed_cos = {n: np.asarray(result["cos"][n]) for n in PAIRS}
+            seed_data = {m: {n: _arr(result[m][n]) for n in PAIRS} for m in MEASURES if m in result}
             per_seed.append(
                 {
                     "seed": cell.seed,
                     "n_pairs": result["n_pairs"],
-                    "layers": _layer_stats(seed_cos, seed=cell.seed),
+                    "layers": _layer_stats(seed_data, _clusters([(cell, result)]), seed=cell.seed),
                 }
             )
-        entries.append(
-            {
-                "condition": condition_of(members[0][0].params),
-                "n_pairs": int(cos["icl_it"].shape[0]),
-                "seeds": [cell.seed for cell, _ in members],
-                "accuracy": {n: mean_ci(v, seed=0) for n, v in correct.items()},
-                "layers": layers,
-                "per_seed": per_seed,
+        entry_out: dict[str, Any] = {
+            "condition": condition_of(members[0][0].params),
+            "n_pairs": int(data["cos"]["icl_it"].shape[0]),
+            "n_clusters": len(set(clusters)),
+            "seeds": [cell.seed for cell, _ in members],
+            "accuracy": {n: cluster_mean_ci(v, clusters) for n, v in correct.items()},
+            "layers": layers,
+            "per_seed": per_seed,
+            "seed_agreement": _seed_agreement(layers, per_seed),
+        }
+        behaviour = _behaviour(members, clusters)
+        if behaviour is not None:
+            entry_out["behaviour"] = behaviour
+        patching = _patching(members, clusters)
+        if patching is not None:
+            entry_out["patching"] = patching
+        adapted = members[0][1].get("adapted")
+        if adapted is not None:
+            entry_out["tuning"] = {
+                **members[0][0].params.get("tuning", {}),
+                "adapted_modules": list(adapted.get("modules") or []),
+                "adapted": adapted,
             }
-        )
+        entries.append(entry_out)
     _compare_k(entries, groups)
     from tunelens.api.results import dump_convergence
 
@@ -267,8 +571,8 @@ def _compare_k(
         if not bigger:
             continue
         top, top_members = max(bigger, key=lambda em: em[0]["condition"]["k"])
-        mine = {cell.seed: np.asarray(r["cos"]["icl_it"]) for cell, r in members}
-        theirs = {cell.seed: np.asarray(r["cos"]["icl_it"]) for cell, r in top_members}
+        mine = {cell.seed: _arr(r["cos"]["icl_it"]) for cell, r in members}
+        theirs = {cell.seed: _arr(r["cos"]["icl_it"]) for cell, r in top_members}
         seeds = sorted(set(mine) & set(theirs))
         if not seeds or any(mine[s].shape != theirs[s].shape for s in seeds):
             continue
@@ -305,7 +609,9 @@ class ConvergenceExperiment(Experiment):
 
     name = "convergence"
     # 3: cell keys hold task and model content digests; nested demonstration sets.
-    code_version = "3"
+    # 4: calibrated similarity (centered, standardized, floors), debiased CKA,
+    #    next-token behaviour, activation patching, adapted weights, set ids.
+    code_version = "4"
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)
@@ -313,7 +619,9 @@ class ConvergenceExperiment(Experiment):
         cells = []
         for model in section.models:
             cell_inputs = {**digests, "model": inputs.model_digest(model)}
-            for k, flip, relevance, definition, control, seed in itertools.product(
+            patching = section.patching if section.patching is not None else patching_default(model)
+            for tuning, k, flip, relevance, definition, control, seed in itertools.product(
+                section.tuning_variants(),
                 section.k,
                 section.flip_fraction,
                 section.relevance,
@@ -335,10 +643,13 @@ class ConvergenceExperiment(Experiment):
                     "relevance": relevance,
                     "definition": definition,
                     "control": control,
-                    "tuning": section.tuning.model_dump(),
+                    "tuning": tuning.model_dump(),
+                    "patching": patching,
+                    "patching_layers": section.patching_layers,
                 }
                 name = (
-                    f"{model} k={k} flip={flip} {relevance} def={definition} {control} seed={seed}"
+                    f"{model} k={k} flip={flip} {relevance} def={definition} {control} "
+                    f"{tuning_label(params['tuning'])} seed={seed}"
                 )
                 cells.append(self.cell(name, params, seed, cell_inputs, {"tasks": tasks}))
         return cells

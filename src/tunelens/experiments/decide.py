@@ -57,6 +57,8 @@ class DecideSection:
             split = stratified_split(
                 task.instances, test_size=config.test_size, demo_size=demo_size, seed=config.seed
             )
+            if config.limit is not None:  # --limit: a prefix keeps the label proportions
+                split = dataclasses.replace(split, test=split.test[: config.limit])
             model_name = resolve_model_name(self.model)
             methods, notes = plan_methods(task, split, config, model_name)
             digests = {"task": task_digest(task), "model": inputs.model_digest(model_name)}

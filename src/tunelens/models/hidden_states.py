@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from tunelens.errors import DivergedError
 from tunelens.models.loading import LoadedModel
 
 
@@ -128,7 +129,30 @@ def capture_last_token_states(
         step(loaded, list(prompts[start : start + batch_size])).float().cpu()
         for start in range(0, len(prompts), batch_size)
     ]
-    return torch.cat(chunks) if chunks else torch.zeros((0, 0, 0))
+    return check_states(torch.cat(chunks)) if chunks else torch.zeros((0, 0, 0))
+
+
+def check_states(states: torch.Tensor) -> torch.Tensor:
+    """``states`` [prompts, layers, hidden], or DivergedError when a state is NaN/inf or all zero.
+
+    A diverged tuning leaves non-finite or collapsed (all-zero) residual
+    streams; measured as they are, they would read as cosines of 0.0.
+    """
+    if states.numel() == 0:
+        return states
+    bad = ~torch.isfinite(states).all(dim=-1)
+    what = "not finite (NaN or infinite)"
+    if not bad.any():
+        bad = (states == 0).all(dim=-1)
+        what = "all zero (the representation collapsed)"
+    if bad.any():
+        prompt, layer = (int(i) for i in bad.nonzero()[0])
+        raise DivergedError(
+            f"the hidden state of prompt {prompt} at layer {layer} is {what}; the model or its "
+            "tuning diverged (lower the learning rate or check the weights)",
+            where="hidden states",
+        )
+    return states
 
 
 def split_shared_prefix(
@@ -236,4 +260,4 @@ def capture_with_shared_prefix(
         states = capture_last_token_states(loaded, [prompts[i] for i in plain], batch_size)
         for row, state in zip(plain, states, strict=True):
             results[row] = state
-    return torch.stack(results)  # type: ignore[arg-type]
+    return check_states(torch.stack(results))  # type: ignore[arg-type]

@@ -138,6 +138,107 @@ def _check_weights(directory: Path) -> None:
     )
 
 
+def _quiet_transformers() -> None:
+    """No "Loading weights" progress bar: it would turn a one-line error into several."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except (ImportError, AttributeError):  # pragma: no cover - older transformers
+        pass
+
+
+def _check_safetensors_headers(directory: Path) -> None:
+    """Every weights file must be a readable safetensors file (a truncated one is exit 2)."""
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = list(handle.keys())
+                if keys:  # reading the last tensor proves the file is not cut short
+                    handle.get_slice(keys[-1])
+            size = path.stat().st_size
+        except Exception as error:  # noqa: BLE001 - SafetensorError is a plain Exception
+            raise TunelensInputError(
+                f"corrupt or truncated safetensors file: {_one_line(error)}", source=str(path)
+            ) from None
+        if size < 8:
+            raise TunelensInputError("corrupt safetensors file: too short", source=str(path))
+
+
+def _first_shape_mismatch(directory: Path, config: Any, auto: Any) -> str | None:
+    """``"tensor 'x' has shape [a] in the weights, [b] in the model"`` for the first such tensor."""
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
+        for path in sorted(directory.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as handle:
+                for key in sorted(handle.keys()):
+                    shape = tuple(handle.get_slice(key).get_shape())
+                    want = expected.get(key)
+                    if want is not None and want != shape:
+                        return (
+                            f"tensor {key!r} has shape {list(shape)} in the weights but "
+                            f"{list(want)} in the model config.json describes"
+                        )
+    except Exception:  # noqa: BLE001 - a better message is optional; the error stands
+        return None
+    return None
+
+
+def _first(names: Any) -> str:
+    return sorted(str(n if isinstance(n, str) else n[0]) for n in names)[0]
+
+
+def check_loading_info(info: dict[str, Any], source: str) -> None:
+    """Refuse a load that left weights missing, unexpected or mis-shaped: no random init, ever.
+
+    transformers fills missing weights with random values and only warns; a
+    study would then measure noise and call it the model.
+    """
+    missing = info.get("missing_keys") or ()
+    unexpected = info.get("unexpected_keys") or ()
+    mismatched = info.get("mismatched_keys") or ()
+    errors = info.get("error_msgs") or ()
+    if missing:
+        raise TunelensInputError(
+            f"{len(missing)} weight tensor(s) the config needs are missing from the weights, "
+            f"first {_first(missing)!r}; tunelens never initialises weights randomly (does "
+            "config.json describe these weights?)",
+            source=source,
+        )
+    if mismatched:
+        raise TunelensInputError(
+            f"{len(mismatched)} weight tensor(s) have another shape than the config says, "
+            f"first {_first(mismatched)!r}",
+            source=source,
+        )
+    if unexpected:
+        raise TunelensInputError(
+            f"{len(unexpected)} weight tensor(s) are not part of the model the config "
+            f"describes, first {_first(unexpected)!r} (does config.json describe these "
+            "weights?)",
+            source=source,
+        )
+    if errors:
+        raise TunelensInputError(f"cannot load the weights: {_one_line(errors[0])}", source=source)
+
+
+def check_vocabulary(model: Any, tokenizer: Any, source: str) -> None:
+    """A tokenizer whose ids run past the embedding table would index out of range."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise TunelensInputError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding table only "
+            f"{rows} rows (vocab_size in config.json does not fit the tokenizer)",
+            source=source,
+        )
+
+
 def prepare_tokenizer(tokenizer: Any, kind: ModelKind, source: str) -> Any:
     """Give the tokenizer a pad token and the padding side that suits ``kind`` (in place).
 
@@ -215,15 +316,36 @@ def load_model(
         ) from None
     prepare_tokenizer(tokenizer, kind, source)
 
+    _check_safetensors_headers(directory)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    _quiet_transformers()
     try:
-        model = auto.from_pretrained(
-            directory, config=config, dtype=torch_dtype, use_safetensors=True, **common
+        model, info = auto.from_pretrained(
+            directory,
+            config=config,
+            dtype=torch_dtype,
+            use_safetensors=True,
+            output_loading_info=True,
+            **common,
         )
+    except RuntimeError as error:
+        # transformers refuses weights whose shapes differ from the config's (and says
+        # which only in a printed report): name the first such tensor ourselves.
+        mismatch = _first_shape_mismatch(directory, config, auto)
+        detail = mismatch or _one_line(error)
+        raise TunelensInputError(f"cannot load the model weights: {detail}", source=source) from None
     except (OSError, ValueError) as error:
         raise TunelensInputError(
             f"cannot load the model weights: {_one_line(error)}", source=source
         ) from None
+    except Exception as error:  # noqa: BLE001 - safetensors' own error type is not an OSError
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise TunelensInputError(
+            f"corrupt safetensors weights: {_one_line(error)}", source=source
+        ) from None
+    check_loading_info(info, source)
+    check_vocabulary(model, tokenizer, source)
     model.to(torch_device)  # type: ignore[arg-type]  # transformers types .to() narrowly
     model.eval()
     _sync_pad_id(model, tokenizer)

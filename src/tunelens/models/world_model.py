@@ -20,6 +20,8 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from tunelens import interrupt
+from tunelens.errors import TunelensInputError
 from tunelens.log import get_logger
 from tunelens.tasks.world.corpus import BOS, SEP, CorpusMix, training_sequence, vocabulary_texts
 from tunelens.tasks.world.generator import generate_world
@@ -60,6 +62,54 @@ class WorldModelRecipe:
     checkpoint_every: int = 500
     eval_every: int = 500
     threads: int = 1
+
+
+    def __post_init__(self) -> None:
+        """Every field within its real bounds; a bad one names its option (``--steps``)."""
+        whole = {
+            "seed": (0, 2**32 - 1),
+            "hidden_size": (1, None),
+            "layers": (1, None),
+            "heads": (1, None),
+            "intermediate_size": (1, None),
+            "max_positions": (2, None),
+            "seq_len": (2, None),
+            "batch_size": (1, None),
+            "steps": (1, None),
+            "curriculum_steps": (0, None),
+            "warmup": (0, None),
+            "checkpoint_every": (1, None),
+            "eval_every": (1, None),
+            "threads": (1, None),
+        }
+        for name, (low, high) in whole.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                self._bad(name, f"must be a whole number, got {value!r}")
+            if value < low or (high is not None and value > high):
+                bound = f"between {low} and {high}" if high is not None else f">= {low}"
+                self._bad(name, f"must be {bound}, got {value}")
+        fractions = {"bursty": (0.0, 1.0), "decay_start": (0.0, 1.0)}
+        for name, (low, high) in fractions.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                self._bad(name, f"must lie in [{low:g}, {high:g}], got {value!r}")
+        for name in ("lr", "category_init", "weight_decay"):
+            value = getattr(self, name)
+            positive = name == "lr"
+            if not (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and (value > 0 if positive else value >= 0)
+            ):
+                self._bad(name, f"must be a finite number {'> 0' if positive else '>= 0'}, "
+                          f"got {value!r}")
+        if self.hidden_size % self.heads:
+            self._bad("heads", f"must divide hidden_size {self.hidden_size}, got {self.heads}")
+
+    @staticmethod
+    def _bad(name: str, message: str) -> None:
+        raise TunelensInputError(message, where=f"--{name.replace('_', '-')}")
 
 
 # Recipe fields that do not change the result: a run may resume with other values.
@@ -214,6 +264,121 @@ def probe_icl_accuracy(
     return out
 
 
+CHECKPOINT = "checkpoint.safetensors"
+_META = "tunelens_checkpoint"
+
+
+def refuse_pickle_checkpoint(workdir: Path) -> None:
+    """A ``checkpoint.pt`` (the old pickle format) is never loaded: unpickling runs code."""
+    legacy = workdir / "checkpoint.pt"
+    if legacy.exists():
+        raise TunelensInputError(
+            "pickle checkpoints are never loaded (unpickling a file can run code); tunelens "
+            f"checkpoints are {CHECKPOINT}: delete this file or use a fresh --workdir",
+            source=str(legacy),
+        )
+
+
+def save_checkpoint(
+    path: Path,
+    recipe: WorldModelRecipe,
+    model: LlamaForCausalLM,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+) -> None:
+    """Model, AdamW state and RNG as tensors in one safetensors file; the rest as JSON metadata.
+
+    Written to a temporary file and renamed, so a kill leaves the previous checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{name}": value.detach().clone().contiguous()
+        for name, value in model.state_dict().items()
+    }
+    state = optimizer.state_dict()
+    slots: dict[str, list[str]] = {}
+    for index, entry in state["state"].items():
+        slots[str(index)] = sorted(entry)
+        for key, value in entry.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().clone()
+    tensors["torch_rng"] = torch.get_rng_state().clone()
+    meta = {
+        "format": 1,
+        "step": step,
+        "recipe": asdict(recipe),
+        "param_groups": state["param_groups"],
+        "slots": slots,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={_META: json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_checkpoint(
+    path: Path,
+    recipe: WorldModelRecipe,
+    model: LlamaForCausalLM,
+    optimizer: torch.optim.Optimizer,
+) -> int:
+    """Restore model, optimizer and RNG from ``path`` (no unpickling); the step to resume at.
+
+    A file that is not a tunelens checkpoint, is cut short or was made with
+    another recipe is a TunelensInputError naming it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    source = str(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(source, framework="pt") as handle:
+            raw_meta = (handle.metadata() or {}).get(_META)
+        tensors = load_file(source)
+        meta = json.loads(raw_meta) if raw_meta is not None else None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise TunelensInputError(
+            f"not a readable tunelens checkpoint ({' '.join(str(error).split())[:200]}); "
+            "delete it to start afresh",
+            source=source,
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != 1:
+        raise TunelensInputError(
+            "not a tunelens checkpoint (no checkpoint metadata); delete it to start afresh",
+            source=source,
+        )
+    # Fields added after a checkpoint was written take their defaults.
+    saved = {**asdict(WorldModelRecipe()), **meta["recipe"]}
+    same = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}
+    if same != {k: v for k, v in asdict(recipe).items() if k not in RUNTIME_FIELDS}:
+        changed = sorted(k for k in same if same[k] != asdict(recipe).get(k))
+        raise TunelensInputError(
+            f"was made with another recipe (differs in {', '.join(changed)}); use a fresh "
+            "--workdir or the same options",
+            source=source,
+        )
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+        optimizer_state = {
+            "state": {
+                int(index): {key: tensors[f"optimizer.{index}.{key}"] for key in keys}
+                for index, keys in meta["slots"].items()
+            },
+            "param_groups": meta["param_groups"],
+        }
+        optimizer.load_state_dict(optimizer_state)
+        torch.set_rng_state(tensors["torch_rng"])
+        step = int(meta["step"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        raise TunelensInputError(
+            f"checkpoint does not fit the model: {' '.join(str(error).split())[:200]}",
+            source=source,
+        ) from None
+    return step
+
+
 def train_world_model(
     recipe: WorldModelRecipe, workdir: Path, *, progress: bool = True, until: int | None = None
 ) -> LlamaForCausalLM:
@@ -241,19 +406,15 @@ def train_world_model(
         betas=(0.9, 0.98),
     )
     start = 0
-    ckpt = workdir / "checkpoint.pt"
+    ckpt = workdir / CHECKPOINT
     log_path = workdir / "training_log.jsonl"
+    refuse_pickle_checkpoint(workdir)
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        # Fields added after a checkpoint was written take their defaults.
-        saved = {**asdict(WorldModelRecipe()), **state["recipe"]}
-        same = {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS}
-        if same != {k: v for k, v in asdict(recipe).items() if k not in RUNTIME_FIELDS}:
-            raise ValueError(f"{ckpt} was made with another recipe; use a fresh directory")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
+        start = load_checkpoint(ckpt, recipe, model, optimizer)
+    saved_at = [start]
+    interrupt.set_status(
+        lambda: f"interrupted: the checkpoint at step {saved_at[0]} is kept; {interrupt.RESUME}"
+    )
     batcher = _Batcher(recipe, tokenizer)
     probe_tasks = generate_world(recipe.seed).heldout
     one_word_tasks = [t for t in probe_tasks if t.metadata["family"] == "word_category"]
@@ -296,18 +457,8 @@ def train_world_model(
                 if progress:
                     _log.info("world model: %s", json.dumps(record))
             if done % recipe.checkpoint_every == 0 or done in (recipe.steps, stop):
-                tmp = ckpt.with_suffix(".tmp")
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "step": done,
-                        "recipe": asdict(recipe),
-                    },
-                    tmp,
-                )
-                tmp.replace(ckpt)
+                save_checkpoint(ckpt, recipe, model, optimizer, done)
+                saved_at[0] = done
     return model
 
 

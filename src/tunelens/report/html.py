@@ -26,14 +26,41 @@ from pydantic import BaseModel, ValidationError
 
 from tunelens.api.results import ConvergenceEntry, StudyResults
 from tunelens.errors import TunelensInputError
-from tunelens.report.plots import BASELINES, CURVES, Plot, audit_label, write_plots
+from tunelens.report.plots import (
+    BASELINES,
+    CURVES,
+    Plot,
+    audit_label,
+    other_encoding_baselines,
+    write_plots,
+)
 from tunelens.runs.store import atomic_write_text
 
 REPORT = "report.html"
 PLOTS_DIR = "plots"
-KNOWN_KEYS = ("convergence", "audit", "baselines", "spec", "environment", "tunelens_version")
+KNOWN_KEYS = (
+    "convergence",
+    "audit",
+    "baselines",
+    "baselines_by_encoding",
+    "audit_format_share",
+    "audit_verdict",
+    "audit_label_spaces",
+    "audit_definition_blind_bound",
+    "spec",
+    "environment",
+    "tunelens_version",
+)
 CONVERGENCE_KNOWN = ("condition", "n_pairs", "accuracy", "layers")
-AUDIT_KNOWN = ("condition", "em", "rouge_l", "per_task", "per_category")
+AUDIT_KNOWN = (
+    "condition",
+    "em",
+    "rouge_l",
+    "per_task",
+    "per_category",
+    "training",
+    "evaluation",
+)
 
 
 def load_results(out_dir: Path) -> dict[str, Any]:
@@ -107,7 +134,9 @@ def fmt(value: Any) -> str:
         ci = value.get("ci")
         if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
             text += f" [{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
-        extra = {k: v for k, v in value.items() if k not in ("mean", "ci")}
+        if "n" in value and "method" in value:  # an interval over units: show n beside it
+            text += f" (n {fmt_number(value['n'])}{', t' if value['method'] == 't' else ''})"
+        extra = {k: v for k, v in value.items() if k not in ("mean", "ci", "n", "method")}
         if extra:
             text += " (" + ", ".join(f"{k}: {fmt(v)}" for k, v in extra.items()) + ")"
         return text
@@ -206,10 +235,96 @@ def convergence_view(
                 "caption": plot.caption if plot else "",
                 "layers": {"columns": columns, "rows": rows},
                 "tests": tests,
-                "extras": extras(plain(entry), CONVERGENCE_KNOWN),
+                **convergence_detail_view(plain(entry)),
+                "extras": extras(plain(entry), CONVERGENCE_VIEWED),
             }
         )
     return views
+
+
+CONVERGENCE_VIEWED = (
+    *CONVERGENCE_KNOWN,
+    "behaviour",
+    "patching",
+    "seed_agreement",
+    "tuning",
+    "per_seed",
+)
+ICL_IT_COLUMNS = (
+    ("cos_icl_it", "raw"),
+    ("floor_raw_icl_it", "raw floor"),
+    ("cos_centered_icl_it", "centered"),
+    ("floor_icl_it", "centered floor"),
+    ("cos_standardized_icl_it", "standardized"),
+    ("floor_standardized_icl_it", "standardized floor"),
+    ("cka_icl_it", "CKA (biased)"),
+    ("cka_debiased_icl_it", "CKA (debiased)"),
+)
+
+
+def convergence_detail_view(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer in words, the calibrated ICL-IT table, behaviour, patching, seeds, tuning."""
+    from tunelens.report.convergence_words import convergence_sentences, layer_ranges
+
+    layers = [row for row in entry.get("layers") or [] if isinstance(row, Mapping)]
+    present = [(k, label) for k, label in ICL_IT_COLUMNS if any(k in row for row in layers)]
+    calibrated = None
+    if any(k != "cos_icl_it" and not k.startswith("cka_") for k, _ in present):
+        calibrated = {
+            "columns": ["layer", *[label for _, label in present], "p_holm (> floor)"],
+            "rows": [
+                [
+                    fmt(row.get("layer")),
+                    *[fmt(row.get(k)) for k, _ in present],
+                    fmt((row.get("wilcoxon") or {}).get("icl_it>floor", {}).get("p_holm")),
+                ]
+                for row in layers
+            ],
+        }
+    patching = [r for r in entry.get("patching") or [] if isinstance(r, Mapping)]
+    patch_table = None
+    if patching:
+        patch_table = {
+            "columns": ["layer", "state", "accuracy", "share of ICL gain", "KL(ICL || patched)"],
+            "rows": [
+                [
+                    fmt(r.get("layer")),
+                    str(r.get("source")),
+                    fmt(r.get("accuracy")),
+                    fmt(r.get("gain_share")),
+                    fmt(r.get("kl_to_icl")),
+                ]
+                for r in sorted(patching, key=lambda r: (str(r.get("source")), r.get("layer", 0)))
+            ],
+        }
+    behaviour = entry.get("behaviour")
+    seeds = []
+    for comp, row in sorted((entry.get("seed_agreement") or {}).items()):
+        if not isinstance(row, Mapping):
+            continue
+        per_seed = row.get("per_seed_layers") or {}
+        seeds.append(
+            [
+                str(comp),
+                layer_ranges(row.get("pooled_layers") or []),
+                "; ".join(f"seed {s}: {layer_ranges(v)}" for s, v in per_seed.items()),
+                layer_ranges(row.get("holds_in_every_seed") or []),
+            ]
+        )
+    tuning = entry.get("tuning")
+    adapted = tuning.get("adapted") if isinstance(tuning, Mapping) else None
+    return {
+        "sentences": convergence_sentences(entry),
+        "calibrated": calibrated,
+        "behaviour": [(str(k), fmt(v)) for k, v in behaviour.items()]
+        if isinstance(behaviour, Mapping)
+        else [],
+        "patching": patch_table,
+        "seeds": seeds,
+        "adapted": "; ".join(str(w) for w in adapted.get("weights", []))
+        if isinstance(adapted, Mapping)
+        else "",
+    }
 
 
 def _baseline_sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any]]]:
@@ -224,7 +339,8 @@ def _baseline_sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any
 def _sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any]]]:
     """(label, entry) for every baseline and audit condition, in report order."""
     audit = [(audit_label(e), e) for e in plain(results.audit or [])]
-    return [*_baseline_sources(results), *audit]
+    others = other_encoding_baselines(plain(results))
+    return [*_baseline_sources(results), *others, *audit]
 
 
 def breakdown(
@@ -247,8 +363,36 @@ def breakdown(
     return {"columns": [key.replace("per_", ""), *[label for label, _ in sources]], "rows": rows}
 
 
+def _tuning_text(training: Any) -> str:
+    """'16 x 2 epochs, 38 steps, lr 0.003 (constant), seed 0, tk'."""
+    if not isinstance(training, Mapping):
+        return ""
+    return (
+        f"batch {fmt(training.get('effective_batch_size'))} x {fmt(training.get('epochs'))} "
+        f"epochs, {fmt(training.get('steps'))} steps, lr {fmt(training.get('learning_rate'))} "
+        f"({fmt(training.get('lr_schedule'))}), seed {fmt(training.get('seed'))}, "
+        f"{fmt(training.get('template'))}"
+    )
+
+
+def _share_text(share: Any) -> str:
+    """A share with its interval, or the verdict with the gain's interval."""
+    if not isinstance(share, Mapping):
+        return ""
+    if share.get("verdict") == "share":
+        reading = share.get("reading")
+        text = fmt({"mean": share.get("mean"), "ci": share.get("ci")})
+        return f"{text} (n {fmt(share.get('n'))}{', ' + str(reading) if reading else ''})"
+    gain = share.get("gain") if isinstance(share.get("gain"), Mapping) else {}
+    return (
+        f"tuning gain not significant: {fmt({'mean': gain.get('mean'), 'ci': gain.get('ci')})} "
+        f"(n {fmt(gain.get('n'))})"
+    )
+
+
 def audit_view(results: StudyResults, plots: list[Plot]) -> dict[str, Any]:
     audit = plain(results.audit or [])
+    data = plain(results)
     condition_keys: list[str] = []
     for e in audit:
         condition_keys += [str(k) for k in e["condition"] if str(k) not in condition_keys]
@@ -260,6 +404,7 @@ def audit_view(results: StudyResults, plots: list[Plot]) -> dict[str, Any]:
             *[fmt(e["condition"].get(k)) for k in condition_keys],
             fmt(e["em"]),
             fmt(e["rouge_l"]),
+            _tuning_text(e.get("training")),
             *[fmt(e.get(k)) for k in extra_keys],
         ]
         for e in audit
@@ -271,19 +416,75 @@ def audit_view(results: StudyResults, plots: list[Plot]) -> dict[str, Any]:
             fmt(entry.get("rouge_l")),
             "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
         ]
-        for label, entry in _baseline_sources(results)
+        for label, entry in [
+            *_baseline_sources(results),
+            *other_encoding_baselines(data),
+        ]
     ]
     sources = _sources(results)
+    controls = ("simplified", "delusive", "no_definition", "random_guess")
+    share_rows = []
+    for row in data.get("audit_format_share") or []:
+        gain = (row.get("tuning_gain") or {}).get("em")
+        share_rows.append(
+            [
+                fmt(row.get("encoding")),
+                fmt(row.get("instances_per_task")),
+                fmt(row.get("seed")),
+                fmt(gain) if gain else "",
+                *[_share_text((row.get(c) or {}).get("em")) for c in controls],
+            ]
+        )
+    headline = breakdown(sources, "per_category", "headline")
+    metric_of: dict[str, str] = {}
+    for _, entry in sources:
+        for cat, scores in (entry.get("per_category") or {}).items():
+            if isinstance(scores, Mapping) and scores.get("headline_metric"):
+                metric_of[str(cat)] = str(scores["headline_metric"])
+    for row in headline["rows"]:
+        row[0] = f"{row[0]} ({metric_of.get(row[0], '?')})"
+    spaces = data.get("audit_label_spaces") or {}
+    label_rows = [
+        [
+            str(name),
+            ", ".join(space.get("labels") or []) or "free text",
+            fmt(space.get("source")),
+            ", ".join(space.get("unseen") or []),
+        ]
+        for name, space in spaces.items()
+        if isinstance(space, Mapping)
+    ]
+    bound = data.get("audit_definition_blind_bound") or {}
     return {
         "plot": data_uri(plots[0].path) if plots else None,
         "caption": plots[0].caption if plots else "",
+        "verdicts": [str(v.get("text")) for v in data.get("audit_verdict") or []],
+        "bound": fmt(bound.get("em")) if bound.get("em") is not None else None,
+        "above": {
+            "columns": ["definition-only", "exact match", "whole interval above the bound"],
+            "rows": [
+                [str(r.get("what")), fmt(r.get("em")), "yes" if r.get("above") else "no"]
+                for r in bound.get("above") or []
+                if isinstance(r, Mapping)
+            ],
+        },
         "grid": {
-            "columns": [*condition_keys, "exact match", "ROUGE-L", *extra_keys],
+            "columns": [*condition_keys, "exact match", "ROUGE-L", "tuning", *extra_keys],
             "rows": grid_rows,
         },
         "baselines": baseline_rows,
-        "categories": {m: breakdown(sources, "per_category", m) for m in ("em", "rouge_l")},
+        "shares": {
+            "columns": ["encoding", "instances per task", "seed", "tuning gain (EM)", *controls],
+            "rows": share_rows,
+        },
+        "categories": {m: breakdown(sources, "per_category", m) for m in ("em", "rouge_l")}
+        | {"headline": headline},
         "tasks": {m: breakdown(sources, "per_task", m) for m in ("em", "rouge_l")},
+        "labels": {
+            "columns": ["task", "label space", "from", "named but never used"],
+            "rows": label_rows,
+        },
+        "unseen": [r for r in label_rows if r[3]],
     }
 
 
@@ -338,6 +539,10 @@ def render_report(results: StudyResults | Mapping[str, Any], plots: list[Plot]) 
     spec = results.spec
     env_rows = [(str(k), fmt(v)) for k, v in plain(results.environment or {}).items()]
     note = spec.get("note") if spec is not None else None
+    if results.limit is not None:  # a limited run says so first (tunelens.runs.limit)
+        from tunelens.runs.limit import limit_note
+
+        note = f"{limit_note(results.limit).capitalize()}. {note or ''}".strip()
     toc: list[tuple[str, str]] = []
     sections = []
     for section in SECTIONS:

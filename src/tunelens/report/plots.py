@@ -27,6 +27,7 @@ CURVES = (
 )
 METRICS = (("em", "exact match"), ("rouge_l", "ROUGE-L"))
 BASELINES = ("untuned", "random", "copy_input", "copy_demo")
+ENCODING_LABELS = {"definition_only": "[def only]", "definition_examples": "[def+2ex]"}
 
 
 @dataclass(frozen=True)
@@ -66,35 +67,76 @@ def condition_label(condition: Any) -> str:
     return str(condition)
 
 
-def convergence_figure(entry: Mapping[str, Any]) -> Figure:
-    """Cosine similarity per layer for one condition: three curves with CI bands."""
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    layers = [row for row in entry.get("layers") or [] if isinstance(row, Mapping)]
-    for key, label, colour in CURVES:
-        xs: list[float] = []
-        ms: list[float] = []
-        los: list[float] = []
-        his: list[float] = []
-        for i, row in enumerate(layers):
-            mean, lo, hi = mean_ci(row.get(key))
-            if mean is None:
-                continue
-            layer = _num(row.get("layer"))
-            xs.append(layer if layer is not None else i)
-            ms.append(mean)
-            los.append(lo if lo is not None else mean)
-            his.append(hi if hi is not None else mean)
-        if not xs:
+CALIBRATED_CURVES = (
+    ("cos_centered_icl_it", "ICL vs IT, centered", "#1f77b4", "-"),
+    ("floor_icl_it", "floor (mismatched pairs), centered", "#1f77b4", ":"),
+    ("cos_standardized_icl_it", "ICL vs IT, standardized", "#9467bd", "-"),
+    ("floor_standardized_icl_it", "floor, standardized", "#9467bd", ":"),
+)
+PATCH_CURVES = (("icl", "ICL state", "#1f77b4"), ("it", "IT state", "#2ca02c"))
+
+
+def _curve(ax: Any, rows: Sequence[Mapping[str, Any]], key: str, **style: Any) -> None:
+    """One per-layer mean with its CI band from ``rows`` (absent values are skipped)."""
+    xs: list[float] = []
+    ms: list[float] = []
+    los: list[float] = []
+    his: list[float] = []
+    for i, row in enumerate(rows):
+        mean, lo, hi = mean_ci(row.get(key))
+        if mean is None:
             continue
-        ax.plot(xs, ms, marker="o", markersize=3, label=label, color=colour)
-        ax.fill_between(xs, los, his, alpha=0.2, color=colour, linewidth=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("cosine similarity")
-    ax.set_title(_wrap(condition_label(entry.get("condition"))), fontsize=9)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
+        layer = _num(row.get("layer"))
+        xs.append(layer if layer is not None else i)
+        ms.append(mean)
+        los.append(lo if lo is not None else mean)
+        his.append(hi if hi is not None else mean)
+    if not xs:
+        return
+    ax.plot(xs, ms, marker="o", markersize=3, **style)
+    ax.fill_between(xs, los, his, alpha=0.15, color=style.get("color"), linewidth=0)
+
+
+def convergence_figure(entry: Mapping[str, Any]) -> Figure:
+    """One condition: raw cosine per layer; centered / standardized ICL-IT with their floors;
+    the patching curve (share of the ICL gain) for ICL and IT states, where present."""
+    layers = [row for row in entry.get("layers") or [] if isinstance(row, Mapping)]
+    calibrated = any(key in row for row in layers for key, *_ in CALIBRATED_CURVES)
+    patching = [r for r in entry.get("patching") or [] if isinstance(r, Mapping)]
+    panels = 1 + int(calibrated) + int(bool(patching))
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    for key, label, colour in CURVES:
+        _curve(ax, layers, key, label=label, color=colour)
+    ax.set_ylabel("raw cosine similarity")
+    used = [ax]
+    if calibrated:
+        ax = axes[0][1]
+        for key, label, colour, line in CALIBRATED_CURVES:
+            _curve(ax, layers, key, label=label, color=colour, linestyle=line)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_ylabel("calibrated cosine")
+        used.append(ax)
+    if patching:
+        ax = axes[0][panels - 1]
+        for source, label, colour in PATCH_CURVES:
+            rows = [
+                {"layer": r.get("layer"), "gain_share": r.get("gain_share")}
+                for r in patching
+                if r.get("source") == source
+            ]
+            _curve(ax, rows, "gain_share", label=label, color=colour)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.axhline(1.0, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_ylabel("share of the ICL gain (patched)")
+        used.append(ax)
+    for ax in used:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(_wrap(condition_label(entry.get("condition")), 60 * panels), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -109,17 +151,26 @@ def audit_label(entry: Mapping[str, Any]) -> str:
         parts.append(f"n={c['instances_per_task']}")
     if "seed" in c:
         parts.append(f"s{c['seed']}")
+    if c.get("encoding"):
+        parts.append(ENCODING_LABELS.get(str(c["encoding"]), str(c["encoding"])))
     return " ".join(parts)
 
 
 def audit_figure(
-    entries: Sequence[Mapping[str, Any]], baselines: Mapping[str, Any] | None
+    entries: Sequence[Mapping[str, Any]],
+    baselines: Mapping[str, Any] | None,
+    bound: float | None = None,
+    extra_baselines: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> Figure:
-    """EM and ROUGE-L per tuning condition and baseline, with CI error bars."""
+    """EM and ROUGE-L per tuning condition and baseline, with CI error bars.
+
+    ``bound``: the definition-blind bound, drawn as a dashed line on the EM axis.
+    """
     bars: list[tuple[str, Mapping[str, Any], str]] = []
     for name in [*BASELINES, *sorted(set(baselines or {}) - set(BASELINES))]:
         if baselines and isinstance(baselines.get(name), Mapping):
             bars.append((f"baseline: {name}", baselines[name], "#999999"))
+    bars += [(label, data, "#bbbbbb") for label, data in extra_baselines]
     bars += [(audit_label(e), e, "#1f77b4") for e in entries if isinstance(e, Mapping)]
     height = max(3.0, 0.28 * len(bars) + 1.5)
     fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=100, sharey=True)
@@ -136,6 +187,17 @@ def audit_figure(
             errs[1].append(max(0.0, hi - m) if hi is not None else 0.0)
             colours.append(colour)
         ax.barh(ys, means, xerr=errs, color=colours, capsize=2, error_kw={"linewidth": 0.8})
+        if metric == "em" and isinstance(bound, (int, float)) and bound < 100:
+            ax.axvline(bound, color="#d62728", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"definition-blind bound {bound:.1f}",
+                (bound, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="#d62728",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("score (x100)")
         ax.grid(axis="x", alpha=0.3)
@@ -143,6 +205,30 @@ def audit_figure(
     axes[0].invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def other_encoding_baselines(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The untuned baseline under every evaluation encoding but the leading one."""
+    by_encoding = results.get("baselines_by_encoding")
+    if not isinstance(by_encoding, Mapping):
+        return []
+    lead = untuned_lead = None
+    baselines = results.get("baselines")
+    if isinstance(baselines, Mapping):
+        untuned_lead = baselines.get("untuned")
+    spec = results.get("spec")
+    encodings = (spec or {}).get("audit", {}) if isinstance(spec, Mapping) else {}
+    if isinstance(encodings, Mapping) and encodings.get("eval_encodings"):
+        lead = encodings["eval_encodings"][0]
+    out = []
+    for encoding in sorted(by_encoding):
+        untuned = (by_encoding[encoding] or {}).get("untuned")
+        if encoding == lead or (lead is None and untuned == untuned_lead):
+            continue
+        if isinstance(untuned, Mapping):
+            label = ENCODING_LABELS.get(str(encoding), str(encoding))
+            out.append((f"baseline: untuned {label}", untuned))
+    return out
 
 
 def _wrap(text: str, width: int = 90) -> str:
@@ -183,16 +269,25 @@ def write_plots(results: Mapping[str, Any], plots_dir: Path) -> list[Plot]:
     baselines = results.get("baselines")
     if isinstance(audit, list) or isinstance(baselines, Mapping):
         entries = audit if isinstance(audit, list) else []
+        bound_data = results.get("audit_definition_blind_bound")
+        bound = bound_data.get("em") if isinstance(bound_data, Mapping) else None
         path = save(
-            audit_figure(entries, baselines if isinstance(baselines, Mapping) else None),
+            audit_figure(
+                entries,
+                baselines if isinstance(baselines, Mapping) else None,
+                bound,
+                other_encoding_baselines(results),
+            ),
             plots_dir / "audit.png",
         )
-        plots.append(
-            Plot(
-                path,
-                "Held-out exact match and ROUGE-L (x100) with 95% CIs over "
-                "tasks; grey bars are baselines.",
-                "audit",
-            )
+        caption = (
+            "Held-out exact match and ROUGE-L (x100) with 95% CIs over "
+            "tasks; grey bars are baselines."
         )
+        if isinstance(bound, (int, float)) and bound < 100:
+            caption += (
+                f" Dashed line: the definition-blind bound ({bound:.1f} EM), the most a method "
+                "that ignores the definition can score under definition-only evaluation."
+            )
+        plots.append(Plot(path, caption, "audit"))
     return plots

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tunelens.api import Cell, Experiment, RunContext
-from tunelens.errors import TunelensInputError
+from tunelens.errors import DivergedError, TunelensInputError, in_cell
 from tunelens.runs.store import CellStore
+from tunelens.runs.threads import apply_thread_policy
 
 StepCallback = Callable[[str, int, int], None]  # (label, done, total) inside one cell
 
@@ -74,6 +75,7 @@ class ModelCache:
         key = (name, dtype, device, tuple(sorted(options.items())))
         if key in self._models:
             self._models.move_to_end(key)
+            apply_thread_policy(self._models[key])
             return self._models[key]
         while len(self._models) >= self.max_models:
             self._models.popitem(last=False)
@@ -85,6 +87,7 @@ class ModelCache:
             loader = load_model
         self._models[key] = loader(name, dtype=dtype, device=device, **options)
         self.loads += 1
+        apply_thread_policy(self._models[key])
         return self._models[key]
 
     def __len__(self) -> int:
@@ -119,7 +122,10 @@ class LocalExecutor:
     ) -> None:
         for job in jobs:
             start = time.perf_counter()
-            result = job.experiment.run_cell(job.cell, _context(job.cell, self.cache, on_step))
+            try:
+                result = job.experiment.run_cell(job.cell, _context(job.cell, self.cache, on_step))
+            except DivergedError as error:
+                raise in_cell(error, job.cell.experiment, job.cell.name) from None
             store.write(job.cell, result)
             if on_done is not None:
                 on_done(job, time.perf_counter() - start)
@@ -193,7 +199,8 @@ class RayExecutor:
                 ray.init(address=self.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise TunelensInputError(
-                    f"cannot connect to the Ray cluster: {' '.join(str(error).split())[:300]}",
+                    f"cannot connect to the Ray cluster: {' '.join(str(error).split())[:300]}"
+                    f"{_auth_hint()}",
                     where=f"--address {self.address}",
                 ) from None
             return True
@@ -230,7 +237,9 @@ class RayExecutor:
                 gpus = (
                     self.gpus_per_cell if self.gpus_per_cell is not None else _cell_gpus(job.cell)
                 )
-                ref = remote.options(num_cpus=1, num_gpus=gpus, max_retries=0).remote(
+                # A cell is deterministic and idempotent, so a task whose worker died is
+                # simply run again (cell errors are not retried: they are the cell's answer).
+                ref = remote.options(num_cpus=1, num_gpus=gpus, max_retries=3).remote(
                     job.experiment, job.cell
                 )
                 pending[ref] = job
@@ -239,7 +248,10 @@ class RayExecutor:
                     done, _ = ray.wait(list(pending), num_returns=1)
                     for ref in done:
                         job = pending.pop(ref)
-                        result, seconds = _get(ray, ref)
+                        try:
+                            result, seconds = _get(ray, ref)
+                        except DivergedError as error:
+                            raise in_cell(error, job.cell.experiment, job.cell.name) from None
                         store.write(job.cell, result)
                         if on_done is not None:
                             on_done(job, seconds)
@@ -250,6 +262,16 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+
+def _auth_hint() -> str:
+    """Ray (2.59+) authenticates with a token; a driver without it is refused with no reason."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return " (a token is set: is it the cluster's? `ray get-auth-token` on the head node)"
+    return (
+        " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and "
+        "RAY_AUTH_TOKEN to its token: `ray get-auth-token` on the head node)"
+    )
 
 
 def _get(ray: Any, ref: Any) -> tuple[dict[str, Any], float]:

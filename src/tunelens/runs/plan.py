@@ -11,8 +11,10 @@ Everything here is an **estimate** for budgeting, not a measurement:
   numbers by having an ``estimate_tokens(section, cell)`` method (the hook).
 - FLOPs (:mod:`tunelens.measures.flops`, Kaplan et al. 2020, Table 1):
   ``2 * N`` per forward-only token and ``6 * N`` per training token
-  (forward + backward), N = the non-embedding parameter count, read from the
-  model's ``config.json`` without loading weights, or from a table of known
+  (forward + backward), N = the non-embedding parameter count of the model
+  itself, built from its ``config.json`` on the meta device
+  (``accelerate.init_empty_weights``: no weights read or allocated), or from a
+  table of known
   architectures when the model directory is not on this machine yet (the
   example specs name ``models/Llama-2-7b-hf``). The token counts are totals
   over sequences of estimated length, so the attention (context) term is left
@@ -213,8 +215,60 @@ def known_architecture(name: str) -> str | None:
     return None
 
 
+def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
+    """(non-embedding, total, hidden, layers, heads) of the model in ``directory``, built empty.
+
+    The model is built from its config with ``accelerate.init_empty_weights``
+    (parameters on the meta device: shapes, no memory, no weights read) and its
+    parameters counted: tied weights once; token, position and relative-position
+    embeddings and an untied output head are the embedding part. Layers count
+    the encoder's and the decoder's blocks of an encoder-decoder.
+    """
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.from_pretrained(directory)  # never trust_remote_code here
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    with init_empty_weights():
+        model = auto.from_config(config)
+    model.tie_weights()  # on the meta device from_config leaves tied weights apart
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
+    embedding: dict[int, int] = {}
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    head = model.get_output_embeddings()
+    for module in [*modules, *([head] if head is not None else [])]:
+        for param in module.parameters(recurse=False):
+            embedding[id(param)] = param.numel()
+    text: Any = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if encoder_decoder:
+        encoder = getattr(config, "encoder_layers", None) or getattr(config, "num_layers", 0)
+        decoder = (
+            getattr(config, "decoder_layers", None)
+            or getattr(config, "num_decoder_layers", None)
+            or encoder
+        )
+        layers = int(encoder) + int(decoder)
+    else:
+        layers = int(text.num_hidden_layers)
+    return (
+        total - sum(embedding.values()),
+        total,
+        int(text.hidden_size),
+        layers,
+        int(getattr(text, "num_attention_heads", 1) or 1),
+    )
+
+
 def model_size(name_or_path: str) -> ModelSize:
-    """Sizes from the model's config.json (no weights loaded), else from the known table."""
+    """Sizes from the model itself (built empty, no weights), else from the known table.
+
+    A directory with a config.json is sized by :func:`sizes_from_model`; where
+    transformers cannot build it (an architecture this transformers lacks), the
+    config's fields are counted by :func:`count_parameters`. A name with no
+    directory on this machine is looked up in :data:`KNOWN_ARCHITECTURES`.
+    """
     if name_or_path == "world":
         from tunelens.models.paths import world_model_dir
 
@@ -224,12 +278,23 @@ def model_size(name_or_path: str) -> ModelSize:
     if config_path.is_file():
         config = read_json(config_path, what="model config")
         try:
-            counts = count_parameters(config)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise TunelensInputError(
-                f"cannot read the model's sizes: {error}", source=str(config_path)
-            ) from None
-        return ModelSize(name_or_path, *counts, source=f"config.json at {config_path.parent}")
+            counts = sizes_from_model(config_path.parent)
+            how = "built empty from"
+        except Exception:  # noqa: BLE001 - an unknown architecture: count its config's fields
+            try:
+                counts = count_parameters(config)
+                how = "counted from"
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise TunelensInputError(
+                    f"cannot read the model's sizes: transformers cannot build it and its "
+                    f"config lacks {error}",
+                    source=str(config_path),
+                ) from None
+        return ModelSize(
+            name_or_path,
+            *counts,
+            source=f"config.json at {config_path.parent} ({how} the config, no weights)",
+        )
     key = known_architecture(name_or_path)
     if key is None:
         raise TunelensInputError(
@@ -504,8 +569,18 @@ def plan_study(
     mfu: float = 0.4,
     experiments: Mapping[str, Experiment] | None = None,
     peak_flops: float | None = None,
+    source: str | None = None,
 ) -> Plan:
-    """Estimate every experiment of ``spec``: cells, tokens, FLOPs, peak memory, time."""
+    """Estimate every experiment of ``spec``: cells, tokens, FLOPs, peak memory, time.
+
+    First the spec's tasks load (those on this machine; a task set that is here
+    but broken is an error, ``spec.allow_missing_tasks`` skips split entries
+    without a file) and are checked as ``tunelens run`` checks them
+    (:mod:`tunelens.runs.preflight`: pool sizes against k, relevance 'other'
+    against the number of tasks), then the longest prompts against the
+    context of every local model (:func:`check_prompt_lengths`). A failure is
+    one :class:`TunelensInputError` naming ``source`` (the spec) and the key.
+    """
     if not 0 < mfu <= 1:
         raise TunelensInputError(f"MFU must lie in (0, 1], got {mfu}", where="--mfu")
     if experiments is None:
@@ -513,12 +588,18 @@ def plan_study(
 
         experiments = get_experiments()
     from tunelens.api import StudyInputs
+    from tunelens.runs.preflight import preflight
     from tunelens.runs.study import plan_cells
 
+    inputs = StudyInputs(strict=False, allow_missing=spec.allow_missing_tasks)
+    planned = plan_cells(spec, experiments, inputs)
+    sections = [(experiments[name], section) for name, section, _ in planned]
+    preflight(sections, inputs, source)
+    check_prompt_lengths(sections, inputs, source)
     peak = peak_flops if peak_flops is not None else accelerator_peak(gpu)
     sizes: dict[str, ModelSize] = {}
     plans = []
-    for name, section, cells in plan_cells(spec, experiments, StudyInputs(strict=False)):
+    for name, section, cells in planned:
         experiment = experiments[name]
         estimator: TokenEstimator = getattr(experiment, "estimate_tokens", estimate_tokens)
         plan = ExperimentPlan(name, sorted({_cell_model(c) for c in cells}))
@@ -558,3 +639,118 @@ def plan_study(
         model_sizes={k: asdict(v) for k, v in sizes.items()},
         device_memory_bytes=DEVICE_MEMORY.get(gpu),
     )
+
+
+# ---------------------------------------------------------------- prompt length
+
+
+def model_context(name: str) -> tuple[int, Path] | None:
+    """(positions, config path) of a local model with a fixed context; None otherwise
+    (not on this machine, or relative positions such as T5's)."""
+    if name == "world":
+        from tunelens.models.paths import world_model_dir
+
+        directory = world_model_dir()
+    else:
+        directory = Path(name).expanduser()
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        return None
+    config = read_json(config_path, what="model config")
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value, config_path
+    return None
+
+
+def _tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    if name == "world":
+        from tunelens.models.paths import world_model_dir
+
+        return AutoTokenizer.from_pretrained(str(world_model_dir()))
+    return AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
+
+
+def _longest(tokenizer: Any, prompts: list[str]) -> tuple[int, str]:
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    return lengths[i], prompts[i]
+
+
+def _convergence_prompts(section: Any, tasks: Any) -> list[str]:
+    """The ICL prompts of the first seed at the largest k (the longest the cells make)."""
+    from tunelens.prompts import PromptStyle, render_prompt
+    from tunelens.tasks.sampling import sample_demo_sets
+
+    k_max = max(section.k)
+    style = PromptStyle(
+        template="plain" if section.template == "chat" else section.template,
+        definition=any(section.definition),
+        n_positive=0,
+    )
+    prompts = []
+    for relevance in section.relevance:
+        sets = sample_demo_sets(
+            tasks,
+            n_pairs=section.n_pairs,
+            anchors_per_set=section.anchors_per_set,
+            k=k_max,
+            relevance=relevance,
+            seed=section.seeds[0],
+            k_max=k_max,
+        )
+        for demo_set in sets:
+            for anchor in demo_set.anchors:
+                prompts.append(render_prompt(demo_set.task, anchor.input, demo_set.demos, style))
+    return prompts
+
+
+def _audit_prompts(section: Any, tasks: Any) -> list[str]:
+    """Tk-Instruct prompts (definition + positive examples) of the evaluated instances."""
+    from tunelens.prompts import PromptStyle, render_prompt
+
+    style = PromptStyle(template="tk", definition=True, n_positive=section.n_positive)
+    return [
+        render_prompt(task, inst.input, None, style)
+        for task in tasks
+        for inst in task.instances[: section.eval_instances_per_task]
+    ]
+
+
+def check_prompt_lengths(
+    sections: list[tuple[Experiment, Any]], inputs: Any, source: str | None
+) -> None:
+    """The longest prompt of each section against each local model's context (exit 2 if over).
+
+    Convergence: the ICL prompts at the largest k (key ``convergence.k``); audit:
+    the Tk-Instruct evaluation prompts (key ``audit.n_positive``). Models not on
+    this machine, and models without a fixed context (T5), are not checked.
+    """
+    for experiment, section in sections:
+        if experiment.name == "convergence":
+            models, ref, key = list(section.models), section.tasks, "convergence.k"
+            make = _convergence_prompts
+        elif experiment.name == "audit":
+            models, ref, key = [str(section.model)], section.test, "audit.n_positive"
+            make = _audit_prompts
+        else:
+            continue
+        tasks = inputs.tasks(ref)
+        contexts = [(m, c) for m in models if (c := model_context(m)) is not None]
+        if not tasks or not contexts:
+            continue
+        prompts = make(section, tasks)
+        if not prompts:
+            continue
+        for model, (context, config_path) in contexts:
+            length, _ = _longest(_tokenizer(model), prompts)
+            if length > context:
+                raise TunelensInputError(
+                    f"the longest prompt is {length} tokens, more than the {context} positions "
+                    f"of model {model} ({config_path}); lower it or use a longer-context model",
+                    source=source,
+                    where=key,
+                )

@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,17 +30,23 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 import tunelens
+from tunelens import interrupt
 from tunelens.api import Cell, Experiment, StudyInputs, get_experiments
+from tunelens.errors import TunelensInputError
 from tunelens.progress import ProgressDisplay
 from tunelens.runs.executors import Executor, Job, make_executor
+from tunelens.runs.limit import limit_cells, limit_section
+from tunelens.runs.lock import RunLock
 from tunelens.runs.manifest import write_manifest
+from tunelens.runs.samples import write_sample_logs
+from tunelens.runs.preflight import preflight
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 from tunelens.spec import Spec
 
 if TYPE_CHECKING:
     from tunelens.decide.config import DecideConfig
 
-RESERVED_KEYS = ("spec", "tunelens_version", "environment")
+RESERVED_KEYS = ("spec", "tunelens_version", "environment", "limit")
 RESULTS = "results.json"
 TIMINGS = "timings.json"
 SPEC = "spec.yaml"
@@ -113,11 +119,12 @@ def plan_cells(
     Tasks are loaded and models fingerprinted here, before any cell exists, so
     every cell key covers the content it depends on.
     """
-    inputs = inputs or StudyInputs()
-    planned = [
-        (experiment.name, section, experiment.cells(section, inputs))
-        for experiment, section in spec_sections(spec, experiments)
-    ]
+    inputs = inputs or StudyInputs(allow_missing=spec.allow_missing_tasks)
+    planned = []
+    for experiment, section in spec_sections(spec, experiments):
+        section = limit_section(experiment, section, spec.limit)
+        cells = limit_cells(experiment.cells(section, inputs), spec.limit)
+        planned.append((experiment.name, section, cells))
     check_unique_keys(cell for _, _, cells in planned for cell in cells)
     return planned
 
@@ -192,8 +199,16 @@ def execute(
     address: str | None = None,
     progress: bool = True,
     results_file: str | None = None,
+    source: str | None = None,
+    wait: bool = False,
+    files: Mapping[str, str] | None = None,
+    finish: Callable[[list[SectionRun]], None] | None = None,
+    limit: int | None = None,
 ) -> list[SectionRun]:
     """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
+
+    ``limit`` (``--limit N``) bounds each section first (:mod:`tunelens.runs.limit`)
+    and goes into every cell's key.
 
     This is the one cell loop of tunelens (``run``, the study commands,
     ``decide`` and ``world eval`` all come here): cells are planned after the
@@ -201,17 +216,83 @@ def execute(
     each experiment may add follow-up cells that depend on finished results
     (rounds repeat until none is new). Seconds per cell and per invocation go
     to ``out_dir/timings.json``.
+
+    Order of checks, so that bad input fails before anything is written or a
+    model loads: tasks load and models are fingerprinted (paths checked), the
+    task-dependent bounds of :mod:`tunelens.runs.preflight` (errors name
+    ``source``, the spec file, and the dotted key), then ``out_dir`` is made,
+    probed for writing and locked (``DIR/.lock``; ``wait`` waits for another
+    run to end instead of refusing), then ``files`` (name -> text, e.g. the
+    spec as run) are written; ``finish`` (writing results.json, say) runs on
+    the finished sections while the lock is still held. Ctrl-C keeps every finished cell and reports
+    their number (:mod:`tunelens.interrupt`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     inputs = inputs or StudyInputs()
     runner = make_executor(executor, address=address) if isinstance(executor, str) else executor
     store = CellStore(out_dir)
-    planned = [(exp, section, exp.cells(section, inputs)) for exp, section in sections]
+    sections = [(exp, limit_section(exp, section, limit)) for exp, section in sections]
+    planned = [
+        (exp, section, limit_cells(exp.cells(section, inputs), limit)) for exp, section in sections
+    ]
     check_unique_keys(cell for _, _, cells in planned for cell in cells)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    preflight(sections, inputs, source)
+    prepare_output_dir(out_dir)
+    with RunLock(out_dir, wait=wait):
+        for name, text in (files or {}).items():
+            atomic_write_text(out_dir / name, text)
+        runs = _execute_locked(
+            out_dir,
+            planned,
+            inputs,
+            runner,
+            store,
+            sections,
+            results_file,
+            progress,
+            started,
+            limit=limit,
+        )
+        write_sample_logs(out_dir, runs)
+        if finish is not None:
+            finish(runs)
+        return runs
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Make ``out_dir`` and prove it writable (a read-only folder fails here, not after a cell)."""
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise TunelensInputError(
+            f"output folder is not writable: {reason}", source=str(out_dir)
+        ) from None
+
+
+def _execute_locked(
+    out_dir: Path,
+    planned: list[tuple[Experiment, Any, list[Cell]]],
+    inputs: StudyInputs,
+    runner: Executor,
+    store: CellStore,
+    sections: Sequence[tuple[Experiment, Any]],
+    results_file: str | None,
+    progress: bool,
+    started: float,
+    *,
+    limit: int | None = None,
+) -> list[SectionRun]:
     write_manifest(out_dir, [exp for exp, _ in sections], results_file=results_file)
     finished = store.finished_keys()
+    planned_keys = {cell.key for _, _, cells in planned for cell in cells}
+    kept = [len(finished & planned_keys)]
+    interrupt.set_status(lambda: interrupt.cells_message(kept[0]))
 
     timings_path = out_dir / TIMINGS
     timings = _read_timings(timings_path)
@@ -224,6 +305,7 @@ def execute(
             "name": job.cell.name,
             "seconds": round(seconds, 3),
         }
+        kept[0] += 1
         bars.cell_done(job, seconds)
 
     def finished_pairs(exp: Experiment, cells: list[Cell]) -> list[tuple[Cell, dict[str, Any]]]:
@@ -269,18 +351,18 @@ def execute(
                 more = []
                 for index, (exp, section, cells) in enumerate(planned):
                     known = {c.key for c in cells}
-                    extra = [
-                        c
-                        for c in exp.followup_cells(section, inputs, finished_pairs(exp, cells))
-                        if c.key not in known
-                    ]
+                    followups = exp.followup_cells(section, inputs, finished_pairs(exp, cells))
+                    extra = [c for c in limit_cells(followups, limit) if c.key not in known]
                     if extra:
                         planned[index] = (exp, section, cells + extra)
                         more.append((exp, section, extra))
                 check_unique_keys(cell for _, _, cells in planned for cell in cells)
                 pending = more
         finally:
-            write_timings()
+            try:
+                write_timings()
+            except OSError:
+                pass  # a full disk: the error that brought us here is the one to report
     return [SectionRun(exp, section, finished_pairs(exp, cells)) for exp, section, cells in planned]
 
 
@@ -292,32 +374,47 @@ def run_study(
     address: str | None = None,
     progress: bool = True,
     experiments: Mapping[str, Experiment] | None = None,
+    source: str | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``spec`` and write ``out_dir/results.json``; return it.
 
     ``experiments`` maps spec section names to experiments (default: the
     registry); ``executor`` is ``"local"``, ``"ray"`` or an executor object.
+    ``source`` names the spec in errors; ``wait`` waits for another run on
+    ``out_dir`` to end (default: refuse). Nothing is created before the tasks
+    and model paths are checked.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / SPEC, spec_yaml(spec))
-    runs = execute(
+    results: dict[str, Any] = {}
+
+    def write_results(runs: list[SectionRun]) -> None:
+        for run in runs:
+            for key, value in run.aggregate().items():
+                if key in results or key in RESERVED_KEYS:
+                    raise ValueError(
+                        f"{run.experiment.name}: results key {key!r} is already taken"
+                    )
+                results[key] = value
+        results["spec"] = spec.model_dump(mode="json")
+        results["tunelens_version"] = tunelens.__version__
+        results["environment"] = environment(spec)
+        if spec.limit is not None:
+            results["limit"] = spec.limit  # a limited run says so (tunelens.runs.limit)
+        atomic_write_text(out_dir / RESULTS, dumps(strict_json(results), indent=2) + "\n")
+
+    execute(
         out_dir,
         spec_sections(spec, experiments),
         executor=executor,
         address=address,
         progress=progress,
         results_file=RESULTS,
+        source=source,
+        wait=wait,
+        files={SPEC: spec_yaml(spec)},
+        finish=write_results,
+        limit=spec.limit,
+        inputs=StudyInputs(allow_missing=spec.allow_missing_tasks),
     )
-    results: dict[str, Any] = {}
-    for run in runs:
-        for key, value in run.aggregate().items():
-            if key in results or key in RESERVED_KEYS:
-                raise ValueError(f"{run.experiment.name}: results key {key!r} is already taken")
-            results[key] = value
-    results["spec"] = spec.model_dump(mode="json")
-    results["tunelens_version"] = tunelens.__version__
-    results["environment"] = environment(spec)
-    results = strict_json(results)
-    atomic_write_text(out_dir / RESULTS, dumps(results, indent=2) + "\n")
-    return results
+    return strict_json(results)

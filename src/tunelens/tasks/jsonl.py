@@ -32,7 +32,7 @@ from typing import Any
 
 from tunelens.errors import TunelensInputError
 from tunelens.io import read_json_lines
-from tunelens.tasks.labels import derive_label_space
+from tunelens.tasks.labels import label_space
 from tunelens.tasks.loaders import FieldReader, check_unique_ids
 from tunelens.tasks.types import Example, Instance, Task
 
@@ -81,6 +81,9 @@ def load_jsonl(path: str | Path) -> Task:
         given = r.string_list(header["labels"], "labels", allow_string=False)
         if not given:
             raise r.error("labels", "label space is empty; omit 'labels' to derive it")
+        for i, label in enumerate(given):
+            if not label.strip():
+                raise r.error(f"labels[{i}]", "a label must not be empty or only spaces")
         labels = tuple(sorted(set(given)))
 
     instances: list[Instance] = []
@@ -91,6 +94,8 @@ def load_jsonl(path: str | Path) -> Task:
         if "input" not in obj:
             raise line.error("input", "instance has no input")
         outputs = line.outputs(obj)
+        if not any(output.strip() for output in outputs):
+            raise line.error("output", "instance output is empty or only spaces")
         if labels is not None:
             for output in outputs:
                 if output not in labels:
@@ -103,7 +108,11 @@ def load_jsonl(path: str | Path) -> Task:
         raise TunelensInputError("file has no instances (only a header)", source=str(path))
     check_unique_ids(instances, path)
     if labels is None:
-        labels = derive_label_space((i.outputs for i in instances), definition=definition)
+        labels = label_space(
+            (i.outputs for i in instances),
+            definition=definition,
+            example_outputs=[e.output for e in positive],
+        ).labels
     return Task(
         name=name,
         definition=definition,

@@ -1,61 +1,166 @@
-"""Decide whether a task is classification-like and, if so, what its label space is.
+"""A task's output label space: what the audit's guess, *simplified* and *delusive* need.
 
-The audit's key baseline is a guess over a task's output space, and the
-*simplified* and *delusive* variants need that space, so it has to be derived
-the same way for every loader. SuperNI does not mark classification tasks, so
-the space is read off the reference outputs of the instances.
+SuperNI does not mark classification tasks, and a subset of a task's instances
+may not use every label (task190 keeps only "C" and "N" of its E / C / N), so
+the space comes, in this order, from:
 
-The rule (every reference output of every instance counts as a candidate label):
-
-1. No outputs, or more than ``MAX_LABELS`` (50) distinct outputs: free text.
-2. The labels repeat: there are at least ``MIN_MEAN_REPEATS`` (2) instances per
-   distinct output on average (``n_instances >= 2 * n_distinct``). A
-   classification task reuses a few answers; a free-text task rarely does.
-3. Otherwise, when a ``definition`` is given and every distinct output is
-   named in it as a whole word or phrase (case-insensitive): classification.
-   This catches tasks with many labels and few instances, where each label is
-   seen about once but the definition enumerates them (SuperNI task1394 lists
-   its 47 domains and its 22 instances use 22 of them).
-4. Otherwise free text.
-
-Positive examples do not contribute: the space is what the instances use
-(task843 defines "negative" but its kept instances never use it).
+1. **the JSONL header's** ``labels`` (read by the JSONL loader; ``source="given"``);
+2. **the labels the definition names** (``source="definition"``): SuperNI
+   definitions state them, mostly quoted (``answer with "Contradiction",
+   "Neutral", or "Entailment"``), sometimes bare (``the letters E, C, and N``).
+   An output (of an instance or a positive example) is *named* when it equals a
+   quoted span of the definition after ``normalize_answer`` (so ``"Yes"`` names
+   the output ``Yes.``), or occurs in it as a whole word or phrase (case-blind;
+   one-character labels must match case and not sit inside ``i.e.``). When every
+   distinct instance output is named, the space is those outputs, the named
+   positive-example outputs, and every quoted span listed together with one of
+   them (``'positive', 'negative', or 'neutral'``: a run of quoted spans
+   separated only by commas, "or", "and", "/"). Labels that no instance uses
+   are kept and reported as ``unseen`` (task190's "E", task843's "negative",
+   25 of task1394's 47 domains);
+3. **the outputs of all instances in the file** (``source="instances"``), when
+   they repeat: at least ``MIN_MEAN_REPEATS`` (2) instances per distinct output
+   on average and at most ``MAX_LABELS`` (50) distinct outputs;
+4. otherwise free text (``None``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from tunelens.measures.text import normalize_answer
+
+if TYPE_CHECKING:
+    from tunelens.tasks.types import Task
 
 MAX_LABELS = 50
 MIN_MEAN_REPEATS = 2
 
+LabelSource = Literal["given", "definition", "instances"]  # given: a JSONL header, a generator
+
+_QUOTED = re.compile(
+    r"""(?<!\w)'(?P<single>[^'\n]{1,80}?)'(?!\w)"""
+    r'''|"(?P<double>[^"\n]{1,80}?)"'''
+    r"|`(?P<back>[^`\n]{1,80}?)`"
+    r"|\u201c(?P<curly>[^\u201d\n]{1,80}?)\u201d"
+    r"|\u2018(?P<curly1>[^\u2019\n]{1,80}?)\u2019"
+)
+_LIST_SEPARATOR = re.compile(r"^\s*(,|/|,?\s*(or|and))?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """A task's labels (sorted; None for free text), where they came from, and unused ones."""
+
+    labels: tuple[str, ...] | None
+    source: LabelSource | None
+    unseen: tuple[str, ...] = ()
+
+
+def quoted_spans(definition: str) -> list[tuple[int, int, str]]:
+    """(start, end, text) of every quoted span of ``definition``, in order."""
+    spans = []
+    for match in _QUOTED.finditer(definition):
+        text = next(g for g in match.groups() if g is not None).strip()
+        if text:
+            spans.append((match.start(), match.end(), text))
+    return spans
+
 
 def _named_in(label: str, definition: str) -> bool:
     """True if ``label`` occurs in ``definition`` as a whole word or phrase."""
-    if not label.strip():
+    label = label.strip()
+    if not label:
         return False
-    pattern = r"(?<!\w)" + re.escape(label.strip()) + r"(?!\w)"
-    return re.search(pattern, definition, flags=re.IGNORECASE) is not None
+    pattern = r"(?<![\w.])" + re.escape(label) + r"(?!\w|\.\w)"
+    flags = 0 if len(label) == 1 else re.IGNORECASE
+    return re.search(pattern, definition, flags=flags) is not None
+
+
+def _definition_space(
+    distinct: set[str], example_outputs: Sequence[str], definition: str
+) -> LabelSpace | None:
+    spans = quoted_spans(definition)
+    quoted = {normalize_answer(text) for _, _, text in spans}
+
+    def named(output: str) -> bool:
+        return normalize_answer(output) in quoted or _named_in(output, definition)
+
+    if not distinct or not all(named(o) for o in distinct):
+        return None
+    labels = set(distinct) | {o for o in example_outputs if named(o)}
+    known = {normalize_answer(label) for label in labels}
+    # Runs of quoted spans separated only by list punctuation: a stated enumeration.
+    runs: list[list[str]] = []
+    for i, (start, _, text) in enumerate(spans):
+        if i and _LIST_SEPARATOR.match(definition[spans[i - 1][1] : start]):
+            runs[-1].append(text)
+        else:
+            runs.append([text])
+    for run in runs:
+        if any(normalize_answer(text) in known for text in run):
+            for text in run:
+                if normalize_answer(text) not in known:
+                    labels.add(text)
+                    known.add(normalize_answer(text))
+    if len(labels) > MAX_LABELS:
+        return None
+    unseen = tuple(sorted(label for label in labels if label not in distinct))
+    return LabelSpace(tuple(sorted(labels)), "definition", unseen)
+
+
+def label_space(
+    outputs_per_instance: Iterable[Sequence[str]],
+    *,
+    definition: str = "",
+    example_outputs: Sequence[str] = (),
+    max_labels: int = MAX_LABELS,
+) -> LabelSpace:
+    """The label space by the module's rule (the header's labels are the loader's business)."""
+    per_instance = [tuple(outputs) for outputs in outputs_per_instance]
+    distinct = {output for outputs in per_instance for output in outputs}
+    if not distinct or len(distinct) > max_labels:
+        return LabelSpace(None, None)
+    if definition:
+        named = _definition_space(distinct, example_outputs, definition)
+        if named is not None:
+            return named
+    if len(per_instance) >= MIN_MEAN_REPEATS * len(distinct):
+        return LabelSpace(tuple(sorted(distinct)), "instances")
+    return LabelSpace(None, None)
 
 
 def derive_label_space(
     outputs_per_instance: Iterable[Sequence[str]],
     *,
     definition: str = "",
+    example_outputs: Sequence[str] = (),
     max_labels: int = MAX_LABELS,
 ) -> tuple[str, ...] | None:
-    """The sorted label space of a classification-like task, or ``None`` for free text.
+    """The sorted label space of a classification-like task, or ``None`` for free text."""
+    return label_space(
+        outputs_per_instance,
+        definition=definition,
+        example_outputs=example_outputs,
+        max_labels=max_labels,
+    ).labels
 
-    ``outputs_per_instance`` holds, for each instance, its reference outputs.
-    See the module docstring for the rule.
+
+def describe_label_space(task: Task) -> LabelSpace:
+    """Where ``task.labels`` came from and which of them no instance uses.
+
+    The rule is re-applied to the task as loaded: labels it reproduces carry
+    its source; others were given (a JSONL header, a generator).
     """
-    per_instance = [tuple(outputs) for outputs in outputs_per_instance]
-    distinct = {output for outputs in per_instance for output in outputs}
-    if not distinct or len(distinct) > max_labels:
-        return None
-    if len(per_instance) >= MIN_MEAN_REPEATS * len(distinct):
-        return tuple(sorted(distinct))
-    if definition and all(_named_in(label, definition) for label in distinct):
-        return tuple(sorted(distinct))
-    return None
+    derived = label_space(
+        (i.outputs for i in task.instances),
+        definition=task.definition,
+        example_outputs=[e.output for e in task.positive_examples],
+    )
+    if task.labels is None or derived.labels == task.labels:
+        return derived if task.labels is not None else LabelSpace(None, None)
+    used = {o for i in task.instances for o in i.outputs}
+    return LabelSpace(task.labels, "given", tuple(x for x in task.labels if x not in used))

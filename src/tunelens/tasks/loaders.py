@@ -24,7 +24,7 @@ from typing import Any
 
 from tunelens.errors import TunelensInputError
 from tunelens.io import read_json, read_text  # read_text: re-exported for older imports
-from tunelens.tasks.labels import derive_label_space
+from tunelens.tasks.labels import label_space
 from tunelens.tasks.types import Example, Instance, Task
 
 TASK_SUFFIXES = (".json", ".jsonl")
@@ -167,15 +167,21 @@ def parse_superni(data: Any, path: Path, name: str | None = None) -> Task:
     categories = r.string_list(data.get("Categories") or [], "Categories")
     world_rule = data.get("World Rule")
     metadata: dict[str, Any] = dict(world_rule) if isinstance(world_rule, dict) else {}
+    positive = examples("Positive Examples")
+    space = label_space(
+        (i.outputs for i in instances),
+        definition=definition,
+        example_outputs=[e.output for e in positive],
+    )
     return Task(
         name=name,
         definition=definition,
         instances=tuple(instances),
-        positive_examples=examples("Positive Examples"),
+        positive_examples=positive,
         negative_examples=examples("Negative Examples"),
         categories=tuple(categories),
         source=str(path),
-        labels=derive_label_space((i.outputs for i in instances), definition=definition),
+        labels=space.labels,
         metadata=metadata,
     )
 
@@ -221,38 +227,63 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def load_tasks(paths: PathLike | Iterable[PathLike]) -> list[Task]:
+def load_tasks(
+    paths: PathLike | Iterable[PathLike], *, allow_missing: bool = False
+) -> list[Task]:
     """Tasks from files, folders and split files, in the order given (folders sorted by path).
 
     Each path is a ``.json`` SuperNI task, a ``.jsonl`` tunelens task, a folder
-    (every such file under it) or a SuperNI split file ``splits/<name>/<part>_tasks.txt``.
+    (every such file under it) or a SuperNI split file ``splits/<name>/<part>_tasks.txt``
+    (``allow_missing``: skip the tasks it names that have no file). Hugging Face
+    copies load too (:mod:`tunelens.tasks.hf`): a ``save_to_disk`` directory,
+    ``*.parquet`` shards and JSONL shards with ``task_name`` / ``inputs`` columns
+    (a folder's shards are read as one table).
 
     Two tasks with the same name are an error: results are keyed by task name.
     """
+    from tunelens.tasks import hf
+
     tasks: list[Task] = []
     origin: dict[str, str] = {}
+
+    def add(task: Task, file: Path) -> None:
+        if task.name in origin:
+            raise TunelensInputError(
+                f"task {task.name!r} is loaded twice (also from {origin[task.name]})",
+                source=str(file),
+            )
+        origin[task.name] = str(file)
+        tasks.append(task)
+
     for path in _as_paths(paths):
+        if hf.is_dataset_dir(path):
+            for task in hf.load_dataset_dir(path):
+                add(task, path)
+            continue
         if path.is_dir():
             files = find_task_files(path)
+            files += sorted(
+                p
+                for p in path.rglob("*.parquet")
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
+            )
             if not files:
                 raise TunelensInputError(
-                    "folder holds no task files (*.json or *.jsonl)", source=str(path)
+                    "folder holds no task files (*.json, *.jsonl or *.parquet)", source=str(path)
                 )
         elif not path.exists():
             raise TunelensInputError("no such file or directory", source=str(path))
         elif is_split_file(path):
-            files = split_task_files(path)
+            files = split_task_files(path, allow_missing=allow_missing)
         else:
             files = [path]
+        shards = [f for f in files if f.suffix == ".parquet" or hf.is_shard_jsonl(f)]
         for file in files:
-            task = load_task_file(file)
-            if task.name in origin:
-                raise TunelensInputError(
-                    f"task {task.name!r} is loaded twice (also from {origin[task.name]})",
-                    source=str(file),
-                )
-            origin[task.name] = str(file)
-            tasks.append(task)
+            if file not in shards:
+                add(load_task_file(file), file)
+        if shards:
+            for task in hf.load_shards(shards):
+                add(task, Path(task.source))
     if not tasks:
         raise TunelensInputError("no task files given")
     return tasks

@@ -22,7 +22,7 @@ def _world(seed: int):
     return generate_world(seed)
 
 
-def _one(ref: str) -> list[Task]:
+def _one(ref: str, allow_missing: bool = False) -> list[Task]:
     if ref.startswith("world:"):
         parts = ref.split(":")[1:]
         seed = int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else 0
@@ -38,16 +38,20 @@ def _one(ref: str) -> list[Task]:
     path = Path(ref)
     if path.name.endswith("_tasks.txt") and path.parent.parent.name == "splits":
         part = path.name[: -len("_tasks.txt")]
-        return load_split(path.parents[2], path.parent.name, part)
-    return load_tasks([path])
+        return load_split(path.parents[2], path.parent.name, part, allow_missing=allow_missing)
+    return load_tasks([path], allow_missing=allow_missing)
 
 
-def load_task_set(ref: str) -> list[Task]:
-    """All tasks a reference names, in a stable order."""
+def load_task_set(ref: str, *, allow_missing: bool = False) -> list[Task]:
+    """All tasks a reference names, in a stable order.
+
+    ``allow_missing``: a split file's tasks without a file are skipped (partial
+    copies of the benchmark; ``--allow-missing-tasks``) instead of an error.
+    """
     tasks: list[Task] = []
     for piece in (p.strip() for p in ref.split(",")):
         if piece:
-            tasks.extend(_one(piece))
+            tasks.extend(_one(piece, allow_missing))
     if not tasks:
         raise TunelensInputError(f"no tasks found for {ref!r}")
     return tasks

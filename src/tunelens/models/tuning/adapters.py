@@ -23,11 +23,12 @@ import torch
 from tunelens.models.loading import LoadedModel
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.targets import (
+    FULL_ADAPTED,
     AdapterState,
     _is_conv1d,
     _module_shapes,
+    describe_targets,
     initial_lora_state,
-    resolve_target_modules,
     target_module_names,
 )
 
@@ -76,9 +77,16 @@ class TunedModel:
     model: Any = field(repr=False)
     method: Literal["lora", "full"]
     losses: list[float] = field(default_factory=list, repr=False)
+    adapted: dict[str, Any] | None = field(default=None, repr=False)
+    """What was tuned (:func:`describe_targets`'s shape); ``adapted_modules`` lists it."""
     _flags: _SavedFlags | None = field(default=None, repr=False)
     _base_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     _unloaded: bool = False
+
+    @property
+    def adapted_modules(self) -> list[str]:
+        """Module suffixes that got adapters (``["all"]`` for full fine-tuning)."""
+        return list((self.adapted or {}).get("modules") or [])
 
     @property
     def steps(self) -> int:
@@ -198,7 +206,8 @@ def attach_lora(
 
     _check_plain(loaded)
     base = loaded.model
-    targets = resolve_target_modules(base, config.target_modules)
+    adapted = describe_targets(base, config.target_modules)
+    targets = list(adapted["modules"])  # type: ignore[call-overload]
     names = target_module_names(base, targets)
     modules = dict(base.named_modules())
     shapes = _module_shapes(base, names)  # before PEFT replaces the modules
@@ -213,7 +222,9 @@ def attach_lora(
         task_type=_task_type(loaded.kind),
     )
     peft_model = get_peft_model(base, lora_config)
-    tuned = TunedModel(loaded=loaded, model=peft_model, method="lora", _flags=flags)
+    tuned = TunedModel(
+        loaded=loaded, model=peft_model, method="lora", adapted=adapted, _flags=flags
+    )
     try:
         init = (
             state if state is not None else initial_lora_state(shapes, config.lora_r, config.seed)
@@ -248,6 +259,7 @@ def _prepare_full(loaded: LoadedModel) -> TunedModel:
         loaded=loaded,
         model=model,
         method="full",
+        adapted=dict(FULL_ADAPTED),
         _flags=_SavedFlags.of(model),
         _base_state=_cpu_state(model),
     )

@@ -25,7 +25,7 @@ DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 class TuningConfig(BaseModel):
     """How a model is tuned; every field's description doubles as CLI / spec help."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: Literal["lora", "full"] = Field(
         "lora", description="'lora': low-rank adapters on target_modules; 'full': all weights."
@@ -45,8 +45,10 @@ class TuningConfig(BaseModel):
         list(DEFAULT_TARGET_MODULES),
         min_length=1,
         description="Module names (suffixes) that get adapters. With the default q_proj/v_proj, "
-        "architectures that name them otherwise fall back to their own attention projections "
-        "(GPT-2 c_attn, T5 q/v, GPT-NeoX/BLOOM/Falcon query_key_value).",
+        "architectures that name them otherwise fall back to PEFT's per-architecture default "
+        "(GPT-2 c_attn, T5 q/v, GPT-NeoX/BLOOM/Falcon query_key_value; Phi-3 qkv_proj); "
+        "results record what was adapted (tuning.adapted_modules). A list of your own that "
+        "matches nothing is an error.",
     )
     learning_rate: float = Field(
         1e-2,

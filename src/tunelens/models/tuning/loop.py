@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tunelens.errors import TunelensInputError
+from tunelens.errors import DivergedError, TunelensInputError
 from tunelens.models.batching import EncodedPair, context_length, encode_pairs
 from tunelens.models.loading import LoadedModel
 from tunelens.models.tuning.config import TuningConfig
@@ -16,10 +16,10 @@ from tunelens.models.tuning.config import TuningConfig
 _DATA_STREAM = 0x5EED
 
 
-class TuningDivergedError(TunelensInputError):
+class TuningDivergedError(DivergedError):
     """The training loss (or gradient norm) became NaN or infinite: the settings do not train.
 
-    A subclass of TunelensInputError because the cure is in the user's hands (a
+    A TunelensInputError (through DivergedError) because the cure is in the user's hands (a
     lower learning rate, other data, a model without broken weights), so the CLI
     reports it on one line with exit status 2.
     """

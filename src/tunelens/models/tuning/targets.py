@@ -17,10 +17,11 @@ from tunelens.models.tuning.config import DEFAULT_TARGET_MODULES
 
 AdapterState = dict[str, torch.Tensor]
 
-# Attention projections per architecture where the q_proj / v_proj default names nothing;
-# peft's own table (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING) is consulted after.
+# Attention projections per architecture where the q_proj / v_proj default names nothing,
+# consulted after peft's own table (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
 FALLBACK_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",),
+    "phi3": ("qkv_proj",),  # fused q/k/v; not in peft 0.21's table
     "t5": ("q", "v"),
     "mt5": ("q", "v"),
     "umt5": ("q", "v"),
@@ -54,30 +55,114 @@ def target_module_names(model: torch.nn.Module, targets: Sequence[str]) -> list[
     ]
 
 
-def resolve_target_modules(model: torch.nn.Module, requested: Sequence[str]) -> list[str]:
-    """``requested`` if it names modules of ``model``, else the architecture's fallback.
+ALL_LINEAR = "all-linear"
+"""``target_modules: [all-linear]``: every linear layer of the blocks, the output head excepted."""
 
-    Fallbacks apply only to the default (q_proj, v_proj); a user's own list that
-    matches nothing is an input error listing what the model has.
+
+def _all_linear_suffixes(model: torch.nn.Module) -> list[str]:
+    """Name suffixes of every Linear / Conv1D except the output head (PEFT's all-linear)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    suffixes: list[str] = []
+    head_names = set()
+    for name, module in model.named_modules():
+        if not _adaptable(module):
+            continue
+        suffix = name.rsplit(".", 1)[-1]
+        if module is head:
+            head_names.add(suffix)
+        elif suffix not in suffixes:
+            suffixes.append(suffix)
+    return [s for s in suffixes if s not in head_names]
+
+
+def resolve_target_modules(model: torch.nn.Module, requested: Sequence[str]) -> list[str]:
+    """``requested`` if it names modules of ``model``, else the architecture's default.
+
+    ``["all-linear"]`` names every linear layer but the output head. Defaults
+    apply only to the configured default (q_proj, v_proj): PEFT's per-architecture
+    table (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``), then tunelens's
+    own (:data:`FALLBACK_TARGET_MODULES`, for architectures PEFT lacks: Phi-3). A user's own list
+    that matches nothing is an input error listing what the model has.
     """
+    return _resolve(model, requested)[0]
+
+
+def _resolve(model: torch.nn.Module, requested: Sequence[str]) -> tuple[list[str], str]:
+    """(target suffixes, where they came from) for :func:`resolve_target_modules`."""
+    if list(requested) == [ALL_LINEAR]:
+        return _all_linear_suffixes(model), "all-linear"
     if target_module_names(model, requested):
-        return list(requested)
+        return list(requested), "requested"
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     if tuple(requested) == DEFAULT_TARGET_MODULES:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-        for candidate in (
-            FALLBACK_TARGET_MODULES.get(model_type),
-            TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type),
+        for source, candidate in (
+            ("peft", TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)),
+            ("tunelens", FALLBACK_TARGET_MODULES.get(model_type)),
         ):
-            if candidate and target_module_names(model, candidate):
-                return list(candidate)
+            # peft gives a regular expression for a few multimodal models: not a suffix list
+            if isinstance(candidate, list | tuple) and target_module_names(model, candidate):
+                return list(candidate), f"{source} default for {model_type}"
     suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _adaptable(m)})
     raise TunelensInputError(
         f"no module of this {model_type or 'model'} matches target_modules {list(requested)}; "
         f"its linear layers end in: {', '.join(suffixes[:16])}",
         where="tuning.target_modules",
     )
+
+
+# What a module suffix adapts, in words (fused projections name every weight they hold).
+_TARGET_WEIGHTS: dict[str, str] = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "attention output",
+    "q": "q",
+    "k": "k",
+    "v": "v",
+    "o": "attention output",
+    "c_attn": "q, k, v together (GPT-2's fused c_attn)",
+    "query_key_value": "q, k, v together (fused query_key_value)",
+    "qkv_proj": "q, k, v together (fused qkv_proj)",
+    "Wqkv": "q, k, v together (fused Wqkv)",
+    "c_proj": "output projections (GPT-2 c_proj: attention and MLP)",
+    "c_fc": "MLP input (c_fc)",
+    "gate_proj": "MLP gate",
+    "up_proj": "MLP up",
+    "down_proj": "MLP down",
+    "gate_up_proj": "MLP gate and up together (fused gate_up_proj)",
+    "dense": "attention output (dense)",
+}
+
+
+def describe_targets(model: torch.nn.Module, requested: Sequence[str]) -> dict[str, object]:
+    """What LoRA adapts on ``model`` for ``requested``: resolved suffixes, weights in words, count.
+
+    ``modules``: the suffixes adapted; ``source``: ``requested``, ``all-linear``
+    or the default table they came from (``peft default for bart``); ``weights``:
+    what they hold, in words. On GPT-2 the default q/v request resolves to the
+    fused ``c_attn``, so the weights read "q, k, v together": LoRA there adapts
+    all three, not q and v (Phi-3's ``qkv_proj`` likewise).
+    """
+    targets, source = _resolve(model, requested)
+    return {
+        "requested": list(requested),
+        "modules": targets,
+        "source": source,
+        "weights": [_TARGET_WEIGHTS.get(t, t) for t in targets],
+        "n_modules": len(target_module_names(model, targets)),
+    }
+
+
+FULL_ADAPTED: dict[str, object] = {
+    "requested": [],
+    "modules": ["all"],
+    "source": "full fine-tuning",
+    "weights": ["every weight"],
+    "n_modules": None,
+}
+""":func:`describe_targets`'s shape for full fine-tuning."""
 
 
 def _module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[str, int, int]]:

@@ -1,0 +1,263 @@
+"""Activation patching at the last prompt token, with forward hooks on the transformer blocks.
+
+The causal test of the convergence study (after Hendel et al., "In-Context
+Learning Creates Task Vectors", 2023): run the zero-shot (anchor) prompt,
+replace the residual stream at its last token after block L with a state taken
+from another forward (the ICL prompt's, or the tuned model's), let the rest of
+the forward run, and read the next-token distribution.
+
+Layer numbering is that of :mod:`tunelens.models.hidden_states`: layer 0 is the
+input of the first block (the token embeddings, after any embedding scale or
+position embedding the model adds), layer L >= 1 the output of block L. The
+states patched are the blocks' own outputs, *before* the model's final norm
+(``output_hidden_states`` applies that norm to its last entry), so patching the
+ICL state at the last layer reproduces the ICL next-token distribution exactly:
+the final norm and the LM head see the ICL state at that position.
+
+Blocks are found without an architecture table: the ``torch.nn.ModuleList``
+whose length is the config's number of layers (``model.layers`` of Llama,
+Qwen2, Mistral, Phi, Gemma; ``transformer.h`` of GPT-2; ``gpt_neox.layers``;
+...). Hooks work through a PEFT wrapper and on a fully fine-tuned model alike.
+
+Encoder-decoders (T5, BART): the blocks are the encoder's, and the patched
+position is the encoder's last real token (T5's ``</s>``); the next-token
+distribution is the decoder's first step from its start token. The decoder
+cross-attends to every encoder token, so there patching one encoder position
+does not reproduce the source's distribution even at the last layer.
+
+Rows are padded; the last real token of each row is found from the attention
+mask and causal models get position ids counted over real tokens, so a padded
+batch gives the states of each prompt alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunelens.models.hidden_states import (
+    _accepts_position_ids,
+    _base_model,
+    _check_nonempty,
+    _decoder_start_id,
+    _last_real_index,
+)
+from tunelens.models.loading import LoadedModel
+
+__all__ = [
+    "LastToken",
+    "block_modules",
+    "last_token_forward",
+    "label_token_ids",
+    "n_patch_layers",
+]
+
+
+def _n_layers(model: torch.nn.Module, encoder: bool) -> int:
+    config: Any = _base_model(model).config
+    if encoder:
+        for key in ("num_layers", "encoder_layers", "num_hidden_layers"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(text, key, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError("the model config names no layer count (num_hidden_layers / n_layer)")
+
+
+def block_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
+    """The transformer blocks whose outputs are patched (the encoder's for encoder-decoders)."""
+    base = _base_model(loaded.model)
+    encoder = loaded.kind == "seq2seq"
+    n = _n_layers(loaded.model, encoder)
+    root = base.get_encoder() if encoder else base
+    candidates = [
+        (name, module)
+        for name, module in root.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n
+    ]
+    if not encoder:  # a vision tower or an encoder may hold a list of the same length
+        preferred = [c for c in candidates if "vision" not in c[0] and "encoder" not in c[0]]
+        candidates = preferred or candidates
+    if not candidates:
+        raise ValueError(f"found no list of {n} transformer blocks in {type(base).__name__}")
+    return list(candidates[0][1])
+
+
+def n_patch_layers(loaded: LoadedModel) -> int:
+    """Layers that can be patched: embeddings + one per block."""
+    return len(block_modules(loaded)) + 1
+
+
+@dataclass
+class LastToken:
+    """One forward's readings at the last prompt token.
+
+    ``logits``: ``[n, vocab]`` next-token logits (float32, CPU); ``states``:
+    ``[n, layers, hidden]`` the block inputs/outputs that patching replaces
+    (layer 0 = embeddings, L = output of block L, before any final norm).
+    """
+
+    logits: torch.Tensor
+    states: torch.Tensor
+
+
+def _hidden_of(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextmanager
+def _hooks(
+    blocks: Sequence[torch.nn.Module],
+    index: torch.Tensor,
+    record: list[torch.Tensor | None],
+    patch: tuple[int, torch.Tensor] | None,
+) -> Iterator[None]:
+    """Record every layer's state at ``index`` and, with ``patch = (layer, states)``, replace it."""
+    rows = torch.arange(index.shape[0], device=index.device)
+    handles = []
+
+    def replace(hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        if patch is not None and patch[0] == layer:
+            hidden = hidden.clone()
+            hidden[rows, index] = patch[1].to(hidden.device, hidden.dtype)
+        record[layer] = hidden[rows, index].detach()
+        return hidden
+
+    def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args:
+            return (replace(args[0], 0), *args[1:]), kwargs
+        key = "hidden_states"
+        kwargs = {**kwargs, key: replace(kwargs[key], 0)}
+        return args, kwargs
+
+    def make_post(layer: int):
+        def post_hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            return _with_hidden(output, replace(_hidden_of(output), layer))
+
+        return post_hook
+
+    try:
+        handles.append(blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for layer, block in enumerate(blocks, start=1):
+            handles.append(block.register_forward_hook(make_post(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward_batch(
+    loaded: LoadedModel, prompts: list[str], patch: tuple[int, torch.Tensor] | None
+) -> LastToken:
+    model, tokenizer = loaded.model, loaded.tokenizer
+    blocks = block_modules(loaded)
+    record: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
+    if loaded.kind == "seq2seq":
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right")
+        ids = batch["input_ids"].to(loaded.device)
+        mask = batch["attention_mask"].to(loaded.device)
+        _check_nonempty(mask, prompts)
+        index = _last_real_index(mask)
+        start = torch.full(
+            (ids.shape[0], 1), _decoder_start_id(model), dtype=torch.long, device=loaded.device
+        )
+        with _hooks(blocks, index, record, patch):
+            out = model(
+                input_ids=ids, attention_mask=mask, decoder_input_ids=start, use_cache=False
+            )
+        logits = out.logits[:, 0]
+    else:
+        with_positions = _accepts_position_ids(model)
+        side = None if with_positions else "right"
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side=side)
+        ids = batch["input_ids"].to(loaded.device)
+        mask = batch["attention_mask"].to(loaded.device)
+        _check_nonempty(mask, prompts)
+        index = _last_real_index(mask)
+        kwargs = {}
+        if with_positions:
+            kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        with _hooks(blocks, index, record, patch):
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        logits = out.logits[rows, index]
+    if any(r is None for r in record):
+        raise RuntimeError("a block hook did not fire: the block list is not the forward's")
+    states = torch.stack([r for r in record if r is not None], dim=1)
+    return LastToken(logits=logits.float().cpu(), states=states.float().cpu())
+
+
+@torch.no_grad()
+def last_token_forward(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    patch_layer: int | None = None,
+    patch_states: torch.Tensor | None = None,
+    batch_size: int = 16,
+) -> LastToken:
+    """Next-token logits and per-layer states at each prompt's last token, optionally patched.
+
+    With ``patch_layer = L`` and ``patch_states`` (``[n, hidden]``, or ``[n,
+    layers, hidden]`` from another :func:`last_token_forward`, of which layer L
+    is used), row i's state at its last token after block L (L = 0: the
+    embeddings) is replaced by ``patch_states[i]`` before the forward goes on.
+    """
+    if (patch_layer is None) != (patch_states is None):
+        raise ValueError("give both patch_layer and patch_states, or neither")
+    prompts = list(prompts)
+    n_layers = n_patch_layers(loaded)
+    source: torch.Tensor | None = None
+    if patch_layer is not None and patch_states is not None:
+        if not 0 <= patch_layer < n_layers:
+            raise ValueError(f"patch_layer must lie in [0, {n_layers - 1}], got {patch_layer}")
+        source = patch_states[:, patch_layer] if patch_states.ndim == 3 else patch_states
+        if source.shape[0] != len(prompts):
+            raise ValueError(f"expected {len(prompts)} patch states, got {source.shape[0]}")
+    was_training = loaded.model.training
+    loaded.model.eval()
+    try:
+        parts = []
+        for start in range(0, len(prompts), batch_size):
+            stop = start + batch_size
+            patch = (
+                (patch_layer, source[start:stop])
+                if patch_layer is not None and source is not None
+                else None
+            )
+            parts.append(_forward_batch(loaded, prompts[start:stop], patch))
+    finally:
+        loaded.model.train(was_training)
+    if not parts:
+        return LastToken(torch.zeros((0, 0)), torch.zeros((0, 0, 0)))
+    return LastToken(
+        logits=torch.cat([p.logits for p in parts]), states=torch.cat([p.states for p in parts])
+    )
+
+
+def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[int]:
+    """The first token of each label's target text (``" " + label``), distinct, in label order.
+
+    The answer position's distribution over these ids is the label-space
+    distribution (a label's first token stands for the label).
+    """
+    from tunelens.prompts import render_target
+
+    ids: list[int] = []
+    for label in labels:
+        tokens = tokenizer(render_target(label), add_special_tokens=False)["input_ids"]
+        if tokens and tokens[0] not in ids:
+            ids.append(int(tokens[0]))
+    return ids
