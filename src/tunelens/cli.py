@@ -6,6 +6,7 @@ Exit status: 0 success, 2 bad input (one line on stderr), 1 internal failure,
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import typer
@@ -93,10 +94,8 @@ def _interrupted() -> None:
 
 def _flush_progress() -> None:
     """End a progress line left open, so the error starts on a line of its own."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def _os_error_line(error: OSError) -> str:

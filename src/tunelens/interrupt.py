@@ -8,6 +8,7 @@ with :func:`set_status`; the CLI prints :func:`message`.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,6 @@ def _raise(signum: int, frame: Any) -> None:
 
 def install() -> None:
     """Make SIGINT raise :class:`Interrupted` (only from the main thread)."""
-    try:
+    # Outside the main thread (an embedding application) signal() fails: keep its handler.
+    with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, _raise)
-    except ValueError:  # not the main thread (an embedding application): keep its handler
-        pass

@@ -151,7 +151,7 @@ def _no_duplicate_keys(base: type) -> type:
     """A yaml loader class like ``base`` on which a key given twice in one mapping is an error."""
     import yaml
 
-    class Loader(base):  # type: ignore[misc, valid-type]
+    class Loader(base):  # type: ignore[misc,valid-type,unused-ignore]
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
@@ -165,8 +165,7 @@ def _no_duplicate_keys(base: type) -> type:
                     raise yaml.constructor.ConstructorError(
                         None,
                         None,
-                        f"key {key!r} is given twice (lines {seen[key]} and {line}); "
-                        "keep one",
+                        f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
                         key_node.start_mark,
                     )
                 seen[key] = line

@@ -18,7 +18,9 @@ __all__ = ["ROOT", "get_logger", "setup_logging"]
 
 ROOT = "tunelens"
 _HANDLER_FLAG = "_tunelens_handler"
-_TRANSFORMERS_MODULE = r"transformers(\..*)?$"  # the modules whose warnings are filtered
+# The modules whose Python warnings are filtered without --verbose (a library's
+# deprecation notice must not turn a one-line error into five).
+_TRANSFORMERS_MODULE = r"(transformers|peft|accelerate|torch|safetensors)(\..*)?$"
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -75,6 +75,9 @@ class ProgressDisplay:
         tb: TracebackType | None,
     ) -> None:
         if self._rich is not None:
+            if exc_type is not None:
+                # An error or Ctrl-C: clear the bars, so the one error line stands alone.
+                self._rich.live.transient = True
             self._rich.stop()
             self._rich = None
 

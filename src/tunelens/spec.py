@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -287,7 +287,9 @@ class Spec(_Strict):
             object.__setattr__(self, "audit", a.model_copy(update=update))
         if self.world_eval is not None and "seed" not in self.world_eval.model_fields_set:
             w = self.world_eval
-            object.__setattr__(self, "world_eval", w.model_copy(update={"seed": self.seed + w.seed}))
+            object.__setattr__(
+                self, "world_eval", w.model_copy(update={"seed": self.seed + w.seed})
+            )
         return self
 
 
@@ -298,8 +300,8 @@ def default_spec() -> Spec:
         audit=AuditSpec(),
         note="Embedded default: both studies on the world model and world tasks, at each "
         "study's own default sizes (convergence: k 8, 30 pairs x 3 seeds, random-init control; "
-        "audit: the low-resource grid, 5 instances per task, one seed); about a minute on 2 CPU "
-        "cores.",
+        "audit: the low-resource grid, 5 instances per task, one seed, definition-only and "
+        "definition + 2 examples evaluation); a few minutes on 2 CPU cores.",
     )
 
 
@@ -350,7 +352,7 @@ def dotted_key(loc: tuple) -> str:
     )
 
 
-def _message(error: dict) -> str:
+def _message(error: Any) -> str:
     """pydantic's message, with the offending value when it is short."""
     message = str(error["msg"])
     value = error.get("input")

@@ -6,6 +6,7 @@ this module only wraps them and provides data built from that tokenizer's words.
 
 from __future__ import annotations
 
+import functools
 import random
 
 import torch
@@ -92,13 +93,52 @@ CHAT_TEMPLATE = (
 )
 
 
+@functools.lru_cache(maxsize=1)
+def _world_bpe():
+    """A byte-level BPE (GPT-2 / Qwen2 style) trained on the embedded world's text, 800 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tunelens.tasks.sets import load_task_set
+
+    texts = []
+    for task in load_task_set("world:train") + load_task_set("world:heldout"):
+        texts.append(f"Definition: {task.definition}")
+        texts += [f"Input: {i.input}\nOutput: {i.outputs[0]}\n\n" for i in task.instances]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=[PAD_TOKEN, "[UNK]", BOS_TOKEN, EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer)
+    return core.to_str()
+
+
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "[PAD]", "<s>", "</s>"
+
+
 def world_tokenizer():
-    """The embedded world model's word-level tokenizer (its vocabulary covers world tasks)."""
-    from transformers import AutoTokenizer
+    """A byte-level BPE tokenizer whose vocabulary covers the world tasks' words.
 
-    from tunelens.models.paths import world_model_dir
+    Byte-level, as GPT-2's and Qwen2's are: transformers 5 loads a Qwen2
+    directory with its own Qwen2Tokenizer whatever tokenizer_config.json names,
+    and that class reads a byte-level BPE correctly (a word-level one would
+    encode to nothing).
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    return AutoTokenizer.from_pretrained(world_model_dir())
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_world_bpe()),
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token="[UNK]",
+        model_max_length=256,
+    )
 
 
 def tiny_config(arch: str, vocab_size: int, *, pad: int = 0, bos: int = 2, eos: int = 3):

@@ -67,7 +67,10 @@ def test_audit_grid_runs_end_to_end_on_superni(tiny_model, tmp_path, arch):
     )
     out = tmp_path / "run"
     results = run_study(spec, out, progress=False)
-    assert len(results["audit"]) == 4
+    assert len(results["audit"]) == 4 * 2  # x the two evaluation encodings
+    assert [e["condition"]["encoding"] for e in results["audit"]] == ["definition_only"] * 4 + [
+        "definition_examples"
+    ] * 4
     assert set(results["baselines"]) == {"untuned", "random", "copy_input", "copy_demo"}
     for entry in results["audit"]:
         assert set(entry["per_task"]) == set(TEST)
@@ -81,7 +84,8 @@ def test_audit_grid_runs_end_to_end_on_superni(tiny_model, tmp_path, arch):
     stored = [c["result"] for c in grid_cells if "definition" in c["cell"]["params"]]
     assert len(stored) == 4
     for result in stored:
-        assert {r["id"] for r in result["predictions"]} == expected_ids
+        for evaluation in result["evaluations"].values():
+            assert {r["id"] for r in evaluation["samples"]} == expected_ids
 
 
 def _normalise(text: str) -> str:
@@ -93,17 +97,17 @@ def test_expected_guess_em_equals_direct_computation():
     n_eval, checked = 20, 0
     for path in sorted((ROOT / "tasks").rglob("*.json")):
         raw = json.loads(path.read_text(encoding="utf-8"))
-        space = sorted({out for inst in raw["Instances"] for out in inst["output"][:1]})
-        if len(space) > 10:  # not classification-like
+        task = load_tasks(path)[0]
+        if task.labels is None or len(task.labels) > 10:  # not classification-like
             continue
+        space = list(task.labels)  # the label space rule is tested in test_labels
         direct = []
         for inst in raw["Instances"][:n_eval]:
             refs = {_normalise(o) for o in inst["output"]}
             direct.append(100.0 * sum(_normalise(lab) in refs for lab in space) / len(space))
-        task = load_tasks(path)[0]
         params = {"baseline": "random", "eval_instances_per_task": n_eval}
         result = run_baseline_cell(None, [task], params, seed=0)
-        expected = result["expected_per_task"][task.name]["em"]
+        expected = result["evaluations"]["any"]["expected_per_task"][task.name]["em"]
         assert expected == pytest.approx(sum(direct) / len(direct), abs=1e-9), path.name
         checked += 1
     assert checked >= 15

@@ -75,15 +75,24 @@ def test_checkpoint_is_safetensors_and_json_only(tmp_path):
     from tunelens.models.world_model import WorldModelRecipe, train_world_model
 
     recipe = WorldModelRecipe(
-        hidden_size=16, layers=1, heads=2, intermediate_size=32, seq_len=32, batch_size=2,
-        steps=2, curriculum_steps=1, warmup=1, checkpoint_every=100, eval_every=100,
-    )  # fmt: skip
+        hidden_size=16,
+        layers=1,
+        heads=2,
+        intermediate_size=32,
+        seq_len=32,
+        batch_size=2,
+        steps=2,
+        curriculum_steps=1,
+        warmup=1,
+        checkpoint_every=100,
+        eval_every=100,
+    )
     train_world_model(recipe, tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
     with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as handle:
         meta = json.loads(handle.metadata()["tunelens_checkpoint"])
         assert meta["step"] == 2 and meta["recipe"]["steps"] == 2
-        assert "torch_rng" in handle.keys()
+        assert "torch_rng" in list(handle.keys())
     # a workdir made with another recipe: one line, no traceback
     line = assert_one_error_line(
         invoke("world", "train-model", "--workdir", tmp_path, "--steps", "3", "--seed", "1")
@@ -141,9 +150,7 @@ def test_typer_exit_codes_are_not_dropped():
     try:
         assert invoke("exit-three").code == 3
     finally:
-        app.registered_commands[:] = [
-            c for c in app.registered_commands if c.name != "exit-three"
-        ]
+        app.registered_commands[:] = [c for c in app.registered_commands if c.name != "exit-three"]
 
 
 def test_keyboard_interrupt_in_process_is_130_with_the_line(tmp_path, monkeypatch):
@@ -200,19 +207,23 @@ CASES = {
         "extra.bias",
     ),
     "a mis-shaped tensor": (
-        lambda d: _edit_weights(
-            d, lambda w: w.update({"model.norm.weight": torch.ones(7)})
-        ),
+        lambda d: _edit_weights(d, lambda w: w.update({"model.norm.weight": torch.ones(7)})),
         "cannot load the model weights",
         "model.norm.weight",
     ),
     "a config naming another architecture": (
         lambda d: (d / "config.json").write_text(
             json.dumps(
-                {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4,
-                 "vocab_size": 40, "n_positions": 64}
+                {
+                    "model_type": "gpt2",
+                    "n_embd": 32,
+                    "n_layer": 2,
+                    "n_head": 4,
+                    "vocab_size": 40,
+                    "n_positions": 64,
+                }
             )
-        ),  # fmt: skip
+        ),
         "weight",
         "tensor",
     ),
@@ -257,9 +268,10 @@ def test_cli_with_a_broken_model_is_one_line_and_writes_nothing(tiny_model, tmp_
     _edit_config(directory, num_hidden_layers=3)
     before = tree(tmp_path)
     line = assert_one_error_line(
-        invoke("world", "eval", "--model", directory, "--shots", "0", "--queries", "1",
-               "--no-progress")
-    )  # fmt: skip
+        invoke(
+            "world", "eval", "--model", directory, "--shots", "0", "--queries", "1", "--no-progress"
+        )
+    )
     assert str(directory) in line and "model.layers.2." in line
     assert tree(tmp_path) == before
 
@@ -274,6 +286,7 @@ SPECS = [
     ("audit:\n  instances_per_task: [-5]\n", "audit.instances_per_task.0"),
     ("audit:\n  instances_per_task: [0]\n", "audit.instances_per_task.0"),
     ("seed: 1e23\n", "seed"),
+    ("seed: 1.0e+23\n", "seed"),
     ("seed: 100000000000000000000000\n", "seed"),
     ("seed: -1\n", "seed"),
     ("convergence:\n  seeds: [-3]\n", "convergence.seeds.0"),
@@ -289,9 +302,7 @@ SPECS = [
 
 
 @pytest.mark.parametrize("text,where", SPECS)
-def test_nonsense_specs_exit_2_naming_file_and_key_before_anything_is_made(
-    tmp_path, text, where
-):
+def test_nonsense_specs_exit_2_naming_file_and_key_before_anything_is_made(tmp_path, text, where):
     spec = tmp_path / "spec.yaml"
     spec.write_text(text)
     result = invoke("run", spec, "--out", tmp_path / "out", "--no-progress")
@@ -380,9 +391,7 @@ def test_unwritable_output_folder_is_exit_2(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
-    line = assert_one_error_line(
-        invoke("world", "eval", "--out", tmp_path / "out", "--shots", "0")
-    )
+    line = assert_one_error_line(invoke("world", "eval", "--out", tmp_path / "out", "--shots", "0"))
     assert "not writable: Permission denied" in line
 
 
@@ -426,9 +435,23 @@ def test_run_checks_tasks_and_model_before_making_the_folder(tmp_path):
 
 def test_diverged_tuning_is_exit_2_naming_the_cell(tmp_path):
     result = invoke(
-        "convergence", "--k", "1", "--n-pairs", "2", "--seeds", "0", "--controls", "none",
-        "--learning-rate", "1e30", "--epochs", "1", "--out", tmp_path / "out", "--no-progress",
-    )  # fmt: skip
+        "convergence",
+        "--k",
+        "1",
+        "--n-pairs",
+        "2",
+        "--seeds",
+        "0",
+        "--controls",
+        "none",
+        "--learning-rate",
+        "1e30",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+    )
     line = assert_one_error_line(result)
     assert "convergence cell 'world k=1" in line and "diverged" in line
     assert not (tmp_path / "out" / "results.json").exists()
@@ -454,8 +477,12 @@ ESCAPES = "\x1b[2J\x1b]0;pwned\x07"
 
 def _task_with_escapes(tmp_path: Path) -> Path:
     path = tmp_path / "evil\x1b[31m.jsonl"
-    header = {"tunelens_task": 1, "definition": f"Answer {ESCAPES}.", "labels": ["a", "b"],
-              "categories": [f"cat{ESCAPES}"]}  # fmt: skip
+    header = {
+        "tunelens_task": 1,
+        "definition": f"Answer {ESCAPES}.",
+        "labels": ["a", "b"],
+        "categories": [f"cat{ESCAPES}"],
+    }
     rows = [{"input": f"x {ESCAPES} {i}", "output": "ab"[i % 2]} for i in range(4)]
     path.write_text("\n".join(json.dumps(r) for r in [header, *rows]) + "\n")
     return path
@@ -477,8 +504,21 @@ def test_json_output_stays_json(tmp_path):
 
 def test_control_characters_are_escaped_in_examples_list(tmp_path):
     db = tmp_path / "ex.sqlite"
-    assert invoke("examples", "add", "--db", db, "--input", f"in{ESCAPES}", "--output", "out",
-                  "--source", f"src{ESCAPES}").code == 0  # fmt: skip
+    assert (
+        invoke(
+            "examples",
+            "add",
+            "--db",
+            db,
+            "--input",
+            f"in{ESCAPES}",
+            "--output",
+            "out",
+            "--source",
+            f"src{ESCAPES}",
+        ).code
+        == 0
+    )
     result = invoke("examples", "list", "--db", db)
     assert result.code == 0 and "\x1b" not in result.stdout and "\\x1b" in result.stdout
 
@@ -493,16 +533,18 @@ def test_error_lines_escape_control_characters(tmp_path):
 @pytest.mark.parametrize("labels", [[""], ["  ", "b"]])
 def test_blank_labels_are_refused(tmp_path, labels):
     path = tmp_path / "t.jsonl"
-    path.write_text(json.dumps({"tunelens_task": 1, "labels": labels}) + '\n{"input": "x", '
-                    '"output": "b"}\n')  # fmt: skip
+    path.write_text(
+        json.dumps({"tunelens_task": 1, "labels": labels}) + '\n{"input": "x", "output": "b"}\n'
+    )
     line = assert_one_error_line(invoke("tasks", "validate", path))
     assert "label must not be empty" in line
 
 
 def test_one_label_space_warns_in_validate(tmp_path):
     path = tmp_path / "t.jsonl"
-    path.write_text(json.dumps({"tunelens_task": 1, "labels": ["yes"]}) + '\n{"input": "x", '
-                    '"output": "yes"}\n')  # fmt: skip
+    path.write_text(
+        json.dumps({"tunelens_task": 1, "labels": ["yes"]}) + '\n{"input": "x", "output": "yes"}\n'
+    )
     result = invoke("tasks", "validate", path)
     assert result.code == 0
     assert result.stderr_lines == [

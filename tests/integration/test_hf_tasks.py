@@ -59,8 +59,9 @@ def test_datasets_parquet_and_jsonl_copies_load_like_the_json_files(tmp_path):
     rows = superni_rows(SUPERNI / "tasks")
     table = datasets.Dataset.from_list(rows)
     table.save_to_disk(str(tmp_path / "ds"))
-    datasets.DatasetDict({"train": table.select(range(600)), "test": table.select(
-        range(600, len(table)))}).save_to_disk(str(tmp_path / "dsd"))
+    datasets.DatasetDict(
+        {"train": table.select(range(600)), "test": table.select(range(600, len(table)))}
+    ).save_to_disk(str(tmp_path / "dsd"))
     shards = tmp_path / "shards"
     shards.mkdir()
     # Two parquet shards cut inside a task: a task spans shards and is still one task.

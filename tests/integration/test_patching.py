@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.helpers.models import prompt, wrap
+
 from tunelens.models.patching import (
     block_modules,
     label_token_ids,
@@ -126,10 +126,10 @@ def test_icl_state_at_last_layer_reproduces_icl_distribution(arch, tiny_model):
 
 
 def test_patching_through_a_lora_wrapper(tiny_model):
+    from tests.helpers.models import memorisable_pairs
+
     from tunelens.models.tuning import tune_on_pairs
     from tunelens.spec import TuningSpec
-
-    from tests.helpers.models import memorisable_pairs
 
     loaded = wrap(tiny_model("llama"), "llama")
     tuned = tune_on_pairs(loaded, memorisable_pairs(), TuningSpec(epochs=2, batch_size=4))
@@ -160,3 +160,36 @@ def test_label_token_ids_are_first_tokens_of_targets(tiny_model):
     ids = label_token_ids(loaded.tokenizer, ["yes", "no", "yes"])
     vocab = loaded.tokenizer.get_vocab()
     assert ids == [vocab["yes"], vocab["no"]]
+
+
+@pytest.fixture(scope="module")
+def matrix_models(tmp_path_factory):
+    from tests.helpers.models import MATRIX_ARCHITECTURES, save_tiny_model
+
+    root = tmp_path_factory.mktemp("patching-matrix")
+    for arch in MATRIX_ARCHITECTURES:
+        save_tiny_model(arch, root / arch)
+    return root
+
+
+@pytest.mark.parametrize(
+    "arch", ["llama", "mistral", "qwen2", "gemma", "phi", "phi3", "gpt2", "t5", "bart"]
+)
+def test_patching_on_the_architecture_matrix(matrix_models, arch):
+    """Hooks find the blocks of every architecture loaded from disk: self-patch is exact,
+    and (decoder-only) the ICL state at the last layer gives the ICL logits."""
+    from tunelens.models.loading import load_model
+
+    loaded = load_model(str(matrix_models / arch))
+    anchors = ["Input : the cat sat\nOutput :", "Input : a dog\nOutput :"]
+    icl_prompts = ["Input : red\nOutput : yes\n" + a for a in anchors]
+    plain = last_token_forward(loaded, anchors)
+    icl = last_token_forward(loaded, icl_prompts)
+    n = n_patch_layers(loaded)
+    assert n == 3
+    for layer in range(n):
+        same = last_token_forward(loaded, anchors, patch_layer=layer, patch_states=plain.states)
+        assert (same.logits - plain.logits).abs().max() < 1e-5
+    if loaded.kind == "causal":
+        last = last_token_forward(loaded, anchors, patch_layer=n - 1, patch_states=icl.states)
+        assert (last.logits - icl.logits).abs().max() < 1e-5

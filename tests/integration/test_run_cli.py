@@ -120,7 +120,7 @@ def test_plan_llama2_spec_prints_the_budget():
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["accelerator"] == "a100" and plan["peak_flops"] == 312e12
-    assert plan["total"]["cells"] == 4 + 9 and plan["total"]["flops"] > 1e15
+    assert plan["total"]["cells"] == 4 + 9 * 4 and plan["total"]["flops"] > 1e15
     assert tunelens("plan", "--mfu", "1.5").returncode == 2
     result = tunelens("plan", "--gpu", "tpu")
     assert result.returncode == 2 and "unknown accelerator 'tpu'" in result.stderr
@@ -132,7 +132,10 @@ def test_example_specs_load_and_default_matches_the_embedded_one():
     assert duan.convergence.models == ["models/Llama-2-7b-hf"] and duan.audit is None
     kung = load_spec(SPECS / "kung2023_t5_large_audit.yaml")
     assert kung.audit.model == "models/t5-large-lm-adapt" and kung.convergence is None
-    assert kung.audit.instances_per_task == [5] and kung.audit.n_positive == 2
+    assert kung.audit.instances_per_task == [5, 10, 100, 800] and kung.audit.n_positive == 2
+    tuning = kung.audit.tuning  # the Tk-Instruct recipe
+    assert (tuning.learning_rate, tuning.lr_schedule, tuning.epochs) == (5e-5, "constant", 2)
+    assert kung.audit.max_new_tokens == 128 and kung.audit.eval_instances_per_task == 100
 
 
 def test_accelerate_configs_parse():

@@ -68,6 +68,8 @@ def test_audit_writes_the_contract_keys(tmp_path: Path):
         "original",
         "--eval-instances-per-task",
         "2",
+        "--eval-encodings",
+        "definition_only",
         "--epochs",
         "1",
         "--no-progress",
@@ -76,10 +78,18 @@ def test_audit_writes_the_contract_keys(tmp_path: Path):
     results = json.loads((out / "results.json").read_text())
     conditions = [e["condition"] for e in results["audit"]]
     assert [c["definition"] for c in conditions] == ["original", "simplified"]
-    assert set(conditions[0]) == {"definition", "examples", "instances_per_task", "seed"}
+    assert set(conditions[0]) == {
+        "definition",
+        "examples",
+        "instances_per_task",
+        "seed",
+        "encoding",
+    }
+    assert {c["encoding"] for c in conditions} == {"definition_only"}
     for entry in results["audit"]:
-        assert set(entry["em"]) == {"mean", "ci"} and "per_task" in entry
-        assert "per_category" in entry
+        # {"mean", "ci"} plus the number of tasks and the interval method beside them
+        assert set(entry["em"]) == {"mean", "ci", "n", "method"} and "per_task" in entry
+        assert "per_category" in entry and "training" in entry
     assert set(results["baselines"]) == {"untuned", "random", "copy_input", "copy_demo"}
 
 

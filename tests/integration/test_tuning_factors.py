@@ -1,11 +1,11 @@
-"""Tuning factors of the convergence study: methods x ranks x target sets, all-linear, what LoRA adapts."""
+"""Convergence tuning factors: methods x ranks x target sets, all-linear, what LoRA adapts."""
 
 from __future__ import annotations
 
 import pytest
+from tests.helpers.models import demo_sets, wrap
 from typer.testing import CliRunner
 
-from tests.helpers.models import demo_sets, wrap
 from tunelens.models.tuning.targets import describe_targets, resolve_target_modules
 from tunelens.spec import ConvergenceSpec, TuningSpec
 

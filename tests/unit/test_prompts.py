@@ -116,3 +116,23 @@ def test_chat_without_tokenizer_and_bad_style_are_input_errors():
         PromptStyle(template="xml")  # type: ignore[arg-type]
     with pytest.raises(TunelensInputError, match="n_positive"):
         PromptStyle(n_positive=-1)
+
+
+def test_chat_template_drops_a_bos_the_tokenizer_adds_again():
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    vocab = {"[UNK]": 0, "<s>": 1, "q": 2}
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    template = "{{ bos_token }}{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    plain = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>")
+    plain.chat_template = template
+    style = PromptStyle(template="chat", definition=False)
+    # this tokenizer adds no BOS itself: the template's stays
+    assert render_prompt(TASK, "q", [], style, plain) == "<s>[Input: q]"
+    core.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    adding = transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>")
+    adding.chat_template = template
+    assert render_prompt(TASK, "q", [], style, adding) == "[Input: q]"

@@ -106,17 +106,35 @@ def audit_cells(tasks, seed: int = 0):
     def per_task() -> dict[str, dict[str, float]]:
         return {n: {"em": rng.uniform(0, 100), "rouge_l": rng.uniform(0, 100)} for n in names}
 
+    encodings = ("definition_only", "definition_examples")
+    training = {
+        "effective_batch_size": 16,
+        "epochs": 2,
+        "steps": 4,
+        "learning_rate": 0.003,
+        "seed": seed,
+        "template": "tk",
+    }
     out = []
     for baseline in ("untuned", "random", "copy_input", "copy_demo"):
-        result: dict[str, Any] = {"per_task": per_task(), "predictions": []}
+        if baseline == "untuned":
+            result: dict[str, Any] = {
+                "evaluations": {e: {"per_task": per_task(), "samples": []} for e in encodings}
+            }
+        else:
+            result = {"evaluations": {"any": {"per_task": per_task(), "samples": []}}}
         if baseline == "random":
-            result["expected_per_task"] = per_task()
+            result["evaluations"]["any"]["expected_per_task"] = per_task()
         out.append((Cell("audit", f"baseline {baseline}", {"baseline": baseline}, 0), result))
     for definition in ("original", "simplified", "none"):
         for examples in ("original", "delusive"):
             for n in (5, "full"):
                 params = {"definition": definition, "examples": examples, "instances_per_task": n}
-                result = {"per_task": per_task(), "predictions": [], "train_pairs": 10}
+                result = {
+                    "evaluations": {e: {"per_task": per_task(), "samples": []} for e in encodings},
+                    "train_pairs": 10,
+                    "training": training,
+                }
                 out.append((Cell("audit", f"{definition} {examples} {n}", params, seed), result))
     return out
 
@@ -129,7 +147,15 @@ def test_audit_round_trip(raw):
     section = AuditSpec(bootstrap=100)
     tasks = load_task_set(section.test)
     sections = AuditExperiment().aggregate(section, audit_cells(tasks[:6]))
-    assert set(sections) == {"audit", "baselines", "audit_format_share"}
+    assert set(sections) == {
+        "audit",
+        "baselines",
+        "audit_format_share",
+        "baselines_by_encoding",
+        "audit_verdict",
+        "audit_label_spaces",
+        "audit_definition_blind_bound",
+    }
     assert sections["audit_format_share"] and sections["baselines"]["random"]["draw"]
     assert_lossless(sections, dump_audit(sections))
     assert_lossless(sections, dump_audit(json.loads(canonical(sections))))

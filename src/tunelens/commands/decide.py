@@ -14,8 +14,9 @@ from tunelens.decide.config import DecideConfig
 from tunelens.models.tuning.config import TuningConfig
 
 _FIELDS = DecideConfig.model_fields
-# decide's own names for two tuning options (contracts); the rest are --<field-name>.
-TUNING_NAMES = {"method": ("--tuning-method",), "learning_rate": ("--lr", "--learning-rate")}
+# The tuning options' names, the same in every command (older names such as --lr stay as
+# hidden aliases: tunelens.commands.tuning_options.HIDDEN_ALIASES).
+TUNING_NAMES: dict[str, tuple[str, ...]] = {}
 
 
 def _help(name: str) -> str:
@@ -23,7 +24,7 @@ def _help(name: str) -> str:
 
 
 @app.command("decide")
-@with_tuning_options(_FIELDS["tuning"].default, names=TUNING_NAMES)
+@with_tuning_options(_FIELDS["tuning"].default)
 def decide(
     task: Annotated[
         Path,
@@ -43,6 +44,7 @@ def decide(
             "--costs",
             help="Cost of each (true, predicted) pair: CSV with columns "
             "true,predicted,cost or YAML true -> predicted -> cost.",
+            show_default="no costs",
         ),
     ] = None,
     out: Annotated[
@@ -121,6 +123,10 @@ def decide(
         executor=executor,
         address=address,
     )
+    from tunelens.runs.ranks import is_main_process
+
+    if not is_main_process():
+        return  # another rank of accelerate launch / torchrun: rank 0 writes and reports
     for line in outcome.results["verdict"]["summary"]:
         typer.echo(line)
     typer.echo(f"results: {outcome.json_path}")

@@ -13,7 +13,6 @@ from rich.text import Text
 
 from tunelens.cli import app
 from tunelens.errors import TunelensInputError
-from tunelens.terminal import escape_control
 from tunelens.examples.store import (
     DEFAULT_DB,
     ExampleStore,
@@ -21,6 +20,7 @@ from tunelens.examples.store import (
     check_time,
     read_example_file,
 )
+from tunelens.terminal import escape_control
 
 examples_app = typer.Typer(
     help="The example loop: a local SQLite store of examples accepted in operation.",
@@ -126,7 +126,9 @@ def list_examples(
     flagged: Annotated[
         bool, typer.Option("--flagged", help="Only rows flagged for personal data.")
     ] = False,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many rows.", show_default="all")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List stored examples: id, time, accepted, flags, source, label, input and output."""

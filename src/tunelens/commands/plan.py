@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
+from tunelens.commands.run import with_run_options
+from tunelens.commands.studies import AllowMissingOption, LimitOption
 
 
 def human(value: float, unit: str = "") -> str:
@@ -61,8 +63,15 @@ def plan(
     ] = "h100",
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed, in (0, 1].")] = 0.4,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    limit: LimitOption = None,
+    allow_missing_tasks: AllowMissingOption = False,
 ) -> None:
-    """Estimate cells, forward/training tokens, FLOPs, peak memory and wall time of a spec."""
+    """Check a spec's tasks, then estimate cells, forward/training tokens, FLOPs, peak memory
+    and wall time.
+
+    The tasks on this machine load and are checked first (pool sizes against k, relevance
+    'other' against the number of tasks, the longest prompt against a local model's
+    context): a failure is exit status 2 and one line naming the spec key."""
     from rich.console import Console
     from rich.table import Table
 
@@ -70,7 +79,9 @@ def plan(
     from tunelens.spec import default_spec, load_spec
 
     loaded = default_spec() if spec is None else load_spec(spec)
-    result = plan_study(loaded, gpu=gpu, mfu=mfu)
+    loaded = with_run_options(loaded, limit, allow_missing_tasks)
+    source = "the default spec" if spec is None else str(spec)
+    result = plan_study(loaded, gpu=gpu, mfu=mfu, source=source)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
         return

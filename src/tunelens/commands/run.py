@@ -55,6 +55,7 @@ def run(
 ) -> None:
     """Run every unfinished cell of a study, then write results.json and report.html."""
     from tunelens.report.html import build_report
+    from tunelens.runs.ranks import is_main_process
     from tunelens.runs.study import RESULTS, run_study
     from tunelens.spec import default_spec, load_spec
 
@@ -69,6 +70,8 @@ def run(
         source="the default spec" if spec is None else str(spec),
         wait=wait,
     )
+    if not is_main_process():
+        return  # another rank of accelerate launch / torchrun: rank 0 writes and reports
     report = build_report(out)
     typer.echo(f"results: {out / RESULTS}")
     typer.echo(f"report:  {report}")

@@ -7,10 +7,15 @@ cells under DIR/cells/, then DIR/results.json, DIR/report.html and DIR/plots/.
 
 from __future__ import annotations
 
+import copy
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from tunelens.cli import app
 from tunelens.commands.tuning_options import with_tuning_options
@@ -39,9 +44,51 @@ def comma_list(option: str, text: str | None, kind: type = str) -> list[Any] | N
             return [truth[item.lower()] for item in items]
         return [item if kind is str or item == "full" else kind(item) for item in items]
     except (KeyError, ValueError):
+        shown = text if len(text) <= 60 else text[:57] + "..."
         raise TunelensInputError(
-            f"{option}: cannot read {text!r} as comma-separated {kind.__name__} values"
+            f"{option}: cannot read {shown!r} as comma-separated {kind.__name__} values"
         ) from None
+
+
+def show_spec_defaults(
+    model: type[BaseModel],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Show the spec's default in ``--help`` for every option left at None (None means: the
+    spec's default), so the help never says less than ``examples/specs/default.yaml``."""
+
+    def shown(value: Any) -> str | None:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list | tuple):
+            if not value:
+                return None
+            return ",".join(shown(v) or "" for v in value)
+        return None if value is None else str(value)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(command, include_extras=True)
+        for parameter in inspect.signature(command).parameters.values():
+            field = model.model_fields.get(parameter.name)
+            hint = hints.get(parameter.name)
+            if parameter.default is not None or field is None or hint is None:
+                continue
+            if typing.get_origin(hint) is not Annotated:
+                continue
+            base, *meta = typing.get_args(hint)
+            text = shown(field.default)
+            if text is None:
+                continue
+            infos = []
+            for info in meta:
+                if isinstance(info, typer.models.OptionInfo):
+                    info = copy.copy(info)  # shared aliases (SeedsOption) differ per command
+                    info.show_default = text
+                infos.append(info)
+            args = (base, *infos)
+            command.__annotations__[parameter.name] = Annotated.__class_getitem__(args)
+        return command
+
+    return decorate
 
 
 def _section(**options: Any) -> dict[str, Any]:
@@ -60,6 +107,7 @@ def _run(
     wait: bool = False,
 ) -> None:
     from tunelens.report.html import build_report
+    from tunelens.runs.ranks import is_main_process
     from tunelens.runs.study import RESULTS, run_study
     from tunelens.spec import validate_spec
 
@@ -68,6 +116,8 @@ def _run(
     run_study(
         spec, out, executor=executor, address=address, progress=progress, source=source, wait=wait
     )
+    if not is_main_process():
+        return  # another rank of accelerate launch / torchrun: rank 0 writes and reports
     typer.echo(f"results: {out / RESULTS}")
     typer.echo(f"report:  {build_report(out)}")
     say_limited(spec.limit)
@@ -84,6 +134,15 @@ def say_limited(limit: int | None) -> None:
 ModelOption = Annotated[str, typer.Option(help="'world' or a local Hugging Face model directory.")]
 OutOption = Annotated[Path, typer.Option(help="Run directory; re-run the command to resume.")]
 SeedsOption = Annotated[str | None, typer.Option(help="Comma-separated seeds.")]
+BaseSeedOption = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        min=0,
+        help="Base seed (the spec's top-level seed): without --seeds, the default seeds are "
+        "shifted by it.",
+    ),
+]
 ExecutorOption = Annotated[
     str, typer.Option(help="Where cells run: 'local' (this process) or 'ray' (Ray tasks).")
 ]
@@ -121,6 +180,7 @@ WaitOption = Annotated[
 
 @app.command("convergence")
 @with_tuning_options(ConvergenceSpec.model_fields["tuning"].default)
+@show_spec_defaults(ConvergenceSpec)
 def convergence(
     model: ModelOption = "world",
     tasks: Annotated[
@@ -133,6 +193,7 @@ def convergence(
     k: Annotated[str | None, typer.Option(help="Demonstrations per set, e.g. 1,2,4,8,16.")] = None,
     n_pairs: Annotated[int | None, typer.Option(help="(set, anchor) pairs per seed.")] = None,
     seeds: SeedsOption = None,
+    seed: BaseSeedOption = 0,
     flip_fraction: Annotated[
         str | None, typer.Option(help="Shares of flipped demonstration labels, e.g. 0,0.5,1.")
     ] = None,
@@ -149,7 +210,7 @@ def convergence(
     template: Annotated[str | None, typer.Option(help="plain, tk or chat.")] = None,
     tuning_methods: Annotated[
         str | None,
-        typer.Option(help="Tuning methods to sweep: lora, full (default: --method only)."),
+        typer.Option(help="Tuning methods to sweep: lora, full (default: --tuning-method only)."),
     ] = None,
     lora_ranks: Annotated[
         str | None, typer.Option(help="LoRA ranks to sweep, e.g. 4,8,16 (default: --lora-r only).")
@@ -212,6 +273,7 @@ def convergence(
             "model": model,
             "dtype": dtype,
             "device": device,
+            "seed": seed,
             "limit": limit,
             "allow_missing_tasks": allow_missing_tasks,
         },
@@ -225,6 +287,7 @@ def convergence(
 
 @app.command("audit")
 @with_tuning_options(AuditSpec.model_fields["tuning"].default)
+@show_spec_defaults(AuditSpec)
 def audit(
     model: ModelOption = "world",
     train: Annotated[str, typer.Option(help="Training tasks (path or world:train).")] = (
@@ -244,8 +307,20 @@ def audit(
         str | None, typer.Option(help="Training instances per task, e.g. 5,50,full.")
     ] = None,
     seeds: SeedsOption = None,
+    seed: BaseSeedOption = 0,
     eval_instances_per_task: Annotated[
         int | None, typer.Option(help="Held-out instances scored per task.")
+    ] = None,
+    eval_encodings: Annotated[
+        str | None,
+        typer.Option(
+            help="Held-out prompt encodings: definition_only (truly zero-shot), "
+            "definition_examples (Tk-Instruct: definition + 2 positive examples); the first leads."
+        ),
+    ] = None,
+    rouge_tokenizer: Annotated[
+        str | None,
+        typer.Option(help="ROUGE-L tokenizer: default (official SuperNI) or unicode (tunelens's)."),
     ] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
@@ -266,6 +341,8 @@ def audit(
         instances_per_task=comma_list("--instances-per-task", instances_per_task, int),
         seeds=comma_list("--seeds", seeds, int),
         eval_instances_per_task=eval_instances_per_task,
+        eval_encodings=comma_list("--eval-encodings", eval_encodings),
+        rouge_tokenizer=rouge_tokenizer,
         tuning=tuning,
     )
     _run(
@@ -275,6 +352,7 @@ def audit(
             "model": model,
             "dtype": dtype,
             "device": device,
+            "seed": seed,
             "limit": limit,
             "allow_missing_tasks": allow_missing_tasks,
         },

@@ -31,8 +31,18 @@ __all__ = ["NOT_OPTIONS", "option_names", "parse_tuning_options", "with_tuning_o
 NOT_OPTIONS = frozenset({"seed"})
 """Tuning fields without an option: the seed comes from the command's own seeds."""
 
+CANONICAL = {"method": "--tuning-method"}
+"""Option names that differ from ``--<field>``: the same name in every command."""
+
+HIDDEN_ALIASES: dict[str, tuple[str, ...]] = {
+    "method": ("--method",),
+    "learning_rate": ("--lr",),
+}
+"""Older names, still accepted by every command but not listed in ``--help``."""
+
 PANEL = "Tuning"
 _PREFIX = "tuning__"
+_ALIAS = "tuning_alias__"
 _NONE = ("none", "")
 
 
@@ -49,14 +59,17 @@ def _is_list(info: FieldInfo) -> bool:
 
 
 def option_names(field: str, names: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
-    """The option names of a tuning field: ``--lora-r`` unless the command names it itself."""
+    """The option names of a tuning field: ``--lora-r`` (``CANONICAL`` for a few), unless the
+    command names it itself."""
     given = (names or {}).get(field)
-    return tuple(given) if given else (f"--{field.replace('_', '-')}",)
+    if given:
+        return tuple(given)
+    return (CANONICAL.get(field) or f"--{field.replace('_', '-')}",)
 
 
 def _shown(value: Any) -> str | bool:
     if value is None:
-        return False
+        return "none"  # a nullable field's default, written as the option takes it
     if isinstance(value, list | tuple):
         return ",".join(map(str, value))
     return str(value)
@@ -123,8 +136,10 @@ def with_tuning_options(
     """Decorate a typer command with one option per tuning field.
 
     ``defaults`` is the command's default configuration (shown in the help);
-    ``names`` gives a field its own option names (existing names are kept that
-    way, e.g. decide's ``--lr``). The command takes a ``tuning`` parameter and
+    ``names`` gives a field its own option names; by default every command uses
+    the same ones (``--tuning-method``, ``--learning-rate``, ``--lora-r``, ...)
+    and accepts the older names of ``HIDDEN_ALIASES`` (``--method``, ``--lr``),
+    which ``--help`` does not list. The command takes a ``tuning`` parameter and
     receives the configuration there (a :class:`TuningConfig`).
     """
     fields = _fields()
@@ -146,13 +161,35 @@ def with_tuning_options(
             )
             for field, info in fields.items()
         ]
+        taken = {n for field in fields for n in option_names(field, names)}
+        aliases = {
+            field: tuple(a for a in HIDDEN_ALIASES.get(field, ()) if a not in taken)
+            for field in fields
+        }
+        hidden = [
+            inspect.Parameter(
+                _ALIAS + field,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    typing.get_args(_annotation(field, fields[field], None, names))[0],
+                    typer.Option(*decls, hidden=True, help=fields[field].description),
+                ],
+            )
+            for field, decls in aliases.items()
+            if decls
+        ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
             raw = {field: kwargs.pop(_PREFIX + field, None) for field in fields}
+            for field in fields:
+                old = kwargs.pop(_ALIAS + field, None)
+                if raw[field] is None:
+                    raw[field] = old
             return command(**kwargs, tuning=parse_tuning_options(raw, defaults, names))
 
-        parameters = own + added
+        parameters = own + added + hidden
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         wrapper.__annotations__["return"] = hints.get("return", types.NoneType)

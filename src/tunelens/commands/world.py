@@ -161,7 +161,9 @@ def evaluate(
     check_range("--queries", queries, 1, 100_000)
     check_range("--seed", seed, 0, 2**32 - 1)
     section = WorldEvalSpec(
-        model=model, shots=list(dict.fromkeys(parse_shots(shots))), queries_per_task=queries,
+        model=model,
+        shots=list(dict.fromkeys(parse_shots(shots))),
+        queries_per_task=queries,
         seed=seed,
     )
     experiment = get_experiments()["world_eval"]

@@ -317,8 +317,10 @@ def _run_similarity(
 ) -> dict[str, Any]:
     """Hidden states at the last prompt token, per layer: anchor (zero-shot), ICL (k demos),
     IT (tuned on the same k demos, zero-shot prompt); per-item cosines and accuracies."""
+    from tunelens.measures.sanity import cross_pair_readings
     from tunelens.measures.similarity import cosine_per_layer
     from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.layers import layer_labels
     from tunelens.models.tuning import tune_on_pairs
 
     labels = list(task.labels or ())
@@ -349,6 +351,8 @@ def _run_similarity(
         "k": method.examples,
         "n_items": len(items),
         "n_layers": int(h_anchor.shape[1]),
+        "layer_labels": layer_labels(loaded, int(h_anchor.shape[1])),
+        "cross_pair_cos": cross_pair_readings(h_anchor, h_icl, h_it),
         "cos": {name: np.round(v, 7).tolist() for name, v in cos.items()},
         "predictions": {"anchor": pred_anchor, "icl": pred_icl, "it": pred_it},
     }

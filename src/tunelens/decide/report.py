@@ -163,6 +163,8 @@ def similarity_figure(data: Mapping[str, Any]):
     layers = [
         {
             "layer": row["layer"],
+            "stack": row.get("stack"),
+            "label": row.get("label"),
             "cos_icl_it": row["icl_it"],
             "cos_anchor_icl": row["anchor_icl"],
             "cos_anchor_it": row["anchor_it"],
@@ -342,6 +344,7 @@ def render(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -
         sim_view = {
             "k": similarity.k,
             "n_items": similarity.n_items,
+            "warnings": [str(w) for w in plain(similarity).get("warnings") or []],
             "accuracy": [
                 [name, fmt_stat(plain(stat), unit="")]
                 for name, stat in sorted(similarity.accuracy.items())

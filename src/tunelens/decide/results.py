@@ -26,6 +26,7 @@ from tunelens.decide.metrics import (
     to_label,
 )
 from tunelens.decide.split import Split, label_of
+from tunelens.measures.sanity import annotate as annotate_layers
 
 GUESS = "label_guess"
 
@@ -168,7 +169,9 @@ def _similarity(result: Mapping[str, Any], split: Split, seed: int, n_boot: int)
         name: summary(item_scores(preds, references), seed=seed, n_boot=n_boot)
         for name, preds in result["predictions"].items()
     }
-    return {"k": result["k"], "n_items": result["n_items"], "layers": layers, "accuracy": accuracy}
+    out = {"k": result["k"], "n_items": result["n_items"], "layers": layers, "accuracy": accuracy}
+    annotate_layers(out, [result])  # stack labels, cross-pair cosines, near-identical warnings
+    return out
 
 
 def _best(

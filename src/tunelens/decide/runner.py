@@ -106,11 +106,14 @@ def run_decide(
         address=address,
         progress=progress,
         limit=config.limit,
+        results_file=DECIDE_JSON,
     )
     from tunelens.api.results import dump_decide
+    from tunelens.runs.ranks import is_main_process
 
     data = dump_decide(strict_json(json.loads(dumps(run.aggregate()))))  # the typed shape
-    json_path = out / DECIDE_JSON
-    atomic_write_text(json_path, dumps(data, indent=1) + "\n")
-    html_path = write_report(out, data)
+    json_path, html_path = out / DECIDE_JSON, out / DECIDE_HTML
+    if is_main_process():  # under accelerate launch / torchrun, rank 0 writes
+        atomic_write_text(json_path, dumps(data, indent=1) + "\n")
+        html_path = write_report(out, data)
     return DecideOutcome(json_path, html_path, data)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
-from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, mean_ci, unit_mean_ci
+from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
 from tunelens.measures.text import exact_match, headline_metric, rouge_l
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import AuditSpec, TuningSpec
@@ -422,36 +422,59 @@ def format_share(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """(condition - untuned) / (original - untuned) over tasks, with a paired interval.
+    """The raw share (condition - untuned) / (original - untuned) over units, paired interval.
 
-    Reported as a share (``mean``, ``ci``) only where the tuning gain's paired
-    interval excludes zero; otherwise ``mean`` and ``ci`` are null and
-    ``verdict`` says "tuning gain not significant" (``gain`` holds the gain and
-    its interval).
+    ``{"mean", "ci", "tuning_gain"}`` whatever the gain (``decide`` reads it with its
+    own rule); the audit reports it through :func:`gated_format_share`.
     """
     c = np.array([cond[n][metric] for n in names])
     o = np.array([original[n][metric] for n in names])
     u = np.array([untuned[n][metric] for n in names])
+    gain = float(o.mean() - u.mean()) if len(names) else float("nan")
+    point = float((c.mean() - u.mean()) / gain) if abs(gain) > 1e-9 else float("nan")
+    return {
+        "mean": point if math.isfinite(point) else None,
+        "ci": _ratio_ci(c, o, u, n_boot, seed),
+        "tuning_gain": gain,
+    }
+
+
+def gated_format_share(
+    cond: dict[str, dict[str, float]],
+    original: dict[str, dict[str, float]],
+    untuned: dict[str, dict[str, float]],
+    names: list[str],
+    metric: str,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The audit's format share: a share only where the tuning gain is significant.
+
+    Where the tuning gain's paired interval excludes zero: ``mean``/``ci`` (the
+    share and its interval: percentile bootstrap, BCa below 10 tasks),
+    ``verdict: "share"`` and its ``reading``. Otherwise ``mean`` and ``ci`` are null
+    and ``verdict`` is "tuning gain not significant". Always: ``gain`` (the paired
+    tuning gain with its interval and n), ``condition_gain`` (condition - untuned),
+    ``n`` and ``tuning_gain`` (the gain's point value).
+    """
+    c = np.array([cond[n][metric] for n in names])
+    u = np.array([untuned[n][metric] for n in names])
     gain = tuning_gain(original, untuned, names, metric, n_boot, seed)
-    own_gain = unit_mean_ci(c - u, seed=seed, n_resamples=n_boot)
     out: dict[str, Any] = {
-        "tuning_gain": float(o.mean() - u.mean()) if len(names) else None,
+        "tuning_gain": gain["mean"] if len(names) else None,
         "gain": gain,
-        "condition_gain": own_gain,
+        "condition_gain": unit_mean_ci(c - u, seed=seed, n_resamples=n_boot),
         "n": len(names),
     }
     if not significant(gain):
-        out.update(
-            {"mean": None, "ci": [None, None], "verdict": NOT_SIGNIFICANT, "decidable": False}
-        )
-        out["tasks_to_decide"] = units_to_decide(gain)
+        out.update({"mean": None, "ci": [None, None], "verdict": NOT_SIGNIFICANT})
+        out["tasks_to_decide"] = None if negligible_gain(gain) else units_to_decide(gain)
         return out
-    share = float((c.mean() - u.mean()) / (o.mean() - u.mean()))
     from tunelens.decide.verdict import share_reading
 
-    ci = _ratio_ci(c, o, u, n_boot, seed)
-    out.update({"mean": share, "ci": ci, "verdict": "share", "decidable": True})
-    out["reading"] = share_reading({"ci": ci}, True)
+    raw = format_share(cond, original, untuned, names, metric, n_boot, seed)
+    out.update({"mean": raw["mean"], "ci": raw["ci"], "verdict": "share"})
+    out["reading"] = share_reading({"ci": raw["ci"]}, True)
     out["method"] = "bootstrap" if len(names) >= MIN_BOOTSTRAP_UNITS else "BCa"
     return out
 
@@ -689,14 +712,15 @@ class AuditExperiment(Experiment):
                 other = raw.get((cond["definition"], cond["examples"], n, seed, enc))
                 if other is not None:
                     row[share] = {
-                        m: format_share(other, original, base, names, m, n_boot, seed)
+                        m: gated_format_share(other, original, base, names, m, n_boot, seed)
                         for m in METRICS
                     }
             random_baseline = by_encoding[enc].get("random")
             if random_baseline is not None:
                 guess = {k: dict(v) for k, v in random_baseline["per_task"].items()}
                 row["random_guess"] = {
-                    m: format_share(guess, original, base, names, m, n_boot, seed) for m in METRICS
+                    m: gated_format_share(guess, original, base, names, m, n_boot, seed)
+                    for m in METRICS
                 }
             out.append(row)
         out.sort(key=lambda r: encodings.index(r["encoding"]))
@@ -745,8 +769,8 @@ class AuditExperiment(Experiment):
                 else:
                     need = units_to_decide(gain)
                     more = (
-                        f"; roughly {need} tasks (or {need / max(gain['n'], 1):.1f}x the "
-                        "evaluation) at this gain and spread would decide it"
+                        f"; roughly {need} tasks ({need / max(gain['n'], 1):.1f}x the present "
+                        f"{gain['n']}) at this gain and spread would decide it"
                         if need
                         else ""
                     )
@@ -799,7 +823,7 @@ __all__ = [
     "eval_prompts",
     "expected_guess_scores",
     "format_share",
-    "mean_ci",
+    "gated_format_share",
     "run_baseline_cell",
     "run_grid_cell",
     "score",

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
+from tunelens.measures.sanity import annotate as annotate_layers
+from tunelens.measures.sanity import cross_pair_readings
 from tunelens.measures.similarity import (
     centered_cosine_per_layer,
     cosine_per_layer,
@@ -131,6 +133,7 @@ def run_convergence_cell(
     """
     from tunelens.models.controls import random_init_like
     from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.layers import layer_labels
     from tunelens.models.patching import label_token_ids, last_token_forward, n_patch_layers
     from tunelens.models.predict import generate_predictions
     from tunelens.models.tuning import attach_lora, tune_many_sets, tune_on_pairs
@@ -178,10 +181,8 @@ def run_convergence_cell(
     references, owners = references[:n_pairs], owners[:n_pairs]
 
     tokenizer = loaded.tokenizer
-    spaces = [
-        label_token_ids(tokenizer, sets[o].task.labels) if sets[o].task.labels else None
-        for o in owners
-    ]
+    label_spaces = [sets[o].task.labels for o in owners]
+    spaces = [label_token_ids(tokenizer, ls) if ls else None for ls in label_spaces]
     gold = [set(label_token_ids(tokenizer, refs)) for refs in references]
 
     h_anchor = capture_last_token_states(loaded, anchor_prompts).numpy()
@@ -272,7 +273,7 @@ def run_convergence_cell(
         "agree": [exact_match(a, [b]) / 100.0 for a, b in zip(pred_icl, pred_it, strict=True)],
         "next_correct": {"anchor": next_anchor, "icl": next_icl, "it": next_it},
     }
-    patching = None
+    patching: dict[str, Any] | None = None
     if params.get("patching"):
         n_layers = n_patch_layers(loaded)
         layers = [layer for layer in params.get("patching_layers") or range(n_layers)]
@@ -299,6 +300,9 @@ def run_convergence_cell(
         "behaviour": behaviour,
         "patching": patching,
         "adapted": adapted,
+        # issue 18 sanity: which stack each layer is, and how alike the pairs' states are
+        "layer_labels": layer_labels(loaded, int(h_anchor.shape[1])),
+        "cross_pair_cos": cross_pair_readings(h_anchor, h_icl, h_it),
         "tasks": task_names,
         "sets": owners,
     }
@@ -537,6 +541,7 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
                 "adapted_modules": list(adapted.get("modules") or []),
                 "adapted": adapted,
             }
+        annotate_layers(entry_out, [result for _, result in members])  # stacks, warnings
         entries.append(entry_out)
     _compare_k(entries, groups)
     from tunelens.api.results import dump_convergence
@@ -649,7 +654,7 @@ class ConvergenceExperiment(Experiment):
                 }
                 name = (
                     f"{model} k={k} flip={flip} {relevance} def={definition} {control} "
-                    f"{tuning_label(params['tuning'])} seed={seed}"
+                    f"{tuning_label(tuning.model_dump())} seed={seed}"
                 )
                 cells.append(self.cell(name, params, seed, cell_inputs, {"tasks": tasks}))
         return cells

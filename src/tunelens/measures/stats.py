@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -243,7 +244,7 @@ def gain_share(
     seed: int = 0,
     n_resamples: int = 2000,
     confidence: float = 0.95,
-) -> dict[str, float | list[float] | None]:
+) -> dict[str, Any]:
     """``(mean(patched) - mean(base)) / (mean(target) - mean(base))`` with a cluster-bootstrap CI.
 
     Resamples where the denominator is 0 are dropped from the interval; with no

@@ -320,7 +320,7 @@ def load_model(
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     _quiet_transformers()
     try:
-        model, info = auto.from_pretrained(
+        model, info = auto.from_pretrained(  # type: ignore[misc]  # a pair with loading info
             directory,
             config=config,
             dtype=torch_dtype,
@@ -333,7 +333,9 @@ def load_model(
         # which only in a printed report): name the first such tensor ourselves.
         mismatch = _first_shape_mismatch(directory, config, auto)
         detail = mismatch or _one_line(error)
-        raise TunelensInputError(f"cannot load the model weights: {detail}", source=source) from None
+        raise TunelensInputError(
+            f"cannot load the model weights: {detail}", source=source
+        ) from None
     except (OSError, ValueError) as error:
         raise TunelensInputError(
             f"cannot load the model weights: {_one_line(error)}", source=source
@@ -346,7 +348,7 @@ def load_model(
         ) from None
     check_loading_info(info, source)
     check_vocabulary(model, tokenizer, source)
-    model.to(torch_device)  # type: ignore[arg-type]  # transformers types .to() narrowly
+    model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
     model.eval()
     _sync_pad_id(model, tokenizer)
     name = WORLD if name_or_path == WORLD else str(directory)

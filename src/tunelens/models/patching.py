@@ -77,7 +77,8 @@ def block_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
     base = _base_model(loaded.model)
     encoder = loaded.kind == "seq2seq"
     n = _n_layers(loaded.model, encoder)
-    root = base.get_encoder() if encoder else base
+    get_encoder = getattr(base, "get_encoder", None)
+    root = get_encoder() if encoder and callable(get_encoder) else base
     candidates = [
         (name, module)
         for name, module in root.named_modules()

@@ -63,10 +63,9 @@ class WorldModelRecipe:
     eval_every: int = 500
     threads: int = 1
 
-
     def __post_init__(self) -> None:
         """Every field within its real bounds; a bad one names its option (``--steps``)."""
-        whole = {
+        whole: dict[str, tuple[int, int | None]] = {
             "seed": (0, 2**32 - 1),
             "hidden_size": (1, None),
             "layers": (1, None),
@@ -89,11 +88,10 @@ class WorldModelRecipe:
             if value < low or (high is not None and value > high):
                 bound = f"between {low} and {high}" if high is not None else f">= {low}"
                 self._bad(name, f"must be {bound}, got {value}")
-        fractions = {"bursty": (0.0, 1.0), "decay_start": (0.0, 1.0)}
-        for name, (low, high) in fractions.items():
+        for name in ("bursty", "decay_start"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-                self._bad(name, f"must lie in [{low:g}, {high:g}], got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
+                self._bad(name, f"must lie in [0, 1], got {value!r}")
         for name in ("lr", "category_init", "weight_decay"):
             value = getattr(self, name)
             positive = name == "lr"
@@ -102,8 +100,9 @@ class WorldModelRecipe:
                 and math.isfinite(value)
                 and (value > 0 if positive else value >= 0)
             ):
-                self._bad(name, f"must be a finite number {'> 0' if positive else '>= 0'}, "
-                          f"got {value!r}")
+                self._bad(
+                    name, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
+                )
         if self.hidden_size % self.heads:
             self._bad("heads", f"must divide hidden_size {self.hidden_size}, got {self.heads}")
 

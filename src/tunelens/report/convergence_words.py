@@ -112,8 +112,9 @@ def _floor_sentences(entry: Mapping[str, Any]) -> list[str]:
             f"of {_stat_text(row.get('floor_icl_it'))}."
         )
     else:
-        smallest = min((p for t in tests.values() if (p := _num(t.get("p_holm"))) is not None),
-                       default=None)
+        smallest = min(
+            (p for t in tests.values() if (p := _num(t.get("p_holm"))) is not None), default=None
+        )
         out.append(
             "ICL-IT centered cosine does not exceed its mismatched-pair floor at any layer "
             f"after the embeddings (smallest p_holm {_fmt(smallest, 3)}): no convergence beyond "
@@ -144,9 +145,15 @@ def _floor_sentences(entry: Mapping[str, Any]) -> list[str]:
         row = with_raw[len(with_raw) // 2]
         raw, floor = _stat(row.get("cos_icl_it"))[0], _stat(row.get("floor_raw_icl_it"))[0]
         if raw is not None and floor is not None:
+            shared = raw > 0 and floor >= 0.8 * raw
             out.append(
-                f"Raw cosine reads {_fmt(raw)} at layer {row['layer']}, but mismatched pairs "
-                f"already reach {_fmt(floor)}: raw cosine alone says little."
+                f"Raw ICL-IT cosine reads {_fmt(raw)} at layer {row['layer']} and mismatched "
+                f"pairs reach {_fmt(floor)}: "
+                + (
+                    "most of the raw number is shared by unrelated prompts."
+                    if shared
+                    else "the raw number is not mostly a shared offset here."
+                )
             )
     return out
 

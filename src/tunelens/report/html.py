@@ -205,12 +205,17 @@ def convergence_view(
         layers = [plain(row) for row in entry.layers]
         cos_keys = [k for k, _, _ in CURVES if any(k in row for row in layers)]
         other = sorted(
-            {k for row in layers for k in row if k not in ("layer", "wilcoxon", *cos_keys)}
+            {
+                k
+                for row in layers
+                for k in row
+                if k not in ("layer", "wilcoxon", *LAYER_LABEL_KEYS, *cos_keys)
+            }
         )
         columns = ["layer", *[label for k, label, _ in CURVES if k in cos_keys], *other]
         rows = [
             [
-                fmt(row.get("layer")),
+                layer_cell(row),
                 *[fmt(row.get(k)) for k in cos_keys],
                 *[fmt(row.get(k)) for k in other],
             ]
@@ -218,7 +223,7 @@ def convergence_view(
         ]
         tests = [
             [
-                fmt(row.layer),
+                layer_cell(plain(row)),
                 str(name),
                 *[fmt(getattr(test, k)) for k in ("statistic", "p", "p_holm", "effect")],
             ]
@@ -237,9 +242,23 @@ def convergence_view(
                 "tests": tests,
                 **convergence_detail_view(plain(entry)),
                 "extras": extras(plain(entry), CONVERGENCE_VIEWED),
+                "warnings": [str(w) for w in plain(entry).get("warnings") or []],
             }
         )
     return views
+
+
+LAYER_LABEL_KEYS = ("stack", "block", "label")
+
+
+def layer_cell(row: Mapping[str, Any]) -> str:
+    """A layer's table cell: its index, and its stack label where results carry one.
+
+    '0 (emb)', '3 (enc 2)', '4 (dec emb)': an encoder-decoder's two stacks share
+    one axis of indices, so the label keeps encoder and decoder layers apart.
+    """
+    label = row.get("label")
+    return f"{fmt(row.get('layer'))} ({label})" if label else fmt(row.get("layer"))
 
 
 CONVERGENCE_VIEWED = (
@@ -249,6 +268,7 @@ CONVERGENCE_VIEWED = (
     "seed_agreement",
     "tuning",
     "per_seed",
+    "warnings",
 )
 ICL_IT_COLUMNS = (
     ("cos_icl_it", "raw"),
@@ -274,7 +294,7 @@ def convergence_detail_view(entry: Mapping[str, Any]) -> dict[str, Any]:
             "columns": ["layer", *[label for _, label in present], "p_holm (> floor)"],
             "rows": [
                 [
-                    fmt(row.get("layer")),
+                    layer_cell(row),
                     *[fmt(row.get(k)) for k, _ in present],
                     fmt((row.get("wilcoxon") or {}).get("icl_it>floor", {}).get("p_holm")),
                 ]
@@ -383,7 +403,8 @@ def _share_text(share: Any) -> str:
         reading = share.get("reading")
         text = fmt({"mean": share.get("mean"), "ci": share.get("ci")})
         return f"{text} (n {fmt(share.get('n'))}{', ' + str(reading) if reading else ''})"
-    gain = share.get("gain") if isinstance(share.get("gain"), Mapping) else {}
+    raw = share.get("gain")
+    gain: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     return (
         f"tuning gain not significant: {fmt({'mean': gain.get('mean'), 'ci': gain.get('ci')})} "
         f"(n {fmt(gain.get('n'))})"

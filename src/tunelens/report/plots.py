@@ -77,6 +77,17 @@ PATCH_CURVES = (("icl", "ICL state", "#1f77b4"), ("it", "IT state", "#2ca02c"))
 
 
 def _curve(ax: Any, rows: Sequence[Mapping[str, Any]], key: str, **style: Any) -> None:
+    """One per-layer mean with its CI band; an encoder-decoder's stacks drawn as two pieces."""
+    stacks = [row.get("stack") for row in rows]
+    if "encoder" in stacks and "decoder" in stacks:
+        for n, stack in enumerate(("encoder", "decoder")):
+            part = [row for row in rows if row.get("stack") == stack]
+            _curve_piece(ax, part, key, **(style if n == 0 else {**style, "label": None}))
+        return
+    _curve_piece(ax, rows, key, **style)
+
+
+def _curve_piece(ax: Any, rows: Sequence[Mapping[str, Any]], key: str, **style: Any) -> None:
     """One per-layer mean with its CI band from ``rows`` (absent values are skipped)."""
     xs: list[float] = []
     ms: list[float] = []
@@ -95,6 +106,29 @@ def _curve(ax: Any, rows: Sequence[Mapping[str, Any]], key: str, **style: Any) -
         return
     ax.plot(xs, ms, marker="o", markersize=3, **style)
     ax.fill_between(xs, los, his, alpha=0.15, color=style.get("color"), linewidth=0)
+
+
+def _mark_stacks(ax: Any, layers: Sequence[Mapping[str, Any]]) -> None:
+    """An encoder-decoder's layers on one axis: a line between the stacks, labelled ticks."""
+    stacks = [(row.get("stack"), _num(row.get("layer")), row.get("label")) for row in layers]
+    decoder = [x for stack, x, _ in stacks if stack == "decoder" and x is not None]
+    if not decoder or not any(stack == "encoder" for stack, _, _ in stacks):
+        return
+    boundary = min(decoder) - 0.5
+    ax.axvline(boundary, color="black", linewidth=0.8, linestyle="--")
+    ax.text(
+        boundary,
+        1.0,
+        "encoder | decoder ",
+        transform=ax.get_xaxis_transform(),
+        ha="center",
+        va="bottom",
+        fontsize=7,
+    )
+    if len(stacks) <= 16:
+        ticks = [(x, str(label)) for _, x, label in stacks if x is not None and label]
+        ax.set_xticks([x for x, _ in ticks], [label for _, label in ticks], rotation=90, fontsize=7)
+    ax.set_xlabel("layer (enc: encoder, dec: decoder, emb: embeddings)")
 
 
 def convergence_figure(entry: Mapping[str, Any]) -> Figure:
@@ -133,6 +167,8 @@ def convergence_figure(entry: Mapping[str, Any]) -> Figure:
     for ax in used:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer (0 = embeddings)")
+        if ax is not used[-1] or not patching:
+            _mark_stacks(ax, layers)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")

@@ -290,11 +290,23 @@ EXECUTORS = ("local", "ray")
 
 def make_executor(name: str, *, address: str | None = None) -> Executor:
     """An executor by its CLI name."""
+    from tunelens.runs.ranks import RankExecutor, rank_and_world
+
+    rank, world = rank_and_world()
     if name == "local":
         if address:
             raise TunelensInputError("--address needs --executor ray", where="--address")
+        if world > 1:  # under accelerate launch / torchrun: the ranks divide the cells
+            return RankExecutor(LocalExecutor(), rank, world)
         return LocalExecutor()
     if name == "ray":
+        if world > 1:
+            raise TunelensInputError(
+                "--executor ray under a multi-process launch: each rank would send every "
+                "cell to Ray; launch one process, or use the local executor to divide cells "
+                "among the ranks",
+                where="--executor ray",
+            )
         import_ray()
         return RayExecutor(address)
     raise TunelensInputError(

@@ -228,7 +228,9 @@ def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    config = AutoConfig.from_pretrained(directory)  # never trust_remote_code here
+    from tunelens.models.layers import block_counts
+
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)  # no remote code
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     auto = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     with init_empty_weights():
@@ -242,16 +244,7 @@ def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
         for param in module.parameters(recurse=False):
             embedding[id(param)] = param.numel()
     text: Any = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if encoder_decoder:
-        encoder = getattr(config, "encoder_layers", None) or getattr(config, "num_layers", 0)
-        decoder = (
-            getattr(config, "decoder_layers", None)
-            or getattr(config, "num_decoder_layers", None)
-            or encoder
-        )
-        layers = int(encoder) + int(decoder)
-    else:
-        layers = int(text.num_hidden_layers)
+    layers = sum(block_counts(config))
     return (
         total - sum(embedding.values()),
         total,
@@ -398,9 +391,12 @@ def audit_tokens(section: Any, cell: Cell) -> TokenCounts:
         return {"forward": 0, "backward": 0}
     test = task_shape(str(p.get("test", "")), "test")
     n_pos = int(p.get("n_positive", 2))
-    prompt = test.definition_tokens + n_pos * test.example_tokens + test.example_tokens
-    evals = test.tasks * int(p.get("eval_instances_per_task", 50))
-    forward = evals * (prompt + int(p.get("max_new_tokens", 8)))
+    evals = test.tasks * int(p.get("eval_instances_per_task", 100))
+    forward = 0
+    for encoding in p.get("eval_encodings") or ["definition_examples"]:  # one pass each
+        shots = n_pos if encoding == "definition_examples" else 0
+        prompt = test.definition_tokens + shots * test.example_tokens + test.example_tokens
+        forward += evals * (prompt + int(p.get("max_new_tokens", 8)))
     if "baseline" in p:
         return {"forward": forward, "backward": 0}
     train = task_shape(str(p.get("train", "")), "train")
@@ -670,8 +666,9 @@ def _tokenizer(name: str) -> Any:
     if name == "world":
         from tunelens.models.paths import world_model_dir
 
-        return AutoTokenizer.from_pretrained(str(world_model_dir()))
-    return AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
+        return AutoTokenizer.from_pretrained(str(world_model_dir()), local_files_only=True)
+    # Never a download, never remote code: a name that is no local directory fails here.
+    return AutoTokenizer.from_pretrained(str(Path(name).expanduser()), local_files_only=True)
 
 
 def _longest(tokenizer: Any, prompts: list[str]) -> tuple[int, str]:

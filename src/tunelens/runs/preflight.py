@@ -46,7 +46,9 @@ def check_convergence(section: Any, inputs: StudyInputs, source: str | None) -> 
                 k_max=k_max,
             )
         except TunelensInputError as error:
-            key = "convergence.relevance" if "relevance 'other'" in error.message else "convergence.k"
+            key = (
+                "convergence.relevance" if "relevance 'other'" in error.message else "convergence.k"
+            )
             raise _fail(error, source, key) from None
 
 

@@ -17,6 +17,7 @@ resumed run and an uninterrupted one write the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -38,8 +39,9 @@ from tunelens.runs.executors import Executor, Job, make_executor
 from tunelens.runs.limit import limit_cells, limit_section
 from tunelens.runs.lock import RunLock
 from tunelens.runs.manifest import write_manifest
-from tunelens.runs.samples import write_sample_logs
 from tunelens.runs.preflight import preflight
+from tunelens.runs.ranks import is_main_process
+from tunelens.runs.samples import write_sample_logs
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 from tunelens.spec import Spec
 
@@ -232,6 +234,8 @@ def execute(
     inputs = inputs or StudyInputs()
     runner = make_executor(executor, address=address) if isinstance(executor, str) else executor
     store = CellStore(out_dir)
+    # Until the cells are planned, an interrupt reports what the store already holds.
+    interrupt.set_status(lambda: interrupt.cells_message(len(store.finished_keys())))
     sections = [(exp, limit_section(exp, section, limit)) for exp, section in sections]
     planned = [
         (exp, section, limit_cells(exp.cells(section, inputs), limit)) for exp, section in sections
@@ -239,8 +243,9 @@ def execute(
     check_unique_keys(cell for _, _, cells in planned for cell in cells)
     preflight(sections, inputs, source)
     prepare_output_dir(out_dir)
-    with RunLock(out_dir, wait=wait):
-        for name, text in (files or {}).items():
+    main = is_main_process()  # under accelerate launch / torchrun only rank 0 writes (runs.ranks)
+    with RunLock(out_dir, wait=wait) if main else contextlib.nullcontext():
+        for name, text in (files or {}).items() if main else ():
             atomic_write_text(out_dir / name, text)
         runs = _execute_locked(
             out_dir,
@@ -250,13 +255,15 @@ def execute(
             store,
             sections,
             results_file,
-            progress,
+            progress and main,
             started,
             limit=limit,
+            main=main,
         )
-        write_sample_logs(out_dir, runs)
-        if finish is not None:
-            finish(runs)
+        if main:
+            write_sample_logs(out_dir, runs)
+            if finish is not None:
+                finish(runs)
         return runs
 
 
@@ -287,8 +294,10 @@ def _execute_locked(
     started: float,
     *,
     limit: int | None = None,
+    main: bool = True,
 ) -> list[SectionRun]:
-    write_manifest(out_dir, [exp for exp, _ in sections], results_file=results_file)
+    if main:
+        write_manifest(out_dir, [exp for exp, _ in sections], results_file=results_file)
     finished = store.finished_keys()
     planned_keys = {cell.key for _, _, cells in planned for cell in cells}
     kept = [len(finished & planned_keys)]
@@ -360,7 +369,8 @@ def _execute_locked(
                 pending = more
         finally:
             try:
-                write_timings()
+                if main:
+                    write_timings()
             except OSError:
                 pass  # a full disk: the error that brought us here is the one to report
     return [SectionRun(exp, section, finished_pairs(exp, cells)) for exp, section, cells in planned]
@@ -392,9 +402,7 @@ def run_study(
         for run in runs:
             for key, value in run.aggregate().items():
                 if key in results or key in RESERVED_KEYS:
-                    raise ValueError(
-                        f"{run.experiment.name}: results key {key!r} is already taken"
-                    )
+                    raise ValueError(f"{run.experiment.name}: results key {key!r} is already taken")
                 results[key] = value
         results["spec"] = spec.model_dump(mode="json")
         results["tunelens_version"] = tunelens.__version__

@@ -76,7 +76,7 @@ def is_shard_jsonl(path: Path) -> bool:
                 if line.strip():
                     first = json.loads(line)
                     return isinstance(first, dict) and "task_name" in first and "inputs" in first
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return False  # the JSONL task loader reports the problem with its line
     return False
 
@@ -178,7 +178,7 @@ def _examples(r: FieldReader, value: Any, field: str) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise r.error(field, "expected a list of examples or that list as JSON") from None
     if not isinstance(value, list):
         raise r.error(field, "expected a list of examples")

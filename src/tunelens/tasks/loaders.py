@@ -206,10 +206,21 @@ def find_task_files(directory: PathLike) -> list[Path]:
 
 
 def load_task_file(path: PathLike) -> Task:
-    """One task file, by suffix: ``.json`` (SuperNI) or ``.jsonl`` (tunelens JSONL)."""
+    """One task file, by suffix: ``.json`` (SuperNI) or ``.jsonl`` (tunelens JSONL); a parquet
+    or JSONL shard (:mod:`tunelens.tasks.hf`) that holds exactly one task."""
     path = Path(path)
     if path.suffix == ".json":
         return load_superni_task(path)
+    from tunelens.tasks import hf
+
+    if path.suffix == ".parquet" or hf.is_shard_jsonl(path):
+        tasks = hf.load_shards([path])
+        if len(tasks) != 1:
+            raise TunelensInputError(
+                f"the table holds {len(tasks)} tasks where one task file is expected",
+                source=str(path),
+            )
+        return tasks[0]
     if path.suffix == ".jsonl":
         from tunelens.tasks.jsonl import load_jsonl
 
@@ -227,9 +238,7 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def load_tasks(
-    paths: PathLike | Iterable[PathLike], *, allow_missing: bool = False
-) -> list[Task]:
+def load_tasks(paths: PathLike | Iterable[PathLike], *, allow_missing: bool = False) -> list[Task]:
     """Tasks from files, folders and split files, in the order given (folders sorted by path).
 
     Each path is a ``.json`` SuperNI task, a ``.jsonl`` tunelens task, a folder

@@ -61,7 +61,8 @@ ALL_LINEAR = "all-linear"
 
 def _all_linear_suffixes(model: torch.nn.Module) -> list[str]:
     """Name suffixes of every Linear / Conv1D except the output head (PEFT's all-linear)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
     suffixes: list[str] = []
     head_names = set()
     for name, module in model.named_modules():

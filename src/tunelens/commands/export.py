@@ -1,0 +1,31 @@
+"""`tunelens export`: a run's results as tidy tables (one long table per experiment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunelens.cli import app
+
+
+@app.command("export")
+def export(
+    directory: Annotated[
+        Path, typer.Argument(help="A run directory holding results.json or decide.json.")
+    ],
+    format: Annotated[
+        str, typer.Option("--format", help="Table format: csv or parquet (parquet needs pyarrow).")
+    ] = "csv",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the tables.", show_default="DIR/export"),
+    ] = None,
+) -> None:
+    """Write one long table per experiment (convergence: condition x seed x layer x measure;
+    audit: condition x task x metric; world_eval; decide), loadable with pandas.read_csv."""
+    from tunelens.report.tidy import export_tables
+
+    for path in export_tables(directory, out, format=format):
+        typer.echo(f"table: {path}")
