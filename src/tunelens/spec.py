@@ -297,7 +297,9 @@ def default_spec() -> Spec:
     """The embedded default: both studies on the world model, sized for 2 CPU cores."""
     return Spec(
         convergence=ConvergenceSpec(),
-        audit=AuditSpec(),
+        # World labels are one token: 4 new tokens bound a prediction without waiting on
+        # rows that never stop (a batch decodes until its last row ends).
+        audit=AuditSpec(max_new_tokens=4),
         note="Embedded default: both studies on the world model and world tasks, at each "
         "study's own default sizes (convergence: k 8, 30 pairs x 3 seeds, random-init control; "
         "audit: the low-resource grid, 5 instances per task, one seed, definition-only and "

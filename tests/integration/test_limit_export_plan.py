@@ -15,8 +15,8 @@ from tunelens.api import StudyInputs, get_experiments
 from tunelens.errors import TunelensInputError
 from tunelens.runs.limit import limit_cells, limit_section
 from tunelens.runs.store import CellStore
-from tunelens.runs.study import run_study
-from tunelens.spec import AuditSpec, ConvergenceSpec, Spec, WorldEvalSpec, spec_yaml, validate_spec
+from tunelens.runs.study import run_study, spec_yaml
+from tunelens.spec import AuditSpec, ConvergenceSpec, Spec, WorldEvalSpec, validate_spec
 
 
 def test_limit_bounds_each_experiment():
@@ -48,7 +48,7 @@ def test_limited_run_records_limit_and_never_shares_cells(tmp_path):
     assert keys_limited and not keys_full & keys_limited
     cell_file = next((out / "cells" / "convergence").glob("*.json"))
     params = json.loads(cell_file.read_text())["cell"]["params"]
-    assert params["limit"] == 2 and params["n_pairs"] == 2
+    assert params["limit"] == 2
     # One helper tags cells; an unlimited run leaves them as they were (old stores resume).
     cells = fake_experiments()["convergence"].cells(spec.convergence, StudyInputs())
     assert [c.key for c in limit_cells(cells, None)] == [c.key for c in cells]

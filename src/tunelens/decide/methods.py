@@ -59,12 +59,9 @@ def prompt_style(config: DecideConfig) -> PromptStyle:
     return PromptStyle(template=config.template, definition=config.definition, n_positive=0)
 
 
-def plan_methods(
-    task: Task, split: Split, config: DecideConfig, model: str
-) -> tuple[list[Method], list[str]]:
-    """The methods to run (without similarity, whose k depends on ICL results) and notes on
-    what was skipped and why."""
-    common = {
+def common_params(split: Split, config: DecideConfig, model: str) -> dict[str, Any]:
+    """The settings every method's cell depends on (the split's and the prompts')."""
+    return {
         "model": model,
         "seed": config.seed,
         "test_size": config.test_size,
@@ -74,6 +71,14 @@ def plan_methods(
         "predict": config.predict,
         "max_new_tokens": config.max_new_tokens,
     }
+
+
+def plan_methods(
+    task: Task, split: Split, config: DecideConfig, model: str
+) -> tuple[list[Method], list[str]]:
+    """The methods to run (without similarity, whose k depends on ICL results) and notes on
+    what was skipped and why."""
+    common = common_params(split, config, model)
     tuning = config.tuning.model_dump()
     notes: list[str] = []
     methods = [
@@ -167,16 +172,7 @@ def plan_methods(
 
 
 def similarity_method(task: Task, split: Split, config: DecideConfig, model: str, k: int) -> Method:
-    common = {
-        "model": model,
-        "seed": config.seed,
-        "test_size": config.test_size,
-        "demo_size": len(split.demo_pool),
-        "template": config.template,
-        "definition": config.definition,
-        "predict": config.predict,
-        "max_new_tokens": config.max_new_tokens,
-    }
+    common = common_params(split, config, model)
     params = {
         **common,
         "method": "similarity",
