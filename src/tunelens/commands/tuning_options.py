@@ -183,11 +183,13 @@ def with_tuning_options(
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
             raw = {field: kwargs.pop(_PREFIX + field, None) for field in fields}
+            named = dict(names or {})
             for field in fields:
                 old = kwargs.pop(_ALIAS + field, None)
-                if raw[field] is None:
+                if raw[field] is None and old is not None:
                     raw[field] = old
-            return command(**kwargs, tuning=parse_tuning_options(raw, defaults, names))
+                    named[field] = aliases[field][:1]  # an error names what was typed
+            return command(**kwargs, tuning=parse_tuning_options(raw, defaults, named))
 
         parameters = own + added + hidden
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

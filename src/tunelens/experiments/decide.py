@@ -61,6 +61,10 @@ class DecideSection:
                 split = dataclasses.replace(split, test=split.test[: config.limit])
             model_name = resolve_model_name(self.model)
             methods, notes = plan_methods(task, split, config, model_name)
+            if config.limit is not None:  # the page and decide.json say it is a quick look
+                from tunelens.runs.limit import limit_note
+
+                notes = [limit_note(config.limit), *notes]
             digests = {"task": task_digest(task), "model": inputs.model_digest(model_name)}
             self._plan = DecidePlan(task, split, model_name, methods, notes, digests)
         return self._plan

@@ -490,7 +490,7 @@ def audit_view(results: StudyResults, plots: list[Plot]) -> dict[str, Any]:
             ],
         },
         "grid": {
-            "columns": [*condition_keys, "exact match", "ROUGE-L", "tuning", *extra_keys],
+            "columns": [*condition_keys, "exact match", "ROUGE-L", "training", *extra_keys],
             "rows": grid_rows,
         },
         "baselines": baseline_rows,

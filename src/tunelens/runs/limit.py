@@ -92,6 +92,6 @@ def limit_cells(cells: Iterable[Cell], n: int | None) -> list[Cell]:
 def limit_note(n: int) -> str:
     """The line a limited run prints and its report shows."""
     return (
-        f"limited run (--limit {n}): at most {n} anchors / evaluation instances per task; "
-        "a quick look, not results to report"
+        f"limited run (--limit {n}): at most {n} anchors / evaluation instances / test items "
+        "per task; a quick look, not results to report"
     )
