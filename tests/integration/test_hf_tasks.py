@@ -131,3 +131,13 @@ def test_shard_rows_group_into_tasks_with_default_ids(tmp_path):
     assert (t1.name, t2.name) == ("t1", "t2")
     assert [i.id for i in t1.instances] == ["t1-0", "t1-1"]
     assert t1.instances[1].outputs == ("no",)
+
+
+def test_a_one_task_shard_is_a_task_file_for_decide(tmp_path):
+    from tunelens.tasks.loaders import load_task_file
+
+    one = _shard(tmp_path, [ROW, {**ROW, "targets": "no"}])
+    assert load_task_file(one).name == "t1"
+    many = _shard(tmp_path, [ROW, {**ROW, "task_name": "t2"}])
+    with pytest.raises(TunelensInputError, match="holds 2 tasks where one task file"):
+        load_task_file(many)
