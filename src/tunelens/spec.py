@@ -259,6 +259,11 @@ class Spec(_Strict):
         description="Skip the tasks a split file names that have no file (partial copies of "
         "the benchmark) instead of stopping (--allow-missing-tasks).",
     )
+    save_adapters: bool = Field(
+        False,
+        description="Keep the tuned adapters of the cells this run computes under "
+        "DIR/adapters/<cell key>/ (--save-adapters); never changes a result or a cell key.",
+    )
     convergence: ConvergenceSpec | None = None
     audit: AuditSpec | None = None
     world_eval: WorldEvalSpec | None = None

@@ -26,6 +26,9 @@ class RunContext:
     progress: Callable[[str, int, int], None] = lambda label, done, total: None
     device: str = "cpu"
     dtype: str = "float32"
+    # Where a cell that tunes keeps its adapters (``--save-adapters``): one folder per cell
+    # key; None = do not keep them. Saving never changes a cell's result.
+    adapters_dir: str | None = None
 
 
 @dataclass

@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
-from tunelens.commands.studies import AddressOption, ExecutorOption, LimitOption, say_limited
+from tunelens.commands.studies import (
+    AddressOption,
+    ExecutorOption,
+    LimitOption,
+    SaveAdaptersOption,
+    say_limited,
+)
 from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.decide.config import DecideConfig
 from tunelens.models.tuning.config import TuningConfig
@@ -82,6 +88,7 @@ def decide(
     address: AddressOption = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     limit: LimitOption = None,
+    save_adapters: SaveAdaptersOption = False,
     tuning: TuningConfig | None = None,
 ) -> None:
     """Measure zero-shot, ICL at each k, tuning at each n, the format-only controls and the
@@ -122,6 +129,7 @@ def decide(
         progress=not no_progress,
         executor=executor,
         address=address,
+        save_adapters=save_adapters,
     )
     from tunelens.runs.ranks import is_main_process
 

@@ -8,13 +8,22 @@ from typing import Annotated
 import typer
 
 from tunelens.cli import app
-from tunelens.commands.studies import AllowMissingOption, LimitOption, say_limited
+from tunelens.commands.studies import (
+    AllowMissingOption,
+    LimitOption,
+    SaveAdaptersOption,
+    say_limited,
+)
 from tunelens.spec import Spec
 
 
-def with_run_options(spec: Spec, limit: int | None, allow_missing_tasks: bool) -> Spec:
-    """The spec with --limit / --allow-missing-tasks applied (an option given wins)."""
+def with_run_options(
+    spec: Spec, limit: int | None, allow_missing_tasks: bool, save_adapters: bool = False
+) -> Spec:
+    """The spec with --limit / --allow-missing-tasks / --save-adapters applied (given wins)."""
     update: dict[str, object] = {}
+    if save_adapters:
+        update["save_adapters"] = True
     if limit is not None:
         update["limit"] = limit
     if allow_missing_tasks:
@@ -52,6 +61,7 @@ def run(
     ] = False,
     limit: LimitOption = None,
     allow_missing_tasks: AllowMissingOption = False,
+    save_adapters: SaveAdaptersOption = False,
 ) -> None:
     """Run every unfinished cell of a study, then write results.json and report.html."""
     from tunelens.report.html import build_report
@@ -60,7 +70,7 @@ def run(
     from tunelens.spec import default_spec, load_spec
 
     loaded = default_spec() if spec is None else load_spec(spec)
-    loaded = with_run_options(loaded, limit, allow_missing_tasks)
+    loaded = with_run_options(loaded, limit, allow_missing_tasks, save_adapters)
     run_study(
         loaded,
         out,

@@ -172,6 +172,14 @@ AllowMissingOption = Annotated[
         "benchmark) instead of stopping.",
     ),
 ]
+SaveAdaptersOption = Annotated[
+    bool,
+    typer.Option(
+        "--save-adapters",
+        help="Keep the tuned adapters of the cells this run computes in DIR/adapters/<cell "
+        "key>/ (PEFT format); results and cell keys do not change.",
+    ),
+]
 WaitOption = Annotated[
     bool,
     typer.Option("--wait", help="If another run holds DIR (DIR/.lock), wait for it to end."),
@@ -242,6 +250,7 @@ def convergence(
     wait: WaitOption = False,
     limit: LimitOption = None,
     allow_missing_tasks: AllowMissingOption = False,
+    save_adapters: SaveAdaptersOption = False,
     tuning: TuningConfig | None = None,
 ) -> None:
     """Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."""
@@ -276,6 +285,7 @@ def convergence(
             "seed": seed,
             "limit": limit,
             "allow_missing_tasks": allow_missing_tasks,
+            "save_adapters": save_adapters,
         },
         out,
         executor,
@@ -330,6 +340,7 @@ def audit(
     wait: WaitOption = False,
     limit: LimitOption = None,
     allow_missing_tasks: AllowMissingOption = False,
+    save_adapters: SaveAdaptersOption = False,
     tuning: TuningConfig | None = None,
 ) -> None:
     """Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."""
@@ -355,6 +366,7 @@ def audit(
             "seed": seed,
             "limit": limit,
             "allow_missing_tasks": allow_missing_tasks,
+            "save_adapters": save_adapters,
         },
         out,
         executor,

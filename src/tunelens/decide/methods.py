@@ -265,9 +265,17 @@ def _train_record(
 
 
 def run_method(
-    method: Method, loaded: LoadedModel, task: Task, split: Split, config: DecideConfig
+    method: Method,
+    loaded: LoadedModel,
+    task: Task,
+    split: Split,
+    config: DecideConfig,
+    adapters_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Compute one method's cell: predictions on the test set, prompt tokens, training record."""
+    """Compute one method's cell: predictions on the test set, prompt tokens, training record.
+
+    ``adapters_dir`` (``--save-adapters``) receives a tuned method's adapter.
+    """
     from tunelens.models.tuning import tune_on_pairs
     from tunelens.tasks.variants import delusive_examples, simplified_definition
 
@@ -302,6 +310,8 @@ def run_method(
     try:
         result["predictions"] = predict(tuned.as_loaded(), zero_shot, labels, config)
         result["train"] = _train_record(loaded, pairs, tuned, tuning)
+        if adapters_dir is not None:
+            tuned.save(adapters_dir)
     finally:
         tuned.unload()
     result["prompt_tokens"] = _token_counts(loaded, zero_shot)

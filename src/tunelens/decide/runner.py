@@ -79,6 +79,7 @@ def run_decide(
     progress: bool = True,
     executor: str | Any = "local",
     address: str | None = None,
+    save_adapters: bool = False,
 ) -> DecideOutcome:
     """Measure every method on the task's test set and write decide.json and decide.html.
 
@@ -107,6 +108,7 @@ def run_decide(
         progress=progress,
         limit=config.limit,
         results_file=DECIDE_JSON,
+        save_adapters=save_adapters,
     )
     from tunelens.api.results import dump_decide
     from tunelens.runs.ranks import is_main_process

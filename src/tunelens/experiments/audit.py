@@ -243,8 +243,12 @@ def run_grid_cell(
     seed: int,
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    adapters_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Tune on the training tasks under one condition, then predict on the held-out tasks."""
+    """Tune on the training tasks under one condition, then predict on the held-out tasks.
+
+    ``adapters_dir`` (``--save-adapters``) receives the tuned adapter (PEFT format).
+    """
     from tunelens.models.tuning import multitask_tune
 
     pairs = training_pairs(
@@ -263,7 +267,10 @@ def run_grid_cell(
         evaluations = _evaluate(tuned.as_loaded(), items, params)
         steps = tuned.steps
         final_loss = tuned.losses[-1] if tuned.losses else None
+        loss_curve = [round(float(x), 6) for x in tuned.losses]
         adapted = tuned.adapted
+        if adapters_dir is not None:
+            tuned.save(adapters_dir)
     finally:
         tuned.unload()
     return {
@@ -291,6 +298,7 @@ def run_grid_cell(
             "n_positive": params["n_positive"],
             "final_loss": final_loss,
         },
+        "loss_curve": loss_curve,  # training loss per optimizer step
     }
 
 
@@ -515,7 +523,7 @@ class AuditExperiment(Experiment):
 
     name = "audit"
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
-    code_version = "4"
+    code_version = "5"  # 5: cells keep the training loss curve
 
     def _common(self, section: AuditSpec) -> dict[str, Any]:
         return {
@@ -588,6 +596,7 @@ class AuditExperiment(Experiment):
             cell.seed,
             progress=False,
             on_step=lambda done, total: context.progress("tuning steps", done, total),
+            adapters_dir=context.adapters_dir,
         )
 
     def sample_logs(self, cell: Cell, result: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -120,7 +120,12 @@ def _prompt_style(template: Template, definition: bool) -> PromptStyle:
 
 
 def run_convergence_cell(
-    loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int, progress=None
+    loaded,
+    tasks: Sequence[Task],
+    params: dict[str, Any],
+    seed: int,
+    progress=None,
+    adapters_dir: str | None = None,
 ) -> dict[str, Any]:
     """One condition and seed: per-pair similarities per layer, CKA, behaviour, patching.
 
@@ -223,6 +228,8 @@ def run_convergence_cell(
             for n, (j, state) in enumerate(zip(used, states, strict=True)):
                 tuned.load_adapter_state(state)
                 probe_tuned(j, tuned)
+                if adapters_dir is not None:  # --save-adapters: one adapter per set
+                    tuned.save(f"{adapters_dir}/set-{j}")
                 if progress is not None:
                     progress(n + 1, len(used))
         finally:
@@ -232,6 +239,8 @@ def run_convergence_cell(
             tuned = tune_on_pairs(loaded, tuning_sets[j], config)
             try:
                 probe_tuned(j, tuned)
+                if adapters_dir is not None:
+                    tuned.save(f"{adapters_dir}/set-{j}")
             finally:
                 tuned.unload()
             if progress is not None:
@@ -297,6 +306,9 @@ def run_convergence_cell(
         "cka": {name: _rounded(v) for name, v in cka.items()},
         "cka_debiased": {name: _rounded(v) for name, v in cka_debiased.items()},
         "correct": correct,
+        # The generated answers per pair (references beside them), for reading what changed.
+        "predictions": {"anchor": pred_anchor, "icl": pred_icl, "it": pred_it},
+        "references": [list(r) for r in references],
         "behaviour": behaviour,
         "patching": patching,
         "adapted": adapted,
@@ -616,7 +628,7 @@ class ConvergenceExperiment(Experiment):
     # 3: cell keys hold task and model content digests; nested demonstration sets.
     # 4: calibrated similarity (centered, standardized, floors), debiased CKA,
     #    next-token behaviour, activation patching, adapted weights, set ids.
-    code_version = "4"
+    code_version = "5"  # 5: cells keep the predicted text per pair
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)
@@ -666,7 +678,14 @@ class ConvergenceExperiment(Experiment):
         def report(done: int, total: int) -> None:
             context.progress(f"tuning sets ({cell.name})", done, total)
 
-        return run_convergence_cell(loaded, cell.data["tasks"], p, cell.seed, progress=report)
+        return run_convergence_cell(
+            loaded,
+            cell.data["tasks"],
+            p,
+            cell.seed,
+            progress=report,
+            adapters_dir=context.adapters_dir,
+        )
 
     def aggregate(
         self, section: ConvergenceSpec, results: list[tuple[Cell, dict[str, Any]]]

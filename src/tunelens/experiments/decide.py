@@ -115,7 +115,14 @@ class DecideExperiment(Experiment):
         loaded = context.load_model(
             method.cell.params["model"], dtype=config.dtype, device=config.device
         )
-        return run_method(method, loaded, cell.data["task"], cell.data["split"], config)
+        return run_method(
+            method,
+            loaded,
+            cell.data["task"],
+            cell.data["split"],
+            config,
+            adapters_dir=context.adapters_dir,
+        )
 
     def aggregate(
         self, section: DecideSection, results: list[tuple[Cell, dict[str, Any]]]

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tunelens.api import Cell, Experiment, RunContext
@@ -34,6 +35,7 @@ class Job:
 
     experiment: Experiment
     cell: Cell
+    adapters_dir: str | None = None  # --save-adapters: DIR/adapters
 
 
 CellCallback = Callable[[Job, float], None]  # (finished job, seconds it took)
@@ -94,13 +96,16 @@ class ModelCache:
         return len(self._models)
 
 
-def _context(cell: Cell, cache: ModelCache, on_step: StepCallback | None) -> RunContext:
+def _context(
+    cell: Cell, cache: ModelCache, on_step: StepCallback | None, adapters_dir: str | None = None
+) -> RunContext:
     params = cell.params if isinstance(cell.params, dict) else {}
     return RunContext(
         load_model=cache,
         progress=on_step or (lambda label, done, total: None),
         device=str(params.get("device") or "cpu"),
         dtype=str(params.get("dtype") or "float32"),
+        adapters_dir=None if adapters_dir is None else str(Path(adapters_dir) / cell.key),
     )
 
 
@@ -123,7 +128,9 @@ class LocalExecutor:
         for job in jobs:
             start = time.perf_counter()
             try:
-                result = job.experiment.run_cell(job.cell, _context(job.cell, self.cache, on_step))
+                result = job.experiment.run_cell(
+                    job.cell, _context(job.cell, self.cache, on_step, job.adapters_dir)
+                )
             except DivergedError as error:
                 raise in_cell(error, job.cell.experiment, job.cell.name) from None
             store.write(job.cell, result)
@@ -135,13 +142,19 @@ class LocalExecutor:
 _WORKER_CACHE: ModelCache | None = None
 
 
-def _run_on_worker(experiment: Experiment, cell: Cell) -> tuple[dict[str, Any], float]:
-    """The body of a Ray task: run one cell with this worker's model cache."""
+def _run_on_worker(
+    experiment: Experiment, cell: Cell, adapters_dir: str | None = None
+) -> tuple[dict[str, Any], float]:
+    """The body of a Ray task: run one cell with this worker's model cache.
+
+    ``adapters_dir`` (``--save-adapters``) is a path on the worker's file system:
+    on a cluster, a shared one.
+    """
     global _WORKER_CACHE
     if _WORKER_CACHE is None:
         _WORKER_CACHE = ModelCache()
     start = time.perf_counter()
-    result = experiment.run_cell(cell, _context(cell, _WORKER_CACHE, None))
+    result = experiment.run_cell(cell, _context(cell, _WORKER_CACHE, None, adapters_dir))
     return result, time.perf_counter() - start
 
 
@@ -240,7 +253,7 @@ class RayExecutor:
                 # A cell is deterministic and idempotent, so a task whose worker died is
                 # simply run again (cell errors are not retried: they are the cell's answer).
                 ref = remote.options(num_cpus=1, num_gpus=gpus, max_retries=3).remote(
-                    job.experiment, job.cell
+                    job.experiment, job.cell, job.adapters_dir
                 )
                 pending[ref] = job
             try:

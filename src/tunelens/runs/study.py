@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 RESERVED_KEYS = ("spec", "tunelens_version", "environment", "limit")
 RESULTS = "results.json"
 TIMINGS = "timings.json"
+ADAPTERS = "adapters"
 SPEC = "spec.yaml"
 
 
@@ -206,8 +207,12 @@ def execute(
     files: Mapping[str, str] | None = None,
     finish: Callable[[list[SectionRun]], None] | None = None,
     limit: int | None = None,
+    save_adapters: bool = False,
 ) -> list[SectionRun]:
     """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
+
+    ``save_adapters`` (``--save-adapters``): cells that tune keep their adapters
+    under ``out_dir/adapters/<cell key>/`` (only cells computed by this run).
 
     ``limit`` (``--limit N``) bounds each section first (:mod:`tunelens.runs.limit`)
     and goes into every cell's key.
@@ -259,6 +264,7 @@ def execute(
             started,
             limit=limit,
             main=main,
+            adapters_dir=str(out_dir / ADAPTERS) if save_adapters else None,
         )
         if main:
             write_sample_logs(out_dir, runs)
@@ -295,6 +301,7 @@ def _execute_locked(
     *,
     limit: int | None = None,
     main: bool = True,
+    adapters_dir: str | None = None,
 ) -> list[SectionRun]:
     if main:
         write_manifest(out_dir, [exp for exp, _ in sections], results_file=results_file)
@@ -349,7 +356,7 @@ def _execute_locked(
                 for exp, _, cells in planned:
                     bars.experiment(exp.name, len(cells), sum(c.key in finished for c in cells))
                 jobs = [
-                    Job(exp, cell)
+                    Job(exp, cell, adapters_dir)
                     for exp, _, cells in pending
                     for cell in cells
                     if cell.key not in finished
@@ -424,5 +431,6 @@ def run_study(
         finish=write_results,
         limit=spec.limit,
         inputs=StudyInputs(allow_missing=spec.allow_missing_tasks),
+        save_adapters=spec.save_adapters,
     )
     return strict_json(results)
