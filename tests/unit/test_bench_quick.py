@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
-KEYS = ("hidden_states_ratio", "per_set_tuning_ratio", "sft_tokens_ratio", "mfu_forward")
+KEYS = (
+    "hidden_states_ratio",
+    "hidden_states_vs_cached",
+    "hidden_states_vs_cached_cpu",
+    "per_set_tuning_ratio",
+    "sft_tokens_ratio",
+    "mfu_forward",
+)
 
 
 @pytest.mark.slow
@@ -33,13 +40,28 @@ def test_quick_bench_prints_the_four_figures(tmp_path):
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
     assert json.loads(out.read_text()) == result
     # one human-readable line per comparison before the JSON
-    for label in ("hidden states", "per-set tuning", "multi-task tuning", "MFU forward"):
+    for label in (
+        "machine",
+        "hidden states",
+        "hidden states vs cached",
+        "per-set tuning",
+        "multi-task tuning",
+        "MFU forward",
+    ):
         assert any(line.startswith(label) for line in lines[:-1]), label
     # both sides of each comparison compute the same thing
     for model in ("20m", "world"):
         states = result["hidden_states"][model]
         bound = 1e-6 * max(1.0, states["max_abs_state"])
         assert states["max_abs_diff"] <= bound and states["prototype_max_abs_diff"] <= bound
+        assert states["cached_max_abs_diff"] <= 1e-4  # the competent cached baseline
+        # interleaved rounds: a median and a spread of per-round ratios, wall and CPU
+        for key in ("vs_cached", "ratio_median"):
+            assert states[key] > 0
+        lo, hi = states["vs_cached_spread"]
+        assert lo <= states["vs_cached"] <= hi
+        assert len(states["rounds"]["vs_cached"]["cpu_rounds"]) >= 3
+    assert len(result["loadavg_at_end"]) == 3
     for model in ("20m", "world"):
         tuned = result["per_set_tuning"][model]
         assert tuned["max_rel_adapter_diff"] < 1e-3

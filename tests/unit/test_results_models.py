@@ -229,7 +229,7 @@ def test_decide_json_goes_through_the_model(tmp_path, monkeypatch, raw):
     from tunelens.decide.runner import run_decide
     from tunelens.decide.split import label_of
 
-    def fake_run(method, loaded, task, split, config):
+    def fake_run(method, loaded, task, split, config, adapters_dir=None):
         rng = random.Random(method.id)
         labels = list(task.labels)
         truth = [label_of(i) for i in split.test]

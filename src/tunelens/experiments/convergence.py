@@ -119,6 +119,59 @@ def _prompt_style(template: Template, definition: bool) -> PromptStyle:
     return PromptStyle(template=template, definition=definition, n_positive=0)
 
 
+# Rows of (set, anchor) pairs probed together, each with its own set's adapter.
+PROBE_ROWS = 64
+
+
+def _probe_batched(
+    loaded,
+    config: TuningSpec,
+    prompts: Sequence[str],
+    row_states: Sequence[dict[str, Any]],
+    max_new_tokens: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Each prompt probed under its own LoRA adapter, many adapters per forward.
+
+    Row i runs with adapter ``row_states[i]``: the adapters are copied into one
+    :class:`~tunelens.models.tuning.many_sets.BatchedLoraLinear` stack (one
+    adapter per row, applied by batched matmul), so every chunk of
+    :data:`PROBE_ROWS` rows takes one capture forward, one last-token forward
+    and one greedy generate, where the per-set path swaps a PEFT adapter in and
+    runs all three per set. Rows are put in the generation order
+    (longest prompt first) so the stack lines up with the batch. Returns the
+    hidden states, last-token logits, block states and predictions in input
+    order, equal to the per-set path up to float rounding.
+    """
+    from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.patching import last_token_forward
+    from tunelens.models.predict import _length_order, generate_predictions
+    from tunelens.models.tuning.many_sets import batched_lora
+    from tunelens.models.tuning.targets import resolve_target_modules, target_module_names
+
+    model = loaded.model
+    names = target_module_names(model, resolve_target_modules(model, config.target_modules))
+    hidden, logits, states, preds = [], [], [], []
+    for start in range(0, len(prompts), PROBE_ROWS):
+        chunk = list(prompts[start : start + PROBE_ROWS])
+        _, order = _length_order(loaded.tokenizer, chunk)  # generate's own batch order
+        ordered = [chunk[i] for i in order]
+        n = len(ordered)
+        with batched_lora(model, names, [row_states[start + i] for i in order], config) as layers:
+            for layer in layers:
+                layer.eval()  # no LoRA dropout at probe time (PEFT's eval mode)
+            h = capture_last_token_states(loaded, ordered, batch_size=n).numpy()
+            reading = last_token_forward(loaded, ordered, batch_size=n)
+            generated = generate_predictions(
+                loaded, ordered, max_new_tokens=max_new_tokens, batch_size=n
+            )
+        back = np.argsort(np.asarray(order))  # position in ``ordered`` of each input row
+        hidden.append(h[back])
+        logits.append(reading.logits.numpy()[back])
+        states.append(reading.states.numpy()[back])
+        preds += [generated[i] for i in back]
+    return np.concatenate(hidden), np.concatenate(logits), np.concatenate(states), preds
+
+
 def run_convergence_cell(
     loaded,
     tasks: Sequence[Task],
@@ -126,6 +179,8 @@ def run_convergence_cell(
     seed: int,
     progress=None,
     adapters_dir: str | None = None,
+    *,
+    batched_probe: bool = True,
 ) -> dict[str, Any]:
     """One condition and seed: per-pair similarities per layer, CKA, behaviour, patching.
 
@@ -135,6 +190,10 @@ def run_convergence_cell(
     distribution at the answer position (over the task's label space) of the
     anchor, ICL and IT forwards; with ``params["patching"]``, the anchor forward
     with the ICL or IT state patched in at each layer.
+
+    LoRA cells probe every tuned set at once (:func:`_probe_batched`);
+    ``batched_probe=False`` probes one PEFT-wrapped set at a time, the reference
+    the tests compare it with.
     """
     from tunelens.models.controls import random_init_like
     from tunelens.models.hidden_states import capture_last_token_states
@@ -221,19 +280,29 @@ def run_convergence_cell(
 
     if config.method == "lora":
         # Every set's adapter in one batched run (equal to sequential runs; see
-        # models.tuning.tune_many_sets), then one PEFT wrapper probed per adapter.
+        # models.tuning.tune_many_sets), then all probed together, one adapter per row
+        # (or, as the reference, one PEFT wrapper probed per adapter).
         states = tune_many_sets(loaded, [tuning_sets[j] for j in used], config)
-        tuned = attach_lora(loaded, config)
-        try:
-            for n, (j, state) in enumerate(zip(used, states, strict=True)):
-                tuned.load_adapter_state(state)
-                probe_tuned(j, tuned)
-                if adapters_dir is not None:  # --save-adapters: one adapter per set
-                    tuned.save(f"{adapters_dir}/set-{j}")
-                if progress is not None:
-                    progress(n + 1, len(used))
-        finally:
-            tuned.unload()
+        if batched_probe:
+            by_set = dict(zip(used, states, strict=True))
+            h_it, it_logits, it_states, pred_it = _probe_batched(
+                loaded, config, anchor_prompts, [by_set[o] for o in owners], max_new
+            )
+            if progress is not None:
+                progress(len(used), len(used))
+        if adapters_dir is not None or not batched_probe:
+            tuned = attach_lora(loaded, config)
+            try:
+                for n, (j, state) in enumerate(zip(used, states, strict=True)):
+                    tuned.load_adapter_state(state)
+                    if not batched_probe:
+                        probe_tuned(j, tuned)
+                    if adapters_dir is not None:  # --save-adapters: one adapter per set
+                        tuned.save(f"{adapters_dir}/set-{j}")
+                    if progress is not None and not batched_probe:
+                        progress(n + 1, len(used))
+            finally:
+                tuned.unload()
     else:
         for n, j in enumerate(used):
             tuned = tune_on_pairs(loaded, tuning_sets[j], config)
@@ -628,7 +697,8 @@ class ConvergenceExperiment(Experiment):
     # 3: cell keys hold task and model content digests; nested demonstration sets.
     # 4: calibrated similarity (centered, standardized, floors), debiased CKA,
     #    next-token behaviour, activation patching, adapted weights, set ids.
-    code_version = "5"  # 5: cells keep the predicted text per pair
+    # 5: cells keep the predicted text per pair.
+    code_version = "6"  # 6: tuned sets probed together (batched LoRA): float noise moves
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)
