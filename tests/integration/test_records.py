@@ -65,3 +65,20 @@ def test_cells_keep_predictions_and_loss_curves_and_adapters_are_saved(tmp_path:
     assert curve[-1] == round(cell["result"]["training"]["final_loss"], 6)
     adapter = saving / "adapters" / cell["cell"]["key"]
     assert (adapter / "adapter_config.json").is_file()
+
+
+def test_the_manifest_records_the_invocation(tmp_path: Path):
+    out = tmp_path / "run"
+    spec = small_spec(False)
+    run_study(spec, out, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["results"] == "results.json"
+    assert set(manifest["experiments"]) == {"convergence", "audit"}
+    assert manifest["packages"]["torch"] and manifest["started"]
+    assert spec.audit is not None and spec.convergence is not None
+    assert manifest["effective_batch_size"] == {
+        "convergence": spec.convergence.tuning.batch_size
+        * spec.convergence.tuning.gradient_accumulation_steps,
+        "audit": spec.audit.tuning.batch_size * spec.audit.tuning.gradient_accumulation_steps,
+    }
+    assert "manifest" not in json.loads((out / "results.json").read_text())

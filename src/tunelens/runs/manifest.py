@@ -3,7 +3,8 @@
 Written by every invocation of the shared cell loop (``run``, the study
 commands, ``decide``, ``world eval --out``): the command line, start time,
 tunelens version and code revision, package versions, the experiments and
-their code versions, and which results file the directory holds, so that
+their code versions, the effective batch size of each tuning section, and
+which results file the directory holds, so that
 ``tunelens report DIR`` knows which page to rebuild.
 """
 
@@ -49,8 +50,30 @@ def code_revision() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+def effective_batch_sizes(sections: Sequence[tuple[Any, Any]]) -> dict[str, int]:
+    """Examples per optimizer step of each section that tunes (batch x accumulation).
+
+    Cells run single-process on their rank (tunelens.runs.ranks), so the launch's
+    world size does not multiply it.
+    """
+    sizes: dict[str, int] = {}
+    for experiment, section in sections:
+        tuning = getattr(section, "tuning", None)
+        if tuning is None:
+            config = getattr(section, "config", None)  # decide keeps its tuning in its config
+            tuning = getattr(config, "tuning", None)
+        batch = getattr(tuning, "batch_size", None)
+        if isinstance(batch, int):
+            sizes[experiment.name] = batch * int(getattr(tuning, "gradient_accumulation_steps", 1))
+    return sizes
+
+
 def write_manifest(
-    out_dir: Path, experiments: Sequence[Any], *, results_file: str | None = None
+    out_dir: Path,
+    experiments: Sequence[Any],
+    *,
+    results_file: str | None = None,
+    sections: Sequence[tuple[Any, Any]] = (),
 ) -> None:
     """Record this invocation in ``out_dir/manifest.json`` (replacing the previous one)."""
     manifest = {
@@ -60,6 +83,7 @@ def write_manifest(
         "code_revision": code_revision(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "experiments": {e.name: e.code_version for e in experiments},
+        "effective_batch_size": effective_batch_sizes(sections),
         "results": results_file,
     }
     atomic_write_text(Path(out_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")

@@ -304,7 +304,12 @@ def _execute_locked(
     adapters_dir: str | None = None,
 ) -> list[SectionRun]:
     if main:
-        write_manifest(out_dir, [exp for exp, _ in sections], results_file=results_file)
+        write_manifest(
+            out_dir,
+            [exp for exp, _ in sections],
+            results_file=results_file,
+            sections=sections,
+        )
     finished = store.finished_keys()
     planned_keys = {cell.key for _, _, cells in planned for cell in cells}
     kept = [len(finished & planned_keys)]
