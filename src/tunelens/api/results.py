@@ -656,6 +656,27 @@ class DecideResults(ResultsModel):
 # ---------------------------------------------------------------- validate and dump
 
 
+def parse_file(model: type[M], data: Any, *, source: str, what: str) -> M:
+    """``data`` read back as ``model`` (a results file), or a TunelensInputError naming the key.
+
+    ``what`` names the file kind in the message ("results", "decide").
+    """
+    from pydantic import ValidationError
+
+    from tunelens.errors import TunelensInputError
+
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise TunelensInputError(
+            f"not a tunelens {what} file: {first['msg']}", source=source, where=where
+        ) from None
+
+
 def _dump(model: type[M], data: Any) -> dict[str, Any]:
     return model.model_validate(data).dump()
 

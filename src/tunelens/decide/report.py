@@ -15,9 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from tunelens.api.results import DecideResults
+from tunelens.api.results import DecideResults, parse_file
 from tunelens.decide.verdict import (
     fmt_count,
     fmt_diff,
@@ -285,16 +283,7 @@ def _kv(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
 
 def parse_decide(data: Any, source: str | Path = "decide.json") -> DecideResults:
     """decide.json data as :class:`DecideResults`, or a TunelensInputError naming the key."""
-    if isinstance(data, DecideResults):
-        return data
-    try:
-        return DecideResults.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise TunelensInputError(
-            f"not a tunelens decide file: {first['msg']}", source=str(source), where=where
-        ) from None
+    return parse_file(DecideResults, data, source=str(source), what="decide")
 
 
 def _toc(results: DecideResults) -> list[tuple[str, str]]:

@@ -95,7 +95,7 @@ def run_decide(
     task = load_decide_task(task_path)
     costs: CostMatrix | None = load_costs(costs_path, task.labels or ()) if costs_path else None
     out = Path(out_dir) if out_dir is not None else default_out_dir(task)
-    section = DecideSection(str(task_path), model, config, costs)
+    section = DecideSection(str(task_path), model, config, costs, task=task)
     inputs = StudyInputs()
     section.plan(inputs)  # a bad task or model fails here, before the folder is made
     experiment = get_experiments()["decide"]

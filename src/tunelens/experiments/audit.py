@@ -394,26 +394,28 @@ def tuning_gain(
     return unit_mean_ci(d, seed=seed, n_resamples=n_boot)
 
 
+def _finite(*values: Any) -> bool:
+    return all(isinstance(x, float) and math.isfinite(x) for x in values)
+
+
 def significant(gain: dict[str, Any]) -> bool:
     """Whether a paired interval excludes zero."""
     lo, hi = gain["ci"]
-    ok = all(isinstance(x, float) and math.isfinite(x) for x in (lo, hi))
-    return bool(ok and (lo > 0 or hi < 0))
+    return bool(_finite(lo, hi) and (lo > 0 or hi < 0))
 
 
 def negligible_gain(gain: dict[str, Any], margin: float | None = None) -> bool:
     """Whether a gain's whole interval lies within +/- ``margin`` EM points (no practical gain)."""
     margin = NEGLIGIBLE_GAIN if margin is None else margin
     lo, hi = gain["ci"]
-    ok = all(isinstance(x, float) and math.isfinite(x) for x in (lo, hi))
-    return bool(ok and -margin <= lo and hi <= margin)
+    return bool(_finite(lo, hi) and -margin <= lo and hi <= margin)
 
 
 def units_to_decide(gain: dict[str, Any]) -> int | None:
     """Roughly how many tasks (at this gain and spread) would make the interval exclude zero."""
     lo, hi = gain["ci"]
     mean, n = gain["mean"], gain.get("n", 0)
-    if not all(isinstance(x, float) and math.isfinite(x) for x in (lo, hi, mean)) or not n:
+    if not _finite(lo, hi, mean) or not n:
         return None
     half = (hi - lo) / 2
     if abs(mean) < 1e-9:

@@ -41,6 +41,7 @@ class DecideSection:
     model: str
     config: DecideConfig
     costs: Any = None  # a tunelens.decide.costs.CostMatrix, or None
+    task: Any = None  # the task, when the caller has loaded it already (else read from task_path)
     _plan: DecidePlan | None = field(default=None, repr=False, compare=False)
 
     def plan(self, inputs: StudyInputs) -> DecidePlan:
@@ -52,7 +53,7 @@ class DecideSection:
             from tunelens.tasks.digest import task_digest
 
             config = self.config
-            task = load_decide_task(self.task_path)
+            task = self.task if self.task is not None else load_decide_task(self.task_path)
             demo_size = config.demo_size if config.demo_size is not None else max(config.k)
             split = stratified_split(
                 task.instances, test_size=config.test_size, demo_size=demo_size, seed=config.seed
@@ -79,14 +80,13 @@ class DecideExperiment(Experiment):
     code_version = "2"
 
     def _cell(self, method: Any, plan: DecidePlan, config: DecideConfig) -> Cell:
-        cell = dataclasses.replace(
+        return dataclasses.replace(
             method.cell,
             experiment=self.name,
             inputs=dict(plan.inputs),
             code_version=self.code_version,
             data={"method": method, "task": plan.task, "split": plan.split, "config": config},
         )
-        return cell
 
     def cells(self, section: DecideSection, inputs: StudyInputs) -> list[Cell]:
         plan = section.plan(inputs)

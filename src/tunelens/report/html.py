@@ -22,9 +22,9 @@ from typing import Any
 
 import jinja2
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from tunelens.api.results import ConvergenceEntry, StudyResults
+from tunelens.api.results import ConvergenceEntry, StudyResults, parse_file
 from tunelens.errors import TunelensInputError
 from tunelens.report.plots import (
     BASELINES,
@@ -80,18 +80,9 @@ def load_results(out_dir: Path) -> dict[str, Any]:
 
 def parse_results(data: Any, source: str | Path = "results.json") -> StudyResults:
     """results.json data as :class:`StudyResults`, or a TunelensInputError naming the key."""
-    if isinstance(data, StudyResults):
-        return data
-    if not isinstance(data, Mapping):
+    if not isinstance(data, (Mapping, StudyResults)):
         raise TunelensInputError("results.json must hold a JSON object", source=str(source))
-    try:
-        return StudyResults.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise TunelensInputError(
-            f"not a tunelens results file: {first['msg']}", source=str(source), where=where
-        ) from None
+    return parse_file(StudyResults, data, source=str(source), what="results")
 
 
 def plain(value: Any) -> Any:

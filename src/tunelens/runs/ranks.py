@@ -89,6 +89,11 @@ class RankExecutor:
             self.inner.run(mine, store, on_done=on_done, on_step=on_step)
         waiting = [job for job in jobs if job not in mine]
         while waiting:
-            waiting = [job for job in waiting if not store.has(job.cell)]
+            # A cheap stat first: a cell file is read and parsed only once it exists.
+            waiting = [
+                job
+                for job in waiting
+                if not (store.path(job.cell).is_file() and store.has(job.cell))
+            ]
             if waiting:
                 time.sleep(self.poll_seconds)
