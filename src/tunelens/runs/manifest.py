@@ -4,8 +4,7 @@ Written by every invocation of the shared cell loop (``run``, the study
 commands, ``decide``, ``world eval --out``): the command line, start time,
 tunelens version and code revision, package versions, the experiments and
 their code versions, the effective batch size of each tuning section, and
-which results file the directory holds, so that
-``tunelens report DIR`` knows which page to rebuild.
+which results file the directory holds.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any
 import tunelens
 from tunelens.runs.store import atomic_write_text, dumps
 
-__all__ = ["MANIFEST", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST", "effective_batch_sizes", "write_manifest"]
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "scipy", "ray")
@@ -87,14 +86,3 @@ def write_manifest(
         "results": results_file,
     }
     atomic_write_text(Path(out_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    """The manifest of a run directory, or None where there is none (older runs)."""
-    import json
-
-    try:
-        data = json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
