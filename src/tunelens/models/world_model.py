@@ -62,6 +62,26 @@ class WorldModelRecipe:
     checkpoint_every: int = 500
     eval_every: int = 500
     threads: int = 1
+    # Second generation (see tasks.world.corpus; the defaults reproduce the first
+    # recipe, the shipped `world-small`): the tokenizer generation (2 adds the
+    # novel words), the shares of copy, foreign-label and definition-block
+    # sequences, and the one-word family's weight after the curriculum (0 means
+    # FAMILY_WEIGHTS).
+    vocabulary: int = 1
+    copy: float = 0.0
+    foreign_labels: float = 0.0
+    definition_blocks: float = 0.0
+    word_category_weight: float = 0.0
+
+    def mix(self) -> CorpusMix:
+        return CorpusMix(
+            bursty=self.bursty,
+            all_tokens_loss=self.all_tokens_loss,
+            copy=self.copy,
+            foreign_labels=self.foreign_labels,
+            definition_blocks=self.definition_blocks,
+            word_category_weight=self.word_category_weight or None,
+        )
 
     def __post_init__(self) -> None:
         """Every field within its real bounds; a bad one names its option (``--steps``)."""
@@ -80,6 +100,7 @@ class WorldModelRecipe:
             "checkpoint_every": (1, None),
             "eval_every": (1, None),
             "threads": (1, None),
+            "vocabulary": (1, 2),
         }
         for name, (low, high) in whole.items():
             value = getattr(self, name)
@@ -88,7 +109,14 @@ class WorldModelRecipe:
             if value < low or (high is not None and value > high):
                 bound = f"between {low} and {high}" if high is not None else f">= {low}"
                 self._bad(name, f"must be {bound}, got {value}")
-        for name in ("bursty", "decay_start"):
+        for name in (
+            "bursty",
+            "decay_start",
+            "copy",
+            "foreign_labels",
+            "definition_blocks",
+            "word_category_weight",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
                 self._bad(name, f"must lie in [0, 1], got {value!r}")
@@ -114,8 +142,40 @@ class WorldModelRecipe:
 # Recipe fields that do not change the result: a run may resume with other values.
 RUNTIME_FIELDS = ("threads", "checkpoint_every", "eval_every")
 
+# The family: `world-small` is the first recipe (the defaults above); `world`
+# (size "base") is deeper, reads 128-token sequences and is trained on the
+# second-generation corpus. `world-it` is `world` after multi-task instruction
+# tuning (see models.world_it).
+SIZES: dict[str, dict[str, object]] = {
+    "small": {},
+    "base": {
+        "hidden_size": 128,
+        "layers": 6,
+        "heads": 4,
+        "intermediate_size": 512,
+        "seq_len": 128,
+        "batch_size": 32,
+        "steps": 10000,
+        "curriculum_steps": 3000,
+        "lr": 2e-3,
+        "warmup": 300,
+        "vocabulary": 2,
+        "copy": 0.1,
+        "foreign_labels": 0.3,
+        "definition_blocks": 0.15,
+        "word_category_weight": 0.3,
+    },
+}
 
-def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
+
+def recipe_for_size(size: str, **overrides: object) -> WorldModelRecipe:
+    """The recipe of one family member, with command-line overrides."""
+    if size not in SIZES:
+        raise TunelensInputError(f"must be one of {', '.join(SIZES)}, got {size!r}", where="--size")
+    return WorldModelRecipe(**{**SIZES[size], **overrides})  # type: ignore[arg-type]
+
+
+def build_tokenizer(seed: int = 0, vocabulary: int = 1) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over every word the world can produce.
 
     "\\n\\n" (the example separator) is one token and doubles as end of sequence,
@@ -123,7 +183,7 @@ def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
     """
     pre = pre_tokenizers.Whitespace()
     words: set[str] = set()
-    for text in vocabulary_texts(seed):
+    for text in vocabulary_texts(seed, generation=vocabulary):
         words.update(piece for piece, _ in pre.pre_tokenize_str(text))
     vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, *sorted(words)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
@@ -194,6 +254,7 @@ class _Batcher:
         pre = pre_tokenizers.Whitespace()
         self._definitions: dict[str, list[str]] = {}
         self._split = lambda text: [p for p, _ in pre.pre_tokenize_str(text)]
+        self.mix = recipe.mix()
 
     def _tokenize(self, text: str) -> list[str]:
         if text not in self._definitions:
@@ -212,7 +273,7 @@ class _Batcher:
                 max_tokens=r.seq_len,
                 tokenize=self._tokenize,
                 forbidden_label_sets=self.forbidden,
-                mix=CorpusMix(bursty=r.bursty, all_tokens_loss=r.all_tokens_loss),
+                mix=self.mix,
                 family="word_category" if step < r.curriculum_steps else None,
             )
             row_ids = torch.tensor([self.vocab[t] for t in tokens])
@@ -241,8 +302,14 @@ def probe_icl_accuracy(
     shots: tuple[int, ...] = (0, 1, 4, 8),
     queries_per_task: int = 6,
     seed: int = 0,
+    *,
+    definition: bool = False,
 ) -> dict[int, float]:
-    """Greedy first-token accuracy (0-100) on plain few-shot prompts; cheap, for monitoring."""
+    """Greedy first-token accuracy (0-100) on plain few-shot prompts; cheap, for monitoring.
+
+    ``definition`` puts the task definition first (the plain template's
+    ``Definition:`` block).
+    """
     model.eval()
     rng = random.Random(seed)
     out: dict[int, float] = {}
@@ -250,17 +317,66 @@ def probe_icl_accuracy(
         prompts, answers = [], []
         for task in tasks:
             pool = list(task.instances)
+            head = f"Definition: {task.definition}\n\n" if definition else ""
             for _ in range(queries_per_task):
                 chosen = rng.sample(pool, k + 1)
-                # The plain template of tunelens.prompts, without a definition.
+                # The plain template of tunelens.prompts.
                 demos = "".join(f"Input: {i.input}\nOutput: {i.outputs[0]}\n\n" for i in chosen[:k])
-                prompts.append(f"{demos}Input: {chosen[k].input}\nOutput:")
+                prompts.append(f"{head}{demos}Input: {chosen[k].input}\nOutput:")
                 answers.append(tokenizer.convert_tokens_to_ids(chosen[k].outputs[0]))
         batch = tokenizer(prompts, return_tensors="pt", padding=True)
         logits = model(**batch).logits[:, -1, :]
         out[k] = 100.0 * (logits.argmax(-1) == torch.tensor(answers)).float().mean().item()
     model.train()
     return out
+
+
+def probe_record(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, recipe: WorldModelRecipe
+) -> dict[str, dict[str, float]]:
+    """The held-out probes of one training-log line (rounded, keys as strings).
+
+    Always: all held-out tasks and the one-word ones. For the second-generation
+    vocabulary also: novel label words, definition only (k = 0), and each rule
+    family at k = 8, the rows of the family's targets.
+    """
+    from tunelens.tasks.world.relabel import relabel_tasks
+
+    def rounded(acc: dict[int, float]) -> dict[str, float]:
+        return {str(k): round(v, 1) for k, v in acc.items()}
+
+    tasks = generate_world(recipe.seed).heldout
+    one_word = [t for t in tasks if t.metadata["family"] == "word_category"]
+    seed = recipe.seed
+    record = {
+        "heldout_accuracy": rounded(probe_icl_accuracy(model, tokenizer, tasks, seed=seed)),
+        "heldout_word_category_accuracy": rounded(
+            probe_icl_accuracy(model, tokenizer, one_word, seed=seed)
+        ),
+    }
+    if recipe.vocabulary >= 2:
+        novel = relabel_tasks(tasks, "novel")
+        record["heldout_novel_label_accuracy"] = rounded(
+            probe_icl_accuracy(model, tokenizer, novel, shots=(1, 4, 8), seed=seed)
+        )
+        record["heldout_definition_only_accuracy"] = rounded(
+            probe_icl_accuracy(model, tokenizer, tasks, shots=(0,), seed=seed, definition=True)
+        )
+        families = sorted({t.metadata["family"] for t in tasks})
+        record["heldout_family_accuracy_k8"] = {
+            family: round(
+                probe_icl_accuracy(
+                    model,
+                    tokenizer,
+                    [t for t in tasks if t.metadata["family"] == family],
+                    shots=(8,),
+                    seed=seed,
+                )[8],
+                1,
+            )
+            for family in families
+        }
+    return record
 
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -390,7 +506,7 @@ def train_world_model(
 
     torch.set_num_threads(recipe.threads)
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(recipe.seed)
+    tokenizer = build_tokenizer(recipe.seed, recipe.vocabulary)
     model = build_model(recipe, tokenizer)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -415,8 +531,6 @@ def train_world_model(
         lambda: f"interrupted: the checkpoint at step {saved_at[0]} is kept; {interrupt.RESUME}"
     )
     batcher = _Batcher(recipe, tokenizer)
-    probe_tasks = generate_world(recipe.seed).heldout
-    one_word_tasks = [t for t in probe_tasks if t.metadata["family"] == "word_category"]
     model.train()
     running, t0 = None, time.time()
     with ProgressDisplay(progress) as bar:
@@ -439,17 +553,12 @@ def train_world_model(
             bar.advance(job, loss=running)
             done = step + 1
             if done % recipe.eval_every == 0 or done == recipe.steps:
-                acc = probe_icl_accuracy(model, tokenizer, probe_tasks, seed=recipe.seed)
-                one_word = probe_icl_accuracy(model, tokenizer, one_word_tasks, seed=recipe.seed)
                 record = {
                     "step": done,
                     "loss": round(running, 4),
                     "lr": learning_rate(recipe, step),
                     "seconds": round(time.time() - t0, 1),
-                    "heldout_accuracy": {str(k): round(v, 1) for k, v in acc.items()},
-                    "heldout_word_category_accuracy": {
-                        str(k): round(v, 1) for k, v in one_word.items()
-                    },
+                    **probe_record(model, tokenizer, recipe),
                 }
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -466,7 +575,7 @@ def export_world_model(
 ) -> None:
     """Save model, tokenizer and training log in Hugging Face format (safetensors)."""
     target.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(recipe.seed)
+    tokenizer = build_tokenizer(recipe.seed, recipe.vocabulary)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     (target / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")

@@ -9,7 +9,15 @@ few words per category recur, so copying from the context pays off early; with
 loss on every token (the shipped recipe) predicting those recurring words
 trains the copying circuit that in-context learning then reuses (with loss on
 outputs only, no run of up to 10,000 steps left the guess; see the world
-model's training log). Sequences are lists of tokenizer tokens plus a loss
+model's training log). The second-generation recipe adds three kinds (all off
+by default, so the first recipe is reproduced exactly): *copy* sequences that
+repeat random word lists (including ``NOVEL_LABEL_WORDS``, which appear nowhere
+else), teaching the model to copy any word; *foreign labels*, task sequences
+whose label words are category words of categories the rule does not use, so
+a label is whatever the context says it is; and *definition blocks*, sequences
+of several (definition, one to three examples) blocks of fresh rules, in which
+each first answer after a definition can only be predicted by reading it.
+Sequences are lists of tokenizer tokens plus a loss
 mask, built directly from words so that a training step costs no tokenizer call.
 """
 
@@ -19,8 +27,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunelens.tasks.world.generator import draw_rule
-from tunelens.tasks.world.lexicon import CATEGORIES, CATEGORY_NOUN, LABEL_WORDS
+from tunelens.tasks.world.generator import FAMILY_WEIGHTS, draw_rule
+from tunelens.tasks.world.lexicon import CATEGORIES, CATEGORY_NOUN, LABEL_WORDS, NOVEL_LABEL_WORDS
 from tunelens.tasks.world.rules import Rule
 
 BOS, SEP = "<s>", "\n\n"
@@ -40,6 +48,25 @@ class CorpusMix:
     # Loss on every token (plain language modelling) instead of outputs only:
     # predicting recurring input words trains copying from the context.
     all_tokens_loss: bool = False
+    # Second generation (0 = off): shares of copy sequences (of all sequences),
+    # of task sequences with foreign labels, and of definition-block sequences
+    # (of task sequences); and the one-word family's weight after the curriculum
+    # (None: FAMILY_WEIGHTS; the other families keep their proportions).
+    copy: float = 0.0
+    foreign_labels: float = 0.0
+    definition_blocks: float = 0.0
+    word_category_weight: float | None = None
+
+    def family_weights(self) -> dict[str, float]:
+        """Rule-family weights after the curriculum."""
+        if self.word_category_weight is None:
+            return dict(FAMILY_WEIGHTS)
+        others = {f: w for f, w in FAMILY_WEIGHTS.items() if f != "word_category"}
+        scale = (1 - self.word_category_weight) / sum(others.values())
+        return {
+            "word_category": self.word_category_weight,
+            **{f: w * scale for f, w in others.items()},
+        }
 
 
 def _example_tokens(words: list[str], label: str) -> tuple[list[str], list[bool]]:
@@ -58,6 +85,55 @@ def fact_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[
             return tokens, mask
         tokens += piece
         mask += [False, False] + [True] * len(noun) + [False]
+
+
+COPY_WORDS: tuple[str, ...] = (
+    *sorted(w for words in CATEGORIES.values() for w in words),
+    *LABEL_WORDS,
+    *NOVEL_LABEL_WORDS,
+)
+
+
+def copy_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[bool]]:
+    """Random word lists, each written two or three times: copying any word pays off."""
+    tokens, mask = [BOS], [False]
+    while True:
+        words = rng.sample(COPY_WORDS, rng.randint(3, 8))
+        piece = [tok for _ in range(rng.randint(2, 3)) for tok in (*words, SEP)]
+        if len(tokens) + len(piece) > max_tokens:
+            return tokens, mask
+        tokens += piece
+        mask += [True] * len(piece)
+
+
+def with_foreign_labels(rng: random.Random, rule: Rule) -> Rule:
+    """The rule with label words drawn from categories it does not use."""
+    pool = sorted(w for c, words in CATEGORIES.items() if c not in rule.categories for w in words)
+    return Rule(rule.family, rule.categories, tuple(rng.sample(pool, len(rule.labels))))
+
+
+def definition_blocks_sequence(
+    rng: random.Random,
+    draw: Callable[[], Rule],
+    max_tokens: int,
+    tokenize: Callable[[str], list[str]],
+) -> tuple[list[str], list[bool]]:
+    """(definition, 1-3 examples) blocks of fresh rules; each first answer needs the definition."""
+    tokens, mask = [BOS], [False]
+    while True:
+        rule = draw()
+        definition = tokenize(rule.definition(rng.randrange(3)))
+        piece = ["Definition:", *definition, SEP]
+        piece_mask = [False] * len(piece)
+        for _ in range(rng.randint(1, 3)):
+            label = rng.choice(rule.labels)
+            t, m = _example_tokens(rule.sample_input(rng, label), label)
+            piece += t
+            piece_mask += m
+        if len(tokens) + len(piece) > max_tokens:
+            return tokens, mask
+        tokens += piece
+        mask += piece_mask
 
 
 def task_sequence(
@@ -111,14 +187,30 @@ def training_sequence(
     """One training sequence of at most ``max_tokens`` tokens, and its loss mask.
 
     ``family`` pins the rule family (the curriculum's first phase); None draws
-    it by ``FAMILY_WEIGHTS``.
+    it by ``mix.family_weights()``. A share that is 0 draws no random number, so
+    the first recipe's data are unchanged by the second generation's options.
     """
+    weights = mix.family_weights() if mix.word_category_weight is not None else None
+
+    def draw() -> Rule:
+        chosen = family
+        if chosen is None and weights is not None:
+            chosen = rng.choices(list(weights), weights=list(weights.values()))[0]
+        rule = draw_rule(
+            rng, seed=seed, heldout=False, family=chosen, forbidden_label_sets=forbidden_label_sets
+        )
+        if mix.foreign_labels and rng.random() < mix.foreign_labels:
+            rule = with_foreign_labels(rng, rule)
+        return rule
+
     if rng.random() < mix.facts:
         tokens, mask = fact_sequence(rng, max_tokens)
+    elif mix.copy and rng.random() < mix.copy:
+        tokens, mask = copy_sequence(rng, max_tokens)
+    elif mix.definition_blocks and rng.random() < mix.definition_blocks:
+        tokens, mask = definition_blocks_sequence(rng, draw, max_tokens, tokenize)
     else:
-        rule = draw_rule(
-            rng, seed=seed, heldout=False, family=family, forbidden_label_sets=forbidden_label_sets
-        )
+        rule = draw()
         definition = None
         if rng.random() < mix.definition_prefix:
             definition = tokenize(rule.definition(rng.randrange(3)))
@@ -139,8 +231,8 @@ def training_sequence(
     return tokens, mask
 
 
-def vocabulary_texts(seed: int) -> list[str]:
-    """Every string whose words the world tokenizer must know."""
+def vocabulary_texts(seed: int, *, generation: int = 1) -> list[str]:
+    """Every string whose words the world tokenizer must know; generation 2 adds novel words."""
     rng = random.Random(seed)
     texts = [" ".join(w) for w in CATEGORIES.values()] + [" ".join(LABEL_WORDS)]
     texts += [" ".join(v) for v in CATEGORY_NOUN.values()] + [" ".join(CATEGORY_NOUN)]
@@ -155,4 +247,6 @@ def vocabulary_texts(seed: int) -> list[str]:
         'Answer "a" or "b". Answer "a", "b" or "c". Answer with a short text. Answer with one of',
         '. , ; : ! ? - ( ) [ ] \' " ". ", "; ": ." ," ).',
     ]
+    if generation >= 2:
+        texts.append(" ".join(NOVEL_LABEL_WORDS))
     return texts

@@ -228,6 +228,54 @@ LABEL_WORDS: tuple[str, ...] = (
 )
 
 
+# Ordinary nouns that are never a label (nor an input) of any world task: the
+# second-generation world model meets them only in copy sequences (see
+# tasks.world.corpus), so `tunelens world eval --labels novel` can test whether
+# in-context learning copies label words it has never seen used as labels.
+NOVEL_LABEL_WORDS: tuple[str, ...] = (
+    "table",
+    "chair",
+    "window",
+    "door",
+    "paper",
+    "river",
+    "mountain",
+    "bridge",
+    "candle",
+    "bottle",
+    "basket",
+    "pillow",
+    "mirror",
+    "carpet",
+    "blanket",
+    "pencil",
+    "button",
+    "ribbon",
+    "kettle",
+    "ladle",
+    "bucket",
+    "wallet",
+    "ticket",
+    "engine",
+    "tunnel",
+    "tower",
+    "fence",
+    "pocket",
+    "rope",
+    "needle",
+    "lantern",
+    "anchor",
+    "feather",
+    "pebble",
+    "shell",
+    "leaf",
+    "branch",
+    "root",
+    "seed",
+    "brick",
+)
+
+
 def category_of(word: str) -> str:
     """The category a world word belongs to (KeyError for a non-world word)."""
     return WORD_CATEGORY[word]
@@ -238,3 +286,5 @@ WORD_CATEGORY: dict[str, str] = {w: c for c, words in CATEGORIES.items() for w i
 assert len(WORD_CATEGORY) == sum(len(w) for w in CATEGORIES.values()), "category words overlap"
 assert not set(LABEL_WORDS) & set(WORD_CATEGORY), "label words overlap category words"
 assert len(set(LABEL_WORDS)) == len(LABEL_WORDS) == 40
+assert not set(NOVEL_LABEL_WORDS) & (set(LABEL_WORDS) | set(WORD_CATEGORY)), "novel words overlap"
+assert len(set(NOVEL_LABEL_WORDS)) == len(NOVEL_LABEL_WORDS) == 40
