@@ -165,6 +165,11 @@ class AuditSpec(_Strict):
     """Question 2: multi-task tuning grid, zero-shot on held-out tasks."""
 
     model: str | None = Field(None, description="Model to tune; empty means the spec's.")
+    models: list[str] = Field(
+        [],
+        description="Several models: one whole audit per model (results key audit_by_model; "
+        "the top-level audit keys are the first model's). Empty means [model].",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="Weights dtype; empty means the spec's."
     )
@@ -231,6 +236,14 @@ class WorldEvalSpec(_Strict):
         list(DEFAULT_SHOTS), description="Values of k (>= 0)."
     )
     queries_per_task: int = Field(20, ge=1, description="Queries per task and k.")
+    labels: Literal["original", "novel"] = Field(
+        "original",
+        description="'novel' swaps each task's label words for words never used as labels in "
+        "the world models' training (tunelens.tasks.world.relabel).",
+    )
+    definition: bool = Field(
+        False, description="Put the task definition before the demonstrations (k = 0: only it)."
+    )
     seed: Seed = Field(0, description="Seed of the demonstration draws.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
     device: str = Field("cpu", description="torch device.")
@@ -239,7 +252,16 @@ class WorldEvalSpec(_Strict):
 class Spec(_Strict):
     """A whole study."""
 
-    model: str = Field("world", description="'world' or a local Hugging Face model directory.")
+    model: str = Field(
+        "world",
+        description="'world', 'world-small', 'world-it' (the embedded family) or a local "
+        "Hugging Face model directory.",
+    )
+    models: list[str] = Field(
+        [],
+        description="A model factor: every study runs on each of these models (convergence "
+        "models, audit models) unless its section lists its own. Empty means [model].",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
     device: str = Field("cpu", description="torch device.")
     seed: Seed = Field(
@@ -274,19 +296,22 @@ class Spec(_Strict):
         """Sections inherit model, dtype and device, so each cell's key names its model, and
         the base seed shifts the default seeds of sections that list none."""
         common = {"dtype": self.dtype, "device": self.device}
+        models = list(self.models) or [self.model]
         if self.convergence is not None:
             c = self.convergence
             update: dict[str, object] = {k: v for k, v in common.items() if getattr(c, k) is None}
             if not c.models:
-                update["models"] = [self.model]
+                update["models"] = models
             if "seeds" not in c.model_fields_set:
                 update["seeds"] = [self.seed + s for s in c.seeds]
             object.__setattr__(self, "convergence", c.model_copy(update=update))
         if self.audit is not None:
             a = self.audit
             update = {k: v for k, v in common.items() if getattr(a, k) is None}
-            if a.model is None:
-                update["model"] = self.model
+            if not a.models:
+                update["models"] = [a.model] if a.model is not None else models
+            chosen = update.get("models", a.models)
+            update["model"] = chosen[0]  # type: ignore[index]
             if "seeds" not in a.model_fields_set:
                 update["seeds"] = [self.seed + s for s in a.seeds]
             object.__setattr__(self, "audit", a.model_copy(update=update))

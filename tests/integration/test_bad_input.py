@@ -426,6 +426,17 @@ OPTIONS: dict[str, list[str]] = {
     "world-export-instances-negative": ["world", "export", "x", "--instances", "-1"],
     "world-export-n-train-zero": ["world", "export", "x", "--n-train", "0"],
     "world-train-threads-zero": ["world", "train-model", "--workdir", "w", "--threads", "0"],
+    "world-train-size-unknown": ["world", "train-model", "--workdir", "w", "--size", "huge"],
+    "world-train-it-small": [
+        "world",
+        "train-model",
+        "--workdir",
+        "w",
+        "--size",
+        "small",
+        "--instruction-tune",
+    ],
+    "world-eval-labels-unknown": ["world", "eval", "--labels", "odd", "--shots", "0"],
     "world-train-steps-negative": ["world", "train-model", "--workdir", "w", "--steps", "-5"],
     "world-train-bursty-above-one": ["world", "train-model", "--workdir", "w", "--bursty", "2"],
     "world-train-category-init-nan": [

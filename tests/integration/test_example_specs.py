@@ -78,7 +78,9 @@ def substitute(data: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     stand_ins: list[str] = []
 
     def model(name: str) -> str:
-        if name == "world" or (ROOT / name).is_dir():
+        from tunelens.models.paths import is_world_model
+
+        if is_world_model(name) or (ROOT / name).is_dir():
             return name
         stand_ins.append(name)
         return stand_in_model(name, tmp_path)
@@ -86,6 +88,8 @@ def substitute(data: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     data = dict(data)
     if "model" in data:
         data["model"] = model(data["model"])
+    if data.get("models"):
+        data["models"] = [model(m) for m in data["models"]]
     if data.get("device", "cpu") != "cpu":
         data["device"] = "cpu"
     data["dtype"] = "float32"

@@ -13,73 +13,108 @@ import torch
 from tunelens.errors import TunelensInputError
 from tunelens.experiments.world_eval import reference_eval
 from tunelens.models.loading import load_model
-from tunelens.models.paths import world_model_dir
-from tunelens.models.world_model import WorldModelRecipe, train_world_model
+from tunelens.models.paths import WORLD_MODELS, world_model_dir
+from tunelens.models.world_model import recipe_for_size, train_world_model
 from tunelens.tasks.world.generator import generate_world
 
 SHIPPED = world_model_dir()
+FAMILY = list(WORLD_MODELS)
 
 
-def test_shipped_model_is_complete_and_small():
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "training_log.jsonl",
-        "recipe.json",
-        "reference_eval.json",
-    ):
-        assert (SHIPPED / name).is_file(), name
-    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 20 * 2**20
+def test_the_family_ships_complete_and_small():
+    total = 0
+    for member in FAMILY:
+        directory = world_model_dir(member)
+        for name in (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "training_log.jsonl",
+            "recipe.json",
+            "reference_eval.json",
+        ):
+            assert (directory / name).is_file(), (member, name)
+        total += sum(p.stat().st_size for p in directory.iterdir())
+    assert total <= 20 * 2**20
 
 
-def test_loads_with_plain_auto_classes_and_through_the_generic_loader():
+def test_world_is_deeper_and_bigger_than_world_small():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = AutoConfig.from_pretrained(world_model_dir("world"))
+    small = AutoConfig.from_pretrained(world_model_dir("world-small"))
+    assert base.num_hidden_layers >= 6 and small.num_hidden_layers == 3
+    model = AutoModelForCausalLM.from_pretrained(world_model_dir("world"))
+    assert sum(p.numel() for p in model.parameters()) >= 1_000_000
+    recipe = json.loads((world_model_dir("world") / "recipe.json").read_text())
+    assert recipe["seq_len"] >= 128
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_loads_with_plain_auto_classes_and_through_the_generic_loader(name):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(SHIPPED)
-    tokenizer = AutoTokenizer.from_pretrained(SHIPPED)
+    model = AutoModelForCausalLM.from_pretrained(world_model_dir(name))
+    tokenizer = AutoTokenizer.from_pretrained(world_model_dir(name))
     ids = tokenizer("Input: cat\nOutput:", return_tensors="pt")
-    loaded = load_model("world")
+    loaded = load_model(name)
     with torch.no_grad():
         a = model(**ids).logits
         b = loaded.model(**ids).logits
     torch.testing.assert_close(a, b)
-    assert loaded.kind == "causal"
+    assert loaded.kind == "causal" and loaded.name == name
 
 
-def test_reproduces_its_recorded_few_shot_accuracy():
-    recorded = json.loads((SHIPPED / "reference_eval.json").read_text())
-    again = reference_eval(load_model("world"), generate_world(0).heldout)
+@pytest.mark.parametrize("name", FAMILY)
+def test_reproduces_its_recorded_few_shot_accuracy(name):
+    recorded = json.loads((world_model_dir(name) / "reference_eval.json").read_text())
+    again = reference_eval(load_model(name), generate_world(0).heldout)
     assert again["settings"] == recorded["settings"]
     for k, accuracy in recorded["shots"].items():
         assert again["shots"][k] == pytest.approx(accuracy, abs=3.0), k
+    assert again["definition_only"] == pytest.approx(recorded["definition_only"], abs=3.0)
 
 
-def test_world_path_command_prints_the_directory():
+@pytest.mark.parametrize("name", FAMILY)
+def test_world_path_command_prints_the_directory(name):
     out = subprocess.run(
-        [sys.executable, "-m", "tunelens", "world", "path"],
+        [sys.executable, "-m", "tunelens", "world", "path", name],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0 and out.stdout.strip() == str(SHIPPED)
+    assert out.returncode == 0 and out.stdout.strip() == str(world_model_dir(name))
 
 
-def test_training_in_pieces_equals_one_run(tmp_path):
-    recipe = WorldModelRecipe(
-        hidden_size=16,
-        layers=1,
-        heads=2,
-        intermediate_size=32,
-        seq_len=32,
-        batch_size=4,
-        steps=6,
-        curriculum_steps=3,
-        warmup=2,
-        checkpoint_every=100,
-        eval_every=100,
-        threads=1,
-    )
+def test_an_unknown_family_member_or_size_is_a_clear_error():
+    with pytest.raises(TunelensInputError, match="not an embedded world model"):
+        world_model_dir("world-huge")
+    with pytest.raises(TunelensInputError, match="--size"):
+        recipe_for_size("huge")
+
+
+TINY = {
+    "hidden_size": 16,
+    "layers": 1,
+    "heads": 2,
+    "intermediate_size": 32,
+    "seq_len": 32,
+    "batch_size": 4,
+    "steps": 6,
+    "curriculum_steps": 3,
+    "warmup": 2,
+    "checkpoint_every": 100,
+    "eval_every": 100,
+    "threads": 1,
+}
+
+
+@pytest.mark.parametrize("size", ["small", "base"])
+def test_training_in_pieces_equals_one_run(tmp_path, size):
+    """Both recipes (the base one with its second-generation corpus), at a tiny size."""
+    recipe = recipe_for_size(size, **TINY)
+    if size == "base":
+        assert recipe.vocabulary == 2 and recipe.copy > 0 and recipe.definition_blocks > 0
     whole = train_world_model(recipe, tmp_path / "whole", progress=False)
     train_world_model(recipe, tmp_path / "pieces", progress=False, until=2)
     resumed = train_world_model(replace(recipe, threads=2), tmp_path / "pieces", progress=False)
@@ -89,3 +124,75 @@ def test_training_in_pieces_equals_one_run(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     with pytest.raises(TunelensInputError, match="another recipe"):
         train_world_model(replace(recipe, lr=1e-3), tmp_path / "pieces", progress=False)
+
+
+def _world_eval(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "tunelens", "world", "eval", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_world_eval_with_novel_labels_and_definition_says_so_and_differs():
+    """--labels novel scores the relabelled tasks; the JSON records both options."""
+    from tunelens.experiments.world_eval import accuracy_at_k
+    from tunelens.tasks.world.relabel import relabel_tasks
+
+    plain = _world_eval("--model", "world-small", "--shots", "0,4", "--queries", "2")
+    novel = _world_eval(
+        "--model",
+        "world-small",
+        "--shots",
+        "0,4",
+        "--queries",
+        "2",
+        "--labels",
+        "novel",
+        "--definition",
+    )
+    assert (plain["labels"], plain["definition"]) == ("original", False)
+    assert (novel["labels"], novel["definition"]) == ("novel", True)
+    # The CLI's numbers are those of the library on the relabelled tasks, definition first.
+    tasks = relabel_tasks(generate_world(0).heldout, "novel")
+    per_task = accuracy_at_k(
+        load_model("world-small"), tasks, 4, queries_per_task=2, seed=0, definition=True
+    )
+    assert novel["shots"]["4"] == pytest.approx(sum(per_task.values()) / len(per_task), abs=0.01)
+
+
+def test_instruction_tuning_writes_a_plain_full_model(tmp_path):
+    """`world-it`'s recipe on the small model for a few steps: a loadable, changed model."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelens.models.world_it import (
+        WorldItRecipe,
+        instruction_pairs,
+        instruction_tune_world_model,
+    )
+
+    pairs, names = instruction_pairs(generate_world(0).train[:2])
+    instances = sum(len(t.instances) for t in generate_world(0).train[:2])
+    assert len(pairs) == len(names) == 3 * instances  # three encodings of every instance
+    assert any(p.startswith("Definition:") and "Input:" in p[p.index("\n\n") :] for p, _ in pairs)
+    target = tmp_path / "it"
+    base = world_model_dir("world-small")
+    recipe = WorldItRecipe(max_steps=3, batch_size=4)
+    instruction_tune_world_model(base, tmp_path / "work", target, recipe=recipe, progress=False)
+    tuned = AutoModelForCausalLM.from_pretrained(target)
+    original = AutoModelForCausalLM.from_pretrained(base)
+    changed = [
+        name
+        for (name, a), (_, b) in zip(
+            tuned.state_dict().items(), original.state_dict().items(), strict=True
+        )
+        if not torch.equal(a, b)
+    ]
+    assert changed, "full fine-tuning changed no weight"
+    recipe_json = json.loads((target / "recipe.json").read_text())
+    assert recipe_json["instruction_tuning"]["max_steps"] == 3 and "base" in recipe_json
+    log = [json.loads(line) for line in (target / "training_log.jsonl").read_text().splitlines()]
+    assert log[-1]["steps"] == 3 and 0 <= log[-1]["heldout_definition_only_accuracy"] <= 100

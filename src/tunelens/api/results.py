@@ -15,7 +15,7 @@ through these functions, so a renamed or missing key fails where it is made.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -480,6 +480,8 @@ class WorldEval(ResultsModel):
     tasks: int
     queries_per_task: int
     per_family: dict[str, dict[str, float]]
+    labels: Literal["original", "novel"] = "original"  # novel: label words never used as labels
+    definition: bool = False  # the task definition came before the demonstrations
 
 
 # ---------------------------------------------------------------- decide.json

@@ -67,11 +67,13 @@ def export(
 
 
 @world_app.command("path")
-def path() -> None:
-    """Print the directory of the shipped world model."""
+def path(
+    name: Annotated[str, typer.Argument(help="'world', 'world-small' or 'world-it'.")] = "world",
+) -> None:
+    """Print the directory of a shipped world model."""
     from tunelens.models.paths import world_model_dir
 
-    typer.echo(str(world_model_dir()))
+    typer.echo(str(world_model_dir(name)))
 
 
 @world_app.command("train-model")
@@ -79,19 +81,41 @@ def train_model(
     workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
         "world_train"
     ),
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 12000,
+    size: Annotated[
+        str,
+        typer.Option(
+            help="'base' trains `world` (6 layers, 128-token sequences); 'small' trains "
+            "`world-small` (the first 3-layer recipe)."
+        ),
+    ] = "base",
+    instruction_tune: Annotated[
+        bool,
+        typer.Option(
+            help="Then tune the trained model on the world's training tasks (definitions and "
+            "positive examples, all instances) into `world-it` (size base only)."
+        ),
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps (default: the size's).")
+    ] = None,
+    until: Annotated[
+        int | None,
+        typer.Option(help="Stop after this step with a checkpoint; re-run to go on (pieces)."),
+    ] = None,
     curriculum_steps: Annotated[
-        int, typer.Option(help="Steps of one-word tasks only, before every rule family.")
-    ] = 6000,
+        int | None, typer.Option(help="Steps of one-word tasks only, before every rule family.")
+    ] = None,
     category_init: Annotated[
-        float, typer.Option(help="Shared per-category embedding direction at init (0 = off).")
-    ] = 1.0,
+        float | None,
+        typer.Option(help="Shared per-category embedding direction at init (0 = off)."),
+    ] = None,
     bursty: Annotated[
-        float, typer.Option(help="Share of sequences whose inputs recur (3 words per category).")
-    ] = 0.5,
+        float | None,
+        typer.Option(help="Share of sequences whose inputs recur (3 words per category)."),
+    ] = None,
     all_tokens_loss: Annotated[
-        bool, typer.Option(help="Loss on every token, not only on outputs.")
-    ] = True,
+        bool | None, typer.Option(help="Loss on every token, not only on outputs.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
     threads: Annotated[
         int, typer.Option(help="CPU threads for torch (1 is fastest on a busy machine).")
@@ -100,24 +124,47 @@ def train_model(
         bool, typer.Option(help="Copy the result into the package's assets.")
     ] = False,
 ) -> None:
-    """Train the world model from its seed (resumable), then export it in HF format."""
-    from tunelens.models.paths import world_model_dir
-    from tunelens.models.world_model import WorldModelRecipe, export_world_model, train_world_model
+    """Train a world model from its seed (resumable, in pieces with --until), then export it.
 
-    recipe = WorldModelRecipe(
+    The recipe of each size is ``tunelens.models.world_model.SIZES``; the options
+    given override it (and a checkpoint made with another recipe is refused).
+    """
+    from tunelens.models.paths import world_model_dir
+    from tunelens.models.world_model import export_world_model, recipe_for_size, train_world_model
+
+    overrides = {
+        "steps": steps,
+        "curriculum_steps": curriculum_steps,
+        "category_init": category_init,
+        "bursty": bursty,
+        "all_tokens_loss": all_tokens_loss,
+    }
+    recipe = recipe_for_size(
+        size,
         seed=seed,
-        steps=steps,
-        curriculum_steps=curriculum_steps,
-        category_init=category_init,
-        bursty=bursty,
-        all_tokens_loss=all_tokens_loss,
         threads=threads,
+        **{k: v for k, v in overrides.items() if v is not None},
     )
-    model = train_world_model(recipe, workdir)
-    target = world_model_dir() if install else workdir / "export"
+    if instruction_tune and size != "base":
+        raise TunelensInputError("only the base model is instruction-tuned", where="--size")
+    if until is not None:
+        check_range("--until", until, 1)
+    model = train_world_model(recipe, workdir, until=until)
+    if until is not None and until < recipe.steps:
+        typer.echo(f"stopped at step {until} of {recipe.steps}; re-run to resume")
+        return
+    name = "world" if size == "base" else "world-small"
+    target = world_model_dir(name) if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)
     record_reference_eval(target, recipe.seed)
-    typer.echo(f"world model written to {target}")
+    typer.echo(f"{name} written to {target}")
+    if instruction_tune:
+        from tunelens.models.world_it import instruction_tune_world_model
+
+        it_target = world_model_dir("world-it") if install else workdir / "export-it"
+        instruction_tune_world_model(target, workdir / "it", it_target, seed=seed)
+        record_reference_eval(it_target, recipe.seed)
+        typer.echo(f"world-it written to {it_target}")
 
 
 def record_reference_eval(directory: Path, seed: int) -> None:
@@ -132,12 +179,30 @@ def record_reference_eval(directory: Path, seed: int) -> None:
 
 @world_app.command("eval")
 def evaluate(
-    model: Annotated[str, typer.Option(help="'world' or a local HF model directory.")] = "world",
+    model: Annotated[
+        str,
+        typer.Option(help="'world', 'world-small', 'world-it' or a local HF model directory."),
+    ] = "world",
     shots: Annotated[str, typer.Option(help="Comma-separated numbers of demonstrations.")] = (
         "0,1,2,4,8,16"
     ),
     queries: Annotated[int, typer.Option(help="Queries per task and k.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the demonstration draws.")] = 0,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="'novel' swaps each task's label words for words never used as labels in "
+            "training (the JSON says so)."
+        ),
+    ] = "original",
+    definition: Annotated[
+        bool,
+        typer.Option(
+            "--definition",
+            help="Put the task definition before the demonstrations (with --shots 0: "
+            "definition only).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[
         Path | None,
@@ -160,11 +225,19 @@ def evaluate(
 
     check_range("--queries", queries, 1, 100_000)
     check_range("--seed", seed, 0, 2**32 - 1)
+    from tunelens.tasks.world.relabel import LABEL_MODES
+
+    if labels not in LABEL_MODES:
+        raise TunelensInputError(
+            f"must be one of {', '.join(LABEL_MODES)}, got {labels!r}", where="--labels"
+        )
     section = WorldEvalSpec(
         model=model,
         shots=list(dict.fromkeys(parse_shots(shots))),
         queries_per_task=queries,
         seed=seed,
+        labels=labels,  # type: ignore[arg-type]  # checked above
+        definition=definition,
     )
     experiment = get_experiments()["world_eval"]
     with tempfile.TemporaryDirectory(prefix="tunelens-world-eval-") as scratch:
@@ -179,7 +252,12 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result.to_json()))
         return
-    table = Table(title=f"held-out world tasks: {result.tasks}, {queries} queries each")
+    extras = [
+        "novel label words" if result.labels == "novel" else "",
+        "definition first" if result.definition else "",
+    ]
+    title = f"{model}: held-out world tasks: {result.tasks}, {queries} queries each"
+    table = Table(title=", ".join([title, *(e for e in extras if e)]))
     table.add_column("demonstrations")
     table.add_column("accuracy", justify="right")
     families = sorted(result.per_family)

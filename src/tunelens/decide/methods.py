@@ -325,7 +325,7 @@ def _run_similarity(
     IT (tuned on the same k demos, zero-shot prompt); per-item cosines and accuracies."""
     from tunelens.measures.sanity import cross_pair_readings
     from tunelens.measures.similarity import cosine_per_layer
-    from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.hidden_states import capture_packed
     from tunelens.models.layers import layer_labels
     from tunelens.models.tuning import tune_on_pairs
 
@@ -336,15 +336,17 @@ def _run_similarity(
     demos = first_examples(split.demo_pool, method.examples, what="demonstration pool")
     anchor = [render_prompt(task, i.input, [], style, tokenizer) for i in items]
     icl = [render_prompt(task, i.input, demos, style, tokenizer) for i in items]
-    h_anchor = capture_last_token_states(loaded, anchor).numpy()
-    h_icl = capture_last_token_states(loaded, icl).numpy()
+    # Every ICL prompt starts with the same demonstrations (every prompt with the same
+    # definition): packed rows compute those tokens once.
+    h_anchor = capture_packed(loaded, anchor).numpy()
+    h_icl = capture_packed(loaded, icl).numpy()
     pred_anchor = predict(loaded, anchor, labels, config)
     pred_icl = predict(loaded, icl, labels, config)
     tuned = tune_on_pairs(
         loaded, training_pairs(task, demos, style, tokenizer), config.tuning.with_seed(config.seed)
     )
     try:
-        h_it = capture_last_token_states(tuned.as_loaded(), anchor).numpy()
+        h_it = capture_packed(tuned.as_loaded(), anchor).numpy()
         pred_it = predict(tuned.as_loaded(), anchor, labels, config)
     finally:
         tuned.unload()
@@ -365,5 +367,7 @@ def _run_similarity(
 
 
 def resolve_model_name(name: str) -> str:
-    """``world`` stays; a directory is made absolute, so cell keys do not depend on the cwd."""
-    return name if name == "world" else str(Path(name).expanduser().resolve())
+    """A world model name stays; a directory is made absolute (cell keys ignore the cwd)."""
+    from tunelens.models.paths import is_world_model
+
+    return name if is_world_model(name) else str(Path(name).expanduser().resolve())

@@ -32,6 +32,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -527,9 +528,9 @@ class AuditExperiment(Experiment):
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
     code_version = "5"  # 5: cells keep the training loss curve
 
-    def _common(self, section: AuditSpec) -> dict[str, Any]:
+    def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {
-            "model": section.model,
+            "model": model,
             "dtype": section.dtype,
             "device": section.device,
             "train": section.train,
@@ -542,11 +543,25 @@ class AuditExperiment(Experiment):
             "template": "tk",
         }
 
+    @staticmethod
+    def models(section: AuditSpec) -> list[str]:
+        """The audited models: ``models``, else ``[model]``."""
+        return list(section.models) or [str(section.model)]
+
     def cells(self, section: AuditSpec, inputs: StudyInputs) -> list[Cell]:
-        common = self._common(section)
+        models = self.models(section)
+        cells: list[Cell] = []
+        for model in models:
+            prefix = f"{model}: " if len(models) > 1 else ""
+            for cell in self._model_cells(section, inputs, model):
+                cells.append(replace(cell, name=prefix + cell.name) if prefix else cell)
+        return cells
+
+    def _model_cells(self, section: AuditSpec, inputs: StudyInputs, model: str) -> list[Cell]:
+        common = self._common(section, model)
         test = inputs.tasks(section.test)
         test_digest = {"test": inputs.task_digest(section.test)}
-        model_digest = {"model": inputs.model_digest(str(section.model))}
+        model_digest = {"model": inputs.model_digest(model)}
         cells = []
         for baseline in BASELINES:
             # Only the untuned baseline runs the model (and reads prompts, so encodings).
@@ -610,6 +625,22 @@ class AuditExperiment(Experiment):
         return records
 
     def aggregate(
+        self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """One audit per model; the top-level keys are the first model's (the contract)."""
+        models = self.models(section)
+        per_model = {
+            m: self._aggregate_model(
+                section, [(c, r) for c, r in results if c.params["model"] == m]
+            )
+            for m in models
+        }
+        first = per_model[models[0]]
+        if len(models) == 1:
+            return first
+        return {**first, "audit_by_model": per_model}
+
+    def _aggregate_model(
         self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
         test = results[0][0].data.get("test") if results else None

@@ -74,7 +74,9 @@ def tuning_label(tuning: dict[str, Any]) -> str:
 
 def patching_default(model: str) -> bool:
     """Patching when the spec leaves it empty: on for the embedded world models only."""
-    return model == "world" or model.startswith("world-")
+    from tunelens.models.paths import is_world_model
+
+    return is_world_model(model)
 
 
 def _adapted(loaded, config: TuningSpec) -> dict[str, Any]:
@@ -159,6 +161,7 @@ def _probe_batched(
         with batched_lora(model, names, [row_states[start + i] for i in order], config) as layers:
             for layer in layers:
                 layer.eval()  # no LoRA dropout at probe time (PEFT's eval mode)
+            # padded, not packed (capture_packed): each batch row has its own adapter
             h = capture_last_token_states(loaded, ordered, batch_size=n).numpy()
             reading = last_token_forward(loaded, ordered, batch_size=n)
             generated = generate_predictions(
@@ -196,7 +199,7 @@ def run_convergence_cell(
     the tests compare it with.
     """
     from tunelens.models.controls import random_init_like
-    from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.hidden_states import capture_last_token_states, capture_packed
     from tunelens.models.layers import layer_labels
     from tunelens.models.patching import label_token_ids, last_token_forward, n_patch_layers
     from tunelens.models.predict import generate_predictions
@@ -249,8 +252,10 @@ def run_convergence_cell(
     spaces = [label_token_ids(tokenizer, ls) if ls else None for ls in label_spaces]
     gold = [set(label_token_ids(tokenizer, refs)) for refs in references]
 
-    h_anchor = capture_last_token_states(loaded, anchor_prompts).numpy()
-    h_icl = capture_last_token_states(loaded, icl_prompts).numpy()
+    # The anchors of a set share its demonstrations (and a task's prompts its definition):
+    # packed rows compute those tokens once.
+    h_anchor = capture_packed(loaded, anchor_prompts).numpy()
+    h_icl = capture_packed(loaded, icl_prompts).numpy()
     max_new = params.get("max_new_tokens", 8)
     pred_anchor = generate_predictions(loaded, anchor_prompts, max_new_tokens=max_new)
     pred_icl = generate_predictions(loaded, icl_prompts, max_new_tokens=max_new)
@@ -698,7 +703,8 @@ class ConvergenceExperiment(Experiment):
     # 4: calibrated similarity (centered, standardized, floors), debiased CKA,
     #    next-token behaviour, activation patching, adapted weights, set ids.
     # 5: cells keep the predicted text per pair.
-    code_version = "6"  # 6: tuned sets probed together (batched LoRA): float noise moves
+    # 6: tuned sets probed together (batched LoRA): float noise moves.
+    code_version = "7"  # 7: anchor and ICL states in packed rows: float noise moves
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)

@@ -2,7 +2,9 @@
 
 For every held-out task and every k, a fixed set of queries is answered with k
 demonstrations drawn from the task's other instances (plain few-shot template,
-no definition), by greedy decoding; accuracy is exact match. The label-space
+with the definition first when asked), by greedy decoding; accuracy is exact
+match. With novel labels every task's label words are first swapped for words
+never used as labels in training (tunelens.tasks.world.relabel). The label-space
 random baseline is the exact expected accuracy of a uniform guess over each
 task's labels.
 """
@@ -35,6 +37,8 @@ class WorldEvalResult:
     tasks: int
     queries_per_task: int
     per_family: dict[str, dict[int, float]] = field(default_factory=dict)
+    labels: str = "original"
+    definition: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WorldEvalResult:
@@ -47,6 +51,8 @@ class WorldEvalResult:
             per_family={
                 f: {int(k): v for k, v in acc.items()} for f, acc in data["per_family"].items()
             },
+            labels=data.get("labels", "original"),
+            definition=bool(data.get("definition", False)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -59,6 +65,8 @@ class WorldEvalResult:
                 f: {str(k): round(v, 2) for k, v in acc.items()}
                 for f, acc in self.per_family.items()
             },
+            "labels": self.labels,
+            "definition": self.definition,
         }
 
 
@@ -85,6 +93,7 @@ def accuracy_at_k(
     queries_per_task: int = 20,
     seed: int = 0,
     batch_size: int = 64,
+    definition: bool = False,
 ) -> dict[str, float]:
     """Exact-match accuracy (0-100) per task with k demonstrations: one k of the evaluation."""
     from tunelens.models.predict import generate_predictions
@@ -92,7 +101,7 @@ def accuracy_at_k(
     rng = random.Random(seed * 7919 + k)
     prompts, refs, owners = [], [], []
     for task in tasks:
-        p, r = icl_prompts(task, k, queries_per_task, rng)
+        p, r = icl_prompts(task, k, queries_per_task, rng, definition=definition)
         prompts += p
         refs += r
         owners += [task.name] * len(p)
@@ -104,7 +113,12 @@ def accuracy_at_k(
 
 
 def summarize(
-    tasks: Sequence[Task], per_k: dict[int, dict[str, float]], queries_per_task: int
+    tasks: Sequence[Task],
+    per_k: dict[int, dict[str, float]],
+    queries_per_task: int,
+    *,
+    labels: str = "original",
+    definition: bool = False,
 ) -> WorldEvalResult:
     """Per-task accuracies per k -> the averages over tasks, overall and per rule family."""
     per_family: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -120,6 +134,8 @@ def summarize(
         per_family={
             f: {k: sum(v) / len(v) for k, v in acc.items()} for f, acc in per_family.items()
         },
+        labels=labels,
+        definition=definition,
     )
 
 
@@ -131,15 +147,22 @@ def evaluate_icl(
     queries_per_task: int = 20,
     seed: int = 0,
     batch_size: int = 64,
+    definition: bool = False,
 ) -> WorldEvalResult:
     """Few-shot exact-match accuracy per k, averaged over tasks (each task weighs the same)."""
     per_k = {
         k: accuracy_at_k(
-            loaded, tasks, k, queries_per_task=queries_per_task, seed=seed, batch_size=batch_size
+            loaded,
+            tasks,
+            k,
+            queries_per_task=queries_per_task,
+            seed=seed,
+            batch_size=batch_size,
+            definition=definition,
         )
         for k in shots
     }
-    return summarize(tasks, per_k, queries_per_task)
+    return summarize(tasks, per_k, queries_per_task, definition=definition)
 
 
 @register_experiment
@@ -147,10 +170,12 @@ class WorldEvalExperiment(Experiment):
     """``tunelens world eval`` (and a spec's ``world_eval`` section) as cells."""
 
     name = "world_eval"
-    code_version = "1"
+    code_version = "2"
 
     def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
-        tasks = inputs.tasks(section.tasks)
+        from tunelens.tasks.world.relabel import relabel_tasks
+
+        tasks = relabel_tasks(inputs.tasks(section.tasks), section.labels)
         digests = {
             "tasks": inputs.task_digest(section.tasks),
             "model": inputs.model_digest(section.model),
@@ -176,6 +201,7 @@ class WorldEvalExperiment(Experiment):
             p["k"],
             queries_per_task=p["queries_per_task"],
             seed=p["seed"],
+            definition=p["definition"],
         )
         return {"k": p["k"], "per_task": accuracies}
 
@@ -186,23 +212,37 @@ class WorldEvalExperiment(Experiment):
         per_k = {int(r["k"]): r["per_task"] for _, r in results}
         from tunelens.api.results import dump_world_eval
 
-        summary = summarize(tasks, per_k, section.queries_per_task).to_json()
+        summary = summarize(
+            tasks,
+            per_k,
+            section.queries_per_task,
+            labels=section.labels,
+            definition=section.definition,
+        ).to_json()
         return {"world_eval": dump_world_eval(summary)}
 
 
 # A small fixed evaluation recorded beside the shipped model (reference_eval.json);
 # a test re-runs it through the generic loader and compares.
-REFERENCE_SETTINGS: dict = {"tasks": 12, "shots": [0, 8], "queries_per_task": 10, "seed": 0}
+# It also records the definition-only accuracy (k = 0 with the definition first).
+REFERENCE_SETTINGS: dict = {
+    "tasks": 12,
+    "shots": [0, 8],
+    "queries_per_task": 10,
+    "seed": 0,
+    "definition_only": True,
+}
 
 
 def reference_eval(loaded: LoadedModel, heldout: list[Task]) -> dict:
     """The fixed small evaluation of REFERENCE_SETTINGS, as a JSON-ready dict."""
     s = REFERENCE_SETTINGS
-    result = evaluate_icl(
-        loaded,
-        heldout[: s["tasks"]],
-        tuple(s["shots"]),
-        queries_per_task=s["queries_per_task"],
-        seed=s["seed"],
-    )
-    return {"settings": s, "shots": result.to_json()["shots"]}
+    tasks = heldout[: s["tasks"]]
+    common = {"queries_per_task": s["queries_per_task"], "seed": s["seed"]}
+    result = evaluate_icl(loaded, tasks, tuple(s["shots"]), **common)
+    definition = evaluate_icl(loaded, tasks, (0,), definition=True, **common)
+    return {
+        "settings": s,
+        "shots": result.to_json()["shots"],
+        "definition_only": round(definition.shots[0], 2),
+    }

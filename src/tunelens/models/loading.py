@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from tunelens.errors import TunelensInputError
-from tunelens.models.paths import WORLD, resolve_model_path
+from tunelens.models.paths import is_world_model, resolve_model_path
 
 ModelKind = Literal["causal", "seq2seq"]
 
@@ -351,7 +351,7 @@ def load_model(
     model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
     model.eval()
     _sync_pad_id(model, tokenizer)
-    name = WORLD if name_or_path == WORLD else str(directory)
+    name = name_or_path if is_world_model(name_or_path) else str(directory)
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
 
 

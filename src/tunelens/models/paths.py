@@ -1,4 +1,4 @@
-"""Where a model lives: the embedded world model or a local Hugging Face directory.
+"""Where a model lives: one of the embedded world models or a local Hugging Face directory.
 
 Torch-free, so that fingerprinting and planning do not import torch.
 """
@@ -10,32 +10,55 @@ from pathlib import Path
 import tunelens
 from tunelens.errors import TunelensInputError
 
-__all__ = ["WORLD", "resolve_model_path", "world_model_dir"]
+__all__ = ["WORLD", "WORLD_MODELS", "is_world_model", "resolve_model_path", "world_model_dir"]
 
 WORLD = "world"
+# The embedded family: model name -> its directory under tunelens/assets/.
+# `world` is the 6-layer second generation, `world-small` the first 3-layer
+# model, `world-it` is `world` after multi-task instruction tuning.
+WORLD_MODELS: dict[str, str] = {
+    "world": "world",
+    "world-small": "world_small",
+    "world-it": "world_it",
+}
+# How `tunelens world train-model` rebuilds each (see commands/world.py).
+TRAIN_COMMANDS: dict[str, str] = {
+    "world": "tunelens world train-model --size base --install",
+    "world-small": "tunelens world train-model --size small --install",
+    "world-it": "tunelens world train-model --size base --instruction-tune --install",
+}
 
 
-def world_model_dir() -> Path:
-    """The directory of the embedded world model inside the installed package."""
-    return Path(tunelens.__file__).parent / "assets" / "world_model"
+def is_world_model(name: str) -> bool:
+    """Whether ``name`` names one of the embedded world models (not a directory)."""
+    return name in WORLD_MODELS
+
+
+def world_model_dir(name: str = WORLD) -> Path:
+    """The directory of an embedded world model inside the installed package."""
+    if name not in WORLD_MODELS:
+        raise TunelensInputError(
+            f"not an embedded world model (one of {', '.join(WORLD_MODELS)}), got {name!r}"
+        )
+    return Path(tunelens.__file__).parent / "assets" / WORLD_MODELS[name]
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """``"world"`` -> the embedded model; anything else is a local directory path."""
-    if name_or_path == WORLD:
-        directory = world_model_dir()
+    """A world model name -> its embedded directory; anything else is a local directory path."""
+    if is_world_model(name_or_path):
+        directory = world_model_dir(name_or_path)
         if not (directory / "config.json").is_file():
             raise TunelensInputError(
-                "the embedded world model is not installed; train it with "
-                "`tunelens world train-model --install` or give a local model directory",
+                f"the embedded model {name_or_path!r} is not installed; train it with "
+                f"`{TRAIN_COMMANDS[name_or_path]}` or give a local model directory",
                 source=str(directory),
             )
         return directory
     directory = Path(name_or_path).expanduser()
     if not directory.exists():
         raise TunelensInputError(
-            "model directory does not exist (tunelens never downloads; give 'world' or a "
-            "local Hugging Face model directory)",
+            "model directory does not exist (tunelens never downloads; give 'world', "
+            "'world-small', 'world-it' or a local Hugging Face model directory)",
             source=str(directory),
         )
     if not directory.is_dir():

@@ -1,0 +1,99 @@
+"""The second-generation world corpus and the novel-label evaluation tasks."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from tunelens.models.world_model import _Batcher, build_tokenizer, recipe_for_size
+from tunelens.tasks.world.corpus import SEP, CorpusMix, training_sequence
+from tunelens.tasks.world.generator import definition_blind_upper_bound, generate_world
+from tunelens.tasks.world.lexicon import LABEL_WORDS, NOVEL_LABEL_WORDS, WORD_CATEGORY
+from tunelens.tasks.world.relabel import relabel_tasks, with_novel_labels
+
+WORLD = generate_world(0)
+
+
+def _sequences(mix: CorpusMix, n: int, seed: int = 0) -> list[list[str]]:
+    recipe = recipe_for_size("base")
+    batcher = _Batcher(recipe, build_tokenizer(0, recipe.vocabulary))
+    rng = random.Random(seed)
+    return [
+        training_sequence(
+            rng,
+            seed=0,
+            max_tokens=128,
+            tokenize=batcher._tokenize,
+            forbidden_label_sets=batcher.forbidden,
+            mix=mix,
+        )[0]
+        for _ in range(n)
+    ]
+
+
+def _answers(tokens: list[str]) -> list[str]:
+    return [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "Output:"]
+
+
+def test_novel_words_occur_in_training_but_never_as_a_label():
+    sequences = _sequences(recipe_for_size("base").mix(), 200)
+    seen = {t for seq in sequences for t in seq}
+    answers = {a for seq in sequences for a in _answers(seq)}
+    assert set(NOVEL_LABEL_WORDS) & seen, "copy sequences should show the novel words"
+    assert not set(NOVEL_LABEL_WORDS) & answers
+    # Foreign labels: some answers are category words (of categories the rule does not use).
+    assert answers & set(WORD_CATEGORY) and answers & set(LABEL_WORDS)
+
+
+def test_definition_blocks_name_the_labels_their_examples_use():
+    mix = CorpusMix(definition_blocks=1.0, facts=0.0)
+    for tokens in _sequences(mix, 50, seed=3):
+        text = " ".join(tokens)
+        blocks = text.split("Definition:")[1:]
+        assert len(blocks) >= 2
+        for block in blocks:
+            definition, _, examples = block.partition(SEP)
+            named = set(re.findall(r'" (\S+) "', definition)) | set(
+                re.findall(r'" (\S+) "\.', definition)
+            )
+            answers = _answers(examples.split())
+            assert answers and set(answers) <= named, (definition, answers)
+
+
+def test_the_first_recipe_draws_none_of_the_new_kinds():
+    sequences = _sequences(CorpusMix(bursty=0.5, all_tokens_loss=True), 150)
+    assert not {t for seq in sequences for t in seq} & set(NOVEL_LABEL_WORDS)
+    assert all(" ".join(seq).count("Definition:") <= 1 for seq in sequences)
+
+
+def test_novel_labels_replace_every_label_word_and_keep_the_twin_structure():
+    tasks = relabel_tasks(WORLD.heldout, "novel")
+    for old, new in zip(WORLD.heldout, tasks, strict=True):
+        assert new.labels and set(new.labels) <= set(NOVEL_LABEL_WORDS)
+        assert {o for i in new.instances for o in i.outputs} <= set(new.labels)
+        assert [i.input for i in new.instances] == [i.input for i in old.instances]
+        for word in old.labels or ():
+            assert f'"{word}"' not in new.definition
+        for word in new.labels:
+            assert f'"{word}"' in new.definition
+        assert new.metadata["labels_mode"] == "novel"
+        # The mapping is one-to-one: the answers keep their partition of the inputs.
+        pairs = {
+            (i.outputs[0], j.outputs[0]) for i, j in zip(old.instances, new.instances, strict=True)
+        }
+        assert len(pairs) == len(old.labels or ())
+    by_group: dict[str, set] = {}
+    for task in tasks:
+        by_group.setdefault(task.name[:16], set()).add(task.labels)
+    assert all(len(spaces) == 1 for spaces in by_group.values())
+    assert definition_blind_upper_bound(tasks) == pytest.approx(
+        definition_blind_upper_bound(WORLD.heldout)
+    )
+    assert relabel_tasks(WORLD.heldout, "original") == list(WORLD.heldout)
+
+
+def test_a_task_without_labels_cannot_be_relabelled():
+    with pytest.raises(ValueError, match="no label space"):
+        with_novel_labels(WORLD.heldout[0].with_changes(labels=None))
