@@ -135,17 +135,24 @@ def test_unknown_device(tiny_model, tmp_path):
         load_model(str(directory), device="warp-drive")
 
 
-def test_world_resolves_to_the_package_assets(monkeypatch, tmp_path, tiny_model):
-    assert world_model_dir().parts[-2:] == ("assets", "world_model")
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [("world", "world"), ("world-small", "world_small"), ("world-it", "world_it")],
+)
+def test_world_models_resolve_to_the_package_assets(
+    monkeypatch, tmp_path, tiny_model, name, folder
+):
+    assert world_model_dir(name, install=True).parts[-2:] == ("assets", folder)
     from tunelens.models import paths
 
-    monkeypatch.setattr(paths, "world_model_dir", lambda: tmp_path / "world_model")
-    with pytest.raises(TunelensInputError, match="world model is not installed") as info:
-        load_model("world")
-    assert str(tmp_path / "world_model") in str(info.value)
-    save(*tiny_model("llama"), tmp_path / "world_model")
-    loaded = load_model("world")
-    assert loaded.name == "world"
+    monkeypatch.setattr(paths, "world_model_dir", lambda n: tmp_path / n)
+    with pytest.raises(TunelensInputError, match=f"model '{name}' is not installed") as info:
+        load_model(name)
+    assert str(tmp_path / name) in str(info.value)
+    assert "tunelens world train-model --size" in str(info.value)
+    save(*tiny_model("llama"), tmp_path / name)
+    loaded = load_model(name)
+    assert loaded.name == name
     assert loaded.kind == "causal"
 
 

@@ -154,14 +154,14 @@ def train_model(
         typer.echo(f"stopped at step {until} of {recipe.steps}; re-run to resume")
         return
     name = "world" if size == "base" else "world-small"
-    target = world_model_dir(name) if install else workdir / "export"
+    target = world_model_dir(name, install=True) if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)
     record_reference_eval(target, recipe.seed)
     typer.echo(f"{name} written to {target}")
     if instruction_tune:
         from tunelens.models.world_it import instruction_tune_world_model
 
-        it_target = world_model_dir("world-it") if install else workdir / "export-it"
+        it_target = world_model_dir("world-it", install=True) if install else workdir / "export-it"
         instruction_tune_world_model(target, workdir / "it", it_target, seed=seed)
         record_reference_eval(it_target, recipe.seed)
         typer.echo(f"world-it written to {it_target}")
@@ -236,7 +236,7 @@ def evaluate(
         shots=list(dict.fromkeys(parse_shots(shots))),
         queries_per_task=queries,
         seed=seed,
-        labels=labels,  # type: ignore[arg-type]  # checked above
+        labels=labels,
         definition=definition,
     )
     experiment = get_experiments()["world_eval"]

@@ -175,7 +175,7 @@ class WorldEvalExperiment(Experiment):
     def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
         from tunelens.tasks.world.relabel import relabel_tasks
 
-        tasks = relabel_tasks(inputs.tasks(section.tasks), section.labels)
+        tasks = relabel_tasks(list(inputs.tasks(section.tasks)), section.labels)
         digests = {
             "tasks": inputs.task_digest(section.tasks),
             "model": inputs.model_digest(section.model),

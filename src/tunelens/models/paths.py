@@ -10,17 +10,30 @@ from pathlib import Path
 import tunelens
 from tunelens.errors import TunelensInputError
 
-__all__ = ["WORLD", "WORLD_MODELS", "is_world_model", "resolve_model_path", "world_model_dir"]
+__all__ = [
+    "INSTALL_FOLDERS",
+    "WORLD",
+    "WORLD_MODELS",
+    "is_world_model",
+    "resolve_model_path",
+    "world_model_dir",
+]
 
 WORLD = "world"
-# The embedded family: model name -> its directory under tunelens/assets/.
-# `world` is the 6-layer second generation, `world-small` the first 3-layer
-# model, `world-it` is `world` after multi-task instruction tuning.
-WORLD_MODELS: dict[str, str] = {
+# The embedded family: model name -> the directory under tunelens/assets/ that
+# `tunelens world train-model --install` writes. `world` is the 6-layer second
+# generation (`--size base`), `world-small` the first 3-layer model, `world-it`
+# is `world` after multi-task instruction tuning.
+INSTALL_FOLDERS: dict[str, str] = {
     "world": "world",
     "world-small": "world_small",
     "world-it": "world_it",
 }
+# Model name -> the directory it loads from. Transitional (issue 15): until the
+# second generation has finished training and is installed, `world` loads the
+# first-generation model (the same files as `world-small`) and `world-it` is
+# not installed (loading it says how to train it).
+WORLD_MODELS: dict[str, str] = {**INSTALL_FOLDERS, "world": "world_small"}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
 TRAIN_COMMANDS: dict[str, str] = {
     "world": "tunelens world train-model --size base --install",
@@ -34,13 +47,14 @@ def is_world_model(name: str) -> bool:
     return name in WORLD_MODELS
 
 
-def world_model_dir(name: str = WORLD) -> Path:
-    """The directory of an embedded world model inside the installed package."""
+def world_model_dir(name: str = WORLD, *, install: bool = False) -> Path:
+    """The directory an embedded world model loads from (``install``: is installed into)."""
     if name not in WORLD_MODELS:
         raise TunelensInputError(
             f"not an embedded world model (one of {', '.join(WORLD_MODELS)}), got {name!r}"
         )
-    return Path(tunelens.__file__).parent / "assets" / WORLD_MODELS[name]
+    folder = (INSTALL_FOLDERS if install else WORLD_MODELS)[name]
+    return Path(tunelens.__file__).parent / "assets" / folder
 
 
 def resolve_model_path(name_or_path: str) -> Path:

@@ -21,7 +21,7 @@ import torch
 
 from tunelens.log import get_logger
 from tunelens.prompts import PromptStyle, render_prompt, render_target
-from tunelens.tasks.types import Task
+from tunelens.tasks.types import Example, Task
 
 _log = get_logger(__name__)
 
@@ -52,7 +52,7 @@ def instruction_pairs(tasks: list[Task]) -> tuple[list[tuple[str, str]], list[st
     names: list[str] = []
     for task in tasks:
         for encoding, style, with_examples in ENCODINGS:
-            demos = None if with_examples else []
+            demos: list[Example] | None = None if with_examples else []
             if with_examples and style.template == "plain":
                 demos = list(task.positive_examples)
             for instance in task.instances:
