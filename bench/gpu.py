@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from run import (
         Sizes,
         cached_states,
+        capture_flops,
         demo_sets,
         gflops_per_s,
         icl_workload,
@@ -194,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         peft_sequential,
         plain_states,
         sft_pairs,
+        shared_token_counts,
     )
     from tunelens.api.experiment import RunContext, StudyInputs
     from tunelens.api.registry import get_experiments
     from tunelens.models.batching import encode_pairs
-    from tunelens.models.hidden_states import capture_with_shared_prefix, split_shared_prefix
+    from tunelens.models.hidden_states import capture_with_shared_prefix
     from tunelens.models.loading import parse_dtype
     from tunelens.models.tuning import TuningConfig, tune_many_sets
     from tunelens.models.tuning import multitask_tune as tune_multitask
@@ -241,8 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    def line(section: str, tokens: float, seconds: float, training: bool, extra: str = "") -> dict:
-        tflops = gflops_per_s(tokens, seconds, model, training=training) / 1e3
+    def line(
+        section: str,
+        tokens: float,
+        seconds: float,
+        training: bool,
+        extra: str = "",
+        head: bool = True,
+    ) -> dict:
+        if training:
+            tflops = gflops_per_s(tokens, seconds, model, training=True) / 1e3
+        else:  # the library's capture and the cached baseline run no LM head
+            tflops = capture_flops(tokens, model, head=head) / seconds / 1e12
         figures = {
             "tokens_per_s": tokens / seconds,
             "mfu": tflops / peak,
@@ -273,18 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     diff = float((results["cached"] - results["tunelens"]).abs().max())
     if dtype == torch.float32 and not diff <= 1e-4:
         raise AssertionError(f"cached baseline and tunelens states differ by {diff:.2e}")
-    prefix_ids, rests = split_shared_prefix(loaded.tokenizer, prefix, suffixes)
-    shared_tokens = len(prefix_ids) + sum(len(r or []) for r in rests)
-    full_tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts)
+    tokens = shared_token_counts(loaded, prefix, suffixes)
     wall = median_wall(runs)
     vs_cached, vs_loop = (
         paired_ratios(runs, "cached", "tunelens"),
         paired_ratios(runs, "loop", "tunelens"),
     )
     result["hidden_states"] = {
-        "tunelens": line("hidden states tunelens", shared_tokens, wall["tunelens"], False),
-        "cached": line("hidden states cached", shared_tokens, wall["cached"], False),
-        "loop": line("hidden states loop", full_tokens, wall["loop"], False),
+        "tunelens": line(
+            "hidden states tunelens", tokens["tunelens"], wall["tunelens"], False, head=False
+        ),
+        "cached": line("hidden states cached", tokens["cached"], wall["cached"], False, head=False),
+        "loop": line("hidden states loop", tokens["loop"], wall["loop"], False),
         "vs_cached": vs_cached["wall"],
         "vs_cached_spread": vs_cached["wall_spread"],
         "vs_loop": vs_loop["wall"],

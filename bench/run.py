@@ -6,7 +6,7 @@ Four comparisons, each pair timed in this process after a warm-up run, with the
 two sides interleaved so that both see the same machine:
 
 1. hidden states of 30 anchors x k = 16 demonstrations sharing one prefix:
-   ``capture_with_shared_prefix`` vs two baselines, on a random ~20M-parameter
+   ``capture_with_shared_prefix`` (packed rows) vs two baselines, on a random ~20M-parameter
    Llama and on the embedded world model: one ``model(...,
    output_hidden_states=True)`` per prompt under ``torch.no_grad``
    (``hidden_states_ratio``), and the competent one (``hidden_states_vs_cached``:
@@ -14,18 +14,20 @@ two sides interleaved so that both see the same machine:
    the anchors, one batch, no LM head); the states of all sides must agree;
    ratios also as median and spread of per-round (interleaved) ratios, in wall
    and CPU time (``time.process_time``), with the load average;
-2. 30 per-set LoRA tunings: ``tune_many_sets`` vs 30 sequential PEFT runs
-   (``get_peft_model`` + AdamW loop), same steps, batches, lr, r, alpha, target
-   modules and seeds; the final adapters of both must agree;
+2. 30 per-set LoRA tunings of k = 8 pairs: ``tune_many_sets`` (its defaults:
+   each set's shared prompt prefix computed once per step) vs 30 sequential
+   PEFT runs (one model, ``get_peft_model`` + AdamW loop, adapter unloaded
+   between sets), same steps, batches, lr, r, alpha, target modules and seeds,
+   on both models with the task definition in the prompts and without
+   (``per_set_tuning_ratio``: the smallest of the four medians of per-round
+   ratios); the final adapters of both must agree;
 3. multi-task LoRA tuning, tokens per second: ``multitask_tune`` vs TRL
    ``SFTTrainer`` with a PEFT ``LoraConfig``, same model, data, batch size,
    padding-to-longest, steps and optimiser settings;
-4. model FLOPs utilisation against this machine's measured fp32 matmul peak.
-
-Next to the library, the two shared-prefix prototypes of bench/prototypes.py
-(packed hidden-state rows; per-set tuning with each set's prefix run once per
-step) are timed against the same baselines: the indented ``prototype`` lines
-and the ``*prototype*`` JSON keys. The headline keys are the library's.
+4. model FLOPs utilisation: ``mfu_forward`` is the capture's FLOPs per CPU-second
+   over a 2048^3 fp32 matmul's FLOPs per CPU-second, the matmul timed in the
+   same interleaved rounds; the other MFUs are wall-clock against the measured
+   fp32 matmul peak.
 
 One line per comparison goes to stdout; the last line is one JSON object with
 every figure (``hidden_states_ratio``, ``per_set_tuning_ratio``,
@@ -63,9 +65,9 @@ from typing import Any
 TARGETS = {
     "hidden_states": 4.0,
     "hidden_states_vs_cached": 2.0,  # issue 16
-    "per_set_tuning": 1.5,
+    "per_set_tuning": 2.0,  # issue 16: the smallest of world / 20M x definition on / off
     "sft_tokens": 1.0,
-    "mfu_forward": 0.35,
+    "mfu_forward": 0.50,  # issue 16: capture FLOPs per CPU-second / matmul's, same rounds
 }
 
 
@@ -77,11 +79,12 @@ class Sizes:
     k: int = 16
     hidden_repeats: int = 5
     sets: int = 30
-    set_epochs: int = 10  # 16 pairs / batch 8 = 2 steps per epoch
+    set_k: int = 8
+    set_epochs: int = 10  # 8 pairs / batch 8 = 1 step per epoch
     set_batch: int = 8
-    set_repeats: int = 2
+    set_repeats: int = 3
     sets_20m: int = 30
-    set_epochs_20m: int = 1
+    set_epochs_20m: int = 2
     sft_steps: int = 40
     sft_batch: int = 16
     sft_repeats: int = 2
@@ -90,7 +93,6 @@ class Sizes:
     big_hidden: int = 512
     big_layers: int = 6
     big_intermediate: int = 1408
-    prototype_sets_per_batch: int = 10
 
 
 QUICK = Sizes(
@@ -98,9 +100,10 @@ QUICK = Sizes(
     k=4,
     hidden_repeats=3,
     sets=3,
+    set_k=4,
     set_epochs=1,
     set_batch=2,
-    set_repeats=1,
+    set_repeats=3,
     sets_20m=2,
     set_epochs_20m=1,
     sft_steps=2,
@@ -307,12 +310,16 @@ def icl_workload(tokenizer: Any, sizes: Sizes) -> tuple[str, list[str], str]:
     return prefix, [p[cut:] for p in prompts], task.name
 
 
-def demo_sets(n_sets: int, k: int) -> list[list[tuple[str, str]]]:
-    """``n_sets`` sets of k (zero-shot prompt, target) pairs, one world task per set."""
+def demo_sets(n_sets: int, k: int, *, definition: bool = True) -> list[list[tuple[str, str]]]:
+    """``n_sets`` sets of k (zero-shot prompt, target) pairs, one world task per set.
+
+    With ``definition`` every prompt starts with its task's definition (the
+    convergence default), so the prompts of a set share most of their tokens.
+    """
     from tunelens.prompts import PromptStyle, render_prompt, render_target
     from tunelens.tasks.world.generator import generate_world
 
-    style = PromptStyle(template="plain", definition=True, n_positive=0)
+    style = PromptStyle(template="plain", definition=definition, n_positive=0)
     tasks = generate_world(0).train
     return [
         [
@@ -413,17 +420,48 @@ def cached_states(loaded: Any, prefix: str, suffixes: Sequence[str]) -> Any:
         return torch.stack([h[rows, last] for h in out.hidden_states], dim=1).float().cpu()
 
 
-def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]:
-    """Per-prompt forwards and the cached baseline vs ``capture_with_shared_prefix`` (+ prototype).
+def shared_token_counts(loaded: Any, prefix: str, suffixes: Sequence[str]) -> dict[str, int]:
+    """Token positions each side computes: ``loop`` every prompt in full; ``cached`` the prefix
+    once plus each prompt's tokens after it; ``tunelens`` the packed rows (shared tokens once)."""
+    from tunelens.models.packing import pack_rows
 
-    Before any timing the cached baseline's states must equal tunelens's within
-    1e-4. Then the four sides run interleaved (loop, cached, tunelens,
-    prototype; ``hidden_repeats`` rounds after a warm-up); ratios are given as
-    min / min (``ratio``, the key of earlier runs) and as the median and spread
-    of the per-round ratios, in wall and in CPU time.
+    tokenizer = loaded.tokenizer
+    full = [list(ids) for ids in tokenizer([prefix + s for s in suffixes])["input_ids"]]
+    n_prefix = len(tokenizer(prefix)["input_ids"])
+    hidden = int(getattr(loaded.model.config, "hidden_size", 1024))
+    return {
+        "loop": sum(map(len, full)),
+        "cached": n_prefix + sum(len(ids) - n_prefix for ids in full),
+        "tunelens": sum(len(row.ids) for row in pack_rows(full, hidden_size=hidden)),
+    }
+
+
+def capture_flops(tokens: float, model: Any, *, head: bool = False) -> float:
+    """Forward FLOPs of ``tokens`` tokens, the LM head counted only with ``head`` (the library's
+    capture and the cached baseline run none; the per-prompt loop does)."""
+    from tunelens.measures.flops import ModelShape, forward_flops
+
+    shape = flop_shape(model)
+    shape = shape if head else ModelShape(non_embedding=shape.non_embedding)
+    return forward_flops(tokens, shape, attention=False)
+
+
+def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]:
+    """Per-prompt forwards and the cached baseline vs the library's packed capture.
+
+    The library side is ``capture_with_shared_prefix`` (packed rows, shared
+    tokens once, no LM head). Before any timing the cached baseline's states
+    must equal tunelens's within 1e-4. Then the sides run interleaved (loop,
+    cached, tunelens, and a ``matmul_n``^3 fp32 matmul; ``hidden_repeats``
+    rounds after a warm-up); ratios are given as min / min (``ratio``, the key
+    of earlier runs) and as the median and spread of the per-round ratios, in
+    wall and in CPU time. ``mfu_cpu``: the capture's FLOPs per CPU-second over
+    the matmul's FLOPs per CPU-second of the same round (median and spread
+    over the rounds), which the machine's other load moves less than wall time.
     """
-    from prototypes import capture_packed
-    from tunelens.models.hidden_states import capture_with_shared_prefix, split_shared_prefix
+    import torch
+
+    from tunelens.models.hidden_states import capture_with_shared_prefix
 
     prefix, suffixes, task = icl_workload(loaded.tokenizer, sizes)
     prompts = [prefix + s for s in suffixes]
@@ -434,12 +472,13 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
         raise AssertionError(
             f"cached baseline and tunelens states differ by {cached_diff:.2e} [{label}]"
         )
+    a, b = torch.randn(sizes.matmul_n, sizes.matmul_n), torch.randn(sizes.matmul_n, sizes.matmul_n)
     runs, results = interleaved_runs(
         {
             "baseline": lambda: plain_states(loaded, prompts),
             "cached": lambda: cached_states(loaded, prefix, suffixes),
             "tunelens": lambda: capture_with_shared_prefix(loaded, prefix, suffixes),
-            "prototype": lambda: capture_packed(loaded, prefix, suffixes),
+            "matmul": lambda: torch.matmul(a, b),
         },
         sizes.hidden_repeats,
     )
@@ -449,13 +488,25 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
     vs_loop = paired_ratios(runs, "baseline", "tunelens")
     vs_cached = paired_ratios(runs, "cached", "tunelens")
     diff = float((results["baseline"] - results["tunelens"]).abs().max())
-    proto_diff = float((results["baseline"] - results["prototype"]).abs().max())
     scale = float(results["baseline"].abs().max())
-    prefix_ids, rests = split_shared_prefix(loaded.tokenizer, prefix, suffixes)
-    full_tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts)
-    our_tokens = len(prefix_ids) + sum(len(r or []) for r in rests)
+    tokens = shared_token_counts(loaded, prefix, suffixes)
     model = loaded.model
     n = linear_params(model)
+    matmul_flops = 2.0 * sizes.matmul_n**3
+    flops = {
+        "tunelens": capture_flops(tokens["tunelens"], model),
+        "cached": capture_flops(tokens["cached"], model),
+        "baseline": capture_flops(tokens["loop"], model, head=True),
+    }
+    mfu: dict[str, Any] = {}
+    for side in flops:  # per round: (side FLOPs / side CPU-s) / (matmul FLOPs / matmul CPU-s)
+        rounds = [
+            flops[side] / c_side * c_matmul / matmul_flops
+            for (_, c_side), (_, c_matmul) in zip(runs[side], runs["matmul"], strict=True)
+            if c_side and c_matmul
+        ]
+        mfu[side] = statistics.median(rounds) if rounds else math.nan
+        mfu[f"{side}_spread"] = [min(rounds), max(rounds)] if rounds else [math.nan, math.nan]
 
     def spread(r: dict[str, Any]) -> str:
         lo, hi = r["wall_spread"]
@@ -477,15 +528,9 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
         best["cached"],
         best["tunelens"],
         TARGETS["hidden_states_vs_cached"],
-        f"  max|diff| {cached_diff:.1e}; {spread(vs_cached)}; {load_text()}",
-    )
-    proto_ratio = report(
-        f"  prototype packed rows [{label}]",
-        best["baseline"],
-        best["prototype"],
-        TARGETS["hidden_states"],
-        f"  bench/prototypes.py, max|diff| {proto_diff:.1e}",
-        ours="prototype",
+        f"  max|diff| {cached_diff:.1e}; {spread(vs_cached)}; token positions: loop "
+        f"{tokens['loop']}, cached {tokens['cached']}, tunelens {tokens['tunelens']}; "
+        f"{load_text()}",
     )
     return {
         "ratio": ratio,
@@ -499,33 +544,35 @@ def bench_hidden_states(loaded: Any, sizes: Sizes, label: str) -> dict[str, Any]
         "vs_cached_cpu_spread": vs_cached["cpu_spread"],
         "vs_cached_min_over_min": cached_ratio,
         "rounds": {"vs_loop": vs_loop, "vs_cached": vs_cached},
-        "prototype_ratio": proto_ratio,
+        "mfu_cpu": mfu["tunelens"],
+        "mfu_cpu_spread": mfu["tunelens_spread"],
+        "mfu_cpu_cached": mfu["cached"],
+        "mfu_cpu_baseline": mfu["baseline"],
+        "matmul_n": sizes.matmul_n,
+        "matmul_median_cpu_s": median_cpu["matmul"],
         "baseline_s": best["baseline"],
         "cached_s": best["cached"],
         "tunelens_s": best["tunelens"],
-        "prototype_s": best["prototype"],
         "baseline_median_s": median["baseline"],
         "cached_median_s": median["cached"],
         "tunelens_median_s": median["tunelens"],
-        "prototype_median_s": median["prototype"],
         "baseline_median_cpu_s": median_cpu["baseline"],
         "cached_median_cpu_s": median_cpu["cached"],
         "tunelens_median_cpu_s": median_cpu["tunelens"],
         "loadavg": list(os.getloadavg()),
         "max_abs_diff": diff,
         "cached_max_abs_diff": cached_diff,
-        "prototype_max_abs_diff": proto_diff,
         "max_abs_state": scale,
         "task": task,
         "prompts": len(prompts),
-        "prefix_tokens": len(prefix_ids),
-        "prompt_tokens_total": full_tokens,
-        "tunelens_tokens": our_tokens,
+        "prefix_tokens": len(loaded.tokenizer(prefix)["input_ids"]),
+        "prompt_tokens_total": tokens["loop"],
+        "cached_tokens": tokens["cached"],
+        "tunelens_tokens": tokens["tunelens"],
         "linear_params": n,
-        "gflops_baseline": gflops_per_s(full_tokens, best["baseline"], model, training=False),
-        "gflops_cached": gflops_per_s(our_tokens, best["cached"], model, training=False),
-        "gflops_tunelens": gflops_per_s(our_tokens, best["tunelens"], model, training=False),
-        "gflops_prototype": gflops_per_s(our_tokens, best["prototype"], model, training=False),
+        "gflops_baseline": gflops_per_s(tokens["loop"], best["baseline"], model, training=False),
+        "gflops_cached": capture_flops(tokens["cached"], model) / best["cached"] / 1e9,
+        "gflops_tunelens": capture_flops(tokens["tunelens"], model) / best["tunelens"] / 1e9,
     }
 
 
@@ -547,10 +594,11 @@ def peft_sequential(
 
     from tunelens.models import tuning
     from tunelens.models.batching import collate_causal, encode_pairs
+    from tunelens.models.tuning.targets import _module_shapes as module_shapes
 
     model, tokenizer = loaded.model, loaded.tokenizer
     names = tuning.target_module_names(model, config.target_modules)
-    shapes = tuning._module_shapes(model, names)
+    shapes = module_shapes(model, names)
     states = []
     for pairs, seed in zip(sets, seeds, strict=True):
         torch.manual_seed(seed)
@@ -587,45 +635,51 @@ def peft_sequential(
 def set_tokens(
     tokenizer: Any, sets: Sequence[Sequence[tuple[str, str]]], seeds: Sequence[int], config: Any
 ) -> dict[str, int]:
-    """Token positions each side computes over all steps (the per-set profile evidence).
+    """Token positions over all steps, counted without a model.
 
-    ``useful``: non-pad tokens; ``peft``: padded to the longest row of each
-    set's batch; ``tune_many_sets``: padded to the longest row over all sets of
-    a lockstep step; ``prototype``: each set's shared prefix once per step
-    (padded over sets) plus the suffix rows (padded over sets).
+    ``useful``: non-pad tokens; ``peft``: each set's batch padded to its longest
+    row (what the sequential baseline computes). What ``tune_many_sets``
+    computes is counted during its runs (:func:`bench_per_set`).
     """
-    from prototypes import shared_prefix_length
     from tunelens.models.batching import encode_pairs
     from tunelens.models.tuning import step_batches
 
     encoded = [encode_pairs(tokenizer, pairs, kind="causal") for pairs in sets]
-    lengths = [[len(e.prompt_ids) + len(e.target_ids) for e in es] for es in encoded]
-    prefixes = [shared_prefix_length(es) for es in encoded]
-    schedules = [
-        step_batches(len(es), config, seed) for es, seed in zip(encoded, seeds, strict=True)
-    ]
-    counts = {"useful": 0, "peft": 0, "tune_many_sets": 0, "prototype": 0}
-    for step in range(len(schedules[0])):
-        batches = [schedule[step] for schedule in schedules]
-        longest = [max(lengths[s][i] for i in batch) for s, batch in enumerate(batches)]
-        counts["useful"] += sum(lengths[s][i] for s, batch in enumerate(batches) for i in batch)
-        counts["peft"] += sum(len(batch) * n for batch, n in zip(batches, longest, strict=True))
-        counts["tune_many_sets"] += sum(map(len, batches)) * max(longest)
-        suffix = max(lengths[s][i] - prefixes[s] for s, batch in enumerate(batches) for i in batch)
-        counts["prototype"] += len(sets) * max(prefixes) + sum(map(len, batches)) * suffix
+    counts = {"useful": 0, "peft": 0}
+    for es, seed in zip(encoded, seeds, strict=True):
+        lengths = [len(e.prompt_ids) + len(e.target_ids) for e in es]
+        for batch in step_batches(len(es), config, seed):
+            counts["useful"] += sum(lengths[i] for i in batch)
+            counts["peft"] += len(batch) * max(lengths[i] for i in batch)
     return counts
 
 
 def bench_per_set(
-    loaded: Any, n_sets: int, epochs: int, sizes: Sizes, label: str, repeats: int
+    loaded: Any,
+    n_sets: int,
+    epochs: int,
+    sizes: Sizes,
+    label: str,
+    repeats: int,
+    *,
+    definition: bool = True,
 ) -> dict[str, Any]:
-    """PEFT sequential vs ``tune_many_sets`` (library) vs the shared-prefix prototype."""
+    """Sequential PEFT vs ``tune_many_sets`` (the library, its defaults), interleaved.
+
+    30 sets x ``set_k`` pairs, one world task per set, zero-shot prompts with or
+    without the task definition. After a warm-up of each side on two sets, the
+    sides run in turn (PEFT, tunelens, PEFT, ...) for ``repeats`` rounds; the
+    ratio is the median of the per-round ratios (wall time), with their spread
+    and the CPU-time ratio. The token positions each side feeds its model are
+    counted at the input embedding during the rounds (padding included).
+    """
     import torch
 
-    from prototypes import tune_many_sets_shared_prefix
+    from tunelens.models.batching import encode_pairs
     from tunelens.models.tuning import TuningConfig, step_batches, tune_many_sets
+    from tunelens.models.tuning.many_sets import choose_layout
 
-    sets = demo_sets(n_sets, sizes.k)
+    sets = demo_sets(n_sets, sizes.set_k, definition=definition)
     seeds = list(range(n_sets))
     config = TuningConfig(
         lora_r=8,
@@ -638,66 +692,79 @@ def bench_per_set(
     sides = {
         "baseline": lambda s, c: peft_sequential(loaded, s, c, seeds[: len(s)]),
         "tunelens": lambda s, c: tune_many_sets(loaded, s, c, seeds=seeds[: len(s)]),
-        "prototype": lambda s, c: tune_many_sets_shared_prefix(
-            loaded, s, c, seeds=seeds[: len(s)], sets_per_batch=sizes.prototype_sets_per_batch
-        ),
     }
     warm = TuningConfig(**{**config.model_dump(), "epochs": 1})
     for side in sides.values():  # warm-up on two sets, one epoch
         side(sets[:2], warm)
-    best, median, results = interleaved(
-        {name: (lambda side=side: side(sets, config)) for name, side in sides.items()},
-        repeats,
-        warm_up=False,
-    )
+    positions = dict.fromkeys(sides, 0)
+    current = [""]
 
-    def adapter_diff(name: str) -> tuple[float, float]:
-        """Max element-wise |difference| to PEFT's adapters, and max relative L2 difference."""
-        worst_abs = worst_rel = 0.0
-        for ours, theirs in zip(results[name], results["baseline"], strict=True):
-            delta = torch.cat([(ours[k] - theirs[k]).flatten() for k in theirs])
-            reference = torch.cat([theirs[k].flatten() for k in theirs])
-            worst_abs = max(worst_abs, float(delta.abs().max()))
-            worst_rel = max(worst_rel, float(delta.norm() / reference.norm()))
-        return worst_abs, worst_rel
+    def count(module: Any, args: tuple[Any, ...], output: Any) -> None:
+        positions[current[0]] += args[0].numel()
 
-    (diff, rel), (proto_diff, proto_rel) = adapter_diff("tunelens"), adapter_diff("prototype")
-    steps = len(step_batches(sizes.k, config, 0))
+    def run_side(name: str) -> Any:
+        current[0] = name
+        return sides[name](sets, config)
+
+    hook = loaded.model.get_input_embeddings().register_forward_hook(count)
+    try:
+        runs, results = interleaved_runs(
+            {name: (lambda name=name: run_side(name)) for name in sides}, repeats, warm_up=False
+        )
+    finally:
+        hook.remove()
+    best = {n: min(w for w, _ in r) for n, r in runs.items()}
+    median = {n: statistics.median(w for w, _ in r) for n, r in runs.items()}
+    median_cpu = {n: statistics.median(c for _, c in r) for n, r in runs.items()}
+    paired = paired_ratios(runs, "baseline", "tunelens")
+
+    worst_abs = worst_rel = 0.0  # tunelens's adapters against PEFT's, every set
+    for ours, theirs in zip(results["tunelens"], results["baseline"], strict=True):
+        delta = torch.cat([(ours[k] - theirs[k]).flatten() for k in theirs])
+        reference = torch.cat([theirs[k].flatten() for k in theirs])
+        worst_abs = max(worst_abs, float(delta.abs().max()))
+        worst_rel = max(worst_rel, float(delta.norm() / reference.norm()))
+    steps = len(step_batches(sizes.set_k, config, 0))
     tokens = set_tokens(loaded.tokenizer, sets, seeds, config)
+    tokens.update({f"{n}_counted": positions[n] // max(1, repeats) for n in sides})
+    encoded = [encode_pairs(loaded.tokenizer, pairs, kind="causal") for pairs in sets]
+    layout = choose_layout(loaded, encoded, config)
     model = loaded.model
     n = linear_params(model)
-    ratio = report(
-        f"per-set tuning [{label}]",
-        best["baseline"],
-        best["tunelens"],
-        TARGETS["per_set_tuning"],
-        f"  {n_sets} sets x {steps} steps, "
-        f"adapter diff max {diff:.1e} rel {rel:.1e}; token positions: PEFT "
-        f"{tokens['peft']}, tunelens {tokens['tune_many_sets']}",
-    )
-    proto_ratio = report(
-        f"  prototype shared prefix [{label}]",
-        best["baseline"],
-        best["prototype"],
-        TARGETS["per_set_tuning"],
-        f"  bench/prototypes.py, adapter diff max {proto_diff:.1e} rel "
-        f"{proto_rel:.1e}; token positions {tokens['prototype']}",
-        ours="prototype",
+    lo, hi = paired["wall_spread"]
+    clo, chi = paired["cpu_spread"]
+    ratio = paired["wall"]
+    verdict = "met" if ratio >= TARGETS["per_set_tuning"] else "MISSED"
+    print(
+        f"{'per-set tuning [' + label + ']':<40} PEFT {median['baseline']:7.3f} s  tunelens "
+        f"{median['tunelens']:7.3f} s (medians)  median {ratio:.2f}x [{lo:.2f}-{hi:.2f}] "
+        f"wall, {paired['cpu']:.2f}x [{clo:.2f}-{chi:.2f}] CPU, {repeats} rounds  target >= "
+        f"{TARGETS['per_set_tuning']:g}x  {verdict}  {n_sets} sets x {steps} steps, layout "
+        f"{layout}, adapter diff max {worst_abs:.1e} rel {worst_rel:.1e}; token positions: "
+        f"PEFT {tokens['baseline_counted']}, tunelens {tokens['tunelens_counted']}; "
+        f"{load_text()}",
+        flush=True,
     )
     return {
         "ratio": ratio,
-        "prototype_ratio": proto_ratio,
+        "ratio_spread": paired["wall_spread"],
+        "ratio_cpu": paired["cpu"],
+        "ratio_cpu_spread": paired["cpu_spread"],
+        "ratio_min_over_min": best["baseline"] / best["tunelens"],
+        "rounds": paired,
+        "definition": definition,
+        "layout": layout,
         "baseline_s": best["baseline"],
         "tunelens_s": best["tunelens"],
-        "prototype_s": best["prototype"],
         "baseline_median_s": median["baseline"],
         "tunelens_median_s": median["tunelens"],
-        "prototype_median_s": median["prototype"],
-        "max_abs_adapter_diff": diff,
-        "prototype_max_abs_adapter_diff": proto_diff,
-        "max_rel_adapter_diff": rel,
-        "prototype_max_rel_adapter_diff": proto_rel,
+        "baseline_median_cpu_s": median_cpu["baseline"],
+        "tunelens_median_cpu_s": median_cpu["tunelens"],
+        "loadavg": list(os.getloadavg()),
+        "max_abs_adapter_diff": worst_abs,
+        "max_rel_adapter_diff": worst_rel,
         "sets": n_sets,
+        "k": sizes.set_k,
         "steps_per_set": steps,
         "tokens": tokens["useful"],
         "tokens_computed": tokens,
@@ -878,7 +945,6 @@ def profile(label: str, fn: Callable[[], Any], rows: int = 12) -> None:
 
 def run_profiles(world: Any, big: Any, sizes: Sizes) -> None:
     """Profiles behind the README's explanations: forward path, per-set tuning both ways."""
-    from prototypes import tune_many_sets_shared_prefix
     from tunelens.models.hidden_states import capture_with_shared_prefix
     from tunelens.models.tuning import TuningConfig, tune_many_sets
 
@@ -887,7 +953,7 @@ def run_profiles(world: Any, big: Any, sizes: Sizes) -> None:
         f"capture_with_shared_prefix [{big.name}]",
         lambda: capture_with_shared_prefix(big, prefix, suffixes),
     )
-    sets = demo_sets(sizes.sets, sizes.k)
+    sets = demo_sets(sizes.sets, sizes.set_k)
     seeds = list(range(len(sets)))
     config = TuningConfig(epochs=2, batch_size=sizes.set_batch)
     profile(
@@ -899,10 +965,8 @@ def run_profiles(world: Any, big: Any, sizes: Sizes) -> None:
         lambda: tune_many_sets(world, sets, config, seeds=seeds),
     )
     profile(
-        "prototype shared prefix [world model], 2 epochs",
-        lambda: tune_many_sets_shared_prefix(
-            world, sets, config, seeds=seeds, sets_per_batch=sizes.prototype_sets_per_batch
-        ),
+        "tune_many_sets full rows [world model], 2 epochs",
+        lambda: tune_many_sets(world, sets, config, seeds=seeds, layout="rows"),
     )
 
 
@@ -951,6 +1015,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile",
         action="store_true",
         help="print torch.profiler tables of the tunelens side to stderr",
+    )
+    parser.add_argument(
+        "--plan-error",
+        action="store_true",
+        help="also run three studies to time `tunelens plan` against them (bench/e2e.py; slow)",
     )
     args = parser.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -1001,21 +1070,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     hs_big = bench_hidden_states(big, sizes, big_label)
     hs_world = bench_hidden_states(world, sizes, "world model")
     log("per-set tuning ...")
-    sets_world = bench_per_set(
-        world, sizes.sets, sizes.set_epochs, sizes, "world model", sizes.set_repeats
+    per_set = {
+        f"{model}{'' if definition else '_no_definition'}": bench_per_set(
+            loaded,
+            n_sets,
+            epochs,
+            sizes,
+            f"{label}, definition {'on' if definition else 'off'}",
+            sizes.set_repeats,
+            definition=definition,
+        )
+        for definition in (True, False)
+        for model, loaded, n_sets, epochs, label in (
+            ("world", world, sizes.sets, sizes.set_epochs, "world model"),
+            ("20m", big, sizes.sets_20m, sizes.set_epochs_20m, big_label),
+        )
+    }
+    sets_world, sets_big = per_set["world"], per_set["20m"]
+    per_set_ratio = min(r["ratio"] for r in per_set.values())
+    print(
+        f"{'per-set tuning, smallest of the four':<40} {per_set_ratio:.2f}x  target >= "
+        f"{TARGETS['per_set_tuning']:g}x  "
+        f"{'met' if per_set_ratio >= TARGETS['per_set_tuning'] else 'MISSED'}",
+        flush=True,
     )
-    sets_big = bench_per_set(big, sizes.sets_20m, sizes.set_epochs_20m, sizes, big_label, 1)
     log("multi-task tuning ...")
     sft_world = bench_sft(world, sizes.sft_steps, sizes, "world model", sizes.sft_repeats)
     sft_big = bench_sft(big, sizes.sft_steps_20m, sizes, big_label, 1)
 
     mfu = {
-        "mfu_forward": hs_big["gflops_tunelens"] / peak,
-        "mfu_forward_baseline": hs_big["gflops_baseline"] / peak,
-        "mfu_forward_prototype": hs_big["gflops_prototype"] / peak,
-        "mfu_forward_cached": hs_big["gflops_cached"] / peak,
-        "mfu_forward_world": hs_world["gflops_tunelens"] / peak,
-        "mfu_forward_world_baseline": hs_world["gflops_baseline"] / peak,
+        "mfu_forward": hs_big["mfu_cpu"],
+        "mfu_forward_spread": hs_big["mfu_cpu_spread"],
+        "mfu_forward_baseline": hs_big["mfu_cpu_baseline"],
+        "mfu_forward_cached": hs_big["mfu_cpu_cached"],
+        "mfu_forward_world": hs_world["mfu_cpu"],
+        "mfu_forward_world_baseline": hs_world["mfu_cpu_baseline"],
+        "mfu_forward_wall": hs_big["gflops_tunelens"] / peak,  # wall clock, against the peak
         "mfu_per_set_tuning_20m": sets_big["gflops_tunelens"] / peak,
         "mfu_per_set_tuning_20m_baseline": sets_big["gflops_baseline"] / peak,
         "mfu_per_set_tuning_world": sets_world["gflops_tunelens"] / peak,
@@ -1027,10 +1117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     met = "met" if mfu["mfu_forward"] >= TARGETS["mfu_forward"] else "MISSED"
     print(
-        f"{'MFU forward [' + big_label + ']':<40} tunelens {mfu['mfu_forward']:6.1%}  "
-        f"baseline {mfu['mfu_forward_baseline']:6.1%}  target >= "
-        f"{TARGETS['mfu_forward']:.0%}  {met}  (prototype packed rows "
-        f"{mfu['mfu_forward_prototype']:.1%})",
+        f"{'MFU forward [' + big_label + ']':<40} tunelens {mfu['mfu_forward']:6.1%} "
+        f"[{mfu['mfu_forward_spread'][0]:.1%}-{mfu['mfu_forward_spread'][1]:.1%}]  "
+        f"loop {mfu['mfu_forward_baseline']:6.1%}  cached {mfu['mfu_forward_cached']:6.1%}  "
+        f"target >= {TARGETS['mfu_forward']:.0%}  {met}  (CPU time, against a "
+        f"{sizes.matmul_n}^3 matmul in the same rounds; wall against the peak "
+        f"{mfu['mfu_forward_wall']:.1%})",
         flush=True,
     )
     print(
@@ -1043,6 +1135,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.profile:
         run_profiles(world, big, sizes)
+
+    import e2e  # bench/e2e.py: the end-to-end cell and the plan's error
+
+    log("end to end: a default convergence cell ...")
+    e2e_cell = e2e.bench_convergence_cell(1 if args.quick else 3, args.quick)
+    e2e.print_cell_line(e2e_cell)
+    e2e_plan = e2e.bench_plan_error() if args.plan_error else {"plan_error": math.nan}
+    if args.plan_error:
+        e2e.print_plan_line(e2e_plan)
+    result.update(
+        {
+            "e2e_convergence_cell_ratio": e2e_cell["ratio"],
+            "e2e_convergence_cell_ratio_spread": e2e_cell["ratio_spread"],
+            "e2e_convergence_cell_ratio_cpu": e2e_cell["ratio_cpu"],
+            "e2e_convergence_cell": e2e_cell,
+            **e2e_plan,
+        }
+    )
 
     result.update(
         {
@@ -1058,19 +1168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hidden_states_vs_cached_world": hs_world["vs_cached"],
             "hidden_states_vs_cached_world_spread": hs_world["vs_cached_spread"],
             "hidden_states_vs_cached_world_cpu": hs_world["vs_cached_cpu"],
-            "hidden_states_ratio_prototype": hs_big["prototype_ratio"],
-            "hidden_states_ratio_prototype_world": hs_world["prototype_ratio"],
-            "per_set_tuning_ratio": sets_world["ratio"],
-            "per_set_tuning_ratio_20m": sets_big["ratio"],
-            "per_set_tuning_ratio_prototype": sets_world["prototype_ratio"],
-            "per_set_tuning_ratio_prototype_20m": sets_big["prototype_ratio"],
+            "per_set_tuning_ratio": per_set_ratio,
+            **{f"per_set_tuning_ratio_{name}": r["ratio"] for name, r in per_set.items()},
             "sft_tokens_ratio": sft_world["ratio"],
             "sft_tokens_ratio_20m": sft_big["ratio"],
             "sft_tokens_ratio_vs_trl_train_runtime": sft_world["ratio_vs_trl_train_runtime"],
             **mfu,
             "targets": TARGETS,
             "hidden_states": {"20m": hs_big, "world": hs_world},
-            "per_set_tuning": {"world": sets_world, "20m": sets_big},
+            "per_set_tuning": per_set,
             "sft": {"world": sft_world, "20m": sft_big},
             "total_s": time.perf_counter() - start,
             "total_cpu_s": time.process_time() - start_cpu,

@@ -1,14 +1,20 @@
-"""Batched, padded last-token capture equals one unpadded forward per prompt, for each family."""
+"""Last-token capture equals one unpadded forward per prompt, for each family.
+
+Both paths: padded batches (``capture_last_token_states``) and packed rows
+with the shared tokens computed once (``capture_packed`` and its one-prefix
+form ``capture_with_shared_prefix``), including the packed path's fallbacks.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import tunelens.models.hidden_states as hs
 from tunelens.models.hidden_states import (
     capture_last_token_states,
+    capture_packed,
     capture_with_shared_prefix,
-    split_shared_prefix,
 )
 from tunelens.models.loading import load_model_from_objects
 
@@ -117,51 +123,188 @@ def test_shared_prefix_equals_plain(tiny_model, arch, side):
     )
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_shared_prefix_uses_the_cache(tiny_model, arch, monkeypatch):
-    """Prompts that extend the prefix never reach the plain path; the prefix runs once."""
-    import tunelens.models.hidden_states as hs
+def references(loaded, prompts) -> torch.Tensor:
+    return torch.stack([reference_states(loaded, p) for p in prompts])
 
+
+def no_plain_path(monkeypatch) -> None:
+    monkeypatch.setattr(
+        hs, "capture_last_token_states", lambda *a, **k: pytest.fail("plain path taken")
+    )
+
+
+PACKED_ARCHS = ["llama", "gpt2", "qwen2"]
+
+
+@pytest.mark.parametrize("arch", PACKED_ARCHS)
+@pytest.mark.parametrize(
+    "case",
+    [
+        "suffixes of different lengths",
+        "one prompt",
+        "zero-length prefix",
+        "prompt is the prefix",
+        "mixed groups",
+    ],
+)
+def test_packed_equals_per_prompt_forward(tiny_model, arch, case, monkeypatch):
     loaded = load_model_from_objects(*tiny_model(arch))
+    prompts = {
+        "suffixes of different lengths": [PREFIX + s for s in SUFFIXES if s],
+        "one prompt": [PREFIX + SUFFIXES[0]],
+        # nothing shared (Llama: only its BOS): rows side by side, block-diagonal mask
+        "zero-length prefix": PROMPTS,
+        "prompt is the prefix": [PREFIX, PREFIX + SUFFIXES[0], PREFIX],
+        # two demonstration prefixes and an unrelated prompt, in one call
+        "mixed groups": [PREFIX + SUFFIXES[0], "a dog", PREFIX + SUFFIXES[3]]
+        + ["Definition : is it red ?\n\n" + s for s in SUFFIXES[:2]],
+    }[case]
+    want = references(loaded, prompts)
+    no_plain_path(monkeypatch)
+    got = capture_packed(loaded, prompts)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", PACKED_ARCHS)
+def test_packed_rows_run_the_decoder_only_and_share_the_prefix(tiny_model, arch, monkeypatch):
+    """One decoder forward per row, no LM head; with a small budget, several rows."""
+    loaded = load_model_from_objects(*tiny_model(arch))
+    prompts = [PREFIX + s for s in SUFFIXES]
+    want = references(loaded, prompts)
+    no_plain_path(monkeypatch)
+    lengths: list[int] = []
+    decoder = hs._decoder(loaded.model)
+    assert decoder is not loaded.model
+    head = loaded.model.get_output_embeddings()
+    handles = [
+        decoder.register_forward_hook(lambda m, i, o: lengths.append(o.hidden_states[0].shape[1])),
+        head.register_forward_hook(lambda m, i, o: pytest.fail("LM head ran")),
+    ]
+    try:
+        one_row = capture_packed(loaded, prompts)
+        several = capture_packed(loaded, prompts, max_tokens=30)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(one_row, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(several, want, atol=ATOL, rtol=0)
+    ids = [loaded.tokenizer(p)["input_ids"] for p in prompts]
+    assert lengths[0] < sum(map(len, ids))  # the prefix is computed once
+    assert len(lengths) > 2  # one row, then several
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma", "phi", "phi3"])
+def test_packed_on_the_other_causal_families(arch, monkeypatch):
+    """The rest of the architecture matrix (tests/helpers/models.py), byte-level BPE prompts."""
+    from tests.helpers.models import tiny_config, world_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = world_tokenizer()
+    config = tiny_config(
+        arch,
+        len(tokenizer),
+        pad=tokenizer.pad_token_id,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    loaded = load_model_from_objects(AutoModelForCausalLM.from_config(config).eval(), tokenizer)
+    prefix = "Definition: Name the colour.\n\nInput: grass\nOutput: green\n\n"
+    prompts = [prefix + f"Input: {word}\nOutput:" for word in ("sky", "a ripe lemon", "snow")]
+    want = references(loaded, prompts)
+    no_plain_path(monkeypatch)
+    torch.testing.assert_close(capture_packed(loaded, prompts), want, atol=ATOL, rtol=0)
+
+
+def test_packed_with_eager_attention(tiny_model, monkeypatch):
+    """Eager attention adds the mask to the scores: the boolean mask becomes 0 / -inf."""
+    model, tokenizer = tiny_model("qwen2")
+    model.set_attn_implementation("eager")
+    loaded = load_model_from_objects(model, tokenizer)
+    prompts = [PREFIX + s for s in SUFFIXES]
+    want = references(loaded, prompts)
+    no_plain_path(monkeypatch)
+    torch.testing.assert_close(capture_packed(loaded, prompts), want, atol=ATOL, rtol=0)
+
+
+def test_packed_falls_back_for_a_mask_free_attention(tiny_model, monkeypatch):
+    """Flash attention takes no custom 4-D mask: the padded path runs instead."""
+    loaded = load_model_from_objects(*tiny_model("llama"))
+    prompts = [PREFIX + s for s in SUFFIXES]
+    want = capture_last_token_states(loaded, prompts, batch_size=2)
     calls = []
     monkeypatch.setattr(
-        hs,
-        "capture_last_token_states",
-        lambda *a, **k: calls.append(a) or pytest.fail("plain path taken"),
+        hs, "capture_last_token_states", lambda model, p, b: calls.append((p, b)) or want
     )
-    forwards = []
-    handle = loaded.model.register_forward_hook(lambda m, i, o: forwards.append(1))
-    try:
-        hs.capture_with_shared_prefix(loaded, PREFIX, SUFFIXES, batch_size=2)
-    finally:
-        handle.remove()
-    # 1 prefix forward + ceil(4 extending suffixes / 2) suffix forwards
-    assert len(forwards) == 3
-    assert not calls
+    monkeypatch.setattr(loaded.model.config, "_attn_implementation", "flash_attention_2")
+    assert capture_packed(loaded, prompts, batch_size=2) is want
+    assert calls == [(prompts, 2)]
 
 
-def test_split_shared_prefix_detects_boundary_merges(tiny_tokenizer):
-    tokenizer = tiny_tokenizer(bos=True)
-    prefix_ids, rests = split_shared_prefix(tokenizer, "the ca", ["t sits", " dog", ""])
-    assert prefix_ids[0] == tokenizer.bos_token_id
-    assert rests[0] is None  # "ca" + "t" -> "cat": tokenisation differs
-    assert rests[1] == tokenizer(" dog", add_special_tokens=False)["input_ids"]
-    assert rests[2] == []
+def test_packed_falls_back_past_a_sliding_window(tiny_model, monkeypatch):
+    """The custom mask would drop a sliding window, so longer prompts take the padded path."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _, tokenizer = tiny_model("qwen2")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=0,
+        initializer_range=0.2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    loaded = load_model_from_objects(Qwen2ForCausalLM(config).eval(), tokenizer)
+    prompts = [PREFIX + s for s in SUFFIXES]
+    want = references(loaded, prompts)
+    real = hs.capture_last_token_states
+    calls = []
+    monkeypatch.setattr(
+        hs, "capture_last_token_states", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    torch.testing.assert_close(capture_packed(loaded, prompts), want, atol=ATOL, rtol=0)
+    assert calls == [1]
+    # prompts within the window are packed
+    short = ["a dog", "the cat"]
+    torch.testing.assert_close(
+        capture_packed(loaded, short), references(loaded, short), atol=ATOL, rtol=0
+    )
+    assert calls == [1]
 
 
-def test_split_shared_prefix_with_appended_eos(tiny_tokenizer):
-    tokenizer = tiny_tokenizer(eos_suffix=True)  # every prompt ends with </s>: no shared prefix
-    _, rests = split_shared_prefix(tokenizer, "the cat", [" sits"])
-    assert rests == [None]
+def test_packed_falls_back_for_encoder_decoders(tiny_model):
+    loaded = load_model_from_objects(*tiny_model("t5"))
+    prompts = [PREFIX + s for s in SUFFIXES]
+    torch.testing.assert_close(
+        capture_packed(loaded, prompts), references(loaded, prompts), atol=ATOL, rtol=0
+    )
 
 
-def test_shared_prefix_falls_back_per_prompt(tiny_model):
+def test_packed_of_no_prompts_and_empty_prompt(tiny_model):
+    loaded = load_model_from_objects(*tiny_model("qwen2"))  # no BOS: "" has no tokens
+    assert capture_packed(loaded, []).shape == (0, 0, 0)
+    with pytest.raises(ValueError, match="no tokens"):
+        capture_packed(loaded, ["a dog", ""])
+    with pytest.raises(ValueError, match="batch_size"):
+        capture_packed(loaded, PROMPTS, batch_size=0)
+
+
+def test_shared_prefix_whose_last_word_merges_with_a_suffix(tiny_model):
+    """The shared tokens come from the token ids, not the prefix string."""
     loaded = load_model_from_objects(*tiny_model("gpt2"))
     prefix = "the cat sits on the ma"
-    suffixes = ["t", " and a dog", " and the bird"]  # first merges across the boundary
+    suffixes = ["t", " and a dog", " and the bird"]  # "ma" + "t" -> "mat"
     got = capture_with_shared_prefix(loaded, prefix, suffixes)
-    want = torch.stack([reference_states(loaded, prefix + s) for s in suffixes])
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        got, references(loaded, [prefix + s for s in suffixes]), atol=ATOL, rtol=0
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -179,6 +322,7 @@ def test_capture_through_a_peft_wrapper(tiny_model, arch):
     want = torch.stack([reference_states(loaded, p) for p in PROMPTS])
     torch.testing.assert_close(capture_last_token_states(loaded, PROMPTS), want, atol=ATOL, rtol=0)
     want = torch.stack([reference_states(loaded, PREFIX + s) for s in SUFFIXES])
+    assert hs._packable(loaded)  # the wrapper does not hide the attention implementation
     torch.testing.assert_close(
         capture_with_shared_prefix(loaded, PREFIX, SUFFIXES), want, atol=ATOL, rtol=0
     )

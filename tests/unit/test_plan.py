@@ -9,12 +9,13 @@ import pytest
 
 from tunelens.api import Cell
 from tunelens.errors import TunelensInputError
+from tunelens.runs.costs import CPU_COSTS, ModelFacts, TokenCounter, Work, cell_seconds
 from tunelens.runs.plan import (
     KNOWN_ARCHITECTURES,
-    audit_tokens,
-    convergence_tokens,
     count_parameters,
+    estimate_work,
     known_architecture,
+    measure_cpu_flops,
     model_size,
     peak_memory,
     plan_study,
@@ -48,34 +49,94 @@ def test_known_architectures_match_published_sizes():
         model_size("models/my-model")
 
 
-def test_token_estimates_follow_the_spec():
+def test_work_estimates_follow_the_spec_for_absent_tasks():
     params = {
         "tasks": "data/absent.json",
         "k": 8,
         "n_pairs": 30,
         "anchors_per_set": 1,
         "definition": False,
+        "template": "plain",
+        "control": "none",
         "tuning": {"epochs": 10, "batch_size": 8},
     }
-    tokens = convergence_tokens(None, Cell("convergence", "c", params))
-    # 30 tuned sets x 10 epochs x 8 demonstrations x 200 tokens
-    assert tokens["backward"] == 30 * 10 * 8 * 200
-    assert tokens["forward"] == 30 * (200 + 9 * 200 + 200)
-    doubled = convergence_tokens(None, Cell("convergence", "c", {**params, "k": 16}))
-    assert doubled["backward"] == 2 * tokens["backward"]
-    capped = convergence_tokens(
-        None,
+    size = model_size("models/Llama-2-7b-hf")
+    counter = TokenCounter(None)
+    work = estimate_work(Cell("convergence", "c", params), counter, size)
+    # 30 tuned sets x 10 epochs x 8 demonstrations x 200 tokens, all in one lockstep run
+    assert work.lockstep_tokens == 30 * 10 * 8 * 200
+    assert work.lockstep_steps == 10 and work.lockstep_runs == 1
+    # anchor (200) and ICL (9 x 200) prompts: states + last-token forward each, and the
+    # tuned anchors' states + last-token forward in the batched probe
+    assert work.forward_tokens == 2 * 30 * (200 + 9 * 200) + 2 * 30 * 200
+    doubled = estimate_work(Cell("convergence", "c", {**params, "k": 16}), counter, size)
+    assert doubled.lockstep_tokens == 2 * work.lockstep_tokens
+    capped = estimate_work(
         Cell(
             "convergence",
             "c",
             {**params, "tuning": {"epochs": 10, "batch_size": 8, "max_steps": 2}},
         ),
+        counter,
+        size,
     )
-    assert capped["backward"] == 30 * 2 * 8 * 200
-    assert audit_tokens(None, Cell("audit", "b", {"baseline": "random"})) == {
-        "forward": 0,
-        "backward": 0,
+    assert capped.lockstep_tokens == 30 * 2 * 8 * 200 and capped.lockstep_steps == 2
+    guess = estimate_work(Cell("audit", "b", {"baseline": "random"}), counter, size)
+    assert guess.all_forward_tokens == 0 and guess.all_training_tokens == 0
+
+
+def test_work_of_world_cells_is_counted_from_their_prompts():
+    from tunelens.experiments.audit import eval_items
+    from tunelens.tasks.sets import load_task_set
+
+    heldout = load_task_set("world:heldout")
+    size = model_size("world")
+    params = {
+        "baseline": "untuned",
+        "test": "world:heldout",
+        "eval_instances_per_task": 100,
+        "eval_encodings": ["definition_only", "definition_examples"],
+        "n_positive": 2,
+        "template": "tk",
+        "max_new_tokens": 4,
     }
+    cell = Cell("audit", "u", params, data={"test": heldout})
+    work = estimate_work(cell, TokenCounter(None), size)
+    assert work.exact
+    assert work.samples == 2 * len(eval_items(heldout, 100))
+    assert work.generate_calls >= 2 and work.decode_steps == 4 * work.generate_calls
+
+
+def test_cell_seconds_add_up_and_the_efficiency_curve_interpolates():
+    facts = ModelFacts(non_embedding=10**6, total=5 * 10**5, hidden=96, layers=3)
+    work = Work(
+        forward_tokens=1000,
+        generate_tokens=500,
+        lockstep_tokens=300,
+        forward_calls=4,
+        generate_calls=2,
+        decode_steps=8,
+        lockstep_steps=3,
+        samples=10,
+    )
+    seconds = cell_seconds("convergence", work, facts, CPU_COSTS, peak_flops=1e11)
+    assert seconds.total == pytest.approx(seconds.overhead + seconds.weights + seconds.compute)
+    assert sum(seconds.parts.values()) == pytest.approx(seconds.total)
+    assert seconds.weights == 0  # 2 MB of weights: below the cache bound
+    forced = cell_seconds("convergence", work, facts, CPU_COSTS, peak_flops=1e11, efficiency=1.0)
+    assert forced.compute == pytest.approx((2e6 * 1500 + 4e6 * 300) / 1e11)
+    low, high = CPU_COSTS.efficiency["forward"][0], CPU_COSTS.efficiency["forward"][-1]
+    assert CPU_COSTS.efficiency_at(1, "forward") == low[1]
+    assert CPU_COSTS.efficiency_at(10**6, "forward") == high[1]
+    assert low[1] <= CPU_COSTS.efficiency_at(200, "forward") <= high[1]
+
+
+def test_cpu_peak_is_measured_in_cpu_time_and_restores_the_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    peak = measure_cpu_flops(1, n=256, repeats=2)
+    assert peak > 1e8 and torch.get_num_threads() == before
 
 
 def test_peak_memory_full_tuning_needs_optimizer_states():
@@ -96,8 +157,12 @@ def test_plan_llama_spec_totals():
     (conv,) = plan.experiments
     assert conv.cells == 3 * 2 * 2 * 2 * 2
     n = plan.model_sizes["models/Llama-2-7b-hf"]["non_embedding"]
-    assert plan.flops == pytest.approx(2 * n * plan.forward_tokens + 6 * n * plan.backward_tokens)
-    assert plan.seconds == pytest.approx(plan.flops / (989e12 * 0.4))
+    # LoRA: 4N per trained token (frozen base weights need no weight gradients)
+    assert plan.flops == pytest.approx(2 * n * plan.forward_tokens + 4 * n * plan.backward_tokens)
+    # the time also prices the LM head (131M weights of 6.7B) on trained and new tokens
+    assert plan.flops / (989e12 * 0.4) < plan.time.compute < 1.05 * plan.flops / (989e12 * 0.4)
+    assert plan.seconds == pytest.approx(plan.time.total)
+    assert plan.seconds > plan.time.compute + plan.fixed.total  # per-call costs on top
     assert json.loads(json.dumps(plan.to_json()))["total"]["cells"] == conv.cells
 
 

@@ -61,7 +61,14 @@ def plan(
             help="Accelerator whose peak FLOP/s sets the time: h100, a100 or cpu (measured here)."
         ),
     ] = "h100",
-    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed, in (0, 1].")] = 0.4,
+    mfu: Annotated[
+        float | None,
+        typer.Option(
+            help="Model FLOPs utilisation assumed, in (0, 1]; default 0.4 on a GPU and, on "
+            "cpu, the efficiency calibrated for the model's width.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     limit: LimitOption = None,
     allow_missing_tasks: AllowMissingOption = False,
@@ -86,9 +93,10 @@ def plan(
         typer.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
         return
     console = Console(highlight=False)
+    efficiency = "calibrated per model width" if result.mfu is None else f"{result.mfu:g}"
     console.print(
         f"plan for {spec or 'the embedded default'} on {gpu} "
-        f"(peak {human(result.peak_flops, 'FLOP/s')}, MFU {mfu:g})",
+        f"(peak {human(result.peak_flops, 'FLOP/s')}, MFU {efficiency})",
         markup=False,
     )
     for name, size in result.model_sizes.items():
@@ -101,19 +109,45 @@ def plan(
     table.add_column("experiment", no_wrap=True)
     for header in ("cells", "forward tokens", "training tokens", "FLOPs", "peak memory", "time"):
         table.add_column(header, justify="right")
-    rows = [(e.experiment, e) for e in result.experiments] + [("total", result)]
-    for label, e in rows:
+    for e in result.experiments:
         table.add_row(
-            label,
+            e.experiment,
             str(e.cells),
             human(e.forward_tokens),
             human(e.backward_tokens),
             human(e.flops),
             size_text(e.peak_memory_bytes),
             duration(e.seconds),
-            end_section=label != "total" and e is result.experiments[-1],
         )
+    table.add_row(
+        "start-up, loads, report",
+        "",
+        "",
+        "",
+        "",
+        "",
+        duration(result.fixed.total),
+        end_section=True,
+    )
+    table.add_row(
+        "total",
+        str(result.cells),
+        human(result.forward_tokens),
+        human(result.backward_tokens),
+        human(result.flops),
+        size_text(result.peak_memory_bytes),
+        duration(result.seconds),
+    )
     console.print(table)
+    time = result.time
+    parts = sorted(time.parts.items(), key=lambda item: -item[1])
+    console.print(
+        f"time {duration(time.total)}: FLOPs {duration(time.compute)}, fixed and per-call "
+        f"costs {duration(time.overhead + time.fixed)}, weight streaming "
+        f"{duration(time.weights)}; largest parts: "
+        + ", ".join(f"{name} {duration(seconds)}" for name, seconds in parts[:4] if seconds),
+        markup=False,
+    )
     if result.device_memory_bytes and result.peak_memory_bytes > result.device_memory_bytes:
         console.print(
             f"peak memory exceeds one {gpu} ({size_text(result.device_memory_bytes)}): "
@@ -121,7 +155,9 @@ def plan(
             markup=False,
         )
     console.print(
-        "Estimates from spec fields (FLOPs 2N per forward token, 6N per training "
-        "token; see `tunelens.runs.plan`), not measurements.",
+        "Estimates, not measurements: each cell's calls and tokens counted from its own "
+        "prompts where the tasks are here (from spec fields otherwise), FLOPs 2N per forward, "
+        "4N per LoRA and 6N per fully trained token, plus fixed and per-call costs "
+        "calibrated on a 2-core CPU (see `tunelens.runs.costs`).",
         markup=False,
     )

@@ -77,7 +77,7 @@ class DecideExperiment(Experiment):
 
     name = "decide"
     # 2: cells run on the shared machinery; keys hold task and model content digests.
-    code_version = "2"
+    code_version = "3"  # 3: similarity states in packed rows (shared prefix once): float noise
 
     def _cell(self, method: Any, plan: DecidePlan, config: DecideConfig) -> Cell:
         return dataclasses.replace(

@@ -100,8 +100,8 @@ def encode_pairs(
     eos = tokenizer.eos_token_id if add_eos else None
     prompts = [p for p, _ in pairs]
     targets = [t for _, t in pairs]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"] if pairs else []
-    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"] if pairs else []
+    prompt_ids = _tokenise_distinct(tokenizer, prompts, add_special_tokens=True)
+    target_ids = _tokenise_distinct(tokenizer, targets, add_special_tokens=False)
     encoded = []
     for i, (p_ids, t_ids) in enumerate(zip(prompt_ids, target_ids, strict=True)):
         t_ids = list(t_ids) + ([eos] if eos is not None else [])
@@ -119,6 +119,19 @@ def encode_pairs(
             _check_fits(len(p_ids), len(t_ids), max_length, kind, name, prompts[i])
         encoded.append(EncodedPair(tuple(p_ids), tuple(t_ids), name))
     return encoded
+
+
+def _tokenise_distinct(
+    tokenizer: Any, texts: Sequence[str], *, add_special_tokens: bool
+) -> list[list[int]]:
+    """Token ids of ``texts`` from one tokenizer call over the distinct texts (a prompt
+    scored against several labels, or a label shared by many prompts, is tokenised once)."""
+    if not texts:
+        return []
+    distinct = list(dict.fromkeys(texts))
+    ids = tokenizer(distinct, add_special_tokens=add_special_tokens)["input_ids"]
+    by_text = dict(zip(distinct, ids, strict=True))
+    return [by_text[text] for text in texts]
 
 
 def _check_fits(

@@ -16,14 +16,17 @@ Padding: the last real token of each row is found from the attention mask, and
 causal models receive position ids counted over real tokens only, so left and
 right padding both give the same states as one unpadded prompt.
 
-The shared-prefix variant computes a common prefix (the demonstrations of an
-ICL prompt set) once, keeps its key/value cache (``transformers.DynamicCache``)
-and runs only the suffixes, batched; see :func:`capture_with_shared_prefix`.
+:func:`capture_packed` computes the same states with the tokens that prompts
+share (the demonstrations of an ICL prompt set, a task definition) computed
+once: prompts are packed into rows under a 4-D block mask
+(:mod:`tunelens.models.packing`), for causal models whose attention takes one.
+
+For causal models both paths run the decoder without its LM head: only states are
+wanted.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -32,12 +35,23 @@ import torch
 
 from tunelens.errors import DivergedError
 from tunelens.models.loading import LoadedModel
+from tunelens.models.packing import PackedRow, attention_mask, pack_rows
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a PEFT wrapper (for signature checks)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder, no LM head (``LlamaForCausalLM.model``, ``GPT2LMHeadModel.transformer``).
+
+    PEFT injects its LoRA layers into the modules themselves, so they act here too.
+    """
+    base = _base_model(model)
+    inner = getattr(base, "base_model", base)  # transformers: the ``base_model_prefix`` module
+    return inner if isinstance(inner, torch.nn.Module) else base
 
 
 def _accepts_position_ids(model: torch.nn.Module) -> bool:
@@ -75,7 +89,7 @@ def _causal_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
     kwargs = {}
     if with_positions:
         kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    out = model(
+    out = _decoder(model)(
         input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **kwargs
     )
     return _gather(out.hidden_states, _last_real_index(mask))
@@ -155,109 +169,115 @@ def check_states(states: torch.Tensor) -> torch.Tensor:
     return states
 
 
-def split_shared_prefix(
-    tokenizer, prefix: str, suffixes: Sequence[str]
-) -> tuple[list[int], list[list[int] | None]]:
-    """Token ids of ``prefix`` and, per suffix, the ids that follow it in ``prefix + suffix``.
-
-    A suffix gets ``None`` where the tokenisation of the full prompt does not
-    start with the prefix's tokens (a word split across the boundary, a
-    tokenizer that appends end-of-sequence, ...): reusing the prefix cache there
-    would compute a different prompt, so that prompt takes the plain path.
-    """
-    prefix_ids = list(tokenizer(prefix)["input_ids"]) if prefix else []
-    full = tokenizer([prefix + s for s in suffixes])["input_ids"] if suffixes else []
-    n = len(prefix_ids)
-    rest: list[list[int] | None] = []
-    for ids in full:
-        ids = list(ids)
-        rest.append(ids[n:] if n and len(ids) >= n and ids[:n] == prefix_ids else None)
-    return prefix_ids, rest
+# Attention implementations that apply a custom 4-D mask as given (flash kernels take no
+# mask, flex attention a BlockMask): the packed path needs one of these.
+PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
-def _suffix_batch(
-    loaded: LoadedModel, cache, prefix_len: int, suffixes: list[list[int]]
+def _sliding_window(config: Any) -> int | None:
+    """The attention window of a model with sliding-window layers, else None."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window is None or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return int(window)
+
+
+def _packable(loaded: LoadedModel) -> bool:
+    """Whether the model computes packed rows exactly: a causal LM with position ids whose
+    attention takes a custom 4-D mask, and no position information from the mask (ALiBi)."""
+    if loaded.kind != "causal" or not _accepts_position_ids(loaded.model):
+        return False
+    config = _base_model(loaded.model).config
+    attention = getattr(config, "_attn_implementation", None)
+    return attention in PACKABLE_ATTENTION and not getattr(config, "alibi", False)
+
+
+def _packed_row(
+    loaded: LoadedModel, decoder: torch.nn.Module, row: PackedRow, *, eager: bool
 ) -> torch.Tensor:
-    """States at the last suffix token, for suffixes that continue a cached prefix (batch 1)."""
+    """float32 [prompts captured in ``row``, layers, hidden], in the order of ``row.ends``."""
     device = loaded.device
-    batch, width = len(suffixes), max(len(s) for s in suffixes)
-    pad_id = loaded.tokenizer.pad_token_id
-    ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-    suffix_mask = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for row, suffix in enumerate(suffixes):  # right padding: suffixes follow the prefix directly
-        ids[row, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
-        suffix_mask[row, : len(suffix)] = 1
-    mask = torch.cat(
-        [torch.ones((batch, prefix_len), dtype=torch.long, device=device), suffix_mask], dim=1
-    )
-    positions = (prefix_len + torch.arange(width, device=device)).expand(batch, -1)
-    past = copy.deepcopy(cache)  # the forward extends the cache; keep the prefix's intact
-    past.batch_repeat_interleave(batch)
-    out = loaded.model(
-        input_ids=ids,
+    mask = attention_mask(row, device)
+    if eager:
+        dtype = next(decoder.parameters()).dtype  # eager attention adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
+            ~mask, torch.finfo(dtype).min
+        )
+    out = decoder(
+        input_ids=torch.tensor([row.ids], dtype=torch.long, device=device),
         attention_mask=mask,
-        position_ids=positions,
-        past_key_values=past,
-        use_cache=True,
+        position_ids=torch.tensor([row.positions], dtype=torch.long, device=device),
         output_hidden_states=True,
+        use_cache=False,
     )
-    last = suffix_mask.sum(dim=1) - 1
-    return _gather(out.hidden_states, last)
+    index = torch.tensor(list(row.ends.values()), dtype=torch.long, device=device)
+    return torch.stack([h[0, index] for h in out.hidden_states], dim=1).float().cpu()
 
 
 @torch.no_grad()
-def capture_with_shared_prefix(
-    loaded: LoadedModel, prefix: str, suffixes: list[str], batch_size: int = 16
+def capture_packed(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int | None = None,
+    batch_size: int = 16,
 ) -> torch.Tensor:
-    """``capture_last_token_states(loaded, [prefix + s for s in suffixes])``, prefix computed once.
+    """``capture_last_token_states(loaded, prompts)``, computing the tokens prompts share once.
 
-    The prefix runs once (batch 1) and its key/value cache is copied and
-    repeated for each batch of suffixes, which then run padded on the right.
-    Prompts whose tokenisation does not extend the prefix's (see
-    :func:`split_shared_prefix`), encoder-decoders and models without
-    position-id support take the plain path, so the result always equals the
-    plain computation (within float tolerance).
+    The prompts' token ids are packed into rows (:mod:`tunelens.models.packing`):
+    a shared prefix once, then every continuation of it, under a 4-D block mask
+    (each continuation sees its prefix and itself) with position ids that
+    continue from the prefix, so every state equals that of its prompt run
+    alone (within float tolerance). Prompts that share nothing are packed side
+    by side, without padding. The decoder runs without its LM head. A row holds
+    up to ``max_tokens`` tokens (default: :func:`~tunelens.models.packing.row_budget`
+    for the longest shared prefix and the model's hidden size); longer work
+    takes several rows, each repeating the prefix it continues.
+
+    Encoder-decoders, models without position ids, attention implementations
+    that take no custom 4-D mask (flash attention, flex attention), ALiBi
+    models, and sliding-window models with a prompt longer than the window take
+    :func:`capture_last_token_states` (``batch_size`` prompts per padded
+    forward). Unlike that path, rows mix prompts, so a model that applies a
+    different adapter per batch row must not use this one.
     """
-    prompts = [prefix + s for s in suffixes]
-    if loaded.kind != "causal" or not suffixes or not _accepts_position_ids(loaded.model):
-        return capture_last_token_states(loaded, prompts, batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    prefix_ids, rests = split_shared_prefix(loaded.tokenizer, prefix, suffixes)
-    if not prefix_ids or all(r is None for r in rests):
+    prompts = list(prompts)
+    if not prompts or not _packable(loaded):
         return capture_last_token_states(loaded, prompts, batch_size)
-
-    device = loaded.device
-    prefix_tensor = torch.tensor([prefix_ids], dtype=torch.long, device=device)
-    prefix_out = loaded.model(
-        input_ids=prefix_tensor,
-        attention_mask=torch.ones_like(prefix_tensor),
-        use_cache=True,
-        output_hidden_states=True,
-    )
-    cache = prefix_out.past_key_values
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):  # no reusable KV cache
+    ids = [list(row) for row in loaded.tokenizer(prompts)["input_ids"]]
+    for prompt, prompt_ids in zip(prompts, ids, strict=True):
+        if not prompt_ids:
+            raise ValueError(f"prompt {prompt!r} tokenizes to no tokens")
+    config: Any = _base_model(loaded.model).config
+    window = _sliding_window(config)
+    if window is not None and max(map(len, ids)) > window:  # the mask would drop the window
         return capture_last_token_states(loaded, prompts, batch_size)
-    prefix_last = (
-        _gather(prefix_out.hidden_states, torch.tensor([len(prefix_ids) - 1], device=device))
-        .float()
-        .cpu()
-    )
-
+    hidden = int(getattr(config, "hidden_size", 1024))
+    decoder = _decoder(loaded.model)
     results: list[torch.Tensor | None] = [None] * len(prompts)
-    extend = [i for i, r in enumerate(rests) if r]  # suffix adds at least one token
-    for i, r in enumerate(rests):
-        if r is not None and not r:  # the full prompt is exactly the prefix
-            results[i] = prefix_last[0]
-    for start in range(0, len(extend), batch_size):
-        rows = extend[start : start + batch_size]
-        row_ids = [r for r in (rests[i] for i in rows) if r is not None]
-        states = _suffix_batch(loaded, cache, len(prefix_ids), row_ids)
-        for row, state in zip(rows, states.float().cpu(), strict=True):
-            results[row] = state
-    plain = [i for i, r in enumerate(rests) if r is None]
-    if plain:
-        states = capture_last_token_states(loaded, [prompts[i] for i in plain], batch_size)
-        for row, state in zip(plain, states, strict=True):
-            results[row] = state
+    for row in pack_rows(ids, max_tokens, hidden_size=hidden):
+        states = _packed_row(loaded, decoder, row, eager=config._attn_implementation == "eager")
+        for index, state in zip(row.ends, states, strict=True):
+            results[index] = state
     return check_states(torch.stack(results))  # type: ignore[arg-type]
+
+
+def capture_with_shared_prefix(
+    loaded: LoadedModel,
+    prefix: str,
+    suffixes: Sequence[str],
+    batch_size: int = 16,
+    *,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """``capture_packed(loaded, [prefix + s for s in suffixes])``: one prefix, many suffixes.
+
+    The shared tokens are found from the token ids, so a suffix whose first
+    word merges with the prefix's last one still gives its own prompt's states.
+    """
+    return capture_packed(
+        loaded, [prefix + s for s in suffixes], max_tokens=max_tokens, batch_size=batch_size
+    )

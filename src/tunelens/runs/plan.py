@@ -2,27 +2,38 @@
 
 Everything here is an **estimate** for budgeting, not a measurement:
 
-- Token counts come from the spec's fields (k, n_pairs, epochs, instances per
-  task, evaluation instances, ...) times a typical length per example: 8 tokens
-  for the embedded world's tasks, 200 for tasks tunelens does not inspect (a
-  Super-NaturalInstructions instance with its output is roughly that long).
-  Training tokens are counted without padding; ICL prompts without reusing the
-  shared demonstration prefix (an upper bound). An experiment may give better
-  numbers by having an ``estimate_tokens(section, cell)`` method (the hook).
+- Work per cell (:mod:`tunelens.runs.costs`): where a cell's tasks are on
+  this machine, its prompts are rendered as the cell renders them (the same
+  seeded demonstration sets, evaluation items and training pairs) and counted
+  with the model's own tokenizer (4 characters per token when the model is not
+  here), and its calls are counted as the experiment batches them (generation
+  in :func:`tunelens.models.predict.token_batches` of those lengths, exactly
+  the calls the cell makes: tests/integration/test_plan_work.py). Tasks that
+  are not here are sized from the spec's fields times a typical length per
+  example: 8 tokens for the embedded world's tasks, 200 for tasks tunelens does
+  not inspect (a Super-NaturalInstructions instance with its output is roughly
+  that long). An experiment may instead have an ``estimate_tokens(section,
+  cell)`` method (the hook; tokens only).
 - FLOPs (:mod:`tunelens.measures.flops`, Kaplan et al. 2020, Table 1):
-  ``2 * N`` per forward-only token and ``6 * N`` per training token
-  (forward + backward), N = the non-embedding parameter count of the model
-  itself, built from its ``config.json`` on the meta device
-  (``accelerate.init_empty_weights``: no weights read or allocated), or from a
-  table of known
-  architectures when the model directory is not on this machine yet (the
-  example specs name ``models/Llama-2-7b-hf``). The token counts are totals
-  over sequences of estimated length, so the attention (context) term is left
-  out. LoRA saves the weight gradients (~4N rather than 6N); the estimate
-  keeps 6N.
-- Time: FLOPs / (accelerator peak * MFU). Peaks are dense bf16 tensor-core
-  figures (H100 SXM 989 TFLOP/s, A100 312 TFLOP/s); ``cpu`` measures a quick
-  fp32 matmul on this machine.
+  ``2 * N`` per forward-only token, ``4 * N`` per LoRA training token (the
+  frozen base needs no weight gradients) and ``6 * N`` per fully trained
+  token, N = the non-embedding parameter count of the model itself, built from
+  its ``config.json`` on the meta device (``accelerate.init_empty_weights``: no
+  weights read or allocated), or from a table of known architectures when the
+  model directory is not on this machine yet (the example specs name
+  ``models/Llama-2-7b-hf``). The attention (context) term is left out.
+- Time (:func:`tunelens.runs.costs.cell_seconds`, :func:`~tunelens.runs.costs.run_seconds`):
+  fixed costs of the run (start-up and imports, study set-up, one load per
+  model, results and report), per cell, per call (forward, generate, decoding
+  step, optimizer step, tuning set-up, scored sample) at the model's depth,
+  weight streaming for models whose weights leave the cache, and FLOPs over
+  peak x efficiency. The constants (:data:`tunelens.runs.costs.CPU_COSTS`) are
+  calibrated on this 2-core CPU by ``bench/plan_calibration.py``. Peaks are
+  dense bf16 tensor-core figures on a GPU (H100 SXM 989 TFLOP/s, A100 312
+  TFLOP/s, at ``--mfu``, default 0.4); ``cpu`` measures an fp32 matmul here in
+  CPU time (:func:`measure_cpu_flops`) with the threads the run will use
+  (:mod:`tunelens.runs.threads`) and uses the calibrated efficiency of the
+  model's width unless ``--mfu`` is given.
 - Peak memory: weights, plus for training activations of one batch (16-bit
   rule of thumb ~34 bytes per token per hidden unit per layer, without
   recomputation) and, for full fine-tuning, gradients and Adam states
@@ -34,7 +45,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,11 +54,23 @@ from typing import Any
 from tunelens.api import Cell, Experiment
 from tunelens.errors import TunelensInputError
 from tunelens.io import read_json, read_text
-from tunelens.measures.flops import ModelShape, forward_flops, training_flops
+from tunelens.runs.costs import (
+    CPU_COSTS,
+    GPU_MEMORY_BYTES_PER_S,
+    CostModel,
+    ModelFacts,
+    Seconds,
+    TokenCounter,
+    Work,
+    audit_work,
+    cell_seconds,
+    convergence_work,
+    run_seconds,
+    work_flops,
+)
 from tunelens.spec import Spec
 
 TokenCounts = dict[str, int]  # {"forward": tokens in forward-only passes, "backward": trained}
-TokenEstimator = Callable[[Any, Cell], TokenCounts]
 
 UNKNOWN_EXAMPLE_TOKENS = 200  # one example (input + output) of a task we cannot inspect
 UNKNOWN_DEFINITION_TOKENS = 60
@@ -152,8 +175,9 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "vocab_size": 50257,
         "n_positions": 1024,
     },
-    # The embedded world model's recipe (tunelens.models.world_model), vocabulary rounded up.
-    "world": {
+    # The embedded world models' recipes (tunelens.models.world_model.SIZES), vocabulary
+    # rounded up; world-it has world's shape.
+    "world-small": {
         "model_type": "llama",
         "hidden_size": 96,
         "intermediate_size": 384,
@@ -163,7 +187,18 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "vocab_size": 1024,
         "tie_word_embeddings": True,
     },
+    "world": {
+        "model_type": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "vocab_size": 1024,
+        "tie_word_embeddings": True,
+    },
 }
+KNOWN_ARCHITECTURES["world-it"] = KNOWN_ARCHITECTURES["world"]
 
 
 def count_parameters(config: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
@@ -220,15 +255,10 @@ def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
 
     The model is built from its config with ``accelerate.init_empty_weights``
     (parameters on the meta device: shapes, no memory, no weights read) and its
-    parameters counted: tied weights once; token, position and relative-position
-    embeddings and an untied output head are the embedding part. Layers count
-    the encoder's and the decoder's blocks of an encoder-decoder.
+    parameters counted by :func:`sizes_from_model_object`.
     """
-    import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    from tunelens.models.layers import block_counts
 
     config = AutoConfig.from_pretrained(directory, local_files_only=True)  # no remote code
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
@@ -236,6 +266,21 @@ def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
     with init_empty_weights():
         model = auto.from_config(config)
     model.tie_weights()  # on the meta device from_config leaves tied weights apart
+    return sizes_from_model_object(model)
+
+
+def sizes_from_model_object(model: Any) -> tuple[int, int, int, int, int]:
+    """(non-embedding, total, hidden, layers, heads) of a built transformers model.
+
+    Tied weights count once; token, position and relative-position embeddings
+    and an untied output head are the embedding part. Layers count the
+    encoder's and the decoder's blocks of an encoder-decoder.
+    """
+    import torch
+
+    from tunelens.models.layers import block_counts
+
+    config = model.config
     total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
     embedding: dict[int, int] = {}
     modules = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
@@ -262,10 +307,10 @@ def model_size(name_or_path: str) -> ModelSize:
     config's fields are counted by :func:`count_parameters`. A name with no
     directory on this machine is looked up in :data:`KNOWN_ARCHITECTURES`.
     """
-    if name_or_path == "world":
-        from tunelens.models.paths import world_model_dir
+    from tunelens.models.paths import is_world_model, world_model_dir
 
-        config_path = world_model_dir() / "config.json"
+    if is_world_model(name_or_path):
+        config_path = world_model_dir(name_or_path) / "config.json"
     else:
         config_path = Path(name_or_path).expanduser() / "config.json"
     if config_path.is_file():
@@ -357,74 +402,50 @@ def task_shape(ref: str, role: str = "tasks") -> TaskShape:
     )
 
 
-# ---------------------------------------------------------------- token estimators
+# ---------------------------------------------------------------- shapes of absent tasks
 
 
-def _capped(tokens: int, steps: int | None, batch: int, per_example: int, runs: int = 1) -> int:
-    """Training tokens, limited by ``max_steps`` when the spec sets one."""
-    return tokens if steps is None else min(tokens, runs * steps * batch * per_example)
-
-
-def convergence_tokens(section: Any, cell: Cell) -> TokenCounts:
-    """Per (demonstration set, anchor) pair: anchor, ICL and IT passes; tune each set."""
+def convergence_shape(cell: Cell) -> dict[str, Any]:
+    """Prompt lengths of a convergence cell whose tasks are not here (from :func:`task_shape`)."""
     p = cell.params
-    shape = task_shape(str(p.get("tasks", getattr(section, "tasks", ""))))
+    shape = task_shape(str(p.get("tasks", "")))
     e = shape.example_tokens
     d = shape.definition_tokens if p.get("definition") else 0
-    k, n_pairs = int(p.get("k", 8)), int(p.get("n_pairs", 30))
-    n_sets = math.ceil(n_pairs / int(p.get("anchors_per_set", 1)))
-    query = d + e
-    forward = n_pairs * (query + (k * e + query) + query)
-    tuning = p.get("tuning") or {}
-    epochs, batch = int(tuning.get("epochs", 10)), int(tuning.get("batch_size", 8))
-    steps_per_set = None
-    if tuning.get("max_steps"):
-        steps_per_set = int(tuning["max_steps"])
-    backward = _capped(n_sets * epochs * k * e, steps_per_set, batch, e, n_sets)
-    return {"forward": forward, "backward": backward}
+    return {"anchor": d + e, "icl": d + (int(p.get("k", 8)) + 1) * e, "row": d + e}
 
 
-def audit_tokens(section: Any, cell: Cell) -> TokenCounts:
-    """Multi-task tuning on the training tasks, then zero-shot scoring of held-out tasks."""
+def audit_shape(cell: Cell) -> dict[str, Any]:
+    """Prompt and pair counts of an audit cell whose tasks are not here."""
     p = cell.params
-    if p.get("baseline") in ("random", "copy_input", "copy_demo"):
-        return {"forward": 0, "backward": 0}
     test = task_shape(str(p.get("test", "")), "test")
     n_pos = int(p.get("n_positive", 2))
-    evals = test.tasks * int(p.get("eval_instances_per_task", 100))
-    forward = 0
-    for encoding in p.get("eval_encodings") or ["definition_examples"]:  # one pass each
+    prompts = {}
+    for encoding in p.get("eval_encodings") or ["definition_examples"]:
         shots = n_pos if encoding == "definition_examples" else 0
-        prompt = test.definition_tokens + shots * test.example_tokens + test.example_tokens
-        forward += evals * (prompt + int(p.get("max_new_tokens", 8)))
-    if "baseline" in p:
-        return {"forward": forward, "backward": 0}
+        prompts[encoding] = test.definition_tokens + (shots + 1) * test.example_tokens
     train = task_shape(str(p.get("train", "")), "train")
     n = p.get("instances_per_task", 5)
     per_task = train.instances_per_task if n == "full" else float(n)
     if train.exact:
         per_task = min(per_task, train.instances_per_task)
-    example = train.example_tokens * (1 + (n_pos if p.get("examples") != "none" else 0))
-    example += train.definition_tokens if p.get("definition") != "none" else 0
-    tuning = p.get("tuning") or {}
-    epochs, batch = int(tuning.get("epochs", 2)), int(tuning.get("batch_size", 16))
-    tokens = int(epochs * train.tasks * per_task * example)
+    pair = train.example_tokens * (1 + (n_pos if p.get("examples") != "none" else 0))
+    pair += train.definition_tokens if p.get("definition") != "none" else 0
     return {
-        "forward": forward,
-        "backward": _capped(tokens, tuning.get("max_steps"), batch, example),
+        "prompts": prompts,
+        "items": test.tasks * min(int(p.get("eval_instances_per_task", 100)), FULL_INSTANCES),
+        "pairs": int(train.tasks * per_task),
+        "pair_tokens": pair,
     }
 
 
-TOKEN_ESTIMATORS: dict[str, TokenEstimator] = {
-    "convergence": convergence_tokens,
-    "audit": audit_tokens,
-}
-
-
-def estimate_tokens(section: Any, cell: Cell) -> TokenCounts:
-    """The default estimator: by the cell's experiment; unknown experiments count nothing."""
-    estimator = TOKEN_ESTIMATORS.get(cell.experiment)
-    return estimator(section, cell) if estimator else {"forward": 0, "backward": 0}
+def estimate_work(cell: Cell, counter: TokenCounter, size: ModelSize, kind: str = "causal") -> Work:
+    """The default estimator of a cell's work (:mod:`tunelens.runs.costs`), by experiment;
+    an experiment without one counts nothing but its cell."""
+    if cell.experiment == "convergence":
+        return convergence_work(cell, counter, size.layers, lambda: convergence_shape(cell))
+    if cell.experiment == "audit":
+        return audit_work(cell, counter, kind, size.total, lambda: audit_shape(cell))
+    return Work()
 
 
 # ---------------------------------------------------------------- memory and plan
@@ -467,20 +488,31 @@ class ExperimentPlan:
     backward_tokens: int = 0
     flops: float = 0.0
     peak_memory_bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the cells' time (the run's fixed costs are Plan.fixed)
+    work: Work = field(default_factory=Work)
+    time: Seconds = field(default_factory=Seconds)
+    exact_cells: int = 0  # cells counted from their own prompts (tasks on this machine)
     notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("work", "time")}
+        out["work"] = self.work.to_json()
+        out["time"] = self.time.to_json()
+        return out
 
 
 @dataclass
 class Plan:
-    """A whole study's estimate; ``experiments`` in run order."""
+    """A whole study's estimate; ``experiments`` in run order, ``fixed`` the run's own costs."""
 
     accelerator: str
     peak_flops: float
-    mfu: float
+    mfu: float | None  # None: the calibrated CPU efficiency curve
     experiments: list[ExperimentPlan]
     model_sizes: dict[str, dict[str, Any]]
     device_memory_bytes: int | None
+    fixed: Seconds = field(default_factory=Seconds)
+    costs: str = ""
 
     @property
     def cells(self) -> int:
@@ -504,7 +536,16 @@ class Plan:
 
     @property
     def seconds(self) -> float:
-        return sum(e.seconds for e in self.experiments)
+        """Wall time of the whole run: every cell plus start-up, loads and report."""
+        return sum(e.seconds for e in self.experiments) + self.fixed.total
+
+    @property
+    def time(self) -> Seconds:
+        total = Seconds()
+        for e in self.experiments:
+            total.add(e.time)
+        total.add(self.fixed)
+        return total
 
     def to_json(self) -> dict[str, Any]:
         totals = {
@@ -523,29 +564,53 @@ class Plan:
             "peak_flops": self.peak_flops,
             "mfu": self.mfu,
             "device_memory_bytes": self.device_memory_bytes,
-            "experiments": [asdict(e) for e in self.experiments],
+            "experiments": [e.to_json() for e in self.experiments],
             "model_sizes": self.model_sizes,
+            "fixed": self.fixed.to_json(),
+            "time": self.time.to_json(),
+            "costs": self.costs,
             "total": totals,
         }
 
 
-def measure_cpu_flops(seconds: float = 0.3, n: int = 512) -> float:
-    """FLOP/s of fp32 matmuls on this machine's CPU (a quick, rough peak)."""
+@lru_cache(maxsize=8)
+def measure_cpu_flops(threads: int | None = None, n: int = 2048, repeats: int = 3) -> float:
+    """fp32 FLOP/s of this machine's CPU with ``threads`` torch threads (None: torch's current).
+
+    An ``n x n`` by ``n x n`` ``torch.mm`` timed in CPU time
+    (``time.process_time``, which sums the threads), best of ``repeats`` after
+    a warm-up: FLOPs per CPU-second times the threads. CPU time does not count
+    the time other processes hold the cores, so the figure is the peak of an
+    idle machine even on a shared one (on this 2-core machine at load 7:
+    91-95 GFLOP/s on one thread over repeated calls, where wall-clock timing
+    gave 23-31; the old 0.3 s wall-clock loop of 512^3 matmuls moved +-30%
+    between two calls). Cached per argument tuple.
+    """
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    done, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        a @ b
-        done += 1
-    return 2 * n**3 * done / elapsed
+    previous = torch.get_num_threads()
+    if threads is not None and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        used = torch.get_num_threads()
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            start = time.process_time()
+            torch.mm(a, b, out=out)
+            best = min(best, time.process_time() - start)
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+    return 2 * n**3 / max(best, 1e-9) * used
 
 
-def accelerator_peak(gpu: str) -> float:
-    """Peak FLOP/s of an accelerator name, measuring the CPU for 'cpu'."""
+def accelerator_peak(gpu: str, threads: int | None = None) -> float:
+    """Peak FLOP/s of an accelerator name, measuring the CPU (with ``threads``) for 'cpu'."""
     if gpu == "cpu":
-        return measure_cpu_flops()
+        return measure_cpu_flops(threads)
     if gpu not in PEAK_FLOPS:
         raise TunelensInputError(
             f"unknown accelerator {gpu!r}; expected one of {', '.join([*PEAK_FLOPS, 'cpu'])}",
@@ -554,18 +619,78 @@ def accelerator_peak(gpu: str) -> float:
     return PEAK_FLOPS[gpu]
 
 
+def model_facts(size: ModelSize, bytes_per_parameter: int = 4) -> ModelFacts:
+    """What pricing needs of a model; the LM head is taken as half the embedding part
+    (untied input and output matrices; a tied model's one matrix counts half); T5's
+    relative position bias from its config (or the known table)."""
+    return ModelFacts(
+        size.non_embedding,
+        size.total,
+        size.hidden,
+        size.layers,
+        bytes_per_parameter,
+        heads=size.heads,
+        head=(size.total - size.non_embedding) // 2,
+        relative_attention=_relative_attention(size.name),
+        # an encoder-decoder's long attention is its encoder's (half of its blocks)
+        attention_layers=size.layers // 2 if _model_kind(size.name) == "seq2seq" else 0,
+    )
+
+
+def _relative_attention(name: str) -> bool:
+    from tunelens.models.paths import is_world_model
+
+    if is_world_model(name):
+        return False
+    path = Path(name).expanduser() / "config.json"
+    if path.is_file():
+        return "relative_attention_num_buckets" in read_json(path, what="model config")
+    key = known_architecture(name)
+    return key is not None and key.startswith("t5")
+
+
 def _cell_model(cell: Cell) -> str:
     return str(cell.params.get("model", "world"))
+
+
+def _model_kind(name: str) -> str:
+    """'seq2seq' for an encoder-decoder (from its config.json or the known table), else 'causal'."""
+    from tunelens.models.paths import is_world_model
+
+    if is_world_model(name):
+        return "causal"
+    path = Path(name).expanduser() / "config.json"
+    if path.is_file():
+        config = read_json(path, what="model config")
+        return "seq2seq" if config.get("is_encoder_decoder") else "causal"
+    key = known_architecture(name)
+    return "seq2seq" if key is not None and key.startswith("t5") else "causal"
+
+
+def _counter(name: str, cache: dict[str, TokenCounter]) -> TokenCounter:
+    """The model's tokenizer where the model is here, else the characters rule."""
+    if name not in cache:
+        tokenizer = None
+        from tunelens.models.paths import is_world_model
+
+        if is_world_model(name) or (Path(name).expanduser() / "config.json").is_file():
+            try:
+                tokenizer = _tokenizer(name)
+            except Exception:  # noqa: BLE001 - no usable tokenizer: count characters
+                tokenizer = None
+        cache[name] = TokenCounter(tokenizer)
+    return cache[name]
 
 
 def plan_study(
     spec: Spec,
     *,
     gpu: str = "h100",
-    mfu: float = 0.4,
+    mfu: float | None = None,
     experiments: Mapping[str, Experiment] | None = None,
     peak_flops: float | None = None,
     source: str | None = None,
+    costs: CostModel = CPU_COSTS,
 ) -> Plan:
     """Estimate every experiment of ``spec``: cells, tokens, FLOPs, peak memory, time.
 
@@ -576,8 +701,15 @@ def plan_study(
     against the number of tasks), then the longest prompts against the
     context of every local model (:func:`check_prompt_lengths`). A failure is
     one :class:`TunelensInputError` naming ``source`` (the spec) and the key.
+
+    Time: each cell's work (:func:`estimate_work`, or an experiment's own
+    ``estimate_tokens(section, cell)`` hook, tokens only) priced by
+    :func:`tunelens.runs.costs.cell_seconds`, plus the run's fixed costs.
+    ``mfu`` is the share of the peak the FLOPs run at: None means the
+    calibrated CPU curve on ``cpu`` and 0.4 on a GPU. ``peak_flops`` replaces
+    the accelerator's peak (tests).
     """
-    if not 0 < mfu <= 1:
+    if mfu is not None and not 0 < mfu <= 1:
         raise TunelensInputError(f"MFU must lie in (0, 1], got {mfu}", where="--mfu")
     if experiments is None:
         from tunelens.api import get_experiments
@@ -586,54 +718,81 @@ def plan_study(
     from tunelens.api import StudyInputs
     from tunelens.runs.preflight import preflight
     from tunelens.runs.study import plan_cells
+    from tunelens.runs.threads import threads_for
 
     inputs = StudyInputs(strict=False, allow_missing=spec.allow_missing_tasks)
     planned = plan_cells(spec, experiments, inputs)
     sections = [(experiments[name], section) for name, section, _ in planned]
     preflight(sections, inputs, source)
     check_prompt_lengths(sections, inputs, source)
-    peak = peak_flops if peak_flops is not None else accelerator_peak(gpu)
+    efficiency = mfu if mfu is not None or gpu == "cpu" else 0.4
+    bandwidth = GPU_MEMORY_BYTES_PER_S.get(gpu)
     sizes: dict[str, ModelSize] = {}
+    counters: dict[str, TokenCounter] = {}
+    peaks: dict[str, float] = {}
     plans = []
     for name, section, cells in planned:
         experiment = experiments[name]
-        estimator: TokenEstimator = getattr(experiment, "estimate_tokens", estimate_tokens)
+        hook = getattr(experiment, "estimate_tokens", None)
         plan = ExperimentPlan(name, sorted({_cell_model(c) for c in cells}))
         for cell in cells:
             model = _cell_model(cell)
             if model not in sizes:
                 sizes[model] = model_size(model)
+                threads = threads_for(sizes[model].total)
+                peaks[model] = (
+                    peak_flops if peak_flops is not None else accelerator_peak(gpu, threads)
+                )
             size = sizes[model]
-            tokens = estimator(section, cell)
-            fwd, bwd = int(tokens.get("forward", 0)), int(tokens.get("backward", 0))
-            shape = ModelShape(size.non_embedding, size.layers, size.hidden)
-            flops = forward_flops(fwd, shape, attention=False) + training_flops(
-                bwd, shape, attention=False
+            if callable(hook):
+                tokens = hook(section, cell)
+                work = Work(
+                    forward_tokens=int(tokens.get("forward", 0)),
+                    training_tokens=int(tokens.get("backward", 0)),
+                )
+            else:
+                work = estimate_work(cell, _counter(model, counters), size, _model_kind(model))
+            dtype = str(cell.params.get("dtype") or spec.dtype)
+            facts = model_facts(size, BYTES.get(dtype, 4))
+            seconds = cell_seconds(
+                name,
+                work,
+                facts,
+                costs,
+                peak_flops=peaks[model],
+                efficiency=efficiency,
+                memory_bytes_per_s=bandwidth,
             )
             tuning = cell.params.get("tuning") or {}
             batch, seq = _training_shape(name, section, cell)
             memory = peak_memory(
                 size,
-                str(cell.params.get("dtype") or spec.dtype),
-                training=bwd > 0,
+                dtype,
+                training=work.all_training_tokens > 0,
                 full=tuning.get("method") == "full",
                 batch=batch,
                 seq=seq,
             )
             plan.cells += 1
-            plan.forward_tokens += fwd
-            plan.backward_tokens += bwd
-            plan.flops += flops
+            plan.exact_cells += int(work.exact)
+            plan.forward_tokens += work.all_forward_tokens
+            plan.backward_tokens += work.all_training_tokens
+            plan.flops += work_flops(work, facts)
             plan.peak_memory_bytes = max(plan.peak_memory_bytes, memory)
-            plan.seconds += flops / (peak * mfu)
+            plan.seconds += seconds.total
+            plan.work.add(work)
+            plan.time.add(seconds)
         plans.append(plan)
+    fixed = run_seconds(costs, [sizes[m].total * BYTES.get(str(spec.dtype), 4) for m in sizes])
     return Plan(
         accelerator=gpu,
-        peak_flops=peak,
-        mfu=mfu,
+        peak_flops=next(iter(peaks.values()), peak_flops or 0.0),
+        mfu=efficiency,
         experiments=plans,
         model_sizes={k: asdict(v) for k, v in sizes.items()},
         device_memory_bytes=DEVICE_MEMORY.get(gpu),
+        fixed=fixed,
+        costs=costs.source,
     )
 
 
@@ -643,12 +802,9 @@ def plan_study(
 def model_context(name: str) -> tuple[int, Path] | None:
     """(positions, config path) of a local model with a fixed context; None otherwise
     (not on this machine, or relative positions such as T5's)."""
-    if name == "world":
-        from tunelens.models.paths import world_model_dir
+    from tunelens.models.paths import is_world_model, world_model_dir
 
-        directory = world_model_dir()
-    else:
-        directory = Path(name).expanduser()
+    directory = world_model_dir(name) if is_world_model(name) else Path(name).expanduser()
     config_path = directory / "config.json"
     if not config_path.is_file():
         return None
@@ -663,10 +819,10 @@ def model_context(name: str) -> tuple[int, Path] | None:
 def _tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    if name == "world":
-        from tunelens.models.paths import world_model_dir
+    from tunelens.models.paths import is_world_model, world_model_dir
 
-        return AutoTokenizer.from_pretrained(str(world_model_dir()), local_files_only=True)
+    if is_world_model(name):
+        return AutoTokenizer.from_pretrained(str(world_model_dir(name)), local_files_only=True)
     # Never a download, never remote code: a name that is no local directory fails here.
     return AutoTokenizer.from_pretrained(str(Path(name).expanduser()), local_files_only=True)
 
@@ -731,7 +887,8 @@ def check_prompt_lengths(
             models, ref, key = list(section.models), section.tasks, "convergence.k"
             make = _convergence_prompts
         elif experiment.name == "audit":
-            models, ref, key = [str(section.model)], section.test, "audit.n_positive"
+            models = list(section.models) or [str(section.model)]
+            ref, key = section.test, "audit.n_positive"
             make = _audit_prompts
         else:
             continue

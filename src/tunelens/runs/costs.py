@@ -1,0 +1,648 @@
+"""What a cell does and what that costs: the work counts and time model of `tunelens plan`.
+
+A cell's time is not its FLOPs over a peak. On 2 CPU cores with the embedded
+world model (0.48M parameters) a forward call costs about a millisecond
+whatever it computes, and 9x more demonstration sets cost 1.5x more CPU
+(issue 16). So a cell is described by its **work** (:class:`Work`): tokens
+(forward-only and trained, for FLOPs), and the calls that carry a fixed cost
+each -- no-grad forward calls, ``generate`` calls and their decoding steps,
+optimizer steps (per-set PEFT, lockstep many-set, multi-task), tuning runs
+(adapter set-up and removal, the multi-task Accelerator), scored samples,
+random-init model builds. :func:`convergence_work` and :func:`audit_work`
+count them the way the experiments batch (captures and last-token forwards in
+batches of 16, generation in :func:`tunelens.models.predict.token_batches` of
+the real prompt lengths, the batched-LoRA probe in chunks of 64 rows, one
+lockstep run for all sets of a LoRA cell), from the cell's own prompts where
+its tasks are on this machine, rendered as the cell renders them and counted
+with the model's tokenizer (or 4 characters per token when the model is not
+here). Decoding is counted to ``max_new_tokens`` (an upper bound: a model that
+answers early stops early).
+
+:func:`cell_seconds` prices the work with a :class:`CostModel`:
+
+    seconds = cell + sum(count x cost per call at this depth)
+            + weight passes x weight bytes / memory bandwidth
+            + FLOPs / (peak x efficiency(hidden size))
+
+with FLOPs ``2 N`` per forward token, ``4 N`` per LoRA training token (frozen
+base: no weight gradients) and ``6 N`` per fully trained token
+(:mod:`tunelens.measures.flops`). A per-call cost is ``a + b x layers``
+(Python and kernel dispatch grow with depth); the weight term is what a call
+costs once the weights no longer fit in cache (one pass per forward call and
+decoding step, three per training step); the efficiency is the share of the
+matmul peak a forward reaches at that width.
+
+:data:`CPU_COSTS` is calibrated once on this machine class (2 cores of an AMD
+EPYC, 2 MB L2 per core, fp32, one torch thread as
+:mod:`tunelens.runs.threads` gives small models) by ``bench/plan_calibration.py``,
+in CPU time (``time.process_time``, best of repeats), so that a shared machine
+gives an idle machine's figures; the figures are those of one run of it, see
+the constant. A run's fixed costs (:func:`run_seconds`) are the interpreter
+and imports, the study's set-up (tasks, model fingerprints), each model's load,
+and the aggregation with the report. On a GPU the same dispatch constants are
+used (Python-bound, not measured on a GPU) with the GPU's memory bandwidth and
+the ``--mfu`` given.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PerLayer = tuple[float, float]  # (a, b): seconds = a + b * layers
+
+CAPTURE_BATCH = 16  # capture_last_token_states / last_token_forward rows per call
+PROBE_ROWS = 64  # convergence's batched-LoRA probe: rows per chunk
+CHARS_PER_TOKEN = 4.0  # English BPE, for a model that is not on this machine
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per unit of work (see the module docstring and :data:`CPU_COSTS`)."""
+
+    startup_s: float  # interpreter + imports of `tunelens run`, once per run
+    setup_s: float  # study set-up (tasks loaded, models fingerprinted), once per run
+    finish_s: float  # aggregation, results.json, report.html and plots, once per run
+    load_s: float  # loading one model (fixed part; plus its weight bytes / load_bytes_per_s)
+    load_bytes_per_s: float
+    cell_s: dict[str, float]  # per cell of an experiment: its own set-up and statistics
+    sample_s: float  # per evaluated sample: EM, ROUGE-L, the sample record and its log line
+    forward_call: PerLayer  # one no-grad forward call
+    generate_call: PerLayer  # one generate call (set-up and prefill dispatch)
+    decode_step: PerLayer  # one decoding step of a generate call
+    optimizer_step: PerLayer  # one training step of one model (per-set PEFT, full tuning)
+    lockstep_step: PerLayer  # one step of tune_many_sets (all sets of a chunk at once)
+    multitask_step: PerLayer  # one step of multitask_tune (Accelerate)
+    tuning_run: PerLayer  # attach + encode + unload of one per-set tuning
+    lockstep_run: PerLayer  # set-up of one tune_many_sets call
+    multitask_run: PerLayer  # Accelerator, data loader and unload of one multi-task tuning
+    model_build_s: float  # a random-init model (controls): fixed part
+    init_s_per_parameter: float
+    attention_s: float  # per attention score element (one layer, one head, one query-key pair)
+    attention_relative_s: float  # the same with T5's relative position bias (built per call)
+    training_attention_s: float  # per score element of a training step (forward + backward)
+    training_attention_relative_s: float
+    memory_bytes_per_s: float  # weight streaming once the weights leave the cache
+    cache_bytes: int  # weights up to this size stay in cache (no weight term)
+    # (hidden size, share of the peak) points, ascending, per kind of token
+    efficiency: dict[str, tuple[tuple[int, float], ...]]
+    source: str = ""
+
+    def per_layer(self, name: str, layers: int) -> float:
+        a, b = getattr(self, name)
+        return a + b * layers
+
+    def efficiency_at(self, hidden: int, kind: str = "forward") -> float:
+        """Share of the matmul peak ``kind`` tokens (forward, generate, training, lockstep)
+        reach at this hidden size: interpolated in log hidden size between the calibrated
+        points, constant beyond them."""
+        points = self.efficiency[kind]
+        sizes = [h for h, _ in points]
+        if hidden <= sizes[0]:
+            return points[0][1]
+        if hidden >= sizes[-1]:
+            return points[-1][1]
+        i = bisect.bisect_right(sizes, hidden)
+        (h0, e0), (h1, e1) = points[i - 1], points[i]
+        t = (math.log(hidden) - math.log(h0)) / (math.log(h1) - math.log(h0))
+        return e0 + t * (e1 - e0)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Calibrated by `bench/plan_calibration.py` (CPU time, best of 5 (3 for child processes),
+# one torch thread) on this machine class: a 2-core AMD EPYC VM, fp32 matmul peak
+# 91.9 GFLOP/s per thread in CPU time, torch 2 / transformers 5, at load average 2.1-2.5
+# (other jobs running; CPU time leaves them out). Per-call pairs (a, b) are fitted on the
+# tiny 2-layer Llama and the 3-layer world model; the bandwidth is the 6-layer 19.6M
+# Llama's 4-token forward over that line (78 MB of weights); the efficiencies come from
+# realistic batches of each kind on the three models; cell_s is what a tiny cell of each
+# experiment costs beyond everything counted. Loads: the CPU time of load_model (weights
+# are memory-mapped); the read rate for large weights is assumed (1 GB/s), not measured.
+CPU_COSTS = CostModel(
+    startup_s=7.3,
+    setup_s=0.41,
+    finish_s=1.71,
+    load_s=0.51,
+    load_bytes_per_s=1e9,
+    cell_s={"convergence": 0.0, "audit": 0.005},
+    sample_s=2.2e-5,
+    forward_call=(0.0, 0.00053),
+    generate_call=(0.0, 0.00146),
+    decode_step=(0.00091, 0.00009),
+    optimizer_step=(0.00265, 0.00154),
+    lockstep_step=(0.00136, 0.00176),
+    multitask_step=(0.00495, 0.00132),
+    tuning_run=(0.0186, 0.0),
+    lockstep_run=(0.0077, 0.0),
+    multitask_run=(0.0059, 0.0059),
+    model_build_s=0.0045,
+    init_s_per_parameter=7.7e-9,
+    attention_s=2.1e-9,
+    attention_relative_s=7.2e-9,
+    training_attention_s=7.2e-9,
+    training_attention_relative_s=3.7e-8,
+    memory_bytes_per_s=7.5e9,
+    cache_bytes=4 * 2**20,
+    efficiency={
+        "forward": ((32, 0.05), (96, 0.419), (512, 0.644)),
+        "generate": ((32, 0.058), (96, 0.595), (512, 0.698)),
+        "training": ((32, 0.07), (96, 0.382), (512, 0.579)),
+        "lockstep": ((32, 0.119), (96, 0.412), (512, 1.0)),
+    },
+    source="bench/plan_calibration.py, 2-core AMD EPYC, fp32, 1 thread",
+)
+
+GPU_MEMORY_BYTES_PER_S = {"h100": 3.35e12, "a100": 2.0e12}
+
+
+@dataclass
+class Work:
+    """What one cell does (see the module docstring); counts add up over cells."""
+
+    forward_tokens: int = 0  # no-grad forwards: captures, last-token readings, patching
+    generate_tokens: int = 0  # generation: prompt tokens (prefill) + new tokens
+    decode_tokens: int = 0  # of generate_tokens, the new ones (each runs the LM head)
+    training_tokens: int = 0  # one-model training: per-set PEFT, full, multi-task
+    lockstep_tokens: int = 0  # tune_many_sets: every set's rows in one stacked batch
+    full_training_tokens: int = 0  # of the trained tokens, those with every weight trained
+    forward_calls: int = 0
+    generate_calls: int = 0
+    decode_steps: int = 0
+    optimizer_steps: int = 0
+    lockstep_steps: int = 0
+    multitask_steps: int = 0
+    tuning_runs: int = 0
+    lockstep_runs: int = 0
+    multitask_runs: int = 0
+    samples: int = 0
+    model_builds: int = 0
+    trained_parameters_steps: int = 0  # full tuning: parameters x optimizer steps (AdamW)
+    # attention score elements per layer and head: rows x width^2 of every padded batch of
+    # no-grad passes, and of every training micro-batch (forward and backward together)
+    attention: float = 0.0
+    training_attention: float = 0.0
+    exact: bool = False  # counted from the cell's own prompts
+
+    def add(self, other: Work) -> None:
+        for f in fields(self):
+            if f.name != "exact":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def all_forward_tokens(self) -> int:
+        return self.forward_tokens + self.generate_tokens
+
+    @property
+    def all_training_tokens(self) -> int:
+        return self.training_tokens + self.lockstep_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "exact"}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What pricing needs about a model."""
+
+    non_embedding: int
+    total: int
+    hidden: int
+    layers: int
+    bytes_per_parameter: int = 4
+    heads: int = 1
+    head: int = 0  # LM head weights (run on trained and new tokens)
+    relative_attention: bool = False  # T5-style relative position bias
+    attention_layers: int = 0  # layers whose attention spans the prompt (0: all layers)
+
+
+@dataclass
+class Seconds:
+    """A cell's (or a study's) time in parts."""
+
+    overhead: float = 0.0  # per-call dispatch, per-cell and per-sample costs
+    weights: float = 0.0  # weight streaming
+    compute: float = 0.0  # FLOPs / (peak x efficiency)
+    fixed: float = 0.0  # start-up, set-up, model loads, report (a run's, not a cell's)
+    parts: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.overhead + self.weights + self.compute + self.fixed
+
+    def add(self, other: Seconds) -> None:
+        self.overhead += other.overhead
+        self.weights += other.weights
+        self.compute += other.compute
+        self.fixed += other.fixed
+        for key, value in other.parts.items():
+            self.parts[key] = self.parts.get(key, 0.0) + value
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "overhead": self.overhead,
+            "weights": self.weights,
+            "compute": self.compute,
+            "fixed": self.fixed,
+            "parts": dict(sorted(self.parts.items())),
+        }
+
+
+TOKEN_KINDS = ("forward", "generate", "training", "lockstep")
+
+
+def _flops_by_kind(work: Work, model: ModelFacts, *, head: bool = True) -> dict[str, float]:
+    """Model FLOPs per kind of token: 2N forward, 4N LoRA training, 6N full training; with
+    ``head``, the LM head (``model.head``) on new and trained tokens too (real work, priced
+    by the time model; the reported FLOPs keep Kaplan's non-embedding convention)."""
+    n = float(model.non_embedding)
+    h = float(model.head) if head else 0.0
+    full = work.full_training_tokens
+    full_plain = min(full, work.training_tokens)
+    full_lock = min(full - full_plain, work.lockstep_tokens)
+
+    def trained(tokens: int, full_tokens: int) -> float:
+        lora = tokens - full_tokens
+        return 4 * (n + h) * lora + 6 * (n + h) * full_tokens
+
+    return {
+        "forward": 2 * n * work.forward_tokens,
+        "generate": 2 * n * work.generate_tokens + 2 * h * work.decode_tokens,
+        "training": trained(work.training_tokens, full_plain),
+        "lockstep": trained(work.lockstep_tokens, full_lock),
+    }
+
+
+def work_flops(work: Work, model: ModelFacts) -> float:
+    """Model FLOPs of the work: 2N per forward token, 4N per LoRA and 6N per fully trained
+    token, N the non-embedding parameters (Kaplan et al. 2020)."""
+    return sum(_flops_by_kind(work, model, head=False).values())
+
+
+def cell_seconds(
+    experiment: str,
+    work: Work,
+    model: ModelFacts,
+    costs: CostModel,
+    *,
+    peak_flops: float,
+    efficiency: float | None = None,
+    memory_bytes_per_s: float | None = None,
+) -> Seconds:
+    """The time of one cell's work on one model (``efficiency`` None: the calibrated curves)."""
+    layers = model.layers
+    calls: dict[str, tuple[int, str]] = {
+        "forward calls": (work.forward_calls, "forward_call"),
+        "generate calls": (work.generate_calls, "generate_call"),
+        "decoding steps": (work.decode_steps, "decode_step"),
+        "optimizer steps": (work.optimizer_steps, "optimizer_step"),
+        "lockstep steps": (work.lockstep_steps, "lockstep_step"),
+        "multi-task steps": (work.multitask_steps, "multitask_step"),
+        "tuning runs": (work.tuning_runs, "tuning_run"),
+        "lockstep runs": (work.lockstep_runs, "lockstep_run"),
+        "multi-task runs": (work.multitask_runs, "multitask_run"),
+    }
+    parts = {label: count * costs.per_layer(name, layers) for label, (count, name) in calls.items()}
+    parts["samples"] = work.samples * costs.sample_s
+    parts["model builds"] = work.model_builds * (
+        costs.model_build_s + model.total * costs.init_s_per_parameter
+    )
+    parts["cells"] = costs.cell_s.get(experiment, 0.0)
+    relative = model.relative_attention
+    per_element = costs.attention_relative_s if relative else costs.attention_s
+    per_trained = costs.training_attention_relative_s if relative else costs.training_attention_s
+    spans = (model.attention_layers or model.layers) * model.heads
+    parts["attention"] = spans * (
+        work.attention * per_element + work.training_attention * per_trained
+    )
+    overhead = sum(parts.values())
+    weight_bytes = model.total * model.bytes_per_parameter
+    bandwidth = memory_bytes_per_s or costs.memory_bytes_per_s
+    passes = (
+        work.forward_calls
+        + work.generate_calls
+        + work.decode_steps
+        + 3 * (work.optimizer_steps + work.lockstep_steps + work.multitask_steps)
+    )
+    weights = passes * weight_bytes / bandwidth if weight_bytes > costs.cache_bytes else 0.0
+    # AdamW over fully trained weights: parameter, gradient and two moments read and written
+    weights += work.trained_parameters_steps * 7 * model.bytes_per_parameter / bandwidth
+    compute = 0.0
+    for kind, flops in _flops_by_kind(work, model).items():
+        share = efficiency if efficiency is not None else costs.efficiency_at(model.hidden, kind)
+        compute += flops / (peak_flops * share)
+    parts = {k: v for k, v in parts.items() if v}
+    parts["weight streaming"] = weights
+    parts["FLOPs"] = compute
+    return Seconds(overhead=overhead, weights=weights, compute=compute, parts=parts)
+
+
+def run_seconds(costs: CostModel, model_bytes: Sequence[int]) -> Seconds:
+    """A run's fixed costs: start-up, set-up, one load per model, aggregation and report."""
+    loads = sum(costs.load_s + b / costs.load_bytes_per_s for b in model_bytes)
+    parts = {
+        "start-up": costs.startup_s,
+        "study set-up": costs.setup_s,
+        "model loads": loads,
+        "results and report": costs.finish_s,
+    }
+    return Seconds(fixed=sum(parts.values()), parts=parts)
+
+
+# ---------------------------------------------------------------- counting tokens
+
+
+class TokenCounter:
+    """Token counts of texts: the model's tokenizer where the model is on this machine,
+    else one token per :data:`CHARS_PER_TOKEN` characters (plus one special token)."""
+
+    def __init__(self, tokenizer: Any | None = None):
+        self.tokenizer = tokenizer
+
+    @property
+    def exact(self) -> bool:
+        return self.tokenizer is not None
+
+    def lengths(self, texts: Sequence[str], *, special: bool = True) -> list[int]:
+        if not texts:
+            return []
+        if self.tokenizer is None:
+            return [
+                max(1, math.ceil(len(t) / CHARS_PER_TOKEN)) + (1 if special else 0) for t in texts
+            ]
+        ids = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        return [len(row) for row in ids]
+
+    def sample_mean(self, texts: Sequence[str], limit: int = 512, *, special: bool = True) -> float:
+        """Mean length over at most ``limit`` texts taken evenly across ``texts``."""
+        if not texts:
+            return 0.0
+        step = max(1, len(texts) // limit)
+        sample = list(texts[::step])[:limit]
+        return sum(self.lengths(sample, special=special)) / len(sample)
+
+
+def generate_batches(
+    lengths: Sequence[int], max_new_tokens: int, kind: str = "causal"
+) -> list[list[int]]:
+    """The batches :func:`tunelens.models.predict.generate_predictions` makes of these prompts."""
+    from tunelens.models.predict import token_batches
+
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    widths = (
+        [(n + max_new_tokens,) for n in lengths]
+        if kind == "causal"
+        else [(n, max_new_tokens) for n in lengths]
+    )
+    return token_batches(order, widths)
+
+
+def _batch_attention(widths: Sequence[int]) -> float:
+    """rows x width^2 of one padded batch whose rows have these lengths."""
+    return len(widths) * max(widths) ** 2 if widths else 0.0
+
+
+def generation_work(lengths: Sequence[int], max_new_tokens: int, kind: str = "causal") -> Work:
+    """Greedy generation of prompts of these lengths: prefill and decoding to the bound."""
+    if not lengths:
+        return Work()
+    batches = generate_batches(lengths, max_new_tokens, kind)
+    attention = 0.0
+    for rows in batches:
+        width = max(lengths[i] for i in rows)
+        # the prefill's scores, then each new token against the prompt and what came before
+        attention += len(rows) * (width**2 + max_new_tokens * (width + max_new_tokens))
+    return Work(
+        generate_tokens=sum(lengths) + len(lengths) * max_new_tokens,
+        decode_tokens=len(lengths) * max_new_tokens,
+        generate_calls=len(batches),
+        decode_steps=len(batches) * max_new_tokens,
+        attention=attention,
+    )
+
+
+def forward_work(lengths: Sequence[int], batch: int = CAPTURE_BATCH, passes: int = 1) -> Work:
+    """``passes`` no-grad forwards over prompts of these lengths in batches of ``batch``."""
+    if not lengths:
+        return Work()
+    attention = sum(_batch_attention(lengths[i : i + batch]) for i in range(0, len(lengths), batch))
+    return Work(
+        forward_tokens=passes * sum(lengths),
+        forward_calls=passes * math.ceil(len(lengths) / batch),
+        attention=passes * attention,
+    )
+
+
+def training_attention(lengths: Sequence[int], batch: int, steps: int) -> float:
+    """Score elements (rows x width^2) of ``steps`` training micro-batches over rows of
+    these lengths, ``batch`` rows each, grouped by length (as a lockstep run pads)."""
+    if not lengths or not steps:
+        return 0.0
+    ordered = sorted(lengths)
+    per_epoch = sum(_batch_attention(ordered[i : i + batch]) for i in range(0, len(ordered), batch))
+    epochs = steps / max(1, math.ceil(len(lengths) / batch))
+    return per_epoch * epochs
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def _steps(n_rows: int, tuning: dict[str, Any]) -> int:
+    """Optimizer steps of one tuning run over ``n_rows`` pairs (epochs, batch, max_steps)."""
+    batch = int(tuning.get("batch_size", 8))
+    accumulation = int(tuning.get("gradient_accumulation_steps", 1) or 1)
+    per_epoch = math.ceil(n_rows / batch)
+    steps = int(tuning.get("epochs", 1)) * per_epoch
+    if tuning.get("max_steps"):
+        steps = min(steps, int(tuning["max_steps"]) * accumulation)
+    return steps
+
+
+def convergence_work(
+    cell: Any, counter: TokenCounter, layers: int, fallback: Callable[[], dict[str, Any]]
+) -> Work:
+    """A convergence cell: anchor and ICL captures, forwards and generations, per-set tuning,
+    the probe of every tuned set, activation patching, the random-init control's model."""
+    from tunelens.prompts import PromptStyle, render_prompt, render_target
+    from tunelens.tasks.sampling import sample_demo_sets
+
+    p = cell.params
+    tasks = (cell.data or {}).get("tasks") or ()
+    tuning = p.get("tuning") or {}
+    n, k = int(p.get("n_pairs", 30)), int(p.get("k", 8))
+    per_set = int(p.get("anchors_per_set", 1))
+    max_new = int(p.get("max_new_tokens", 8))
+    exact = bool(tasks)
+    if exact:
+        sets = sample_demo_sets(
+            tasks,
+            n_pairs=n,
+            anchors_per_set=per_set,
+            k=k,
+            relevance=p.get("relevance", "same"),
+            seed=cell.seed,
+            k_max=p.get("k_max"),
+        )
+        template = p.get("template", "plain")
+        style = PromptStyle(
+            template="plain" if template == "chat" else template,
+            definition=bool(p.get("definition")),
+            n_positive=0,
+        )
+        anchors, icl, owners, set_rows = [], [], [], []
+        for j, demo_set in enumerate(sets):
+            set_rows.append(
+                [
+                    render_prompt(demo_set.task, d.input, [], style) + render_target(d.output)
+                    for d in demo_set.demos
+                ]
+            )
+            for anchor in demo_set.anchors:
+                anchors.append(render_prompt(demo_set.task, anchor.input, [], style))
+                icl.append(render_prompt(demo_set.task, anchor.input, demo_set.demos, style))
+                owners.append(j)
+        anchors, icl, owners = anchors[:n], icl[:n], owners[:n]
+        used = sorted(set(owners))
+        anchor_lengths = counter.lengths(anchors)
+        icl_lengths = counter.lengths(icl)
+        row_lengths = [counter.lengths(set_rows[j]) for j in used]
+    else:
+        shape = fallback()  # {"anchor", "icl", "row"} tokens from the task-shape constants
+        n_sets = math.ceil(n / per_set)
+        anchor_lengths = [shape["anchor"]] * n
+        icl_lengths = [shape["icl"]] * n
+        row_lengths = [[shape["row"]] * k for _ in range(n_sets)]
+        owners = [i // per_set for i in range(n)]
+        used = list(range(n_sets))
+    work = Work(exact=exact)
+    work.add(forward_work(anchor_lengths, passes=2))  # states + last-token forward
+    work.add(forward_work(icl_lengths, passes=2))
+    work.add(generation_work(anchor_lengths, max_new))
+    work.add(generation_work(icl_lengths, max_new))
+    steps = _steps(k, tuning)
+    epochs_tokens = sum(
+        sum(rows) * steps / max(1, math.ceil(k / int(tuning.get("batch_size", 8))))
+        for rows in row_lengths
+    )
+    full = tuning.get("method") == "full"
+    if full:
+        work.optimizer_steps += steps * len(used)
+        work.tuning_runs += len(used)
+        work.training_tokens += int(epochs_tokens)
+        work.full_training_tokens += int(epochs_tokens)
+        batch = min(k, int(tuning.get("batch_size", 8))) or 1
+        for rows in row_lengths:
+            work.training_attention += training_attention(rows, batch, steps)
+        for j in used:  # each tuned set probed alone: states, last-token forward, generate
+            rows = [anchor_lengths[i] for i, o in enumerate(owners) if o == j]
+            work.add(forward_work(rows, passes=2))
+            work.add(generation_work(rows, max_new))
+    else:
+        work.lockstep_steps += steps
+        work.lockstep_runs += 1
+        work.lockstep_tokens += int(epochs_tokens)
+        batch = min(k, int(tuning.get("batch_size", 8))) or 1
+        for rows in row_lengths:
+            work.training_attention += training_attention(rows, batch, steps)
+        for start in range(0, len(anchor_lengths), PROBE_ROWS):
+            chunk = anchor_lengths[start : start + PROBE_ROWS]
+            work.add(forward_work(chunk, batch=len(chunk), passes=2))
+            work.add(
+                Work(
+                    generate_tokens=sum(chunk) + len(chunk) * max_new,
+                    decode_tokens=len(chunk) * max_new,
+                    generate_calls=1,
+                    decode_steps=max_new,
+                    attention=len(chunk) * (max(chunk) ** 2 + max_new * (max(chunk) + max_new)),
+                )
+            )
+    if p.get("patching"):
+        wanted = p.get("patching_layers") or list(range(layers + 1))
+        n_layers = len([layer for layer in wanted if layer <= layers])
+        work.add(forward_work(anchor_lengths, passes=2 * n_layers))
+    if p.get("control") == "random_init":
+        work.model_builds += 1
+    return work
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit_work(
+    cell: Any,
+    counter: TokenCounter,
+    kind: str,
+    parameters: int,
+    fallback: Callable[[], dict[str, Any]],
+) -> Work:
+    """An audit cell: multi-task tuning on the training pairs (grid cells), then greedy
+    generation on the held-out prompts of each evaluation encoding, each sample scored.
+
+    ``fallback()`` gives the shapes where the tasks are not here: ``{"prompts": {encoding:
+    n tokens}, "items": n, "pairs": n, "pair_tokens": n}``."""
+    from tunelens.experiments.audit import eval_items, eval_prompts, training_pairs
+
+    p = cell.params
+    data = cell.data or {}
+    test = data.get("test") or ()
+    train = data.get("train") or ()
+    baseline = p.get("baseline")
+    max_new = int(p.get("max_new_tokens", 8))
+    encodings = list(p.get("eval_encodings") or ["definition_examples"])
+    shape = fallback() if not test or (baseline is None and not train) else {}
+    items = eval_items(test, int(p.get("eval_instances_per_task", 100))) if test else []
+    n_items = len(items) if test else int(shape["items"])
+    work = Work(exact=bool(test) and (baseline is not None or bool(train)))
+    if baseline in ("random", "copy_input", "copy_demo"):
+        # scoring only; the guess baseline also scores every label of the output space
+        work.samples = n_items * (3 if baseline == "random" else 1)
+        return work
+    for encoding in encodings:
+        if test:
+            prompts = eval_prompts(items, int(p.get("n_positive", 2)), p["template"], encoding)
+            lengths = counter.lengths(prompts)
+        else:
+            lengths = [int(shape["prompts"][encoding])] * n_items
+        work.add(generation_work(lengths, max_new, kind))
+        work.samples += len(lengths)
+    if baseline is not None:
+        return work
+    tuning = p.get("tuning") or {}
+    if train:
+        pairs = training_pairs(
+            train,
+            definition=p["definition"],
+            examples=p["examples"],
+            instances_per_task=p["instances_per_task"],
+            n_positive=int(p.get("n_positive", 2)),
+            seed=cell.seed,
+            template=p["template"],
+        )
+        n_pairs = len(pairs)
+        step = max(1, n_pairs // 512)
+        sample = [a + b for a, b in pairs[::step]][:512]
+        lengths = [n + 1 for n in counter.lengths(sample)]  # + EOS
+        mean = sum(lengths) / max(1, len(lengths))
+    else:
+        n_pairs, mean = int(shape["pairs"]), float(shape["pair_tokens"])
+        lengths = [int(mean)]
+    steps = _steps(n_pairs, tuning)
+    batch = int(tuning.get("batch_size", 16))
+    # shuffled batches pad to about the longest of ``batch`` draws: the 90th percentile
+    ordered = sorted(lengths)
+    width = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    work.training_attention += steps * min(batch, n_pairs) * width**2
+    trained = int(mean * min(steps * batch, n_pairs * int(tuning.get("epochs", 1))))
+    work.multitask_steps += steps
+    work.multitask_runs += 1
+    work.training_tokens += trained
+    if tuning.get("method") == "full":
+        work.full_training_tokens += trained
+        accumulation = int(tuning.get("gradient_accumulation_steps", 1) or 1)
+        work.trained_parameters_steps += parameters * math.ceil(steps / accumulation)
+    return work
