@@ -522,12 +522,51 @@ def fixed_costs(costs: Any, quick: bool) -> dict[str, float]:
         )
         report = child_cpu([*tunelens, "report", str(run_dir)], 2)
         help_ = child_cpu([*tunelens, "--help"], 2)
-        out["finish_s"] = max(0.0, report - help_)
+        # aggregation and report per convergence condition: resumed runs of 8 and 2 conditions
+        reports = {}
+        for n, sweep in (
+            (8, "  flip_fraction: [0.0, 1.0]\n  definition: [false, true]\n"),
+            (2, ""),
+        ):
+            conditions_spec = tmp / f"conditions-{n}.yaml"
+            conditions_spec.write_text(
+                "convergence:\n  tasks: world:train\n  n_pairs: 2\n  seeds: [0]\n"
+                "  k: [1, 2]\n  controls: [none]\n  tuning: {epochs: 1}\n" + sweep
+            )
+            conditions_dir = tmp / f"conditions-{n}"
+            subprocess.run(
+                [
+                    *tunelens,
+                    "run",
+                    str(conditions_spec),
+                    "--out",
+                    str(conditions_dir),
+                    "--no-progress",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            # the same command again: every cell is found, so this is aggregation + report
+            reports[n] = child_cpu(
+                [
+                    *tunelens,
+                    "run",
+                    str(conditions_spec),
+                    "--out",
+                    str(conditions_dir),
+                    "--no-progress",
+                ],
+                2,
+            )
+        per_condition = max(0.0, (reports[8] - reports[2]) / 6)
+        out["report_condition_s"] = per_condition
+        # the small spec has 2 convergence conditions (controls none and random_init)
+        out["finish_s"] = max(0.0, report - help_ - 2 * per_condition)
         priced = replace(
             costs,
             startup_s=0.0,
             finish_s=out["finish_s"],
-            **{k: out[k] for k in ("load_s", "setup_s")},
+            **{k: out[k] for k in ("load_s", "setup_s", "report_condition_s")},
         )
         plan = plan_study(load_spec(spec_path), gpu="cpu", costs=priced)
         out["startup_s"] = max(0.0, run - plan.seconds)

@@ -27,7 +27,11 @@ two sides interleaved so that both see the same machine:
 4. model FLOPs utilisation: ``mfu_forward`` is the capture's FLOPs per CPU-second
    over a 2048^3 fp32 matmul's FLOPs per CPU-second, the matmul timed in the
    same interleaved rounds; the other MFUs are wall-clock against the measured
-   fp32 matmul peak.
+   fp32 matmul peak;
+5. end to end (bench/e2e.py): a default convergence cell through the experiment's
+   ``run_cell`` against a plain PEFT + transformers script of the same cell
+   (``e2e_convergence_cell_ratio``), and with ``--plan-error`` `tunelens plan`
+   against three measured runs (``plan_error``).
 
 One line per comparison goes to stdout; the last line is one JSON object with
 every figure (``hidden_states_ratio``, ``per_set_tuning_ratio``,

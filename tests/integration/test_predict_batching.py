@@ -10,7 +10,25 @@ from tests.helpers.models import prompt, wrap
 from tunelens.models import predict
 from tunelens.models.predict import generate_predictions, score_labels, token_batches
 
-WORDS = "the cat sits on the mat a dog big small bird eats green pear fish sleeps tree".split()
+WORDS = [
+    "the",
+    "cat",
+    "sits",
+    "on",
+    "the",
+    "mat",
+    "a",
+    "dog",
+    "big",
+    "small",
+    "bird",
+    "eats",
+    "green",
+    "pear",
+    "fish",
+    "sleeps",
+    "tree",
+]
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
@@ -34,7 +52,9 @@ def fixed_batch_generate(loaded, texts, max_new_tokens, batch_size=16):
         )
         output = model.generate(**batch, generation_config=config)
         new = output[:, batch["input_ids"].shape[1] :] if loaded.kind == "causal" else output
-        for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
+        for i, text in zip(
+            rows, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
+        ):
             out[i] = predict.first_line(text)
     return out
 

@@ -100,21 +100,33 @@ def train_model(
     ] = None,
     until: Annotated[
         int | None,
-        typer.Option(help="Stop after this step with a checkpoint; re-run to go on (pieces)."),
+        typer.Option(
+            help="Stop after this step with a checkpoint; re-run to go on (pieces). "
+            "Default: run to the end."
+        ),
     ] = None,
     curriculum_steps: Annotated[
-        int | None, typer.Option(help="Steps of one-word tasks only, before every rule family.")
+        int | None,
+        typer.Option(
+            help="Steps of one-word tasks only, before every rule family (default: the size's)."
+        ),
     ] = None,
     category_init: Annotated[
         float | None,
-        typer.Option(help="Shared per-category embedding direction at init (0 = off)."),
+        typer.Option(
+            help="Shared per-category embedding direction at init (0 = off; default: the size's)."
+        ),
     ] = None,
     bursty: Annotated[
         float | None,
-        typer.Option(help="Share of sequences whose inputs recur (3 words per category)."),
+        typer.Option(
+            help="Share of sequences whose inputs recur, 3 words per category (default: the "
+            "size's)."
+        ),
     ] = None,
     all_tokens_loss: Annotated[
-        bool | None, typer.Option(help="Loss on every token, not only on outputs.")
+        bool | None,
+        typer.Option(help="Loss on every token, not only on outputs (default: the size's)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of world, data order and init.")] = 0,
     threads: Annotated[

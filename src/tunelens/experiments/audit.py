@@ -629,16 +629,15 @@ class AuditExperiment(Experiment):
     ) -> dict[str, Any]:
         """One audit per model; the top-level keys are the first model's (the contract)."""
         models = self.models(section)
+        if len(models) == 1:
+            return self._aggregate_model(section, results)
         per_model = {
             m: self._aggregate_model(
                 section, [(c, r) for c, r in results if c.params["model"] == m]
             )
             for m in models
         }
-        first = per_model[models[0]]
-        if len(models) == 1:
-            return first
-        return {**first, "audit_by_model": per_model}
+        return {**per_model[models[0]], "audit_by_model": per_model}
 
     def _aggregate_model(
         self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]

@@ -18,17 +18,22 @@ Batching: every prompt is tokenised once (one tokenizer call for the whole
 list; the batches are padded from those ids), sorted by length (longest first,
 less padding), and cut into batches by a **token budget**
 (:func:`token_batches`): a batch takes rows while its padded size, rows x
-(longest prompt + new tokens), stays within ``max_batch_tokens``
-(:data:`DEFAULT_BATCH_TOKENS` = 4,096 positions, at most
-:data:`MAX_BATCH_ROWS` rows), so short prompts share few calls and long ones
-do not blow up memory. A caller that passes ``batch_size`` alone gets fixed
-batches of that many rows instead (the batched LoRA probe lines its adapter
-stack up with one such batch). Results come back in input order and do not
-depend on the batching (tests: token-budget batches give the same greedy text
-as fixed batches of 2 and 16 on tiny random models). On this machine's 2 CPU
-cores the audit's 2,028 world evaluation prompts (36-57 tokens, 4 new tokens)
-took 3.0 / 3.6 CPU-s in batches of 16 and 2.2 / 2.8 in batches of 64 (~4k
-padded positions); 512-row batches were slower again (5.1 s), hence the budget.
+(longest prompt + new tokens), stays within ``max_batch_tokens`` (default
+:func:`default_batch_tokens`: 2,048 positions on a CPU, 16,384 on an
+accelerator; at most :data:`MAX_BATCH_ROWS` rows), so short prompts share few
+calls and long ones do not blow up memory. A caller that passes ``batch_size``
+alone gets fixed batches of that many rows instead (the batched LoRA probe
+lines its adapter stack up with one such batch). Results come back in input
+order and do not depend on the batching (tests: token-budget batches give the
+same greedy text as fixed batches of 2 and 16 on tiny random models).
+
+Measured on this machine's 2 CPU cores, the audit's 2,028 world evaluation
+prompts in both encodings (36-57 tokens, 4 new tokens, world model, one
+thread, best of 3 in CPU time, load 2-3; two runs): fixed batches of 16 rows
+5.38 / 4.77 s, 32 rows 5.72 / 4.23, 64 rows 5.45 / 5.46; budgets of 1,024
+tokens 5.08 / 5.37, 2,048 4.87 / 5.09, 4,096 5.30 / 5.45, 8,192 6.17 / 6.69.
+Between 16 rows and 4,096 tokens the differences are within the run-to-run
+noise; 8,192 is slower (the CPU's caches), hence 2,048 on a CPU.
 
 Causal LMs are padded on the left for generation, so every row's continuation
 starts at the same position; the model's own generation code derives position
@@ -58,8 +63,16 @@ from tunelens.models.batching import (
 from tunelens.models.loading import LoadedModel
 
 # Padded positions (rows x (longest prompt + new tokens)) per generate / scoring call.
-DEFAULT_BATCH_TOKENS = 4096
+CPU_BATCH_TOKENS = 2048
+ACCELERATOR_BATCH_TOKENS = 16384
 MAX_BATCH_ROWS = 256
+
+
+def default_batch_tokens(device: Any = "cpu") -> int:
+    """The token budget of one evaluation batch on ``device`` (a torch device or its name)."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    return CPU_BATCH_TOKENS if kind == "cpu" else ACCELERATOR_BATCH_TOKENS
+
 
 _NEWLINE_IDS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
 
@@ -146,7 +159,7 @@ def token_batches(
     longest row; a batch takes rows while that stays within
     ``max_batch_tokens`` and the rows within ``batch_size`` (a row longer than
     the budget goes alone). ``batch_size`` alone gives fixed batches of that many
-    rows; neither gives :data:`DEFAULT_BATCH_TOKENS` and :data:`MAX_BATCH_ROWS`.
+    rows; neither gives :data:`CPU_BATCH_TOKENS` and :data:`MAX_BATCH_ROWS`.
     """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -154,7 +167,7 @@ def token_batches(
         raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
     if batch_size is not None and max_batch_tokens is None:
         return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-    budget = max_batch_tokens if max_batch_tokens is not None else DEFAULT_BATCH_TOKENS
+    budget = max_batch_tokens if max_batch_tokens is not None else CPU_BATCH_TOKENS
     rows_cap = batch_size if batch_size is not None else MAX_BATCH_ROWS
     batches: list[list[int]] = []
     current: list[int] = []
@@ -224,7 +237,7 @@ def generate_predictions(
     """Greedy continuations of ``prompts``, each cut at its first newline and stripped.
 
     Batched by :func:`token_batches` (``max_batch_tokens`` padded positions,
-    default :data:`DEFAULT_BATCH_TOKENS`; ``batch_size`` alone: fixed batches
+    default :func:`default_batch_tokens` of the model's device; ``batch_size`` alone: fixed batches
     of that many rows), left padding for causal LMs, right for
     encoder-decoders; returned in input order; special tokens are dropped from
     the text. Each prompt is tokenised once; ``token_ids`` (the prompts' ids,
@@ -250,6 +263,8 @@ def generate_predictions(
         if loaded.kind == "causal"
         else [(n, max_new_tokens) for n in lengths]
     )
+    if max_batch_tokens is None and batch_size is None:
+        max_batch_tokens = default_batch_tokens(loaded.device)
     batches = token_batches(
         _longest_first(lengths), widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
     )
@@ -319,6 +334,8 @@ def score_labels(
         for e in encoded
     ]
     order = sorted(range(len(encoded)), key=lambda i: (-sum(widths[i]), i))
+    if max_batch_tokens is None and batch_size is None:
+        max_batch_tokens = default_batch_tokens(loaded.device)
     batches = token_batches(order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size)
     scores = np.zeros(len(encoded), dtype=np.float64)
     was_training = model.training

@@ -66,6 +66,7 @@ class CostModel:
     startup_s: float  # interpreter + imports of `tunelens run`, once per run
     setup_s: float  # study set-up (tasks loaded, models fingerprinted), once per run
     finish_s: float  # aggregation, results.json, report.html and plots, once per run
+    report_condition_s: float  # aggregation, plots and tables per convergence condition
     load_s: float  # loading one model (fixed part; plus its weight bytes / load_bytes_per_s)
     load_bytes_per_s: float
     cell_s: dict[str, float]  # per cell of an experiment: its own set-up and statistics
@@ -121,12 +122,16 @@ class CostModel:
 # tiny 2-layer Llama and the 3-layer world model; the bandwidth is the 6-layer 19.6M
 # Llama's 4-token forward over that line (78 MB of weights); the efficiencies come from
 # realistic batches of each kind on the three models; cell_s is what a tiny cell of each
-# experiment costs beyond everything counted. Loads: the CPU time of load_model (weights
-# are memory-mapped); the read rate for large weights is assumed (1 GB/s), not measured.
+# experiment costs beyond everything counted; aggregation and report per convergence
+# condition come from resuming (all cells found) runs of 8 and 2 conditions (measured
+# with the script's commands after that run, at load 3). Loads: the CPU
+# time of load_model (weights are memory-mapped); the read rate for large weights is
+# assumed (1 GB/s), not measured.
 CPU_COSTS = CostModel(
     startup_s=7.3,
     setup_s=0.41,
-    finish_s=1.71,
+    finish_s=1.17,
+    report_condition_s=0.31,
     load_s=0.51,
     load_bytes_per_s=1e9,
     cell_s={"convergence": 0.0, "audit": 0.005},
@@ -342,14 +347,15 @@ def cell_seconds(
     return Seconds(overhead=overhead, weights=weights, compute=compute, parts=parts)
 
 
-def run_seconds(costs: CostModel, model_bytes: Sequence[int]) -> Seconds:
-    """A run's fixed costs: start-up, set-up, one load per model, aggregation and report."""
+def run_seconds(costs: CostModel, model_bytes: Sequence[int], conditions: int = 0) -> Seconds:
+    """A run's fixed costs: start-up, set-up, one load per model, aggregation and a report
+    with ``conditions`` convergence conditions."""
     loads = sum(costs.load_s + b / costs.load_bytes_per_s for b in model_bytes)
     parts = {
         "start-up": costs.startup_s,
         "study set-up": costs.setup_s,
         "model loads": loads,
-        "results and report": costs.finish_s,
+        "results and report": costs.finish_s + conditions * costs.report_condition_s,
     }
     return Seconds(fixed=sum(parts.values()), parts=parts)
 
@@ -388,10 +394,11 @@ class TokenCounter:
 
 
 def generate_batches(
-    lengths: Sequence[int], max_new_tokens: int, kind: str = "causal"
+    lengths: Sequence[int], max_new_tokens: int, kind: str = "causal", device: str = "cpu"
 ) -> list[list[int]]:
-    """The batches :func:`tunelens.models.predict.generate_predictions` makes of these prompts."""
-    from tunelens.models.predict import token_batches
+    """The batches :func:`tunelens.models.predict.generate_predictions` makes of these prompts
+    on ``device`` (its default token budget)."""
+    from tunelens.models.predict import default_batch_tokens, token_batches
 
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     widths = (
@@ -399,7 +406,7 @@ def generate_batches(
         if kind == "causal"
         else [(n, max_new_tokens) for n in lengths]
     )
-    return token_batches(order, widths)
+    return token_batches(order, widths, max_batch_tokens=default_batch_tokens(device))
 
 
 def _batch_attention(widths: Sequence[int]) -> float:
@@ -407,11 +414,13 @@ def _batch_attention(widths: Sequence[int]) -> float:
     return len(widths) * max(widths) ** 2 if widths else 0.0
 
 
-def generation_work(lengths: Sequence[int], max_new_tokens: int, kind: str = "causal") -> Work:
+def generation_work(
+    lengths: Sequence[int], max_new_tokens: int, kind: str = "causal", device: str = "cpu"
+) -> Work:
     """Greedy generation of prompts of these lengths: prefill and decoding to the bound."""
     if not lengths:
         return Work()
-    batches = generate_batches(lengths, max_new_tokens, kind)
+    batches = generate_batches(lengths, max_new_tokens, kind, device)
     attention = 0.0
     for rows in batches:
         width = max(lengths[i] for i in rows)
@@ -464,7 +473,11 @@ def _steps(n_rows: int, tuning: dict[str, Any]) -> int:
 
 
 def convergence_work(
-    cell: Any, counter: TokenCounter, layers: int, fallback: Callable[[], dict[str, Any]]
+    cell: Any,
+    counter: TokenCounter,
+    layers: int,
+    fallback: Callable[[], dict[str, Any]],
+    device: str = "cpu",
 ) -> Work:
     """A convergence cell: anchor and ICL captures, forwards and generations, per-set tuning,
     the probe of every tuned set, activation patching, the random-init control's model."""
@@ -522,8 +535,8 @@ def convergence_work(
     work = Work(exact=exact)
     work.add(forward_work(anchor_lengths, passes=2))  # states + last-token forward
     work.add(forward_work(icl_lengths, passes=2))
-    work.add(generation_work(anchor_lengths, max_new))
-    work.add(generation_work(icl_lengths, max_new))
+    work.add(generation_work(anchor_lengths, max_new, device=device))
+    work.add(generation_work(icl_lengths, max_new, device=device))
     steps = _steps(k, tuning)
     epochs_tokens = sum(
         sum(rows) * steps / max(1, math.ceil(k / int(tuning.get("batch_size", 8))))
@@ -541,7 +554,7 @@ def convergence_work(
         for j in used:  # each tuned set probed alone: states, last-token forward, generate
             rows = [anchor_lengths[i] for i, o in enumerate(owners) if o == j]
             work.add(forward_work(rows, passes=2))
-            work.add(generation_work(rows, max_new))
+            work.add(generation_work(rows, max_new, device=device))
     else:
         work.lockstep_steps += steps
         work.lockstep_runs += 1
@@ -579,6 +592,7 @@ def audit_work(
     kind: str,
     parameters: int,
     fallback: Callable[[], dict[str, Any]],
+    device: str = "cpu",
 ) -> Work:
     """An audit cell: multi-task tuning on the training pairs (grid cells), then greedy
     generation on the held-out prompts of each evaluation encoding, each sample scored.
@@ -608,7 +622,7 @@ def audit_work(
             lengths = counter.lengths(prompts)
         else:
             lengths = [int(shape["prompts"][encoding])] * n_items
-        work.add(generation_work(lengths, max_new, kind))
+        work.add(generation_work(lengths, max_new, kind, device))
         work.samples += len(lengths)
     if baseline is not None:
         return work
@@ -636,8 +650,9 @@ def audit_work(
     # shuffled batches pad to about the longest of ``batch`` draws: the 90th percentile
     ordered = sorted(lengths)
     width = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    work.training_attention += steps * min(batch, n_pairs) * width**2
-    trained = int(mean * min(steps * batch, n_pairs * int(tuning.get("epochs", 1))))
+    rows = min(steps * batch, n_pairs * int(tuning.get("epochs", 1)))  # rows trained on
+    work.training_attention += rows * width**2
+    trained = int(mean * rows)
     work.multitask_steps += steps
     work.multitask_runs += 1
     work.training_tokens += trained

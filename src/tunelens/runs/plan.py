@@ -438,13 +438,15 @@ def audit_shape(cell: Cell) -> dict[str, Any]:
     }
 
 
-def estimate_work(cell: Cell, counter: TokenCounter, size: ModelSize, kind: str = "causal") -> Work:
-    """The default estimator of a cell's work (:mod:`tunelens.runs.costs`), by experiment;
-    an experiment without one counts nothing but its cell."""
+def estimate_work(
+    cell: Cell, counter: TokenCounter, size: ModelSize, kind: str = "causal", device: str = "cpu"
+) -> Work:
+    """The default estimator of a cell's work (:mod:`tunelens.runs.costs`), by experiment,
+    batched as on ``device``; an experiment without one counts nothing but its cell."""
     if cell.experiment == "convergence":
-        return convergence_work(cell, counter, size.layers, lambda: convergence_shape(cell))
+        return convergence_work(cell, counter, size.layers, lambda: convergence_shape(cell), device)
     if cell.experiment == "audit":
-        return audit_work(cell, counter, kind, size.total, lambda: audit_shape(cell))
+        return audit_work(cell, counter, kind, size.total, lambda: audit_shape(cell), device)
     return Work()
 
 
@@ -751,7 +753,13 @@ def plan_study(
                     training_tokens=int(tokens.get("backward", 0)),
                 )
             else:
-                work = estimate_work(cell, _counter(model, counters), size, _model_kind(model))
+                work = estimate_work(
+                    cell,
+                    _counter(model, counters),
+                    size,
+                    _model_kind(model),
+                    "cpu" if gpu == "cpu" else "cuda",
+                )
             dtype = str(cell.params.get("dtype") or spec.dtype)
             facts = model_facts(size, BYTES.get(dtype, 4))
             seconds = cell_seconds(
@@ -783,7 +791,15 @@ def plan_study(
             plan.work.add(work)
             plan.time.add(seconds)
         plans.append(plan)
-    fixed = run_seconds(costs, [sizes[m].total * BYTES.get(str(spec.dtype), 4) for m in sizes])
+    conditions = {
+        re.sub(r" seed=\d+$", "", cell.name)
+        for name, _, cells in planned
+        if name == "convergence"
+        for cell in cells
+    }
+    fixed = run_seconds(
+        costs, [sizes[m].total * BYTES.get(str(spec.dtype), 4) for m in sizes], len(conditions)
+    )
     return Plan(
         accelerator=gpu,
         peak_flops=next(iter(peaks.values()), peak_flops or 0.0),
