@@ -50,29 +50,13 @@ def best(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 
 def capture_model(quick: bool) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tunelens.models.loading import load_model, load_model_from_objects
+    """The world model (for its tokenizer) and bench/run.py's seeded random Llama."""
+    from run import Sizes, random_llama
+    from tunelens.models.loading import load_model
 
     world = load_model("world")
-    hidden, inter, layers = (64, 128, 2) if quick else (512, 1408, 6)
-    config = LlamaConfig(
-        vocab_size=len(world.tokenizer),
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=1024,
-        bos_token_id=world.tokenizer.bos_token_id,
-        eos_token_id=world.tokenizer.eos_token_id,
-        pad_token_id=world.tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    return world, load_model_from_objects(model, world.tokenizer, name="llama")
+    sizes = Sizes(big_hidden=64, big_intermediate=128, big_layers=2) if quick else Sizes()
+    return world, random_llama(world.tokenizer, sizes)
 
 
 def prefix_and_queries(tokenizer: Any, prefix_tokens: int, anchors: int) -> tuple[str, list[str]]:
