@@ -214,6 +214,10 @@ class AuditSpec(_Strict):
         "learning rate, epochs and batch size).",
     )
 
+    def audited_models(self) -> list[str]:
+        """The models audited: ``models``, else ``[model]``."""
+        return list(self.models) or [str(self.model)]
+
     @field_validator("tuning", mode="before")
     @classmethod
     def _audit_tuning_defaults(cls, value: object) -> object:

@@ -543,13 +543,8 @@ class AuditExperiment(Experiment):
             "template": "tk",
         }
 
-    @staticmethod
-    def models(section: AuditSpec) -> list[str]:
-        """The audited models: ``models``, else ``[model]``."""
-        return list(section.models) or [str(section.model)]
-
     def cells(self, section: AuditSpec, inputs: StudyInputs) -> list[Cell]:
-        models = self.models(section)
+        models = section.audited_models()
         cells: list[Cell] = []
         for model in models:
             prefix = f"{model}: " if len(models) > 1 else ""
@@ -628,7 +623,7 @@ class AuditExperiment(Experiment):
         self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
         """One audit per model; the top-level keys are the first model's (the contract)."""
-        models = self.models(section)
+        models = section.audited_models()
         if len(models) == 1:
             return self._aggregate_model(section, results)
         per_model = {

@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tunelens import interrupt
 from tunelens.errors import TunelensInputError
 from tunelens.log import get_logger
+from tunelens.tasks.types import Task
 from tunelens.tasks.world.corpus import BOS, SEP, CorpusMix, training_sequence, vocabulary_texts
 from tunelens.tasks.world.generator import generate_world
 from tunelens.tasks.world.lexicon import CATEGORIES
@@ -250,6 +251,7 @@ class _Batcher:
         self.vocab = tokenizer.get_vocab()
         self.pad = tokenizer.pad_token_id
         world = generate_world(recipe.seed)
+        self.heldout = world.heldout  # the probe's tasks (tunelens world eval's too)
         self.forbidden = frozenset(frozenset(t.labels or ()) for t in world.heldout)
         pre = pre_tokenizers.Whitespace()
         self._definitions: dict[str, list[str]] = {}
@@ -332,7 +334,10 @@ def probe_icl_accuracy(
 
 
 def probe_record(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, recipe: WorldModelRecipe
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    recipe: WorldModelRecipe,
+    tasks: list[Task],
 ) -> dict[str, dict[str, float]]:
     """The held-out probes of one training-log line (rounded, keys as strings).
 
@@ -345,7 +350,6 @@ def probe_record(
     def rounded(acc: dict[int, float]) -> dict[str, float]:
         return {str(k): round(v, 1) for k, v in acc.items()}
 
-    tasks = generate_world(recipe.seed).heldout
     one_word = [t for t in tasks if t.metadata["family"] == "word_category"]
     seed = recipe.seed
     record = {
@@ -558,7 +562,7 @@ def train_world_model(
                     "loss": round(running, 4),
                     "lr": learning_rate(recipe, step),
                     "seconds": round(time.time() - t0, 1),
-                    **probe_record(model, tokenizer, recipe),
+                    **probe_record(model, tokenizer, recipe, batcher.heldout),
                 }
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")

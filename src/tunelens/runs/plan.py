@@ -903,7 +903,7 @@ def check_prompt_lengths(
             models, ref, key = list(section.models), section.tasks, "convergence.k"
             make = _convergence_prompts
         elif experiment.name == "audit":
-            models = list(section.models) or [str(section.model)]
+            models = section.audited_models()
             ref, key = section.test, "audit.n_positive"
             make = _audit_prompts
         else:
