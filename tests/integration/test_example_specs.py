@@ -135,10 +135,8 @@ def test_example_spec_plans_and_runs_limited(spec_path, tmp_path):
     assert results["limit"] == 2
     assert results["spec"]["limit"] == 2
     assert "Limited run" in (out / "report.html").read_text(encoding="utf-8")
+    # Printed, never asserted: timings belong in bench/, not in tests.
     print(f"{spec_path.name}: tunelens run --limit 2 took {seconds:.1f} s")
-    if spec_path.name == "default.yaml":
-        # Under a minute on 2 CPU cores (26 s wall measured at load 4.7); the guard is loose.
-        assert seconds < 90
 
 
 def test_duan_spec_on_one_task_fails_in_plan_naming_relevance(tmp_path):

@@ -18,9 +18,7 @@ from tunelens.models.world_model import recipe_for_size, train_world_model
 from tunelens.tasks.world.generator import generate_world
 
 SHIPPED = world_model_dir()
-# The members that ship now. Transitional (issue 15): the second-generation `world`
-# and `world-it` are still training; until then `world` loads the first generation.
-FAMILY = ["world", "world-small"]
+FAMILY = ["world", "world-small", "world-it"]
 
 
 def test_the_family_ships_complete_and_small():
@@ -40,16 +38,43 @@ def test_the_family_ships_complete_and_small():
     assert total <= 20 * 2**20
 
 
-def test_every_name_of_the_family_resolves_or_says_how_to_train_it():
+def test_every_name_of_the_family_resolves_to_its_own_directory():
     from tunelens.models.paths import resolve_model_path
 
-    assert set(WORLD_MODELS) == {"world", "world-small", "world-it"}
-    for name in WORLD_MODELS:
-        if name in FAMILY:
-            assert (resolve_model_path(name) / "config.json").is_file()
-        else:
-            with pytest.raises(TunelensInputError, match="train-model --size base"):
-                resolve_model_path(name)
+    assert set(WORLD_MODELS) == set(FAMILY)
+    directories = {resolve_model_path(name) for name in FAMILY}
+    assert len(directories) == len(FAMILY)
+    assert all((d / "config.json").is_file() for d in directories)
+
+
+def test_the_second_generation_is_deeper_longer_and_larger_than_world_small():
+    """Issue 15's floor for `world`: >= 6 layers, >= 1M parameters, >= 128-token training."""
+    from safetensors.torch import load_file
+
+    def parameters(name: str) -> int:
+        weights = load_file(world_model_dir(name) / "model.safetensors")
+        return sum(t.numel() for t in weights.values())
+
+    config = json.loads((world_model_dir("world") / "config.json").read_text())
+    recipe = json.loads((world_model_dir("world") / "recipe.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] >= 6
+    assert recipe["seq_len"] >= 128
+    assert parameters("world") >= 1_000_000 > parameters("world-small")
+    # world-it is world tuned: same architecture, different weights, recipe names its base.
+    it_config = json.loads((world_model_dir("world-it") / "config.json").read_text())
+    assert it_config["num_hidden_layers"] == config["num_hidden_layers"]
+    it_recipe = json.loads((world_model_dir("world-it") / "recipe.json").read_text())
+    assert it_recipe["base"] == recipe and "instruction_tuning" in it_recipe
+
+
+def test_a_missing_member_says_how_to_train_it(tmp_path, monkeypatch):
+    import tunelens
+    from tunelens.models.paths import resolve_model_path
+
+    (tmp_path / "assets").mkdir()
+    monkeypatch.setattr(tunelens, "__file__", str(tmp_path / "__init__.py"))
+    with pytest.raises(TunelensInputError, match="train-model --size base --instruction-tune"):
+        resolve_model_path("world-it")
 
 
 @pytest.mark.parametrize("name", FAMILY)

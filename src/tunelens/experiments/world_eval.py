@@ -92,10 +92,15 @@ def accuracy_at_k(
     *,
     queries_per_task: int = 20,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     definition: bool = False,
 ) -> dict[str, float]:
-    """Exact-match accuracy (0-100) per task with k demonstrations: one k of the evaluation."""
+    """Exact-match accuracy (0-100) per task with k demonstrations: one k of the evaluation.
+
+    Batches are sized by tokens (:func:`tunelens.models.predict.token_batches`)
+    unless ``batch_size`` fixes them, so 16-shot prompts do not share a batch size
+    with 0-shot ones.
+    """
     from tunelens.models.predict import generate_predictions
 
     rng = random.Random(seed * 7919 + k)
@@ -146,7 +151,7 @@ def evaluate_icl(
     *,
     queries_per_task: int = 20,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     definition: bool = False,
 ) -> WorldEvalResult:
     """Few-shot exact-match accuracy per k, averaged over tasks (each task weighs the same)."""

@@ -29,11 +29,8 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-small": "world_small",
     "world-it": "world_it",
 }
-# Model name -> the directory it loads from. Transitional (issue 15): until the
-# second generation has finished training and is installed, `world` loads the
-# first-generation model (the same files as `world-small`) and `world-it` is
-# not installed (loading it says how to train it).
-WORLD_MODELS: dict[str, str] = {**INSTALL_FOLDERS, "world": "world_small"}
+# Model name -> the directory it loads from (the same folders: each member ships).
+WORLD_MODELS: dict[str, str] = dict(INSTALL_FOLDERS)
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
 TRAIN_COMMANDS: dict[str, str] = {
     "world": "tunelens world train-model --size base --install",
