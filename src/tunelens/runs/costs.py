@@ -1,7 +1,7 @@
 """What a cell does and what that costs: the work counts and time model of `tunelens plan`.
 
 A cell's time is not its FLOPs over a peak. On 2 CPU cores with the embedded
-world model (0.48M parameters) a forward call costs about a millisecond
+world models (0.48M-1.62M parameters) a forward call costs about a millisecond
 whatever it computes, and 9x more demonstration sets cost 1.5x more CPU
 (issue 16). So a cell is described by its **work** (:class:`Work`): tokens
 (forward-only and trained, for FLOPs), and the calls that carry a fixed cost
