@@ -112,7 +112,8 @@ def test_decide_on_a_world_task(tmp_path):
     assert share["tuned"] == "tune_n36"
     assert set(share["controls"]) == {"control_simplified", "control_delusive", "label_guess"}
     assert data["similarity"]["n_items"] == 8
-    assert len(data["similarity"]["layers"]) == 4  # embeddings + 3 blocks
+    blocks = json.loads((world_model_dir("world") / "config.json").read_text())["num_hidden_layers"]
+    assert len(data["similarity"]["layers"]) == blocks + 1  # embeddings + every block
     assert data["similarity"]["k"] in (1, 4)
     assert "tuning n=all" not in " ".join(data["notes"])  # 'all' is measured as n=36
     verdict = data["verdict"]

@@ -526,7 +526,7 @@ class AuditExperiment(Experiment):
 
     name = "audit"
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
-    code_version = "5"  # 5: cells keep the training loss curve
+    code_version = "6"  # 6: generation on shared prefixes computed once (float noise)
 
     def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {

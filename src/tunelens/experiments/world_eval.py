@@ -175,7 +175,7 @@ class WorldEvalExperiment(Experiment):
     """``tunelens world eval`` (and a spec's ``world_eval`` section) as cells."""
 
     name = "world_eval"
-    code_version = "2"
+    code_version = "3"  # 3: token-sized batches, shared definition prefixes computed once
 
     def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
         from tunelens.tasks.world.relabel import relabel_tasks

@@ -39,6 +39,29 @@ Causal LMs are padded on the left for generation, so every row's continuation
 starts at the same position; the model's own generation code derives position
 ids from the attention mask. Nothing is truncated: a prompt that leaves no room
 in the model's context raises TunelensInputError.
+
+Shared-prefix fast path (:mod:`tunelens.models.prefix_generation`, on unless
+``share_prefix=False``): prompts that share a token prefix of at least
+:data:`~tunelens.models.prefix_generation.MIN_PREFIX_TOKENS` (16) tokens, at
+least :data:`~tunelens.models.prefix_generation.MIN_GROUP_PROMPTS` (2) of them
+(decide's ICL prompts behind one demonstration set, the audit's Tk-Instruct
+prompts of one task behind its definition and examples), are grouped by the
+prefix tree; each group's prefix runs once into a ``DynamicCache``, and its
+suffixes are generated in token-budget batches on copies of that cache repeated
+to the batch, padded between prefix and suffix (mask 0) so positions run on
+without a gap, as in the plain path. Same greedy text as the plain path (up to
+float rounding: the prefix is computed in a batch of one). Everything else takes
+the plain path: encoder-decoders, models whose cache is not a plain
+full-attention ``DynamicCache`` (sliding-window, chunked, hybrid or linear
+attention, a ``cache_implementation`` in the generation config, a model with its
+own cache), attention other than eager or SDPA (flash and flex kernels handle
+padding their own way), fixed batches (``batch_size`` alone: the batched LoRA
+probe's one adapter per row), and prompts in no qualifying group.
+Measured as above (process time, one thread, two interleaved repetitions, two
+runs), the audit's 2,028 world:heldout Tk prompts with definition + 2 examples
+(49-74 tokens, 40 groups sharing 47-72 of them, 4 new tokens): plain 9.9 / 10.4
+and 11.1 / 11.6 s, fast path 2.1 / 2.5 and 3.0 / 2.7 s; definition only (31-56
+tokens): plain 6.3 / 6.4 s, fast 2.2 / 2.1 s; identical predictions.
 """
 
 from __future__ import annotations
@@ -53,6 +76,7 @@ import numpy as np
 import torch
 
 from tunelens.errors import TunelensInputError
+from tunelens.models import prefix_generation
 from tunelens.models.batching import (
     collate,
     context_length,
@@ -224,6 +248,72 @@ def _check_room(lengths: Sequence[int], limit: int | None, needed: int, kind: st
             )
 
 
+def _decode_batch(
+    loaded: LoadedModel,
+    rows: Sequence[int],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: Any,
+    results: list[str],
+    cache: Any = None,
+) -> None:
+    """One ``generate`` call; each row's first line goes to ``results[rows[j]]``."""
+    extra = {} if cache is None else {"cache": cache}
+    output = loaded.model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra
+    )
+    new = output[:, input_ids.shape[1] :] if loaded.kind == "causal" else output
+    texts = loaded.tokenizer.batch_decode(new, skip_special_tokens=True)
+    for i, text in zip(rows, texts, strict=True):
+        results[i] = first_line(text)
+
+
+def _generate_shared(
+    loaded: LoadedModel,
+    ids: Sequence[Sequence[int]],
+    widths: Sequence[Sequence[int]],
+    config: Any,
+    max_batch_tokens: int | None,
+    batch_size: int | None,
+    results: list[str],
+) -> set[int]:
+    """The fast path: every qualifying prefix group generated on its cached prefix.
+
+    Returns the prompts done; the rest are the plain path's. Within a group the
+    batches are :func:`token_batches` over the same widths as the plain path
+    (prefix + suffix + new tokens per row: what the expanded cache holds).
+    """
+    model = loaded.model
+    done: set[int] = set()
+    for group in prefix_generation.plan_groups(ids):
+        cache = prefix_generation.prefix_cache(
+            model, ids[group.members[0]][: group.prefix_length], loaded.device
+        )
+        if cache is None:
+            continue
+        order = sorted(group.members, key=lambda i: (-len(ids[i]), i))
+        for rows in token_batches(
+            order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
+        ):
+            input_ids, attention_mask = prefix_generation.group_inputs(
+                group.prefix_length,
+                [ids[i] for i in rows],
+                loaded.tokenizer.pad_token_id,
+                loaded.device,
+            )
+            _decode_batch(
+                loaded,
+                rows,
+                input_ids,
+                attention_mask,
+                config,
+                results,
+                prefix_generation.expanded(cache, len(rows)),
+            )
+        done.update(group.members)
+    return done
+
+
 @torch.no_grad()
 def generate_predictions(
     loaded: LoadedModel,
@@ -233,6 +323,7 @@ def generate_predictions(
     *,
     max_batch_tokens: int | None = None,
     token_ids: Sequence[Sequence[int]] | None = None,
+    share_prefix: bool = True,
 ) -> list[str]:
     """Greedy continuations of ``prompts``, each cut at its first newline and stripped.
 
@@ -243,6 +334,11 @@ def generate_predictions(
     the text. Each prompt is tokenised once; ``token_ids`` (the prompts' ids,
     special tokens included, as ``tokenizer(prompts)`` gives them) skips even
     that. Deterministic for a given model and prompt list.
+
+    ``share_prefix`` (default on): prompts that share a long token prefix are
+    generated on that prefix computed once (the module docstring says when;
+    same greedy text). Off, or with fixed batches (``batch_size`` alone), every
+    prompt takes the plain path.
     """
     if not prompts:
         return []
@@ -263,26 +359,34 @@ def generate_predictions(
         if loaded.kind == "causal"
         else [(n, max_new_tokens) for n in lengths]
     )
+    # Fixed batches keep the plain path: the batched LoRA probe lines one adapter per row
+    # up with its batch, which a prefix group's batches would not respect.
+    fast = (
+        share_prefix
+        and loaded.kind == "causal"
+        and not (batch_size is not None and max_batch_tokens is None)
+        and prefix_generation.supports_prefix_cache(model, config)
+    )
     if max_batch_tokens is None and batch_size is None:
         max_batch_tokens = default_batch_tokens(loaded.device)
-    batches = token_batches(
-        _longest_first(lengths), widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
-    )
     was_training = model.training
     model.eval()
     results: list[str] = [""] * len(prompts)
     try:
+        done = (
+            _generate_shared(loaded, ids, widths, config, max_batch_tokens, batch_size, results)
+            if fast
+            else set()
+        )
+        rest = [i for i in _longest_first(lengths) if i not in done]
+        batches = token_batches(
+            rest, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
+        )
         for rows in batches:
             input_ids, attention_mask = _padded(
                 [ids[i] for i in rows], tokenizer.pad_token_id, side, loaded.device
             )
-            output = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-            )
-            new = output[:, input_ids.shape[1] :] if loaded.kind == "causal" else output
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for i, text in zip(rows, texts, strict=True):
-                results[i] = first_line(text)
+            _decode_batch(loaded, rows, input_ids, attention_mask, config, results)
     finally:
         model.train(was_training)
     return results
