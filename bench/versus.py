@@ -1,12 +1,18 @@
 """The user's wait, this tree against an older one: the same command, interleaved, in fresh runs.
 
-    python bench/versus.py OLD_SRC [--repeats 2] [--what run|decide]
+    python bench/versus.py OLD_SRC [--repeats 2] [--what run|decide] [--new-model world-small]
 
 OLD_SRC is the ``src`` directory of another checkout (``git archive <commit> src |
 tar -x -C /tmp/old``); it is put first on PYTHONPATH, so both versions run in this
 environment. Each round runs old then new (then new then old), each into a fresh
 output directory, and records wall time and the children's CPU time
 (``resource.getrusage``). Prints one line per run, the load, and the medians.
+
+``--new-model`` names the model this tree runs where the older tree runs its
+``world``: an older tree whose ``world`` is the first-generation model (before
+issue 15) is compared like for like with ``--new-model world-small`` (the same
+weights; this tree's default study then runs from a copy of its default spec
+with that model).
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ def decide_task(scratch: Path) -> Path:
     return write_jsonl(generate_world(0).heldout[0], scratch / "world_task.jsonl")
 
 
-def command(what: str, out: Path, task: Path | None = None) -> list[str]:
+def command(
+    what: str, out: Path, task: Path | None = None, model: str = "world", spec: Path | None = None
+) -> list[str]:
     """The command a user runs: the default study, or decide on a held-out world task."""
     if what == "run":
-        return [sys.executable, "-m", "tunelens", "run", "--out", str(out), "--no-progress"]
+        where = [str(spec)] if spec is not None else []
+        return [sys.executable, "-m", "tunelens", "run", *where, "--out", str(out), "--no-progress"]
     return [
         sys.executable,
         "-m",
@@ -43,15 +52,34 @@ def command(what: str, out: Path, task: Path | None = None) -> list[str]:
         "--task",
         str(task),
         "--model",
-        "world",
+        model,
         "--out",
         str(out),
         "--no-progress",
     ]
 
 
+def default_spec_with(model: str, scratch: Path) -> Path:
+    """This tree's default spec with another model (the rest of it unchanged)."""
+    import yaml
+
+    from tunelens.spec import default_spec
+
+    data = default_spec().model_dump(mode="json")
+    data["model"] = model
+    path = scratch / f"default-{model}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def timed(
-    src: Path | None, what: str, scratch: Path, label: str, task: Path | None
+    src: Path | None,
+    what: str,
+    scratch: Path,
+    label: str,
+    task: Path | None,
+    model: str = "world",
+    spec: Path | None = None,
 ) -> dict[str, float]:
     env = dict(os.environ)
     if src is not None:
@@ -59,7 +87,9 @@ def timed(
     out = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command(what, out / "run", task), env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        command(what, out / "run", task, model, spec), env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -74,16 +104,28 @@ def main() -> int:
     parser.add_argument("old_src", type=Path, help="the src/ directory of the older checkout")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--what", choices=["run", "decide"], default="run")
+    parser.add_argument(
+        "--new-model", default="world", help="the model this tree runs (the older one: world)"
+    )
     args = parser.parse_args()
     print(f"load at start {os.getloadavg()}; {args.what}, {args.repeats} rounds")
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="tunelens-versus-") as scratch:
         task = decide_task(Path(scratch)) if args.what == "decide" else None
+        spec = (
+            default_spec_with(args.new_model, Path(scratch))
+            if args.what == "run" and args.new_model != "world"
+            else None
+        )
         for r in range(args.repeats):
             order = ("old", "new") if r % 2 == 0 else ("new", "old")
             for label in order:
-                src = args.old_src if label == "old" else None
-                runs[label].append(timed(src, args.what, Path(scratch), label, task))
+                if label == "old":
+                    runs[label].append(timed(args.old_src, args.what, Path(scratch), label, task))
+                else:
+                    runs[label].append(
+                        timed(None, args.what, Path(scratch), label, task, args.new_model, spec)
+                    )
     summary = {
         label: {k: statistics.median(r[k] for r in rows) for k in ("wall", "cpu")}
         for label, rows in runs.items()

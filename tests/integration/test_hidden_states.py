@@ -194,6 +194,31 @@ def test_packed_rows_run_the_decoder_only_and_share_the_prefix(tiny_model, arch,
     assert len(lengths) > 2  # one row, then several
 
 
+@pytest.mark.parametrize("arch", PACKED_ARCHS)
+def test_packed_rows_run_the_last_mlp_only_where_states_are_read(tiny_model, arch, monkeypatch):
+    """The last block's MLP sees one position per captured prompt; earlier MLPs see every one."""
+    from tunelens.models.patching import block_modules
+
+    loaded = load_model_from_objects(*tiny_model(arch))
+    prompts = [PREFIX + s for s in SUFFIXES if s]
+    want = references(loaded, prompts)
+    no_plain_path(monkeypatch)
+    seen: dict[str, list[int]] = {"first": [], "last": []}
+    blocks = block_modules(loaded)
+    handles = [
+        blocks[0].mlp.register_forward_hook(lambda m, i, o: seen["first"].append(i[0].shape[1])),
+        # registered before the capture's own hooks, so it sees the MLP's own output
+        blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen["last"].append(o.shape[1])),
+    ]
+    try:
+        got = capture_packed(loaded, prompts)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert seen["last"] == [len(prompts)] and seen["first"][0] > len(prompts)
+
+
 @pytest.mark.parametrize("arch", ["mistral", "gemma", "phi", "phi3"])
 def test_packed_on_the_other_causal_families(arch, monkeypatch):
     """The rest of the architecture matrix (tests/helpers/models.py), byte-level BPE prompts."""

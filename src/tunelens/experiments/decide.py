@@ -77,7 +77,7 @@ class DecideExperiment(Experiment):
 
     name = "decide"
     # 2: cells run on the shared machinery; keys hold task and model content digests.
-    code_version = "4"  # 4: ICL generation on the shared demonstration prefix computed once
+    code_version = "4"  # 4: ICL generation on the shared prefix; last MLP at captured rows only
 
     def _cell(self, method: Any, plan: DecidePlan, config: DecideConfig) -> Cell:
         return dataclasses.replace(

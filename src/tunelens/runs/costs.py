@@ -384,6 +384,12 @@ class TokenCounter:
         ids = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
         return [len(row) for row in ids]
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]] | None:
+        """The texts' token ids (special tokens included); ``None`` without a tokenizer."""
+        if self.tokenizer is None or not texts:
+            return None
+        return [list(row) for row in self.tokenizer(list(texts))["input_ids"]]
+
     def sample_mean(self, texts: Sequence[str], limit: int = 512, *, special: bool = True) -> float:
         """Mean length over at most ``limit`` texts taken evenly across ``texts``."""
         if not texts:
@@ -415,24 +421,70 @@ def _batch_attention(widths: Sequence[int]) -> float:
 
 
 def generation_work(
-    lengths: Sequence[int], max_new_tokens: int, kind: str = "causal", device: str = "cpu"
+    lengths: Sequence[int],
+    max_new_tokens: int,
+    kind: str = "causal",
+    device: str = "cpu",
+    *,
+    token_ids: Sequence[Sequence[int]] | None = None,
 ) -> Work:
-    """Greedy generation of prompts of these lengths: prefill and decoding to the bound."""
+    """Greedy generation of prompts of these lengths: prefill and decoding to the bound.
+
+    With ``token_ids`` (a causal model), prompts that share a long prefix are
+    counted as :func:`tunelens.models.predict.generate_predictions` runs them:
+    each group's prefix one forward of one row, then its suffixes generated in
+    token-budget batches on the cached prefix (the plan assumes the model's
+    cache allows it, as every full-attention decoder does).
+    """
     if not lengths:
         return Work()
-    batches = generate_batches(lengths, max_new_tokens, kind, device)
-    attention = 0.0
-    for rows in batches:
-        width = max(lengths[i] for i in rows)
-        # the prefill's scores, then each new token against the prompt and what came before
-        attention += len(rows) * (width**2 + max_new_tokens * (width + max_new_tokens))
-    return Work(
-        generate_tokens=sum(lengths) + len(lengths) * max_new_tokens,
-        decode_tokens=len(lengths) * max_new_tokens,
-        generate_calls=len(batches),
-        decode_steps=len(batches) * max_new_tokens,
-        attention=attention,
-    )
+    work = Work()
+    rest = list(range(len(lengths)))
+    if token_ids is not None and kind == "causal":
+        from tunelens.models.predict import default_batch_tokens, token_batches
+        from tunelens.models.prefix_generation import plan_groups
+
+        grouped: set[int] = set()
+        widths = [(n + max_new_tokens,) for n in lengths]
+        for group in plan_groups(token_ids):
+            prefix = group.prefix_length
+            work.add(forward_work([prefix], batch=1))
+            order = sorted(group.members, key=lambda i: (-lengths[i], i))
+            batches = token_batches(order, widths, max_batch_tokens=default_batch_tokens(device))
+            for rows in batches:
+                width = max(lengths[i] for i in rows)
+                new = sum(lengths[i] - prefix for i in rows)
+                work.add(
+                    Work(
+                        generate_tokens=new + len(rows) * max_new_tokens,
+                        decode_tokens=len(rows) * max_new_tokens,
+                        generate_calls=1,
+                        decode_steps=max_new_tokens,
+                        # the suffixes' scores against the whole row, then each new token
+                        attention=len(rows)
+                        * ((width - prefix) * width + max_new_tokens * (width + max_new_tokens)),
+                    )
+                )
+            grouped.update(group.members)
+        rest = [i for i in rest if i not in grouped]
+    if rest:
+        plain = [lengths[i] for i in rest]
+        batches = generate_batches(plain, max_new_tokens, kind, device)
+        attention = 0.0
+        for rows in batches:
+            width = max(plain[i] for i in rows)
+            # the prefill's scores, then each new token against the prompt and what came before
+            attention += len(rows) * (width**2 + max_new_tokens * (width + max_new_tokens))
+        work.add(
+            Work(
+                generate_tokens=sum(plain) + len(plain) * max_new_tokens,
+                decode_tokens=len(plain) * max_new_tokens,
+                generate_calls=len(batches),
+                decode_steps=len(batches) * max_new_tokens,
+                attention=attention,
+            )
+        )
+    return work
 
 
 def forward_work(lengths: Sequence[int], batch: int = CAPTURE_BATCH, passes: int = 1) -> Work:
@@ -619,10 +671,11 @@ def audit_work(
     for encoding in encodings:
         if test:
             prompts = eval_prompts(items, int(p.get("n_positive", 2)), p["template"], encoding)
-            lengths = counter.lengths(prompts)
+            ids = counter.token_ids(prompts)
+            lengths = [len(row) for row in ids] if ids is not None else counter.lengths(prompts)
         else:
-            lengths = [int(shape["prompts"][encoding])] * n_items
-        work.add(generation_work(lengths, max_new, kind, device))
+            ids, lengths = None, [int(shape["prompts"][encoding])] * n_items
+        work.add(generation_work(lengths, max_new, kind, device, token_ids=ids))
         work.samples += len(lengths)
     if baseline is not None:
         return work
