@@ -67,6 +67,9 @@ def default_spec_with(model: str, scratch: Path) -> Path:
 
     data = default_spec().model_dump(mode="json")
     data["model"] = model
+    for section in data.values():  # the dump fills each section's own model list in too
+        if isinstance(section, dict) and "models" in section:
+            section["models"] = [model]
     path = scratch / f"default-{model}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
