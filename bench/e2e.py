@@ -354,11 +354,21 @@ def example_spec_paths(folder: Path) -> list[Path]:
     return out
 
 
+def user_environment() -> dict[str, str]:
+    """This environment without the thread counts bench/run.py pins for its own timings, so
+    that a timed ``tunelens`` child runs under the CLI's thread policy, as a user's run does
+    (and as ``tunelens plan`` assumes)."""
+    pinned = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    return {k: v for k, v in os.environ.items() if k not in pinned}
+
+
 def timed_child(args: Sequence[str]) -> tuple[float, float]:
     """(wall seconds, user + system CPU seconds) of a child process that must succeed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        list(args), capture_output=True, text=True, cwd=ROOT, env=user_environment()
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -380,6 +390,7 @@ def bench_plan_error(folder: Path | None = None) -> dict[str, Any]:
             capture_output=True,
             text=True,
             cwd=ROOT,
+            env=user_environment(),
         )
         if planned.returncode != 0:
             raise RuntimeError(f"tunelens plan {name} failed:\n{planned.stderr[-2000:]}")

@@ -67,10 +67,10 @@ from dataclasses import dataclass
 from typing import Any
 
 TARGETS = {
-    "hidden_states": 4.0,
+    "hidden_states": 8.0,  # issue 16: keep >= 8x against the per-prompt loop
     "hidden_states_vs_cached": 2.0,  # issue 16
     "per_set_tuning": 2.0,  # issue 16: the smallest of world / 20M x definition on / off
-    "sft_tokens": 1.0,
+    "sft_tokens": 1.2,  # issue 16: keep multi-task tuning ahead of TRL's SFTTrainer
     "mfu_forward": 0.50,  # issue 16: capture FLOPs per CPU-second / matmul's, same rounds
 }
 
