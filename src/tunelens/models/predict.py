@@ -268,6 +268,29 @@ def _decode_batch(
         results[i] = first_line(text)
 
 
+def shared_prefix_batches(
+    ids: Sequence[Sequence[int]],
+    widths: Sequence[Sequence[int]],
+    *,
+    max_batch_tokens: int | None,
+    batch_size: int | None = None,
+) -> list[tuple[prefix_generation.PrefixGroup, list[list[int]]]]:
+    """The fast path's plan: each qualifying prefix group with its batches (longest first).
+
+    Within a group the batches are :func:`token_batches` over the same widths as
+    the plain path (prefix + suffix + new tokens per row: what the expanded cache
+    holds). :func:`generate_predictions` runs this plan; ``tunelens plan`` counts it.
+    """
+    plan = []
+    for group in prefix_generation.plan_groups(ids):
+        order = sorted(group.members, key=lambda i: (-len(ids[i]), i))
+        batches = token_batches(
+            order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
+        )
+        plan.append((group, batches))
+    return plan
+
+
 def _generate_shared(
     loaded: LoadedModel,
     ids: Sequence[Sequence[int]],
@@ -277,24 +300,21 @@ def _generate_shared(
     batch_size: int | None,
     results: list[str],
 ) -> set[int]:
-    """The fast path: every qualifying prefix group generated on its cached prefix.
-
-    Returns the prompts done; the rest are the plain path's. Within a group the
-    batches are :func:`token_batches` over the same widths as the plain path
-    (prefix + suffix + new tokens per row: what the expanded cache holds).
+    """The fast path: every qualifying prefix group generated on its cached prefix
+    (:func:`shared_prefix_batches`). Returns the prompts done; the rest are the plain path's.
     """
     model = loaded.model
     done: set[int] = set()
-    for group in prefix_generation.plan_groups(ids):
+    plan = shared_prefix_batches(
+        ids, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
+    )
+    for group, batches in plan:
         cache = prefix_generation.prefix_cache(
             model, ids[group.members[0]][: group.prefix_length], loaded.device
         )
         if cache is None:
             continue
-        order = sorted(group.members, key=lambda i: (-len(ids[i]), i))
-        for rows in token_batches(
-            order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
-        ):
+        for rows in batches:
             input_ids, attention_mask = prefix_generation.group_inputs(
                 group.prefix_length,
                 [ids[i] for i in rows],

@@ -444,16 +444,16 @@ def generation_work(
     work = Work()
     rest = list(range(len(lengths)))
     if token_ids is not None and kind == "causal":
-        from tunelens.models.predict import default_batch_tokens, token_batches
-        from tunelens.models.prefix_generation import plan_groups
+        from tunelens.models.predict import default_batch_tokens, shared_prefix_batches
 
         grouped: set[int] = set()
         widths = [(n + max_new_tokens,) for n in lengths]
-        for group in plan_groups(token_ids):
+        plan = shared_prefix_batches(
+            token_ids, widths, max_batch_tokens=default_batch_tokens(device)
+        )
+        for group, batches in plan:
             prefix = group.prefix_length
             work.add(forward_work([prefix], batch=1))
-            order = sorted(group.members, key=lambda i: (-lengths[i], i))
-            batches = token_batches(order, widths, max_batch_tokens=default_batch_tokens(device))
             for rows in batches:
                 width = max(lengths[i] for i in rows)
                 new = sum(lengths[i] - prefix for i in rows)
