@@ -79,8 +79,11 @@ def test_shared_prefix_path_gives_the_plain_text_and_runs_each_prefix_once(
     assert any(plain)
     spy = Spy(monkeypatch)
     fast: list[str] = []
+    # min_saved_tokens=0: every group the tree offers, however small (the default keeps
+    # the plain path for groups below the model's break-even; tested below)
     fast_tokens = embedded_tokens(
-        loaded.model, lambda: fast.extend(generate_predictions(loaded, texts, 6))
+        loaded.model,
+        lambda: fast.extend(generate_predictions(loaded, texts, 6, min_saved_tokens=0)),
     )
     # Exact text: on these seeds no greedy step is a near-tie, so float noise between the
     # batch-of-one prefix forward and the padded batch does not change an argmax.
@@ -91,9 +94,17 @@ def test_shared_prefix_path_gives_the_plain_text_and_runs_each_prefix_once(
     assert fast_tokens < plain_tokens
     # many small batches within a group, and the group rows one by one: the same text
     for budget in (1, 120):
-        assert generate_predictions(loaded, texts, 6, max_batch_tokens=budget) == plain
+        assert (
+            generate_predictions(loaded, texts, 6, max_batch_tokens=budget, min_saved_tokens=0)
+            == plain
+        )
     # a budget and a row cap together: the cap holds within a group too
-    assert generate_predictions(loaded, texts, 6, max_batch_tokens=10**4, batch_size=2) == plain
+    assert (
+        generate_predictions(
+            loaded, texts, 6, max_batch_tokens=10**4, batch_size=2, min_saved_tokens=0
+        )
+        == plain
+    )
     assert len(spy.prefixes) == 4 * n_groups
 
 
@@ -126,8 +137,37 @@ def test_encoder_decoder_falls_back_to_the_plain_path(tiny_model, monkeypatch):
     texts, _ = mixed_prompts()
     plain = generate_predictions(loaded, texts, 5, share_prefix=False)
     spy = Spy(monkeypatch)
+    assert generate_predictions(loaded, texts, 5, min_saved_tokens=0) == plain
+    assert spy.prefixes == []
+
+
+def test_groups_below_the_break_even_take_the_plain_path(tiny_model, monkeypatch):
+    """By default a group is shared only where it saves the model's break-even in tokens:
+    a tiny model's per-call cost dwarfs what its prefix forwards cost, so it keeps the
+    plain path; lowering the bound to what the groups save turns the fast path on."""
+    loaded = wrap(tiny_model("llama"), "llama")
+    texts, n_groups = mixed_prompts()
+    ids = [list(x) for x in loaded.tokenizer(texts)["input_ids"]]
+    savings = sorted((len(g.members) - 1) * g.prefix_length for g in plan_groups(ids))
+    assert len(savings) == n_groups
+    assert prefix_generation.model_break_even(loaded.model) > savings[-1]
+    plain = generate_predictions(loaded, texts, 5, share_prefix=False)
+    spy = Spy(monkeypatch)
     assert generate_predictions(loaded, texts, 5) == plain
     assert spy.prefixes == []
+    # a bound between the two groups' savings: only the larger group is shared
+    assert generate_predictions(loaded, texts, 5, min_saved_tokens=savings[-1]) == plain
+    assert len(spy.prefixes) == 1
+
+
+def test_break_even_falls_with_model_size():
+    """Fewer saved tokens pay for a group as parameters per layer grow (the per-call cost
+    grows with layers, the saving with parameters per token)."""
+    world = prefix_generation.break_even_tokens(1_623_552, 6)
+    small = prefix_generation.break_even_tokens(480_000, 3)
+    big = prefix_generation.break_even_tokens(6_700_000_000, 32)
+    assert big <= 1 < world < small
+    assert prefix_generation.break_even_tokens(20_000_000, 6) < world / 10
 
 
 def test_fixed_batches_and_unshared_prompts_take_the_plain_path(tiny_model, monkeypatch):
@@ -136,10 +176,12 @@ def test_fixed_batches_and_unshared_prompts_take_the_plain_path(tiny_model, monk
     plain = generate_predictions(loaded, texts, 5, share_prefix=False)
     spy = Spy(monkeypatch)
     # batch_size alone: the batched LoRA probe's fixed batches, kept as they are
-    assert generate_predictions(loaded, texts, 5, batch_size=len(texts)) == plain
+    assert (
+        generate_predictions(loaded, texts, 5, batch_size=len(texts), min_saved_tokens=0) == plain
+    )
     rng = random.Random(3)
     short = [prompt(words(rng, rng.randint(1, 9))) for _ in range(8)]  # share < 16 tokens
-    assert generate_predictions(loaded, short, 5) == generate_predictions(
+    assert generate_predictions(loaded, short, 5, min_saved_tokens=0) == generate_predictions(
         loaded, short, 5, share_prefix=False
     )
     assert spy.prefixes == []
@@ -179,3 +221,7 @@ def test_plan_groups_prefers_the_longer_shared_prefix_per_task():
     # too short, or alone
     assert plan_groups([list(range(15)) + [1], list(range(15)) + [2]]) == []
     assert plan_groups([task_a]) == []
+    # a group saving fewer tokens than min_saved is dropped: task_a's saves 2 x 60,
+    # task_b's 1 x 60
+    assert plan_groups(ids, min_saved=100) == [PrefixGroup(60, (0, 2, 4))]
+    assert plan_groups(ids, min_saved=121) == []

@@ -526,7 +526,7 @@ class AuditExperiment(Experiment):
 
     name = "audit"
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
-    code_version = "6"  # 6: generation on shared prefixes computed once (float noise)
+    code_version = "7"  # 7: prefix groups above the break-even only; 6: shared prefixes once
 
     def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {

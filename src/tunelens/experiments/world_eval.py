@@ -175,7 +175,7 @@ class WorldEvalExperiment(Experiment):
     """``tunelens world eval`` (and a spec's ``world_eval`` section) as cells."""
 
     name = "world_eval"
-    code_version = "3"  # 3: token-sized batches, shared definition prefixes computed once
+    code_version = "4"  # 4: prefix groups above the break-even only; 3: token-sized batches
 
     def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
         from tunelens.tasks.world.relabel import relabel_tasks

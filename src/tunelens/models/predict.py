@@ -46,7 +46,11 @@ Shared-prefix fast path (:mod:`tunelens.models.prefix_generation`, on unless
 least :data:`~tunelens.models.prefix_generation.MIN_GROUP_PROMPTS` (2) of them
 (decide's ICL prompts behind one demonstration set, the audit's Tk-Instruct
 prompts of one task behind its definition and examples), are grouped by the
-prefix tree; each group's prefix runs once into a ``DynamicCache``, and its
+prefix tree, where a group saves enough to pay for its own calls
+(``min_saved_tokens``, default the model's
+:func:`~tunelens.models.prefix_generation.model_break_even`: about 220 saved
+tokens on ``world``, 18 on a 20M-parameter model); each group's prefix runs once
+into a ``DynamicCache``, and its
 suffixes are generated in token-budget batches on copies of that cache repeated
 to the batch, padded between prefix and suffix (mask 0) so positions run on
 without a gap, as in the plain path. Same greedy text as the plain path (up to
@@ -274,15 +278,18 @@ def shared_prefix_batches(
     *,
     max_batch_tokens: int | None,
     batch_size: int | None = None,
+    min_saved_tokens: int = 0,
 ) -> list[tuple[prefix_generation.PrefixGroup, list[list[int]]]]:
     """The fast path's plan: each qualifying prefix group with its batches (longest first).
 
-    Within a group the batches are :func:`token_batches` over the same widths as
-    the plain path (prefix + suffix + new tokens per row: what the expanded cache
-    holds). :func:`generate_predictions` runs this plan; ``tunelens plan`` counts it.
+    Groups save at least ``min_saved_tokens`` prefix tokens each
+    (:func:`~tunelens.models.prefix_generation.plan_groups`). Within a group the
+    batches are :func:`token_batches` over the same widths as the plain path
+    (prefix + suffix + new tokens per row: what the expanded cache holds).
+    :func:`generate_predictions` runs this plan; ``tunelens plan`` counts it.
     """
     plan = []
-    for group in prefix_generation.plan_groups(ids):
+    for group in prefix_generation.plan_groups(ids, min_saved=min_saved_tokens):
         order = sorted(group.members, key=lambda i: (-len(ids[i]), i))
         batches = token_batches(
             order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
@@ -299,6 +306,7 @@ def _generate_shared(
     max_batch_tokens: int | None,
     batch_size: int | None,
     results: list[str],
+    min_saved_tokens: int,
 ) -> set[int]:
     """The fast path: every qualifying prefix group generated on its cached prefix
     (:func:`shared_prefix_batches`). Returns the prompts done; the rest are the plain path's.
@@ -306,7 +314,11 @@ def _generate_shared(
     model = loaded.model
     done: set[int] = set()
     plan = shared_prefix_batches(
-        ids, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
+        ids,
+        widths,
+        max_batch_tokens=max_batch_tokens,
+        batch_size=batch_size,
+        min_saved_tokens=min_saved_tokens,
     )
     for group, batches in plan:
         cache = prefix_generation.prefix_cache(
@@ -344,6 +356,7 @@ def generate_predictions(
     max_batch_tokens: int | None = None,
     token_ids: Sequence[Sequence[int]] | None = None,
     share_prefix: bool = True,
+    min_saved_tokens: int | None = None,
 ) -> list[str]:
     """Greedy continuations of ``prompts``, each cut at its first newline and stripped.
 
@@ -357,8 +370,9 @@ def generate_predictions(
 
     ``share_prefix`` (default on): prompts that share a long token prefix are
     generated on that prefix computed once (the module docstring says when;
-    same greedy text). Off, or with fixed batches (``batch_size`` alone), every
-    prompt takes the plain path.
+    same greedy text), where a group saves at least ``min_saved_tokens`` tokens
+    (default: the model's break-even). Off, or with fixed batches (``batch_size``
+    alone), every prompt takes the plain path.
     """
     if not prompts:
         return []
@@ -393,8 +407,19 @@ def generate_predictions(
     model.eval()
     results: list[str] = [""] * len(prompts)
     try:
+        if fast and min_saved_tokens is None:
+            min_saved_tokens = prefix_generation.model_break_even(model)
         done = (
-            _generate_shared(loaded, ids, widths, config, max_batch_tokens, batch_size, results)
+            _generate_shared(
+                loaded,
+                ids,
+                widths,
+                config,
+                max_batch_tokens,
+                batch_size,
+                results,
+                min_saved_tokens or 0,
+            )
             if fast
             else set()
         )

@@ -17,11 +17,27 @@ tokens 0, 1, ... without a gap, exactly as in the left-padded plain path.
 Grouping (:func:`plan_groups`): a group is the set of prompts under a node of
 the prefix tree, its prefix the tokens up to that node, cut so that every
 member keeps at least one token to feed ``generate``. A group qualifies with at
-least :data:`MIN_GROUP_PROMPTS` prompts and a prefix of at least
-:data:`MIN_PREFIX_TOKENS` tokens; of a node and its descendants, the plan keeps
-whichever saves more prefix tokens (``(members - 1) x prefix``), so prompts
+least :data:`MIN_GROUP_PROMPTS` prompts, a prefix of at least
+:data:`MIN_PREFIX_TOKENS` tokens, and a saving (``(members - 1) x prefix``
+tokens not computed again) of at least ``min_saved`` tokens; of a node and its
+descendants, the plan keeps whichever saves more prefix tokens, so prompts
 that share a chat header across tasks and a definition within each task are
 grouped by task. Prompts in no group take the plain path.
+
+``min_saved`` is where a group pays for itself (:func:`break_even_tokens`): a
+group costs one more forward (its prefix) and its own ``generate`` calls,
+where the plain path would have put its prompts into batches with others. That
+fixed cost grows with the layers (Python and kernel launches per block and
+step), the saving with the parameters per token, so the break-even is
+:data:`CALL_COST` x layers / parameters tokens. Measured on this machine class
+(process time, one thread, the audit's Tk prompts of 40 world tasks with
+definition + 2 examples, 50-token prefixes, 4 new tokens): groups of 2, 4 and
+8 prompts took 0.71 / 0.78 / 0.74 s on the fast path against 0.33 / 0.63 /
+0.98 s plain on ``world`` (1.62M parameters, 6 layers: break-even about 227
+saved tokens a group), and 0.36 / 0.43 / 0.44 s against 0.12 / 0.19 / 0.43 s
+on ``world-small`` (0.48M, 3 layers: about 360). A 20M-parameter model breaks
+even at about 18 tokens, a 7B one at under one: the fast path then takes every
+group the tree offers.
 
 This module plans and runs; whether the fast path is taken at all (a causal LM
 whose cache is the plain full-attention ``DynamicCache``) is
@@ -30,6 +46,7 @@ whose cache is the plain full-attention ``DynamicCache``) is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +60,24 @@ from tunelens.models.packing import _Node, prefix_tree
 MIN_PREFIX_TOKENS = 16
 # Two prompts are the least that can share anything.
 MIN_GROUP_PROMPTS = 2
+# A group's fixed cost in parameter-tokens per layer: break_even_tokens() = CALL_COST x
+# layers / parameters (fitted to the figures in the module docstring: 222 tokens for
+# world, 375 for world-small).
+CALL_COST = 6e7
+
+
+def break_even_tokens(parameters: int, layers: int) -> int:
+    """Saved prefix tokens at which a group's extra forward and calls pay for themselves."""
+    if parameters <= 0:
+        return 0
+    return math.ceil(CALL_COST * max(1, layers) / parameters)
+
+
+def model_break_even(model: Any) -> int:
+    """:func:`break_even_tokens` of a loaded model (all its parameters, its decoder layers)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    layers = getattr(_text_config(model), "num_hidden_layers", None) or 1
+    return break_even_tokens(parameters, int(layers))
 
 
 @dataclass(frozen=True)
@@ -58,13 +93,15 @@ def plan_groups(
     *,
     min_prefix: int = MIN_PREFIX_TOKENS,
     min_prompts: int = MIN_GROUP_PROMPTS,
+    min_saved: int = 0,
 ) -> list[PrefixGroup]:
     """Disjoint groups of prompts that share a prefix worth computing once (see the module).
 
     Each node of the prefix tree of ``ids`` is either one group (all prompts
     under it, prefix up to its end, less one token where a prompt ends there)
     or the best plan of its children, whichever saves more prefix tokens
-    (ties: the one group). Groups come back in the order of their first member.
+    (ties: the one group); a group saving fewer than ``min_saved`` tokens is
+    dropped. Groups come back in the order of their first member.
     """
     if not ids:
         return []
@@ -90,6 +127,7 @@ def plan_groups(
         else:
             best[id(node)] = (saved, groups)
     plan = [g for c in root.children for g in best[id(c)][1]]
+    plan = [g for g in plan if (len(g.members) - 1) * g.prefix_length >= min_saved]
     return sorted(plan, key=lambda g: g.members[0])
 
 

@@ -430,14 +430,17 @@ def generation_work(
     device: str = "cpu",
     *,
     token_ids: Sequence[Sequence[int]] | None = None,
+    min_saved_tokens: int = 0,
 ) -> Work:
     """Greedy generation of prompts of these lengths: prefill and decoding to the bound.
 
     With ``token_ids`` (a causal model), prompts that share a long prefix are
     counted as :func:`tunelens.models.predict.generate_predictions` runs them:
-    each group's prefix one forward of one row, then its suffixes generated in
-    token-budget batches on the cached prefix (the plan assumes the model's
-    cache allows it, as every full-attention decoder does).
+    each group that saves at least ``min_saved_tokens`` (the model's break-even,
+    :func:`tunelens.models.prefix_generation.break_even_tokens`) one forward of
+    its prefix in one row, then its suffixes generated in token-budget batches
+    on the cached prefix (the plan assumes the model's cache allows it, as
+    every full-attention decoder does).
     """
     if not lengths:
         return Work()
@@ -449,7 +452,10 @@ def generation_work(
         grouped: set[int] = set()
         widths = [(n + max_new_tokens,) for n in lengths]
         plan = shared_prefix_batches(
-            token_ids, widths, max_batch_tokens=default_batch_tokens(device)
+            token_ids,
+            widths,
+            max_batch_tokens=default_batch_tokens(device),
+            min_saved_tokens=min_saved_tokens,
         )
         for group, batches in plan:
             prefix = group.prefix_length
@@ -648,9 +654,11 @@ def audit_work(
     parameters: int,
     fallback: Callable[[], dict[str, Any]],
     device: str = "cpu",
+    layers: int = 1,
 ) -> Work:
     """An audit cell: multi-task tuning on the training pairs (grid cells), then greedy
-    generation on the held-out prompts of each evaluation encoding, each sample scored.
+    generation on the held-out prompts of each evaluation encoding, each sample scored
+    (shared prefixes as the model of ``parameters`` and ``layers`` generates them).
 
     ``fallback()`` gives the shapes where the tasks are not here: ``{"prompts": {encoding:
     n tokens}, "items": n, "pairs": n, "pair_tokens": n}``."""
@@ -667,6 +675,9 @@ def audit_work(
     items = eval_items(test, int(p.get("eval_instances_per_task", 100))) if test else []
     n_items = len(items) if test else int(shape["items"])
     work = Work(exact=bool(test) and (baseline is not None or bool(train)))
+    from tunelens.models.prefix_generation import break_even_tokens
+
+    break_even = break_even_tokens(parameters, layers)
     if baseline in ("random", "copy_input", "copy_demo"):
         # scoring only; the guess baseline also scores every label of the output space
         work.samples = n_items * (3 if baseline == "random" else 1)
@@ -678,7 +689,11 @@ def audit_work(
             lengths = [len(row) for row in ids] if ids is not None else counter.lengths(prompts)
         else:
             ids, lengths = None, [int(shape["prompts"][encoding])] * n_items
-        work.add(generation_work(lengths, max_new, kind, device, token_ids=ids))
+        work.add(
+            generation_work(
+                lengths, max_new, kind, device, token_ids=ids, min_saved_tokens=break_even
+            )
+        )
         work.samples += len(lengths)
     if baseline is not None:
         return work

@@ -446,7 +446,9 @@ def estimate_work(
     if cell.experiment == "convergence":
         return convergence_work(cell, counter, size.layers, lambda: convergence_shape(cell), device)
     if cell.experiment == "audit":
-        return audit_work(cell, counter, kind, size.total, lambda: audit_shape(cell), device)
+        return audit_work(
+            cell, counter, kind, size.total, lambda: audit_shape(cell), device, size.layers
+        )
     return Work()
 
 
