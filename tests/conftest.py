@@ -134,3 +134,18 @@ def tiny_model():
 def tiny_tokenizer():
     """Factory fixture: ``tiny_tokenizer(bos=..., eos_suffix=..., pad=...)``."""
     return build_tokenizer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, one torch thread per worker (and per CLI child it starts).
+
+    The suite runs on as many workers as the machine has cores (``-n auto`` in
+    pyproject.toml); two workers of two threads each on two cores would spin
+    against each other at every OpenMP region.
+    """
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)

@@ -242,6 +242,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_decide_on_ray_equals_local(tmp_path):
     """decide runs on the shared machinery: its cells go to a (local) Ray instance."""
     pytest.importorskip("ray")

@@ -27,7 +27,7 @@ from tests.helpers.fakes import FakeConvergence, small_spec
 from tunelens.runs.study import run_study
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def free_port() -> int:

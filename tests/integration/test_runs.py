@@ -141,6 +141,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_ray_and_local_executors_agree(tmp_path):
     """A private local Ray instance (1 CPU) runs each cell as a task; about 15 s."""
     pytest.importorskip("ray")

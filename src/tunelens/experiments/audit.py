@@ -526,7 +526,7 @@ class AuditExperiment(Experiment):
 
     name = "audit"
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
-    code_version = "7"  # 7: prefix groups above the break-even only; 6: shared prefixes once
+    code_version = "7"  # 7: break-even prefix groups, padding-free tuning batches (float noise)
 
     def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {

@@ -26,10 +26,21 @@ trains on a wrong answer.
 Batches are padded on the right (positions then count from 0 without explicit
 position ids); padding is told apart from text by ``attention_mask``, never by
 the pad id, so a tokenizer whose pad token is its EOS token still learns EOS.
+
+Padding-free batches (:func:`collate_packed`, multi-task tuning on causal LMs
+whose attention takes a custom 4-D mask): a batch's sequences are packed side
+by side into a few rows, each sequence a block of a block-diagonal causal mask
+with its own positions from 0, so a row computes what its sequences compute
+alone and no position is spent on padding beyond evening the rows out.
+
+The loss (:func:`masked_lm_loss`, :func:`target_losses`) runs the LM head only
+at the positions that predict a target token (``logits_to_keep``) where the
+model takes it: the prompt's logits are never used.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -191,6 +202,75 @@ def collate_causal(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def collate_packed(
+    encoded: Sequence[EncodedPair], pad_id: int, *, capacity: int | None = None
+) -> dict[str, torch.Tensor]:
+    """A causal batch without padding: sequences packed into rows under a block-diagonal mask.
+
+    Sequences (prompt + target) go into rows first-fit, longest first, up to
+    ``capacity`` tokens a row (default: twice the longest sequence, which keeps
+    the dense mask's extra attention small next to the padding it removes); the
+    rows are padded to the longest row by one more block that sees only itself.
+    Returns ``input_ids``, ``position_ids`` (from 0 in every sequence),
+    ``labels`` (as :func:`collate_causal`; a sequence's first token never carries
+    a loss, as it is predicted from another sequence's last) and a boolean
+    ``attention_mask`` [rows, 1, width, width]
+    (:func:`tunelens.models.packing.attention_mask`). Under that mask every token
+    sees exactly the tokens before it in its own sequence, at the positions it
+    has there, so the losses equal :func:`collate_causal`'s up to float rounding.
+    """
+    from tunelens.models.packing import PackedRow, attention_mask
+
+    if not encoded:
+        raise ValueError("cannot collate an empty batch")
+    lengths = [len(e.prompt_ids) + len(e.target_ids) for e in encoded]
+    limit = max(max(lengths), capacity if capacity is not None else 2 * max(lengths))
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for i in sorted(range(len(encoded)), key=lambda i: (-lengths[i], i)):
+        room = next((b for b, used in enumerate(fill) if used + lengths[i] <= limit), None)
+        if room is None:
+            bins.append([])
+            fill.append(0)
+            room = len(bins) - 1
+        bins[room].append(i)
+        fill[room] += lengths[i]
+    width = max(fill)
+    ids, positions, labels, masks = [], [], [], []
+    for members in bins:
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        row_positions: list[int] = []
+        segments: list[int] = []
+        for segment, i in enumerate(members):
+            e = encoded[i]
+            row_ids += e.prompt_ids + e.target_ids
+            sequence_labels = [IGNORE_INDEX] * len(e.prompt_ids) + list(e.target_ids)
+            sequence_labels[0] = IGNORE_INDEX  # the padded path's shift drops it too
+            row_labels += sequence_labels
+            row_positions += range(lengths[i])
+            segments += [segment] * lengths[i]
+        pad = width - len(row_ids)
+        parents = [-1] * (len(members) + (1 if pad else 0))
+        row = PackedRow(
+            row_ids + [pad_id] * pad,
+            row_positions + [0] * pad,
+            segments + [len(members)] * pad,
+            parents,
+            {},
+        )
+        ids.append(row.ids)
+        positions.append(row.positions)
+        labels.append(row_labels + [IGNORE_INDEX] * pad)
+        masks.append(attention_mask(row))
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "attention_mask": torch.cat(masks),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+
+
 def collate_seq2seq(
     encoded: Sequence[EncodedPair], pad_id: int, *, width: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -259,17 +339,52 @@ def label_counts(labels: torch.Tensor, kind: str) -> torch.Tensor:
 def forward_logits(model: Any, batch: dict[str, torch.Tensor], kind: str, pad_id: int) -> Any:
     """Logits of ``model`` on a collated batch (teacher forcing for encoder-decoders)."""
     if kind == "causal":
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        )
-    else:
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=decoder_inputs(_unwrap(model), batch["labels"], pad_id),
-            use_cache=False,
-        )
+        return model(**_causal_inputs(model, batch), use_cache=False).logits
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_inputs(_unwrap(model), batch["labels"], pad_id),
+        use_cache=False,
+    )
     return out.logits
+
+
+def _causal_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model inputs of a causal batch: ids, mask (a packed batch's 4-D mask as the
+    model's attention takes it) and, for packed batches, position ids."""
+    from tunelens.models.packing import model_mask
+
+    mask = batch["attention_mask"]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+    if mask.dim() == 4:
+        inputs["attention_mask"] = model_mask(mask, model)
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    return inputs
+
+
+def target_losses(
+    model: Any, labels: torch.Tensor, **inputs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed NLL of a causal LM's target tokens, and the targets per row.
+
+    Logits at t predict the token at t + 1; where the model takes
+    ``logits_to_keep``, the LM head runs only at the positions that predict a
+    target in some row (the prompt's logits are never used).
+    """
+    counts = label_counts(labels, "causal")
+    if not _takes(model, "logits_to_keep"):
+        logits = model(**inputs).logits
+        return token_losses(logits, labels, "causal"), counts
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    logits = model(**inputs, logits_to_keep=keep).logits
+    # already aligned: the "seq2seq" convention of token_losses shifts nothing
+    return token_losses(logits, labels[:, keep + 1], "seq2seq"), counts
+
+
+def _takes(model: Any, argument: str) -> bool:
+    """Whether the transformers model under any wrapper takes ``argument`` in its forward."""
+    return argument in inspect.signature(_unwrap(model).forward).parameters
 
 
 def _unwrap(model: Any) -> Any:
@@ -282,7 +397,16 @@ def _unwrap(model: Any) -> Any:
 def masked_lm_loss(
     model: Any, batch: dict[str, torch.Tensor], kind: str, pad_id: int
 ) -> torch.Tensor:
-    """Mean negative log-likelihood over the target tokens of a batch (loss on outputs only)."""
-    logits = forward_logits(model, batch, kind, pad_id)
+    """Mean negative log-likelihood over the target tokens of a batch (loss on outputs only).
+
+    Causal batches, padded or packed (:func:`collate_packed`), go through
+    :func:`target_losses`.
+    """
     labels = batch["labels"]
+    if kind == "causal":
+        losses, counts = target_losses(
+            model, labels, **_causal_inputs(model, batch), use_cache=False
+        )
+        return losses.sum() / counts.sum().clamp(min=1)
+    logits = forward_logits(model, batch, kind, pad_id)
     return token_losses(logits, labels, kind).sum() / label_counts(labels, kind).sum().clamp(min=1)

@@ -39,7 +39,7 @@ import torch
 
 from tunelens.errors import DivergedError
 from tunelens.models.loading import LoadedModel
-from tunelens.models.packing import PackedRow, attention_mask, pack_rows
+from tunelens.models.packing import PackedRow, attention_mask, model_mask, pack_rows
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -255,17 +255,11 @@ def _packed_row(
     decoder: torch.nn.Module,
     row: PackedRow,
     *,
-    eager: bool,
     last_mlp: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """float32 [prompts captured in ``row``, layers, hidden], in the order of ``row.ends``."""
     device = loaded.device
-    mask = attention_mask(row, device)
-    if eager:
-        dtype = next(decoder.parameters()).dtype  # eager attention adds the mask to the scores
-        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
-            ~mask, torch.finfo(dtype).min
-        )
+    mask = model_mask(attention_mask(row, device), loaded.model)
     index = torch.tensor(list(row.ends.values()), dtype=torch.long, device=device)
     with _last_mlp_at(last_mlp, index):
         out = decoder(
@@ -323,9 +317,7 @@ def capture_packed(
     last_mlp = _positionwise_last_mlp(loaded)
     results: list[torch.Tensor | None] = [None] * len(prompts)
     for row in pack_rows(ids, max_tokens, hidden_size=hidden):
-        states = _packed_row(
-            loaded, decoder, row, eager=config._attn_implementation == "eager", last_mlp=last_mlp
-        )
+        states = _packed_row(loaded, decoder, row, last_mlp=last_mlp)
         for index, state in zip(row.ends, states, strict=True):
             results[index] = state
     return check_states(torch.stack(results))  # type: ignore[arg-type]

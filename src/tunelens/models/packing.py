@@ -193,3 +193,19 @@ def attention_mask(row: PackedRow, device: torch.device | str = "cpu") -> torch.
     n = len(row.ids)
     causal = torch.ones((n, n), dtype=torch.bool).tril()
     return (visible & causal)[None, None].to(device)
+
+
+def model_mask(mask: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """A boolean 4-D ``mask`` as ``model``'s attention applies it.
+
+    SDPA takes the booleans; eager attention adds the mask to its scores, so it
+    gets 0 where a token is seen and the weights' dtype's minimum elsewhere.
+    """
+    inner = getattr(model, "module", model)  # DDP / DeepSpeed engine
+    config = getattr(inner, "config", None)
+    if getattr(config, "_attn_implementation", None) != "eager":
+        return mask
+    dtype = next(inner.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min
+    )

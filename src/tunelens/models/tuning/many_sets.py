@@ -57,6 +57,7 @@ from tunelens.models.batching import (
     collate_causal,
     forward_logits,
     label_counts,
+    target_losses,
     token_losses,
 )
 from tunelens.models.loading import LoadedModel
@@ -483,29 +484,6 @@ def _row_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]) -
     return losses
 
 
-def _target_logits(
-    model: torch.nn.Module, labels: torch.Tensor, **inputs: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) aligned position by position, only where a target is predicted.
-
-    Causal logits at t predict the token at t + 1; with ``logits_to_keep`` the
-    LM head runs on the positions that predict a target in some row only.
-    """
-    if not _takes(model, "logits_to_keep"):
-        logits = model(**inputs).logits
-        return logits[:, :-1], labels[:, 1:]
-    keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    return model(**inputs, logits_to_keep=keep).logits, labels[:, keep + 1]
-
-
-def _aligned_losses(
-    model: torch.nn.Module, labels: torch.Tensor, **inputs: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, targets = _target_logits(model, labels, **inputs)
-    # Already aligned: the "seq2seq" convention of token_losses shifts nothing.
-    return token_losses(logits, targets, "seq2seq"), label_counts(labels, "causal")
-
-
 def _packed_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]) -> StepLosses:
     """One row per set: its prefix, then the rest of each of the step's rows, under a 4-D mask.
 
@@ -516,12 +494,11 @@ def _packed_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]
     prefix's, so each rest computes what ``prefix + rest`` alone does. The
     padding that evens the rows out is one more segment, which sees only itself.
     """
-    from tunelens.models.packing import PackedRow, attention_mask
+    from tunelens.models.packing import PackedRow, attention_mask, model_mask
 
     model, device = loaded.model, loaded.device
     pad_id = loaded.tokenizer.pad_token_id
     prefixes = [shared_prefix_length(pairs) for pairs in encoded]
-    eager = getattr(model.config, "_attn_implementation", None) == "eager"
 
     def losses(batches: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         rows: list[tuple[PackedRow, list[int]]] = []
@@ -553,13 +530,8 @@ def _packed_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]
             row_ids.append(row.ids)
             row_positions.append(row.positions)
             row_targets.append(row_labels + [IGNORE_INDEX] * pad)
-        mask = torch.cat(masks)
-        if eager:  # eager attention adds the mask to the scores
-            dtype = next(model.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
-                ~mask, torch.finfo(dtype).min
-            )
-        return _aligned_losses(
+        mask = model_mask(torch.cat(masks), model)
+        return target_losses(
             model,
             torch.tensor(row_targets, device=device),
             input_ids=torch.tensor(row_ids, device=device),
@@ -623,7 +595,7 @@ def _cache_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]])
             return fallback[0](batches)
         cache.batch_repeat_interleave(rows)
         suffix_width = batch["input_ids"].shape[1]
-        return _aligned_losses(
+        return target_losses(
             model,
             batch["labels"],
             input_ids=batch["input_ids"],
