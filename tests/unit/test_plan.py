@@ -181,3 +181,24 @@ def test_plan_uses_an_experiments_own_estimator():
     assert plan.cells == 3 and plan.forward_tokens == 3000 and plan.backward_tokens == 30
     with pytest.raises(TunelensInputError, match="MFU"):
         plan_study(spec, experiments={"convergence": Custom()}, peak_flops=1e12, mfu=0)
+
+
+def test_token_counter_tokenises_each_distinct_text_once(tiny_tokenizer):
+    """Cells ask about the same prompts again and again; the tokenizer sees each text once,
+    and the answers are the tokenizer's own."""
+    tokenizer = tiny_tokenizer(bos=True)
+    seen: list[str] = []
+
+    class Counting:
+        def __call__(self, texts, add_special_tokens=True):
+            seen.extend(texts)
+            return tokenizer(texts, add_special_tokens=add_special_tokens)
+
+    counter = TokenCounter(Counting())
+    texts = ["the cat sits", "a dog", "the cat sits", "red fish on the mat"]
+    for _ in range(3):
+        assert counter.token_ids(texts) == [list(tokenizer(t)["input_ids"]) for t in texts]
+        assert counter.lengths(texts) == [len(tokenizer(t)["input_ids"]) for t in texts]
+    without = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert counter.lengths(texts, special=False) == without
+    assert sorted(seen) == sorted(2 * ["the cat sits", "a dog", "red fish on the mat"])
