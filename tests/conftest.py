@@ -149,3 +149,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first (in their collected order), then the rest.
+
+    With several xdist workers the long end-to-end tests then start at once on
+    different workers and the short ones fill in around them, instead of the
+    last long test running alone at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
