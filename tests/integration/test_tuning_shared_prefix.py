@@ -209,3 +209,32 @@ def test_sliding_windows_and_alibi_keep_the_full_rows(tiny_model):
     assert choose_layout(loaded, encoded, settings) == "packed"
     model_config.alibi = True
     assert choose_layout(loaded, encoded, settings) == "rows"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tune_set_gives_tune_on_pairs_adapter_and_losses(tiny_model, arch):
+    """One set on the fast path: the adapter, the step losses and the tuned model's logits
+    of a plain tune_on_pairs run; the base model comes back intact."""
+    from tunelens.models.tuning import tune_set
+
+    loaded = wrap(tiny_model(arch), arch)
+    before = logits_of(loaded, PROBE)
+    pairs = definition_sets(6)[1]
+    settings = config(epochs=3, batch_size=4)
+    plain = tune_on_pairs(loaded, pairs, settings)
+    plain_logits = logits_of(loaded, PROBE, plain.model)
+    plain_losses = list(plain.losses)
+    plain.unload()
+    fast = tune_set(loaded, pairs, settings)
+    try:
+        assert fast.steps == len(plain_losses) == 6
+        torch.testing.assert_close(
+            torch.tensor(fast.losses), torch.tensor(plain_losses), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            logits_of(loaded, PROBE, fast.model), plain_logits, atol=1e-4, rtol=0
+        )
+    finally:
+        fast.unload()
+    assert not has_lora_layers(loaded.model)
+    assert torch.equal(logits_of(loaded, PROBE), before)

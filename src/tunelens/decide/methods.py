@@ -276,7 +276,7 @@ def run_method(
 
     ``adapters_dir`` (``--save-adapters``) receives a tuned method's adapter.
     """
-    from tunelens.models.tuning import tune_on_pairs
+    from tunelens.models.tuning import tune_set
     from tunelens.tasks.variants import delusive_examples, simplified_definition
 
     labels = list(task.labels or ())
@@ -306,7 +306,7 @@ def run_method(
         examples = delusive_examples(examples, labels, f"decide-delusive|{config.seed}")
     pairs = training_pairs(train_task, examples, style, tokenizer)
     tuning = config.tuning.with_seed(config.seed)
-    tuned = tune_on_pairs(loaded, pairs, tuning)
+    tuned = tune_set(loaded, pairs, tuning)
     try:
         result["predictions"] = predict(tuned.as_loaded(), zero_shot, labels, config)
         result["train"] = _train_record(loaded, pairs, tuned, tuning)
@@ -327,7 +327,7 @@ def _run_similarity(
     from tunelens.measures.similarity import cosine_per_layer
     from tunelens.models.hidden_states import capture_packed
     from tunelens.models.layers import layer_labels
-    from tunelens.models.tuning import tune_on_pairs
+    from tunelens.models.tuning import tune_set
 
     labels = list(task.labels or ())
     style = prompt_style(config)
@@ -342,7 +342,7 @@ def _run_similarity(
     h_icl = capture_packed(loaded, icl).numpy()
     pred_anchor = predict(loaded, anchor, labels, config)
     pred_icl = predict(loaded, icl, labels, config)
-    tuned = tune_on_pairs(
+    tuned = tune_set(
         loaded, training_pairs(task, demos, style, tokenizer), config.tuning.with_seed(config.seed)
     )
     try:

@@ -77,7 +77,7 @@ class DecideExperiment(Experiment):
 
     name = "decide"
     # 2: cells run on the shared machinery; keys hold task and model content digests.
-    code_version = "5"  # 5: prefix groups above the break-even only; 4: ICL on the shared prefix
+    code_version = "5"  # 5: break-even prefix groups; tuned methods via tune_set (float noise)
 
     def _cell(self, method: Any, plan: DecidePlan, config: DecideConfig) -> Cell:
         return dataclasses.replace(

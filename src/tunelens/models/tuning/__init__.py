@@ -12,7 +12,8 @@ One configuration, :class:`TuningConfig` (:mod:`.config`, also the spec's
   definition) is computed once per step, in packed rows under a 4-D mask or
   through its repeated key/value cache (:func:`choose_layout`). Its adapters
   equal those of sequential :func:`tune_on_pairs` runs with the same seeds and
-  settings (up to float rounding).
+  settings (up to float rounding). :func:`tune_set` is ``tune_on_pairs`` for
+  one set on that path (decide's tuned methods).
 * :func:`multitask_tune` (:mod:`.multitask`) tunes on a large multi-task mixture
   through Hugging Face Accelerate, so ``accelerate launch`` with DeepSpeed / FSDP
   configs spreads it over many GPUs without code changes.
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
         choose_layout,
         shared_prefix_length,
         tune_many_sets,
+        tune_set,
     )
     from tunelens.models.tuning.multitask import multitask_tune
     from tunelens.models.tuning.per_set import tune_on_pairs
@@ -91,6 +93,7 @@ __all__ = [
     "target_module_names",
     "tune_many_sets",
     "tune_on_pairs",
+    "tune_set",
 ]
 
 # name -> submodule (the public names only).
@@ -103,6 +106,7 @@ _LAZY = {
     "choose_layout": "many_sets",
     "shared_prefix_length": "many_sets",
     "tune_many_sets": "many_sets",
+    "tune_set": "many_sets",
     "TuningDivergedError": "loop",
     "step_batches": "loop",
     "multitask_tune": "multitask",
