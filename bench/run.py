@@ -36,7 +36,8 @@ two sides interleaved so that both see the same machine:
 One line per comparison goes to stdout; the last line is one JSON object with
 every figure (``hidden_states_ratio``, ``per_set_tuning_ratio``,
 ``sft_tokens_ratio``, ``mfu_forward`` and more). Times are the minimum over the
-repeats (``*_median_s`` keys hold the medians). ``--quick`` shrinks every
+repeats (``*_median_s`` keys hold the medians); the ratio keys are medians of
+per-round ratios of interleaved rounds, with their spreads. ``--quick`` shrinks every
 workload to a smoke test (tiny models, a few prompts and steps).
 
 FLOPs convention: :mod:`tunelens.measures.flops` (Kaplan et al. 2020, Table 1),
@@ -91,7 +92,7 @@ class Sizes:
     set_epochs_20m: int = 2
     sft_steps: int = 40
     sft_batch: int = 16
-    sft_repeats: int = 2
+    sft_repeats: int = 3
     sft_steps_20m: int = 12
     matmul_n: int = 2048
     big_hidden: int = 512
@@ -889,16 +890,25 @@ def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int) -
     with tempfile.TemporaryDirectory() as workdir:
         trl_sft(loaded, warm_pairs, warm, workdir)  # warm-up
         tunelens_sft(loaded, warm_pairs, warm)
-        for _ in range(repeats):
-            seconds, runtime, trl_tokens = trl_sft(loaded, pairs, config, workdir)
-            times["baseline"].append(seconds)
-            times["trl_runtime"].append(runtime)
-            seconds, our_tokens = timed(lambda: tunelens_sft(loaded, pairs, config))
-            times["tunelens"].append(seconds)
+        for round_ in range(repeats):  # interleaved: TRL first in even rounds, tunelens in odd
+            for side in ("trl", "tunelens") if round_ % 2 == 0 else ("tunelens", "trl"):
+                if side == "trl":
+                    seconds, runtime, trl_tokens = trl_sft(loaded, pairs, config, workdir)
+                    times["baseline"].append(seconds)
+                    times["trl_runtime"].append(runtime)
+                else:
+                    seconds, our_tokens = timed(lambda: tunelens_sft(loaded, pairs, config))
+                    times["tunelens"].append(seconds)
     best = {k: min(v) for k, v in times.items()}
+    # tokens/s ratio per round (same round, same load), then its median and spread
+    rounds = [
+        (our_tokens / ours) / (trl_tokens / theirs)
+        for theirs, ours in zip(times["baseline"], times["tunelens"], strict=True)
+    ]
+    ratio = statistics.median(rounds)
+    best_ratio = (our_tokens / best["tunelens"]) / (trl_tokens / best["baseline"])
     trl_rate, our_rate = trl_tokens / best["baseline"], our_tokens / best["tunelens"]
     padded = padded_positions(loaded.tokenizer, pairs, sizes.sft_batch)
-    ratio = our_rate / trl_rate
     model = loaded.model
     n = linear_params(model)
     verdict = f"  target >= {TARGETS['sft_tokens']:g}x  " + (
@@ -906,13 +916,17 @@ def bench_sft(loaded: Any, steps: int, sizes: Sizes, label: str, repeats: int) -
     )
     print(
         f"{'multi-task tuning [' + label + ']':<40} TRL {trl_rate:9.0f} tok/s  tunelens "
-        f"{our_rate:9.0f} tok/s  {ratio:6.2f}x tokens/s{verdict}  ({steps} steps x "
+        f"{our_rate:9.0f} tok/s  median {ratio:.2f}x [{min(rounds):.2f}-{max(rounds):.2f}] "
+        f"tokens/s, {repeats} rounds (best/best {best_ratio:.2f}x){verdict}  ({steps} steps x "
         f"batch {sizes.sft_batch}; {our_tokens} vs {trl_tokens} tokens, ~{padded} "
         "positions with padding)",
         flush=True,
     )
     return {
         "ratio": ratio,
+        "ratio_spread": [min(rounds), max(rounds)],
+        "ratio_rounds": rounds,
+        "ratio_best_over_best": best_ratio,
         "trl_s": best["baseline"],
         "tunelens_s": best["tunelens"],
         "trl_median_s": statistics.median(times["baseline"]),
@@ -1100,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log("multi-task tuning ...")
     sft_world = bench_sft(world, sizes.sft_steps, sizes, "world model", sizes.sft_repeats)
-    sft_big = bench_sft(big, sizes.sft_steps_20m, sizes, big_label, 1)
+    sft_big = bench_sft(big, sizes.sft_steps_20m, sizes, big_label, sizes.sft_repeats)
 
     mfu = {
         "mfu_forward": hs_big["mfu_cpu"],
