@@ -219,7 +219,7 @@ def collate_packed(
     sees exactly the tokens before it in its own sequence, at the positions it
     has there, so the losses equal :func:`collate_causal`'s up to float rounding.
     """
-    from tunelens.models.packing import PackedRow, attention_mask
+    from tunelens.models.packing import PackedRow, attention_mask, padded_row
 
     if not encoded:
         raise ValueError("cannot collate an empty batch")
@@ -250,18 +250,12 @@ def collate_packed(
             row_labels += sequence_labels
             row_positions += range(lengths[i])
             segments += [segment] * lengths[i]
-        pad = width - len(row_ids)
-        parents = [-1] * (len(members) + (1 if pad else 0))
-        row = PackedRow(
-            row_ids + [pad_id] * pad,
-            row_positions + [0] * pad,
-            segments + [len(members)] * pad,
-            parents,
-            {},
+        row = padded_row(
+            PackedRow(row_ids, row_positions, segments, [-1] * len(members), {}), width, pad_id
         )
         ids.append(row.ids)
         positions.append(row.positions)
-        labels.append(row_labels + [IGNORE_INDEX] * pad)
+        labels.append(row_labels + [IGNORE_INDEX] * (width - len(row_labels)))
         masks.append(attention_mask(row))
     return {
         "input_ids": torch.tensor(ids, dtype=torch.long),
@@ -373,7 +367,7 @@ def target_losses(
     target in some row (the prompt's logits are never used).
     """
     counts = label_counts(labels, "causal")
-    if not _takes(model, "logits_to_keep"):
+    if not forward_takes(model, "logits_to_keep"):
         logits = model(**inputs).logits
         return token_losses(logits, labels, "causal"), counts
     keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
@@ -382,8 +376,9 @@ def target_losses(
     return token_losses(logits, labels[:, keep + 1], "seq2seq"), counts
 
 
-def _takes(model: Any, argument: str) -> bool:
-    """Whether the transformers model under any wrapper takes ``argument`` in its forward."""
+def forward_takes(model: Any, argument: str) -> bool:
+    """Whether the transformers model under any wrapper takes ``argument`` in its forward
+    (position ids, ``logits_to_keep``, the cache argument's name)."""
     return argument in inspect.signature(_unwrap(model).forward).parameters
 
 

@@ -180,6 +180,22 @@ def pack_rows(
     return rows
 
 
+def padded_row(row: PackedRow, width: int, pad_id: int) -> PackedRow:
+    """``row`` evened out to ``width`` tokens by one more segment of ``pad_id`` tokens that
+    sees only itself (positions 0), so rows of one batch stack; ``row`` itself if it fills
+    ``width`` already."""
+    pad = width - len(row.ids)
+    if pad <= 0:
+        return row
+    return PackedRow(
+        row.ids + [pad_id] * pad,
+        row.positions + [0] * pad,
+        row.segments + [len(row.parents)] * pad,
+        [*row.parents, -1],
+        row.ends,
+    )
+
+
 def attention_mask(row: PackedRow, device: torch.device | str = "cpu") -> torch.Tensor:
     """Boolean [1, 1, L, L] mask: token i sees token j <= i of its own segment or an ancestor's."""
     n_segments = len(row.parents)

@@ -41,7 +41,6 @@ up to float rounding (``tests/integration/test_tuning.py``).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +55,7 @@ from tunelens.models.batching import (
     collate,
     collate_causal,
     forward_logits,
+    forward_takes,
     label_counts,
     target_losses,
     token_losses,
@@ -258,8 +258,6 @@ def tune_set(
     loaded: LoadedModel,
     pairs: Sequence[tuple[str, str]],
     config: TuningConfig,
-    *,
-    names: Sequence[str] | None = None,
 ) -> TunedModel:
     """:func:`~tunelens.models.tuning.tune_on_pairs` for one set, on this module's fast path.
 
@@ -274,8 +272,7 @@ def tune_set(
     from tunelens.models.tuning.per_set import tune_on_pairs
 
     if config.method != "lora":
-        return tune_on_pairs(loaded, pairs, config, names=names)
-    _encode(loaded, pairs, config, names)  # names the pair that does not fit, as tune_on_pairs
+        return tune_on_pairs(loaded, pairs, config)
     losses: list[list[float]] = []
     (state,) = tune_many_sets(loaded, [pairs], config, losses=losses)
     tuned = attach_lora(loaded, config)
@@ -348,11 +345,6 @@ def shared_prefix_length(encoded: Sequence[EncodedPair]) -> int:
     return n
 
 
-def _takes(model: torch.nn.Module, argument: str) -> bool:
-    """Whether the model's forward takes ``argument`` (position ids, logits_to_keep)."""
-    return argument in inspect.signature(model.forward).parameters
-
-
 def prefix_saving(encoded: Sequence[Sequence[EncodedPair]], config: TuningConfig) -> float:
     """The fraction of an epoch's token positions that computing each shared prefix once saves.
 
@@ -398,7 +390,7 @@ def choose_layout(
     longest = max(len(e.prompt_ids) + len(e.target_ids) for pairs in encoded for e in pairs)
     shareable = (
         loaded.kind == "causal"
-        and _takes(model, "position_ids")
+        and forward_takes(model, "position_ids")
         and not getattr(model_config, "alibi", False)
         and (window is None or longest <= window)
     )
@@ -541,7 +533,7 @@ def _packed_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]
     prefix's, so each rest computes what ``prefix + rest`` alone does. The
     padding that evens the rows out is one more segment, which sees only itself.
     """
-    from tunelens.models.packing import PackedRow, attention_mask, model_mask
+    from tunelens.models.packing import PackedRow, attention_mask, model_mask, padded_row
 
     model, device = loaded.model, loaded.device
     pad_id = loaded.tokenizer.pad_token_id
@@ -563,20 +555,12 @@ def _packed_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]
             rows.append((PackedRow(ids, positions, segments, parents, {}), targets))
         width = max(len(row.ids) for row, _ in rows)
         masks, row_ids, row_positions, row_targets = [], [], [], []
-        for row, row_labels in rows:
-            pad = width - len(row.ids)
-            if pad:  # one more segment, seeing only itself
-                row = PackedRow(
-                    row.ids + [pad_id] * pad,
-                    row.positions + [0] * pad,
-                    row.segments + [len(row.parents)] * pad,
-                    [*row.parents, -1],
-                    {},
-                )
+        for unpadded, row_labels in rows:
+            row = padded_row(unpadded, width, pad_id)
             masks.append(attention_mask(row, device))
             row_ids.append(row.ids)
             row_positions.append(row.positions)
-            row_targets.append(row_labels + [IGNORE_INDEX] * pad)
+            row_targets.append(row_labels + [IGNORE_INDEX] * (width - len(unpadded.ids)))
         mask = model_mask(torch.cat(masks), model)
         return target_losses(
             model,
@@ -615,7 +599,7 @@ def _cache_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]])
     ]
     trunk = getattr(model, "base_model", model)  # the decoder: the prefix needs no logits
     # The cache argument: ``cache`` in transformers 5.x, ``past_key_values`` before.
-    cache_argument = "cache" if _takes(model, "cache") else "past_key_values"
+    cache_argument = "cache" if forward_takes(model, "cache") else "past_key_values"
     fallback: list[StepLosses] = []  # the full rows, where the model returns no DynamicCache
 
     def losses(batches: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
