@@ -76,6 +76,11 @@ TARGETS = {
 }
 
 
+# Cores other processes must keep busy at the start for the bench to count the machine as
+# shared and make OpenMP threads wait passively (see main).
+SHARED_CORES = 0.5
+
+
 @dataclass(frozen=True)
 class Sizes:
     """Workload sizes; ``QUICK`` is the smoke-test variant."""
@@ -189,6 +194,33 @@ def paired_ratios(
 def load_text() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def others_cpu_use(seconds: float = 2.0) -> float | None:
+    """Cores that other processes kept busy over the next ``seconds`` (None without /proc).
+
+    The load average is no test of a shared machine at a benchmark's start: it
+    lags by minutes and counts the machine's own finished work (a previous
+    bench run leaves 0.7). This reads the busy jiffies of all CPUs from
+    /proc/stat around a sleep and subtracts this process's own.
+    """
+
+    def busy() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        return sum(fields[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime
+
+    try:
+        before, own_before = busy()
+        time.sleep(seconds)
+        after, own_after = busy()
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") * seconds
+    return max(0.0, (after - before - (own_after - own_before)) / ticks)
 
 
 def matmul_peak_gflops(n: int, repeats: int = 5) -> float:
@@ -991,7 +1023,7 @@ def run_profiles(world: Any, big: Any, sizes: Sizes) -> None:
 # ---------------------------------------------------------------------------
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: int, others: float | None) -> dict[str, Any]:
     import peft
     import torch
     import transformers
@@ -1014,6 +1046,7 @@ def environment(threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "others_cores_at_start": None if others is None else round(others, 2),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -1042,13 +1075,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    busy = os.getloadavg()[0]
-    if busy >= 0.5 and "OMP_WAIT_POLICY" not in os.environ:
+    others = others_cpu_use()
+    busy, what = (
+        (os.getloadavg()[0], "load average")
+        if others is None
+        else (others, "cores busy with other processes")
+    )
+    if busy >= SHARED_CORES and "OMP_WAIT_POLICY" not in os.environ:
         # Spinning OpenMP threads that share cores with other processes wait for each other
         # at every parallel region; with passive waiting they sleep instead.
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         log(
-            f"note: load average {busy:.1f} at start: the machine is shared, figures are "
+            f"note: {what} {busy:.2f} at start: the machine is shared, figures are "
             "depressed and noisier; OMP_WAIT_POLICY=PASSIVE"
         )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -1071,7 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{'machine':<40} {load_text()} (1, 5, 15 min) at start, {os.cpu_count()} CPUs", flush=True
     )
-    result: dict[str, Any] = {"quick": args.quick, "environment": environment(args.threads)}
+    result: dict[str, Any] = {"quick": args.quick, "environment": environment(args.threads, others)}
 
     peak = matmul_peak_gflops(sizes.matmul_n)
     print(

@@ -194,29 +194,54 @@ def test_packed_rows_run_the_decoder_only_and_share_the_prefix(tiny_model, arch,
     assert len(lengths) > 2  # one row, then several
 
 
+# the last block's attention projections that run at read positions only, per architecture
+LAST_BLOCK_PROJECTIONS = {
+    "llama": ("q_proj", "o_proj"),
+    "gpt2": ("c_proj",),
+    "qwen2": ("q_proj", "o_proj"),
+}
+
+
 @pytest.mark.parametrize("arch", PACKED_ARCHS)
-def test_packed_rows_run_the_last_mlp_only_where_states_are_read(tiny_model, arch, monkeypatch):
-    """The last block's MLP sees one position per captured prompt; earlier MLPs see every one."""
+def test_packed_rows_run_the_last_block_only_where_states_are_read(tiny_model, arch, monkeypatch):
+    """The last block's MLP and query/output projections see one position per captured prompt;
+    its key/value projections and every earlier block see every position."""
     from tunelens.models.patching import block_modules
 
     loaded = load_model_from_objects(*tiny_model(arch))
     prompts = [PREFIX + s for s in SUFFIXES if s]
     want = references(loaded, prompts)
     no_plain_path(monkeypatch)
-    seen: dict[str, list[int]] = {"first": [], "last": []}
     blocks = block_modules(loaded)
-    handles = [
-        blocks[0].mlp.register_forward_hook(lambda m, i, o: seen["first"].append(i[0].shape[1])),
-        # registered before the capture's own hooks, so it sees the MLP's own output
-        blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen["last"].append(o.shape[1])),
-    ]
+    last_attention = getattr(blocks[-1], "self_attn", None) or blocks[-1].attn
+    first_attention = getattr(blocks[0], "self_attn", None) or blocks[0].attn
+    names = LAST_BLOCK_PROJECTIONS[arch]
+    watched = {
+        "first mlp": blocks[0].mlp,
+        "last mlp": blocks[-1].mlp,
+        **{f"first {n}": getattr(first_attention, n) for n in names},
+        **{f"last {n}": getattr(last_attention, n) for n in names},
+        # keys and values: GPT-2's fused c_attn, Llama's and Qwen2's k_proj
+        "last keys": getattr(last_attention, "k_proj", None) or last_attention.c_attn,
+    }
+    seen: dict[str, list[int]] = {name: [] for name in watched}
+
+    def watch(name: str):  # registered before the capture's own hooks: sees the module's own output
+        return lambda m, i, o: seen[name].append(o.shape[1])
+
+    handles = [module.register_forward_hook(watch(name)) for name, module in watched.items()]
     try:
         got = capture_packed(loaded, prompts)
     finally:
         for handle in handles:
             handle.remove()
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
-    assert seen["last"] == [len(prompts)] and seen["first"][0] > len(prompts)
+    row = seen["first mlp"][0]
+    assert row > len(prompts)
+    assert seen["last mlp"] == [len(prompts)]
+    for n in names:
+        assert seen[f"last {n}"] == [len(prompts)] and seen[f"first {n}"] == [row]
+    assert seen["last keys"] == [row]
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma", "phi", "phi3"])

@@ -22,10 +22,11 @@ once: prompts are packed into rows under a 4-D block mask
 (:mod:`tunelens.models.packing`), for causal models whose attention takes one.
 
 For causal models both paths run the decoder without its LM head: only states are
-wanted. The packed path also runs the last block's MLP only at the positions
-whose states are returned (:func:`_last_mlp_at`): no later layer reads the
-other positions' last-block outputs, so that work is dropped, about an eighth
-of a 6-layer Llama's forward.
+wanted. The packed path also runs the last block's MLP and its attention's
+query and output projections only at the positions whose states are returned
+(:func:`_run_only_at`): no later layer reads the other positions' last-block
+outputs, so that work is dropped, about a seventh of a 6-layer Llama's linear
+FLOPs.
 """
 
 from __future__ import annotations
@@ -197,52 +198,74 @@ def _packable(loaded: LoadedModel) -> bool:
     return attention in PACKABLE_ATTENTION and not getattr(config, "alibi", False)
 
 
-def _positionwise_last_mlp(loaded: LoadedModel) -> torch.nn.Module | None:
-    """The last decoder block's MLP where it is a plain position-wise MLP, else ``None``.
+# Position-wise projections of an attention module, by the names transformers gives them: the
+# query projection (its output is read only at the query's own position) and the output
+# projection (Llama/Qwen2/Mistral/Gemma ``o_proj``, GPT-2 ``c_proj``, OPT ``out_proj``, Phi and
+# GPT-NeoX ``dense``). Keys and values are needed at every position and are never cut.
+_QUERY_PROJECTIONS = ("q_proj",)
+_OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "out_proj", "dense")
+# Position-wise layer classes: torch's and PEFT's LoRA ``Linear``, GPT-2's ``Conv1D``.
+_POSITIONWISE_LAYERS = ("Linear", "Conv1D")
 
-    Only modules whose class name ends in ``MLP`` (LlamaMLP, GPT2MLP, Qwen2MLP,
-    MistralMLP, GemmaMLP, PhiMLP, Phi3MLP, ...) qualify: mixture-of-experts
-    blocks route tokens jointly and return router logits, so they keep the full
-    computation.
+
+def _positionwise_last_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
+    """The last decoder block's position-wise modules whose unread positions need not run.
+
+    * its MLP where it is a plain position-wise MLP: only modules whose class
+      name ends in ``MLP`` (LlamaMLP, GPT2MLP, Qwen2MLP, MistralMLP, GemmaMLP,
+      PhiMLP, Phi3MLP, ...) qualify; mixture-of-experts blocks route tokens
+      jointly and return router logits, so they keep the full computation;
+    * its attention's query and output projections, where they are separate
+      linear layers (a fused ``qkv_proj`` / ``c_attn`` keeps its keys and values,
+      so it runs in full).
     """
     from tunelens.models.patching import block_modules
 
     try:
         last = block_modules(loaded)[-1]
     except ValueError:
-        return None
+        return []
+    modules: list[torch.nn.Module] = []
     mlp = getattr(last, "mlp", None)
     if isinstance(mlp, torch.nn.Module) and type(mlp).__name__.endswith("MLP"):
-        return mlp
-    return None
+        modules.append(mlp)
+    attention = getattr(last, "self_attn", None) or getattr(last, "attn", None)
+    if isinstance(attention, torch.nn.Module):
+        for names in (_QUERY_PROJECTIONS, _OUTPUT_PROJECTIONS):
+            layer = next((getattr(attention, n) for n in names if hasattr(attention, n)), None)
+            if isinstance(layer, torch.nn.Module) and type(layer).__name__ in _POSITIONWISE_LAYERS:
+                modules.append(layer)
+    return modules
 
 
 @contextlib.contextmanager
-def _last_mlp_at(mlp: torch.nn.Module | None, index: torch.Tensor) -> Iterator[None]:
-    """Within the block, ``mlp`` (position-wise) runs only at sequence positions ``index``.
+def _run_only_at(modules: Sequence[torch.nn.Module], index: torch.Tensor) -> Iterator[None]:
+    """Within the block, each position-wise module runs only at sequence positions ``index``.
 
     Its input is cut to those positions before it runs and its output put back
     into a zero tensor of the full length: positions elsewhere are never read
-    (their last-block states are not returned, and no later block exists).
+    (their last-block states are not returned, and no later block exists; a
+    zero query at such a position changes only that position's attention).
     """
-    if mlp is None:
-        yield
-        return
-    full: list[torch.Size] = []
+    handles = []
+    for module in modules:
+        full: list[torch.Size] = []
 
-    def cut(module: torch.nn.Module, args: tuple) -> tuple:
-        hidden = args[0]
-        full.append(hidden.shape)
-        return (hidden[:, index], *args[1:])
+        def cut(module: torch.nn.Module, args: tuple, full: list[torch.Size] = full) -> tuple:
+            hidden = args[0]
+            full.append(hidden.shape[:2])
+            return (hidden[:, index], *args[1:])
 
-    def restore(module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"{type(module).__name__} returned {type(output).__name__}")
-        out = output.new_zeros(full.pop())
-        out[:, index] = output
-        return out
+        def restore(
+            module: torch.nn.Module, args: tuple, output: Any, full: list[torch.Size] = full
+        ) -> Any:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"{type(module).__name__} returned {type(output).__name__}")
+            out = output.new_zeros((*full.pop(), *output.shape[2:]))
+            out[:, index] = output
+            return out
 
-    handles = [mlp.register_forward_pre_hook(cut), mlp.register_forward_hook(restore)]
+        handles += [module.register_forward_pre_hook(cut), module.register_forward_hook(restore)]
     try:
         yield
     finally:
@@ -255,13 +278,13 @@ def _packed_row(
     decoder: torch.nn.Module,
     row: PackedRow,
     *,
-    last_mlp: torch.nn.Module | None = None,
+    last_block: Sequence[torch.nn.Module] = (),
 ) -> torch.Tensor:
     """float32 [prompts captured in ``row``, layers, hidden], in the order of ``row.ends``."""
     device = loaded.device
     mask = model_mask(attention_mask(row, device), loaded.model)
     index = torch.tensor(list(row.ends.values()), dtype=torch.long, device=device)
-    with _last_mlp_at(last_mlp, index):
+    with _run_only_at(last_block, index):
         out = decoder(
             input_ids=torch.tensor([row.ids], dtype=torch.long, device=device),
             attention_mask=mask,
@@ -314,10 +337,10 @@ def capture_packed(
         return capture_last_token_states(loaded, prompts, batch_size)
     hidden = int(getattr(config, "hidden_size", 1024))
     decoder = _decoder(loaded.model)
-    last_mlp = _positionwise_last_mlp(loaded)
+    last_block = _positionwise_last_modules(loaded)
     results: list[torch.Tensor | None] = [None] * len(prompts)
     for row in pack_rows(ids, max_tokens, hidden_size=hidden):
-        states = _packed_row(loaded, decoder, row, last_mlp=last_mlp)
+        states = _packed_row(loaded, decoder, row, last_block=last_block)
         for index, state in zip(row.ends, states, strict=True):
             results[index] = state
     return check_states(torch.stack(results))  # type: ignore[arg-type]
