@@ -849,7 +849,7 @@ def trl_sft(
         warmup_steps=0,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # TrainingArguments' default on torch >= 2.8, as tunelens's
         seed=config.seed,
         gradient_checkpointing=False,
         bf16=False,

@@ -77,6 +77,66 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model, arch):
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
 
 
+def mlp_widths(model, compute) -> dict[str, list[int]]:
+    """Positions the first and the last block's MLP ran at while ``compute()`` ran."""
+    from tunelens.models.patching import blocks_of
+
+    blocks = blocks_of(model)
+    seen: dict[str, list[int]] = {"first": [], "last": []}
+    handles = [  # registered before the loss's own hooks: they see the MLP's own output
+        blocks[0].mlp.register_forward_hook(lambda m, i, o: seen["first"].append(o.shape[1])),
+        blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen["last"].append(o.shape[1])),
+    ]
+    try:
+        compute()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_loss_runs_the_last_block_only_where_targets_are_predicted(tiny_model, arch):
+    """The last block's MLP sees only the positions whose logits the loss reads (the
+    equality with transformers' loss and gradients above holds with this cut)."""
+    loaded = wrap(tiny_model(arch), arch)
+    pad = loaded.tokenizer.pad_token_id or 0
+    packed = collate_packed(encode_pairs(loaded.tokenizer, mixed_pairs(9), kind="causal"), pad)
+    width = packed["input_ids"].shape[1]
+    read = int((packed["labels"][:, 1:] != IGNORE_INDEX).any(0).sum())
+    seen = mlp_widths(
+        loaded.model, lambda: masked_lm_loss(loaded.model, packed, "causal", pad).backward()
+    )
+    assert read < width
+    assert seen == {"first": [width], "last": [read]}
+
+
+def test_activation_checkpointing_keeps_the_full_last_block(tiny_model):
+    """Checkpointed blocks are recomputed in backward without the cut: none is made."""
+    loaded = wrap(tiny_model("llama"), "llama")
+    model = loaded.model
+    pad = loaded.tokenizer.pad_token_id or 0
+    encoded = encode_pairs(loaded.tokenizer, mixed_pairs(9), kind="causal")
+    packed, padded = collate_packed(encoded, pad), collate_causal(encoded, pad)
+    want = reference_loss(model, padded)
+    model.gradient_checkpointing_enable()
+    model.train()
+    try:
+        losses: list[torch.Tensor] = []
+
+        def step() -> None:
+            losses.append(masked_lm_loss(model, packed, "causal", pad))
+            losses[-1].backward()
+
+        seen = mlp_widths(model, step)
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()
+    width = packed["input_ids"].shape[1]
+    assert seen["last"][0] == width
+    torch.testing.assert_close(losses[0].detach(), want.detach(), atol=1e-5, rtol=1e-5)
+
+
 def test_rows_respect_the_capacity_and_keep_sequences_apart(tiny_model):
     loaded = wrap(tiny_model("llama"), "llama")
     encoded = encode_pairs(loaded.tokenizer, mixed_pairs(12, seed=1), kind="causal")

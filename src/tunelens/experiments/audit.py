@@ -526,7 +526,9 @@ class AuditExperiment(Experiment):
 
     name = "audit"
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
-    code_version = "7"  # 7: break-even prefix groups, padding-free tuning batches (float noise)
+    # 8: last block cut at target positions, fused AdamW (float noise); earlier: 7: break-even
+    # prefix groups, padding-free tuning batches (float noise)
+    code_version = "8"
 
     def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {

@@ -704,7 +704,9 @@ class ConvergenceExperiment(Experiment):
     #    next-token behaviour, activation patching, adapted weights, set ids.
     # 5: cells keep the predicted text per pair.
     # 6: tuned sets probed together (batched LoRA): float noise moves.
-    code_version = "9"  # 9: prefix groups only above the break-even; 8: last MLP at captured rows
+    # 10: last block cut at read positions, fused AdamW (float noise); earlier: 9: prefix groups
+    # only above the break-even; 8: last MLP at captured rows
+    code_version = "10"
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)

@@ -48,6 +48,7 @@ from typing import Any, Literal
 import torch
 
 from tunelens.errors import TunelensInputError
+from tunelens.models.last_block import last_block_positionwise, run_only_at
 
 IGNORE_INDEX = -100
 
@@ -364,14 +365,16 @@ def target_losses(
 
     Logits at t predict the token at t + 1; where the model takes
     ``logits_to_keep``, the LM head runs only at the positions that predict a
-    target in some row (the prompt's logits are never used).
+    target in some row (the prompt's logits are never used), and so do the last
+    block's MLP and query/output projections (:mod:`tunelens.models.last_block`).
     """
     counts = label_counts(labels, "causal")
     if not forward_takes(model, "logits_to_keep"):
         logits = model(**inputs).logits
         return token_losses(logits, labels, "causal"), counts
     keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    logits = model(**inputs, logits_to_keep=keep).logits
+    with run_only_at(last_block_positionwise(model), keep):
+        logits = model(**inputs, logits_to_keep=keep).logits
     # already aligned: the "seq2seq" convention of token_losses shifts nothing
     return token_losses(logits, labels[:, keep + 1], "seq2seq"), counts
 

@@ -24,21 +24,21 @@ once: prompts are packed into rows under a 4-D block mask
 For causal models both paths run the decoder without its LM head: only states are
 wanted. The packed path also runs the last block's MLP and its attention's
 query and output projections only at the positions whose states are returned
-(:func:`_run_only_at`): no later layer reads the other positions' last-block
+(:mod:`tunelens.models.last_block`): no later layer reads the other positions' last-block
 outputs, so that work is dropped, about a seventh of a 6-layer Llama's linear
 FLOPs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from tunelens.errors import DivergedError
+from tunelens.models.last_block import last_block_positionwise, run_only_at
 from tunelens.models.loading import LoadedModel
 from tunelens.models.packing import PackedRow, attention_mask, model_mask, pack_rows
 
@@ -198,81 +198,6 @@ def _packable(loaded: LoadedModel) -> bool:
     return attention in PACKABLE_ATTENTION and not getattr(config, "alibi", False)
 
 
-# Position-wise projections of an attention module, by the names transformers gives them: the
-# query projection (its output is read only at the query's own position) and the output
-# projection (Llama/Qwen2/Mistral/Gemma ``o_proj``, GPT-2 ``c_proj``, OPT ``out_proj``, Phi and
-# GPT-NeoX ``dense``). Keys and values are needed at every position and are never cut.
-_QUERY_PROJECTIONS = ("q_proj",)
-_OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "out_proj", "dense")
-# Position-wise layer classes: torch's and PEFT's LoRA ``Linear``, GPT-2's ``Conv1D``.
-_POSITIONWISE_LAYERS = ("Linear", "Conv1D")
-
-
-def _positionwise_last_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
-    """The last decoder block's position-wise modules whose unread positions need not run.
-
-    * its MLP where it is a plain position-wise MLP: only modules whose class
-      name ends in ``MLP`` (LlamaMLP, GPT2MLP, Qwen2MLP, MistralMLP, GemmaMLP,
-      PhiMLP, Phi3MLP, ...) qualify; mixture-of-experts blocks route tokens
-      jointly and return router logits, so they keep the full computation;
-    * its attention's query and output projections, where they are separate
-      linear layers (a fused ``qkv_proj`` / ``c_attn`` keeps its keys and values,
-      so it runs in full).
-    """
-    from tunelens.models.patching import block_modules
-
-    try:
-        last = block_modules(loaded)[-1]
-    except ValueError:
-        return []
-    modules: list[torch.nn.Module] = []
-    mlp = getattr(last, "mlp", None)
-    if isinstance(mlp, torch.nn.Module) and type(mlp).__name__.endswith("MLP"):
-        modules.append(mlp)
-    attention = getattr(last, "self_attn", None) or getattr(last, "attn", None)
-    if isinstance(attention, torch.nn.Module):
-        for names in (_QUERY_PROJECTIONS, _OUTPUT_PROJECTIONS):
-            layer = next((getattr(attention, n) for n in names if hasattr(attention, n)), None)
-            if isinstance(layer, torch.nn.Module) and type(layer).__name__ in _POSITIONWISE_LAYERS:
-                modules.append(layer)
-    return modules
-
-
-@contextlib.contextmanager
-def _run_only_at(modules: Sequence[torch.nn.Module], index: torch.Tensor) -> Iterator[None]:
-    """Within the block, each position-wise module runs only at sequence positions ``index``.
-
-    Its input is cut to those positions before it runs and its output put back
-    into a zero tensor of the full length: positions elsewhere are never read
-    (their last-block states are not returned, and no later block exists; a
-    zero query at such a position changes only that position's attention).
-    """
-    handles = []
-    for module in modules:
-        full: list[torch.Size] = []
-
-        def cut(module: torch.nn.Module, args: tuple, full: list[torch.Size] = full) -> tuple:
-            hidden = args[0]
-            full.append(hidden.shape[:2])
-            return (hidden[:, index], *args[1:])
-
-        def restore(
-            module: torch.nn.Module, args: tuple, output: Any, full: list[torch.Size] = full
-        ) -> Any:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"{type(module).__name__} returned {type(output).__name__}")
-            out = output.new_zeros((*full.pop(), *output.shape[2:]))
-            out[:, index] = output
-            return out
-
-        handles += [module.register_forward_pre_hook(cut), module.register_forward_hook(restore)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _packed_row(
     loaded: LoadedModel,
     decoder: torch.nn.Module,
@@ -284,7 +209,7 @@ def _packed_row(
     device = loaded.device
     mask = model_mask(attention_mask(row, device), loaded.model)
     index = torch.tensor(list(row.ends.values()), dtype=torch.long, device=device)
-    with _run_only_at(last_block, index):
+    with run_only_at(last_block, index):
         out = decoder(
             input_ids=torch.tensor([row.ids], dtype=torch.long, device=device),
             attention_mask=mask,
@@ -337,7 +262,7 @@ def capture_packed(
         return capture_last_token_states(loaded, prompts, batch_size)
     hidden = int(getattr(config, "hidden_size", 1024))
     decoder = _decoder(loaded.model)
-    last_block = _positionwise_last_modules(loaded)
+    last_block = last_block_positionwise(loaded.model)
     results: list[torch.Tensor | None] = [None] * len(prompts)
     for row in pack_rows(ids, max_tokens, hidden_size=hidden):
         states = _packed_row(loaded, decoder, row, last_block=last_block)

@@ -74,9 +74,15 @@ def _n_layers(model: torch.nn.Module, encoder: bool) -> int:
 
 def block_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
     """The transformer blocks whose outputs are patched (the encoder's for encoder-decoders)."""
-    base = _base_model(loaded.model)
-    encoder = loaded.kind == "seq2seq"
-    n = _n_layers(loaded.model, encoder)
+    return blocks_of(loaded.model, encoder=loaded.kind == "seq2seq")
+
+
+def blocks_of(model: torch.nn.Module, *, encoder: bool = False) -> list[torch.nn.Module]:
+    """The transformer blocks of ``model`` (under PEFT / Accelerate wrappers): the decoder's,
+    or with ``encoder`` the encoder's."""
+    model = getattr(model, "module", model)  # DDP / DeepSpeed engine
+    base = _base_model(model)
+    n = _n_layers(model, encoder)
     get_encoder = getattr(base, "get_encoder", None)
     root = get_encoder() if encoder and callable(get_encoder) else base
     candidates = [

@@ -72,8 +72,20 @@ def _lr_lambda(config: TuningConfig, total_steps: int) -> Callable[[int], float]
     return lambda step: 1.0
 
 
+# Devices with torch's fused AdamW kernel (one kernel for all tensors instead of a loop of small
+# ones per tensor); TRL and transformers' Trainer default to it ("adamw_torch_fused").
+_FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def _optimizer(params: Sequence[torch.nn.Parameter], config: TuningConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    """AdamW, fused where every parameter is a floating tensor on a CPU or CUDA device."""
+    fused = all(p.device.type in _FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(
+        params,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=fused or None,
+    )
 
 
 def _set_train_mode(model: torch.nn.Module, config: TuningConfig) -> None:
