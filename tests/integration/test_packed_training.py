@@ -119,7 +119,12 @@ def test_activation_checkpointing_keeps_the_full_last_block(tiny_model):
     encoded = encode_pairs(loaded.tokenizer, mixed_pairs(9), kind="causal")
     packed, padded = collate_packed(encoded, pad), collate_causal(encoded, pad)
     want = reference_loss(model, padded)
-    model.gradient_checkpointing_enable()
+    # transformers 5 renamed it (the old name warns)
+    enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+    disable = getattr(
+        model, "activation_checkpointing_disable", model.gradient_checkpointing_disable
+    )
+    enable()
     model.train()
     try:
         losses: list[torch.Tensor] = []
@@ -130,7 +135,7 @@ def test_activation_checkpointing_keeps_the_full_last_block(tiny_model):
 
         seen = mlp_widths(model, step)
     finally:
-        model.gradient_checkpointing_disable()
+        disable()
         model.eval()
     width = packed["input_ids"].shape[1]
     assert seen["last"][0] == width
