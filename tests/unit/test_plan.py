@@ -107,6 +107,40 @@ def test_work_of_world_cells_is_counted_from_their_prompts():
     assert work.generate_calls >= 2 and work.decode_steps == 4 * work.generate_calls
 
 
+def test_an_audit_cells_training_targets_are_its_pairs_outputs():
+    """The trained tokens of a grid cell split into targets (each pair's output and EOS,
+    counted here at 4 characters per token) and the prompts before them."""
+    from tunelens.experiments.audit import training_pairs
+    from tunelens.tasks.sets import load_task_set
+
+    train, test = load_task_set("world:train"), load_task_set("world:heldout")
+    params = {
+        "test": "world:heldout",
+        "eval_instances_per_task": 2,
+        "n_positive": 2,
+        "template": "tk",
+        "definition": "original",
+        "examples": "original",
+        "instances_per_task": 3,
+        "tuning": {"epochs": 2, "batch_size": 16},
+    }
+    cell = Cell("audit", "g", params, seed=0, data={"train": train, "test": test})
+    work = estimate_work(cell, TokenCounter(None), model_size("world"))
+    pairs = training_pairs(
+        train,
+        definition="original",
+        examples="original",
+        instances_per_task=3,
+        n_positive=2,
+        seed=0,
+        template="tk",
+    )
+    assert len(pairs) < 512  # every pair is counted, none sampled
+    outputs = sum(max(1, -(-len(b) // 4)) + 1 for _, b in pairs)
+    assert work.training_targets == pytest.approx(2 * outputs, abs=2)
+    assert 0 < work.training_targets < work.training_tokens / 3
+
+
 def test_cell_seconds_add_up_and_the_efficiency_curve_interpolates():
     facts = ModelFacts(non_embedding=10**6, total=5 * 10**5, hidden=96, layers=3)
     work = Work(
@@ -202,3 +236,94 @@ def test_token_counter_tokenises_each_distinct_text_once(tiny_tokenizer):
     without = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     assert counter.lengths(texts, special=False) == without
     assert sorted(seen) == sorted(2 * ["the cat sits", "a dog", "red fish on the mat"])
+
+
+def test_an_encoder_decoders_prompt_side_is_its_encoder_and_cross_keys_values(tiny_model):
+    """``encoder`` counts what a prompt token runs through: the encoder's weights and the
+    decoder's cross-attention key/value projections, by parameter name here; the table of
+    known architectures counts the same as a model built from that config."""
+    from accelerate import init_empty_weights
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from tunelens.runs.plan import sizes_from_model_object
+
+    model, _ = tiny_model("t5")
+    by_name = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if (name.startswith("encoder.") and "embed_tokens" not in name)
+        and "relative_attention_bias" not in name
+        or ".EncDecAttention.k." in name
+        or ".EncDecAttention.v." in name
+    )
+    assert sizes_from_model_object(model)[5] == by_name
+    llama, _ = tiny_model("llama")
+    assert sizes_from_model_object(llama)[5] == 0
+    table = KNOWN_ARCHITECTURES["t5-large-lm-adapt"]
+    with init_empty_weights():
+        empty = T5ForConditionalGeneration(
+            T5Config(**{k: v for k, v in table.items() if k != "model_type"})
+        )
+    built = sizes_from_model_object(empty)
+    counted = count_parameters(table)
+    assert (counted[0], counted[5]) == (built[0], built[5])
+    assert 0.4 < counted[5] / counted[0] < 0.6
+
+
+def _matmul_flops(model, prompt: int, target: int, train: bool) -> int:
+    """FLOPs torch counts for one pass of a seq2seq model (with its backward when ``train``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.arange(1, prompt + 1).unsqueeze(0) % 50 + 1
+    labels = torch.arange(1, target + 1).unsqueeze(0) % 50 + 1
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model(input_ids=ids, labels=labels).loss.backward()
+        else:
+            with torch.no_grad():
+                model(input_ids=ids, decoder_input_ids=labels)
+    return counter.get_total_flops()
+
+
+def test_the_plan_prices_seq2seq_tokens_as_torch_counts_their_flops(tmp_path):
+    """Against torch's own FLOP counter on a random T5 (untied head): extra prompt tokens
+    cost the encoder side, extra target tokens the rest and the LM head, forward and full
+    training (forward + backward). Pricing every token at 2(N + head), as decoder-only
+    models are priced, would be off by half for the prompt."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from tunelens.runs.plan import model_facts
+
+    config = T5Config(
+        vocab_size=64,
+        d_model=128,
+        d_kv=32,
+        d_ff=256,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = T5ForConditionalGeneration(config)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    facts = model_facts(model_size(str(tmp_path)))
+
+    def priced(work: Work) -> float:
+        return cell_seconds("audit", work, facts, CPU_COSTS, peak_flops=1.0, efficiency=1.0).compute
+
+    prompt_forward = _matmul_flops(model, 16, 1, False) - _matmul_flops(model, 8, 1, False)
+    assert priced(Work(generate_tokens=8)) == pytest.approx(prompt_forward, rel=0.06)
+    target_forward = _matmul_flops(model, 8, 9, False) - _matmul_flops(model, 8, 1, False)
+    new_tokens = Work(generate_tokens=8, decode_tokens=8)
+    assert priced(new_tokens) == pytest.approx(target_forward, rel=0.06)
+    prompt_trained = _matmul_flops(model, 16, 4, True) - _matmul_flops(model, 8, 4, True)
+    full = Work(training_tokens=8, full_training_tokens=8)
+    assert priced(full) == pytest.approx(prompt_trained, rel=0.06)
+    target_trained = _matmul_flops(model, 8, 12, True) - _matmul_flops(model, 8, 4, True)
+    targets = Work(training_tokens=8, training_targets=8, full_training_tokens=8)
+    assert priced(targets) == pytest.approx(target_trained, rel=0.06)
+    flat = 2 * (facts.non_embedding + facts.head) * 8
+    assert abs(flat - prompt_forward) > 0.5 * prompt_forward

@@ -178,6 +178,9 @@ class Work:
     training_tokens: int = 0  # one-model training: per-set PEFT, full, multi-task
     lockstep_tokens: int = 0  # tune_many_sets: every set's rows in one stacked batch
     full_training_tokens: int = 0  # of the trained tokens, those with every weight trained
+    # of training_tokens / lockstep_tokens, the targets (an encoder-decoder's decoder side)
+    training_targets: int = 0
+    lockstep_targets: int = 0
     forward_calls: int = 0
     generate_calls: int = 0
     decode_steps: int = 0
@@ -224,6 +227,7 @@ class ModelFacts:
     bytes_per_parameter: int = 4
     heads: int = 1
     head: int = 0  # LM head weights (run on trained and new tokens)
+    encoder: int = 0  # an encoder-decoder's prompt-token parameters: encoder + cross k/v
     relative_attention: bool = False  # T5-style relative position bias
     attention_layers: int = 0  # layers whose attention spans the prompt (0: all layers)
 
@@ -264,32 +268,48 @@ class Seconds:
 TOKEN_KINDS = ("forward", "generate", "training", "lockstep")
 
 
-def _flops_by_kind(work: Work, model: ModelFacts, *, head: bool = True) -> dict[str, float]:
-    """Model FLOPs per kind of token: 2N forward, 4N LoRA training, 6N full training; with
-    ``head``, the LM head (``model.head``) on new and trained tokens too (real work, priced
-    by the time model; the reported FLOPs keep Kaplan's non-embedding convention)."""
+def _flops_by_kind(work: Work, model: ModelFacts, *, priced: bool = True) -> dict[str, float]:
+    """Model FLOPs per kind of token: 2N forward, 4N LoRA training, 6N full training.
+
+    ``priced`` (the time model): the LM head (``model.head``) runs on new and
+    trained tokens too, and an encoder-decoder's prompt tokens run through its
+    encoder and the decoder's cross-attention keys and values only
+    (``model.encoder`` parameters) while its targets and new tokens run
+    through the rest and the head (a T5-large prompt token: 48% of 2N + head).
+    Unpriced, every token is charged 2N / 4N / 6N (Kaplan's non-embedding
+    convention, the FLOPs a plan reports).
+    """
     n = float(model.non_embedding)
-    h = float(model.head) if head else 0.0
+    h = float(model.head) if priced else 0.0
+    split = priced and 0 < model.encoder < model.non_embedding
+    source = float(model.encoder) if split else n + h  # per prompt-side token
+    target = n - model.encoder + h if split else n + h  # per target-side token
     full = work.full_training_tokens
     full_plain = min(full, work.training_tokens)
     full_lock = min(full - full_plain, work.lockstep_tokens)
 
-    def trained(tokens: int, full_tokens: int) -> float:
-        lora = tokens - full_tokens
-        return 4 * (n + h) * lora + 6 * (n + h) * full_tokens
+    def trained(tokens: int, targets: int, full_tokens: int) -> float:
+        targets = min(targets, tokens) if split else 0
+        per_token = (source * (tokens - targets) + target * targets) / max(1, tokens)
+        return (4 * (tokens - full_tokens) + 6 * full_tokens) * per_token
 
+    prompt = work.generate_tokens - work.decode_tokens
     return {
         "forward": 2 * n * work.forward_tokens,
-        "generate": 2 * n * work.generate_tokens + 2 * h * work.decode_tokens,
-        "training": trained(work.training_tokens, full_plain),
-        "lockstep": trained(work.lockstep_tokens, full_lock),
+        "generate": (
+            2 * source * prompt + 2 * target * work.decode_tokens
+            if split
+            else 2 * n * work.generate_tokens + 2 * h * work.decode_tokens
+        ),
+        "training": trained(work.training_tokens, work.training_targets, full_plain),
+        "lockstep": trained(work.lockstep_tokens, work.lockstep_targets, full_lock),
     }
 
 
 def work_flops(work: Work, model: ModelFacts) -> float:
     """Model FLOPs of the work: 2N per forward token, 4N per LoRA and 6N per fully trained
     token, N the non-embedding parameters (Kaplan et al. 2020)."""
-    return sum(_flops_by_kind(work, model, head=False).values())
+    return sum(_flops_by_kind(work, model, priced=False).values())
 
 
 def cell_seconds(
@@ -583,7 +603,7 @@ def convergence_work(
             definition=bool(p.get("definition")),
             n_positive=0,
         )
-        anchors, icl, owners, set_rows = [], [], [], []
+        anchors, icl, owners, set_rows, set_targets = [], [], [], [], []
         for j, demo_set in enumerate(sets):
             set_rows.append(
                 [
@@ -591,6 +611,7 @@ def convergence_work(
                     for d in demo_set.demos
                 ]
             )
+            set_targets.append([render_target(d.output) for d in demo_set.demos])
             for anchor in demo_set.anchors:
                 anchors.append(render_prompt(demo_set.task, anchor.input, [], style))
                 icl.append(render_prompt(demo_set.task, anchor.input, demo_set.demos, style))
@@ -600,6 +621,7 @@ def convergence_work(
         anchor_lengths = counter.lengths(anchors)
         icl_lengths = counter.lengths(icl)
         row_lengths = [counter.lengths(set_rows[j]) for j in used]
+        target_tokens = [sum(counter.lengths(set_targets[j], special=False)) for j in used]
     else:
         shape = fallback()  # {"anchor", "icl", "row"} tokens from the task-shape constants
         n_sets = math.ceil(n / per_set)
@@ -608,21 +630,22 @@ def convergence_work(
         row_lengths = [[shape["row"]] * k for _ in range(n_sets)]
         owners = [i // per_set for i in range(n)]
         used = list(range(n_sets))
+        target_tokens = [0] * n_sets  # unknown: priced as prompt tokens
     work = Work(exact=exact)
     work.add(forward_work(anchor_lengths, passes=2))  # states + last-token forward
     work.add(forward_work(icl_lengths, passes=2))
     work.add(generation_work(anchor_lengths, max_new, device=device))
     work.add(generation_work(icl_lengths, max_new, device=device))
     steps = _steps(k, tuning)
-    epochs_tokens = sum(
-        sum(rows) * steps / max(1, math.ceil(k / int(tuning.get("batch_size", 8))))
-        for rows in row_lengths
-    )
+    epochs = steps / max(1, math.ceil(k / int(tuning.get("batch_size", 8))))
+    epochs_tokens = sum(sum(rows) * epochs for rows in row_lengths)
+    epochs_targets = int(sum(target_tokens) * epochs)
     full = tuning.get("method") == "full"
     if full:
         work.optimizer_steps += steps * len(used)
         work.tuning_runs += len(used)
         work.training_tokens += int(epochs_tokens)
+        work.training_targets += epochs_targets
         work.full_training_tokens += int(epochs_tokens)
         batch = min(k, int(tuning.get("batch_size", 8))) or 1
         for rows in row_lengths:
@@ -635,6 +658,7 @@ def convergence_work(
         work.lockstep_steps += steps
         work.lockstep_runs += 1
         work.lockstep_tokens += int(epochs_tokens)
+        work.lockstep_targets += epochs_targets
         batch = min(k, int(tuning.get("batch_size", 8))) or 1
         for rows in row_lengths:
             work.training_attention += training_attention(rows, batch, steps)
@@ -725,12 +749,14 @@ def audit_work(
         )
         n_pairs = len(pairs)
         step = max(1, n_pairs // 512)
-        sample = [a + b for a, b in pairs[::step]][:512]
-        lengths = [n + 1 for n in counter.lengths(sample)]  # + EOS
+        sample = pairs[::step][:512]
+        lengths = [n + 1 for n in counter.lengths([a + b for a, b in sample])]  # + EOS
         mean = sum(lengths) / max(1, len(lengths))
+        targets = [n + 1 for n in counter.lengths([b for _, b in sample], special=False)]
+        mean_target = sum(targets) / max(1, len(targets))
     else:
         n_pairs, mean = int(shape["pairs"]), float(shape["pair_tokens"])
-        lengths = [int(mean)]
+        lengths, mean_target = [int(mean)], 0.0  # targets unknown: priced as prompt tokens
     steps = _steps(n_pairs, tuning)
     batch = int(tuning.get("batch_size", 16))
     # shuffled batches pad to about the longest of ``batch`` draws: the 90th percentile
@@ -742,6 +768,7 @@ def audit_work(
     work.multitask_steps += steps
     work.multitask_runs += 1
     work.training_tokens += trained
+    work.training_targets += int(mean_target * rows)
     if tuning.get("method") == "full":
         work.full_training_tokens += trained
         accumulation = int(tuning.get("gradient_accumulation_steps", 1) or 1)

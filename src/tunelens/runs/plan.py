@@ -97,6 +97,7 @@ class ModelSize:
     hidden: int
     layers: int
     heads: int
+    encoder: int  # an encoder-decoder's prompt-token parameters (encoder + cross k/v), else 0
     source: str  # "config.json at ..." or "known architecture ..."
 
 
@@ -201,8 +202,13 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
 KNOWN_ARCHITECTURES["world-it"] = KNOWN_ARCHITECTURES["world"]
 
 
-def count_parameters(config: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
-    """(non-embedding, total, hidden, layers, heads) from a Hugging Face config dict."""
+Sizes = tuple[int, int, int, int, int, int]  # non-embedding, total, hidden, layers, heads, encoder
+
+
+def count_parameters(config: Mapping[str, Any]) -> Sizes:
+    """(non-embedding, total, hidden, layers, heads, encoder) from a Hugging Face config dict
+    (encoder: what an encoder-decoder runs per prompt token -- its encoder and the decoder's
+    cross-attention keys and values -- else 0)."""
     kind = str(config.get("model_type", ""))
     vocab = int(config.get("vocab_size", 32000))
     if kind == "t5" or "d_model" in config:
@@ -214,17 +220,19 @@ def count_parameters(config: Mapping[str, Any]) -> tuple[int, int, int, int, int
         attn = 4 * h * heads * d_kv
         ffn = (3 if gated else 2) * h * ff
         buckets = int(config.get("relative_attention_num_buckets", 32)) * heads * 2
-        body = enc * (attn + ffn + 2 * h) + dec * (2 * attn + ffn + 3 * h) + 2 * h + buckets
+        body = enc * (attn + ffn + 2 * h) + dec * (2 * attn + ffn + 3 * h) + 2 * h
+        # a prompt token's share: the encoder, and the decoder's cross-attention keys and values
+        encoder = enc * (attn + ffn + 2 * h) + h + dec * attn // 2
         tied = bool(config.get("tie_word_embeddings", True))
-        embed = vocab * h * (1 if tied else 2)
-        return body, body + embed, h, enc + dec, heads
+        embed = vocab * h * (1 if tied else 2) + buckets  # relative position bias: embeddings
+        return body, body + embed, h, enc + dec, heads, encoder
     if kind == "gpt2" or "n_embd" in config:
         h, n_layers = int(config["n_embd"]), int(config["n_layer"])
         inner = int(config.get("n_inner") or 4 * h)
         per_layer = 4 * h * h + 4 * h + 2 * h * inner + inner + h + 4 * h
         body = n_layers * per_layer + 2 * h
         embed = vocab * h + int(config.get("n_positions", 1024)) * h
-        return body, body + embed, h, n_layers, int(config.get("n_head", 12))
+        return body, body + embed, h, n_layers, int(config.get("n_head", 12)), 0
     h = int(config["hidden_size"])
     n_layers = int(config["num_hidden_layers"])
     heads = int(config.get("num_attention_heads", 1))
@@ -238,7 +246,7 @@ def count_parameters(config: Mapping[str, Any]) -> tuple[int, int, int, int, int
     body = n_layers * (attn + mlp + 2 * h) + h
     tied = bool(config.get("tie_word_embeddings", False))
     embed = vocab * h * (1 if tied else 2)
-    return body, body + embed, h, n_layers, heads
+    return body, body + embed, h, n_layers, heads, 0
 
 
 def known_architecture(name: str) -> str | None:
@@ -250,8 +258,9 @@ def known_architecture(name: str) -> str | None:
     return None
 
 
-def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
-    """(non-embedding, total, hidden, layers, heads) of the model in ``directory``, built empty.
+def sizes_from_model(directory: Path) -> Sizes:
+    """(non-embedding, total, hidden, layers, heads, encoder) of the model in ``directory``,
+    built empty.
 
     The model is built from its config with ``accelerate.init_empty_weights``
     (parameters on the meta device: shapes, no memory, no weights read) and its
@@ -269,12 +278,15 @@ def sizes_from_model(directory: Path) -> tuple[int, int, int, int, int]:
     return sizes_from_model_object(model)
 
 
-def sizes_from_model_object(model: Any) -> tuple[int, int, int, int, int]:
-    """(non-embedding, total, hidden, layers, heads) of a built transformers model.
+def sizes_from_model_object(model: Any) -> Sizes:
+    """(non-embedding, total, hidden, layers, heads, encoder) of a built transformers model.
 
     Tied weights count once; token, position and relative-position embeddings
     and an untied output head are the embedding part. Layers count the
-    encoder's and the decoder's blocks of an encoder-decoder.
+    encoder's and the decoder's blocks of an encoder-decoder; ``encoder`` is
+    what a prompt token runs through there: the encoder's non-embedding
+    parameters and the decoder's cross-attention keys and values
+    (:func:`cross_attention_keys_values`; 0 for a decoder-only model).
     """
     import torch
 
@@ -290,13 +302,38 @@ def sizes_from_model_object(model: Any) -> tuple[int, int, int, int, int]:
             embedding[id(param)] = param.numel()
     text: Any = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = sum(block_counts(config))
+    encoder = 0
+    if getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        own = {id(p): p.numel() for p in model.get_encoder().parameters()}
+        own.update({id(p): p.numel() for p in cross_attention_keys_values(model)})
+        encoder = sum(n for key, n in own.items() if key not in embedding)
     return (
         total - sum(embedding.values()),
         total,
         int(text.hidden_size),
         layers,
         int(getattr(text, "num_attention_heads", 1) or 1),
+        encoder,
     )
+
+
+CROSS_ATTENTION = ("EncDecAttention", "encoder_attn", "crossattention", "cross_attn")
+KEY_VALUE = ("k", "v", "k_proj", "v_proj", "key", "value")
+
+
+def cross_attention_keys_values(model: Any) -> list[Any]:
+    """The parameters of an encoder-decoder's cross-attention key and value projections
+    (T5's ``EncDecAttention.k/v``, BART's ``encoder_attn.k_proj/v_proj``): they run once per
+    prompt token, on the encoder's output, so a plan prices them with the encoder."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None:
+        return []
+    found = []
+    for name, module in decoder.named_modules():
+        parent, _, leaf = name.rpartition(".")
+        if leaf in KEY_VALUE and any(tag in parent for tag in CROSS_ATTENTION):
+            found += list(module.parameters())
+    return found
 
 
 def model_size(name_or_path: str) -> ModelSize:
@@ -635,6 +672,7 @@ def model_facts(size: ModelSize, bytes_per_parameter: int = 4) -> ModelFacts:
         bytes_per_parameter,
         heads=size.heads,
         head=(size.total - size.non_embedding) // 2,
+        encoder=size.encoder,
         relative_attention=_relative_attention(size.name),
         # an encoder-decoder's long attention is its encoder's (half of its blocks)
         attention_layers=size.layers // 2 if _model_kind(size.name) == "seq2seq" else 0,
