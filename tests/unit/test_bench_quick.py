@@ -15,6 +15,7 @@ KEYS = (
     "hidden_states_ratio",
     "hidden_states_vs_cached",
     "hidden_states_vs_cached_cpu",
+    "hidden_states_vs_cached_k16",
     "per_set_tuning_ratio",
     "sft_tokens_ratio",
     "mfu_forward",
