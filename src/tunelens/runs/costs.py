@@ -289,7 +289,7 @@ def _flops_by_kind(work: Work, model: ModelFacts, *, priced: bool = True) -> dic
     full_lock = min(full - full_plain, work.lockstep_tokens)
 
     def trained(tokens: int, targets: int, full_tokens: int) -> float:
-        targets = min(targets, tokens) if split else 0
+        targets = min(targets, tokens)  # unsplit, source == target: targets change nothing
         per_token = (source * (tokens - targets) + target * targets) / max(1, tokens)
         return (4 * (tokens - full_tokens) + 6 * full_tokens) * per_token
 
