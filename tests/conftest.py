@@ -136,6 +136,19 @@ def tiny_tokenizer():
     return build_tokenizer
 
 
+@pytest.fixture(scope="session")
+def real_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Factory fixture: ``real_model_dir("mistral" | "gpt2" | "qwen2", seed=0) -> Path``.
+
+    A tiny random model on the genuine tokenizer (tests/helpers/real_models.py),
+    saved once per session where tunelens's loader can read it; skips where the
+    shared tokenizer folder is absent.
+    """
+    from tests.helpers.real_models import RealModelDirs
+
+    return RealModelDirs(tmp_path_factory.mktemp("real-models"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, one torch thread per worker (and per CLI child it starts).
 
