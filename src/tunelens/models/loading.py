@@ -189,6 +189,39 @@ def _first_shape_mismatch(directory: Path, config: Any, auto: Any) -> str | None
     return None
 
 
+# What a SentencePiece tokenizer without tokenizer.json needs: (package to install, module).
+SENTENCEPIECE_PACKAGES = (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+
+
+def _importable(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _tokenizer_failure(directory: Path, error: BaseException) -> str:
+    """Why the tokenizer did not load, naming the packages to install where some are missing.
+
+    A directory whose tokenizer is only a SentencePiece model (``tokenizer.model`` /
+    ``spiece.model``, no ``tokenizer.json``) is converted by transformers with
+    ``sentencepiece`` (and ``protobuf``); without them transformers falls back to
+    its tiktoken reader and blames tiktoken, which is the wrong package.
+    """
+    pieces = [f for f in ("tokenizer.model", "spiece.model") if (directory / f).is_file()]
+    if pieces and not (directory / "tokenizer.json").is_file():
+        missing = [name for name, module in SENTENCEPIECE_PACKAGES if not _importable(module)]
+        if missing:
+            return (
+                f"{pieces[0]} is a SentencePiece model, which needs {' and '.join(missing)}: "
+                f"pip install {' '.join(missing)}"
+            )
+    return _one_line(error)
+
+
 def _first(names: Any) -> str:
     return sorted(str(n if isinstance(n, str) else n[0]) for n in names)[0]
 
@@ -310,9 +343,9 @@ def load_model(
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, **common)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as error:
         raise TunelensInputError(
-            f"cannot load the tokenizer: {_one_line(error)}", source=source
+            f"cannot load the tokenizer: {_tokenizer_failure(directory, error)}", source=source
         ) from None
     prepare_tokenizer(tokenizer, kind, source)
 
