@@ -321,7 +321,7 @@ def load_model(
     torch_device = parse_device(device)
     directory = resolve_model_path(name_or_path)
     source = str(directory)
-    common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(directory, **common)
     except json.JSONDecodeError as error:
