@@ -66,3 +66,28 @@ def test_interrupted_carries_its_exit_code():
     assert interrupt.exit_code(interrupt.Interrupted(signal.SIGTERM)) == 143
     assert interrupt.exit_code(interrupt.Interrupted(signal.SIGHUP)) == 129
     assert interrupt.exit_code(KeyboardInterrupt()) == 130
+
+
+# --- cells verified against their record --------------------------------------------------
+
+
+def test_a_cell_edited_to_another_cells_record_is_recomputed(tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    args = ("world", "eval", "--shots", "0,1", "--queries", "2", "--out", out, "--json")
+    first = invoke(*args)
+    assert first.code == 0, first.stderr
+    files = sorted((out / "cells" / "world_eval").glob("*.json"))
+    records = {p: json.loads(p.read_text()) for p in files}
+    (victim, original), (_, other) = records.items()
+    # The other cell's parameters, seed and digests under this file's name and key.
+    forged = {"cell": {**other["cell"], "key": victim.stem}, "result": other["result"]}
+    victim.write_text(json.dumps(forged))
+    from tunelens.runs.store import _read_record
+
+    assert _read_record(victim) is None  # not accepted as this cell's result
+    second = invoke(*args)
+    assert second.code == 0, second.stderr
+    assert json.loads(victim.read_text())["cell"] == original["cell"]  # computed again
+    assert json.loads(second.stdout) == json.loads(first.stdout)

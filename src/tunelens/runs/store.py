@@ -7,21 +7,22 @@ A file is written to a hidden temporary file in the same folder, flushed,
 fsynced and renamed over its final name (``os.replace`` is atomic on POSIX and
 Windows), so a reader sees either nothing or the whole file. The reader is
 still defensive: temporary files are never listed, and a file that does not
-parse, lacks a field or names another key counts as missing (a disk that lied
-about fsync, a copy cut short), so the cell is simply computed again.
+parse, lacks a field, or whose recorded experiment, code version, parameters,
+seed and input digests do not hash to its name counts as missing (a disk that
+lied about fsync, a copy cut short, a record edited to another cell's), so the
+cell is simply computed again.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tunelens.api import Cell
+from tunelens.io import atomic_write_text
 
 CELLS_DIR = "cells"
 TEMP_PREFIX = "."  # temporary files are hidden: ".<key>.json.<random>.tmp"
@@ -156,15 +157,38 @@ class CellStore:
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
-    """A whole, well-formed record whose key matches its file name; otherwise None."""
+    """A whole, well-formed record whose content hashes to its file name; otherwise None.
+
+    The key is recomputed from the recorded experiment, code version, parameters,
+    seed and input digests: a file whose record was edited (or copied from
+    another cell) while its ``key`` field still matches its name is not this
+    cell's result, so it counts as missing and the cell is computed again.
+    """
     try:
         text = path.read_text(encoding="utf-8")
         record = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or "result" not in record:
         return None
     cell = record.get("cell")
     if not isinstance(cell, dict) or cell.get("key") != path.stem:
         return None
+    if record_key(cell) != path.stem:
+        return None
     return record
+
+
+def record_key(cell: dict[str, Any]) -> str | None:
+    """The key a stored ``cell`` record's content gives (None when a field is missing)."""
+    try:
+        return Cell(
+            experiment=cell["experiment"],
+            name=str(cell.get("name", "")),
+            params=cell["params"],
+            seed=cell["seed"],
+            inputs=cell["inputs"],
+            code_version=cell["code_version"],
+        ).key
+    except (KeyError, TypeError, ValueError):
+        return None
