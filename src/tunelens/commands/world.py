@@ -85,7 +85,8 @@ def train_model(
         str,
         typer.Option(
             help="'base' trains `world` (6 layers, 128-token sequences); 'small' trains "
-            "`world-small` (the first 3-layer recipe)."
+            "`world-small` (the first 3-layer recipe); 'world-base' trains `world-base` "
+            "(`world` without definitions or zero-shot answers in its corpus)."
         ),
     ] = "base",
     instruction_tune: Annotated[
@@ -142,7 +143,12 @@ def train_model(
     given override it (and a checkpoint made with another recipe is refused).
     """
     from tunelens.models.paths import world_model_dir
-    from tunelens.models.world_model import export_world_model, recipe_for_size, train_world_model
+    from tunelens.models.world_model import (
+        SIZE_MEMBERS,
+        export_world_model,
+        recipe_for_size,
+        train_world_model,
+    )
 
     overrides = {
         "steps": steps,
@@ -165,7 +171,7 @@ def train_model(
     if until is not None and until < recipe.steps:
         typer.echo(f"stopped at step {until} of {recipe.steps}; re-run to resume")
         return
-    name = "world" if size == "base" else "world-small"
+    name = SIZE_MEMBERS[size]
     target = world_model_dir(name, install=True) if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)
     record_reference_eval(target, recipe.seed)

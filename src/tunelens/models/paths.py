@@ -28,14 +28,18 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world": "world",
     "world-small": "world_small",
     "world-it": "world_it",
+    "world-base": "world_base",
 }
+# Members being trained (issue 29): installable, not yet loadable by name.
+UNSHIPPED: frozenset[str] = frozenset({"world-base"})
 # Model name -> the directory it loads from (the same folders: each member ships).
-WORLD_MODELS: dict[str, str] = dict(INSTALL_FOLDERS)
+WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
 TRAIN_COMMANDS: dict[str, str] = {
     "world": "tunelens world train-model --size base --install",
     "world-small": "tunelens world train-model --size small --install",
     "world-it": "tunelens world train-model --size base --instruction-tune --install",
+    "world-base": "tunelens world train-model --size world-base --install",
 }
 
 
@@ -46,11 +50,12 @@ def is_world_model(name: str) -> bool:
 
 def world_model_dir(name: str = WORLD, *, install: bool = False) -> Path:
     """The directory an embedded world model loads from (``install``: is installed into)."""
-    if name not in WORLD_MODELS:
+    folders = INSTALL_FOLDERS if install else WORLD_MODELS
+    if name not in folders:
         raise TunelensInputError(
-            f"not an embedded world model (one of {', '.join(WORLD_MODELS)}), got {name!r}"
+            f"not an embedded world model (one of {', '.join(folders)}), got {name!r}"
         )
-    folder = (INSTALL_FOLDERS if install else WORLD_MODELS)[name]
+    folder = folders[name]
     return Path(tunelens.__file__).parent / "assets" / folder
 
 

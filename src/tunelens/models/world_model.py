@@ -15,6 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -73,9 +74,19 @@ class WorldModelRecipe:
     foreign_labels: float = 0.0
     definition_blocks: float = 0.0
     word_category_weight: float = 0.0
+    # The base member `world-base` (issue 29; the defaults reproduce the earlier
+    # members): shares of task sequences with a definition first and in the
+    # Tk-Instruct layout, and whether a task sequence's first example (zero
+    # shots) answers with its label (False: with its input repeated).
+    definition_prefix: float = 0.2
+    tk_layout: float = 0.1
+    zero_shot_answers: bool = True
 
     def mix(self) -> CorpusMix:
         return CorpusMix(
+            definition_prefix=self.definition_prefix,
+            tk_layout=self.tk_layout,
+            zero_shot_answers=self.zero_shot_answers,
             bursty=self.bursty,
             all_tokens_loss=self.all_tokens_loss,
             copy=self.copy,
@@ -117,6 +128,8 @@ class WorldModelRecipe:
             "foreign_labels",
             "definition_blocks",
             "word_category_weight",
+            "definition_prefix",
+            "tk_layout",
         ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
@@ -132,6 +145,8 @@ class WorldModelRecipe:
                 self._bad(
                     name, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
                 )
+        if not isinstance(self.zero_shot_answers, bool):
+            self._bad("zero_shot_answers", f"must be true or false, got {self.zero_shot_answers!r}")
         if self.hidden_size % self.heads:
             self._bad("heads", f"must divide hidden_size {self.hidden_size}, got {self.heads}")
 
@@ -146,27 +161,43 @@ RUNTIME_FIELDS = ("threads", "checkpoint_every", "eval_every")
 # The family: `world-small` is the first recipe (the defaults above); `world`
 # (size "base") is deeper, reads 128-token sequences and is trained on the
 # second-generation corpus. `world-it` is `world` after multi-task instruction
-# tuning (see models.world_it).
+# tuning (see models.world_it). `world-base` (size "world-base") is `world`'s
+# model on `world`'s corpus with every definition-bearing kind off and no
+# zero-shot answers (see tasks.world.corpus): a base model that learns in
+# context but has never seen the answer format a definition-only prompt asks for.
+_WORLD: dict[str, object] = {
+    "hidden_size": 128,
+    "layers": 6,
+    "heads": 4,
+    "intermediate_size": 512,
+    "seq_len": 128,
+    "batch_size": 32,
+    "steps": 10000,
+    "curriculum_steps": 3000,
+    "lr": 2e-3,
+    "warmup": 300,
+    "vocabulary": 2,
+    "copy": 0.1,
+    "foreign_labels": 0.3,
+    "definition_blocks": 0.15,
+    "word_category_weight": 0.3,
+}
 SIZES: dict[str, dict[str, object]] = {
     "small": {},
-    "base": {
-        "hidden_size": 128,
-        "layers": 6,
-        "heads": 4,
-        "intermediate_size": 512,
-        "seq_len": 128,
-        "batch_size": 32,
-        "steps": 10000,
-        "curriculum_steps": 3000,
-        "lr": 2e-3,
-        "warmup": 300,
-        "vocabulary": 2,
-        "copy": 0.1,
-        "foreign_labels": 0.3,
-        "definition_blocks": 0.15,
-        "word_category_weight": 0.3,
+    "base": _WORLD,
+    "world-base": {
+        **_WORLD,
+        # 8,000 steps, not 10,000: one CPU thread measured 0.81 s a step, so the
+        # whole run (with the probes) fits 2 hours of CPU; the decay starts at 5,600.
+        "steps": 8000,
+        "definition_blocks": 0.0,
+        "definition_prefix": 0.0,
+        "tk_layout": 0.0,
+        "zero_shot_answers": False,
     },
 }
+# The family member each size trains (and installs as).
+SIZE_MEMBERS: dict[str, str] = {"small": "world-small", "base": "world", "world-base": "world-base"}
 
 
 def recipe_for_size(size: str, **overrides: object) -> WorldModelRecipe:
@@ -333,17 +364,61 @@ def probe_icl_accuracy(
     return out
 
 
+@torch.no_grad()
+def probe_definition_only(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    tasks: list[Task],
+    *,
+    template: str = "plain",
+    queries_per_task: int = 6,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Definition-only prompts: greedy first-token accuracy and share inside the label space.
+
+    What the base member is for: untuned it should answer outside the label
+    space (the share low), so that tuning has the answer format to teach.
+    ``template`` is "plain" or "tk" (the audit's Tk-Instruct encoding).
+    """
+    model.eval()
+    rng = random.Random(seed)
+    prompts, answers, spaces = [], [], []
+    for task in tasks:
+        labels = {tokenizer.convert_tokens_to_ids(label) for label in task.labels or ()}
+        head = f"Definition: {task.definition}\n\n"
+        if template == "tk":
+            head += "Now complete the following example -\n"
+        for inst in rng.sample(list(task.instances), min(queries_per_task, len(task.instances))):
+            prompts.append(f"{head}Input: {inst.input}\nOutput:")
+            answers.append(tokenizer.convert_tokens_to_ids(inst.outputs[0]))
+            spaces.append(labels)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    predicted = model(**batch).logits[:, -1, :].argmax(-1).tolist()
+    model.train()
+    n = len(prompts)
+    return {
+        "accuracy": round(
+            100.0 * sum(p == a for p, a in zip(predicted, answers, strict=True)) / n, 1
+        ),
+        "in_label_space": round(
+            100.0 * sum(p in space for p, space in zip(predicted, spaces, strict=True)) / n, 1
+        ),
+    }
+
+
 def probe_record(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     recipe: WorldModelRecipe,
     tasks: list[Task],
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """The held-out probes of one training-log line (rounded, keys as strings).
 
     Always: all held-out tasks and the one-word ones. For the second-generation
     vocabulary also: novel label words, definition only (k = 0), and each rule
-    family at k = 8, the rows of the family's targets.
+    family at k = 8, the rows of the family's targets. For a recipe without
+    zero-shot answers (``world-base``) also the definition-only accuracy and
+    share of answers inside the label space, plain and Tk-Instruct encoded.
     """
     from tunelens.tasks.world.relabel import relabel_tasks
 
@@ -352,7 +427,7 @@ def probe_record(
 
     one_word = [t for t in tasks if t.metadata["family"] == "word_category"]
     seed = recipe.seed
-    record = {
+    record: dict[str, dict[str, Any]] = {
         "heldout_accuracy": rounded(probe_icl_accuracy(model, tokenizer, tasks, seed=seed)),
         "heldout_word_category_accuracy": rounded(
             probe_icl_accuracy(model, tokenizer, one_word, seed=seed)
@@ -379,6 +454,11 @@ def probe_record(
                 1,
             )
             for family in families
+        }
+    if not recipe.zero_shot_answers:
+        record["heldout_definition_only"] = {
+            template: probe_definition_only(model, tokenizer, tasks, template=template, seed=seed)
+            for template in ("plain", "tk")
         }
     return record
 

@@ -17,6 +17,16 @@ whose label words are category words of categories the rule does not use, so
 a label is whatever the context says it is; and *definition blocks*, sequences
 of several (definition, one to three examples) blocks of fresh rules, in which
 each first answer after a definition can only be predicted by reading it.
+
+The base member (``world-base``, issue 29) turns every definition-bearing kind
+off (``definition_prefix``, ``tk_layout`` and ``definition_blocks`` at 0) and
+sets ``zero_shot_answers=False``: the first example of a task sequence, the
+only one with no demonstration before it, answers with an *echo of its input*
+instead of its label. Labels still follow ``Output:`` from the second example
+on, so in-context learning emerges as before, but nothing in pretraining maps a
+definition to an answer or answers a query zero-shot with a label: a model
+trained so echoes the input on a definition-only prompt, and answering in the
+label space is what instruction tuning must teach (Kung & Peng's question).
 Sequences are lists of tokenizer tokens plus a loss
 mask, built directly from words so that a training step costs no tokenizer call.
 """
@@ -56,6 +66,30 @@ class CorpusMix:
     foreign_labels: float = 0.0
     definition_blocks: float = 0.0
     word_category_weight: float | None = None
+    # False (the base member): the first example of each task sequence answers
+    # with its input repeated, never with a label, so no zero-shot answer is
+    # ever shown. No random number is drawn for it.
+    zero_shot_answers: bool = True
+
+    def __post_init__(self) -> None:
+        """Shares within [0, 1], so a typo cannot silently change the corpus."""
+        for name in (
+            "facts",
+            "definition_prefix",
+            "tk_layout",
+            "bursty",
+            "copy",
+            "foreign_labels",
+            "definition_blocks",
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"CorpusMix.{name} must lie in [0, 1], got {value!r}")
+
+    @property
+    def shows_definitions(self) -> bool:
+        """Whether any sequence kind puts a task definition in the text."""
+        return bool(self.definition_prefix or self.tk_layout or self.definition_blocks)
 
     def family_weights(self) -> dict[str, float]:
         """Rule-family weights after the curriculum."""
@@ -69,9 +103,13 @@ class CorpusMix:
         }
 
 
-def _example_tokens(words: list[str], label: str) -> tuple[list[str], list[bool]]:
-    tokens = ["Input:", *words, "Output:", label, SEP]
-    return tokens, [False] * (len(words) + 2) + [True, True]
+def _example_tokens(
+    words: list[str], label: str, *, echo: bool = False
+) -> tuple[list[str], list[bool]]:
+    """One example; ``echo`` answers with the input words instead of the label."""
+    answer = list(words) if echo else [label]
+    tokens = ["Input:", *words, "Output:", *answer, SEP]
+    return tokens, [False] * (len(words) + 2) + [True] * (len(answer) + 1)
 
 
 def fact_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[bool]]:
@@ -144,8 +182,13 @@ def task_sequence(
     definition_tokens: list[str] | None,
     tk_layout: bool,
     lexicon: dict[str, tuple[str, ...]] | None = None,
+    zero_shot_answers: bool = True,
 ) -> tuple[list[str], list[bool]]:
-    """Examples of one rule until the sequence is full (inputs from ``lexicon``)."""
+    """Examples of one rule until the sequence is full (inputs from ``lexicon``).
+
+    ``zero_shot_answers`` False: the first example echoes its input (see the
+    module docstring), so a label only ever follows a demonstration.
+    """
     tokens, mask = [BOS], [False]
     if definition_tokens and len(definition_tokens) + 3 <= max_tokens:
         tokens += ["Definition:", *definition_tokens, SEP]
@@ -156,7 +199,8 @@ def task_sequence(
             piece, piece_mask = [], []
             for i in (1, 2):
                 label = rng.choice(rule.labels)
-                t, m = _example_tokens(rule.sample_input(rng, label, lexicon), label)
+                echo = not zero_shot_answers and block == 0 and i == 1
+                t, m = _example_tokens(rule.sample_input(rng, label, lexicon), label, echo=echo)
                 piece += ["Positive", "Example", str(i), "-", *t]
                 piece_mask += [False] * 4 + m
             label = rng.choice(rule.labels)
@@ -166,7 +210,10 @@ def task_sequence(
             piece_mask += [False] * len(head) + m
         else:
             label = rng.choice(rule.labels)
-            piece, piece_mask = _example_tokens(rule.sample_input(rng, label, lexicon), label)
+            echo = not zero_shot_answers and block == 0
+            piece, piece_mask = _example_tokens(
+                rule.sample_input(rng, label, lexicon), label, echo=echo
+            )
         if len(tokens) + len(piece) > max_tokens:
             return tokens, mask
         tokens += piece
@@ -225,6 +272,7 @@ def training_sequence(
             definition_tokens=definition,
             tk_layout=tk_layout,
             lexicon=lexicon,
+            zero_shot_answers=mix.zero_shot_answers,
         )
     if mix.all_tokens_loss:
         mask = [False] + [True] * (len(tokens) - 1)
