@@ -8,7 +8,8 @@ import torch
 from tests.helpers.models import prompt, wrap
 
 from tunelens.errors import TunelensInputError
-from tunelens.models.predict import first_line, generate_predictions, score_labels
+from tunelens.models.predict import first_line, generate_predictions
+from tunelens.models.scoring import score_labels
 
 PROMPTS = [
     prompt("the cat sits on the mat"),

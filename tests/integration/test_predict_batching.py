@@ -8,7 +8,8 @@ import torch
 from tests.helpers.models import prompt, wrap
 
 from tunelens.models import predict
-from tunelens.models.predict import generate_predictions, score_labels, token_batches
+from tunelens.models.predict import generate_predictions, token_batches
+from tunelens.models.scoring import score_labels
 
 WORDS = [
     "the",

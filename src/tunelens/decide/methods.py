@@ -218,7 +218,8 @@ def predict(
     loaded: LoadedModel, prompts: Sequence[str], labels: Sequence[str], config: DecideConfig
 ) -> list[str]:
     """Greedy answers, or the best-scoring label (``config.predict``)."""
-    from tunelens.models.predict import generate_predictions, score_labels
+    from tunelens.models.predict import generate_predictions
+    from tunelens.models.scoring import score_labels
 
     if config.predict == "score":
         scores = score_labels(loaded, list(prompts), list(labels), include_eos=True)

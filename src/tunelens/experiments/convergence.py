@@ -146,7 +146,7 @@ def _probe_batched(
     """
     from tunelens.models.hidden_states import capture_last_token_states
     from tunelens.models.patching import last_token_forward
-    from tunelens.models.predict import _length_order, generate_predictions
+    from tunelens.models.predict import generate_predictions, length_order
     from tunelens.models.tuning.many_sets import batched_lora
     from tunelens.models.tuning.targets import resolve_target_modules, target_module_names
 
@@ -155,7 +155,7 @@ def _probe_batched(
     hidden, logits, states, preds = [], [], [], []
     for start in range(0, len(prompts), PROBE_ROWS):
         chunk = list(prompts[start : start + PROBE_ROWS])
-        _, order = _length_order(loaded.tokenizer, chunk)  # generate's own batch order
+        _, order = length_order(loaded.tokenizer, chunk)  # generate's own batch order
         ordered = [chunk[i] for i in order]
         n = len(ordered)
         with batched_lora(model, names, [row_states[start + i] for i in order], config) as layers:

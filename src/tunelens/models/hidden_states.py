@@ -59,12 +59,12 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return inner if isinstance(inner, torch.nn.Module) else base
 
 
-def _accepts_position_ids(model: torch.nn.Module) -> bool:
+def accepts_position_ids(model: torch.nn.Module) -> bool:
     parameters = inspect.signature(_base_model(model).forward).parameters
     return "position_ids" in parameters
 
 
-def _last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last 1 in each row of a [batch, seq] mask (works for left and right padding)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)
@@ -76,7 +76,7 @@ def _gather(states: Sequence[torch.Tensor], index: torch.Tensor) -> torch.Tensor
     return torch.stack([h[rows, index] for h in states], dim=1)
 
 
-def _check_nonempty(attention_mask: torch.Tensor, prompts: Sequence[str]) -> None:
+def check_nonempty(attention_mask: torch.Tensor, prompts: Sequence[str]) -> None:
     empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"prompt {prompts[empty[0]]!r} tokenizes to no tokens")
@@ -84,23 +84,23 @@ def _check_nonempty(attention_mask: torch.Tensor, prompts: Sequence[str]) -> Non
 
 def _causal_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
     model, tokenizer = loaded.model, loaded.tokenizer
-    with_positions = _accepts_position_ids(model)
+    with_positions = accepts_position_ids(model)
     # Without position ids, left padding would shift positions: pad right instead.
     side = None if with_positions else "right"
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side=side)
     ids = batch["input_ids"].to(loaded.device)
     mask = batch["attention_mask"].to(loaded.device)
-    _check_nonempty(mask, prompts)
+    check_nonempty(mask, prompts)
     kwargs = {}
     if with_positions:
         kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     out = _decoder(model)(
         input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **kwargs
     )
-    return _gather(out.hidden_states, _last_real_index(mask))
+    return _gather(out.hidden_states, last_real_index(mask))
 
 
-def _decoder_start_id(model: torch.nn.Module) -> int:
+def decoder_start_id(model: torch.nn.Module) -> int:
     config: Any = _base_model(model).config
     for source in (config, getattr(model, "generation_config", None)):
         value = getattr(source, "decoder_start_token_id", None) if source is not None else None
@@ -116,9 +116,9 @@ def _seq2seq_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     ids = batch["input_ids"].to(loaded.device)
     mask = batch["attention_mask"].to(loaded.device)
-    _check_nonempty(mask, prompts)
+    check_nonempty(mask, prompts)
     start = torch.full(
-        (ids.shape[0], 1), _decoder_start_id(model), dtype=torch.long, device=loaded.device
+        (ids.shape[0], 1), decoder_start_id(model), dtype=torch.long, device=loaded.device
     )
     out = model(
         input_ids=ids,
@@ -127,7 +127,7 @@ def _seq2seq_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
         output_hidden_states=True,
         use_cache=False,
     )
-    encoder = _gather(out.encoder_hidden_states, _last_real_index(mask))
+    encoder = _gather(out.encoder_hidden_states, last_real_index(mask))
     decoder = _gather(out.decoder_hidden_states, torch.zeros_like(start[:, 0]))
     return torch.cat([encoder, decoder], dim=1)
 
@@ -191,7 +191,7 @@ def _sliding_window(config: Any) -> int | None:
 def _packable(loaded: LoadedModel) -> bool:
     """Whether the model computes packed rows exactly: a causal LM with position ids whose
     attention takes a custom 4-D mask, and no position information from the mask (ALiBi)."""
-    if loaded.kind != "causal" or not _accepts_position_ids(loaded.model):
+    if loaded.kind != "causal" or not accepts_position_ids(loaded.model):
         return False
     config = _base_model(loaded.model).config
     attention = getattr(config, "_attn_implementation", None)

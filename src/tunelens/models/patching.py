@@ -40,11 +40,11 @@ from typing import Any
 import torch
 
 from tunelens.models.hidden_states import (
-    _accepts_position_ids,
     _base_model,
-    _check_nonempty,
-    _decoder_start_id,
-    _last_real_index,
+    accepts_position_ids,
+    check_nonempty,
+    decoder_start_id,
+    last_real_index,
 )
 from tunelens.models.loading import LoadedModel
 
@@ -52,8 +52,10 @@ __all__ = [
     "LastToken",
     "block_modules",
     "last_token_forward",
+    "last_token_hooks",
     "label_token_ids",
     "n_patch_layers",
+    "patch_source",
 ]
 
 
@@ -125,13 +127,17 @@ def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 
 @contextmanager
-def _hooks(
+def last_token_hooks(
     blocks: Sequence[torch.nn.Module],
     index: torch.Tensor,
     record: list[torch.Tensor | None],
     patch: tuple[int, torch.Tensor] | None,
 ) -> Iterator[None]:
-    """Record every layer's state at ``index`` and, with ``patch = (layer, states)``, replace it."""
+    """Record every layer's state at ``index`` and, with ``patch = (layer, states)``, replace it.
+
+    ``record`` gets one ``[rows, hidden]`` tensor per layer (0 = the first block's
+    input); hooks on ``blocks`` are removed on exit.
+    """
     rows = torch.arange(index.shape[0], device=index.device)
     handles = []
 
@@ -175,28 +181,28 @@ def _forward_batch(
         batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right")
         ids = batch["input_ids"].to(loaded.device)
         mask = batch["attention_mask"].to(loaded.device)
-        _check_nonempty(mask, prompts)
-        index = _last_real_index(mask)
+        check_nonempty(mask, prompts)
+        index = last_real_index(mask)
         start = torch.full(
-            (ids.shape[0], 1), _decoder_start_id(model), dtype=torch.long, device=loaded.device
+            (ids.shape[0], 1), decoder_start_id(model), dtype=torch.long, device=loaded.device
         )
-        with _hooks(blocks, index, record, patch):
+        with last_token_hooks(blocks, index, record, patch):
             out = model(
                 input_ids=ids, attention_mask=mask, decoder_input_ids=start, use_cache=False
             )
         logits = out.logits[:, 0]
     else:
-        with_positions = _accepts_position_ids(model)
+        with_positions = accepts_position_ids(model)
         side = None if with_positions else "right"
         batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side=side)
         ids = batch["input_ids"].to(loaded.device)
         mask = batch["attention_mask"].to(loaded.device)
-        _check_nonempty(mask, prompts)
-        index = _last_real_index(mask)
+        check_nonempty(mask, prompts)
+        index = last_real_index(mask)
         kwargs = {}
         if with_positions:
             kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        with _hooks(blocks, index, record, patch):
+        with last_token_hooks(blocks, index, record, patch):
             out = model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
         rows = torch.arange(ids.shape[0], device=ids.device)
         logits = out.logits[rows, index]
@@ -204,6 +210,28 @@ def _forward_batch(
         raise RuntimeError("a block hook did not fire: the block list is not the forward's")
     states = torch.stack([r for r in record if r is not None], dim=1)
     return LastToken(logits=logits.float().cpu(), states=states.float().cpu())
+
+
+def patch_source(
+    loaded: LoadedModel, n_rows: int, patch_layer: int | None, patch_states: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The ``[n_rows, hidden]`` states to patch in at ``patch_layer`` (None: no patch).
+
+    ``patch_states`` is ``[n, hidden]`` or ``[n, layers, hidden]`` (of which layer
+    ``patch_layer`` is used); a layer out of range or a row count that differs
+    from ``n_rows`` raises ValueError.
+    """
+    if (patch_layer is None) != (patch_states is None):
+        raise ValueError("give both patch_layer and patch_states, or neither")
+    if patch_layer is None or patch_states is None:
+        return None
+    n_layers = n_patch_layers(loaded)
+    if not 0 <= patch_layer < n_layers:
+        raise ValueError(f"patch_layer must lie in [0, {n_layers - 1}], got {patch_layer}")
+    source = patch_states[:, patch_layer] if patch_states.ndim == 3 else patch_states
+    if source.shape[0] != n_rows:
+        raise ValueError(f"expected {n_rows} patch states, got {source.shape[0]}")
+    return source
 
 
 @torch.no_grad()
@@ -222,17 +250,8 @@ def last_token_forward(
     is used), row i's state at its last token after block L (L = 0: the
     embeddings) is replaced by ``patch_states[i]`` before the forward goes on.
     """
-    if (patch_layer is None) != (patch_states is None):
-        raise ValueError("give both patch_layer and patch_states, or neither")
     prompts = list(prompts)
-    n_layers = n_patch_layers(loaded)
-    source: torch.Tensor | None = None
-    if patch_layer is not None and patch_states is not None:
-        if not 0 <= patch_layer < n_layers:
-            raise ValueError(f"patch_layer must lie in [0, {n_layers - 1}], got {patch_layer}")
-        source = patch_states[:, patch_layer] if patch_states.ndim == 3 else patch_states
-        if source.shape[0] != len(prompts):
-            raise ValueError(f"expected {len(prompts)} patch states, got {source.shape[0]}")
+    source = patch_source(loaded, len(prompts), patch_layer, patch_states)
     was_training = loaded.model.training
     loaded.model.eval()
     try:

@@ -9,10 +9,11 @@ line is the answer and anything after it is the model starting a new example.
 Generation stops early once every row has produced a newline or an
 end-of-sequence token, which cannot change the first line.
 
-:func:`score_labels` gives, for classification tasks, the summed
-log-probability of each label continuation (``" " + label``, the training
-target format), so accuracy can be read as the best-scoring label: a measure
-that does not depend on the model stopping at the right place.
+:func:`tunelens.models.scoring.score_labels` (built on this module's batching)
+gives, for classification tasks, the summed log-probability of each label
+continuation (``" " + label``, the training target format), so accuracy can be
+read as the best-scoring label: a measure that does not depend on the model
+stopping at the right place.
 
 Batching: every prompt is tokenised once (one tokenizer call for the whole
 list; the batches are padded from those ids), sorted by length (longest first,
@@ -76,18 +77,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from tunelens.errors import TunelensInputError
 from tunelens.models import prefix_generation
-from tunelens.models.batching import (
-    collate,
-    context_length,
-    encode_pairs,
-    forward_logits,
-    token_losses,
-)
+from tunelens.models.batching import context_length
 from tunelens.models.loading import LoadedModel
 
 # Padded positions (rows x (longest prompt + new tokens)) per generate / scoring call.
@@ -157,7 +151,7 @@ def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
     return config
 
 
-def _length_order(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[int], list[int]]:
+def length_order(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[int], list[int]]:
     """Prompt token lengths and the indices sorted by length (longest first)."""
     lengths = [len(ids) for ids in _tokenise(tokenizer, prompts)]
     return lengths, _longest_first(lengths)
@@ -216,7 +210,7 @@ def token_batches(
     return batches
 
 
-def _padded(
+def pad_rows(
     rows: Sequence[Sequence[int]], pad_id: int, side: str, device: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` of ``rows`` padded to the longest (as the
@@ -428,74 +422,10 @@ def generate_predictions(
             rest, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
         )
         for rows in batches:
-            input_ids, attention_mask = _padded(
+            input_ids, attention_mask = pad_rows(
                 [ids[i] for i in rows], tokenizer.pad_token_id, side, loaded.device
             )
             _decode_batch(loaded, rows, input_ids, attention_mask, config, results)
     finally:
         model.train(was_training)
     return results
-
-
-@torch.no_grad()
-def score_labels(
-    loaded: LoadedModel,
-    prompts: Sequence[str],
-    labels: Sequence[str],
-    *,
-    batch_size: int | None = None,
-    max_batch_tokens: int | None = None,
-    include_eos: bool = False,
-) -> np.ndarray:
-    """``[n_prompts, n_labels]`` summed log-probabilities of ``" " + label`` after each prompt.
-
-    The continuation is tokenised exactly as a training target
-    (:func:`tunelens.models.batching.encode_pairs`: prompt with special tokens,
-    target without), so a score is minus the tuning loss of that pair summed
-    over its tokens; each prompt and each label is tokenised once, not once per
-    (prompt, label) pair (``encode_pairs`` tokenises distinct texts once).
-    ``include_eos`` adds the end-of-sequence token (scores "the label, then
-    stop", which keeps a label that is a prefix of another from winning by
-    being short). Batches as :func:`generate_predictions`
-    (:func:`token_batches` over the pairs, longest first). float64 array.
-    """
-    from tunelens.prompts import render_target
-
-    if not labels:
-        raise ValueError("score_labels needs at least one label")
-    if not prompts:
-        return np.zeros((0, len(labels)), dtype=np.float64)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    pairs = [(p, render_target(label)) for p in prompts for label in labels]
-    names = [f"prompt {i}, label {label!r}" for i in range(len(prompts)) for label in labels]
-    encoded = encode_pairs(
-        tokenizer,
-        pairs,
-        kind=loaded.kind,
-        add_eos=include_eos,
-        max_length=context_length(model),
-        names=names,
-    )
-    widths = [
-        (len(e.prompt_ids) + len(e.target_ids),)
-        if loaded.kind == "causal"
-        else (len(e.prompt_ids), len(e.target_ids))
-        for e in encoded
-    ]
-    order = sorted(range(len(encoded)), key=lambda i: (-sum(widths[i]), i))
-    if max_batch_tokens is None and batch_size is None:
-        max_batch_tokens = default_batch_tokens(loaded.device)
-    batches = token_batches(order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size)
-    scores = np.zeros(len(encoded), dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for rows in batches:
-            batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id, loaded.kind)
-            batch = {k: v.to(loaded.device) for k, v in batch.items()}
-            logits = forward_logits(model, batch, loaded.kind, tokenizer.pad_token_id)
-            nll = token_losses(logits, batch["labels"], loaded.kind)
-            scores[rows] = (-nll).double().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return scores.reshape(len(prompts), len(labels))
