@@ -1,18 +1,34 @@
-"""Reading user files: text with a size cap, JSON and JSON Lines, every failure one clear error.
+"""Reading user files and writing outputs, every failure one clear error.
 
-Every way a user's file can be wrong (missing, a folder, unreadable, too
-large, not UTF-8, empty, invalid JSON, nested too deeply, an integer too long
-to convert) becomes a :class:`tunelens.errors.TunelensInputError` naming the
-file (``source``) and, where known, the place (``where``: ``"line L, column C"``),
-so the CLI can print one line and exit 2 instead of a traceback.
+Reading: text with a size cap, JSON and JSON Lines. Every way a user's file
+can be wrong (missing, a folder, unreadable, too large, not UTF-8, empty,
+invalid JSON, nested too deeply, an integer too long to convert) becomes a
+:class:`tunelens.errors.TunelensInputError` naming the file (``source``) and,
+where known, the place (``where``: ``"line L, column C"``), so the CLI can
+print one line and exit 2 instead of a traceback. A key given
+twice in one JSON object is an error naming the key (Python's ``json`` would
+silently keep the last), as in YAML.
+
+Writing (:func:`atomic_write_text`, :func:`atomic_write_bytes`,
+:func:`atomic_path`, :func:`atomic_write_all`): the one way tunelens writes a
+file. The content goes to a uniquely named hidden temporary file in the
+target's folder, is flushed and fsynced, and is renamed over the target, so a
+reader sees the old file or the new one, never a part; on any failure the
+temporary file is removed and the old file is left as it was. A failure (a full
+disk, a read-only folder, a folder where the file should be) is a
+:class:`TunelensInputError` naming the target, never the temporary file.
+:func:`refuse_overwriting_inputs` refuses an output path that is one of the
+command's inputs (the same file by any name: symlinks, hard links).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +114,13 @@ def parse_json(text: str, *, source: PathLike, line: int | None = None) -> Any:
     """
     where = f"line {line}" if line is not None else None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as error:
+        raise TunelensInputError(
+            f"invalid JSON: key {error.key!r} is given twice in one object; keep one",
+            source=str(source),
+            where=where,
+        ) from None
     except json.JSONDecodeError as error:
         raise json_error(error, source, line=line) from None
     except RecursionError:
@@ -109,6 +131,24 @@ def parse_json(text: str, *, source: PathLike, line: int | None = None) -> Any:
         raise TunelensInputError(
             f"invalid JSON: {error}", source=str(source), where=where
         ) from None
+
+
+class DuplicateKeyError(ValueError):
+    """A key given twice in one JSON object."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: the object as a dict, or :class:`DuplicateKeyError`."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKeyError(key)
+        obj[key] = value
+    return obj
 
 
 def read_json(
@@ -198,3 +238,175 @@ def parse_yaml(text: str, *, source: PathLike, strings_only: bool = False) -> An
         raise TunelensInputError("invalid YAML: nested too deeply", source=str(source)) from None
     except ValueError as error:  # an integer too long to convert
         raise TunelensInputError(f"invalid YAML: {error}", source=str(source)) from None
+
+
+# ---------------------------------------------------------------- writing outputs
+
+TEMP_PREFIX = "."  # temporary files are hidden: ".<name>.<random>.tmp"
+TEMP_SUFFIX = ".tmp"
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give (mkstemp's 0600 would hide reports from others)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class WriteError(TunelensInputError, OSError):
+    """A write that failed (full disk, read-only folder, a folder in the way), naming the
+    user's path. Also an :class:`OSError`, so code that tolerates a failed write (a timings
+    file in a ``finally``) still does."""
+
+
+def write_error(error: OSError, path: PathLike) -> WriteError:
+    """One line for a failed write of ``path``: the user's path, not a temporary file's."""
+    target = Path(path)
+    if target.is_dir():
+        failure = WriteError("cannot write: is a directory", source=str(target))
+    else:
+        reason = error.strerror or str(error) or type(error).__name__
+        failure = WriteError(f"cannot write: {reason}", source=str(target))
+    failure.errno = error.errno
+    return failure
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_for(path: Path) -> Path:
+    """A new, uniquely named, empty hidden file beside ``path`` (with ``open()``'s mode)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(
+            prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+        )
+    except OSError as error:
+        raise write_error(error, path) from None
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
+    return Path(temp)
+
+
+def _fill(temp: Path, data: bytes, path: Path) -> None:
+    """Write ``data`` to ``temp`` and fsync it; an OSError names ``path``."""
+    try:
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise write_error(error, path) from None
+
+
+def _replace(temp: Path, path: Path) -> None:
+    if path.is_dir():
+        raise WriteError("cannot write: is a directory", source=str(path))
+    try:
+        os.replace(temp, path)
+    except OSError as error:
+        raise write_error(error, path) from None
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file (module docstring)."""
+    atomic_write_all({Path(path): data})
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_all({Path(path): text})
+
+
+def atomic_write_all(files: Mapping[Path, str | bytes]) -> None:
+    """Write several files all or none (as far as a disk allows): every temporary file is
+    written first, then each is renamed, in the order given.
+
+    A full disk fails while the temporary files are written, before any rename,
+    so the old files all stay (``decide.json`` never without ``decide.html``:
+    give the one that must not be alone last).
+    """
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            temp = _temp_for(path)
+            temps.append((temp, path))
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            _fill(temp, data, path)
+        for temp, path in temps:
+            _replace(temp, path)
+    finally:
+        for temp, _ in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+    for directory in dict.fromkeys(path.parent for _, path in temps):
+        _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path for a library that writes by file name (parquet, PNG); renamed over
+    ``path`` when the block ends without an error, removed otherwise."""
+    target = Path(path)
+    temp = _temp_for(target)
+    try:
+        try:
+            yield temp
+            with temp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise write_error(error, target) from None
+        _replace(temp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):  # a symlink loop
+        return path.absolute()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet), a dangling link, no permission
+        return False
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[PathLike], inputs: Iterable[PathLike], *, option: str = "--out"
+) -> None:
+    """A :class:`TunelensInputError` when an output path is one of the inputs.
+
+    The same file by any name counts (``os.path.samefile``: symlinks, hard links,
+    ``./x`` and ``x``), as does a path that resolves to the input's path (a
+    symlink to it that a write would follow).
+    """
+    sources = [Path(p) for p in inputs]
+    for output in map(Path, outputs):
+        for source in sources:
+            if _same_file(output, source) or _resolved(output) == _resolved(source):
+                raise TunelensInputError(
+                    f"{option} is the input {str(source)!r}: writing it would destroy the "
+                    "input; choose another path",
+                    source=str(output),
+                )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["escape_control", "one_line"]
+__all__ = ["escape_control", "one_line", "warn"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_BLOCK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -36,3 +36,12 @@ def escape_control(text: str, *, keep_newlines: bool = False) -> str:
 def one_line(text: str) -> str:
     """``text`` as one safe terminal line (newlines and every control character escaped)."""
     return escape_control(text)
+
+
+def warn(message: str) -> None:
+    """``warning: <message>`` as one line on stderr (where the input is usable but doubtful),
+    the way the CLI prints its other warnings; shown also without ``--verbose``."""
+    import sys
+
+    sys.stderr.write(f"warning: {one_line(message)}\n")
+    sys.stderr.flush()

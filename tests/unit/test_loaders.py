@@ -145,11 +145,11 @@ def test_jsonl_round_trip(tmp_path):
     task = Task(
         name="rt",
         definition='Quote "this" \u2028 and é.',
-        instances=(Instance("1", "in\nput", ("a",)), Instance("2", "x", ("b", "B"))),
+        instances=(Instance("1", "in\nput", ("a",)), Instance("2", "x", ("b", "c"))),
         positive_examples=(Example("e", "a", "why"), Example("f", "b")),
         negative_examples=(Example("g", "a", "wrong"),),
         categories=("C",),
-        labels=("B", "a", "b"),
+        labels=("a", "b", "c"),  # "B" and "b" would be one label to exact match: refused
     )
     path = write_jsonl(task, tmp_path / "out" / "rt.jsonl")
     assert load_jsonl(path) == task.with_changes(source=str(path))

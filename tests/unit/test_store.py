@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from tunelens.api import Cell
-from tunelens.runs import store as store_module
 from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 
 
@@ -70,11 +69,14 @@ def test_failed_write_leaves_neither_file_nor_temp(tmp_path, monkeypatch):
     target = tmp_path / "cells" / "x" / "k.json"
 
     def boom(src, dst):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module.os, "replace", boom)
-    with pytest.raises(OSError):
-        atomic_write_text(target, "{}")
+    from tunelens import io as io_module
+    from tunelens.errors import TunelensInputError
+
+    monkeypatch.setattr(io_module.os, "replace", boom)
+    with pytest.raises(TunelensInputError, match=f"{target}: cannot write: No space left"):
+        atomic_write_text(target, "{}")  # names the target, never the temporary file
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 

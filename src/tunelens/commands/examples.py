@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tunelens.bounds import MAX_COUNT
 from tunelens.cli import app
 from tunelens.errors import TunelensInputError
 from tunelens.examples.store import (
@@ -18,7 +19,7 @@ from tunelens.examples.store import (
     ExampleStore,
     NewExample,
     check_time,
-    read_example_file,
+    read_example_rows,
 )
 from tunelens.terminal import escape_control
 
@@ -41,6 +42,23 @@ def _short(text: str, limit: int = 60) -> str:
 def _safe(text: str) -> Text:
     """A table cell: never markup, control characters (ANSI/OSC sequences) made visible."""
     return Text(escape_control(text))
+
+
+def _row_summary(
+    total: int, added: int, headers: list[str], duplicates: list[tuple[str, int]]
+) -> str:
+    """`` (3 rows: 1 added, 2 skipped as task headers (lines 1, 3))`` when rows were skipped."""
+    if not headers and not duplicates:
+        return ""
+    parts = [f"{added} added"]
+    if headers:
+        lines = ", ".join(h.removeprefix("line ") for h in headers)
+        parts.append(
+            f"{len(headers)} skipped as task headers (line{'s' * (len(headers) > 1)} {lines})"
+        )
+    if duplicates:
+        parts.append(f"{len(duplicates)} skipped as duplicates")
+    return f" ({total} rows: {', '.join(parts)})"
 
 
 @examples_app.command("add")
@@ -85,7 +103,8 @@ def add(
             raise TunelensInputError(
                 "give either --from FILE or --input/--output, not both", where="examples add"
             )
-        rows = read_example_file(from_file, default_source=source)
+        read = read_example_rows(from_file, default_source=source)
+        rows, total, headers = read.examples, read.rows, read.headers
         origin = str(from_file)
     else:
         if input_text is None or output is None:
@@ -97,15 +116,22 @@ def add(
         if time is not None:
             check_time(time, "--time", "")
         rows = [NewExample(input_text, output, label or None, source, not rejected, time)]
-        origin = None
+        origin, total, headers = None, 1, []
     with ExampleStore(db) as store:
         result = store.add(rows, skip_duplicates=skip_duplicates, origin=origin)
+        conflicts = store.contradictions(result.added)
     ids = [row.id for row in result.added]
     span = f"#{ids[0]}" if len(ids) == 1 else (f"#{ids[0]}-#{ids[-1]}" if ids else "none")
     typer.echo(
         f"added {len(ids)} example{'s' if len(ids) != 1 else ''} ({span}) to "
-        f"{escape_control(str(db))}"
+        f"{escape_control(str(db))}{_row_summary(total, len(ids), headers, result.skipped)}"
     )
+    for row, other in conflicts:
+        typer.echo(
+            f"warning: #{row.id} has the same input as accepted example #{other} but another "
+            "output: a tuned model learns both",
+            err=True,
+        )
     for where, existing in result.skipped:
         typer.echo(
             f"skipped {escape_control(where or 'row')}: duplicate of example #{existing}",
@@ -127,7 +153,8 @@ def list_examples(
         bool, typer.Option("--flagged", help="Only rows flagged for personal data.")
     ] = False,
     limit: Annotated[
-        int | None, typer.Option(min=1, help="At most this many rows.", show_default="all")
+        int | None,
+        typer.Option(min=1, max=MAX_COUNT, help="At most this many rows.", show_default="all"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:

@@ -214,6 +214,43 @@ def default_max_new_tokens(loaded: LoadedModel, labels: Sequence[str]) -> int:
     return max(len(i) for i in ids) + 2
 
 
+#: The answer when two or more labels share the best score (labels that tokenise alike, such
+#: as emoji that all become the unknown token): no label is chosen, so the item counts as
+#: wrong and out of the label space, instead of silently going to the first label.
+TIED = "(no answer: labels tied)"
+_warned: set[tuple[int, tuple[str, ...]]] = set()
+
+
+def best_label(scores: np.ndarray, labels: Sequence[str]) -> str:
+    """The label with the highest score, or :data:`TIED` when the best score is shared."""
+    best = float(np.max(scores))
+    winners = np.flatnonzero(np.isclose(scores, best, rtol=1e-9, atol=1e-9))
+    return labels[int(winners[0])] if len(winners) == 1 else TIED
+
+
+def warn_unknown_tokens(loaded: LoadedModel, labels: Sequence[str]) -> None:
+    """Warn (once per model and label space) when a label tokenises to the unknown token: the
+    model cannot score or write it, and labels that tokenise alike tie."""
+    from tunelens.terminal import warn
+
+    unk = getattr(loaded.tokenizer, "unk_token_id", None)
+    key = (id(loaded.tokenizer), tuple(labels))
+    if unk is None or key in _warned:
+        return
+    _warned.add(key)
+    ids = loaded.tokenizer([render_target(label) for label in labels], add_special_tokens=False)[
+        "input_ids"
+    ]
+    unknown = [label for label, row in zip(labels, ids, strict=True) if unk in row]
+    if unknown:
+        alike = len({tuple(row) for row in ids}) < len(ids)
+        warn(
+            f"label(s) {', '.join(map(repr, unknown))} tokenise to the unknown token "
+            f"{loaded.tokenizer.unk_token!r} of this model: it cannot score or write them"
+            + ("; labels that tokenise alike tie and count as no answer" if alike else "")
+        )
+
+
 def predict(
     loaded: LoadedModel, prompts: Sequence[str], labels: Sequence[str], config: DecideConfig
 ) -> list[str]:
@@ -222,8 +259,9 @@ def predict(
     from tunelens.models.scoring import score_labels
 
     if config.predict == "score":
+        warn_unknown_tokens(loaded, labels)
         scores = score_labels(loaded, list(prompts), list(labels), include_eos=True)
-        return [labels[int(j)] for j in np.argmax(scores, axis=1)] if len(prompts) else []
+        return [best_label(row, labels) for row in scores]
     max_new = config.max_new_tokens or default_max_new_tokens(loaded, labels)
     return generate_predictions(loaded, list(prompts), max_new_tokens=max_new)
 

@@ -384,6 +384,14 @@ def _settings(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def write_report(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) -> Path:
     """Write DIR/plots/decide_*.png and DIR/decide.html; returns the HTML path."""
+    path = Path(out_dir) / "decide.html"
+    atomic_write_text(path, render_page(out_dir, data))
+    return path
+
+
+def render_page(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) -> str:
+    """Write DIR/plots/decide_*.png and return the text of decide.html (written by the caller,
+    with decide.json, so that neither is left without the other)."""
     out = Path(out_dir)
     results = parse_decide(data, source=out / "decide.json")
     view: dict[str, Any] = plain(results)
@@ -396,25 +404,18 @@ def write_report(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) -
         images["similarity"] = data_uri(
             save(similarity_figure(view), plots / "decide_similarity.png")
         )
-    path = out / "decide.html"
-    atomic_write_text(path, render(results, images))
-    return path
+    return render(results, images)
 
 
 def rebuild_report(out_dir: str | Path) -> Path:
     """Write DIR/decide.html again from DIR/decide.json (after a change to this module, say)."""
-    import json
+    from tunelens.io import read_json
 
     path = Path(out_dir) / "decide.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TunelensInputError(
-            "no decide.json; run `tunelens decide` first", source=str(path)
-        ) from None
-    except (OSError, ValueError) as error:
-        raise TunelensInputError(f"cannot read: {error}", source=str(path)) from None
+    if not path.exists():
+        raise TunelensInputError("no decide.json; run `tunelens decide` first", source=str(path))
+    data = read_json(path, what="results file")  # a key given twice is an error, as everywhere
     return write_report(out_dir, parse_decide(data, source=path))
 
 
-__all__: Sequence[str] = ["parse_decide", "rebuild_report", "render", "write_report"]
+__all__: Sequence[str] = ["parse_decide", "rebuild_report", "render", "render_page", "write_report"]

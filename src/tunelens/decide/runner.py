@@ -20,8 +20,10 @@ from tunelens.decide.compute import ModelShape
 from tunelens.decide.config import DecideConfig
 from tunelens.decide.costs import CostMatrix, load_costs
 from tunelens.errors import TunelensInputError
-from tunelens.runs.store import atomic_write_text, dumps, strict_json
+from tunelens.io import atomic_write_all, refuse_overwriting_inputs
+from tunelens.runs.store import dumps, strict_json
 from tunelens.tasks.types import Task
+from tunelens.terminal import warn
 
 DECIDE_JSON = "decide.json"
 DECIDE_HTML = "decide.html"
@@ -52,7 +54,56 @@ def load_decide_task(path: str | Path) -> Task:
             f"decide needs at least two labels; the task has only {task.labels[0]!r}",
             source=str(path),
         )
+    check_decide_labels(task, str(path))
+    for line in contradictions(task):
+        warn(f"{path}: {line}")
     return task
+
+
+def check_decide_labels(task: Task, source: str) -> None:
+    """Labels that decide's scoring cannot use: two with one normalised text (also refused by
+    the loaders), the name of the out-of-space bucket, and a label that normalises to nothing
+    (an empty answer would count as it)."""
+    from tunelens.decide.costs import OTHER
+    from tunelens.measures.text import normalize_answer
+    from tunelens.tasks.labels import check_label_space
+
+    labels = task.labels or ()
+    check_label_space(labels, source=source, task=task.name, where="labels")
+    for label in labels:
+        if label.strip().casefold() == OTHER:
+            raise TunelensInputError(
+                f"task {task.name!r}: the label {label!r} is reserved: decide counts answers "
+                f"outside the label space as {OTHER!r}; rename the label",
+                source=source,
+                where="labels",
+            )
+        if not normalize_answer(label):
+            raise TunelensInputError(
+                f"task {task.name!r}: the label {label!r} is empty under the exact-match "
+                "normalisation (punctuation and spaces are dropped), so an empty answer "
+                "would count as it; use a word",
+                source=source,
+                where="labels",
+            )
+
+
+def contradictions(task: Task, *, limit: int = 3) -> list[str]:
+    """Warnings for inputs given twice with different outputs (a model cannot learn both)."""
+    outputs: dict[str, set[tuple[str, ...]]] = {}
+    ids: dict[str, list[str]] = {}
+    for inst in task.instances:
+        outputs.setdefault(inst.input, set()).add(inst.outputs)
+        ids.setdefault(inst.input, []).append(inst.id)
+    clashes = [text for text, seen in outputs.items() if len(seen) > 1]
+    lines = [
+        f"instances {', '.join(map(repr, ids[text]))} have the same input and different "
+        "outputs: no method can answer all of them"
+        for text in clashes[:limit]
+    ]
+    if len(clashes) > limit:
+        lines.append(f"{len(clashes) - limit} more inputs have contradictory outputs")
+    return lines
 
 
 def default_out_dir(task: Task) -> Path:
@@ -88,13 +139,15 @@ def run_decide(
     executor, progress, ``timings.json``).
     """
     from tunelens.api import StudyInputs, get_experiments
-    from tunelens.decide.report import write_report
+    from tunelens.decide.report import render_page
     from tunelens.experiments.decide import DecideSection
     from tunelens.runs.study import execute
 
     task = load_decide_task(task_path)
-    costs: CostMatrix | None = load_costs(costs_path, task.labels or ()) if costs_path else None
     out = Path(out_dir) if out_dir is not None else default_out_dir(task)
+    written = [out / name for name in (DECIDE_JSON, DECIDE_HTML, "timings.json", "manifest.json")]
+    refuse_overwriting_inputs([out, *written], [task_path, *([costs_path] if costs_path else [])])
+    costs: CostMatrix | None = load_costs(costs_path, task.labels or ()) if costs_path else None
     section = DecideSection(str(task_path), model, config, costs, task=task)
     inputs = StudyInputs()
     section.plan(inputs)  # a bad task or model fails here, before the folder is made
@@ -116,6 +169,8 @@ def run_decide(
     data = dump_decide(strict_json(json.loads(dumps(run.aggregate()))))  # the typed shape
     json_path, html_path = out / DECIDE_JSON, out / DECIDE_HTML
     if is_main_process():  # under accelerate launch / torchrun, rank 0 writes
-        atomic_write_text(json_path, dumps(data, indent=1) + "\n")
-        html_path = write_report(out, data)
+        # Both or neither: the page is rendered first, then both files are written together
+        # (a full disk fails before either is replaced), decide.json last.
+        page = render_page(out, data)
+        atomic_write_all({html_path: page, json_path: dumps(data, indent=1) + "\n"})
     return DecideOutcome(json_path, html_path, data)

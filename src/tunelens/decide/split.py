@@ -121,3 +121,20 @@ def stratified_split(
         tuning_pool=tuple(stratified_order(tune, order_rng)),
         seed=seed,
     )
+
+
+def shared_inputs(split: Split) -> list[str]:
+    """Warnings for test inputs that also sit in a pool (the same text given twice in the task):
+    a method that learns from that pool has seen the test item, so its score is flattered."""
+    test = {i.input for i in split.test}
+    lines = []
+    for name, pool in (("tuning pool", split.tuning_pool), ("demonstration pool", split.demo_pool)):
+        shared = sorted({i.input for i in pool} & test)
+        if shared:
+            shown = ", ".join(repr(text[:40]) for text in shared[:3])
+            more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+            lines.append(
+                f"{len(shared)} test input(s) are also in the {name} ({shown}{more}): "
+                "scores of methods that learn from it are flattered; remove the duplicates"
+            )
+    return lines

@@ -7,17 +7,21 @@ the personal-data flags. The command line is ``tunelens examples add|list|export
 from tunelens.examples.pii import pii_flags
 from tunelens.examples.store import (
     DEFAULT_DB,
+    ExampleFile,
     ExampleStore,
     NewExample,
     StoredExample,
     read_example_file,
+    read_example_rows,
 )
 
 __all__ = [
     "DEFAULT_DB",
+    "ExampleFile",
     "ExampleStore",
     "NewExample",
     "StoredExample",
     "pii_flags",
     "read_example_file",
+    "read_example_rows",
 ]

@@ -13,10 +13,16 @@ rollback journal, ``synchronous=FULL``): a process killed in the middle of an
 one in flight, which SQLite rolls back the next time the file is opened. A
 bulk add from a file is one transaction, so it lands whole or not at all.
 
+A store locked by another process (a long write, a ``sqlite3`` shell holding a
+transaction) is waited for ``LOCK_TIMEOUT_S`` seconds, then named as locked; a
+full disk names the store and leaves it as it was (SQLite rolls the
+transaction back itself).
+
 Export writes a tuning set in the tunelens JSONL task format
 (:mod:`tunelens.tasks.jsonl`): accepted rows only, rows flagged for personal
 data only when asked, the ``label`` kept as an extra key of each line (the
-loader ignores unknown keys).
+loader ignores unknown keys), atomically (:mod:`tunelens.io`); an output path
+that is the store itself (by any name) is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import io
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,8 +41,7 @@ from typing import Any
 
 from tunelens.errors import TunelensInputError
 from tunelens.examples.pii import pii_flags
-from tunelens.io import iter_json_lines, read_text
-from tunelens.runs.store import atomic_write_text
+from tunelens.io import atomic_write_text, iter_json_lines, read_text, refuse_overwriting_inputs
 from tunelens.tasks.jsonl import FORMAT_KEY, FORMAT_VERSION, is_header
 
 DEFAULT_DB = "tunelens_examples.sqlite"
@@ -58,6 +63,8 @@ CREATE TABLE IF NOT EXISTS examples (
 """
 _COLUMNS = "id, input, output, label, source, created_at, accepted, pii, digest"
 ROW_FIELDS = ("input", "output", "label", "source", "accepted", "time")
+#: How long an open or a write waits for another process's lock before saying so.
+LOCK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,15 @@ class AddResult:
 
     added: list[StoredExample] = field(default_factory=list)
     skipped: list[tuple[str, int]] = field(default_factory=list)  # (where, existing id)
+
+
+@dataclass(frozen=True)
+class ExampleFile:
+    """The rows of a ``--from`` file: the examples, how many rows, which were task headers."""
+
+    examples: list[NewExample]
+    rows: int
+    headers: list[str]  # where: "line 3"
 
 
 @dataclass(frozen=True)
@@ -200,8 +216,6 @@ def row_to_example(
 
 def _jsonl_rows(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
     for lineno, obj in iter_json_lines(text, source=source):
-        if is_header(obj):  # a tunelens task file's header: not an example
-            continue
         yield f"line {lineno}", obj
 
 
@@ -232,11 +246,12 @@ def _csv_rows(text: str, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield where, {k: v for k, v in row.items() if v is not None}
 
 
-def read_example_file(path: str | Path, default_source: str = "") -> list[NewExample]:
+def read_example_rows(path: str | Path, default_source: str = "") -> ExampleFile:
     """Examples from a JSONL file (one object per line) or a CSV file with a header.
 
     JSONL lines: ``{"input", "output", "label"?, "source"?, "accepted"?, "time"?}``;
-    a tunelens task header line is skipped, so a task file can be imported. CSV:
+    a line that is a tunelens task header is skipped and counted (so a task file
+    can be imported, and the summary says how many rows were not examples). CSV:
     the same names as columns. Rows without a ``source`` get ``default_source``
     (the file's name when not given).
     """
@@ -244,11 +259,23 @@ def read_example_file(path: str | Path, default_source: str = "") -> list[NewExa
     source = str(path)
     text = read_text(path, allow_empty=True)
     default_source = default_source or path.name
-    rows = _csv_rows(text, source) if path.suffix.lower() == ".csv" else _jsonl_rows(text, source)
-    examples = [row_to_example(row, source, where, default_source) for where, row in rows]
+    is_csv = path.suffix.lower() == ".csv"
+    rows = list(_csv_rows(text, source) if is_csv else _jsonl_rows(text, source))
+    headers = [where for where, row in rows if not is_csv and is_header(row)]
+    examples = [
+        row_to_example(row, source, where, default_source)
+        for where, row in rows
+        if is_csv or not is_header(row)
+    ]
     if not examples:
-        raise TunelensInputError("file holds no examples", source=source)
-    return examples
+        why = f" ({len(headers)} task header row(s) only)" if headers else ""
+        raise TunelensInputError(f"file holds no examples{why}", source=source)
+    return ExampleFile(examples, len(rows), headers)
+
+
+def read_example_file(path: str | Path, default_source: str = "") -> list[NewExample]:
+    """The examples of :func:`read_example_rows` (task header lines skipped)."""
+    return read_example_rows(path, default_source).examples
 
 
 # ---------------------------------------------------------------- the store
@@ -284,7 +311,7 @@ class ExampleStore:
             raise TunelensInputError("folder does not exist", source=str(self.path.parent))
         try:
             # isolation_level None: no implicit transactions; every write opens its own.
-            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=LOCK_TIMEOUT_S)
         except sqlite3.Error as error:
             raise TunelensInputError(
                 f"cannot open the database: {error}", source=self.source
@@ -293,9 +320,7 @@ class ExampleStore:
             self._prepare()
         except sqlite3.DatabaseError as error:
             self._conn.close()
-            raise TunelensInputError(
-                f"not a tunelens examples database ({error})", source=self.source
-            ) from None
+            raise self._error(error, "not a tunelens examples database") from None
         except BaseException:
             self._conn.close()
             raise
@@ -325,6 +350,23 @@ class ExampleStore:
                 source=self.source,
             )
 
+    def _error(self, error: sqlite3.Error, what: str) -> TunelensInputError:
+        """One line for an SQLite error: locked and full disk said as such, else ``what``."""
+        name = getattr(error, "sqlite_errorname", "")
+        text = str(error)
+        if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "database is locked" in text:
+            return TunelensInputError(
+                f"the examples database is locked by another process (waited "
+                f"{LOCK_TIMEOUT_S:g} s); try again when it has finished",
+                source=self.source,
+            )
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return TunelensInputError(
+                "cannot write: no space left on device (the database is unchanged)",
+                source=self.source,
+            )
+        return TunelensInputError(f"{what} ({text})", source=self.source)
+
     def close(self) -> None:
         self._conn.close()
 
@@ -341,7 +383,11 @@ class ExampleStore:
         try:
             yield self._conn
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk, an I/O error): a second
+            # ROLLBACK would fail and hide the error that matters.
+            if self._conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
 
@@ -412,12 +458,28 @@ class ExampleStore:
                         )
                     )
         except sqlite3.DatabaseError as error:
-            raise TunelensInputError(
-                f"cannot write to the database: {error}", source=self.source
-            ) from None
+            raise self._error(error, "cannot write to the database") from None
         return result
 
     # -------------------------------------------------------------- reads
+
+    def contradictions(self, rows: Iterable[StoredExample]) -> list[tuple[StoredExample, int]]:
+        """(row, id of an accepted row with the same input and another output) per conflict.
+
+        Two accepted answers to one input teach a tuned model both: worth a warning.
+        """
+        found = []
+        for row in rows:
+            if not row.accepted:
+                continue
+            other = self._conn.execute(
+                "SELECT id FROM examples WHERE input = ? AND output != ? AND accepted = 1 "
+                "AND id != ? ORDER BY id LIMIT 1",
+                (row.input, row.output, row.id),
+            ).fetchone()
+            if other is not None:
+                found.append((row, int(other[0])))
+        return found
 
     def count(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0])
@@ -442,9 +504,7 @@ class ExampleStore:
         try:
             return [_row(r) for r in self._conn.execute(query, params)]
         except sqlite3.DatabaseError as error:
-            raise TunelensInputError(
-                f"cannot read the database: {error}", source=self.source
-            ) from None
+            raise self._error(error, "cannot read the database") from None
 
     # -------------------------------------------------------------- export
 
@@ -457,6 +517,8 @@ class ExampleStore:
         rejected rows are always left out. Instance ids are ``ex<id>``. The file
         is written atomically; nothing to write is an input error.
         """
+        path = Path(path)
+        refuse_overwriting_inputs([path], [self.path])
         rows = self.examples()
         rejected = [r for r in rows if not r.accepted]
         accepted = [r for r in rows if r.accepted]
@@ -477,7 +539,6 @@ class ExampleStore:
             if row.label is not None:
                 line["label"] = row.label
             lines.append(json.dumps(line, ensure_ascii=False))
-        path = Path(path)
         atomic_write_text(path, "\n".join(lines) + "\n")
         return ExportResult(
             path, len(chosen), 0 if include_flagged else len(flagged), len(rejected)

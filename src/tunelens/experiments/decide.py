@@ -60,6 +60,11 @@ class DecideSection:
             )
             if config.limit is not None:  # --limit: a prefix keeps the label proportions
                 split = dataclasses.replace(split, test=split.test[: config.limit])
+            from tunelens.decide.split import shared_inputs
+            from tunelens.terminal import warn
+
+            for line in shared_inputs(split):
+                warn(f"{self.task_path}: {line}")
             model_name = resolve_model_name(self.model)
             methods, notes = plan_methods(task, split, config, model_name)
             if config.limit is not None:  # the page and decide.json say it is a quick look

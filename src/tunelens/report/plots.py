@@ -284,10 +284,17 @@ def _short(text: str, limit: int = 48) -> str:
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as PNG without a timestamp, and free it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
+    """Write ``fig`` as PNG without a timestamp (atomically: :mod:`tunelens.io`), and free it."""
+    import io
+
+    from tunelens.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -25,11 +25,23 @@ Every table has the value columns ``value``, ``ci_low`` and ``ci_high`` (95%
 bootstrap interval where the results have one, else empty), so
 ``pandas.read_csv(path)`` gives numbers without post-processing. Columns hold
 one type each (``instances_per_task`` is text: ``5`` or ``full``).
+
+CSV cells are safe to open in a spreadsheet (OWASP's rule against formula
+injection): a *text* cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or
+a carriage return gets a leading ``'``, so a task named ``=HYPERLINK(...)`` is
+shown, not evaluated. Numbers stay numbers: only values that are strings in the
+results are neutralised (a float ``-0.5`` is written as ``-0.5``), and a string
+that is a plain decimal number (``-1``, ``+2.5e3``) is left as it is (a
+spreadsheet reads it as that number, no formula). Parquet keeps raw values.
+Files are written atomically (:mod:`tunelens.io`), so a failed export leaves
+no partial table and no temporary file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +54,21 @@ __all__ = ["FORMATS", "export_tables", "tidy_tables"]
 FORMATS = ("csv", "parquet")
 Row = dict[str, Any]
 VALUE_COLUMNS = ("value", "ci_low", "ci_high")
+#: What a spreadsheet may read as the start of a formula (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would run as a formula gets a
+    leading ``'``; numbers (and text that is just a decimal number) are kept."""
+    if (
+        isinstance(value, str)
+        and value.startswith(FORMULA_STARTS)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
 
 
 def _stat(value: Any) -> tuple[float | None, float | None, float | None]:
@@ -239,25 +266,41 @@ def export_tables(
         raise TunelensInputError(
             f"unknown format {format!r}; use {' or '.join(FORMATS)}", where="--format"
         )
+    from tunelens.io import atomic_write_text, refuse_overwriting_inputs
+
     tables = tidy_tables(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    paths = {name: out / f"{name}.{format}" for name in tables}
+    inputs = [Path(run_dir) / "results.json", Path(run_dir) / "decide.json"]
+    refuse_overwriting_inputs([out, *paths.values()], inputs)
+    _make_folder(out)
     for name, rows in tables.items():
-        columns = _columns(rows)
-        path = out / f"{name}.{format}"
         if format == "csv":
-            tmp = path.with_suffix(".csv.tmp")
-            with tmp.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow({k: "" if v is None else v for k, v in row.items()})
-            tmp.replace(path)
+            atomic_write_text(paths[name], csv_text(rows, _columns(rows)))
         else:
-            _write_parquet(path, rows, columns)
-        written.append(path)
-    return written
+            _write_parquet(paths[name], rows, _columns(rows))
+    return list(paths.values())
+
+
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise TunelensInputError("--out is a file, not a folder", source=str(out)) from None
+    except OSError as error:
+        raise TunelensInputError(
+            f"cannot make the folder: {error.strerror or error}", source=str(out)
+        ) from None
+
+
+def csv_text(rows: Iterable[Row], columns: list[str]) -> str:
+    """The CSV of ``rows`` (header first), every cell :func:`spreadsheet_safe`."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else spreadsheet_safe(v) for k, v in row.items()})
+    return buffer.getvalue()
 
 
 def _write_parquet(path: Path, rows: list[Row], columns: list[str]) -> None:
@@ -274,6 +317,8 @@ def _write_parquet(path: Path, rows: list[Row], columns: list[str]) -> None:
         kinds = {type(v) for v in values if v is not None}
         if len(kinds) > 1 and not kinds <= {int, float}:
             data[column] = [None if v is None else str(v) for v in values]
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.table(data), tmp)
-    tmp.replace(path)
+    from tunelens.io import atomic_path
+
+    table = pa.table(data)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

@@ -176,8 +176,12 @@ def _examples(r: FieldReader, value: Any, field: str) -> list[dict[str, Any]]:
     if value is None or value == "":
         return []
     if isinstance(value, str):
+        from tunelens.io import DuplicateKeyError, unique_keys
+
         try:
-            value = json.loads(value)
+            value = json.loads(value, object_pairs_hook=unique_keys)
+        except DuplicateKeyError as error:
+            raise r.error(field, f"key {error.key!r} is given twice in one object") from None
         except (ValueError, RecursionError):
             raise r.error(field, "expected a list of examples or that list as JSON") from None
     if not isinstance(value, list):

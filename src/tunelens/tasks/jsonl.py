@@ -32,7 +32,7 @@ from typing import Any
 
 from tunelens.errors import TunelensInputError
 from tunelens.io import read_json_lines
-from tunelens.tasks.labels import label_space
+from tunelens.tasks.labels import check_label_space, label_space
 from tunelens.tasks.loaders import FieldReader, check_unique_ids
 from tunelens.tasks.types import Example, Instance, Task
 
@@ -84,6 +84,7 @@ def load_jsonl(path: str | Path) -> Task:
         for i, label in enumerate(given):
             if not label.strip():
                 raise r.error(f"labels[{i}]", "a label must not be empty or only spaces")
+        check_label_space(given, source=str(path), task=name, where=f"{r.where}, field 'labels'")
         labels = tuple(sorted(set(given)))
 
     instances: list[Instance] = []
@@ -113,6 +114,7 @@ def load_jsonl(path: str | Path) -> Task:
             definition=definition,
             example_outputs=[e.output for e in positive],
         ).labels
+        check_label_space(labels, source=str(path), task=name, where="outputs")
     return Task(
         name=name,
         definition=definition,

@@ -22,6 +22,13 @@ the space comes, in this order, from:
    they repeat: at least ``MIN_MEAN_REPEATS`` (2) instances per distinct output
    on average and at most ``MAX_LABELS`` (50) distinct outputs;
 4. otherwise free text (``None``).
+
+Whichever way it came, a label space is checked under the metric's own
+normalisation (:func:`check_label_space`): exact match compares answers after
+``normalize_answer`` (lower-case, punctuation dropped, spaces collapsed), so two
+labels with one normalised text (``Yes`` and ``yes``, ``yes`` and ``yes.``) are
+one answer to the metric and an input error (a confusion matrix could not tell
+them apart, and a guess over "two" labels would be scored as one).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from tunelens.errors import TunelensInputError
 from tunelens.measures.text import normalize_answer
 
 if TYPE_CHECKING:
@@ -58,6 +66,25 @@ class LabelSpace:
     labels: tuple[str, ...] | None
     source: LabelSource | None
     unseen: tuple[str, ...] = ()
+
+
+def check_label_space(
+    labels: Iterable[str] | None, *, source: str, task: str, where: str | None = None
+) -> None:
+    """A :class:`TunelensInputError` naming the file, the task and both labels when two labels
+    are the same text under exact match's normalisation; None passes (free text)."""
+    seen: dict[str, str] = {}
+    for label in labels or ():
+        key = normalize_answer(label)
+        if key in seen and seen[key] != label:
+            raise TunelensInputError(
+                f"task {task!r}: labels {seen[key]!r} and {label!r} are the same answer "
+                f"({key!r}) under the exact-match normalisation (case, punctuation and "
+                "spaces ignored), so no score can tell them apart; keep one of them",
+                source=source,
+                where=where,
+            )
+        seen.setdefault(key, label)
 
 
 def quoted_spans(definition: str) -> list[tuple[int, int, str]]:

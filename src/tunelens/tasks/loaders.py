@@ -24,7 +24,7 @@ from typing import Any
 
 from tunelens.errors import TunelensInputError
 from tunelens.io import read_json, read_text  # read_text: re-exported for older imports
-from tunelens.tasks.labels import label_space
+from tunelens.tasks.labels import check_label_space, label_space
 from tunelens.tasks.types import Example, Instance, Task
 
 TASK_SUFFIXES = (".json", ".jsonl")
@@ -173,6 +173,7 @@ def parse_superni(data: Any, path: Path, name: str | None = None) -> Task:
         definition=definition,
         example_outputs=[e.output for e in positive],
     )
+    check_label_space(space.labels, source=str(path), task=name, where="outputs")
     return Task(
         name=name,
         definition=definition,
