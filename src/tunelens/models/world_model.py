@@ -509,9 +509,10 @@ def save_checkpoint(
         "param_groups": state["param_groups"],
         "slots": slots,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={_META: json.dumps(meta)})
-    tmp.replace(path)
+    from tunelens.io import atomic_path
+
+    with atomic_path(path) as tmp:  # a unique temporary name, removed if the save fails
+        save_file(tensors, str(tmp), metadata={_META: json.dumps(meta)})
 
 
 def load_checkpoint(

@@ -158,7 +158,8 @@ def task_to_jsonl_lines(task: Task) -> list[str]:
 
 def write_jsonl(task: Task, path: str | Path) -> Path:
     """Write ``task`` as tunelens JSONL (header + one instance per line); returns the path."""
+    from tunelens.io import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(task_to_jsonl_lines(task)) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(task_to_jsonl_lines(task)) + "\n")
     return path

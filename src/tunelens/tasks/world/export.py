@@ -37,11 +37,14 @@ def export_world(world: World, root: Path) -> list[Path]:
     split_dir = root / "splits" / "default"
     tasks_dir.mkdir(parents=True, exist_ok=True)
     split_dir.mkdir(parents=True, exist_ok=True)
+    from tunelens.io import atomic_write_text
+
     written = []
     for task in world.train + world.heldout:
         path = tasks_dir / f"{task.name}.json"
-        path.write_text(json.dumps(task_to_superni(task), indent=1, ensure_ascii=False) + "\n")
+        text = json.dumps(task_to_superni(task), indent=1, ensure_ascii=False) + "\n"
+        atomic_write_text(path, text)
         written.append(path)
-    (split_dir / "train_tasks.txt").write_text("".join(f"{t.name}\n" for t in world.train))
-    (split_dir / "test_tasks.txt").write_text("".join(f"{t.name}\n" for t in world.heldout))
+    atomic_write_text(split_dir / "train_tasks.txt", "".join(f"{t.name}\n" for t in world.train))
+    atomic_write_text(split_dir / "test_tasks.txt", "".join(f"{t.name}\n" for t in world.heldout))
     return written
