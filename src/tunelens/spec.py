@@ -23,6 +23,16 @@ from pydantic import (
     model_validator,
 )
 
+from tunelens.bounds import (
+    MAX_COUNT,
+    MAX_LORA_RANK,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    Count,
+    NonNegative,
+    Resamples,
+    Seed,
+)
 from tunelens.errors import TunelensInputError
 from tunelens.models.tuning.config import StudyTuning, TuningConfig
 
@@ -31,10 +41,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-MAX_SEED = 2**32 - 1
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-"""A seed: a whole number in 0 .. 2**32 - 1 (what every seeded generator accepts)."""
-Positive = Annotated[int, Field(ge=1)]
+Positive = Count
+"""A count: 1 .. 2**31 - 1 (:mod:`tunelens.bounds`)."""
 _T = TypeVar("_T")
 
 
@@ -71,8 +79,10 @@ class ConvergenceSpec(_Strict):
         None, description="Weights dtype; empty means the spec's."
     )
     device: str | None = Field(None, description="torch device; empty means the spec's.")
-    n_pairs: int = Field(30, ge=2, description="(demonstration set, anchor) pairs per seed.")
-    anchors_per_set: int = Field(1, ge=1, description="Anchors probed per tuned set.")
+    n_pairs: int = Field(
+        30, ge=2, le=MAX_COUNT, description="(demonstration set, anchor) pairs per seed."
+    )
+    anchors_per_set: Count = Field(1, description="Anchors probed per tuned set.")
     seeds: Sweep[Seed] = Field([0, 1, 2], description="Resampling seeds.")
     k: Sweep[Positive] = Field(
         [8],
@@ -116,15 +126,15 @@ class ConvergenceSpec(_Strict):
     @field_validator("lora_ranks")
     @classmethod
     def _ranks(cls, v: list[int]) -> list[int]:
-        if any(r < 1 for r in v):
-            raise ValueError("LoRA ranks must be >= 1")
+        if any(not 1 <= r <= MAX_LORA_RANK for r in v):
+            raise ValueError(f"LoRA ranks must lie in 1 .. {MAX_LORA_RANK}")
         return v
 
     @field_validator("patching_layers")
     @classmethod
     def _layers(cls, v: list[int]) -> list[int]:
-        if any(layer < 0 for layer in v):
-            raise ValueError("layers must be >= 0")
+        if any(not 0 <= layer <= MAX_COUNT for layer in v):
+            raise ValueError(f"layers must lie in 0 .. {MAX_COUNT}")
         return sorted(set(v))
 
     @field_validator("target_module_sets")
@@ -186,10 +196,9 @@ class AuditSpec(_Strict):
         [5], description="Training instances per task (>= 1): low (5), mid, or 'full'."
     )
     seeds: Sweep[Seed] = Field([0], description="Tuning seeds.")
-    n_positive: int = Field(2, ge=0, description="Positive examples in the Tk-Instruct encoding.")
-    eval_instances_per_task: int = Field(
+    n_positive: NonNegative = Field(2, description="Positive examples in the Tk-Instruct encoding.")
+    eval_instances_per_task: Count = Field(
         100,
-        ge=1,
         description="Held-out instances scored per task, the first ones of each (Tk-Instruct: "
         "100). On world tasks 100 means every instance, so twin tasks share their inputs and "
         "the definition-blind bound is exactly 50%.",
@@ -206,8 +215,12 @@ class AuditSpec(_Strict):
         description="ROUGE-L tokenizer: 'default' is the official SuperNI scorer "
         "(rouge_score's, ASCII only); 'unicode' is tunelens's own for non-English text.",
     )
-    max_new_tokens: int = Field(8, ge=1, description="Bound on generated tokens.")
-    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for CIs over tasks.")
+    max_new_tokens: int = Field(
+        8, ge=1, le=MAX_NEW_TOKENS, description="Bound on generated tokens."
+    )
+    bootstrap: Resamples = Field(
+        2000, description="Bootstrap resamples for CIs over tasks (100 .. 10**6)."
+    )
     tuning: StudyTuning = Field(
         TuningSpec(learning_rate=3e-3, epochs=2, batch_size=16),
         description="How the model is tuned on the training mixture (the audit's own "
@@ -236,10 +249,8 @@ class WorldEvalSpec(_Strict):
 
     model: str = Field("world", description="'world' or a local Hugging Face model directory.")
     tasks: str = Field("world:heldout", description="Tasks to evaluate.")
-    shots: Sweep[Annotated[int, Field(ge=0)]] = Field(
-        list(DEFAULT_SHOTS), description="Values of k (>= 0)."
-    )
-    queries_per_task: int = Field(20, ge=1, description="Queries per task and k.")
+    shots: Sweep[NonNegative] = Field(list(DEFAULT_SHOTS), description="Values of k (>= 0).")
+    queries_per_task: Count = Field(20, description="Queries per task and k.")
     labels: Literal["original", "novel"] = Field(
         "original",
         description="'novel' swaps each task's label words for words never used as labels in "
@@ -277,6 +288,7 @@ class Spec(_Strict):
     limit: int | None = Field(
         None,
         ge=1,
+        le=MAX_COUNT,
         description="A quick look (--limit N): at most N anchors / evaluation instances per "
         "task (tunelens.runs.limit); cell keys and results.json record it. Empty: no limit.",
     )
@@ -307,7 +319,7 @@ class Spec(_Strict):
             if not c.models:
                 update["models"] = models
             if "seeds" not in c.model_fields_set:
-                update["seeds"] = [self.seed + s for s in c.seeds]
+                update["seeds"] = _shifted(self.seed, c.seeds)
             object.__setattr__(self, "convergence", c.model_copy(update=update))
         if self.audit is not None:
             a = self.audit
@@ -317,14 +329,25 @@ class Spec(_Strict):
             chosen = update.get("models", a.models)
             update["model"] = chosen[0]  # type: ignore[index]
             if "seeds" not in a.model_fields_set:
-                update["seeds"] = [self.seed + s for s in a.seeds]
+                update["seeds"] = _shifted(self.seed, a.seeds)
             object.__setattr__(self, "audit", a.model_copy(update=update))
         if self.world_eval is not None and "seed" not in self.world_eval.model_fields_set:
             w = self.world_eval
             object.__setattr__(
-                self, "world_eval", w.model_copy(update={"seed": self.seed + w.seed})
+                self, "world_eval", w.model_copy(update={"seed": _shifted(self.seed, [w.seed])[0]})
             )
         return self
+
+
+def _shifted(base: int, seeds: list[int]) -> list[int]:
+    """A section's default seeds shifted by the base seed, each still a seed."""
+    shifted = [base + s for s in seeds]
+    if max(shifted) > MAX_SEED:
+        raise ValueError(
+            f"seed {base} shifts a section's default seeds to {max(shifted)}, beyond "
+            f"2**32 - 1; lower it or list the section's seeds"
+        )
+    return shifted
 
 
 def default_spec() -> Spec:
@@ -373,7 +396,7 @@ def validate_spec(data: dict, *, source: str) -> Spec:
         return Spec.model_validate(data, strict=True)
     except ValidationError as error:
         first = error.errors()[0]
-        where = dotted_key(first["loc"])
+        where = dotted_key(first["loc"]) or None
         raise TunelensInputError(_message(first), source=source, where=where) from None
 
 
@@ -390,7 +413,7 @@ def dotted_key(loc: tuple) -> str:
 
 def _message(error: Any) -> str:
     """pydantic's message, with the offending value when it is short."""
-    message = str(error["msg"])
+    message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
     if isinstance(value, (bool, int, float, str)) and len(repr(value)) <= 40:
         return f"{message} (got {value!r})"

@@ -119,6 +119,43 @@ TASK_FILES: dict[str, tuple[str, str | bytes]] = {
     "jsonl-examples-not-list": ("t.jsonl", _jsonl({**HEADER, "examples": 3}, *ROWS)),
     "jsonl-id-not-string": ("t.jsonl", _jsonl({"input": "x", "output": "y", "id": [1]})),
     "unknown-suffix": ("t.txt", "input,output\n"),
+    # Issue 32: a key given twice in any JSON object; labels that exact match cannot tell apart.
+    "json-key-twice": ("t.json", superni()[:-1] + ', "Definition": ["Say no."]}'),
+    "json-instance-key-twice": (
+        "t.json",
+        superni(Instances=[]).replace(
+            '"Instances": []', '"Instances": [{"input": "x", "output": ["y"], "input": "z"}]'
+        ),
+    ),
+    "jsonl-header-key-twice": (
+        "t.jsonl",
+        json.dumps(HEADER)[:-1] + ', "labels": ["a", "b"]}\n' + _jsonl(*ROWS),
+    ),
+    "jsonl-row-key-twice": (
+        "t.jsonl",
+        _jsonl(HEADER) + '{"input": "x", "output": "no", "input": "y"}\n',
+    ),
+    "jsonl-labels-case-twins": (
+        "t.jsonl",
+        _jsonl({**HEADER, "labels": ["no", "yes", "Yes"]}, *ROWS),
+    ),
+    "jsonl-labels-space-twins": (
+        "t.jsonl",
+        _jsonl({**HEADER, "labels": ["yes", "yes ", " yes", "no"]}, *ROWS),
+    ),
+    "jsonl-labels-punctuation-twins": (
+        "t.jsonl",
+        _jsonl({**HEADER, "labels": ["yes", "yes.", "no"]}, *ROWS),
+    ),
+    "json-derived-label-twins": (
+        "t.json",
+        superni(
+            Instances=[
+                {"id": f"t-{i}", "input": f"x{i}", "output": [("Yes", "yes", "no")[i % 3]]}
+                for i in range(9)
+            ]
+        ),
+    ),
 }
 for _name, (_file, _content) in TASK_FILES.items():
     case(
@@ -245,6 +282,9 @@ COSTS: dict[str, tuple[str, str | bytes]] = {
     "unknown-suffix": ("c.txt", "no yes 1\n"),
     "not-utf8": ("c.csv", b"true,predicted,cost\n\xff,yes,1\n"),
     "empty": ("c.csv", ""),
+    # Issue 32: JSON is refused a key given twice as YAML and CSV are (the last used to win).
+    "json-key-twice": ("c.json", '{"no": {"yes": 1}, "yes": {"no": 2}, "no": {"yes": 1000}}'),
+    "json-inner-key-twice": ("c.json", '{"no": {"yes": 1, "yes": 1000}, "yes": {"no": 2}}'),
 }
 for _name, (_file, _content) in COSTS.items():
     case(
@@ -283,6 +323,8 @@ EXAMPLES: dict[str, tuple[str, str | bytes]] = {
     "csv-missing-columns": ("e.csv", "text,answer\na,b\n"),
     "csv-not-utf8": ("e.csv", b"input,output\n\xff,b\n"),
     "unknown-suffix": ("e.txt", "a -> b\n"),
+    "jsonl-key-twice": ("e.jsonl", '{"input": "a", "output": "b", "output": "c"}\n'),
+    "jsonl-task-headers-only": ("e.jsonl", _jsonl({"tunelens_task": 1, "task": "t"})),
 }
 for _name, (_file, _content) in EXAMPLES.items():
     case(
@@ -302,6 +344,99 @@ case(
     "store-is-not-sqlite",
     lambda d: ["examples", "list", "--db", str(_write(d / "in" / "ex.sqlite", "not sqlite"))],
 )
+
+# --- output paths that are inputs (issue 32): refused before anything is written -----------
+
+
+def _store(d: Path) -> Path:
+    from tunelens.examples.store import ExampleStore, NewExample
+
+    db = d / "in" / "ex.sqlite"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with ExampleStore(db) as store:
+        store.add([NewExample("a film", "positive"), NewExample("b", "x", accepted=False)])
+    return db
+
+
+def _export_onto_store(link: str) -> Setup:
+    def setup(d: Path) -> list[str]:
+        db = _store(d)
+        out = db if link == "none" else d / "in" / "out.jsonl"
+        if link == "symlink":
+            out.symlink_to(db)
+        elif link == "hardlink":
+            out.hardlink_to(db)
+        return ["examples", "export", "--db", str(db), "--out", str(out)]
+
+    return setup
+
+
+for _link in ("none", "symlink", "hardlink"):
+    case("output path", f"examples-export-onto-its-store-{_link}", _export_onto_store(_link))
+case(
+    "output path",
+    "examples-export-to-a-folder",
+    lambda d: ["examples", "export", "--db", str(_store(d)), "--out", str(_mkdir(d / "in" / "f"))],
+)
+
+
+def _decide_out_holds_input(which: str) -> Setup:
+    def setup(d: Path) -> list[str]:
+        out = _mkdir(d / "in" / "out")
+        if which == "task":
+            task = _write(out / "decide.json", superni())
+            return ["decide", "--task", str(task), "--model", "world", "--out", str(out)]
+        task = _write(d / "in" / "task.jsonl", GOOD_TASK)
+        costs = _write(out / "decide.json", '{"no": {"yes": 1}, "yes": {"no": 1}}')
+        args = ["decide", "--task", str(task), "--model", "world", "--out", str(out)]
+        return [*args, "--costs", str(costs)]
+
+    return setup
+
+
+case("output path", "decide-out-holds-the-task", _decide_out_holds_input("task"))
+case("output path", "decide-out-holds-the-costs", _decide_out_holds_input("costs"))
+
+
+def _export_onto_results(d: Path) -> list[str]:
+    run = _mkdir(d / "in" / "run")
+    _write(run / "results.json", "{}")
+    return ["export", str(run), "--out", str(run / "results.json")]
+
+
+def _export_table_links_to_results(d: Path) -> list[str]:
+    run = _mkdir(d / "in" / "run")
+    _write(run / "results.json", "{}")
+    (_mkdir(run / "export") / "audit.csv").symlink_to(run / "results.json")
+    return ["export", str(run)]
+
+
+case("output path", "export-out-is-results-json", _export_onto_results)
+case("output path", "export-table-links-to-results-json", _export_table_links_to_results)
+
+# --- label spaces decide cannot score (issue 32) -------------------------------------------
+
+
+def _decide_labels(labels: list[str]) -> Setup:
+    def setup(d: Path) -> list[str]:
+        rows = [{"input": f"w{i}", "output": labels[i % len(labels)]} for i in range(12)]
+        task = _write(d / "in" / "task.jsonl", _jsonl({**HEADER, "labels": labels}, *rows))
+        return ["decide", "--task", str(task), "--model", "world", "--out", str(d / "out")]
+
+    return setup
+
+
+LABEL_SPACES = {
+    "case-twins": ["Yes", "yes"],
+    "case-twins-of-three": ["YES", "yes", "no"],
+    "space-twins": ["yes", "yes ", " yes"],
+    "punctuation-twins": ["yes", "yes.", "no"],
+    "bucket-name": ["(other)", "yes", "no"],
+    "bucket-name-cased": ["(Other)", "yes", "no"],
+    "punctuation-only": ["+", "yes"],
+}
+for _name, _labels in LABEL_SPACES.items():
+    case("label space", _name, _decide_labels(_labels))
 
 # --- model directories: `tunelens world eval --model DIR` --------------------------------
 
@@ -494,6 +629,29 @@ case("CLI option", "decide-k-zero", _decide_option("--k", "0"))
 case("CLI option", "decide-k-word", _decide_option("--k", "x"))
 case("CLI option", "decide-test-size-above-one", _decide_option("--test-size", "2.5"))
 case("CLI option", "decide-lr-nan", _decide_option("--lr", "nan"))
+# Issue 32: every numeric option bounded before any model loads (tunelens.bounds); with
+# --k 1 the task splits, so each of these would otherwise run (or crash after every cell).
+case("CLI option", "decide-seed-negative", _decide_option("--k", "1", "--seed", "-1"))
+case("CLI option", "decide-seed-10-to-23", _decide_option("--k", "1", "--seed", str(10**23)))
+case("CLI option", "decide-bootstrap-2e9", _decide_option("--k", "1", "--bootstrap", "2000000000"))
+case(
+    "CLI option",
+    "decide-max-new-tokens-huge",
+    _decide_option("--k", "1", "--max-new-tokens", str(10**11)),
+)
+case(
+    "CLI option",
+    "decide-tune-sizes-huge",
+    _decide_option("--k", "1", "--tune-sizes", f"8,{10**30}"),
+)
+case("CLI option", "decide-test-size-inf", _decide_option("--k", "1", "--test-size", "inf"))
+case("CLI option", "decide-lora-r-huge", _decide_option("--k", "1", "--lora-r", str(10**12)))
+case("CLI option", "decide-epochs-huge", _decide_option("--k", "1", "--epochs", str(10**14)))
+case("CLI option", "run-limit-huge", lambda d: ["run", "--out", "o", "--limit", str(10**23)])
+case("CLI option", "audit-seed-huge", lambda d: ["audit", "--seed", str(2**32)])
+case(
+    "CLI option", "examples-list-limit-huge", lambda d: ["examples", "list", "--limit", str(10**20)]
+)
 
 
 CLASS_COUNTS = {
@@ -510,6 +668,8 @@ def test_the_suite_covers_every_class_with_at_least_100_cases():
         "example file",
         "model directory",
         "CLI option",
+        "output path",
+        "label space",
     }
     assert len({c.id for c in CASES}) == len(CASES)
 

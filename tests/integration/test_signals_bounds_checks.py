@@ -9,13 +9,13 @@ recomputed; library warnings stay off stderr on success.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from tests.helpers.cli import assert_one_error_line, invoke
@@ -72,7 +72,6 @@ def test_interrupted_carries_its_exit_code():
 
 
 def test_a_cell_edited_to_another_cells_record_is_recomputed(tmp_path):
-    import json
 
     out = tmp_path / "out"
     args = ("world", "eval", "--shots", "0,1", "--queries", "2", "--out", out, "--json")
@@ -91,3 +90,37 @@ def test_a_cell_edited_to_another_cells_record_is_recomputed(tmp_path):
     assert second.code == 0, second.stderr
     assert json.loads(victim.read_text())["cell"] == original["cell"]  # computed again
     assert json.loads(second.stdout) == json.loads(first.stdout)
+
+
+# --- bounds before any model loads ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "bound"),
+    [
+        ("--seed", "-1", "greater than or equal to 0"),
+        ("--seed", str(10**23), "less than or equal to 4294967295"),
+        ("--bootstrap", "2000000000", "less than or equal to 1000000"),
+    ],
+)
+def test_decide_numbers_out_of_bounds_name_the_option(tmp_path, option, value, bound):
+    task = tmp_path / "task.jsonl"
+    rows = [{"tunelens_task": 1, "definition": "Animal?", "labels": ["no", "yes"]}]
+    rows += [{"input": f"w{i}", "output": "yes" if i % 2 else "no"} for i in range(12)]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    started = time.monotonic()
+    result = invoke("decide", "--task", task, "--model", "world", "--k", "1", option, value)
+    line = assert_one_error_line(result)
+    assert line.startswith(f"error: {option}: ") and bound in line, line
+    assert time.monotonic() - started < 10  # no model loaded, no cell ran
+    assert not (tmp_path / "decide-task").exists() and not list(tmp_path.glob("decide-*"))
+
+
+def test_a_base_seed_that_shifts_default_seeds_past_the_bound_is_refused():
+    from tunelens.errors import TunelensInputError
+    from tunelens.spec import validate_spec
+
+    with pytest.raises(TunelensInputError, match=r"s\.yaml: seed 4294967295 shifts"):
+        validate_spec({"seed": 2**32 - 1, "convergence": {}}, source="s.yaml")
+    spec = validate_spec({"seed": 2**32 - 1, "convergence": {"seeds": [7]}}, source="s.yaml")
+    assert spec.convergence is not None and spec.convergence.seeds == [7]

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from tunelens.bounds import check_option
 from tunelens.cli import app
 from tunelens.commands.studies import (
     AllowMissingOption,
@@ -25,7 +26,7 @@ def with_run_options(
     if save_adapters:
         update["save_adapters"] = True
     if limit is not None:
-        update["limit"] = limit
+        update["limit"] = check_option(Spec, "limit", limit, "--limit")
     if allow_missing_tasks:
         update["allow_missing_tasks"] = True
     return spec.model_copy(update=update) if update else spec

@@ -7,10 +7,11 @@ tuning epochs or the test size, or run on a GPU.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunelens.bounds import MAX_COUNT, MAX_NEW_TOKENS, Count, NonNegative, Resamples, Seed
 from tunelens.errors import TunelensInputError
 from tunelens.models.tuning.config import StudyTuning, TuningConfig
 
@@ -20,25 +21,30 @@ ALL: Final = "all"
 class DecideConfig(BaseModel):
     """One decide run's settings (the task, model and costs file are given apart)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    k: list[int] = Field(
+    k: list[Count] = Field(
         [1, 2, 4, 8, 16],
         min_length=1,
         description="Demonstrations per ICL prompt: one ICL method per value.",
     )
-    tune_sizes: list[int | Literal["all"]] = Field(
+    tune_sizes: list[Count | Literal["all"]] = Field(
         [8, 32, 128, ALL],
         min_length=1,
         description="Tuning-pool examples per tuned model ('all' = the whole pool); sizes "
         "larger than the pool are skipped.",
     )
-    seed: int = Field(0, description="Seeds the split, the tuning runs and the bootstrap.")
-    test_size: float = Field(
-        0.3, gt=0, description="Test set: a fraction of the examples (0 < x < 1) or a count."
+    seed: Seed = Field(
+        0, description="Seeds the split, the tuning runs and the bootstrap (0 .. 2**32 - 1)."
     )
-    demo_size: int | None = Field(
-        None, ge=1, description="Demonstration pool size; default: the largest k."
+    test_size: float = Field(
+        0.3,
+        gt=0,
+        le=MAX_COUNT,
+        description="Test set: a fraction of the examples (0 < x < 1) or a count.",
+    )
+    demo_size: Count | None = Field(
+        None, description="Demonstration pool size; default: the largest k."
     )
     template: Literal["plain", "tk", "chat"] = Field(
         "plain", description="Prompt template (plain: the world model's format)."
@@ -50,23 +56,27 @@ class DecideConfig(BaseModel):
         "out); 'score': the label with the highest log-probability (always a label).",
     )
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Tokens generated per answer; default: the longest label + 2."
+        None,
+        ge=1,
+        le=MAX_NEW_TOKENS,
+        description="Tokens generated per answer; default: the longest label + 2.",
     )
     controls: bool = Field(
         True,
         description="Run the format-only controls (simplified definition, delusive "
         "examples) at the largest tuning size.",
     )
-    similarity_k: int | None = Field(
+    similarity_k: Count | None = Field(
         None,
-        ge=1,
         description="k for the ICL-IT hidden-state similarity; default: the k with "
         "the best ICL accuracy.",
     )
-    similarity_items: int = Field(
-        64, ge=0, description="Test items probed for hidden-state similarity (0: skip it)."
+    similarity_items: NonNegative = Field(
+        64, description="Test items probed for hidden-state similarity (0: skip it)."
     )
-    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every interval.")
+    bootstrap: Resamples = Field(
+        2000, description="Bootstrap resamples for every interval (100 .. 10**6)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype: float32, bfloat16 or float16."
     )
@@ -76,9 +86,8 @@ class DecideConfig(BaseModel):
         description="How each tuned model is tuned (the one tuning configuration; its seed "
         "is ``seed``).",
     )
-    limit: int | None = Field(
+    limit: Count | None = Field(
         None,
-        ge=1,
         description="A quick look: score at most this many test items (the first of the "
         "stratified test set); empty: the whole test set.",
     )
@@ -86,16 +95,12 @@ class DecideConfig(BaseModel):
     @field_validator("k")
     @classmethod
     def _k(cls, value: list[int]) -> list[int]:
-        if any(k < 1 for k in value):
-            raise ValueError("every k must be >= 1")
         return sorted(set(value))
 
     @field_validator("tune_sizes")
     @classmethod
     def _sizes(cls, value: list[int | str]) -> list[int | str]:
         numbers = sorted({v for v in value if isinstance(v, int)})
-        if any(n < 1 for n in numbers):
-            raise ValueError("every tuning size must be >= 1 or 'all'")
         return [*numbers, *([ALL] if ALL in value else [])]
 
 
@@ -127,6 +132,14 @@ def make_config(**fields) -> DecideConfig:
         return DecideConfig(**fields)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+        # The field is the option; list indices and union tags (constrained-int) are not.
+        field = str(first["loc"][0]) if first["loc"] else ""
         where = f"--{field.replace('_', '-')}" if field else "options"
-        raise TunelensInputError(first["msg"], where=where) from None
+        raise TunelensInputError(_message(first), where=where) from None
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, with the value given when it is a short number or word."""
+    value = error.get("input")
+    shown = isinstance(value, (int, float, str)) and len(repr(value)) <= 40
+    return f"{error['msg']} (got {value!r})" if shown else str(error["msg"])

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from tunelens.bounds import MAX_COUNT, Count, LoraRank, Seed
+
 __all__ = ["DEFAULT_TARGET_MODULES", "StudyTuning", "TuningConfig"]
 
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
@@ -30,7 +32,7 @@ class TuningConfig(BaseModel):
     method: Literal["lora", "full"] = Field(
         "lora", description="'lora': low-rank adapters on target_modules; 'full': all weights."
     )
-    lora_r: int = Field(8, ge=1, description="LoRA rank (columns of A, rows of B).")
+    lora_r: LoraRank = Field(8, description="LoRA rank (columns of A, rows of B).")
     lora_alpha: float = Field(
         16, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r."
     )
@@ -59,10 +61,13 @@ class TuningConfig(BaseModel):
     lr_schedule: Literal["constant", "linear"] = Field(
         "constant", description="Constant learning rate, or linear decay to 0 over the steps."
     )
-    epochs: int = Field(10, ge=1, description="Passes over the tuning pairs.")
-    batch_size: int = Field(8, ge=1, description="Pairs per optimizer step (per process).")
+    epochs: Count = Field(10, description="Passes over the tuning pairs.")
+    batch_size: Count = Field(8, description="Pairs per optimizer step (per process).")
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (before the epochs end)."
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="Stop after this many optimizer steps (before the epochs end).",
     )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
     max_grad_norm: float | None = Field(
@@ -71,7 +76,7 @@ class TuningConfig(BaseModel):
         description="Clip the gradient norm to this value; none (null in a spec) turns "
         "clipping off.",
     )
-    seed: int = Field(
+    seed: Seed = Field(
         0,
         exclude=True,
         description="Seeds LoRA initialisation, data order and dropout; a study sets it from "
@@ -88,15 +93,15 @@ class TuningConfig(BaseModel):
         description="Keep the model's own dropout layers active while tuning (off: "
         "deterministic and independent of batching).",
     )
-    gradient_accumulation_steps: int = Field(
+    gradient_accumulation_steps: Count = Field(
         1,
-        ge=1,
         description="Micro-batches per optimizer step in multi-task tuning (when it "
         "creates the Accelerator).",
     )
     save_steps: int | None = Field(
         None,
         ge=1,
+        le=MAX_COUNT,
         description="Multi-task tuning with a checkpoint directory: also checkpoint every "
         "this many steps.",
     )
