@@ -63,7 +63,7 @@ def test_cell_with_patching_behaviour_and_calibrated_measures(tasks):
     last = n_layers - 1
     # The ICL state patched after the last block gives the ICL distribution exactly ...
     np.testing.assert_allclose(patch["icl"]["kl_to_icl"][last], 0.0, atol=1e-6)
-    assert patch["icl"]["correct"][last] == behaviour["next_correct"]["icl"]
+    assert patch["icl"]["correct"][last] == behaviour["label_correct"]["icl"]
     # ... the IT state the IT distribution (LoRA leaves the final norm and head alone) ...
     np.testing.assert_allclose(patch["it"]["kl_to_icl"][last], behaviour["kl_icl_it"], atol=1e-5)
     # ... and layer 0 (the shared last token's embedding) changes nothing.

@@ -3,7 +3,9 @@
 ``run_convergence_cell`` probes every tuned set in one batched-LoRA forward and
 one generate (one adapter per row); ``batched_probe=False`` is the per-set
 reference. Hidden states, logits and predictions must agree, and so must the
-whole cell result apart from float noise.
+whole cell result apart from float noise. The label scores are compared too: the
+batched probe scores every label continuation with the adapter stack lined up
+with the rows.
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ def assert_close(a: Any, b: Any, path: str = "") -> None:
 
 
 def run_both(loaded, tasks, params, monkeypatch):
-    """The cell both ways; the IT readings of each (states, logits, block states, predictions)."""
+    """The cell both ways; the IT readings of each (states, logits, block states, label
+    scores, predictions)."""
     import tunelens.models.hidden_states as hidden_states
-    import tunelens.models.patching as patching
     import tunelens.models.predict as predict
+    import tunelens.models.scoring as scoring
 
     fast_seen: list[tuple] = []
     real_probe = convergence._probe_batched
@@ -80,7 +83,7 @@ def run_both(loaded, tasks, params, monkeypatch):
     seen: dict[str, list] = {"h": [], "fw": [], "pred": []}
     wraps = [
         (hidden_states, "capture_last_token_states", "h"),
-        (patching, "last_token_forward", "fw"),
+        (scoring, "score_label_continuations", "fw"),
         (predict, "generate_predictions", "pred"),
     ]
     for module, name, key in wraps:
@@ -100,9 +103,18 @@ def run_both(loaded, tasks, params, monkeypatch):
         np.concatenate([h.numpy() for h in seen["h"]]),
         np.concatenate([r.logits.numpy() for r in seen["fw"]]),
         np.concatenate([r.states.numpy() for r in seen["fw"]]),
+        np.concatenate([np.concatenate(r.summed) for r in seen["fw"]]),
         [p for preds in seen["pred"] for p in preds],
     )
-    return fast, reference, fast_seen[0], ref_it
+    hidden, scores, preds = fast_seen[0]
+    fast_it = (
+        hidden,
+        scores.logits.numpy(),
+        scores.states.numpy(),
+        np.concatenate(scores.summed),
+        preds,
+    )
+    return fast, reference, fast_it, ref_it
 
 
 def check(loaded, tasks, params, monkeypatch):
@@ -111,7 +123,9 @@ def check(loaded, tasks, params, monkeypatch):
     for got, want in zip(fast_it[:3], ref_it[:3], strict=True):
         assert got.shape == want.shape and got.shape[0] == n
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-    assert fast_it[3] == ref_it[3]  # identical predictions
+    assert fast_it[3].shape == ref_it[3].shape and fast_it[3].shape[0] >= n
+    np.testing.assert_allclose(fast_it[3], ref_it[3], rtol=1e-4, atol=1e-4)  # label scores
+    assert fast_it[4] == ref_it[4]  # identical predictions
     assert fast["predictions"] == reference["predictions"]
     assert_close(fast, reference)
     return fast

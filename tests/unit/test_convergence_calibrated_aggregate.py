@@ -36,7 +36,8 @@ def cell(seed: int, n: int = 10, n_layers: int = 3, sets: list[int] | None = Non
             "kl_icl_it": rng.uniform(0, 2, n).tolist(),
             "kl_icl_anchor": rng.uniform(0, 2, n).tolist(),
             "agree": rng.choice([0.0, 1.0], n).tolist(),
-            "next_correct": {
+            "scoring": {"method": "label log-likelihood", "label_rows": n, "first_token_rows": 0},
+            "label_correct": {
                 "anchor": rng.choice([0.0, 1.0], n, p=[0.8, 0.2]).tolist(),
                 "icl": rng.choice([0.0, 1.0], n, p=[0.2, 0.8]).tolist(),
                 "it": rng.choice([0.0, 1.0], n).tolist(),
@@ -105,9 +106,11 @@ def test_behaviour_and_patching_against_direct_means():
     b = entry["behaviour"]
     assert b["kl_icl_it"]["mean"] == pytest.approx(pooled(results, "behaviour", "kl_icl_it").mean())
     assert b["agreement"]["mean"] == pytest.approx(pooled(results, "behaviour", "agree").mean())
-    anchor = pooled(results, "behaviour", "next_correct", "anchor")
-    icl = pooled(results, "behaviour", "next_correct", "icl")
+    anchor = pooled(results, "behaviour", "label_correct", "anchor")
+    icl = pooled(results, "behaviour", "label_correct", "icl")
     assert b["icl_gain"]["mean"] == pytest.approx(100 * (icl.mean() - anchor.mean()))
+    assert b["label_accuracy"]["icl"]["mean"] == pytest.approx(100 * icl.mean())
+    assert b["scoring"]["label_rows"] == len(anchor) and b["scoring"]["first_token_rows"] == 0
     rows = {(r["source"], r["layer"]): r for r in entry["patching"]}
     assert len(rows) == 6
     for source in ("icl", "it"):

@@ -56,10 +56,12 @@ __all__ = [
     "FormatShare",
     "KComparison",
     "KComparisonLayer",
+    "LabelAccuracy",
     "LayerStats",
     "MetricShares",
     "NextTokenAccuracy",
     "PatchingRow",
+    "ScoringNote",
     "RandomBaseline",
     "ResultsModel",
     "SeedAgreementRow",
@@ -212,10 +214,12 @@ class KComparison(ResultsModel):
 class PatchingRow(ResultsModel):
     """The anchor forward with the ``source`` state ("icl" or "it") patched in after ``layer``.
 
-    ``accuracy``: next-token accuracy (0-100) at the answer position (argmax over
-    the label space); ``gain_share``: (patched - anchor) / (icl - anchor) of that
-    accuracy, null when ICL gains nothing; ``kl_to_icl``: KL(ICL || patched) of
-    the label-space next-token distributions, in nats.
+    ``accuracy``: label accuracy (0-100) of the patched forward (the label whose
+    whole continuation scores highest is a reference; the continuation reads the
+    patched state through the cache); ``gain_share``: (patched - anchor) / (icl -
+    anchor) of that accuracy, null when ICL gains nothing; ``kl_to_icl``:
+    KL(ICL || patched) of the label distributions, in nats. Results written
+    before convergence code version 11 read the first label token instead.
     """
 
     layer: int
@@ -225,26 +229,53 @@ class PatchingRow(ResultsModel):
     kl_to_icl: Stat
 
 
-class NextTokenAccuracy(ResultsModel):
+class LabelAccuracy(ResultsModel):
+    """Per forward (anchor, ICL, IT): share of pairs (0-100) whose best label is a reference."""
+
     anchor: Stat
     icl: Stat
     it: Stat
 
 
+class NextTokenAccuracy(ResultsModel):
+    """The first-token reading of results.json written before convergence code version 11
+    (kept readable; it collapsed labels that share a first token, e.g. SentencePiece's
+    ``" 0"`` / ``" 1"``)."""
+
+    anchor: Stat
+    icl: Stat
+    it: Stat
+
+
+class ScoringNote(ResultsModel):
+    """How the behaviour was read: ``method`` in words, and how many pairs were scored by
+    label log-likelihood (``label_rows``) or, for free-text tasks, by the first-token
+    distribution over the vocabulary (``first_token_rows``)."""
+
+    method: str
+    label_rows: int
+    first_token_rows: int
+
+
 class Behaviour(ResultsModel):
-    """Next-token distributions at the answer position (over the label space where there is one).
+    """The label distribution of each forward: softmax over the task's labels of each
+    label's summed continuation log-likelihood (free-text tasks: first-token distribution).
 
     ``kl_icl_it`` = KL(ICL || IT) and ``kl_icl_anchor`` = KL(ICL || anchor) in nats;
     ``agreement``: share of pairs where the ICL and IT generated predictions are
-    equal (normalised); ``kl_anchor_minus_it``: the paired difference
-    KL(ICL || anchor) - KL(ICL || IT) (> 0: IT is closer to ICL than the anchor);
-    ``icl_gain`` / ``it_gain``: next-token accuracy minus the anchor's, in points.
+    equal (normalised); ``label_accuracy``: argmax label is a reference, 0-100;
+    ``kl_anchor_minus_it``: the paired difference KL(ICL || anchor) - KL(ICL ||
+    IT) (> 0: IT is closer to ICL than the anchor); ``icl_gain`` / ``it_gain``:
+    label accuracy minus the anchor's, in points. Older results.json hold
+    ``next_token_accuracy`` (first-token reading) instead of ``label_accuracy``.
     """
 
     kl_icl_it: Stat
     kl_icl_anchor: Stat
     agreement: Stat
-    next_token_accuracy: NextTokenAccuracy | None = None
+    scoring: ScoringNote | None = None
+    label_accuracy: LabelAccuracy | None = None
+    next_token_accuracy: NextTokenAccuracy | None = None  # before code version 11
     kl_anchor_minus_it: Stat | None = None
     icl_gain: Stat | None = None
     it_gain: Stat | None = None

@@ -63,6 +63,12 @@ FLOOR_COMPARISONS = {"icl_it>floor": "icl_it"}
 # Per-pair arrays of a cell, [n_pairs, layers] each, keyed by measure then pair.
 MEASURES = ("cos", "cos_centered", "cos_standardized", "floor", "floor_raw", "floor_standardized")
 PATCH_SOURCES = ("icl", "it")
+# What the behaviour measures read (results.json ``behaviour.scoring``).
+SCORING_METHOD = (
+    "label log-likelihood: each label's whole target continuation summed over its tokens "
+    "after the prompt, softmax over the task's labels; free-text tasks (no label space): "
+    "the first-token distribution over the vocabulary at the answer position"
+)
 
 
 def tuning_label(tuning: dict[str, Any]) -> str:
@@ -89,23 +95,61 @@ def _adapted(loaded, config: TuningSpec) -> dict[str, Any]:
 
 
 def _answer_readings(
-    logits, spaces: Sequence[list[int] | None], gold: Sequence[set[int]]
+    scores: Any,
+    labels: Sequence[Sequence[str]],
+    references: Sequence[Sequence[str]],
+    gold_first: Sequence[set[int]],
 ) -> tuple[list[np.ndarray], list[float]]:
-    """Per row: log-probabilities at the answer position over its label space (else the
-    vocabulary), and whether their argmax is the first token of a reference (0/1)."""
+    """Per row: the log label distribution and whether its argmax is a reference (0/1).
+
+    ``scores`` is a :class:`~tunelens.models.scoring.LabelScores`. A row with a
+    label space reads the softmax over its labels of their summed continuation
+    log-likelihoods; a free-text row (no label space) falls back to the
+    first-token distribution over the vocabulary at the answer position, correct
+    when its argmax is the first token of a reference (``gold_first``).
+    """
     import torch
 
     logps, correct = [], []
-    for row, (space, refs) in enumerate(zip(spaces, gold, strict=True)):
-        values = logits[row].double()
-        if space is not None:
-            values = values[torch.tensor(space)]
-        logp = torch.log_softmax(values, dim=-1).numpy()
-        best = int(np.argmax(logp))
-        pred = space[best] if space is not None else best
+    for row, row_labels in enumerate(labels):
+        if row_labels:
+            logp = scores.log_distribution(row)
+            answer = row_labels[int(np.argmax(logp))].strip()
+            hit = answer in {r.strip() for r in references[row]}
+        else:
+            logp = torch.log_softmax(scores.logits[row].double(), dim=-1).numpy()
+            hit = int(np.argmax(logp)) in gold_first[row]
         logps.append(logp)
-        correct.append(1.0 if pred in refs else 0.0)
+        correct.append(1.0 if hit else 0.0)
     return logps, correct
+
+
+def _scoring_note(labels: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """How the cell's behaviour was read: label log-likelihoods, first tokens for free text."""
+    label_rows = sum(1 for row in labels if row)
+    return {
+        "method": SCORING_METHOD,
+        "label_rows": label_rows,
+        "first_token_rows": len(labels) - label_rows,
+    }
+
+
+def _patching_cell(loaded, params: dict[str, Any], sources, patched, lp_icl) -> dict[str, Any]:
+    """Per source and layer: each row's label accuracy and KL(ICL || patched)."""
+    from tunelens.models.patching import n_patch_layers
+
+    n_layers = n_patch_layers(loaded)
+    layers = [layer for layer in params.get("patching_layers") or range(n_layers)]
+    layers = [layer for layer in layers if layer < n_layers]
+    patching: dict[str, Any] = {"layers": layers}
+    for source_name in PATCH_SOURCES:
+        rows_correct, rows_kl = [], []
+        for layer in layers:
+            lp, hits = patched(layer, sources[source_name])
+            rows_correct.append(hits)
+            rows_kl.append(_rounded(np.array(_kl(lp_icl, lp))))
+        patching[source_name] = {"correct": rows_correct, "kl_to_icl": rows_kl}
+    return patching
 
 
 def _kl(p: Sequence[np.ndarray], q: Sequence[np.ndarray]) -> list[float]:
@@ -131,48 +175,57 @@ def _probe_batched(
     prompts: Sequence[str],
     row_states: Sequence[dict[str, Any]],
     max_new_tokens: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    labels: Sequence[Sequence[str]],
+    tasks: Sequence[str],
+) -> tuple[np.ndarray, Any, list[str]]:
     """Each prompt probed under its own LoRA adapter, many adapters per forward.
 
     Row i runs with adapter ``row_states[i]``: the adapters are copied into one
     :class:`~tunelens.models.tuning.many_sets.BatchedLoraLinear` stack (one
     adapter per row, applied by batched matmul), so every chunk of
-    :data:`PROBE_ROWS` rows takes one capture forward, one last-token forward
-    and one greedy generate, where the per-set path swaps a PEFT adapter in and
-    runs all three per set. Rows are put in the generation order
+    :data:`PROBE_ROWS` rows takes one capture forward, one label scoring (the
+    prompt forward, then one short forward per label index on its cache, every
+    row in each) and one greedy generate, where the per-set path swaps a PEFT
+    adapter in and runs all three per set. Rows are put in the generation order
     (longest prompt first) so the stack lines up with the batch. Returns the
-    hidden states, last-token logits, block states and predictions in input
-    order, equal to the per-set path up to float rounding.
+    hidden states, the label scores (with last-token logits and block states)
+    and predictions in input order, equal to the per-set path up to float rounding.
     """
     from tunelens.models.hidden_states import capture_last_token_states
-    from tunelens.models.patching import last_token_forward
     from tunelens.models.predict import generate_predictions, length_order
+    from tunelens.models.scoring import merge_label_scores, score_label_continuations
     from tunelens.models.tuning.many_sets import batched_lora
     from tunelens.models.tuning.targets import resolve_target_modules, target_module_names
 
     model = loaded.model
     names = target_module_names(model, resolve_target_modules(model, config.target_modules))
-    hidden, logits, states, preds = [], [], [], []
+    hidden, parts, preds = [], [], []
     for start in range(0, len(prompts), PROBE_ROWS):
         chunk = list(prompts[start : start + PROBE_ROWS])
         _, order = length_order(loaded.tokenizer, chunk)  # generate's own batch order
         ordered = [chunk[i] for i in order]
+        rows = [start + i for i in order]
         n = len(ordered)
-        with batched_lora(model, names, [row_states[start + i] for i in order], config) as layers:
+        with batched_lora(model, names, [row_states[r] for r in rows], config) as layers:
             for layer in layers:
                 layer.eval()  # no LoRA dropout at probe time (PEFT's eval mode)
             # padded, not packed (capture_packed): each batch row has its own adapter
             h = capture_last_token_states(loaded, ordered, batch_size=n).numpy()
-            reading = last_token_forward(loaded, ordered, batch_size=n)
+            scores = score_label_continuations(
+                loaded,
+                ordered,
+                [labels[r] for r in rows],
+                tasks=[tasks[r] for r in rows],
+                batch_size=n,
+            )
             generated = generate_predictions(
                 loaded, ordered, max_new_tokens=max_new_tokens, batch_size=n
             )
         back = np.argsort(np.asarray(order))  # position in ``ordered`` of each input row
         hidden.append(h[back])
-        logits.append(reading.logits.numpy()[back])
-        states.append(reading.states.numpy()[back])
+        parts.append((rows, scores))
         preds += [generated[i] for i in back]
-    return np.concatenate(hidden), np.concatenate(logits), np.concatenate(states), preds
+    return np.concatenate(hidden), merge_label_scores(parts, len(prompts)), preds
 
 
 def run_convergence_cell(
@@ -189,10 +242,12 @@ def run_convergence_cell(
 
     Raw, centered and standardized cosines per pair and their mismatched-pair
     floors (the centering pool: every anchor, ICL and IT state of this cell);
-    biased and debiased CKA; generated predictions; the next-token
-    distribution at the answer position (over the task's label space) of the
-    anchor, ICL and IT forwards; with ``params["patching"]``, the anchor forward
-    with the ICL or IT state patched in at each layer.
+    biased and debiased CKA; generated predictions; the label distribution of
+    the anchor, ICL and IT forwards (softmax over the task's labels of each
+    label's summed continuation log-likelihood, :mod:`tunelens.models.scoring`;
+    free-text tasks: the first-token distribution over the vocabulary); with
+    ``params["patching"]``, the anchor forward with the ICL or IT state patched
+    in at each layer, the label continuations reading the patch through the cache.
 
     LoRA cells probe every tuned set at once (:func:`_probe_batched`);
     ``batched_probe=False`` probes one PEFT-wrapped set at a time, the reference
@@ -201,8 +256,9 @@ def run_convergence_cell(
     from tunelens.models.controls import random_init_like
     from tunelens.models.hidden_states import capture_last_token_states, capture_packed
     from tunelens.models.layers import layer_labels
-    from tunelens.models.patching import label_token_ids, last_token_forward, n_patch_layers
+    from tunelens.models.patching import label_token_ids
     from tunelens.models.predict import generate_predictions
+    from tunelens.models.scoring import merge_label_scores, score_label_continuations
     from tunelens.models.tuning import attach_lora, tune_many_sets, tune_on_pairs
 
     if params["control"] == "random_init":
@@ -247,10 +303,24 @@ def run_convergence_cell(
     anchor_prompts, icl_prompts = anchor_prompts[:n_pairs], icl_prompts[:n_pairs]
     references, owners = references[:n_pairs], owners[:n_pairs]
 
-    tokenizer = loaded.tokenizer
-    label_spaces = [sets[o].task.labels for o in owners]
-    spaces = [label_token_ids(tokenizer, ls) if ls else None for ls in label_spaces]
-    gold = [set(label_token_ids(tokenizer, refs)) for refs in references]
+    task_names = [sets[o].task.name for o in owners]
+    # Each row's labels (its task's label space; none for a free-text task) are scored by
+    # their whole continuations; free-text rows fall back to the first reference token.
+    labels = [list(sets[o].task.labels or ()) for o in owners]
+    gold_first = [
+        set(label_token_ids(loaded.tokenizer, refs)) if not row else set()
+        for refs, row in zip(references, labels, strict=True)
+    ]
+
+    def score(model_like, prompts, rows=None, **kwargs):
+        rows = range(len(prompts)) if rows is None else rows
+        return score_label_continuations(
+            model_like,
+            prompts,
+            [labels[i] for i in rows],
+            tasks=[task_names[i] for i in rows],
+            **kwargs,
+        )
 
     # The anchors of a set share its demonstrations (and a task's prompts its definition):
     # packed rows compute those tokens once.
@@ -259,12 +329,12 @@ def run_convergence_cell(
     max_new = params.get("max_new_tokens", 8)
     pred_anchor = generate_predictions(loaded, anchor_prompts, max_new_tokens=max_new)
     pred_icl = generate_predictions(loaded, icl_prompts, max_new_tokens=max_new)
-    fw_anchor = last_token_forward(loaded, anchor_prompts)
-    fw_icl = last_token_forward(loaded, icl_prompts)
+    fw_anchor = score(loaded, anchor_prompts)
+    fw_icl = score(loaded, icl_prompts)
 
     h_it = np.zeros_like(h_anchor)
-    it_logits = np.zeros(tuple(fw_anchor.logits.shape), dtype=np.float32)
-    it_states = np.zeros(tuple(fw_anchor.states.shape), dtype=np.float32)
+    it_parts: list[tuple[list[int], Any]] = []  # per-set path: (rows, label scores)
+    fw_it = None
     pred_it: list[str] = [""] * len(anchor_prompts)
     config = TuningSpec(**params["tuning"], seed=seed)
     adapted = _adapted(loaded, config)
@@ -275,9 +345,7 @@ def run_convergence_cell(
         probe = tuned.as_loaded()
         prompts = [anchor_prompts[i] for i in rows]
         h_it[rows] = capture_last_token_states(probe, prompts).numpy()
-        reading = last_token_forward(probe, prompts)
-        it_logits[rows] = reading.logits.numpy()
-        it_states[rows] = reading.states.numpy()
+        it_parts.append((rows, score(probe, prompts, rows)))
         for i, pred in zip(
             rows, generate_predictions(probe, prompts, max_new_tokens=max_new), strict=True
         ):
@@ -290,8 +358,14 @@ def run_convergence_cell(
         states = tune_many_sets(loaded, [tuning_sets[j] for j in used], config)
         if batched_probe:
             by_set = dict(zip(used, states, strict=True))
-            h_it, it_logits, it_states, pred_it = _probe_batched(
-                loaded, config, anchor_prompts, [by_set[o] for o in owners], max_new
+            h_it, fw_it, pred_it = _probe_batched(
+                loaded,
+                config,
+                anchor_prompts,
+                [by_set[o] for o in owners],
+                max_new,
+                labels,
+                task_names,
             )
             if progress is not None:
                 progress(len(used), len(used))
@@ -320,9 +394,8 @@ def run_convergence_cell(
             if progress is not None:
                 progress(n + 1, len(used))
 
-    import torch
-
-    task_names = [sets[o].task.name for o in owners]
+    if fw_it is None:
+        fw_it = merge_label_scores(it_parts, len(anchor_prompts))
     pairs = {
         "icl_it": (h_icl, h_it),
         "anchor_icl": (h_anchor, h_icl),
@@ -347,32 +420,27 @@ def run_convergence_cell(
         name: [exact_match(p, r) for p, r in zip(preds, references, strict=True)]
         for name, preds in (("anchor", pred_anchor), ("icl", pred_icl), ("it", pred_it))
     }
-    lp_anchor, next_anchor = _answer_readings(fw_anchor.logits, spaces, gold)
-    lp_icl, next_icl = _answer_readings(fw_icl.logits, spaces, gold)
-    lp_it, next_it = _answer_readings(torch.from_numpy(it_logits), spaces, gold)
+
+    def read(scores) -> tuple[list[np.ndarray], list[float]]:
+        return _answer_readings(scores, labels, references, gold_first)
+
+    readings = {"anchor": read(fw_anchor), "icl": read(fw_icl), "it": read(fw_it)}
+    lp_icl = readings["icl"][0]
     behaviour = {
-        "kl_icl_it": _rounded(np.array(_kl(lp_icl, lp_it))),
-        "kl_icl_anchor": _rounded(np.array(_kl(lp_icl, lp_anchor))),
+        "kl_icl_it": _rounded(np.array(_kl(lp_icl, readings["it"][0]))),
+        "kl_icl_anchor": _rounded(np.array(_kl(lp_icl, readings["anchor"][0]))),
         "agree": [exact_match(a, [b]) / 100.0 for a, b in zip(pred_icl, pred_it, strict=True)],
-        "next_correct": {"anchor": next_anchor, "icl": next_icl, "it": next_it},
+        "label_correct": {name: hits for name, (_, hits) in readings.items()},
+        "scoring": _scoring_note(labels),
     }
     patching: dict[str, Any] | None = None
     if params.get("patching"):
-        n_layers = n_patch_layers(loaded)
-        layers = [layer for layer in params.get("patching_layers") or range(n_layers)]
-        layers = [layer for layer in layers if layer < n_layers]
-        patching = {"layers": layers}
-        sources = {"icl": fw_icl.states, "it": torch.from_numpy(it_states)}
-        for source_name in PATCH_SOURCES:
-            rows_correct, rows_kl = [], []
-            for layer in layers:
-                reading = last_token_forward(
-                    loaded, anchor_prompts, patch_layer=layer, patch_states=sources[source_name]
-                )
-                lp, hits = _answer_readings(reading.logits, spaces, gold)
-                rows_correct.append(hits)
-                rows_kl.append(_rounded(np.array(_kl(lp_icl, lp))))
-            patching[source_name] = {"correct": rows_correct, "kl_to_icl": rows_kl}
+        sources = {"icl": fw_icl.states, "it": fw_it.states}
+
+        def patched(layer: int, source) -> tuple[list[np.ndarray], list[float]]:
+            return read(score(loaded, anchor_prompts, patch_layer=layer, patch_states=source))
+
+        patching = _patching_cell(loaded, params, sources, patched, lp_icl)
     return {
         "n_pairs": len(anchor_prompts),
         "n_layers": int(h_anchor.shape[1]),
@@ -482,7 +550,11 @@ def _pooled(members: list[tuple[Cell, dict[str, Any]]], key: str) -> dict[str, n
 def _behaviour(
     members: list[tuple[Cell, dict[str, Any]]], clusters: Sequence[object]
 ) -> dict[str, Any] | None:
-    """KL(ICL || IT), KL(ICL || anchor), ICL-IT agreement and next-token accuracies, with CIs."""
+    """KL(ICL || IT), KL(ICL || anchor), ICL-IT agreement and label accuracies, with CIs.
+
+    Cells hold per-row ``label_correct`` (code version 11 on); older cells read
+    first tokens (``next_correct``) and are recomputed, never pooled with these.
+    """
     if not all(r.get("behaviour") for _, r in members):
         return None
 
@@ -495,32 +567,43 @@ def _behaviour(
             values.append(_arr(value))
         return np.concatenate(values)
 
-    nxt = {n: pooled("next_correct", n) * 100.0 for n in ("anchor", "icl", "it")}
+    hits = {n: pooled("label_correct", n) * 100.0 for n in ("anchor", "icl", "it")}
+    label_rows = sum(
+        int(r["behaviour"].get("scoring", {}).get("label_rows", 0)) for _, r in members
+    )
+    first_rows = sum(
+        int(r["behaviour"].get("scoring", {}).get("first_token_rows", 0)) for _, r in members
+    )
     return {
+        "scoring": {
+            "method": SCORING_METHOD,
+            "label_rows": label_rows,
+            "first_token_rows": first_rows,
+        },
         "kl_icl_it": cluster_mean_ci(pooled("kl_icl_it"), clusters),
         "kl_icl_anchor": cluster_mean_ci(pooled("kl_icl_anchor"), clusters),
         "agreement": cluster_mean_ci(pooled("agree"), clusters),
-        "next_token_accuracy": {n: cluster_mean_ci(v, clusters) for n, v in nxt.items()},
-        # paired: > 0 where IT's next-token distribution is closer to ICL's than the anchor's is
+        "label_accuracy": {n: cluster_mean_ci(v, clusters) for n, v in hits.items()},
+        # paired: > 0 where IT's label distribution is closer to ICL's than the anchor's is
         "kl_anchor_minus_it": cluster_mean_ci(
             pooled("kl_icl_anchor") - pooled("kl_icl_it"), clusters
         ),
-        "icl_gain": cluster_mean_ci(nxt["icl"] - nxt["anchor"], clusters),
-        "it_gain": cluster_mean_ci(nxt["it"] - nxt["anchor"], clusters),
+        "icl_gain": cluster_mean_ci(hits["icl"] - hits["anchor"], clusters),
+        "it_gain": cluster_mean_ci(hits["it"] - hits["anchor"], clusters),
     }
 
 
 def _patching(
     members: list[tuple[Cell, dict[str, Any]]], clusters: Sequence[object]
 ) -> list[dict[str, Any]] | None:
-    """Per layer and source: patched next-token accuracy, share of the ICL gain, KL to ICL."""
+    """Per layer and source: patched label accuracy, share of the ICL gain, KL to ICL."""
     if not all(r.get("patching") and r.get("behaviour") for _, r in members):
         return None
     layers = members[0][1]["patching"]["layers"]
     if any(r["patching"]["layers"] != layers for _, r in members):
         return None
-    anchor = np.concatenate([_arr(r["behaviour"]["next_correct"]["anchor"]) for _, r in members])
-    icl = np.concatenate([_arr(r["behaviour"]["next_correct"]["icl"]) for _, r in members])
+    anchor = np.concatenate([_arr(r["behaviour"]["label_correct"]["anchor"]) for _, r in members])
+    icl = np.concatenate([_arr(r["behaviour"]["label_correct"]["icl"]) for _, r in members])
     rows = []
     for source in PATCH_SOURCES:
         for i, layer in enumerate(layers):
@@ -704,9 +787,11 @@ class ConvergenceExperiment(Experiment):
     #    next-token behaviour, activation patching, adapted weights, set ids.
     # 5: cells keep the predicted text per pair.
     # 6: tuned sets probed together (batched LoRA): float noise moves.
-    # 10: last block cut at read positions, fused AdamW (float noise); earlier: 9: prefix groups
-    # only above the break-even; 8: last MLP at captured rows
-    code_version = "10"
+    # 11: behaviour scored by each label's whole continuation (label_correct, label
+    #     accuracy), not its first token. 10: last block cut at read positions, fused AdamW
+    #     (float noise); earlier: 9: prefix groups only above the break-even; 8: last MLP
+    #     at captured rows
+    code_version = "11"
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)

@@ -53,7 +53,13 @@ from tunelens.models.loading import LoadedModel
 from tunelens.models.patching import block_modules, last_token_hooks, patch_source
 from tunelens.models.predict import default_batch_tokens, pad_rows, token_batches
 
-__all__ = ["LabelScores", "check_distinct_labels", "score_label_continuations", "score_labels"]
+__all__ = [
+    "LabelScores",
+    "check_distinct_labels",
+    "merge_label_scores",
+    "score_label_continuations",
+    "score_labels",
+]
 
 
 @dataclass
@@ -414,3 +420,25 @@ def score_labels(
         distinct=False,
     )
     return np.stack(scores.summed)
+
+
+def merge_label_scores(parts: Sequence[tuple[Sequence[int], LabelScores]], n: int) -> LabelScores:
+    """One :class:`LabelScores` of ``n`` rows from parts that each scored some of them
+    (``parts[k] = (rows, scores)``: ``scores`` row r is row ``rows[r]``); every row once."""
+    summed: list[np.ndarray | None] = [None] * n
+    per_token: list[np.ndarray | None] = [None] * n
+    logits: list[torch.Tensor | None] = [None] * n
+    states: list[torch.Tensor | None] = [None] * n
+    for rows, scores in parts:
+        for r, i in enumerate(rows):
+            summed[i], per_token[i] = scores.summed[r], scores.per_token[r]
+            logits[i], states[i] = scores.logits[r], scores.states[r]
+    missing = [i for i, s in enumerate(summed) if s is None]
+    if missing:
+        raise ValueError(f"rows {missing[:5]} were not scored")
+    return LabelScores(
+        summed=[s for s in summed if s is not None],
+        per_token=[s for s in per_token if s is not None],
+        logits=torch.stack([x for x in logits if x is not None]),
+        states=torch.stack([x for x in states if x is not None]),
+    )

@@ -10,11 +10,13 @@ without the number that supports it), with these rules:
   embeddings) is outside the family and never listed;
 - a pooled finding is checked in each seed (``seed_agreement``);
 - a share of the ICL gain is given only where that gain (ICL minus anchor
-  next-token accuracy) is significant (its 95% CI excludes 0); a share or a
+  label accuracy; "next-token accuracy" in results written before label
+  scoring) is significant (its 95% CI excludes 0); a share or a
   difference whose CI is wider than :data:`UNDECIDED_WIDTH` (or includes 0,
   for a difference) is called "undecided";
 - the last layer is left out of "which layer recovers the gain": there the
-  ICL state gives the ICL distribution exactly by construction.
+  ICL state gives ICL's distribution of the labels' first tokens exactly by
+  construction (the whole label distribution where labels are single tokens).
 """
 
 from __future__ import annotations
@@ -162,15 +164,23 @@ def _row(layers: Sequence[Mapping[str, Any]], layer: int) -> Mapping[str, Any]:
     return next((row for row in layers if row.get("layer") == layer), {})
 
 
+def _accuracy_name(behaviour: Mapping[str, Any]) -> str:
+    """What the entry's accuracy measures: label accuracy, or the first-token reading of
+    results written before label scoring."""
+    old = "next_token_accuracy" in behaviour and "label_accuracy" not in behaviour
+    return "next-token accuracy" if old else "label accuracy"
+
+
 def _patching_sentences(entry: Mapping[str, Any]) -> list[str]:
     rows = [r for r in entry.get("patching") or [] if isinstance(r, Mapping)]
     behaviour = entry.get("behaviour") or {}
     if not rows:
         return []
+    measure = _accuracy_name(behaviour)
     gain, gain_lo, gain_hi = _stat(behaviour.get("icl_gain"))
     if gain is None or gain_lo is None or gain_hi is None or not (gain_lo > 0 or gain_hi < 0):
         return [
-            "ICL does not change next-token accuracy significantly over the zero-shot anchor "
+            f"ICL does not change {measure} significantly over the zero-shot anchor "
             f"(gain {_stat_text(behaviour.get('icl_gain'), 1)} points), so no share of an ICL "
             "gain is given for the patched states."
         ]
@@ -185,7 +195,7 @@ def _patching_sentences(entry: Mapping[str, Any]) -> list[str]:
     mean, lo, hi = _stat(best.get("gain_share"))
     wide = lo is None or hi is None or hi - lo > UNDECIDED_WIDTH
     text = (
-        f"ICL raises next-token accuracy by {_stat_text(behaviour.get('icl_gain'), 1)} points; "
+        f"ICL raises {measure} by {_stat_text(behaviour.get('icl_gain'), 1)} points; "
         f"patching the ICL state after layer {best_layer} recovers "
         f"{_share_text(best.get('gain_share'))} of that gain"
     )
@@ -207,13 +217,13 @@ def _patching_sentences(entry: Mapping[str, Any]) -> list[str]:
     if sufficient:
         out.append(
             f"The ICL state alone carries most of the ICL behaviour (share's CI above 50%) from "
-            f"{layer_ranges(sufficient)} on the way up; at the last layer it reproduces the ICL "
-            "distribution exactly, by construction."
+            f"{layer_ranges(sufficient)} on the way up; at the last layer it reproduces ICL's "
+            "distribution of the labels' first tokens exactly, by construction."
         )
     else:
         out.append(
             "No intermediate layer's ICL state recovers more than half of the ICL gain with "
-            "confidence (the last layer reproduces ICL by construction)."
+            "confidence (the last layer reproduces ICL's first label tokens by construction)."
         )
     return out
 
@@ -223,17 +233,27 @@ def _behaviour_sentences(entry: Mapping[str, Any]) -> list[str]:
     if not isinstance(b, Mapping):
         return []
     diff_mean, diff_lo, diff_hi = _stat(b.get("kl_anchor_minus_it"))
+    old = _accuracy_name(b) == "next-token accuracy"
+    where = "At the answer position" if old else "Over the labels"
     text = (
-        f"At the answer position KL(ICL || IT) is {_stat_text(b.get('kl_icl_it'))} nats and "
+        f"{where} KL(ICL || IT) is {_stat_text(b.get('kl_icl_it'))} nats and "
         f"KL(ICL || anchor) {_stat_text(b.get('kl_icl_anchor'))}"
     )
     if diff_lo is not None and diff_hi is not None and diff_lo > 0:
-        text += ": tuning moves the next-token distribution toward ICL's"
+        what = "next-token" if old else "label"
+        text += f": tuning moves the {what} distribution toward ICL's"
     elif diff_lo is not None and diff_hi is not None and diff_hi < 0:
         text += ": the tuned model is further from ICL than the untuned anchor"
     else:
         text += ": whether tuning moves it toward ICL is undecided"
     text += f"; ICL and IT predictions agree on {_share_text(b.get('agreement'))} of pairs."
+    scoring = b.get("scoring")
+    free = scoring.get("first_token_rows") if isinstance(scoring, Mapping) else None
+    if isinstance(free, int) and free > 0:
+        text += (
+            f" {free} pairs of free-text tasks (no label space) are read by the first-token "
+            "distribution over the vocabulary."
+        )
     return [text]
 
 
