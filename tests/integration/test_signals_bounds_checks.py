@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from tests.helpers.cli import assert_one_error_line, invoke
@@ -124,3 +125,88 @@ def test_a_base_seed_that_shifts_default_seeds_past_the_bound_is_refused():
         validate_spec({"seed": 2**32 - 1, "convergence": {}}, source="s.yaml")
     spec = validate_spec({"seed": 2**32 - 1, "convergence": {"seeds": [7]}}, source="s.yaml")
     assert spec.convergence is not None and spec.convergence.seeds == [7]
+
+
+# --- model directories checked at load ---------------------------------------------------
+
+
+def _model_dir(tiny_model, directory: Path, template: str | None = None) -> Path:
+    model, tokenizer = tiny_model("llama")
+    if template is not None:
+        tokenizer.chat_template = template
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+TEMPLATES = {
+    "syntax error": ("{% if %}{{ messages }}", "does not render: TemplateSyntaxError"),
+    "raise_exception": ("{{ raise_exception('roles must alternate') }}", "roles must alternate"),
+    "undefined attribute": ("{{ messages[0].nope.deeper }}", "does not render: UndefinedError"),
+    "sandbox escape": (
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "does not render: SecurityError",
+    ),
+    "empty prompt": ("{% for m in messages %}{% endfor %}", "renders an empty prompt"),
+    "message dropped": ("<|user|>{{ '\\n' }}<|assistant|>", "drops the user's message"),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_a_broken_chat_template_is_refused_at_load_naming_the_directory(tiny_model, tmp_path, name):
+    from tunelens.errors import TunelensInputError
+    from tunelens.models.loading import load_model
+
+    template, reason = TEMPLATES[name]
+    directory = _model_dir(tiny_model, tmp_path / "m", template)
+    with pytest.raises(TunelensInputError) as caught:
+        load_model(str(directory))
+    line = str(caught.value)
+    assert line.startswith(str(directory)) and reason in line and "\n" not in line, line
+
+
+def test_a_working_chat_template_loads(tiny_model, tmp_path):
+    from tunelens.models.loading import load_model
+
+    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
+    directory = _model_dir(tiny_model, tmp_path / "m", template)
+    assert load_model(str(directory)).tokenizer.chat_template == template
+
+
+def test_a_token_id_beyond_the_embedding_table_is_refused(tiny_model, tmp_path):
+    from tunelens.errors import TunelensInputError
+    from tunelens.models.loading import load_model
+
+    directory = _model_dir(tiny_model, tmp_path / "m")
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    vocab["tree"] = len(vocab) + 40  # as many tokens as rows, one id past the table
+    path.write_text(json.dumps(data))
+    with pytest.raises(TunelensInputError, match=r"token 'tree' has id \d+ but the model's emb"):
+        load_model(str(directory))
+
+
+def test_a_model_directory_that_is_a_symlink_loop_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    task = tmp_path / "task.jsonl"
+    rows = [{"tunelens_task": 1, "definition": "Animal?", "labels": ["no", "yes"]}]
+    rows += [{"input": f"w{i}", "output": "yes" if i % 2 else "no"} for i in range(12)]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for args in (
+        ["decide", "--task", task, "--model", loop, "--k", "1", "--out", tmp_path / "o"],
+        ["world", "eval", "--model", loop, "--shots", "0", "--queries", "1"],
+    ):
+        line = assert_one_error_line(invoke(*args))
+        assert f"{loop}: " in line and "symlink loop" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_with_a_broken_chat_template_is_one_line(tiny_model, tmp_path):
+    directory = _model_dir(tiny_model, tmp_path / "m", "{{ raise_exception('boom') }}")
+    result = invoke(
+        "world", "eval", "--model", directory, "--shots", "0", "--queries", "1", "--no-progress"
+    )
+    line = assert_one_error_line(result)
+    assert str(directory) in line and "chat template does not render" in line, line

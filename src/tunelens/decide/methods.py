@@ -407,6 +407,10 @@ def _run_similarity(
 
 def resolve_model_name(name: str) -> str:
     """A world model name stays; a directory is made absolute (cell keys ignore the cwd)."""
+    from tunelens.models.checks import check_model_path
     from tunelens.models.paths import is_world_model
 
-    return name if is_world_model(name) else str(Path(name).expanduser().resolve())
+    if is_world_model(name):
+        return name
+    check_model_path(name)  # resolve() raises RuntimeError on a symlink loop
+    return str(Path(name).expanduser().resolve())

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from tunelens.errors import TunelensInputError
+from tunelens.models.checks import check_loaded
 from tunelens.models.paths import is_world_model, resolve_model_path
 
 ModelKind = Literal["causal", "seq2seq"]
@@ -381,6 +382,7 @@ def load_model(
         ) from None
     check_loading_info(info, source)
     check_vocabulary(model, tokenizer, source)
+    check_loaded(model, tokenizer, source)  # token ids, chat template (models.checks)
     model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
     model.eval()
     _sync_pad_id(model, tokenizer)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import tunelens
 from tunelens.errors import TunelensInputError
+from tunelens.models.checks import check_model_path
 
 __all__ = [
     "INSTALL_FOLDERS",
@@ -71,6 +72,7 @@ def resolve_model_path(name_or_path: str) -> Path:
             )
         return directory
     directory = Path(name_or_path).expanduser()
+    check_model_path(directory)  # a symlink loop would read as "does not exist"
     if not directory.exists():
         raise TunelensInputError(
             "model directory does not exist (tunelens never downloads; give 'world', "
