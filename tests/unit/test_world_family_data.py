@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
 import re
 
 import pytest
 
+from tunelens.errors import TunelensInputError
 from tunelens.models.world_model import _Batcher, build_tokenizer, recipe_for_size
 from tunelens.tasks.world.corpus import SEP, CorpusMix, training_sequence
 from tunelens.tasks.world.generator import definition_blind_upper_bound, generate_world
@@ -97,3 +100,91 @@ def test_novel_labels_replace_every_label_word_and_keep_the_twin_structure():
 def test_a_task_without_labels_cannot_be_relabelled():
     with pytest.raises(ValueError, match="no label space"):
         with_novel_labels(WORLD.heldout[0].with_changes(labels=None))
+
+
+# Tokens that only a definition or the Tk-Instruct layout put in the text.
+_DEFINITION_TOKENS = {"Definition:", '"', "answer", "Answer", "say", "Say", "Positive", "Now"}
+
+
+@functools.cache
+def _batcher(size: str) -> _Batcher:
+    recipe = recipe_for_size(size)
+    return _Batcher(recipe, build_tokenizer(0, recipe.vocabulary))
+
+
+def _base_sequences(n: int, family: str | None) -> list[list[str]]:
+    recipe = recipe_for_size("world-base")
+    batcher = _batcher("world-base")
+    rng = random.Random(7)
+    return [
+        training_sequence(
+            rng,
+            seed=0,
+            max_tokens=recipe.seq_len,
+            tokenize=batcher._tokenize,
+            forbidden_label_sets=batcher.forbidden,
+            mix=recipe.mix(),
+            family=family,
+        )[0]
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("family", ["word_category", None])  # the curriculum, then all
+def test_the_base_corpus_shows_no_definition_and_no_label_at_zero_shots(family):
+    labels = set(LABEL_WORDS) | set(WORD_CATEGORY)
+    tasks = 0
+    for tokens in _base_sequences(300, family):
+        assert not _DEFINITION_TOKENS & set(tokens), " ".join(tokens)
+        if tokens[1] != "Input:":
+            continue  # facts or copy lists: no Output: at all
+        tasks += 1
+        text = " ".join(tokens[1:])
+        examples = [e.split() for e in text.split(SEP) if e.strip()]
+        first = examples[0]
+        query, answer = first[1 : first.index("Output:")], first[first.index("Output:") + 1 :]
+        # Zero shots: the answer repeats the input, never a label of the rule.
+        assert answer == query, first
+        later = [e[e.index("Output:") + 1 :] for e in examples[1:]]
+        # From one demonstration on, answers are labels as in `world`'s corpus.
+        assert later and all(len(a) == 1 and a[0] in labels for a in later), later
+    assert tasks > 100
+
+
+def test_the_base_recipe_is_world_without_definitions_or_zero_shot_answers():
+    world, base = recipe_for_size("base"), recipe_for_size("world-base")
+    mix = base.mix()
+    assert not mix.shows_definitions and not mix.zero_shot_answers
+    assert world.mix().shows_definitions and world.mix().zero_shot_answers
+    same = ("hidden_size", "layers", "heads", "intermediate_size", "seq_len", "batch_size")
+    assert all(getattr(world, f) == getattr(base, f) for f in same)
+    assert base.threads == 1
+
+
+# sha256 of the batches at step 0 and just after the curriculum, recorded before
+# the base member's options existed: the shipped members' data are unchanged.
+_SHIPPED_BATCHES = {"small": "832d795dc9aeb835", "base": "6c34dbe0f044bea9"}
+
+
+@pytest.mark.parametrize("size", sorted(_SHIPPED_BATCHES))
+def test_the_shipped_members_see_the_same_batches_as_before(size):
+    recipe = recipe_for_size(size)
+    batcher = _Batcher(recipe, build_tokenizer(0, recipe.vocabulary))
+    digest = hashlib.sha256()
+    for step in (0, recipe.curriculum_steps + 1):
+        ids, labels = batcher(step)
+        digest.update(ids.numpy().tobytes())
+        digest.update(labels.numpy().tobytes())
+    assert digest.hexdigest()[:16] == _SHIPPED_BATCHES[size]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("tk_layout", 1.5), ("definition_prefix", -0.1), ("zero_shot_answers", "no")],
+)
+def test_the_base_options_are_validated(option, value):
+    with pytest.raises(TunelensInputError) as error:
+        recipe_for_size("world-base", **{option: value})
+    assert error.value.where == f"--{option.replace('_', '-')}"
+    with pytest.raises(ValueError, match="tk_layout"):
+        CorpusMix(tk_layout=2.0)
