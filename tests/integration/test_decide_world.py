@@ -261,3 +261,37 @@ def test_decide_on_ray_equals_local(tmp_path):
     timings = json.loads((tmp_path / "ray" / "timings.json").read_text())
     assert timings["runs"][-1]["executor"] == "ray"
     assert timings["runs"][-1]["cells_run"] == 4  # zero-shot, ICL k=1, tuned n=8, similarity
+
+
+@pytest.mark.parametrize("learning_rate", ["1e30", "1"])
+def test_a_learning_rate_that_destroys_the_model_is_exit_2_not_0_percent(tmp_path, learning_rate):
+    # 1e30 blows the adapter norm up at step 1 on every CPU (finite or not); 1 drives the
+    # world model's loss far above its first value (towards and past uniform output).
+    from tests.helpers.cli import assert_one_error_line, invoke
+
+    result = invoke(
+        "decide",
+        "--task",
+        world_task(tmp_path),
+        "--model",
+        "world",
+        "--k",
+        "1",
+        "--tune-sizes",
+        "8",
+        "--test-size",
+        "16",
+        "--demo-size",
+        "4",
+        "--no-controls",
+        "--bootstrap",
+        "200",
+        "--learning-rate",
+        learning_rate,
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+    )
+    line = assert_one_error_line(result)
+    assert "decide cell" in line and "training diverged" in line and " at step " in line, line
+    assert not (tmp_path / "out" / "decide.json").exists()

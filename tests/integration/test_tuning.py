@@ -150,19 +150,57 @@ def test_batched_sets_equal_sequential_runs(tiny_model, arch):
     assert torch.equal(logits_of(loaded, PROBE), before)
 
 
-def test_a_huge_learning_rate_diverges_with_the_step_named(tiny_model):
+def test_a_huge_learning_rate_diverges_at_its_first_update_on_any_cpu(tiny_model):
+    # AdamW's first update moves every weight by exactly the learning rate (m / sqrt(v) is
+    # the gradient's sign), so after step 1 the adapter norm is >= 1e30 (inf in float32 on
+    # some CPUs, finite on others): the parameter-norm rule stops it at step 1 either way.
     loaded = wrap(tiny_model("llama"), "llama")
     before = logits_of(loaded, PROBE)
+    config = fast(learning_rate=1e30, epochs=5)
     with pytest.raises(TuningDivergedError) as caught:
-        tune_on_pairs(loaded, memorisable_pairs(), fast(learning_rate=1e30, epochs=5))
-    assert caught.value.step >= 2 and f"step {caught.value.step}" in str(caught.value)
+        tune_on_pairs(loaded, memorisable_pairs(), config)
+    assert (caught.value.step, caught.value.what) == (1, "trainable-parameter norm")
+    assert "at step 1" in str(caught.value) and "1e+30" in str(caught.value)
     assert isinstance(caught.value, TunelensInputError)
     assert not has_lora_layers(loaded.model)  # the failed adapter was removed
     assert torch.equal(logits_of(loaded, PROBE), before)
     with pytest.raises(TuningDivergedError) as caught:
-        tune_many_sets(loaded, [memorisable_pairs()] * 2, fast(learning_rate=1e30, epochs=5))
-    assert caught.value.step >= 2 and caught.value.set_index == 0
+        tune_many_sets(loaded, [memorisable_pairs()] * 2, config)
+    assert (caught.value.step, caught.value.set_index) == (1, 0)
+    assert caught.value.what == "trainable-parameter norm"
     assert torch.equal(logits_of(loaded, PROBE), before)
+    with pytest.raises(TuningDivergedError) as caught:
+        multitask_tune(loaded, memorisable_pairs(), config, progress=False)
+    assert (caught.value.step, caught.value.what) == (1, "trainable-parameter norm")
+    assert not has_lora_layers(loaded.model)
+
+
+def test_the_divergence_rule_catches_finite_blow_ups():
+    from tunelens.models.tuning.loop import GROWTH_LIMIT, DivergenceGuard
+
+    vocabulary = 1000  # uniform output: ln 1000 = 6.91 nats
+    trained = DivergenceGuard(fast(), vocabulary, set_index=3)
+    for step, loss in enumerate([1.0, 2.5, 0.8, 3.9], start=1):  # limit (1 + 6.91) / 2
+        trained.loss(step, loss)
+    with pytest.raises(TuningDivergedError, match="set 3 is 6.9 at step 5") as caught:
+        trained.loss(5, 6.9)  # near-uniform output from a model that knew the targets
+    assert "first 1" in str(caught.value)
+    random_start = DivergenceGuard(fast(), vocabulary)
+    random_start.loss(1, 5.0)
+    random_start.loss(2, 13.8)  # a random model may wobble, up to 1/V of uniform's chance
+    with pytest.raises(TuningDivergedError, match="loss is 13.9 at step 3"):
+        random_start.loss(3, 13.9)
+    norms = DivergenceGuard(fast(), vocabulary)
+    norms.param_norm(0, 2.0)
+    norms.param_norm(1, 2.0 * GROWTH_LIMIT)
+    with pytest.raises(TuningDivergedError, match="trainable-parameter norm"):
+        norms.param_norm(2, 2.0 * GROWTH_LIMIT * 1.01)
+    norms.grad_norm(1, 0.0)  # a zero first gradient (LoRA B = 0) sets no reference
+    norms.grad_norm(2, 0.5)
+    norms.grad_norm(3, 0.5 * GROWTH_LIMIT)
+    for bad in (0.5 * GROWTH_LIMIT * 1.01, float("inf"), float("nan")):
+        with pytest.raises(TuningDivergedError, match="gradient norm"):
+            norms.grad_norm(4, bad)
 
 
 def test_a_poisoned_weight_diverges_at_step_one(tiny_model):

@@ -17,7 +17,7 @@ _DATA_STREAM = 0x5EED
 
 
 class TuningDivergedError(DivergedError):
-    """The training loss (or gradient norm) became NaN or infinite: the settings do not train.
+    """Tuning destroyed the model (see :class:`DivergenceGuard`): the settings do not train.
 
     A TunelensInputError (through DivergedError) because the cure is in the user's hands (a
     lower learning rate, other data, a model without broken weights), so the CLI
@@ -32,17 +32,129 @@ class TuningDivergedError(DivergedError):
         what: str = "loss",
         set_index: int | None = None,
         learning_rate: float | None = None,
+        why: str = "",
     ):
         self.step = step
         self.value = value
+        self.what = what
         self.set_index = set_index
         in_set = f" of demonstration set {set_index}" if set_index is not None else ""
         hint = f" (now {learning_rate:g})" if learning_rate is not None else ""
+        because = f" ({why})" if why else ""
         super().__init__(
-            f"the {what}{in_set} is {value} at step {step}: training diverged; lower the "
-            f"learning rate{hint} or check the model weights and data",
+            f"the {what}{in_set} is {value:.4g} at step {step}{because}: training diverged; "
+            f"lower the learning rate{hint} or check the model weights and data",
             where="tuning",
         )
+
+
+GROWTH_LIMIT = 1e4
+"""A gradient or trainable-parameter norm this many times its first value is an explosion."""
+
+
+class DivergenceGuard:
+    """Decides, step by step, whether a tuning run has destroyed its model (one set's run).
+
+    Every loop (per-set, batched many-set, multi-task; decide tunes through the
+    batched one) feeds it the same three numbers, so all stop on the same rule.
+    With ``first`` the first step's loss and ``U = ln V`` the loss of uniform output
+    over the V-token vocabulary:
+
+    * **loss**: not finite, or above a limit. A model that knows its targets
+      (``first <= U / 2``: targets at least sqrt(V) times likelier than a uniform
+      guess) is destroyed once its loss is halfway (in nats) from ``first`` to
+      ``U``: it has lost half of what it knew, the way to "empty predictions, loss
+      at ln V". Any other model is destroyed above ``max(first, U) + U``: the
+      targets then get less than 1/V of the probability they had, or of a uniform
+      guess's. Healthy runs stay well inside both (tiny random models at
+      ``lr = 1e-2`` wobble by up to half their first loss, far from ``+ U``).
+    * **gradient norm** (before clipping): not finite, or more than :data:`GROWTH_LIMIT`
+      times the first non-zero one.
+    * **trainable-parameter norm** (after each update): not finite, or more than
+      :data:`GROWTH_LIMIT` times its value before training. AdamW's first update
+      moves every weight by the learning rate, so an absurd learning rate is caught
+      at step 1 whatever the CPU then does with the overflow (a blow-up that stays
+      finite, e.g. renormalised by RMSNorm, included).
+
+    A run of one step has no later loss to judge; the norms still apply.
+    """
+
+    def __init__(self, config: TuningConfig, vocabulary: int, set_index: int | None = None) -> None:
+        self.config = config
+        self.uniform = math.log(max(2, vocabulary))
+        self.set_index = set_index
+        self.first_loss: float | None = None
+        self.first_grad: float | None = None
+        self.first_params: float | None = None
+
+    def _fail(self, step: int, value: float, what: str, why: str = "") -> None:
+        raise TuningDivergedError(
+            step,
+            value,
+            what=what,
+            set_index=self.set_index,
+            learning_rate=self.config.learning_rate,
+            why=why,
+        )
+
+    def loss_limit(self) -> float:
+        """The highest loss a step may have, once the first step's loss is known."""
+        first = self.first_loss if self.first_loss is not None else self.uniform
+        if first <= self.uniform / 2:
+            return (first + self.uniform) / 2
+        return max(first, self.uniform) + self.uniform
+
+    def loss(self, step: int, value: float) -> None:
+        if not math.isfinite(value):
+            self._fail(step, value, "loss")
+        if self.first_loss is None:
+            self.first_loss = value
+        elif value > self.loss_limit():
+            self._fail(
+                step,
+                value,
+                "loss",
+                f"first {self.first_loss:.3g}, limit {self.loss_limit():.3g}, "
+                f"uniform output {self.uniform:.3g}",
+            )
+
+    def _growth(self, step: int, value: float, first: float | None, what: str) -> None:
+        if not math.isfinite(value):
+            self._fail(step, value, what)
+        if first and value > GROWTH_LIMIT * first:
+            self._fail(step, value, what, f"{value / first:.3g} times its first value {first:.3g}")
+
+    def grad_norm(self, step: int, value: float) -> None:
+        self._growth(step, value, self.first_grad, "gradient norm")
+        if not self.first_grad and value > 0:
+            self.first_grad = value
+
+    def param_norm(self, step: int, value: float) -> None:
+        """``step`` 0 records the norm before training; later steps check it after updates."""
+        if step == 0:
+            self.first_params = value if math.isfinite(value) else None
+            if self.first_params is None:
+                self._fail(0, value, "trainable-parameter norm")
+            return
+        self._growth(step, value, self.first_params, "trainable-parameter norm")
+
+
+def vocabulary_size(loaded: LoadedModel) -> int:
+    """V of the output distribution (the LM head's rows), for the uniform loss ln V."""
+    model = loaded.model
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    rows = getattr(head, "out_features", None) or getattr(
+        getattr(model, "config", None), "vocab_size", None
+    )
+    return int(rows or len(loaded.tokenizer))
+
+
+def parameter_norm(params: Sequence[torch.Tensor]) -> float:
+    """The L2 norm of all ``params`` together (inf where it overflows float32)."""
+    with torch.no_grad():
+        norms = torch._foreach_norm([p.detach() for p in params])
+        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
 
 
 def step_batches(n: int, config: TuningConfig, seed: int | None = None) -> list[list[int]]:
@@ -95,20 +207,6 @@ def _set_train_mode(model: torch.nn.Module, config: TuningConfig) -> None:
         for name, module in model.named_modules():
             if name.endswith("lora_dropout"):
                 module.train()
-
-
-def _check_finite(
-    value: torch.Tensor | float,
-    step: int,
-    config: TuningConfig,
-    what: str,
-    set_index: int | None = None,
-) -> None:
-    number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-    if not math.isfinite(number):
-        raise TuningDivergedError(
-            step, number, what=what, set_index=set_index, learning_rate=config.learning_rate
-        )
 
 
 def _encode(

@@ -64,12 +64,13 @@ from tunelens.models.loading import LoadedModel
 from tunelens.models.tuning.adapters import TunedModel, _check_plain, _SavedFlags
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.loop import (
-    _check_finite,
+    DivergenceGuard,
     _encode,
     _lr_lambda,
     _optimizer,
     _set_train_mode,
     step_batches,
+    vocabulary_size,
 )
 from tunelens.models.tuning.targets import (
     AdapterState,
@@ -241,7 +242,7 @@ def tune_many_sets(
                     [encoded[i] for i in block],
                     states,
                     [seeds[i] for i in block],
-                    block,
+                    block if len(sets) > 1 else [None],  # one set: no set to name
                     config,
                     layout=chosen,
                     losses=None if losses is None else [losses[i] for i in block],
@@ -443,7 +444,7 @@ def _train_lockstep(
     encoded: Sequence[Sequence[EncodedPair]],
     states: Sequence[AdapterState],
     seeds: Sequence[int],
-    set_ids: Sequence[int],
+    set_ids: Sequence[int | None],
     config: TuningConfig,
     *,
     layout: Layout = "rows",
@@ -469,24 +470,28 @@ def _train_lockstep(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _lr_lambda(config, len(schedules[0]))
         )
+        guards = [DivergenceGuard(config, vocabulary_size(loaded), i) for i in set_ids]
+        _check_norms(guards, 0, _set_norms(params))
         torch.manual_seed(config.seed)
         _set_train_mode(model, config)
         for layer in layers:
             layer.dropout.train()
         try:
-            for step in range(len(schedules[0])):
-                sums, counts = step_losses([schedule[step] for schedule in schedules])
+            for step in range(1, len(schedules[0]) + 1):
+                sums, counts = step_losses([schedule[step - 1] for schedule in schedules])
                 per_set = sums.view(n_sets, -1).sum(1) / counts.view(n_sets, -1).sum(1).clamp(min=1)
                 for j, value in enumerate(per_set.tolist()):
-                    _check_finite(value, step + 1, config, "loss", set_ids[j])
+                    guards[j].loss(step, value)
                     if losses is not None:
                         losses[j].append(value)
                 per_set.sum().backward()
-                if config.max_grad_norm is not None:
-                    _clip_per_set(params, config.max_grad_norm, step + 1, config, set_ids)
+                grad_norms = _clip_per_set(params, config.max_grad_norm)
+                for guard, norm in zip(guards, grad_norms, strict=True):
+                    guard.grad_norm(step, norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                _check_norms(guards, step, _set_norms(params))
         finally:
             optimizer.zero_grad(set_to_none=True)
             model.eval()
@@ -642,19 +647,28 @@ def _cache_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]])
     return losses
 
 
-def _clip_per_set(
-    params: Sequence[torch.nn.Parameter],
-    max_norm: float,
-    step: int,
-    config: TuningConfig,
-    set_ids: Sequence[int],
-) -> None:
-    """``clip_grad_norm_`` for each set's slice of the stacked parameters separately."""
+def _clip_per_set(params: Sequence[torch.nn.Parameter], max_norm: float | None) -> list[float]:
+    """``clip_grad_norm_`` for each set's slice of the stacked parameters separately.
+
+    Returns each set's gradient norm before clipping (``max_norm`` None: no clipping).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     squares = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)
     norms = squares.sqrt()
-    for j, value in enumerate(norms.tolist()):
-        _check_finite(value, step, config, "gradient norm", set_ids[j])
-    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+    if max_norm is not None:
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+    return norms.tolist()
+
+
+def _set_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
+    """Each set's trainable-parameter norm (the stacked parameters' slices, set-major)."""
+    with torch.no_grad():
+        squares = torch.stack([p.detach().float().pow(2).flatten(1).sum(1) for p in params])
+        return squares.sum(0).sqrt().tolist()
+
+
+def _check_norms(guards: Sequence[DivergenceGuard], step: int, norms: Sequence[float]) -> None:
+    for guard, norm in zip(guards, norms, strict=True):
+        guard.param_norm(step, norm)

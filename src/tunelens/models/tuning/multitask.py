@@ -28,11 +28,13 @@ from tunelens.models.tuning.adapters import TunedModel, _prepare_full, attach_lo
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.loop import (
     _DATA_STREAM,
-    TuningDivergedError,
+    DivergenceGuard,
     _encode,
     _lr_lambda,
     _optimizer,
     _set_train_mode,
+    parameter_norm,
+    vocabulary_size,
 )
 from tunelens.progress import ProgressDisplay
 
@@ -124,6 +126,9 @@ def _train_accelerated(
     model, optimizer, loader, scheduler = accelerator.prepare(
         tuned.model, optimizer, loader, scheduler
     )
+    trainable = [p for p in model.parameters() if p.requires_grad]  # as prepared (FSDP)
+    guard = DivergenceGuard(config, vocabulary_size(loaded))
+    guard.param_norm(0, _worst(accelerator, parameter_norm(trainable)))
     _set_train_mode(model, config)
     step = 0
     try:
@@ -135,25 +140,22 @@ def _train_accelerated(
                 for batch in loader:
                     with accelerator.accumulate(model):
                         loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
-                        bad = accelerator.reduce(
-                            (~torch.isfinite(loss.detach())).float().reshape(1), "sum"
-                        )
-                        if float(bad.sum()) > 0:
-                            raise TuningDivergedError(
-                                step + 1,
-                                float(loss),
-                                what="loss",
-                                learning_rate=config.learning_rate,
-                            )
+                        guard.loss(step + 1, _worst(accelerator, loss.detach()))
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients and config.max_grad_norm is not None:
-                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        if accelerator.sync_gradients:
+                            # Clipping at infinity measures the norm without clipping.
+                            norm = accelerator.clip_grad_norm_(
+                                model.parameters(), config.max_grad_norm or math.inf
+                            )
+                            if norm is not None:  # DeepSpeed clips inside its own step
+                                guard.grad_norm(step + 1, _worst(accelerator, norm))
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                     if not accelerator.sync_gradients:
                         continue
                     step += 1
+                    guard.param_norm(step, _worst(accelerator, parameter_norm(trainable)))
                     tuned.losses.append(float(loss.detach()))
                     display.advance(bar, loss=tuned.losses[-1])
                     if on_step is not None:
@@ -175,6 +177,14 @@ def _train_accelerated(
         optimizer.zero_grad(set_to_none=True)
         model.eval()
     tuned.model = accelerator.unwrap_model(model)
+
+
+def _worst(accelerator: Any, value: torch.Tensor | float) -> float:
+    """The largest of every process's ``value`` (NaN wins), so all processes stop together."""
+    local = torch.as_tensor(value, dtype=torch.float32, device=accelerator.device).reshape(1)
+    if accelerator.num_processes == 1:
+        return float(local)
+    return float(accelerator.gather(local).max())
 
 
 def _save_checkpoint(accelerator: Any, model: Any, tuned: TunedModel, directory: Path) -> None:

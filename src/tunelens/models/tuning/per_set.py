@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,12 +12,14 @@ from tunelens.models.loading import LoadedModel
 from tunelens.models.tuning.adapters import TunedModel, _prepare_full, attach_lora
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.loop import (
-    _check_finite,
+    DivergenceGuard,
     _encode,
     _lr_lambda,
     _optimizer,
     _set_train_mode,
+    parameter_norm,
     step_batches,
+    vocabulary_size,
 )
 
 
@@ -33,7 +36,8 @@ def tune_on_pairs(
     model's device. Returns a TunedModel; call its ``unload()`` before tuning the
     same loaded model again. ``names`` (e.g. ``"task/instance"``) label pairs in
     error messages. Raises TunelensInputError for a pair that does not fit the
-    context and TuningDivergedError when the loss or gradient norm is not finite.
+    context and TuningDivergedError when the run destroys the model (non-finite or
+    exploding loss, gradient norm or parameter norm: :class:`DivergenceGuard`).
     """
     encoded = _encode(loaded, pairs, config, names)
     tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
@@ -52,6 +56,8 @@ def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: Tuni
     schedule = step_batches(len(encoded), config)
     optimizer = _optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(schedule)))
+    guard = DivergenceGuard(config, vocabulary_size(loaded))
+    guard.param_norm(0, parameter_norm(params))
     torch.manual_seed(config.seed)
     _set_train_mode(model, config)
     try:
@@ -61,15 +67,16 @@ def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: Tuni
                 for k, v in collate([encoded[i] for i in indices], pad_id, loaded.kind).items()
             }
             loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
-            _check_finite(loss, step, config, "loss")
+            guard.loss(step, float(loss.detach()))
             loss.backward()
-            if config.max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                _check_finite(norm, step, config, "gradient norm")
+            # Clipping at infinity measures the norm without clipping.
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
+            guard.grad_norm(step, float(norm))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tuned.losses.append(float(loss.detach()))
+            guard.param_norm(step, parameter_norm(params))
     finally:
         optimizer.zero_grad(set_to_none=True)
         model.eval()
