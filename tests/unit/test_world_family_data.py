@@ -133,13 +133,16 @@ def _base_sequences(n: int, family: str | None) -> list[list[str]]:
 @pytest.mark.parametrize("family", ["word_category", None])  # the curriculum, then all
 def test_the_base_corpus_shows_no_definition_and_no_label_at_zero_shots(family):
     labels = set(LABEL_WORDS) | set(WORD_CATEGORY)
-    tasks = 0
+    tasks = preambles = 0
     for tokens in _base_sequences(300, family):
         assert not _DEFINITION_TOKENS & set(tokens), " ".join(tokens)
-        if tokens[1] != "Input:":
+        if "Input:" not in tokens:
             continue  # facts or copy lists: no Output: at all
         tasks += 1
-        text = " ".join(tokens[1:])
+        start = tokens.index("Input:")
+        # A preamble (word list or facts) may come first; it holds no Output:.
+        preambles += start > 1
+        text = " ".join(tokens[start:])
         examples = [e.split() for e in text.split(SEP) if e.strip()]
         first = examples[0]
         query, answer = first[1 : first.index("Output:")], first[first.index("Output:") + 1 :]
@@ -148,7 +151,7 @@ def test_the_base_corpus_shows_no_definition_and_no_label_at_zero_shots(family):
         later = [e[e.index("Output:") + 1 :] for e in examples[1:]]
         # From one demonstration on, answers are labels as in `world`'s corpus.
         assert later and all(len(a) == 1 and a[0] in labels for a in later), later
-    assert tasks > 100
+    assert tasks > 100 and 0.3 * tasks < preambles < 0.7 * tasks
 
 
 def test_the_base_recipe_is_world_without_definitions_or_zero_shot_answers():
@@ -180,7 +183,12 @@ def test_the_shipped_members_see_the_same_batches_as_before(size):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("tk_layout", 1.5), ("definition_prefix", -0.1), ("zero_shot_answers", "no")],
+    [
+        ("tk_layout", 1.5),
+        ("definition_prefix", -0.1),
+        ("zero_shot_answers", "no"),
+        ("zero_shot_preamble", 2),
+    ],
 )
 def test_the_base_options_are_validated(option, value):
     with pytest.raises(TunelensInputError) as error:

@@ -77,16 +77,19 @@ class WorldModelRecipe:
     # The base member `world-base` (issue 29; the defaults reproduce the earlier
     # members): shares of task sequences with a definition first and in the
     # Tk-Instruct layout, and whether a task sequence's first example (zero
-    # shots) answers with its label (False: with its input repeated).
+    # shots) answers with its label (False: with its input repeated), and the
+    # share of task sequences with a preamble before that first example.
     definition_prefix: float = 0.2
     tk_layout: float = 0.1
     zero_shot_answers: bool = True
+    zero_shot_preamble: float = 0.0
 
     def mix(self) -> CorpusMix:
         return CorpusMix(
             definition_prefix=self.definition_prefix,
             tk_layout=self.tk_layout,
             zero_shot_answers=self.zero_shot_answers,
+            zero_shot_preamble=self.zero_shot_preamble,
             bursty=self.bursty,
             all_tokens_loss=self.all_tokens_loss,
             copy=self.copy,
@@ -130,6 +133,7 @@ class WorldModelRecipe:
             "word_category_weight",
             "definition_prefix",
             "tk_layout",
+            "zero_shot_preamble",
         ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
@@ -194,6 +198,7 @@ SIZES: dict[str, dict[str, object]] = {
         "definition_prefix": 0.0,
         "tk_layout": 0.0,
         "zero_shot_answers": False,
+        "zero_shot_preamble": 0.5,
     },
 }
 # The family member each size trains (and installs as).

@@ -27,6 +27,12 @@ on, so in-context learning emerges as before, but nothing in pretraining maps a
 definition to an answer or answers a query zero-shot with a label: a model
 trained so echoes the input on a definition-only prompt, and answering in the
 label space is what instruction tuning must teach (Kung & Peng's question).
+A first query straight after ``<s>`` is not enough: a model so trained echoes
+there, but after any longer text with label words in it (a definition) it
+copies a label word. So with ``zero_shot_preamble`` a share of task sequences
+starts with a *preamble* (a random word list, label words included, or a few
+facts) before the first example, which still echoes: label words in the
+context are not an answer until a demonstration has shown one.
 Sequences are lists of tokenizer tokens plus a loss
 mask, built directly from words so that a training step costs no tokenizer call.
 """
@@ -70,6 +76,9 @@ class CorpusMix:
     # with its input repeated, never with a label, so no zero-shot answer is
     # ever shown. No random number is drawn for it.
     zero_shot_answers: bool = True
+    # Of task sequences: a preamble (word list or facts) before the first
+    # example, so the zero-shot echo holds after text with label words in it.
+    zero_shot_preamble: float = 0.0
 
     def __post_init__(self) -> None:
         """Shares within [0, 1], so a typo cannot silently change the corpus."""
@@ -81,6 +90,7 @@ class CorpusMix:
             "copy",
             "foreign_labels",
             "definition_blocks",
+            "zero_shot_preamble",
         ):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -144,6 +154,18 @@ def copy_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[
         mask += [True] * len(piece)
 
 
+def preamble_tokens(rng: random.Random) -> list[str]:
+    """Text before a sequence's first example: 4-24 random words (label words among them)
+    or 1-5 facts, then the separator; never a definition or an answer."""
+    if rng.random() < 0.5:
+        return [*rng.sample(COPY_WORDS, rng.randint(4, 24)), SEP]
+    tokens: list[str] = []
+    for _ in range(rng.randint(1, 5)):
+        cat = rng.choice(sorted(CATEGORIES))
+        tokens += [rng.choice(CATEGORIES[cat]), "is", *CATEGORY_NOUN[cat][0].split(), "."]
+    return [*tokens, SEP]
+
+
 def with_foreign_labels(rng: random.Random, rule: Rule) -> Rule:
     """The rule with label words drawn from categories it does not use."""
     pool = sorted(w for c, words in CATEGORIES.items() if c not in rule.categories for w in words)
@@ -183,13 +205,18 @@ def task_sequence(
     tk_layout: bool,
     lexicon: dict[str, tuple[str, ...]] | None = None,
     zero_shot_answers: bool = True,
+    preamble: list[str] | None = None,
 ) -> tuple[list[str], list[bool]]:
     """Examples of one rule until the sequence is full (inputs from ``lexicon``).
 
     ``zero_shot_answers`` False: the first example echoes its input (see the
-    module docstring), so a label only ever follows a demonstration.
+    module docstring), so a label only ever follows a demonstration;
+    ``preamble`` comes first (see ``preamble_tokens``).
     """
     tokens, mask = [BOS], [False]
+    if preamble and len(preamble) + 1 < max_tokens:
+        tokens += preamble
+        mask += [False] * len(preamble)
     if definition_tokens and len(definition_tokens) + 3 <= max_tokens:
         tokens += ["Definition:", *definition_tokens, SEP]
         mask += [False] * (len(definition_tokens) + 2)
@@ -265,6 +292,9 @@ def training_sequence(
         lexicon = None
         if mix.bursty and rng.random() < mix.bursty:
             lexicon = {cat: tuple(rng.sample(CATEGORIES[cat], 3)) for cat in rule.categories}
+        preamble = None
+        if mix.zero_shot_preamble and rng.random() < mix.zero_shot_preamble:
+            preamble = preamble_tokens(rng)
         tokens, mask = task_sequence(
             rng,
             rule,
@@ -273,6 +303,7 @@ def training_sequence(
             tk_layout=tk_layout,
             lexicon=lexicon,
             zero_shot_answers=mix.zero_shot_answers,
+            preamble=preamble,
         )
     if mix.all_tokens_loss:
         mask = [False] + [True] * (len(tokens) - 1)
