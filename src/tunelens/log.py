@@ -2,9 +2,13 @@
 
 Library code logs through ``get_logger(__name__)`` and never prints
 diagnostics; the CLI calls :func:`setup_logging` once: warnings and errors by
-default, info with ``--verbose``. Without verbose, the warnings that
-transformers prints about itself (deprecations, generation defaults, ...) are
-silenced too, so stderr holds what concerns the user's run.
+default, info with ``--verbose``. Without verbose, Python warnings are silenced
+(tunelens never speaks through them: its own warnings are log records and
+``warning:`` lines): numpy's and scipy's ``RuntimeWarning`` and
+``DegenerateDataWarning`` on a degenerate bootstrap, transformers' and peft's
+deprecations and generation defaults. transformers' own log messages below
+ERROR go too. So stderr holds what concerns the user's run; ``--verbose``
+shows them all.
 """
 
 from __future__ import annotations
@@ -18,9 +22,6 @@ __all__ = ["ROOT", "get_logger", "setup_logging"]
 
 ROOT = "tunelens"
 _HANDLER_FLAG = "_tunelens_handler"
-# The modules whose Python warnings are filtered without --verbose (a library's
-# deprecation notice must not turn a one-line error into five).
-_TRANSFORMERS_MODULE = r"(transformers|peft|accelerate|torch|safetensors)(\..*)?$"
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -34,8 +35,8 @@ def setup_logging(verbose: bool = False) -> None:
     """Send tunelens' log records to stderr through rich: WARNING and up, INFO with ``verbose``.
 
     Safe to call more than once (the handler is replaced, not added again).
-    Without ``verbose``, transformers' own log messages below ERROR and its
-    Python warnings are filtered out.
+    Without ``verbose``, transformers' own log messages below ERROR and every
+    Python warning are filtered out.
     """
     from rich.console import Console
     from rich.logging import RichHandler
@@ -57,13 +58,18 @@ def setup_logging(verbose: bool = False) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
-    _filter_transformers(verbose)
+    _filter_library_warnings(verbose)
 
 
-def _filter_transformers(verbose: bool) -> None:
-    """transformers' logger and warnings: errors only unless ``verbose`` (then its defaults)."""
+def _filter_library_warnings(verbose: bool) -> None:
+    """Libraries' warnings and transformers' logger: silent unless ``verbose`` (then shown).
+
+    Filtered by action, not by module: numpy reports a floating-point warning
+    at the line of tunelens code that divided, and transformers warns with a
+    ``stacklevel`` that points at its caller, so a module filter lets both through.
+    """
     if verbose:
-        warnings.filterwarnings("default", module=_TRANSFORMERS_MODULE)  # undo a quiet call
+        warnings.simplefilter("default")  # in front of (so undoing) a quiet call
         if "transformers" in sys.modules:
             logging.getLogger("transformers").setLevel(logging.WARNING)
         return
@@ -71,4 +77,4 @@ def _filter_transformers(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:
         logging.getLogger("transformers").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=_TRANSFORMERS_MODULE)
+    warnings.simplefilter("ignore")

@@ -210,3 +210,32 @@ def test_cli_with_a_broken_chat_template_is_one_line(tiny_model, tmp_path):
     )
     line = assert_one_error_line(result)
     assert str(directory) in line and "chat template does not render" in line, line
+
+
+# --- library warnings: silent on success, shown with -v ------------------------------------
+
+
+def test_library_warnings_stay_off_stderr_and_show_with_verbose(tmp_path):
+    import warnings
+
+    task = tmp_path / "task.jsonl"
+    rows = [{"tunelens_task": 1, "definition": "Animal?", "labels": ["no", "yes"]}]
+    rows += [{"input": f"w{i}", "output": "yes" if i % 2 else "no"} for i in range(12)]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    # 4 test items: the bootstrap is degenerate (scipy's DegenerateDataWarning, numpy's
+    # RuntimeWarning), the case that used to leak.
+    args = ["decide", "--task", str(task), "--model", "world", "--k", "1", "--out", str(out)]
+    args += ["--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunelens", *args], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "warn" not in done.stderr.lower(), done.stderr
+    # The same run again with -v (its cells are kept, the intervals recomputed): shown.
+    with warnings.catch_warnings(record=True) as caught:
+        result = invoke("-v", *args)
+    assert result.code == 0, result.stderr
+    assert any(issubclass(w.category, RuntimeWarning) for w in caught), caught
