@@ -268,11 +268,12 @@ def export_tables(
         )
     from tunelens.io import atomic_write_text, refuse_overwriting_inputs
 
-    tables = tidy_tables(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "export"
-    paths = {name: out / f"{name}.{format}" for name in tables}
     inputs = [Path(run_dir) / "results.json", Path(run_dir) / "decide.json"]
-    refuse_overwriting_inputs([out, *paths.values()], inputs)
+    names = ("convergence", "audit", "world_eval", "decide")
+    refuse_overwriting_inputs([out, *(out / f"{n}.{format}" for n in names)], inputs)
+    tables = tidy_tables(run_dir)
+    paths = {name: out / f"{name}.{format}" for name in tables}
     _make_folder(out)
     for name, rows in tables.items():
         if format == "csv":
