@@ -129,7 +129,7 @@ TASK_FILES: dict[str, tuple[str, str | bytes]] = {
     ),
     "jsonl-header-key-twice": (
         "t.jsonl",
-        json.dumps(HEADER)[:-1] + ', "labels": ["a", "b"]}\n' + _jsonl(*ROWS),
+        json.dumps(HEADER)[:-1] + ', "definition": "Is it a plant?"}\n' + _jsonl(*ROWS),
     ),
     "jsonl-row-key-twice": (
         "t.jsonl",
