@@ -24,6 +24,7 @@ __all__ = [
     "MAX_NEW_TOKENS",
     "MAX_RESAMPLES",
     "MAX_SEED",
+    "MAX_THREADS",
     "MIN_RESAMPLES",
     "Count",
     "LoraRank",
@@ -45,6 +46,9 @@ MAX_RESAMPLES = 10**6
 
 MAX_NEW_TOKENS = 2**16
 """Tokens generated per answer: far beyond any context a model has."""
+
+MAX_THREADS = 4096
+"""CPU threads for torch (a larger number overflows its C int, or starts that many threads)."""
 
 MAX_LORA_RANK = 2**16
 """A LoRA rank: wider than any model's hidden size (a larger one only allocates)."""

@@ -652,6 +652,16 @@ case("CLI option", "audit-seed-huge", lambda d: ["audit", "--seed", str(2**32)])
 case(
     "CLI option", "examples-list-limit-huge", lambda d: ["examples", "list", "--limit", str(10**20)]
 )
+case(
+    "CLI option",
+    "world-train-threads-huge",
+    lambda d: ["world", "train-model", "--workdir", "w", "--threads", str(10**11)],
+)
+case(
+    "CLI option",
+    "world-train-until-huge",
+    lambda d: ["world", "train-model", "--workdir", "w", "--until", str(10**23)],
+)
 
 
 CLASS_COUNTS = {

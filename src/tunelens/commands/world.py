@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunelens.bounds import MAX_COUNT
 from tunelens.cli import world_app
 from tunelens.errors import TunelensInputError
 
@@ -166,7 +167,7 @@ def train_model(
     if instruction_tune and size != "base":
         raise TunelensInputError("only the base model is instruction-tuned", where="--size")
     if until is not None:
-        check_range("--until", until, 1)
+        check_range("--until", until, 1, MAX_COUNT)
     model = train_world_model(recipe, workdir, until=until)
     if until is not None and until < recipe.steps:
         typer.echo(f"stopped at step {until} of {recipe.steps}; re-run to resume")

@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelens import interrupt
+from tunelens.bounds import MAX_COUNT, MAX_SEED, MAX_THREADS
 from tunelens.errors import TunelensInputError
 from tunelens.log import get_logger
 from tunelens.tasks.types import Task
@@ -100,30 +101,29 @@ class WorldModelRecipe:
 
     def __post_init__(self) -> None:
         """Every field within its real bounds; a bad one names its option (``--steps``)."""
-        whole: dict[str, tuple[int, int | None]] = {
-            "seed": (0, 2**32 - 1),
-            "hidden_size": (1, None),
-            "layers": (1, None),
-            "heads": (1, None),
-            "intermediate_size": (1, None),
-            "max_positions": (2, None),
-            "seq_len": (2, None),
-            "batch_size": (1, None),
-            "steps": (1, None),
-            "curriculum_steps": (0, None),
-            "warmup": (0, None),
-            "checkpoint_every": (1, None),
-            "eval_every": (1, None),
-            "threads": (1, None),
+        whole: dict[str, tuple[int, int]] = {
+            "seed": (0, MAX_SEED),
+            "hidden_size": (1, MAX_COUNT),
+            "layers": (1, MAX_COUNT),
+            "heads": (1, MAX_COUNT),
+            "intermediate_size": (1, MAX_COUNT),
+            "max_positions": (2, MAX_COUNT),
+            "seq_len": (2, MAX_COUNT),
+            "batch_size": (1, MAX_COUNT),
+            "steps": (1, MAX_COUNT),
+            "curriculum_steps": (0, MAX_COUNT),
+            "warmup": (0, MAX_COUNT),
+            "checkpoint_every": (1, MAX_COUNT),
+            "eval_every": (1, MAX_COUNT),
+            "threads": (1, MAX_THREADS),
             "vocabulary": (1, 2),
         }
         for name, (low, high) in whole.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 self._bad(name, f"must be a whole number, got {value!r}")
-            if value < low or (high is not None and value > high):
-                bound = f"between {low} and {high}" if high is not None else f">= {low}"
-                self._bad(name, f"must be {bound}, got {value}")
+            if not low <= value <= high:
+                self._bad(name, f"must be between {low} and {high}, got {value}")
         for name in (
             "bursty",
             "decay_start",
