@@ -127,7 +127,10 @@ def parse_tuning_options(
         first = error.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
         where = option_names(field, names)[0] if field in fields else "tuning options"
-        raise TunelensInputError(first["msg"], where=where) from None
+        value = first.get("input")
+        shown = isinstance(value, (int, float, str)) and len(repr(value)) <= 40
+        message = f"{first['msg']} (got {value!r})" if shown else first["msg"]
+        raise TunelensInputError(message, where=where) from None
 
 
 def with_tuning_options(
