@@ -196,3 +196,18 @@ def test_the_base_options_are_validated(option, value):
     assert error.value.where == f"--{option.replace('_', '-')}"
     with pytest.raises(ValueError, match="tk_layout"):
         CorpusMix(tk_layout=2.0)
+
+
+def test_the_definition_only_probe_reports_accuracy_and_label_space_share():
+    from tunelens.models.world_model import build_model, probe_definition_only
+
+    recipe = recipe_for_size("world-base", hidden_size=16, layers=1, heads=2, intermediate_size=32)
+    tokenizer = build_tokenizer(0, recipe.vocabulary)
+    model = build_model(recipe, tokenizer)
+    for template in ("plain", "tk"):
+        probe = probe_definition_only(
+            model, tokenizer, WORLD.heldout[:3], template=template, queries_per_task=4
+        )
+        assert set(probe) == {"accuracy", "in_label_space"}
+        assert 0 <= probe["accuracy"] <= probe["in_label_space"] <= 100
+    assert model.training  # the probe hands the model back in training mode
