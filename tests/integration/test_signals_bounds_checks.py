@@ -61,6 +61,22 @@ def test_signal_ends_a_run_with_the_line_the_lock_released_and_128_plus_signal(t
     assert not (out / "results.json").exists()
 
 
+def test_a_second_signal_while_unwinding_ends_the_process_at_once():
+    code = (
+        "import os, signal, time\n"
+        "from tunelens import interrupt\n"
+        "interrupt.install()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+        "except interrupt.Interrupted:\n"
+        "    os.kill(os.getpid(), signal.SIGHUP); time.sleep(5)\n"  # cleanup hangs: force
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 129, (done.stdout, done.stderr)
+    assert INTERRUPTED.match(done.stderr.strip().splitlines()[-1]) and not done.stdout
+
+
 def test_interrupted_carries_its_exit_code():
     from tunelens import interrupt
 
