@@ -181,6 +181,20 @@ def test_a_broken_chat_template_is_refused_at_load_naming_the_directory(tiny_mod
     assert line.startswith(str(directory)) and reason in line and "\n" not in line, line
 
 
+def test_a_chat_template_that_never_ends_is_refused(tiny_model, tmp_path, monkeypatch):
+    from tunelens.errors import TunelensInputError
+    from tunelens.models import checks
+    from tunelens.models.loading import load_model
+
+    monkeypatch.setattr(checks, "RENDER_SECONDS", 0.5)
+    loops = "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}"
+    directory = _model_dir(tiny_model, tmp_path / "m", loops)
+    started = time.monotonic()
+    with pytest.raises(TunelensInputError, match="TimeoutError: rendering took longer than 0.5"):
+        load_model(str(directory))
+    assert time.monotonic() - started < 30
+
+
 def test_a_working_chat_template_loads(tiny_model, tmp_path):
     from tunelens.models.loading import load_model
 

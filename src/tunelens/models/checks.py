@@ -14,13 +14,19 @@ template) or, worse, as a run that succeeds on empty prompts.
   ``chat`` prompt template sends (one user message and the generation prompt)
   and keep its text. transformers renders in jinja2's sandbox; its errors
   (syntax, ``raise_exception``, an undefined attribute, a blocked escape
-  attempt) become the one line here.
+  attempt) become the one line here, and so does a template that renders for
+  longer than :data:`RENDER_SECONDS` (nested loops: the sandbox bounds each
+  ``range``, not their product).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,9 @@ __all__ = ["check_chat_template", "check_loaded", "check_model_path", "check_tok
 
 PROBE = "tunelens probe: is this text kept?"
 """The user message a chat template is asked to render (plain ASCII, no edge whitespace)."""
+
+RENDER_SECONDS = 10.0
+"""How long one render may take (a real template takes milliseconds)."""
 
 
 def check_model_path(path: str | Path) -> None:
@@ -81,9 +90,10 @@ def check_chat_template(tokenizer: Any, source: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
         return
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROBE}], tokenize=False, add_generation_prompt=True
-        )
+        with _deadline(RENDER_SECONDS):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": PROBE}], tokenize=False, add_generation_prompt=True
+            )
     except Exception as error:  # noqa: BLE001 - jinja2, sandbox and template code raise anything
         raise TunelensInputError(
             f"the tokenizer's chat template does not render: {_reason(error)}; fix or remove "
@@ -102,6 +112,32 @@ def check_chat_template(tokenizer: Any, source: str) -> None:
             "its text; fix or remove chat_template",
             source=source,
         )
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after ``seconds`` (SIGALRM: main thread, POSIX, and
+    only where no one else's alarm is set; elsewhere the block runs unbounded)."""
+    usable = (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+        and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    )
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"rendering took longer than {seconds:g} s")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 def _reason(error: BaseException) -> str:
