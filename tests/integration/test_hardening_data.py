@@ -536,3 +536,13 @@ def test_duplicate_keys_in_a_json_spec_are_refused(tmp_path):
     spec.write_text('{"seed": 1, "seed": 2}')
     line = assert_one_error_line(invoke("run", spec, "--out", tmp_path / "out"))
     assert str(spec) in line and "given twice" in line
+
+
+def test_every_world_task_passes_the_label_space_check():
+    from tunelens.tasks.labels import check_label_space
+    from tunelens.tasks.world.generator import generate_world
+    from tunelens.tasks.world.relabel import relabel_tasks
+
+    world = generate_world(0)
+    for task in [*world.train, *world.heldout, *relabel_tasks(list(world.heldout), "novel")]:
+        check_label_space(task.labels, source="world", task=task.name)

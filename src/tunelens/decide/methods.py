@@ -230,7 +230,7 @@ def best_label(scores: np.ndarray, labels: Sequence[str]) -> str:
 
 def warn_unknown_tokens(loaded: LoadedModel, labels: Sequence[str]) -> None:
     """Warn (once per model and label space) when a label tokenises to the unknown token: the
-    model cannot score or write it, and labels that tokenise alike tie."""
+    model cannot write it, and under ``--predict score`` labels that tokenise alike tie."""
     from tunelens.terminal import warn
 
     unk = getattr(loaded.tokenizer, "unk_token_id", None)
@@ -258,8 +258,8 @@ def predict(
     from tunelens.models.predict import generate_predictions
     from tunelens.models.scoring import score_labels
 
+    warn_unknown_tokens(loaded, labels)
     if config.predict == "score":
-        warn_unknown_tokens(loaded, labels)
         scores = score_labels(loaded, list(prompts), list(labels), include_eos=True)
         return [best_label(row, labels) for row in scores]
     max_new = config.max_new_tokens or default_max_new_tokens(loaded, labels)
