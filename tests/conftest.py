@@ -138,7 +138,7 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def real_model_dir(tmp_path_factory: pytest.TempPathFactory):
-    """Factory fixture: ``real_model_dir("mistral" | "gpt2" | "qwen2", seed=0) -> Path``.
+    """Factory fixture: ``real_model_dir("mistral" | "gpt2" | "qwen2" | "world", seed=0)``.
 
     A tiny random model on the genuine tokenizer (tests/helpers/real_models.py),
     saved once per session where tunelens's loader can read it; skips where the

@@ -7,7 +7,8 @@ writes a tiny random model (hidden 32, 2 layers, vocabulary = the tokenizer's
 full length) and the tokenizer with ``save_pretrained`` into ``dest``, so
 tunelens's own loader (``tunelens.models.loading.load_model``) reads it like a
 downloaded checkpoint. Where the shared folder is absent the helpers call
-``pytest.skip`` with the path they looked for.
+``pytest.skip`` with the path they looked for. ``"world"`` builds the same tiny
+random model (a Llama) on the embedded world model's word-level tokenizer.
 
 The session-scoped fixture ``real_model_dir`` (tests/conftest.py) builds each
 directory once per test session: ``real_model_dir("mistral") -> Path``.
@@ -22,13 +23,21 @@ import pytest
 import torch
 
 REAL_TOKENIZERS = ("mistral", "gpt2", "qwen2")
+# The embedded world model's word-level tokenizer (src/tunelens/assets/world), for a tiny
+# random Llama beside the real ones: always present, never skipped.
+WORLD_TOKENIZER = "world"
 
 # tests/helpers/real_models.py -> parents[2] is the repository root; shared/ sits beside it.
 SHARED_TOKENIZERS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers"
 
 
 def tokenizer_dir(name: str) -> Path:
-    """The shared folder of tokenizer ``name``; ``pytest.skip`` where it is absent."""
+    """The shared folder of tokenizer ``name`` (``"world"``: the embedded world model's
+    folder); ``pytest.skip`` where it is absent."""
+    if name == WORLD_TOKENIZER:
+        from tunelens.models.paths import world_model_dir
+
+        return world_model_dir()
     if name not in REAL_TOKENIZERS:
         raise ValueError(f"unknown real tokenizer {name!r}; known: {', '.join(REAL_TOKENIZERS)}")
     folder = SHARED_TOKENIZERS / name
@@ -49,10 +58,24 @@ def load_real_tokenizer(name: str) -> Any:
 
 def _config(name: str, tokenizer: Any) -> Any:
     """A tiny config of the family's shape, its vocabulary the tokenizer's full length."""
-    from transformers import GPT2Config, MistralConfig, Qwen2Config
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     vocab = len(tokenizer)
     init = 0.2  # wide weights: a random model whose outputs differ between inputs
+    if name == WORLD_TOKENIZER:
+        return LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            initializer_range=init,
+        )
     if name == "mistral":
         return MistralConfig(
             vocab_size=vocab,
