@@ -282,10 +282,22 @@ COSTS: dict[str, tuple[str, str | bytes]] = {
     "unknown-suffix": ("c.txt", "no yes 1\n"),
     "not-utf8": ("c.csv", b"true,predicted,cost\n\xff,yes,1\n"),
     "empty": ("c.csv", ""),
-    # Issue 32: JSON is refused a key given twice as YAML and CSV are (the last used to win).
-    "json-key-twice": ("c.json", '{"no": {"yes": 1}, "yes": {"no": 2}, "no": {"yes": 1000}}'),
-    "json-inner-key-twice": ("c.json", '{"no": {"yes": 1, "yes": 1000}, "yes": {"no": 2}}'),
 }
+# Issue 32: JSON is refused a key given twice as YAML and CSV are (the last used to win);
+# with --k 1 the task splits, so these would otherwise run.
+for _name, _text in {
+    "json-key-twice": '{"no": {"yes": 1}, "yes": {"no": 2}, "no": {"yes": 1000}}',
+    "json-inner-key-twice": '{"no": {"yes": 1, "yes": 1000}, "yes": {"no": 2}}',
+}.items():
+    case(
+        "cost file",
+        _name,
+        lambda d, t=_text: [
+            *("decide", "--task", str(_write(d / "in" / "task.jsonl", GOOD_TASK))),
+            *("--model", "world", "--k", "1", "--out", str(d / "out")),
+            *("--costs", str(_write(d / "in" / "c.json", t))),
+        ],
+    )
 for _name, (_file, _content) in COSTS.items():
     case(
         "cost file",
@@ -323,8 +335,6 @@ EXAMPLES: dict[str, tuple[str, str | bytes]] = {
     "csv-missing-columns": ("e.csv", "text,answer\na,b\n"),
     "csv-not-utf8": ("e.csv", b"input,output\n\xff,b\n"),
     "unknown-suffix": ("e.txt", "a -> b\n"),
-    "jsonl-key-twice": ("e.jsonl", '{"input": "a", "output": "b", "output": "c"}\n'),
-    "jsonl-task-headers-only": ("e.jsonl", _jsonl({"tunelens_task": 1, "task": "t"})),
 }
 for _name, (_file, _content) in EXAMPLES.items():
     case(
@@ -337,6 +347,19 @@ for _name, (_file, _content) in EXAMPLES.items():
             str(d / "out" / "ex.sqlite"),
             "--from",
             str(_write(d / "in" / f, c)),
+        ],
+    )
+# Issue 32: these would be stored (the store's folder exists) if they were not refused.
+for _name, _content in {
+    "jsonl-key-twice": '{"input": "a", "output": "b", "output": "c"}\n',
+    "jsonl-task-headers-only": _jsonl({"tunelens_task": 1, "task": "t"}),
+}.items():
+    case(
+        "example file",
+        _name,
+        lambda d, c=_content: [
+            *("examples", "add", "--db", str(d / "ex.sqlite")),
+            *("--from", str(_write(d / "in" / "e.jsonl", c))),
         ],
     )
 case(
@@ -383,13 +406,17 @@ case(
 def _decide_out_holds_input(which: str) -> Setup:
     def setup(d: Path) -> list[str]:
         out = _mkdir(d / "in" / "out")
+        args = ["decide", "--model", "world", "--k", "1", "--out", str(out)]  # would run
         if which == "task":
-            task = _write(out / "decide.json", superni())
-            return ["decide", "--task", str(task), "--model", "world", "--out", str(out)]
+            rows = [
+                {"id": f"t-{i}", "input": f"w{i}", "output": [("no", "yes")[i % 2]]}
+                for i in range(12)
+            ]
+            task = _write(out / "decide.json", superni(Instances=rows))
+            return [*args, "--task", str(task)]
         task = _write(d / "in" / "task.jsonl", GOOD_TASK)
         costs = _write(out / "decide.json", '{"no": {"yes": 1}, "yes": {"no": 1}}')
-        args = ["decide", "--task", str(task), "--model", "world", "--out", str(out)]
-        return [*args, "--costs", str(costs)]
+        return [*args, "--task", str(task), "--costs", str(costs)]
 
     return setup
 
@@ -421,7 +448,8 @@ def _decide_labels(labels: list[str]) -> Setup:
     def setup(d: Path) -> list[str]:
         rows = [{"input": f"w{i}", "output": labels[i % len(labels)]} for i in range(12)]
         task = _write(d / "in" / "task.jsonl", _jsonl({**HEADER, "labels": labels}, *rows))
-        return ["decide", "--task", str(task), "--model", "world", "--out", str(d / "out")]
+        args = ["decide", "--task", str(task), "--model", "world", "--out", str(d / "out")]
+        return [*args, "--k", "1"]  # the task splits: it would run if not refused
 
     return setup
 
