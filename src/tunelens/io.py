@@ -406,7 +406,7 @@ def refuse_overwriting_inputs(
         for source in sources:
             if _same_file(output, source) or _resolved(output) == _resolved(source):
                 raise TunelensInputError(
-                    f"{option} is the input {str(source)!r}: writing it would destroy the "
-                    "input; choose another path",
+                    f"writing this output would destroy the input {str(source)!r} (the same "
+                    f"file); choose another {option}",
                     source=str(output),
                 )

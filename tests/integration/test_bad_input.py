@@ -438,6 +438,14 @@ def _export_table_links_to_results(d: Path) -> list[str]:
     return ["export", str(run)]
 
 
+def _run_spec_is_its_results(d: Path) -> list[str]:
+    spec = _write(
+        d / "in" / "out" / "results.json", "world_eval: {shots: [0], queries_per_task: 1}\n"
+    )
+    return ["run", str(spec), "--out", str(d / "in" / "out"), "--no-progress"]
+
+
+case("output path", "run-spec-is-its-results-json", _run_spec_is_its_results)
 case("output path", "export-out-is-results-json", _export_onto_results)
 case("output path", "export-table-links-to-results-json", _export_table_links_to_results)
 

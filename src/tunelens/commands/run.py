@@ -70,6 +70,12 @@ def run(
     from tunelens.runs.study import RESULTS, run_study
     from tunelens.spec import default_spec, load_spec
 
+    if spec is not None:  # DIR/spec.yaml may be given back: it is rewritten as the spec as run
+        from tunelens.io import refuse_overwriting_inputs
+        from tunelens.runs.study import TIMINGS
+
+        written = ("results.json", "report.html", "manifest.json", TIMINGS)
+        refuse_overwriting_inputs([out, *(out / name for name in written)], [spec])
     loaded = default_spec() if spec is None else load_spec(spec)
     loaded = with_run_options(loaded, limit, allow_missing_tasks, save_adapters)
     run_study(
