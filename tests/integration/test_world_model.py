@@ -136,12 +136,14 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("size", ["small", "base"])
+@pytest.mark.parametrize("size", ["small", "base", "world-base"])
 def test_training_in_pieces_equals_one_run(tmp_path, size):
-    """Both recipes (the base one with its second-generation corpus), at a tiny size."""
+    """Every recipe (base: second-generation corpus; world-base: no zero-shot answers)."""
     recipe = recipe_for_size(size, **TINY)
     if size == "base":
         assert recipe.vocabulary == 2 and recipe.copy > 0 and recipe.definition_blocks > 0
+    if size == "world-base":
+        assert not recipe.zero_shot_answers and recipe.zero_shot_preamble > 0
     whole = train_world_model(recipe, tmp_path / "whole", progress=False)
     train_world_model(recipe, tmp_path / "pieces", progress=False, until=2)
     resumed = train_world_model(replace(recipe, threads=2), tmp_path / "pieces", progress=False)
@@ -149,6 +151,9 @@ def test_training_in_pieces_equals_one_run(tmp_path, size):
         whole.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    if size == "world-base":  # its log records the definition-only label-space share
+        (line,) = (tmp_path / "whole" / "training_log.jsonl").read_text().splitlines()
+        assert set(json.loads(line)["heldout_definition_only"]) == {"plain", "tk"}
     with pytest.raises(TunelensInputError, match="another recipe"):
         train_world_model(replace(recipe, lr=1e-3), tmp_path / "pieces", progress=False)
 
