@@ -171,3 +171,51 @@ def test_labels_with_one_token_sequence_are_an_input_error(models):
     # callers that read ties themselves (decide) may let them through: equal scores
     tied = score_label_continuations(loaded, prompts, labels, distinct=False)
     assert tied.summed[1][0] == tied.summed[1][2]
+
+
+@torch.no_grad()
+def seq2seq_reference(loaded, prompt: str, label: str, patch=None) -> float:
+    """T5: the encoder over the prompt (block L's output replaced at its last token), the
+    decoder over the start token and the label, summed log-probabilities of the label."""
+    model = loaded.model
+    prompt_ids, label_ids = _ids(loaded.tokenizer, prompt, label)
+    handle = None
+    if patch is not None:
+        layer, state = patch
+
+        def put(hidden: torch.Tensor) -> torch.Tensor:
+            hidden = hidden.clone()
+            hidden[0, len(prompt_ids) - 1] = state
+            return hidden
+
+        blocks = model.encoder.block
+        handle = blocks[layer - 1].register_forward_hook(
+            lambda m, args, out: (put(out[0]), *out[1:]) if isinstance(out, tuple) else put(out)
+        )
+    try:
+        start = model.config.decoder_start_token_id
+        logits = model(
+            input_ids=torch.tensor([prompt_ids]),
+            decoder_input_ids=torch.tensor([[start, *label_ids[:-1]]]),
+        ).logits[0]
+    finally:
+        if handle is not None:
+            handle.remove()
+    logp = logits.double().log_softmax(-1)
+    return float(sum(logp[t, tok] for t, tok in enumerate(label_ids)))
+
+
+def test_encoder_decoder_label_scores_with_and_without_a_patch(tiny_model):
+    from tests.helpers.models import wrap
+
+    loaded = wrap(tiny_model("t5"), "t5")
+    prompts = ["Input : the cat sits\nOutput :", "Input : a big red dog runs on the mat\nOutput :"]
+    labels = [("yes", "no maybe"), ("one two three", "first", "last")]
+    donor = score_label_continuations(loaded, prompts[::-1], labels[::-1]).states
+    for patch_layer in (None, 1, donor.shape[1] - 1):
+        kwargs = {} if patch_layer is None else {"patch_layer": patch_layer, "patch_states": donor}
+        scores = score_label_continuations(loaded, prompts, labels, **kwargs)
+        for i, (prompt, row) in enumerate(zip(prompts, labels, strict=True)):
+            patch = None if patch_layer is None else (patch_layer, donor[i, patch_layer])
+            want = [seq2seq_reference(loaded, prompt, label, patch) for label in row]
+            assert_scores_match(scores.summed[i], want)
