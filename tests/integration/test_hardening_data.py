@@ -144,7 +144,9 @@ def test_examples_export_full_disk_names_the_path_and_keeps_the_old_file(tmp_pat
     _no_temp_files(tmp_path)
 
 
-def test_examples_export_to_a_folder_or_read_only_place_names_the_users_path(tmp_path):
+def test_examples_export_to_a_folder_or_read_only_place_names_the_users_path(tmp_path, monkeypatch):
+    import tempfile
+
     db = _store(tmp_path)
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -161,6 +163,14 @@ def test_examples_export_to_a_folder_or_read_only_place_names_the_users_path(tmp
             assert line == f"error: {out}: cannot write: Permission denied"
         finally:
             ro.chmod(0o700)
+
+    def refuse(*args, **kwargs):  # a read-only mount, as root sees one too
+        raise PermissionError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "mnt" / "set.jsonl"
+    line = assert_one_error_line(invoke("examples", "export", "--db", db, "--out", out))
+    assert line == f"error: {out}: cannot write: Read-only file system"
 
 
 def _study_run(tmp_path: Path, edit=None) -> Path:
