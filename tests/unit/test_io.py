@@ -102,3 +102,28 @@ def test_cli_turns_a_bad_task_file_into_exit_2(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert str(path) in done.stderr and "nested too deeply" in done.stderr
+
+
+def test_a_key_given_twice_is_an_error_naming_key_file_and_line(tmp_path):
+    with pytest.raises(TunelensInputError, match=r"x\.json: invalid JSON: key 'a' is given twice"):
+        parse_json('{"b": {"a": 1, "a": 2}}', source="x.json")
+    assert parse_json('[{"a": 1}, {"a": 2}]', source="x.json") == [{"a": 1}, {"a": 2}]
+    rows = '{"input": "x"}\n\n{"input": "y", "input": "z"}\n'
+    with pytest.raises(TunelensInputError, match=r"r\.jsonl: line 3: invalid JSON: key 'input'"):
+        list(iter_json_lines(rows, source="r.jsonl"))
+
+
+def test_atomic_writes_leave_one_file_and_refuse_inputs(tmp_path):
+    from tunelens.io import atomic_path, atomic_write_bytes, refuse_overwriting_inputs
+
+    target = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(target, b"one")
+    with pytest.raises(RuntimeError), atomic_path(target) as temp:
+        temp.write_bytes(b"half")
+        raise RuntimeError("the library failed")
+    assert target.read_bytes() == b"one"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(TunelensInputError, match="would destroy the input"):
+        refuse_overwriting_inputs([tmp_path / "link"], [target])
+    refuse_overwriting_inputs([tmp_path / "new"], [target, tmp_path / "absent"])  # passes
