@@ -4,7 +4,10 @@ The causal test of the convergence study (after Hendel et al., "In-Context
 Learning Creates Task Vectors", 2023): run the zero-shot (anchor) prompt,
 replace the residual stream at its last token after block L with a state taken
 from another forward (the ICL prompt's, or the tuned model's), let the rest of
-the forward run, and read the next-token distribution.
+the forward run, and read the next-token distribution. Label scores of a
+patched forward (every label's whole continuation reading the patched state
+through the cache) are :func:`tunelens.models.scoring.score_label_continuations`,
+on the same hooks (:func:`last_token_hooks`).
 
 Layer numbering is that of :mod:`tunelens.models.hidden_states`: layer 0 is the
 input of the first block (the token embeddings, after any embedding scale or
@@ -276,8 +279,11 @@ def last_token_forward(
 def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[int]:
     """The first token of each label's target text (``" " + label``), distinct, in label order.
 
-    The answer position's distribution over these ids is the label-space
-    distribution (a label's first token stands for the label).
+    Not a label space: real tokenizers give different labels the same first
+    token (SentencePiece's ``" 0"`` and ``" 1"`` both start with a space piece).
+    Labels are scored by their whole continuations
+    (:mod:`tunelens.models.scoring`); the convergence study uses these ids only
+    for free-text tasks, whose answer reads as the first reference token.
     """
     from tunelens.prompts import render_target
 
