@@ -84,10 +84,6 @@ class LabelScores:
         values = self.summed[row]
         return values - np.logaddexp.reduce(values) if len(values) else values
 
-    def best(self, row: int) -> int | None:
-        """Index of row ``row``'s best-scoring label (summed), None without labels."""
-        return int(np.argmax(self.summed[row])) if len(self.summed[row]) else None
-
 
 @dataclass
 class _Row:
