@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
+from tests.helpers.numerics import assert_close_scaled
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,6 @@ def test_data_parallel_tuning_equals_one_process_with_the_same_global_batch(tmp_
     two = load_file(str(tmp_path / "two.safetensors"))
     assert one.keys() == two.keys() and one
     for name in one:
-        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0)
+        assert_close_scaled(two[name], one[name], 1e-5)
     # and tuning did move the adapter (the comparison is not of two untouched inits)
     assert any(float(t.abs().max()) > 0 for name, t in one.items() if "lora_B" in name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.helpers.numerics import assert_close_scaled
 
 import tunelens.models.hidden_states as hs
 from tunelens.models.hidden_states import (
@@ -73,7 +74,7 @@ def test_batched_capture_equals_per_prompt_forward(tiny_model, arch, side):
     assert got.dtype == torch.float32
     assert got.shape == (len(PROMPTS), expected_layers(model), 32)
     want = torch.stack([reference_states(loaded, p) for p in PROMPTS])
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_close_scaled(got, want, ATOL)
     # states differ between prompts (the comparison is not vacuous)
     assert (got[0, -1] - got[1, -1]).abs().max() > 1e-2
 
@@ -88,11 +89,10 @@ def test_left_padding_without_position_ids_would_be_wrong(tiny_model):
         out = model(**batch, output_hidden_states=True)
     naive = torch.stack([h[1, -1] for h in out.hidden_states])
     assert (naive - reference_states(loaded, PROMPTS[1])).abs().max() > 1e-2
-    torch.testing.assert_close(
+    assert_close_scaled(
         capture_last_token_states(loaded, PROMPTS[:2])[1],
         reference_states(loaded, PROMPTS[1]),
-        atol=ATOL,
-        rtol=0,
+        ATOL,
     )
 
 
@@ -117,9 +117,9 @@ def test_shared_prefix_equals_plain(tiny_model, arch, side):
     loaded.tokenizer.padding_side = side
     got = capture_with_shared_prefix(loaded, PREFIX, SUFFIXES, batch_size=2)
     want = torch.stack([reference_states(loaded, PREFIX + s) for s in SUFFIXES])
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
-    torch.testing.assert_close(
-        got, capture_last_token_states(loaded, [PREFIX + s for s in SUFFIXES]), atol=ATOL, rtol=0
+    assert_close_scaled(got, want, ATOL)
+    assert_close_scaled(
+        got, capture_last_token_states(loaded, [PREFIX + s for s in SUFFIXES]), ATOL
     )
 
 
@@ -163,7 +163,7 @@ def test_packed_equals_per_prompt_forward(tiny_model, arch, case, monkeypatch):
     no_plain_path(monkeypatch)
     got = capture_packed(loaded, prompts)
     assert got.dtype == torch.float32 and got.shape == want.shape
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_close_scaled(got, want, ATOL)
 
 
 @pytest.mark.parametrize("arch", PACKED_ARCHS)
@@ -187,8 +187,8 @@ def test_packed_rows_run_the_decoder_only_and_share_the_prefix(tiny_model, arch,
     finally:
         for handle in handles:
             handle.remove()
-    torch.testing.assert_close(one_row, want, atol=ATOL, rtol=0)
-    torch.testing.assert_close(several, want, atol=ATOL, rtol=0)
+    assert_close_scaled(one_row, want, ATOL)
+    assert_close_scaled(several, want, ATOL)
     ids = [loaded.tokenizer(p)["input_ids"] for p in prompts]
     assert lengths[0] < sum(map(len, ids))  # the prefix is computed once
     assert len(lengths) > 2  # one row, then several
@@ -235,7 +235,7 @@ def test_packed_rows_run_the_last_block_only_where_states_are_read(tiny_model, a
     finally:
         for handle in handles:
             handle.remove()
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert_close_scaled(got, want, ATOL)
     row = seen["first mlp"][0]
     assert row > len(prompts)
     assert seen["last mlp"] == [len(prompts)]
@@ -264,7 +264,7 @@ def test_packed_on_the_other_causal_families(arch, monkeypatch):
     prompts = [prefix + f"Input: {word}\nOutput:" for word in ("sky", "a ripe lemon", "snow")]
     want = references(loaded, prompts)
     no_plain_path(monkeypatch)
-    torch.testing.assert_close(capture_packed(loaded, prompts), want, atol=ATOL, rtol=0)
+    assert_close_scaled(capture_packed(loaded, prompts), want, ATOL)
 
 
 def test_packed_with_eager_attention(tiny_model, monkeypatch):
@@ -275,7 +275,7 @@ def test_packed_with_eager_attention(tiny_model, monkeypatch):
     prompts = [PREFIX + s for s in SUFFIXES]
     want = references(loaded, prompts)
     no_plain_path(monkeypatch)
-    torch.testing.assert_close(capture_packed(loaded, prompts), want, atol=ATOL, rtol=0)
+    assert_close_scaled(capture_packed(loaded, prompts), want, ATOL)
 
 
 def test_packed_falls_back_for_a_mask_free_attention(tiny_model, monkeypatch):
@@ -319,22 +319,18 @@ def test_packed_falls_back_past_a_sliding_window(tiny_model, monkeypatch):
     monkeypatch.setattr(
         hs, "capture_last_token_states", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    torch.testing.assert_close(capture_packed(loaded, prompts), want, atol=ATOL, rtol=0)
+    assert_close_scaled(capture_packed(loaded, prompts), want, ATOL)
     assert calls == [1]
     # prompts within the window are packed
     short = ["a dog", "the cat"]
-    torch.testing.assert_close(
-        capture_packed(loaded, short), references(loaded, short), atol=ATOL, rtol=0
-    )
+    assert_close_scaled(capture_packed(loaded, short), references(loaded, short), ATOL)
     assert calls == [1]
 
 
 def test_packed_falls_back_for_encoder_decoders(tiny_model):
     loaded = load_model_from_objects(*tiny_model("t5"))
     prompts = [PREFIX + s for s in SUFFIXES]
-    torch.testing.assert_close(
-        capture_packed(loaded, prompts), references(loaded, prompts), atol=ATOL, rtol=0
-    )
+    assert_close_scaled(capture_packed(loaded, prompts), references(loaded, prompts), ATOL)
 
 
 def test_packed_of_no_prompts_and_empty_prompt(tiny_model):
@@ -352,9 +348,7 @@ def test_shared_prefix_whose_last_word_merges_with_a_suffix(tiny_model):
     prefix = "the cat sits on the ma"
     suffixes = ["t", " and a dog", " and the bird"]  # "ma" + "t" -> "mat"
     got = capture_with_shared_prefix(loaded, prefix, suffixes)
-    torch.testing.assert_close(
-        got, references(loaded, [prefix + s for s in suffixes]), atol=ATOL, rtol=0
-    )
+    assert_close_scaled(got, references(loaded, [prefix + s for s in suffixes]), ATOL)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -370,9 +364,7 @@ def test_capture_through_a_peft_wrapper(tiny_model, arch):
     )
     loaded = load_model_from_objects(peft_model, tokenizer)
     want = torch.stack([reference_states(loaded, p) for p in PROMPTS])
-    torch.testing.assert_close(capture_last_token_states(loaded, PROMPTS), want, atol=ATOL, rtol=0)
+    assert_close_scaled(capture_last_token_states(loaded, PROMPTS), want, ATOL)
     want = torch.stack([reference_states(loaded, PREFIX + s) for s in SUFFIXES])
     assert hs._packable(loaded)  # the wrapper does not hide the attention implementation
-    torch.testing.assert_close(
-        capture_with_shared_prefix(loaded, PREFIX, SUFFIXES), want, atol=ATOL, rtol=0
-    )
+    assert_close_scaled(capture_with_shared_prefix(loaded, PREFIX, SUFFIXES), want, ATOL)

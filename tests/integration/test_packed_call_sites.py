@@ -9,7 +9,7 @@ tokens the packed rows computed: fewer than the prompts hold.
 from __future__ import annotations
 
 import pytest
-import torch
+from tests.helpers.numerics import assert_close_scaled
 
 import tunelens.models.hidden_states as hs
 from tunelens.models.loading import load_model
@@ -32,7 +32,7 @@ def checked_capture(monkeypatch) -> list[tuple[int, int]]:
     def spy(loaded, prompts, **kwargs):
         got = real(loaded, prompts, **kwargs)
         want = hs.capture_last_token_states(loaded, list(prompts))
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        assert_close_scaled(got, want, 1e-4)
         ids = loaded.tokenizer(list(prompts))["input_ids"]
         packed = sum(
             len(r.ids) for r in pack_rows(ids, hidden_size=loaded.model.config.hidden_size)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from tests.helpers.models import prompt, wrap
+from tests.helpers.numerics import assert_close_scaled
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.predict import first_line, generate_predictions
@@ -130,9 +131,9 @@ def test_label_scores_are_summed_log_probabilities(tiny_model, arch):
                         .log_softmax(-1)
                     )
                     want = sum(float(logp[t, tok]) for t, tok in enumerate(label_ids))
-                assert scores[i, j] == pytest.approx(want, abs=1e-4)
+                assert scores[i, j] == pytest.approx(want, rel=1e-5, abs=1e-4)
     again = score_labels(loaded, PROMPTS, LABELS, batch_size=16)
-    np.testing.assert_allclose(again, scores, atol=1e-5)
+    assert_close_scaled(again, scores, 1e-5)
     with_eos = score_labels(loaded, PROMPTS, LABELS, include_eos=True)
     assert (with_eos < scores).all()
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from tests.helpers.models import prompt, wrap
+from tests.helpers.numerics import assert_close_scaled
 
 from tunelens.models import predict
 from tunelens.models.predict import generate_predictions, token_batches
@@ -139,8 +140,8 @@ def test_label_scores_do_not_depend_on_the_batching(tiny_model, arch):
     labels = ["yes", "no", "maybe two"]
     fixed = score_labels(loaded, texts, labels, batch_size=16)
     for budget in (1, 50, 4096):
-        np.testing.assert_allclose(
-            score_labels(loaded, texts, labels, max_batch_tokens=budget), fixed, atol=1e-5
+        assert_close_scaled(
+            score_labels(loaded, texts, labels, max_batch_tokens=budget), fixed, 1e-5
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.helpers.models import has_lora_layers, logits_of, prompt, wrap
+from tests.helpers.numerics import assert_close_scaled
 
 from tunelens.models.batching import encode_pairs
 from tunelens.models.tuning import TuningConfig, many_sets, tune_many_sets, tune_on_pairs
@@ -75,7 +76,7 @@ def assert_same_adapters(got, want) -> None:
     for ours, theirs in zip(got, want, strict=True):
         assert ours.keys() == theirs.keys()
         for key in theirs:
-            torch.testing.assert_close(ours[key], theirs[key], atol=1e-4, rtol=0)
+            assert_close_scaled(ours[key], theirs[key], 1e-4)
         assert any(ours[k].abs().sum() > 0 for k in ours if "lora_B" in k)
 
 
@@ -228,12 +229,8 @@ def test_tune_set_gives_tune_on_pairs_adapter_and_losses(tiny_model, arch):
     fast = tune_set(loaded, pairs, settings)
     try:
         assert fast.steps == len(plain_losses) == 6
-        torch.testing.assert_close(
-            torch.tensor(fast.losses), torch.tensor(plain_losses), atol=1e-5, rtol=0
-        )
-        torch.testing.assert_close(
-            logits_of(loaded, PROBE, fast.model), plain_logits, atol=1e-4, rtol=0
-        )
+        assert_close_scaled(torch.tensor(fast.losses), torch.tensor(plain_losses), 1e-5)
+        assert_close_scaled(logits_of(loaded, PROBE, fast.model), plain_logits, 1e-4)
     finally:
         fast.unload()
     assert not has_lora_layers(loaded.model)
