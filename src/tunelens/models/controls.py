@@ -17,7 +17,7 @@ def random_init_like(loaded: LoadedModel, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     auto = AutoModelForSeq2SeqLM if loaded.kind == "seq2seq" else AutoModelForCausalLM
     model = auto.from_config(loaded.model.config)
-    model.to(dtype=loaded.model.dtype, device=loaded.model.device).eval()
+    model.to(dtype=loaded.model.dtype, device=loaded.device).eval()  # inputs' device
     return LoadedModel(
         model=model,
         tokenizer=loaded.tokenizer,

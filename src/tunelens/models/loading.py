@@ -58,11 +58,34 @@ class LoadedModel:
     tokenizer: Any  # a transformers tokenizer with a pad token
     kind: ModelKind
     name: str
+    offload: Any = None  # a dispatched model's temporary offload folder, kept while loaded
+
+    @property
+    def dispatched(self) -> bool:
+        """Spread over devices by Accelerate's big-model dispatch (``device_map``)."""
+        return is_dispatched(self.model)
 
     @property
     def device(self) -> torch.device:
-        """Where the model's parameters live (inputs must be moved there)."""
+        """Where inputs go: the input embeddings' device (their execution device when
+        dispatched: an offloaded layer's weights sit on ``meta`` until it runs)."""
+        get_embeddings = getattr(self.model, "get_input_embeddings", None)
+        embeddings = get_embeddings() if callable(get_embeddings) else None
+        execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+        if execution is not None:
+            return torch.device(execution)
+        weight = getattr(embeddings, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
         return next(self.model.parameters()).device
+
+
+def is_dispatched(model: Any) -> bool:
+    """True for a model loaded with a ``device_map`` (never ``.to()`` one: Accelerate's hooks
+    move each layer's inputs and offloaded weights)."""
+    base = getattr(model, "get_base_model", None)
+    inner = base() if callable(base) else model
+    return bool(getattr(inner, "hf_device_map", None))
 
 
 def parse_dtype(dtype: str) -> torch.dtype:
@@ -89,6 +112,79 @@ def parse_device(device: str) -> torch.device:
             f"device {device!r} requested but MPS is not available", where="device"
         )
     return parsed
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """``auto`` (or another Accelerate strategy), a JSON object of module -> device, or None."""
+    if device_map is None or isinstance(device_map, dict):
+        return device_map
+    text = device_map.strip()
+    if text in ("", "none"):
+        return None
+    if text in DEVICE_MAPS:
+        return text
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise TunelensInputError(
+            f"device map {device_map!r} is neither one of {', '.join(DEVICE_MAPS)} nor a JSON "
+            'object of module -> device (e.g. {"model.layers.0": 0, "lm_head": "cpu"})',
+            where="device_map",
+        )
+    return parsed
+
+
+def parse_max_memory(max_memory: str | dict[Any, Any] | None) -> dict[int | str, int] | None:
+    """``0=1GiB,cpu=2GiB`` or a JSON object: device -> bytes (Accelerate's size strings).
+
+    Keys are GPU indices, ``cpu``, ``mps`` or ``disk``; values sizes such as ``500MB``,
+    ``1GiB`` or a number of bytes.
+    """
+    from accelerate.utils import convert_file_size_to_int
+
+    if max_memory is None:
+        return None
+    pairs: dict[Any, Any]
+    if isinstance(max_memory, dict):
+        pairs = max_memory
+    elif max_memory.strip().startswith("{"):
+        try:
+            pairs = json.loads(max_memory)
+        except json.JSONDecodeError as error:
+            raise TunelensInputError(f"not valid JSON: {error}", where="max_memory") from None
+    else:
+        pairs = {}
+        for piece in filter(None, (p.strip() for p in max_memory.split(","))):
+            key, sep, value = piece.partition("=")
+            if not sep:
+                raise TunelensInputError(
+                    f"{piece!r} is not DEVICE=SIZE (e.g. 0=1GiB,cpu=2GiB)", where="max_memory"
+                )
+            pairs[key.strip()] = value.strip()
+    parsed: dict[int | str, int] = {}
+    for key, value in pairs.items():
+        name = str(key).strip()
+        device: int | str = int(name) if name.isdigit() else name
+        if isinstance(device, str) and device not in ("cpu", "mps", "disk"):
+            raise TunelensInputError(
+                f"unknown device {name!r} (GPU indices, cpu, mps or disk)", where="max_memory"
+            )
+        try:
+            parsed[device] = (
+                int(value)
+                if isinstance(value, int)
+                else convert_file_size_to_int(str(value).strip())
+            )
+        except ValueError:
+            raise TunelensInputError(
+                f"cannot read {value!r} as a size (e.g. 500MB, 2GiB)", where="max_memory"
+            ) from None
+    return parsed or None
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -303,6 +399,9 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, Any] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``"world"`` or a local HF causal-LM / encoder-decoder directory, in eval mode.
 
@@ -310,6 +409,11 @@ def load_model(
     AutoModelForCausalLM. Raises TunelensInputError for a missing or unusable
     directory, an unsupported architecture, missing safetensors weights, a
     tokenizer that cannot pad, or an unknown dtype or device.
+
+    A model bigger than one device: ``device_map`` (``"auto"``, ...) loads through
+    Accelerate's big-model dispatch, layers spread over the GPUs, the CPU and (past
+    ``max_memory``) disk, in ``offload_folder`` or a temporary folder kept while the
+    model is loaded; ``device`` is then not used for placement.
     """
     from transformers import (
         AutoConfig,
@@ -320,6 +424,7 @@ def load_model(
 
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
+    placement, offload = _placement(device_map, max_memory, offload_folder)
     directory = resolve_model_path(name_or_path)
     source = str(directory)
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
@@ -360,6 +465,7 @@ def load_model(
             dtype=torch_dtype,
             use_safetensors=True,
             output_loading_info=True,
+            **placement,
             **common,
         )
     except RuntimeError as error:
@@ -383,11 +489,37 @@ def load_model(
     check_loading_info(info, source)
     check_vocabulary(model, tokenizer, source)
     check_loaded(model, tokenizer, source)  # token ids, chat template (models.checks)
-    model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
+    if not is_dispatched(model):  # a dispatched model stays where Accelerate put it
+        model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
     model.eval()
     _sync_pad_id(model, tokenizer)
     name = name_or_path if is_world_model(name_or_path) else str(directory)
-    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name, offload=offload)
+
+
+def _placement(
+    device_map: str | dict[str, Any] | None,
+    max_memory: str | dict[Any, Any] | None,
+    offload_folder: str | Path | None,
+) -> tuple[dict[str, Any], Any]:
+    """``from_pretrained``'s big-model keywords (none without a device map), and the
+    temporary offload folder to keep alive while the model is loaded (or None)."""
+    import tempfile
+
+    chosen = parse_device_map(device_map)
+    memory = parse_max_memory(max_memory)
+    if chosen is None:
+        if memory is not None:
+            raise TunelensInputError(
+                "max_memory needs a device map (e.g. --device-map auto)", where="max_memory"
+            )
+        return {}, None
+    keep = None
+    if offload_folder is None:
+        keep = tempfile.TemporaryDirectory(prefix="tunelens-offload-")
+        offload_folder = keep.name
+    keywords = {"device_map": chosen, "max_memory": memory, "offload_folder": str(offload_folder)}
+    return keywords, keep
 
 
 def load_model_from_objects(

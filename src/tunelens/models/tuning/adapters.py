@@ -221,7 +221,10 @@ def attach_lora(
         bias="none",
         task_type=_task_type(loaded.kind),
     )
-    peft_model = get_peft_model(base, lora_config)
+    # float32 adapters on a half-precision base (PEFT's default, stated): they train in float32.
+    peft_model = get_peft_model(base, lora_config, autocast_adapter_dtype=True)
+    if loaded.dispatched:
+        _materialise_offloaded_adapters(peft_model)
     tuned = TunedModel(
         loaded=loaded, model=peft_model, method="lora", adapted=adapted, _flags=flags
     )
@@ -251,10 +254,47 @@ def load_adapter_state(peft_model: Any, state: AdapterState) -> None:
     set_peft_model_state_dict(peft_model, state)
 
 
+def execution_device(module: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where ``module`` computes: its Accelerate hook's execution device on a dispatched
+    model (an offloaded layer's weights sit on ``meta`` between calls), else its weights'."""
+    execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(execution)
+    weight = next(module.parameters(recurse=False), None)
+    return weight.device if weight is not None and weight.device.type != "meta" else fallback
+
+
+def _materialise_offloaded_adapters(peft_model: Any) -> None:
+    """LoRA weights of an offloaded layer live where the layer computes, not on ``meta``.
+
+    PEFT puts an adapter on its base layer's weight device, which for a layer
+    offloaded to CPU or disk by Accelerate is ``meta`` between calls: such
+    weights could neither be set nor trained. The adapter is small, so it stays
+    in memory on the base layer's execution device (its values are set next).
+    """
+    for module in peft_model.modules():
+        base = getattr(module, "base_layer", None)
+        if base is None:
+            continue
+        device = execution_device(base, torch.device("cpu"))
+        for name in ("lora_A", "lora_B"):
+            adapters = getattr(module, name, None)
+            if adapters is not None and any(p.is_meta for p in adapters.parameters()):
+                adapters.to_empty(device=device)
+
+
 def _prepare_full(loaded: LoadedModel) -> TunedModel:
     """Full fine-tuning: keep a CPU copy of the weights for unload(), make all weights trainable."""
+    from tunelens.errors import TunelensInputError
+
     _check_plain(loaded)
     model = loaded.model
+    if any(p.is_meta for p in model.parameters()):
+        raise TunelensInputError(
+            "full fine-tuning needs every weight in memory, and this device map offloads "
+            "some to disk: tune with LoRA, or give the devices more max_memory",
+            where="tuning.method",
+        )
     tuned = TunedModel(
         loaded=loaded,
         model=model,

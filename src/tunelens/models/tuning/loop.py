@@ -150,11 +150,21 @@ def vocabulary_size(loaded: LoadedModel) -> int:
     return int(rows or len(loaded.tokenizer))
 
 
+def sum_on_cpu(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The sum of equally shaped tensors that may sit on several devices (dispatched models),
+    one transfer per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for part in parts:
+        by_device.setdefault(part.device, []).append(part.float())
+    sums = [torch.stack(group).sum(0).cpu() for group in by_device.values()]
+    return torch.stack(sums).sum(0)
+
+
 def parameter_norm(params: Sequence[torch.Tensor]) -> float:
     """The L2 norm of all ``params`` together (inf where it overflows float32)."""
     with torch.no_grad():
-        norms = torch._foreach_norm([p.detach() for p in params])
-        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
+        squares = [p.detach().float().pow(2).sum() for p in params]
+        return float(sum_on_cpu(squares).sqrt())
 
 
 def step_batches(n: int, config: TuningConfig, seed: int | None = None) -> list[list[int]]:

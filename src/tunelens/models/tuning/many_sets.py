@@ -70,6 +70,7 @@ from tunelens.models.tuning.loop import (
     _optimizer,
     _set_train_mode,
     step_batches,
+    sum_on_cpu,
     vocabulary_size,
 )
 from tunelens.models.tuning.targets import (
@@ -143,6 +144,8 @@ def batched_lora(
 
     The original modules are put back on exit; base weights are never written.
     """
+    from tunelens.models.tuning.adapters import execution_device
+
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
     dtype = _adapter_dtype(model)
@@ -154,8 +157,9 @@ def batched_lora(
             parent_name, _, child = name.rpartition(".")
             parent = modules[parent_name] if parent_name else model
             base = modules[name]
+            where = execution_device(base, device)  # its own device on a dispatched model
             stack = [
-                torch.stack([s[_adapter_key(name, m)] for s in states]).to(device, dtype)
+                torch.stack([s[_adapter_key(name, m)] for s in states]).to(where, dtype)
                 for m in ("lora_A", "lora_B")
             ]
             layer = BatchedLoraLinear(base, stack[0], stack[1], scaling, config.lora_dropout)
@@ -653,20 +657,19 @@ def _clip_per_set(params: Sequence[torch.nn.Parameter], max_norm: float | None) 
     Returns each set's gradient norm before clipping (``max_norm`` None: no clipping).
     """
     grads = [p.grad for p in params if p.grad is not None]
-    squares = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)
-    norms = squares.sqrt()
+    norms = sum_on_cpu([g.float().pow(2).flatten(1).sum(1) for g in grads]).sqrt()
     if max_norm is not None:
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
-            g.mul_(coef.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+            g.mul_(coef.to(g.device, g.dtype).view(-1, *([1] * (g.dim() - 1))))
     return norms.tolist()
 
 
 def _set_norms(params: Sequence[torch.nn.Parameter]) -> list[float]:
     """Each set's trainable-parameter norm (the stacked parameters' slices, set-major)."""
     with torch.no_grad():
-        squares = torch.stack([p.detach().float().pow(2).flatten(1).sum(1) for p in params])
-        return squares.sum(0).sqrt().tolist()
+        squares = [p.detach().float().pow(2).flatten(1).sum(1) for p in params]
+        return sum_on_cpu(squares).sqrt().tolist()
 
 
 def _check_norms(guards: Sequence[DivergenceGuard], step: int, norms: Sequence[float]) -> None:
