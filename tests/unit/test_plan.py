@@ -327,3 +327,21 @@ def test_the_plan_prices_seq2seq_tokens_as_torch_counts_their_flops(tmp_path):
     assert priced(targets) == pytest.approx(target_trained, rel=0.06)
     flat = 2 * (facts.non_embedding + facts.head) * 8
     assert abs(flat - prompt_forward) > 0.5 * prompt_forward
+
+
+def test_the_plan_prices_bf16_memory_at_two_bytes_a_weight():
+    import yaml
+
+    from tunelens.spec import validate_spec
+
+    data = yaml.safe_load((REPO / "examples/specs/duan2023_llama2_7b_convergence.yaml").read_text())
+    plans = {}
+    for dtype in ("bfloat16", "float32"):
+        spec = validate_spec({**data, "dtype": dtype}, source=dtype)
+        plans[dtype] = plan_study(spec, gpu="h100", mfu=0.4)
+    half, full = plans["bfloat16"], plans["float32"]
+    size = model_size("models/Llama-2-7b-hf")
+    # LoRA cells: 2-byte weights and activations in bf16, 4-byte in float32.
+    assert half.peak_memory_bytes == pytest.approx(full.peak_memory_bytes / 2, rel=1e-6)
+    assert 2 * size.total < half.peak_memory_bytes < full.peak_memory_bytes
+    assert half.flops == full.flops  # the same work, only its bytes differ
