@@ -4,7 +4,10 @@ Written by every invocation of the shared cell loop (``run``, the study
 commands, ``decide``, ``world eval --out``): the command line, start time,
 tunelens version and code revision, package versions, the experiments and
 their code versions, the effective batch size of each tuning section, and
-which results file the directory holds.
+which results file the directory holds. After the cells ran, ``batch_sizes``
+adds the batch sizes that an accelerator out of memory made this process fall
+back to (:mod:`tunelens.models.memory`; absent when nothing was reduced or
+recorded).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import tunelens
 from tunelens.runs.store import atomic_write_text, dumps
 
-__all__ = ["MANIFEST", "effective_batch_sizes", "write_manifest"]
+__all__ = ["MANIFEST", "effective_batch_sizes", "record_batch_sizes", "write_manifest"]
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "scipy", "ray")
@@ -75,6 +78,9 @@ def write_manifest(
     sections: Sequence[tuple[Any, Any]] = (),
 ) -> None:
     """Record this invocation in ``out_dir/manifest.json`` (replacing the previous one)."""
+    from tunelens.models.memory import used_batch_sizes
+
+    used_batch_sizes(reset=True)  # this invocation's batches only
     manifest = {
         "command": list(sys.argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -86,3 +92,19 @@ def write_manifest(
         "results": results_file,
     }
     atomic_write_text(Path(out_dir) / MANIFEST, dumps(manifest, indent=2) + "\n")
+
+
+def record_batch_sizes(out_dir: Path) -> None:
+    """Add the batch sizes this process ran (:func:`tunelens.models.memory.used_batch_sizes`)
+    to ``out_dir/manifest.json``: each site's requested size and the sizes that fit."""
+    import json
+
+    from tunelens.models.memory import used_batch_sizes
+
+    used = used_batch_sizes()
+    path = Path(out_dir) / MANIFEST
+    if not used or not path.is_file():
+        return
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["batch_sizes"] = used
+    atomic_write_text(path, dumps(manifest, indent=2) + "\n")

@@ -38,7 +38,7 @@ from tunelens.progress import ProgressDisplay
 from tunelens.runs.executors import Executor, Job, make_executor
 from tunelens.runs.limit import limit_cells, limit_section
 from tunelens.runs.lock import RunLock
-from tunelens.runs.manifest import write_manifest
+from tunelens.runs.manifest import record_batch_sizes, write_manifest
 from tunelens.runs.preflight import preflight
 from tunelens.runs.ranks import is_main_process
 from tunelens.runs.samples import write_sample_logs
@@ -383,6 +383,7 @@ def _execute_locked(
             try:
                 if main:
                     write_timings()
+                    record_batch_sizes(out_dir)
             except OSError:
                 pass  # a full disk: the error that brought us here is the one to report
     return [SectionRun(exp, section, finished_pairs(exp, cells)) for exp, section, cells in planned]

@@ -237,26 +237,74 @@ def tune_many_sets(
             chunk = sets_per_batch or _chunk_size(
                 loaded, [encoded[i] for i in members], chosen, config
             )
-            for start in range(0, len(members), chunk):
-                block = members[start : start + chunk]
-                states = [initial_lora_state(shapes, config.lora_r, seeds[i]) for i in block]
-                trained = _train_lockstep(
+            start = 0
+            while start < len(members):
+                chunk, done = _train_chunk(
                     loaded,
                     names,
-                    [encoded[i] for i in block],
-                    states,
-                    [seeds[i] for i in block],
-                    block if len(sets) > 1 else [None],  # one set: no set to name
+                    shapes,
+                    encoded,
+                    members[start:],
+                    seeds,
                     config,
-                    layout=chosen,
-                    losses=None if losses is None else [losses[i] for i in block],
+                    chosen,
+                    chunk,
+                    losses,
+                    results,
+                    single=len(sets) == 1,
                 )
-                for i, state in zip(block, trained, strict=True):
-                    results[i] = state
+                start += done
     finally:
         flags.restore(base)
         base.eval()
     return [r for r in results if r is not None]
+
+
+def _train_chunk(
+    loaded: LoadedModel,
+    names: Sequence[str],
+    shapes: Any,
+    encoded: Sequence[Sequence[EncodedPair]],
+    members: Sequence[int],
+    seeds: Sequence[int],
+    config: TuningConfig,
+    layout: Layout,
+    chunk: int,
+    losses: list[list[float]] | None,
+    results: list[AdapterState | None],
+    *,
+    single: bool,
+) -> tuple[int, int]:
+    """Train the next ``chunk`` sets of ``members`` together; on an accelerator that runs out
+    of memory, fewer (:func:`~tunelens.models.memory.retry_halving`: halved until they
+    fit). Returns (the chunk size that fit, sets trained)."""
+    from tunelens.models.memory import retry_halving
+
+    def run(n: int) -> int:
+        block = list(members[:n])
+        if losses is not None:
+            for i in block:
+                losses[i].clear()  # a retried block starts its losses again
+        states = [initial_lora_state(shapes, config.lora_r, seeds[i]) for i in block]
+        trained = _train_lockstep(
+            loaded,
+            names,
+            [encoded[i] for i in block],
+            states,
+            [seeds[i] for i in block],
+            block if not single else [None],  # one set: no set to name
+            config,
+            layout=layout,
+            losses=None if losses is None else [losses[i] for i in block],
+        )
+        for i, state in zip(block, trained, strict=True):
+            results[i] = state
+        return len(block)
+
+    done, fitted = retry_halving(
+        run, min(chunk, len(members)), loaded.device, "tuning: sets per forward"
+    )
+    return fitted, done
 
 
 def tune_set(
