@@ -180,15 +180,25 @@ def test_the_divergence_rule_catches_finite_blow_ups():
     from tunelens.models.tuning.loop import GROWTH_LIMIT, DivergenceGuard
 
     vocabulary = 1000  # uniform output: ln 1000 = 6.91 nats
-    trained = DivergenceGuard(fast(), vocabulary, set_index=3)
     # limit 1 + 0.75 (6.91 - 1) = 5.43 on the mean of the last 3 steps: single-batch
     # spikes (5.9, then 6.9 once) pass, a sustained near-uniform output does not
+    trained = DivergenceGuard(fast(), vocabulary, set_index=3)
     for step, loss in enumerate([1.0, 2.5, 5.9, 0.8, 0.9, 6.9], start=1):
         trained.loss(step, loss)
     with pytest.raises(TuningDivergedError, match="set 3 is 6.9 at step 8") as caught:
         for step in (7, 8):
             trained.loss(step, 6.9)  # near-uniform output from a model that knew the targets
     assert "first 1" in str(caught.value) and "last 3 steps" in str(caught.value)
+    # with the run's length known, only the model that comes out is judged: a run that
+    # spikes to worse than uniform and recovers passes; one that ends destroyed does not
+    recovered = DivergenceGuard(fast(), vocabulary, total_steps=10)
+    for step, loss in enumerate([1.9, 1.9, 1.9, 1.7, 10.1, 7.8, 3.4, 1.8, 1.3, 0.9], start=1):
+        recovered.loss(step, loss)
+    destroyed = DivergenceGuard(fast(), vocabulary, total_steps=4)
+    for step, loss in enumerate([1.0, 6.9, 6.9], start=1):
+        destroyed.loss(step, loss)
+    with pytest.raises(TuningDivergedError, match="is 6.9 at step 4"):
+        destroyed.loss(4, 6.9)
     random_start = DivergenceGuard(fast(), vocabulary)
     random_start.loss(1, 5.0)
     random_start.loss(2, 13.8)  # a random model may wobble, up to 1/V of uniform's chance

@@ -522,7 +522,10 @@ def _train_lockstep(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _lr_lambda(config, len(schedules[0]))
         )
-        guards = [DivergenceGuard(config, vocabulary_size(loaded), i) for i in set_ids]
+        guards = [
+            DivergenceGuard(config, vocabulary_size(loaded), i, total_steps=len(schedules[0]))
+            for i in set_ids
+        ]
         _check_norms(guards, 0, _set_norms(params))
         torch.manual_seed(config.seed)
         _set_train_mode(model, config)

@@ -127,7 +127,7 @@ def _train_accelerated(
         tuned.model, optimizer, loader, scheduler
     )
     trainable = [p for p in model.parameters() if p.requires_grad]  # as prepared (FSDP)
-    guard = DivergenceGuard(config, vocabulary_size(loaded))
+    guard = DivergenceGuard(config, vocabulary_size(loaded), total_steps=total)
     guard.param_norm(0, _worst(accelerator, parameter_norm(trainable)))
     _set_train_mode(model, config)
     step = 0

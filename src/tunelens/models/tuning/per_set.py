@@ -56,7 +56,7 @@ def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: Tuni
     schedule = step_batches(len(encoded), config)
     optimizer = _optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(schedule)))
-    guard = DivergenceGuard(config, vocabulary_size(loaded))
+    guard = DivergenceGuard(config, vocabulary_size(loaded), total_steps=len(schedule))
     guard.param_norm(0, parameter_norm(params))
     torch.manual_seed(config.seed)
     _set_train_mode(model, config)
