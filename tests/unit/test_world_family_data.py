@@ -12,7 +12,11 @@ import pytest
 from tunelens.errors import TunelensInputError
 from tunelens.models.world_model import _Batcher, build_tokenizer, recipe_for_size
 from tunelens.tasks.world.corpus import SEP, CorpusMix, training_sequence
-from tunelens.tasks.world.generator import definition_blind_upper_bound, generate_world
+from tunelens.tasks.world.generator import (
+    definition_blind_upper_bound,
+    draw_rule,
+    generate_world,
+)
 from tunelens.tasks.world.lexicon import LABEL_WORDS, NOVEL_LABEL_WORDS, WORD_CATEGORY
 from tunelens.tasks.world.relabel import relabel_tasks, with_novel_labels
 
@@ -102,8 +106,17 @@ def test_a_task_without_labels_cannot_be_relabelled():
         with_novel_labels(WORLD.heldout[0].with_changes(labels=None))
 
 
-# Tokens that only a definition or the Tk-Instruct layout put in the text.
-_DEFINITION_TOKENS = {"Definition:", '"', "answer", "Answer", "say", "Say", "Positive", "Now"}
+def _definition_ngrams(n: int = 4) -> set[tuple[str, ...]]:
+    """The word 4-grams of 300 rules' definitions (all paraphrases) that quote a label
+    (the rest, such as "is a piece of", facts share)."""
+    batcher, rng = _batcher("world-base"), random.Random(11)
+    grams: set[tuple[str, ...]] = set()
+    for _ in range(300):
+        rule = draw_rule(rng, seed=0, heldout=rng.random() < 0.5)
+        for template in range(3):
+            words = batcher._tokenize(rule.definition(template))
+            grams |= {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    return {gram for gram in grams if any('"' in word for word in gram)}
 
 
 @functools.cache
@@ -133,14 +146,20 @@ def _base_sequences(n: int, family: str | None) -> list[list[str]]:
 @pytest.mark.parametrize("family", ["word_category", None])  # the curriculum, then all
 def test_the_base_corpus_shows_no_definition_and_no_label_at_zero_shots(family):
     labels = set(LABEL_WORDS) | set(WORD_CATEGORY)
+    definitions = _definition_ngrams()
     tasks = preambles = 0
     for tokens in _base_sequences(300, family):
-        assert not _DEFINITION_TOKENS & set(tokens), " ".join(tokens)
+        # No definition or its header (a preamble's word soup may hold a
+        # definition's words, never a stretch of one).
+        assert "Definition:" not in tokens, " ".join(tokens)
+        grams = {tuple(tokens[i : i + 4]) for i in range(len(tokens) - 3)}
+        assert not grams & definitions, " ".join(tokens)
         if "Input:" not in tokens:
             continue  # facts or copy lists: no Output: at all
         tasks += 1
         start = tokens.index("Input:")
-        # A preamble (word list or facts) may come first; it holds no Output:.
+        # A preamble (word lists, facts, word soup) may come first; no Output: in it.
+        assert "Output:" not in tokens[:start]
         preambles += start > 1
         text = " ".join(tokens[start:])
         examples = [e.split() for e in text.split(SEP) if e.strip()]
