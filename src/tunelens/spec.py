@@ -279,6 +279,17 @@ class Spec(_Strict):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
     device: str = Field("cpu", description="torch device.")
+    device_map: str | None = Field(
+        None,
+        description="A model bigger than one device: 'auto' (or balanced, sequential, a JSON "
+        "object of module -> device) loads it through Accelerate's big-model dispatch over the "
+        "GPUs, the CPU and disk. Placement, like the hardware, is not part of a cell's key.",
+    )
+    max_memory: str | None = Field(
+        None,
+        description="With device_map: the most each device may hold, e.g. 0=20GiB,cpu=64GiB "
+        "or a JSON object; layers past it are offloaded (CPU, then disk).",
+    )
     seed: Seed = Field(
         0,
         description="Base seed (0 .. 2**32 - 1): a section that lists no seeds of its own "
@@ -307,10 +318,31 @@ class Spec(_Strict):
     world_eval: WorldEvalSpec | None = None
     note: str = Field("", description="Free text shown in the report.")
 
+    @field_validator("device_map", "max_memory")
+    @classmethod
+    def _placement(cls, value: str | None, info: Any) -> str | None:
+        """Read now, so that a bad device map fails before any model loads."""
+        from tunelens.models.loading import parse_device_map, parse_max_memory
+
+        if value is not None:
+            parse = parse_device_map if info.field_name == "device_map" else parse_max_memory
+            try:
+                parse(value)
+            except TunelensInputError as error:
+                raise ValueError(error.message) from None
+        return value
+
+    def placement(self) -> dict[str, str]:
+        """``load_model``'s placement keywords for every cell (none by default)."""
+        chosen = {"device_map": self.device_map, "max_memory": self.max_memory}
+        return {key: value for key, value in chosen.items() if value is not None}
+
     @model_validator(mode="after")
     def _fill_sections(self) -> Spec:
         """Sections inherit model, dtype and device, so each cell's key names its model, and
         the base seed shifts the default seeds of sections that list none."""
+        if self.max_memory is not None and self.device_map is None:
+            raise ValueError("max_memory needs a device_map (e.g. device_map: auto)")
         common = {"dtype": self.dtype, "device": self.device}
         models = list(self.models) or [self.model]
         if self.convergence is not None:

@@ -125,3 +125,37 @@ def test_device_map_and_max_memory_options_are_read_or_refused(model_dir):
         parse_device_map("everywhere")
     with pytest.raises(TunelensInputError, match="needs a device map"):
         load_model(str(model_dir), max_memory="cpu=1GiB")
+
+
+def test_a_study_with_device_map_auto_reads_what_the_undispatched_study_reads(tmp_path):
+    import json
+
+    from tests.helpers.cli import assert_one_error_line, invoke
+
+    from tunelens.models.paths import world_model_dir
+
+    weights = sum(p.stat().st_size for p in world_model_dir().glob("*.safetensors"))
+    args = ["--k", "1", "--n-pairs", "2", "--seeds", "0", "--controls", "none", "--epochs", "2"]
+    results = []
+    for name, placement in [
+        ("plain", []),
+        ("split", ["--device-map", "auto", "--max-memory", f"cpu={weights // 2}"]),
+    ]:
+        out = tmp_path / name
+        result = invoke("convergence", *args, *placement, "--out", out, "--no-progress")
+        assert result.code == 0, result.stderr
+        results.append(json.loads((out / "results.json").read_text()))
+    plain, split = (r["convergence"] for r in results)
+    assert len(split) == len(plain) == 1
+    cos = [[layer["cos_icl_it"]["mean"] for layer in r[0]["layers"]] for r in (plain, split)]
+    assert len(cos[0]) > 2 and cos[1] == pytest.approx(cos[0], abs=1e-4)
+    kl = [r[0]["behaviour"]["kl_icl_it"]["mean"] for r in (plain, split)]
+    assert kl[1] == pytest.approx(kl[0], rel=1e-4)
+    assert results[1]["spec"]["device_map"] == "auto"
+    for bad, message in [
+        (["--max-memory", "cpu=1GiB"], "max_memory needs a device_map"),
+        (["--device-map", "auto", "--max-memory", "cpu=lots"], "as a size"),
+        (["--device-map", "everywhere"], "device map 'everywhere'"),
+    ]:
+        line = assert_one_error_line(invoke("convergence", *args, *bad, "--out", tmp_path / "x"))
+        assert message in line, line

@@ -10,9 +10,12 @@ import typer
 from tunelens.cli import app
 from tunelens.commands.studies import (
     AddressOption,
+    DeviceMapOption,
     ExecutorOption,
     LimitOption,
+    MaxMemoryOption,
     SaveAdaptersOption,
+    placement,
     say_limited,
 )
 from tunelens.commands.tuning_options import with_tuning_options
@@ -84,6 +87,8 @@ def decide(
     bootstrap: Annotated[int, typer.Option(help=_help("bootstrap"))] = 2000,
     dtype: Annotated[str, typer.Option(help=_help("dtype"))] = "float32",
     device: Annotated[str, typer.Option(help=_help("device"))] = "cpu",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
@@ -130,6 +135,7 @@ def decide(
         executor=executor,
         address=address,
         save_adapters=save_adapters,
+        placement=placement(device_map, max_memory),
     )
     from tunelens.runs.ranks import is_main_process
 

@@ -21,7 +21,7 @@ from tunelens.cli import app
 from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.errors import TunelensInputError
 from tunelens.models.tuning.config import TuningConfig
-from tunelens.spec import AuditSpec, ConvergenceSpec
+from tunelens.spec import AuditSpec, ConvergenceSpec, Spec
 
 
 def comma_list(option: str, text: str | None, kind: type = str) -> list[Any] | None:
@@ -123,6 +123,27 @@ def _run(
     say_limited(spec.limit)
 
 
+def placement(device_map: str | None, max_memory: str | None) -> dict[str, str]:
+    """``--device-map`` / ``--max-memory`` read as the spec reads them (errors name the option)."""
+    from tunelens.models.loading import parse_device_map, parse_max_memory
+
+    checks = (
+        ("--device-map", device_map, parse_device_map),
+        ("--max-memory", max_memory, parse_max_memory),
+    )
+    for option, value, parse in checks:
+        if value is not None:
+            try:
+                parse(value)
+            except TunelensInputError as error:
+                raise TunelensInputError(error.message, where=option) from None
+    if max_memory is not None and device_map is None:
+        raise TunelensInputError(
+            "needs --device-map (e.g. --device-map auto)", where="--max-memory"
+        )
+    return _section(device_map=device_map, max_memory=max_memory)
+
+
 def say_limited(limit: int | None) -> None:
     """The line a limited run ends with (stderr, so stdout stays the paths)."""
     if limit is not None:
@@ -155,6 +176,21 @@ AddressOption = Annotated[
 ]
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 DeviceOption = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda:0.")]
+# Placement options: their help is the spec field's description (tunelens.spec.Spec).
+DeviceMapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help=Spec.model_fields["device_map"].description,
+        show_default="none (one device)",
+    ),
+]
+MaxMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory", help=Spec.model_fields["max_memory"].description, show_default="none"
+    ),
+]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No progress bars.")]
 LimitOption = Annotated[
     int | None,
@@ -244,6 +280,8 @@ def convergence(
     ] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     no_progress: NoProgress = False,
@@ -282,6 +320,7 @@ def convergence(
             "model": model,
             "dtype": dtype,
             "device": device,
+            **_section(device_map=device_map, max_memory=max_memory),
             "seed": seed,
             "limit": limit,
             "allow_missing_tasks": allow_missing_tasks,
@@ -334,6 +373,8 @@ def audit(
     ] = None,
     dtype: DtypeOption = "float32",
     device: DeviceOption = "cpu",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     no_progress: NoProgress = False,
@@ -363,6 +404,7 @@ def audit(
             "model": model,
             "dtype": dtype,
             "device": device,
+            **_section(device_map=device_map, max_memory=max_memory),
             "seed": seed,
             "limit": limit,
             "allow_missing_tasks": allow_missing_tasks,

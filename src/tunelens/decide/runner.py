@@ -131,12 +131,14 @@ def run_decide(
     executor: str | Any = "local",
     address: str | None = None,
     save_adapters: bool = False,
+    placement: dict[str, str] | None = None,
 ) -> DecideOutcome:
     """Measure every method on the task's test set and write decide.json and decide.html.
 
     The methods are cells of :class:`tunelens.experiments.decide.DecideExperiment`,
     run by the same machinery as ``tunelens run`` (store, resume, local or Ray
-    executor, progress, ``timings.json``).
+    executor, progress, ``timings.json``). ``placement`` (``device_map``,
+    ``max_memory``) goes to the model load.
     """
     from tunelens.api import StudyInputs, get_experiments
     from tunelens.decide.report import render_page
@@ -162,6 +164,7 @@ def run_decide(
         limit=config.limit,
         results_file=DECIDE_JSON,
         save_adapters=save_adapters,
+        placement=placement,
     )
     from tunelens.api.results import dump_decide
     from tunelens.runs.ranks import is_main_process

@@ -175,11 +175,8 @@ def parse_max_memory(max_memory: str | dict[Any, Any] | None) -> dict[int | str,
                 f"unknown device {name!r} (GPU indices, cpu, mps or disk)", where="max_memory"
             )
         try:
-            parsed[device] = (
-                int(value)
-                if isinstance(value, int)
-                else convert_file_size_to_int(str(value).strip())
-            )
+            text = str(value).strip()
+            parsed[device] = int(text) if text.isdigit() else convert_file_size_to_int(text)
         except ValueError:
             raise TunelensInputError(
                 f"cannot read {value!r} as a size (e.g. 500MB, 2GiB)", where="max_memory"

@@ -11,6 +11,7 @@ changed (tuning works on a copy or an adapter that it removes).
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
@@ -36,6 +37,9 @@ class Job:
     experiment: Experiment
     cell: Cell
     adapters_dir: str | None = None  # --save-adapters: DIR/adapters
+    # load_model's placement keywords (--device-map, --max-memory): like the hardware, not
+    # part of the cell's key.
+    placement: tuple[tuple[str, str], ...] = ()
 
 
 CellCallback = Callable[[Job, float], None]  # (finished job, seconds it took)
@@ -97,11 +101,15 @@ class ModelCache:
 
 
 def _context(
-    cell: Cell, cache: ModelCache, on_step: StepCallback | None, adapters_dir: str | None = None
+    cell: Cell,
+    cache: ModelCache,
+    on_step: StepCallback | None,
+    adapters_dir: str | None = None,
+    placement: tuple[tuple[str, str], ...] = (),
 ) -> RunContext:
     params = cell.params if isinstance(cell.params, dict) else {}
     return RunContext(
-        load_model=cache,
+        load_model=functools.partial(cache, **dict(placement)) if placement else cache,
         progress=on_step or (lambda label, done, total: None),
         device=str(params.get("device") or "cpu"),
         dtype=str(params.get("dtype") or "float32"),
@@ -129,7 +137,8 @@ class LocalExecutor:
             start = time.perf_counter()
             try:
                 result = job.experiment.run_cell(
-                    job.cell, _context(job.cell, self.cache, on_step, job.adapters_dir)
+                    job.cell,
+                    _context(job.cell, self.cache, on_step, job.adapters_dir, job.placement),
                 )
             except DivergedError as error:
                 raise in_cell(error, job.cell.experiment, job.cell.name) from None
@@ -143,7 +152,10 @@ _WORKER_CACHE: ModelCache | None = None
 
 
 def _run_on_worker(
-    experiment: Experiment, cell: Cell, adapters_dir: str | None = None
+    experiment: Experiment,
+    cell: Cell,
+    adapters_dir: str | None = None,
+    placement: tuple[tuple[str, str], ...] = (),
 ) -> tuple[dict[str, Any], float]:
     """The body of a Ray task: run one cell with this worker's model cache.
 
@@ -154,7 +166,8 @@ def _run_on_worker(
     if _WORKER_CACHE is None:
         _WORKER_CACHE = ModelCache()
     start = time.perf_counter()
-    result = experiment.run_cell(cell, _context(cell, _WORKER_CACHE, None, adapters_dir))
+    context = _context(cell, _WORKER_CACHE, None, adapters_dir, placement)
+    result = experiment.run_cell(cell, context)
     return result, time.perf_counter() - start
 
 
@@ -253,7 +266,7 @@ class RayExecutor:
                 # A cell is deterministic and idempotent, so a task whose worker died is
                 # simply run again (cell errors are not retried: they are the cell's answer).
                 ref = remote.options(num_cpus=1, num_gpus=gpus, max_retries=3).remote(
-                    job.experiment, job.cell, job.adapters_dir
+                    job.experiment, job.cell, job.adapters_dir, job.placement
                 )
                 pending[ref] = job
             try:

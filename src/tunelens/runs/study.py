@@ -208,8 +208,11 @@ def execute(
     finish: Callable[[list[SectionRun]], None] | None = None,
     limit: int | None = None,
     save_adapters: bool = False,
+    placement: Mapping[str, str] | None = None,
 ) -> list[SectionRun]:
     """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
+
+    ``placement`` (``device_map``, ``max_memory``) goes to every model load.
 
     ``save_adapters`` (``--save-adapters``): cells that tune keep their adapters
     under ``out_dir/adapters/<cell key>/`` (only cells computed by this run).
@@ -265,6 +268,7 @@ def execute(
             limit=limit,
             main=main,
             adapters_dir=str(out_dir / ADAPTERS) if save_adapters else None,
+            placement=tuple(sorted((placement or {}).items())),
         )
         if main:
             write_sample_logs(out_dir, runs)
@@ -302,6 +306,7 @@ def _execute_locked(
     limit: int | None = None,
     main: bool = True,
     adapters_dir: str | None = None,
+    placement: tuple[tuple[str, str], ...] = (),
 ) -> list[SectionRun]:
     if main:
         write_manifest(
@@ -361,7 +366,7 @@ def _execute_locked(
                 for exp, _, cells in planned:
                     bars.experiment(exp.name, len(cells), sum(c.key in finished for c in cells))
                 jobs = [
-                    Job(exp, cell, adapters_dir)
+                    Job(exp, cell, adapters_dir, placement)
                     for exp, _, cells in pending
                     for cell in cells
                     if cell.key not in finished
@@ -438,5 +443,6 @@ def run_study(
         limit=spec.limit,
         inputs=StudyInputs(allow_missing=spec.allow_missing_tasks),
         save_adapters=spec.save_adapters,
+        placement=spec.placement(),
     )
     return strict_json(results)
