@@ -230,3 +230,27 @@ def test_the_definition_only_probe_reports_accuracy_and_label_space_share():
         assert set(probe) == {"accuracy", "in_label_space"}
         assert 0 <= probe["accuracy"] <= probe["in_label_space"] <= 100
     assert model.training  # the probe hands the model back in training mode
+
+
+def test_a_word_target_answers_zero_shots_with_one_lexicon_word():
+    from tunelens.tasks.world.corpus import LEXICON_WORDS
+
+    recipe = recipe_for_size("world-base", zero_shot_target="word")
+    batcher, rng = _batcher("world-base"), random.Random(5)
+    firsts = []
+    for _ in range(200):
+        tokens, _mask = training_sequence(
+            rng,
+            seed=0,
+            max_tokens=recipe.seq_len,
+            tokenize=batcher._tokenize,
+            forbidden_label_sets=batcher.forbidden,
+            mix=recipe.mix(),
+        )
+        if "Output:" in tokens:
+            at = tokens.index("Output:")
+            firsts.append(tokens[at + 1 : tokens.index(SEP, at)])
+    assert len(firsts) > 100 and all(len(a) == 1 and a[0] in LEXICON_WORDS for a in firsts)
+    assert len({a[0] for a in firsts}) > 50  # a flat prior, not one learnable answer
+    with pytest.raises(TunelensInputError, match="echo or word"):
+        recipe_for_size("world-base", zero_shot_target="label")

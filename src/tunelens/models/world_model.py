@@ -84,6 +84,7 @@ class WorldModelRecipe:
     tk_layout: float = 0.1
     zero_shot_answers: bool = True
     zero_shot_preamble: float = 0.0
+    zero_shot_target: str = "echo"  # "echo" or "word" (see tasks.world.corpus.CorpusMix)
 
     def mix(self) -> CorpusMix:
         return CorpusMix(
@@ -91,6 +92,7 @@ class WorldModelRecipe:
             tk_layout=self.tk_layout,
             zero_shot_answers=self.zero_shot_answers,
             zero_shot_preamble=self.zero_shot_preamble,
+            zero_shot_target=self.zero_shot_target,
             bursty=self.bursty,
             all_tokens_loss=self.all_tokens_loss,
             copy=self.copy,
@@ -149,6 +151,8 @@ class WorldModelRecipe:
                 self._bad(
                     name, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
                 )
+        if self.zero_shot_target not in ("echo", "word"):
+            self._bad("zero_shot_target", f"must be echo or word, got {self.zero_shot_target!r}")
         if not isinstance(self.zero_shot_answers, bool):
             self._bad("zero_shot_answers", f"must be true or false, got {self.zero_shot_answers!r}")
         if self.hidden_size % self.heads:

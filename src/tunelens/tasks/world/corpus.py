@@ -60,6 +60,10 @@ from tunelens.tasks.world.rules import Rule
 BOS, SEP = "<s>", "\n\n"
 
 
+ZERO_SHOT_TARGETS = ("echo", "word")
+LEXICON_WORDS: tuple[str, ...] = tuple(sorted(w for words in CATEGORIES.values() for w in words))
+
+
 @dataclass(frozen=True)
 class CorpusMix:
     """Shares of the sequence kinds in the training text."""
@@ -89,6 +93,10 @@ class CorpusMix:
     # Of task sequences: a preamble (word list or facts) before the first
     # example, so the zero-shot echo holds after text with label words in it.
     zero_shot_preamble: float = 0.0
+    # What the zero-shot answer is without zero-shot answers: "echo" (the input
+    # repeated) or "word" (one lexicon word at random: a flat prior, which
+    # tuning overrides more easily than a learned echo).
+    zero_shot_target: str = "echo"
 
     def __post_init__(self) -> None:
         """Shares within [0, 1], so a typo cannot silently change the corpus."""
@@ -105,6 +113,10 @@ class CorpusMix:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"CorpusMix.{name} must lie in [0, 1], got {value!r}")
+        if self.zero_shot_target not in ZERO_SHOT_TARGETS:
+            raise ValueError(
+                f"CorpusMix.zero_shot_target must be echo or word, got {self.zero_shot_target!r}"
+            )
 
     @property
     def shows_definitions(self) -> bool:
@@ -229,12 +241,14 @@ def task_sequence(
     lexicon: dict[str, tuple[str, ...]] | None = None,
     zero_shot_answers: bool = True,
     preamble: list[str] | None = None,
+    zero_shot_word: bool = False,
 ) -> tuple[list[str], list[bool]]:
     """Examples of one rule until the sequence is full (inputs from ``lexicon``).
 
     ``zero_shot_answers`` False: the first example echoes its input (see the
     module docstring), so a label only ever follows a demonstration;
-    ``preamble`` comes first (see ``preamble_tokens``).
+    ``preamble`` comes first (see ``preamble_tokens``); ``zero_shot_word``
+    answers that first example with a random lexicon word instead.
     """
     tokens, mask = [BOS], [False]
     if preamble and len(preamble) + 1 < max_tokens:
@@ -260,10 +274,12 @@ def task_sequence(
             piece_mask += [False] * len(head) + m
         else:
             label = rng.choice(rule.labels)
-            echo = not zero_shot_answers and block == 0
-            piece, piece_mask = _example_tokens(
-                rule.sample_input(rng, label, lexicon), label, echo=echo
-            )
+            first = not zero_shot_answers and block == 0
+            words = rule.sample_input(rng, label, lexicon)
+            if first and zero_shot_word:
+                piece, piece_mask = _example_tokens(words, rng.choice(LEXICON_WORDS))
+            else:
+                piece, piece_mask = _example_tokens(words, label, echo=first)
         if len(tokens) + len(piece) > max_tokens:
             return tokens, mask
         tokens += piece
@@ -327,6 +343,7 @@ def training_sequence(
             lexicon=lexicon,
             zero_shot_answers=mix.zero_shot_answers,
             preamble=preamble,
+            zero_shot_word=mix.zero_shot_target == "word",
         )
     if mix.all_tokens_loss:
         mask = [False] + [True] * (len(tokens) - 1)
