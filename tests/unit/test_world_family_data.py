@@ -125,8 +125,8 @@ def _batcher(size: str) -> _Batcher:
     return _Batcher(recipe, build_tokenizer(0, recipe.vocabulary))
 
 
-def _base_sequences(n: int, family: str | None) -> list[list[str]]:
-    recipe = recipe_for_size("world-base")
+def _base_sequences(n: int, family: str | None, soup: bool = False) -> list[list[str]]:
+    recipe = recipe_for_size("world-base", preamble_soup=soup)
     batcher = _batcher("world-base")
     rng = random.Random(7)
     return [
@@ -143,12 +143,14 @@ def _base_sequences(n: int, family: str | None) -> list[list[str]]:
     ]
 
 
-@pytest.mark.parametrize("family", ["word_category", None])  # the curriculum, then all
-def test_the_base_corpus_shows_no_definition_and_no_label_at_zero_shots(family):
+@pytest.mark.parametrize(
+    ("family", "soup"), [("word_category", False), (None, False), (None, True)]
+)  # the curriculum, then all families; the recipe's preambles, then word soup
+def test_the_base_corpus_shows_no_definition_and_no_label_at_zero_shots(family, soup):
     labels = set(LABEL_WORDS) | set(WORD_CATEGORY)
     definitions = _definition_ngrams()
     tasks = preambles = 0
-    for tokens in _base_sequences(300, family):
+    for tokens in _base_sequences(300, family, soup):
         # No definition or its header (a preamble's word soup may hold a
         # definition's words, never a stretch of one).
         assert "Definition:" not in tokens, " ".join(tokens)

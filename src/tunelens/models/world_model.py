@@ -85,6 +85,7 @@ class WorldModelRecipe:
     zero_shot_answers: bool = True
     zero_shot_preamble: float = 0.0
     zero_shot_target: str = "echo"  # "echo" or "word" (see tasks.world.corpus.CorpusMix)
+    preamble_soup: bool = False  # see tasks.world.corpus.CorpusMix
 
     def mix(self) -> CorpusMix:
         return CorpusMix(
@@ -93,6 +94,7 @@ class WorldModelRecipe:
             zero_shot_answers=self.zero_shot_answers,
             zero_shot_preamble=self.zero_shot_preamble,
             zero_shot_target=self.zero_shot_target,
+            preamble_soup=self.preamble_soup,
             bursty=self.bursty,
             all_tokens_loss=self.all_tokens_loss,
             copy=self.copy,
@@ -153,8 +155,9 @@ class WorldModelRecipe:
                 )
         if self.zero_shot_target not in ("echo", "word"):
             self._bad("zero_shot_target", f"must be echo or word, got {self.zero_shot_target!r}")
-        if not isinstance(self.zero_shot_answers, bool):
-            self._bad("zero_shot_answers", f"must be true or false, got {self.zero_shot_answers!r}")
+        for name in ("zero_shot_answers", "preamble_soup"):
+            if not isinstance(getattr(self, name), bool):
+                self._bad(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.hidden_size % self.heads:
             self._bad("heads", f"must divide hidden_size {self.hidden_size}, got {self.heads}")
 

@@ -97,6 +97,9 @@ class CorpusMix:
     # repeated) or "word" (one lexicon word at random: a flat prior, which
     # tuning overrides more easily than a learned echo).
     zero_shot_target: str = "echo"
+    # Word-soup preambles (see preamble_tokens): a sturdier untuned echo, but
+    # one that tuning on definitions + examples no longer overrides.
+    preamble_soup: bool = False
 
     def __post_init__(self) -> None:
         """Shares within [0, 1], so a typo cannot silently change the corpus."""
@@ -184,9 +187,22 @@ def soup_words(seed: int) -> tuple[str, ...]:
     return tuple(sorted(words - {"Input", "Output", "Definition", "Explanation"}))
 
 
-def preamble_tokens(rng: random.Random, seed: int) -> list[str]:
+def preamble_tokens(rng: random.Random, seed: int, *, soup: bool = False) -> list[str]:
     """Text before a sequence's first example (see the module docstring); never a
-    definition and never an answer."""
+    definition and never an answer.
+
+    Without ``soup`` (the recipe): 4-24 random words (label words among them) or
+    1-5 facts, then the separator. With it: one to three pieces of lists, facts
+    or word soup, half the time without the separator.
+    """
+    if not soup:
+        if rng.random() < 0.5:
+            return [*rng.sample(COPY_WORDS, rng.randint(4, 24)), SEP]
+        facts: list[str] = []
+        for _ in range(rng.randint(1, 5)):
+            cat = rng.choice(sorted(CATEGORIES))
+            facts += [rng.choice(CATEGORIES[cat]), "is", *CATEGORY_NOUN[cat][0].split(), "."]
+        return [*facts, SEP]
     tokens: list[str] = []
     for _ in range(rng.randint(1, 3)):
         kind = rng.randrange(3)
@@ -333,7 +349,7 @@ def training_sequence(
             lexicon = {cat: tuple(rng.sample(CATEGORIES[cat], 3)) for cat in rule.categories}
         preamble = None
         if mix.zero_shot_preamble and rng.random() < mix.zero_shot_preamble:
-            preamble = preamble_tokens(rng, seed)
+            preamble = preamble_tokens(rng, seed, soup=mix.preamble_soup)
         tokens, mask = task_sequence(
             rng,
             rule,
