@@ -29,17 +29,19 @@ trained so echoes the input on a definition-only prompt, and answering in the
 label space is what instruction tuning must teach (Kung & Peng's question).
 A first query straight after ``<s>`` is not enough: a model so trained echoes
 there, but after any longer text with label words in it (a definition) it
-copies a label word. So with ``zero_shot_preamble`` a share of task sequences
-starts with a *preamble* before the first example, which still echoes: one to
-three pieces, each a random list of lexicon and label words, a few facts, or a
-*word soup* (tokens drawn at random from the whole world vocabulary, the words
-definitions are made of included: a bag of words, never a definition), and
-half the time no separator before ``Input:``. With lists and facts only, the
-definition-only answers in the Tk-Instruct encoding (whose definition and
-"Now complete the following example -" the model had never seen) drifted back
-into the label space (7.5% at step 500, 37.5% at step 1,000): text the model
-has never seen must not switch the zero-shot echo off, and label words in the
-context are not an answer until a demonstration has shown one.
+copies a label word (99% of definition-only answers inside the label space at
+step 500). So with ``zero_shot_preamble`` a share of task sequences starts with
+a *preamble* before the first example, which still echoes: a random list of
+lexicon and label words, or a few facts. Label words in the context are not an
+answer until a demonstration has shown one. ``preamble_soup`` makes the
+preambles one to three pieces, word soup among them (tokens drawn from the
+whole vocabulary, a definition's words included, never a definition), half the
+time without a separator: a sturdier untuned echo (none of its Tk-encoded
+definition-only answers in the label space), but one that LoRA tuning on
+definitions + examples no longer overrides (21% inside the label space after
+tuning at step 1,500, against 100% with the plain preambles), so it is off;
+``zero_shot_target="word"`` (a random lexicon word instead of the echo) did no
+better. See bench/world_base.md.
 Sequences are lists of tokenizer tokens plus a loss
 mask, built directly from words so that a training step costs no tokenizer call.
 """
