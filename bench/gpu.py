@@ -163,6 +163,110 @@ def median_wall(runs: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
     return {name: statistics.median(w for w, _ in r) for name, r in runs.items()}
 
 
+def full_string_label_scores(loaded: Any, prompts: list[str], labels: list[str]) -> Any:
+    """The baseline a researcher writes for label log-likelihoods (lm-eval's loglikelihood):
+    one padded forward over every ``prompt + " " + label`` string, target log-probs summed."""
+    import torch
+
+    from tunelens.models.batching import encode_pairs
+    from tunelens.prompts import render_target
+
+    pairs = [(p, render_target(label)) for p in prompts for label in labels]
+    encoded = encode_pairs(loaded.tokenizer, pairs, kind="causal", add_eos=False)
+    width = max(len(e.prompt_ids) + len(e.target_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), loaded.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        tokens = list(e.prompt_ids) + list(e.target_ids)
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    with torch.no_grad():
+        logp = (
+            loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device))
+            .logits.float()
+            .log_softmax(-1)
+        )
+    scores = torch.zeros(len(encoded), dtype=torch.float64)
+    for row, e in enumerate(encoded):
+        start = len(e.prompt_ids)
+        for j, token in enumerate(e.target_ids):
+            scores[row] += float(logp[row, start + j - 1, token])
+    return scores.reshape(len(prompts), len(labels))
+
+
+def label_scoring_section(loaded: Any, prompts: list[str], repeats: int, device: str) -> dict:
+    """tunelens's label scoring (prompt once, labels on its cache) against full strings."""
+    from run import paired_ratios
+    from tunelens.models.scoring import score_label_continuations
+
+    labels = ["yes", "no", "maybe"]
+    runs, results = timed_rounds(
+        {
+            "full_strings": lambda: full_string_label_scores(loaded, prompts, labels),
+            "tunelens": lambda: score_label_continuations(loaded, prompts, [labels] * len(prompts)),
+        },
+        repeats,
+        device,
+    )
+    import numpy as np
+
+    ours = np.stack(results["tunelens"].summed)
+    theirs = results["full_strings"].numpy()
+    diff = float(np.abs(ours - theirs).max() / max(1.0, float(np.abs(theirs).max())))
+    ratio = paired_ratios(runs, "full_strings", "tunelens")
+    wall = median_wall(runs)
+    figures = {
+        "tunelens_s": wall["tunelens"],
+        "full_strings_s": wall["full_strings"],
+        "ratio": ratio["wall"],
+        "ratio_spread": ratio["wall_spread"],
+        "max_rel_diff": diff,
+    }
+    print(
+        f"{'label scoring':<28} tunelens {wall['tunelens']:8.3f} s  full strings "
+        f"{wall['full_strings']:8.3f} s  ({ratio['wall']:.2f}x; max rel diff {diff:.1e})",
+        flush=True,
+    )
+    return figures
+
+
+def dispatch_section(loaded: Any, prompts: list[str], device: str, dtype_name: str) -> dict:
+    """The model saved, reloaded through Accelerate's dispatch with about half its layers
+    pushed off ``device`` by ``max_memory``; states against the undispatched model's."""
+    import tempfile
+
+    from tunelens.models.hidden_states import capture_last_token_states
+    from tunelens.models.loading import load_model
+
+    model = loaded.model
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    gpu = 0 if device.startswith("cuda") else None
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        # bytes: half the model fits where it runs, the rest goes to the CPU (or to disk)
+        limits: dict[Any, int] = {"cpu": size // 2} if gpu is None else {gpu: size // 2}
+        if gpu is not None:
+            limits["cpu"] = 4 * size
+        t0 = time.perf_counter()
+        split = load_model(folder, dtype=dtype_name, device_map="auto", max_memory=limits)
+        load_s = time.perf_counter() - t0
+        reference = capture_last_token_states(loaded, prompts)
+        t0 = time.perf_counter()
+        states = capture_last_token_states(split, prompts)
+        sync(device)
+        capture_s = time.perf_counter() - t0
+    scale = max(1.0, float(reference.abs().max()))
+    diff = float((states - reference).abs().max()) / scale
+    placed = sorted({str(v) for v in getattr(split.model, "hf_device_map", {}).values()})
+    print(
+        f"{'dispatched model':<28} load {load_s:6.2f} s  states {capture_s:8.3f} s  on "
+        f"{', '.join(placed)}  (max rel diff {diff:.1e})",
+        flush=True,
+    )
+    return {"load_s": load_s, "capture_s": capture_s, "placed_on": placed, "max_rel_diff": diff}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
@@ -308,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{vs_loop['wall']:.2f}x; max|diff| cached {diff:.1e}",
         flush=True,
     )
+
+    # 1b. label scoring (issue 26) and 1c. a dispatched model (device_map)
+    reset_memory(device)
+    result["label_scoring"] = label_scoring_section(loaded, prompts[:8], repeats, device)
+    reset_memory(device)
+    result["dispatch"] = dispatch_section(loaded, prompts[:8], device, dtype_name)
 
     # 2. per-set tuning, one epoch
     reset_memory(device)

@@ -54,8 +54,20 @@ def test_gpu_script_runs_tiny_on_cpu(tmp_path):
     assert states["max_abs_diff_cached"] <= 1e-4  # fp32: the cached baseline equals tunelens
     lo, hi = states["vs_cached_spread"]
     assert 0 < lo <= states["vs_cached"] <= hi
+    scoring = result["label_scoring"]  # prompt once + labels on its cache = full strings
+    assert scoring["max_rel_diff"] <= 1e-4 and scoring["tunelens_s"] > 0
+    dispatch = result["dispatch"]
+    assert dispatch["max_rel_diff"] <= 1e-4 and dispatch["placed_on"]
     for cell in ("convergence_cell", "audit_cell"):
         assert result[cell]["seconds"] > 0 and result[cell]["peak_memory_gib"] > 0
-    for label in ("device", "hidden states", "per-set tuning", "multi-task", "convergence cell"):
+    for label in (
+        "device",
+        "hidden states",
+        "label scoring",
+        "dispatched model",
+        "per-set tuning",
+        "multi-task",
+        "convergence cell",
+    ):
         assert any(line.startswith(label) for line in lines[:-1]), label
     assert len(result["loadavg_at_start"]) == 3
