@@ -147,15 +147,6 @@ TASK_FILES: dict[str, tuple[str, str | bytes]] = {
         "t.jsonl",
         _jsonl({**HEADER, "labels": ["yes", "yes.", "no"]}, *ROWS),
     ),
-    "json-derived-label-twins": (
-        "t.json",
-        superni(
-            Instances=[
-                {"id": f"t-{i}", "input": f"x{i}", "output": [("Yes", "yes", "no")[i % 3]]}
-                for i in range(9)
-            ]
-        ),
-    ),
 }
 for _name, (_file, _content) in TASK_FILES.items():
     case(

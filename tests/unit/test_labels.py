@@ -38,11 +38,14 @@ def test_definition_match_needs_whole_words_and_every_output():
 
 
 def test_every_reference_counts_and_empty_input_is_free_text():
+    # every reference counts; "Yes" and "yes" are one answer to exact match, so one label
+    # (2 outputs each: the tie goes to the first in sorted order)
     assert derive_label_space([["Yes", "yes"], ["no"], ["no"], ["Yes"], ["no"], ["yes"]]) == (
         "Yes",
         "no",
-        "yes",
     )
+    assert derive_label_space([["Yes"], ["no"], ["no"], ["Yes"], ["no"], ["yes"]]) == ("Yes", "no")
+    assert derive_label_space([["yes"], ["no"], ["yes"], ["Yes"], ["no"]]) == ("no", "yes")
     assert derive_label_space([]) is None
 
 

@@ -114,8 +114,8 @@ def _answer_readings(
     for row, row_labels in enumerate(labels):
         if row_labels:
             logp = scores.log_distribution(row)
-            answer = row_labels[int(np.argmax(logp))].strip()
-            hit = answer in {r.strip() for r in references[row]}
+            # a reference under exact match's normalisation, as the generated answers are
+            hit = exact_match(row_labels[int(np.argmax(logp))], references[row]) == 100.0
         else:
             logp = torch.log_softmax(scores.logits[row].double(), dim=-1).numpy()
             hit = int(np.argmax(logp)) in gold_first[row]

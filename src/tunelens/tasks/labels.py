@@ -27,8 +27,10 @@ Whichever way it came, a label space is checked under the metric's own
 normalisation (:func:`check_label_space`): exact match compares answers after
 ``normalize_answer`` (lower-case, punctuation dropped, spaces collapsed), so two
 labels with one normalised text (``Yes`` and ``yes``, ``yes`` and ``yes.``) are
-one answer to the metric and an input error (a confusion matrix could not tell
-them apart, and a guess over "two" labels would be scored as one).
+one answer to the metric. Where a user lists them, that is an input error (a
+confusion matrix could not tell them apart, and a guess over "two" labels would
+be scored as one); where they come from a task's outputs (rules 2 and 3), they
+are one label, spelled as most outputs spell it.
 """
 
 from __future__ import annotations
@@ -139,6 +141,27 @@ def _definition_space(
     return LabelSpace(tuple(sorted(labels)), "definition", unseen)
 
 
+def _spellings(texts: Iterable[str]) -> dict[str, str]:
+    """Each output's one spelling: outputs that exact match reads as one answer (``Yes`` /
+    ``yes`` / ``yes.``) map to the most frequent of them (ties: the first in sorted order).
+
+    A label space derived from a task's outputs is the data's, not the user's: real
+    Super-NaturalInstructions tasks spell one label several ways, and refusing them
+    would stop an audit over the benchmark on its first such task. Labels a user
+    lists (a JSONL header, decide's task file) are still refused by
+    :func:`check_label_space`.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for text in texts:
+        spellings = counts.setdefault(normalize_answer(text), {})
+        spellings[text] = spellings.get(text, 0) + 1
+    return {
+        text: min(spellings, key=lambda t: (-spellings[t], t))
+        for spellings in counts.values()
+        for text in spellings
+    }
+
+
 def label_space(
     outputs_per_instance: Iterable[Sequence[str]],
     *,
@@ -148,6 +171,9 @@ def label_space(
 ) -> LabelSpace:
     """The label space by the module's rule (the header's labels are the loader's business)."""
     per_instance = [tuple(outputs) for outputs in outputs_per_instance]
+    spelling = _spellings([o for outputs in per_instance for o in outputs] + list(example_outputs))
+    per_instance = [tuple(dict.fromkeys(spelling[o] for o in outputs)) for outputs in per_instance]
+    example_outputs = [spelling[o] for o in example_outputs]
     distinct = {output for outputs in per_instance for output in outputs}
     if not distinct or len(distinct) > max_labels:
         return LabelSpace(None, None)
