@@ -16,8 +16,10 @@ from tunelens.cli import app
 from tunelens.errors import TunelensInputError
 from tunelens.examples.store import (
     DEFAULT_DB,
+    AddResult,
     ExampleStore,
     NewExample,
+    StoredExample,
     check_time,
     read_example_rows,
 )
@@ -120,6 +122,17 @@ def add(
     with ExampleStore(db) as store:
         result = store.add(rows, skip_duplicates=skip_duplicates, origin=origin)
         conflicts = store.contradictions(result.added)
+    _report_added(db, result, conflicts, total, headers)
+
+
+def _report_added(
+    db: Path,
+    result: AddResult,
+    conflicts: list[tuple[StoredExample, int]],
+    total: int,
+    headers: list[str],
+) -> None:
+    """The summary line of `examples add`, then one line per contradiction, skip and flag."""
     ids = [row.id for row in result.added]
     span = f"#{ids[0]}" if len(ids) == 1 else (f"#{ids[0]}-#{ids[-1]}" if ids else "none")
     typer.echo(

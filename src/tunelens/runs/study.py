@@ -212,13 +212,10 @@ def execute(
 ) -> list[SectionRun]:
     """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
 
-    ``placement`` (``device_map``, ``max_memory``) goes to every model load.
-
-    ``save_adapters`` (``--save-adapters``): cells that tune keep their adapters
-    under ``out_dir/adapters/<cell key>/`` (only cells computed by this run).
-
-    ``limit`` (``--limit N``) bounds each section first (:mod:`tunelens.runs.limit`)
-    and goes into every cell's key.
+    ``placement`` (``device_map``, ``max_memory``) goes to every model load;
+    ``save_adapters`` keeps tuned adapters under ``out_dir/adapters/<cell key>/``
+    (cells computed by this run); ``limit`` (``--limit N``) bounds each section
+    first (:mod:`tunelens.runs.limit`) and goes into every cell's key.
 
     This is the one cell loop of tunelens (``run``, the study commands,
     ``decide`` and ``world eval`` all come here): cells are planned after the
@@ -234,8 +231,8 @@ def execute(
     probed for writing and locked (``DIR/.lock``; ``wait`` waits for another
     run to end instead of refusing), then ``files`` (name -> text, e.g. the
     spec as run) are written; ``finish`` (writing results.json, say) runs on
-    the finished sections while the lock is still held. Ctrl-C keeps every finished cell and reports
-    their number (:mod:`tunelens.interrupt`).
+    the finished sections while the lock is still held. An interrupt keeps every
+    finished cell and reports their number (:mod:`tunelens.interrupt`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
