@@ -60,62 +60,25 @@ def _config(name: str, tokenizer: Any) -> Any:
     """A tiny config of the family's shape, its vocabulary the tokenizer's full length."""
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-    vocab = len(tokenizer)
     init = 0.2  # wide weights: a random model whose outputs differ between inputs
-    if name == WORLD_TOKENIZER:
-        return LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            initializer_range=init,
-        )
-    if name == "mistral":
-        return MistralConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            sliding_window=None,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=False,
-            initializer_range=init,
-        )
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    common = {"vocab_size": len(tokenizer), "initializer_range": init, **special}
     if name == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab,
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            n_positions=1024,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            initializer_range=init,
-        )
-    return Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-        initializer_range=init,
-    )
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=1024, **common)
+    llama_shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        **common,
+    }
+    if name == WORLD_TOKENIZER:
+        return LlamaConfig(pad_token_id=tokenizer.pad_token_id, **llama_shape)
+    if name == "mistral":
+        return MistralConfig(sliding_window=None, tie_word_embeddings=False, **llama_shape)
+    return Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **llama_shape)
 
 
 def build_real_model(name: str, seed: int = 0) -> tuple[Any, Any]:
