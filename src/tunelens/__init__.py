@@ -27,7 +27,7 @@ _LAZY = {
     "load_spec": "tunelens.spec",
     "TuningConfig": "tunelens.models.tuning.config",
     "run_study": "tunelens.runs.study",
-    "run_decide": "tunelens.decide.runner",
+    "run_decide": "tunelens.experiments.decide.runner",
     "load_model": "tunelens.models.loading",
     "load_task_set": "tunelens.tasks.sets",
     "build_any_report": "tunelens.report",
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
         get_experiments,
         register_experiment,
     )
-    from tunelens.decide.runner import run_decide
+    from tunelens.experiments.decide.runner import run_decide
     from tunelens.errors import TunelensInputError
     from tunelens.models.loading import load_model
     from tunelens.models.tuning.config import TuningConfig

@@ -1,6 +1,6 @@
 """The bounds of every number a user gives: one definition, used by spec, decide and tuning.
 
-Each numeric field of a spec section, of :class:`tunelens.decide.config.DecideConfig`
+Each numeric field of a spec section, of :class:`tunelens.experiments.decide.config.DecideConfig`
 and of :class:`tunelens.models.tuning.config.TuningConfig` carries its bounds as
 pydantic constraints built from these types, so a command checks an option
 where it builds its configuration, before any task or model loads, and the

@@ -142,8 +142,8 @@ def test_audit(workspace, tmp_path, arch):
 
 
 def _decide(workspace: Path, model: str, out: Path, template: str = "plain"):
-    from tunelens.decide.config import make_config
-    from tunelens.decide.runner import run_decide
+    from tunelens.experiments.decide.config import make_config
+    from tunelens.experiments.decide.runner import run_decide
     from tunelens.spec import TuningSpec
 
     config = make_config(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelens.decide.config import make_config
-from tunelens.decide.runner import run_decide
+from tunelens.experiments.decide.config import make_config
+from tunelens.experiments.decide.runner import run_decide
 from tunelens.spec import TuningSpec
 from tunelens.tasks.jsonl import load_jsonl, write_jsonl
 from tunelens.tasks.loaders import load_task_file

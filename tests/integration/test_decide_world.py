@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelens.decide.config import make_config
-from tunelens.decide.runner import run_decide
+from tunelens.experiments.decide.config import make_config
+from tunelens.experiments.decide.runner import run_decide
 from tunelens.models.paths import world_model_dir
 from tunelens.spec import TuningSpec
 from tunelens.tasks.jsonl import write_jsonl
@@ -139,7 +139,7 @@ def test_decide_on_a_world_task(tmp_path):
     assert "<script" not in html
 
     # the page can be rebuilt from decide.json alone
-    from tunelens.decide.report import rebuild_report
+    from tunelens.experiments.decide.report import rebuild_report
 
     (out / "decide.html").unlink()
     assert rebuild_report(out).read_text() == html

@@ -312,7 +312,7 @@ def test_nonsense_specs_exit_2_naming_file_and_key_before_anything_is_made(tmp_p
 
 
 def test_duplicate_keys_in_a_costs_file(tmp_path):
-    from tunelens.decide.costs import load_costs
+    from tunelens.experiments.decide.costs import load_costs
 
     path = tmp_path / "costs.yaml"
     path.write_text("spam: {ham: 1}\nham: {spam: 20}\nspam: {ham: 3}\n")

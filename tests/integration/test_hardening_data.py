@@ -424,8 +424,8 @@ def test_tied_label_scores_are_no_answer_and_unknown_tokens_warn(capsys):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from tunelens.decide.methods import TIED, best_label, warn_unknown_tokens
-    from tunelens.decide.metrics import to_label
+    from tunelens.experiments.decide.methods import TIED, best_label, warn_unknown_tokens
+    from tunelens.experiments.decide.metrics import to_label
     from tunelens.models.paths import world_model_dir
 
     labels = ["\U0001f600", "\U0001f642", "iron"]
@@ -446,8 +446,8 @@ def test_tied_label_scores_are_no_answer_and_unknown_tokens_warn(capsys):
 
 
 def test_contradictory_outputs_and_shared_test_inputs_warn(tmp_path, capsys):
-    from tunelens.decide.runner import contradictions
-    from tunelens.decide.split import Split, shared_inputs
+    from tunelens.experiments.decide.runner import contradictions
+    from tunelens.experiments.decide.split import Split, shared_inputs
     from tunelens.tasks.types import Instance, Task
 
     a, b, c = Instance("1", "x", ("yes",)), Instance("2", "x", ("no",)), Instance("3", "y", ("no",))

@@ -69,9 +69,9 @@ def test_convergence_anchors_sharing_a_set(monkeypatch):
 
 
 def test_decide_similarity_shares_the_demonstrations(monkeypatch):
-    from tunelens.decide.config import make_config
-    from tunelens.decide.methods import run_method, similarity_method
-    from tunelens.decide.split import stratified_split
+    from tunelens.experiments.decide.config import make_config
+    from tunelens.experiments.decide.methods import run_method, similarity_method
+    from tunelens.experiments.decide.split import stratified_split
 
     seen = checked_capture(monkeypatch)
     task = generate_world(0).heldout[0]

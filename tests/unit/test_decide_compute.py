@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelens.decide.compute import (
+from tunelens.experiments.decide.compute import (
     ModelShape,
     break_even_items,
     compute_entry,
@@ -13,7 +13,7 @@ from tunelens.decide.compute import (
     pair_uses,
     training_flops,
 )
-from tunelens.decide.config import DecideConfig
+from tunelens.experiments.decide.config import DecideConfig
 from tunelens.models.tuning import TuningConfig, step_batches
 
 SHAPE = ModelShape(non_embedding=1000, layers=2, width=10)

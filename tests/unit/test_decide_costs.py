@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelens.decide.costs import (
+from tunelens.experiments.decide.costs import (
     OTHER,
     build_cost_matrix,
     confusion_cost_per_1000,
@@ -13,7 +13,7 @@ from tunelens.decide.costs import (
     item_costs,
     load_costs,
 )
-from tunelens.decide.metrics import confusion_matrix
+from tunelens.experiments.decide.metrics import confusion_matrix
 from tunelens.errors import TunelensInputError
 
 LABELS = ("ham", "spam")

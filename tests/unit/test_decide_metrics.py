@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunelens.decide.costs import OTHER
-from tunelens.decide.metrics import (
+from tunelens.experiments.decide.costs import OTHER
+from tunelens.experiments.decide.metrics import (
     confusion_matrix,
     decision,
     guess_confusion,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from tunelens.decide.verdict import (
+from tunelens.experiments.decide.verdict import (
     fmt_diff,
     fmt_share,
     fmt_stat,

@@ -223,11 +223,11 @@ def _decide_task(path: Path) -> Path:
 
 def test_decide_json_goes_through_the_model(tmp_path, monkeypatch, raw):
     """run_decide with canned method results (no model): decide.json equals its dump."""
-    import tunelens.decide.methods as methods
-    from tunelens.decide.config import make_config
-    from tunelens.decide.report import rebuild_report
-    from tunelens.decide.runner import run_decide
-    from tunelens.decide.split import label_of
+    import tunelens.experiments.decide.methods as methods
+    from tunelens.experiments.decide.config import make_config
+    from tunelens.experiments.decide.report import rebuild_report
+    from tunelens.experiments.decide.runner import run_decide
+    from tunelens.experiments.decide.split import label_of
 
     def fake_run(method, loaded, task, split, config, adapters_dir=None):
         rng = random.Random(method.id)

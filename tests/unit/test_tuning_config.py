@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tunelens.cli import app
 from tunelens.commands.decide import TUNING_NAMES
 from tunelens.commands.tuning_options import NOT_OPTIONS, option_names, parse_tuning_options
-from tunelens.decide.config import DecideConfig, make_config
+from tunelens.experiments.decide.config import DecideConfig, make_config
 from tunelens.errors import TunelensInputError
 from tunelens.models.tuning import TuningConfig
 from tunelens.spec import AuditSpec, ConvergenceSpec, TuningSpec, default_spec, validate_spec

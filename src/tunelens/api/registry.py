@@ -22,7 +22,7 @@ EXPERIMENT_MODULES = (
     "tunelens.experiments.convergence",
     "tunelens.experiments.audit",
     "tunelens.experiments.world_eval",
-    "tunelens.experiments.decide",
+    "tunelens.experiments.decide.experiment",
 )
 
 _REGISTRY: dict[str, Experiment] = {}

@@ -19,7 +19,7 @@ from tunelens.commands.studies import (
     say_limited,
 )
 from tunelens.commands.tuning_options import with_tuning_options
-from tunelens.decide.config import DecideConfig
+from tunelens.experiments.decide.config import DecideConfig
 from tunelens.models.tuning.config import TuningConfig
 
 _FIELDS = DecideConfig.model_fields
@@ -103,8 +103,8 @@ def decide(
     of the tuning gain the format-only controls reach, where the intervals are too wide to
     decide, and the error cost and compute per 1,000 items of each method.
     """
-    from tunelens.decide.config import make_config, parse_int_list
-    from tunelens.decide.runner import run_decide
+    from tunelens.experiments.decide.config import make_config, parse_int_list
+    from tunelens.experiments.decide.runner import run_decide
 
     config = make_config(
         k=parse_int_list(k, "--k"),

@@ -16,12 +16,12 @@ __all__ = ["build_any_report"]
 def build_any_report(out_dir: str | Path) -> list[Path]:
     """Rebuild every report that ``out_dir`` has the data for; returns the pages written.
 
-    ``decide.json`` gives ``decide.html`` (:func:`tunelens.decide.report.rebuild_report`),
+    ``decide.json`` gives ``decide.html`` (:func:`tunelens.experiments.decide.report.rebuild_report`),
     ``results.json`` gives ``report.html`` (:func:`tunelens.report.html.build_report`);
     a directory with neither is a TunelensInputError naming results.json.
     """
-    from tunelens.decide.report import rebuild_report
-    from tunelens.decide.runner import DECIDE_JSON
+    from tunelens.experiments.decide.report import rebuild_report
+    from tunelens.experiments.decide.runner import DECIDE_JSON
     from tunelens.report.html import build_report
 
     out = Path(out_dir)

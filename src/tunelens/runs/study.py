@@ -46,7 +46,7 @@ from tunelens.runs.store import CellStore, atomic_write_text, dumps, strict_json
 from tunelens.spec import Spec
 
 if TYPE_CHECKING:
-    from tunelens.decide.config import DecideConfig
+    from tunelens.experiments.decide.config import DecideConfig
 
 RESERVED_KEYS = ("spec", "tunelens_version", "environment", "limit")
 RESULTS = "results.json"

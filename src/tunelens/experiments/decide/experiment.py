@@ -5,7 +5,7 @@ asked for, after the task is loaded and the model fingerprinted; each cell
 carries its method, the task and the split. The similarity method's k depends
 on the ICL results, so it is a follow-up cell (:meth:`followup_cells`).
 :meth:`aggregate` builds the whole of ``decide.json`` (the verdict included);
-``tunelens.decide.runner.run_decide`` writes it and the page.
+``tunelens.experiments.decide.runner.run_decide`` writes it and the page.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import tunelens
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
-from tunelens.decide.config import DecideConfig
+from tunelens.experiments.decide.config import DecideConfig
 
 __all__ = ["DecideExperiment", "DecideSection"]
 
@@ -40,16 +40,16 @@ class DecideSection:
     task_path: str
     model: str
     config: DecideConfig
-    costs: Any = None  # a tunelens.decide.costs.CostMatrix, or None
+    costs: Any = None  # a tunelens.experiments.decide.costs.CostMatrix, or None
     task: Any = None  # the task, when the caller has loaded it already (else read from task_path)
     _plan: DecidePlan | None = field(default=None, repr=False, compare=False)
 
     def plan(self, inputs: StudyInputs) -> DecidePlan:
         """Load the task, split it and plan the methods (once per section)."""
         if self._plan is None:
-            from tunelens.decide.methods import plan_methods, resolve_model_name
-            from tunelens.decide.runner import load_decide_task
-            from tunelens.decide.split import stratified_split
+            from tunelens.experiments.decide.methods import plan_methods, resolve_model_name
+            from tunelens.experiments.decide.runner import load_decide_task
+            from tunelens.experiments.decide.split import stratified_split
             from tunelens.tasks.digest import task_digest
 
             config = self.config
@@ -60,7 +60,7 @@ class DecideSection:
             )
             if config.limit is not None:  # --limit: a prefix keeps the label proportions
                 split = dataclasses.replace(split, test=split.test[: config.limit])
-            from tunelens.decide.split import shared_inputs
+            from tunelens.experiments.decide.split import shared_inputs
             from tunelens.terminal import warn
 
             for line in shared_inputs(split):
@@ -105,7 +105,7 @@ class DecideExperiment(Experiment):
         inputs: StudyInputs,
         finished: list[tuple[Cell, dict[str, Any]]],
     ) -> list[Cell]:
-        from tunelens.decide.methods import similarity_method
+        from tunelens.experiments.decide.methods import similarity_method
 
         plan = section.plan(inputs)
         k = _similarity_k(section.config, plan, finished, notes=[])
@@ -115,7 +115,7 @@ class DecideExperiment(Experiment):
         return [self._cell(method, plan, section.config)]
 
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
-        from tunelens.decide.methods import run_method
+        from tunelens.experiments.decide.methods import run_method
 
         config: DecideConfig = cell.data["config"]
         method = cell.data["method"]
@@ -135,9 +135,9 @@ class DecideExperiment(Experiment):
         self, section: DecideSection, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
         """The whole of decide.json."""
-        from tunelens.decide.results import build_results
-        from tunelens.decide.runner import model_shape
-        from tunelens.decide.verdict import verdict
+        from tunelens.experiments.decide.results import build_results
+        from tunelens.experiments.decide.runner import model_shape
+        from tunelens.experiments.decide.verdict import verdict
         from tunelens.runs.study import environment
 
         plan = section.plan(StudyInputs())
@@ -194,7 +194,7 @@ def _similarity_k(
     """The k at which ICL-IT similarity is measured (the best ICL k by default), or None."""
     import numpy as np
 
-    from tunelens.decide.metrics import item_scores
+    from tunelens.experiments.decide.metrics import item_scores
 
     split = plan.split
     if config.similarity_items == 0:

@@ -1,11 +1,11 @@
 """``run_decide``: task + model (+ costs) -> DIR/decide.json and DIR/decide.html.
 
 The flow: load and check the task (it needs a label space), read the costs
-file, split the examples (:mod:`tunelens.decide.split`), run every method as a
-cell (:mod:`tunelens.decide.methods`; finished cells are stored atomically
+file, split the examples (:mod:`tunelens.experiments.decide.split`), run every method as a
+cell (:mod:`tunelens.experiments.decide.methods`; finished cells are stored atomically
 under ``DIR/cells/decide/`` and skipped by a re-run, so a killed run loses only
-the method in flight), then aggregate (:mod:`tunelens.decide.results`), write
-the verdict (:mod:`tunelens.decide.verdict`) and the report. decide.json holds
+the method in flight), then aggregate (:mod:`tunelens.experiments.decide.results`), write
+the verdict (:mod:`tunelens.experiments.decide.verdict`) and the report. decide.json holds
 no times (those go to ``DIR/timings.json``), so equal inputs give equal files.
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelens.decide.compute import ModelShape
-from tunelens.decide.config import DecideConfig
-from tunelens.decide.costs import CostMatrix, load_costs
+from tunelens.experiments.decide.compute import ModelShape
+from tunelens.experiments.decide.config import DecideConfig
+from tunelens.experiments.decide.costs import CostMatrix, load_costs
 from tunelens.errors import TunelensInputError
 from tunelens.io import atomic_write_all, refuse_overwriting_inputs
 from tunelens.runs.store import dumps, strict_json
@@ -64,7 +64,7 @@ def check_decide_labels(task: Task, source: str) -> None:
     """Labels that decide's scoring cannot use: two with one normalised text (also refused by
     the loaders), the name of the out-of-space bucket, and a label that normalises to nothing
     (an empty answer would count as it)."""
-    from tunelens.decide.costs import OTHER
+    from tunelens.experiments.decide.costs import OTHER
     from tunelens.measures.text import normalize_answer
     from tunelens.tasks.labels import check_label_space
 
@@ -135,14 +135,14 @@ def run_decide(
 ) -> DecideOutcome:
     """Measure every method on the task's test set and write decide.json and decide.html.
 
-    The methods are cells of :class:`tunelens.experiments.decide.DecideExperiment`,
+    The methods are cells of :class:`tunelens.experiments.decide.experiment.DecideExperiment`,
     run by the same machinery as ``tunelens run`` (store, resume, local or Ray
     executor, progress, ``timings.json``). ``placement`` (``device_map``,
     ``max_memory``) goes to the model load.
     """
     from tunelens.api import StudyInputs, get_experiments
-    from tunelens.decide.report import render_page
-    from tunelens.experiments.decide import DecideSection
+    from tunelens.experiments.decide.report import render_page
+    from tunelens.experiments.decide.experiment import DecideSection
     from tunelens.runs.study import execute
 
     task = load_decide_task(task_path)

@@ -481,7 +481,7 @@ def gated_format_share(
         out.update({"mean": None, "ci": [None, None], "verdict": NOT_SIGNIFICANT})
         out["tasks_to_decide"] = None if negligible_gain(gain) else units_to_decide(gain)
         return out
-    from tunelens.decide.verdict import share_reading
+    from tunelens.experiments.decide.verdict import share_reading
 
     raw = format_share(cond, original, untuned, names, metric, n_boot, seed)
     out.update({"mean": raw["mean"], "ci": raw["ci"], "verdict": "share"})

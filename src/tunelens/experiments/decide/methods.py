@@ -18,7 +18,7 @@ The label-space guess needs no model and is computed from the test set.
 Tuned models see exactly the prompt format they are evaluated with (zero-shot,
 the original definition), as in the audit; the controls change only what they
 are tuned on. A cell's key covers the task's content and the model's files (as
-digests, see :mod:`tunelens.experiments.decide`), the split settings and the
+digests, see :mod:`tunelens.experiments.decide.experiment`), the split settings and the
 method's own settings, so a re-run skips finished cells and a changed input
 recomputes only what it affects.
 """
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from tunelens.api import Cell
-from tunelens.decide.config import DecideConfig
-from tunelens.decide.split import Split, label_of
+from tunelens.experiments.decide.config import DecideConfig
+from tunelens.experiments.decide.split import Split, label_of
 from tunelens.models.loading import LoadedModel
 from tunelens.prompts import PromptStyle, render_prompt, render_target
 from tunelens.tasks.sampling import first_examples
@@ -280,7 +280,7 @@ def _train_record(
     loaded: LoadedModel, pairs: Sequence[tuple[str, str]], tuned: Any, tuning: Any
 ) -> dict[str, Any]:
     """Tokens per training pair and how often the schedule used each (for the FLOP count)."""
-    from tunelens.decide.compute import pair_uses
+    from tunelens.experiments.decide.compute import pair_uses
     from tunelens.models.batching import context_length, encode_pairs
     from tunelens.models.tuning import step_batches
 

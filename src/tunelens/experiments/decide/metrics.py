@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelens.decide.costs import OTHER
+from tunelens.experiments.decide.costs import OTHER
 from tunelens.measures.stats import mean_ci
 from tunelens.measures.text import exact_match, normalize_answer
 

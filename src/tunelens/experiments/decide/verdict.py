@@ -5,7 +5,7 @@ Rules (all on 95% bootstrap intervals over test items):
 * a method **wins** a comparison when the interval of the paired difference
   excludes 0; otherwise the comparison is **too close to call**, and the
   verdict says roughly how many test items would resolve a difference of the
-  observed size (:func:`tunelens.decide.metrics.items_to_resolve`);
+  observed size (:func:`tunelens.experiments.decide.metrics.items_to_resolve`);
 * at each tuning size n, tuning on n is compared with ICL on the largest k <= n
   (the same number of labelled examples or fewer); ICL sizes below the
   smallest tuning size are compared with zero-shot;

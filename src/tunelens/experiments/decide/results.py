@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from tunelens.decide.compute import ModelShape, break_even_items, compute_entry, training_flops
-from tunelens.decide.costs import OTHER, CostMatrix, guess_item_costs, item_costs
-from tunelens.decide.methods import Method
-from tunelens.decide.metrics import (
+from tunelens.experiments.decide.compute import ModelShape, break_even_items, compute_entry, training_flops
+from tunelens.experiments.decide.costs import OTHER, CostMatrix, guess_item_costs, item_costs
+from tunelens.experiments.decide.methods import Method
+from tunelens.experiments.decide.metrics import (
     confusion_matrix,
     decision,
     guess_confusion,
@@ -25,7 +25,7 @@ from tunelens.decide.metrics import (
     summary,
     to_label,
 )
-from tunelens.decide.split import Split, label_of
+from tunelens.experiments.decide.split import Split, label_of
 from tunelens.measures.sanity import annotate as annotate_layers
 
 GUESS = "label_guess"

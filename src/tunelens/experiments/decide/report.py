@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelens.api.results import DecideResults, parse_file
-from tunelens.decide.verdict import (
+from tunelens.experiments.decide.verdict import (
     fmt_count,
     fmt_diff,
     fmt_flops,

@@ -214,7 +214,7 @@ def cost_per_1000(costs: Sequence[float] | np.ndarray) -> float:
 
 def confusion_cost_per_1000(counts: Sequence[Sequence[float]], matrix: CostMatrix) -> float:
     """1000 x sum(C[t, p] x M[t, p]) / sum(M) for a confusion matrix M over labels x (labels +
-    (other)), as :class:`tunelens.decide.metrics.Confusion` holds it."""
+    (other)), as :class:`tunelens.experiments.decide.metrics.Confusion` holds it."""
     m = np.asarray(counts, dtype=np.float64)
     columns = [*matrix.labels, OTHER]
     c = np.array([[matrix.cost(t, p) for p in columns] for t in matrix.labels])
