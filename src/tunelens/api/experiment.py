@@ -11,11 +11,31 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tunelens.api.cell import Cell
 
-__all__ = ["Experiment", "RunContext", "StudyInputs"]
+if TYPE_CHECKING:  # types only: the engine's estimates and report pieces sit above api
+    from pydantic import BaseModel
+
+__all__ = ["Experiment", "ReportPart", "RunContext", "StudyInputs"]
+
+
+@dataclass
+class ReportPart:
+    """One experiment's section of report.html, as its ``report_part`` hook returns it.
+
+    ``template`` is a Jinja2 template name found by ``loader`` (a
+    ``jinja2.PackageLoader`` of the experiment's package; None: tunelens's own
+    templates); it reads ``section.view``. ``anchor`` and ``title`` make its
+    entry in the page's contents.
+    """
+
+    anchor: str
+    title: str
+    template: str
+    view: Any
+    loader: Any = None
 
 
 @dataclass
@@ -139,3 +159,56 @@ class Experiment(ABC):
     @abstractmethod
     def aggregate(self, section: Any, results: list[tuple[Cell, dict[str, Any]]]) -> dict[str, Any]:
         """This experiment's keys of the results file (e.g. {"convergence": [...]})."""
+
+    # ------------------------------------------------------------ the spec section
+    # ``section_model`` is the pydantic model of this experiment's spec section (its
+    # fields carry default, help and bounds); None: the experiment has no spec section
+    # (it runs from its own command, as decide does).
+    section_model: ClassVar[type[BaseModel] | None] = None
+
+    def fill_section(self, section: Any, study: Any) -> Any:
+        """The section with what it inherits from the study filled in (model, dtype,
+        device, seeds shifted by the base seed); ``study`` is the validated spec."""
+        return section
+
+    # ------------------------------------------------------------ run and plan hooks
+    def limit_section(self, section: Any, n: int) -> Any:
+        """The section bounded for ``--limit n`` (at most n anchors / instances per task)."""
+        return section
+
+    def preflight(self, section: Any, inputs: StudyInputs, source: str | None) -> None:
+        """Raise a TunelensInputError (naming ``source`` and the key) for task-dependent
+        bounds the spec alone cannot check, e.g. k against the tasks' pools."""
+
+    def plan_prompts(self, section: Any, inputs: StudyInputs) -> list[str]:
+        """The prompts whose length ``tunelens plan`` checks against each model's context."""
+        return []
+
+    def estimate_work(self, cell: Cell, estimate: Any) -> Any:
+        """This cell's work for ``tunelens plan`` (a ``tunelens.runs.costs.Work``);
+        ``estimate`` is the engine's ``tunelens.runs.plan.PlanContext`` (the token counter,
+        the model's size and kind, the device). None: nothing but the cell itself."""
+        return None
+
+    def training_shape(self, cell: Cell) -> tuple[int, int] | None:
+        """(batch size, tokens per sequence) of the cell's training batches; None: no
+        training."""
+        return None
+
+    def plan_conditions(self, cells: list[Cell]) -> int:
+        """How many conditions share one run's fixed costs (model loads, controls)."""
+        return 0
+
+    # ------------------------------------------------------------ results, export, report
+    def results_keys(self) -> tuple[str, ...]:
+        """The top-level keys of results.json this experiment writes."""
+        return (self.name,)
+
+    def tidy_rows(self, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Long-format rows of this experiment's results for ``tunelens export``."""
+        return []
+
+    def report_part(self, results: Mapping[str, Any], plots_dir: Any) -> ReportPart | None:
+        """This experiment's section of report.html (figures written under ``plots_dir``);
+        None: its keys are shown as generic tables."""
+        return None
