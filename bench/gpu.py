@@ -303,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from tunelens.api.experiment import RunContext, StudyInputs
     from tunelens.api.registry import get_experiments
+    from tunelens.experiments.audit.spec import AuditSpec
+    from tunelens.experiments.convergence.spec import ConvergenceSpec
     from tunelens.models.batching import encode_pairs
     from tunelens.models.hidden_states import capture_with_shared_prefix
     from tunelens.models.loading import parse_dtype
     from tunelens.models.tuning import TuningConfig, tune_many_sets
     from tunelens.models.tuning import multitask_tune as tune_multitask
-    from tunelens.spec import AuditSpec, ConvergenceSpec, Spec
+    from tunelens.spec import Spec
 
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -1,10 +1,14 @@
-"""Experiment specs: pydantic models of a YAML spec; every default lives here.
+"""Study specs: the pydantic model of a YAML spec, whose sections the experiments bring.
 
-A spec has a ``convergence`` section (question 1), an ``audit`` section
-(question 2), or both. Unknown keys are errors (``extra="forbid"``), so a typo
-never silently falls back to a default. ``tasks`` fields take a path (a
-Super-NaturalInstructions file or directory, a split file, a JSONL task) or one
-of the embedded sets ``world:train`` / ``world:heldout``.
+A spec holds the study's common settings (model, dtype, device, seed, ...) and
+one section per experiment it runs, under the experiment's name. Each
+registered experiment (:mod:`tunelens.api.registry`) with a ``section_model``
+contributes its section; a key that is neither a common setting nor a
+registered section is an error, so a typo never silently falls back to a
+default. The experiment's ``fill_section`` fills in what a section inherits
+(model, dtype, device, seeds shifted by the base seed). ``tasks`` fields take a
+path (a Super-NaturalInstructions file or directory, a split file, a JSONL task)
+or one of the embedded sets ``world:train`` / ``world:heldout``.
 """
 
 from __future__ import annotations
@@ -25,19 +29,17 @@ from pydantic import (
 
 from tunelens.bounds import (
     MAX_COUNT,
-    MAX_LORA_RANK,
-    MAX_NEW_TOKENS,
     MAX_SEED,
     Count,
-    NonNegative,
-    Resamples,
     Seed,
 )
 from tunelens.errors import TunelensInputError
-from tunelens.models.tuning.config import StudyTuning, TuningConfig
+from tunelens.models.tuning.config import TuningConfig
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A spec section: unknown keys are errors, values frozen, no NaN or infinity."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
@@ -68,204 +70,16 @@ audit's ``tuning`` default below). The seed comes from the study's seeds.
 """
 
 
-class ConvergenceSpec(_Strict):
-    """Question 1: ICL vs IT hidden states. Every list is a sweep (one condition per value)."""
+class Spec(BaseModel):
+    """A whole study: the common settings, and one section per experiment it runs.
 
-    tasks: str = Field("world:heldout", description="Tasks the demonstrations come from.")
-    models: list[str] = Field(
-        [], description="Models to sweep; empty means the spec's top-level model."
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="Weights dtype; empty means the spec's."
-    )
-    device: str | None = Field(None, description="torch device; empty means the spec's.")
-    n_pairs: int = Field(
-        30, ge=2, le=MAX_COUNT, description="(demonstration set, anchor) pairs per seed."
-    )
-    anchors_per_set: Count = Field(1, description="Anchors probed per tuned set.")
-    seeds: Sweep[Seed] = Field([0, 1, 2], description="Resampling seeds.")
-    k: Sweep[Positive] = Field(
-        [8],
-        description="Demonstrations per set (>= 1; at most what the tasks hold, checked once "
-        "they load).",
-    )
-    flip_fraction: Sweep[float] = Field([0.0], description="Share of demonstrations mislabelled.")
-    relevance: Sweep[Literal["same", "other"]] = Field(
-        ["same"], description="Demonstrations from the same task or another task."
-    )
-    definition: Sweep[bool] = Field([False], description="Task definition in ICL/anchor prompts.")
-    controls: Sweep[Literal["none", "random_init", "shuffled"]] = Field(
-        ["none", "random_init"],
-        description="'none' is the real pipeline; the others are "
-        "controls: a randomly initialised model, and shuffled-token demonstrations.",
-    )
-    template: Literal["plain", "tk", "chat"] = Field("plain", description="Prompt template.")
-    tuning: StudyTuning = Field(TuningSpec(), description="How each demonstration set is tuned.")
-    tuning_methods: list[Literal["lora", "full"]] = Field(
-        [],
-        description="Tuning methods to sweep (lora, full); empty means tuning.method only.",
-    )
-    lora_ranks: list[int] = Field(
-        [], description="LoRA ranks to sweep; empty means tuning.lora_r only."
-    )
-    target_module_sets: list[list[str]] = Field(
-        [],
-        description="LoRA target module sets to sweep, e.g. [[q_proj, v_proj], [all-linear]]; "
-        "empty means tuning.target_modules only.",
-    )
-    patching: bool | None = Field(
-        None,
-        description="Activation patching (the causal test): patch the ICL and IT states into "
-        "the zero-shot forward at each layer. Empty means on for the embedded world model, "
-        "off for other models.",
-    )
-    patching_layers: list[int] = Field(
-        [], description="Layers to patch (0 = embeddings); empty means every layer."
-    )
+    Sections are stored as pydantic extras under their experiment's name
+    (``spec.convergence`` reads one; :meth:`section` and :meth:`sections` ask by
+    name); every registered experiment with a section model has its key, None
+    when the spec leaves it out.
+    """
 
-    @field_validator("lora_ranks")
-    @classmethod
-    def _ranks(cls, v: list[int]) -> list[int]:
-        if any(not 1 <= r <= MAX_LORA_RANK for r in v):
-            raise ValueError(f"LoRA ranks must lie in 1 .. {MAX_LORA_RANK}")
-        return v
-
-    @field_validator("patching_layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= layer <= MAX_COUNT for layer in v):
-            raise ValueError(f"layers must lie in 0 .. {MAX_COUNT}")
-        return sorted(set(v))
-
-    @field_validator("target_module_sets")
-    @classmethod
-    def _module_sets(cls, v: list[list[str]]) -> list[list[str]]:
-        if any(not modules for modules in v):
-            raise ValueError("a target module set needs at least one module name")
-        return v
-
-    def tuning_variants(self) -> list[TuningSpec]:
-        """The tuning configurations swept: methods x ranks x target sets (LoRA-only factors
-        do not multiply full fine-tuning), each the ``tuning`` section with those values."""
-        variants: list[TuningSpec] = []
-        for method in self.tuning_methods or [self.tuning.method]:
-            if method == "full":
-                combos: list[dict[str, object]] = [{"method": "full"}]
-            else:
-                combos = [
-                    {"method": "lora", "lora_r": r, "target_modules": list(modules)}
-                    for r in self.lora_ranks or [self.tuning.lora_r]
-                    for modules in self.target_module_sets or [self.tuning.target_modules]
-                ]
-            for combo in combos:
-                variant = self.tuning.model_copy(update=combo)
-                if variant not in variants:
-                    variants.append(variant)
-        return variants
-
-    @field_validator("flip_fraction")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 <= x <= 1.0 for x in v):
-            raise ValueError("fractions must lie in [0, 1]")
-        return v
-
-
-class AuditSpec(_Strict):
-    """Question 2: multi-task tuning grid, zero-shot on held-out tasks."""
-
-    model: str | None = Field(None, description="Model to tune; empty means the spec's.")
-    models: list[str] = Field(
-        [],
-        description="Several models: one whole audit per model (results key audit_by_model; "
-        "the top-level audit keys are the first model's). Empty means [model].",
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="Weights dtype; empty means the spec's."
-    )
-    device: str | None = Field(None, description="torch device; empty means the spec's.")
-    train: str = Field("world:train", description="Training tasks.")
-    test: str = Field("world:heldout", description="Held-out evaluation tasks.")
-    definitions: Sweep[Literal["original", "simplified", "none"]] = Field(
-        ["original", "simplified", "none"], description="Definition variant while tuning."
-    )
-    examples: Sweep[Literal["original", "delusive", "none"]] = Field(
-        ["original", "delusive", "none"], description="Positive-example variant while tuning."
-    )
-    instances_per_task: Sweep[Positive | Literal["full"]] = Field(
-        [5], description="Training instances per task (>= 1): low (5), mid, or 'full'."
-    )
-    seeds: Sweep[Seed] = Field([0], description="Tuning seeds.")
-    n_positive: NonNegative = Field(2, description="Positive examples in the Tk-Instruct encoding.")
-    eval_instances_per_task: Count = Field(
-        100,
-        description="Held-out instances scored per task, the first ones of each (Tk-Instruct: "
-        "100). On world tasks 100 means every instance, so twin tasks share their inputs and "
-        "the definition-blind bound is exactly 50%.",
-    )
-    eval_encodings: Sweep[Literal["definition_only", "definition_examples"]] = Field(
-        ["definition_only", "definition_examples"],
-        description="How held-out prompts are encoded for the untuned baseline and every "
-        "tuned condition: 'definition_only' (truly zero-shot) or 'definition_examples' "
-        "(Tk-Instruct's: definition + n_positive positive examples). The first leads the "
-        "report and the baselines key.",
-    )
-    rouge_tokenizer: Literal["default", "unicode"] = Field(
-        "default",
-        description="ROUGE-L tokenizer: 'default' is the official SuperNI scorer "
-        "(rouge_score's, ASCII only); 'unicode' is tunelens's own for non-English text.",
-    )
-    max_new_tokens: int = Field(
-        8, ge=1, le=MAX_NEW_TOKENS, description="Bound on generated tokens."
-    )
-    bootstrap: Resamples = Field(
-        2000, description="Bootstrap resamples for CIs over tasks (100 .. 10**6)."
-    )
-    tuning: StudyTuning = Field(
-        TuningSpec(learning_rate=3e-3, epochs=2, batch_size=16),
-        description="How the model is tuned on the training mixture (the audit's own "
-        "learning rate, epochs and batch size).",
-    )
-
-    def audited_models(self) -> list[str]:
-        """The models audited: ``models``, else ``[model]``."""
-        return list(self.models) or [str(self.model)]
-
-    @field_validator("tuning", mode="before")
-    @classmethod
-    def _audit_tuning_defaults(cls, value: object) -> object:
-        """A partial ``tuning`` mapping keeps the audit's own defaults for the keys it omits."""
-        if isinstance(value, dict):
-            default = cls.model_fields["tuning"].default
-            return {**default.model_dump(), **value}
-        return value
-
-
-DEFAULT_SHOTS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
-
-
-class WorldEvalSpec(_Strict):
-    """Few-shot accuracy of a model on world tasks (``tunelens world eval``), one cell per k."""
-
-    model: str = Field("world", description="'world' or a local Hugging Face model directory.")
-    tasks: str = Field("world:heldout", description="Tasks to evaluate.")
-    shots: Sweep[NonNegative] = Field(list(DEFAULT_SHOTS), description="Values of k (>= 0).")
-    queries_per_task: Count = Field(20, description="Queries per task and k.")
-    labels: Literal["original", "novel"] = Field(
-        "original",
-        description="'novel' swaps each task's label words for words never used as labels in "
-        "the world models' training (tunelens.tasks.world.relabel).",
-    )
-    definition: bool = Field(
-        False, description="Put the task definition before the demonstrations (k = 0: only it)."
-    )
-    seed: Seed = Field(0, description="Seed of the demonstration draws.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights.")
-    device: str = Field("cpu", description="torch device.")
-
-
-class Spec(_Strict):
-    """A whole study."""
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     model: str = Field(
         "world",
@@ -313,9 +127,6 @@ class Spec(_Strict):
         description="Keep the tuned adapters of the cells this run computes under "
         "DIR/adapters/<cell key>/ (--save-adapters); never changes a result or a cell key.",
     )
-    convergence: ConvergenceSpec | None = None
-    audit: AuditSpec | None = None
-    world_eval: WorldEvalSpec | None = None
     note: str = Field("", description="Free text shown in the report.")
 
     @field_validator("device_map", "max_memory")
@@ -337,41 +148,99 @@ class Spec(_Strict):
         chosen = {"device_map": self.device_map, "max_memory": self.max_memory}
         return {key: value for key, value in chosen.items() if value is not None}
 
-    @model_validator(mode="after")
-    def _fill_sections(self) -> Spec:
-        """Sections inherit model, dtype and device, so each cell's key names its model, and
-        the base seed shifts the default seeds of sections that list none."""
-        if self.max_memory is not None and self.device_map is None:
-            raise ValueError("max_memory needs a device_map (e.g. device_map: auto)")
-        common = {"dtype": self.dtype, "device": self.device}
-        models = list(self.models) or [self.model]
-        if self.convergence is not None:
-            c = self.convergence
-            update: dict[str, object] = {k: v for k, v in common.items() if getattr(c, k) is None}
-            if not c.models:
-                update["models"] = models
-            if "seeds" not in c.model_fields_set:
-                update["seeds"] = _shifted(self.seed, c.seeds)
-            object.__setattr__(self, "convergence", c.model_copy(update=update))
-        if self.audit is not None:
-            a = self.audit
-            update = {k: v for k, v in common.items() if getattr(a, k) is None}
-            if not a.models:
-                update["models"] = [a.model] if a.model is not None else models
-            chosen = update.get("models", a.models)
-            update["model"] = chosen[0]  # type: ignore[index]
-            if "seeds" not in a.model_fields_set:
-                update["seeds"] = _shifted(self.seed, a.seeds)
-            object.__setattr__(self, "audit", a.model_copy(update=update))
-        if self.world_eval is not None and "seed" not in self.world_eval.model_fields_set:
-            w = self.world_eval
-            object.__setattr__(
-                self, "world_eval", w.model_copy(update={"seed": _shifted(self.seed, [w.seed])[0]})
-            )
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sections(cls, data: Any, handler: Any) -> Spec:
+        """Validate each experiment's section with its own model (errors keep their key
+        path), refuse unknown keys, then let each experiment fill its section in."""
+        if not isinstance(data, dict):
+            return handler(data)
+        models = section_models()
+        rest = {key: value for key, value in data.items() if key in cls.model_fields}
+        errors: list[dict[str, Any]] = []
+        sections: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            if key not in models:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+                continue
+            sections[key], found = _validate_section(key, models[key], value)
+            errors.extend(found)
+        try:
+            spec = handler(rest)
+        except ValidationError as error:
+            errors = [_line_error(e, ()) for e in error.errors()] + errors
+            spec = None
+        if errors or spec is None:
+            raise ValidationError.from_exception_data(cls.__name__, errors)  # type: ignore[arg-type]
+        return spec._with_sections(sections)
+
+    def _with_sections(self, sections: dict[str, Any]) -> Spec:
+        """This spec holding ``sections`` (every registered one: None where absent), each
+        filled in by its experiment."""
+        from tunelens.api import get_experiments
+
+        experiments = get_experiments()
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for name in section_models():
+            section = sections.get(name)
+            extra[name] = None if section is None else experiments[name].fill_section(section, self)
         return self
 
+    @model_validator(mode="after")
+    def _placement_pair(self) -> Spec:
+        if self.max_memory is not None and self.device_map is None:
+            raise ValueError("max_memory needs a device_map (e.g. device_map: auto)")
+        return self
 
-def _shifted(base: int, seeds: list[int]) -> list[int]:
+    def model_list(self) -> list[str]:
+        """The model factor: ``models``, else ``[model]``."""
+        return list(self.models) or [self.model]
+
+    def section(self, name: str) -> Any:
+        """The section of experiment ``name`` (None: the spec has none)."""
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    def sections(self) -> dict[str, Any]:
+        """Experiment name -> section, for the sections this spec has, in run order."""
+        return {k: v for k, v in (self.__pydantic_extra__ or {}).items() if v is not None}
+
+
+def section_models() -> dict[str, type[BaseModel]]:
+    """Experiment name -> its spec section's model, for each registered experiment with one."""
+    from tunelens.api import get_experiments
+
+    return {
+        name: experiment.section_model
+        for name, experiment in get_experiments().items()
+        if experiment.section_model is not None
+    }
+
+
+def _line_error(error: Any, prefix: tuple[Any, ...]) -> dict[str, Any]:
+    """One of pydantic's errors as a line of a new ValidationError, its key path under
+    ``prefix``."""
+    line = {"type": error["type"], "loc": (*prefix, *error["loc"]), "input": error.get("input")}
+    if "ctx" in error:
+        line["ctx"] = error["ctx"]
+    return line
+
+
+def _validate_section(
+    name: str, model: type[BaseModel], value: Any
+) -> tuple[Any, list[dict[str, Any]]]:
+    """(the section, its errors): a section object is taken as it is, anything else
+    validated strictly by the section's model."""
+    if value is None or isinstance(value, model):
+        return value, []
+    try:
+        return model.model_validate(value, strict=True), []
+    except ValidationError as error:
+        return None, [_line_error(e, (name,)) for e in error.errors()]
+
+
+def shifted_seeds(base: int, seeds: list[int]) -> list[int]:
     """A section's default seeds shifted by the base seed, each still a seed."""
     shifted = [base + s for s in seeds]
     if max(shifted) > MAX_SEED:
@@ -382,18 +251,16 @@ def _shifted(base: int, seeds: list[int]) -> list[int]:
     return shifted
 
 
+DEFAULT_SPEC = Path(__file__).parent / "assets" / "default_spec.yaml"
+
+
 def default_spec() -> Spec:
-    """The embedded default: both studies on the world model, sized for 2 CPU cores."""
-    return Spec(
-        convergence=ConvergenceSpec(),
-        # World labels are one token: 4 new tokens bound a prediction without waiting on
-        # rows that never stop (a batch decodes until its last row ends).
-        audit=AuditSpec(max_new_tokens=4),
-        note="Embedded default: both studies on the world model and world tasks, at each "
-        "study's own default sizes (convergence: k 8, 30 pairs x 3 seeds, random-init control; "
-        "audit: the low-resource grid, 5 instances per task, one seed, definition-only and "
-        "definition + 2 examples evaluation); a few minutes on 2 CPU cores.",
-    )
+    """The embedded default (``assets/default_spec.yaml``): both studies on the world model,
+    sized for 2 CPU cores. Written as a spec file, so the engine names no experiment."""
+    from tunelens.io import parse_yaml, read_text
+
+    data = parse_yaml(read_text(DEFAULT_SPEC, what="spec"), source=DEFAULT_SPEC)
+    return validate_spec(data, source=str(DEFAULT_SPEC))
 
 
 #: Specs are a few kilobytes; a larger file is a wrong path (a weights file, a dump).

@@ -253,7 +253,9 @@ def fake_experiments(delay: float = 0.0) -> dict[str, Any]:
 
 def small_spec(note: str = f"fake study {XSS}"):
     """A real Spec with small sections: 2 k x 3 seeds + 4 baselines + 2 x 2 x 1 grid = 14 cells."""
-    from tunelens.spec import AuditSpec, ConvergenceSpec, Spec
+    from tunelens.experiments.audit.spec import AuditSpec
+    from tunelens.experiments.convergence.spec import ConvergenceSpec
+    from tunelens.spec import Spec
 
     return Spec(
         convergence=ConvergenceSpec(k=[2, 4], seeds=[0, 1, 2], n_pairs=5),

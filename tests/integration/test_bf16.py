@@ -91,7 +91,7 @@ def test_lora_adapters_train_in_float32_on_a_bf16_base(models, pairs):
 
 def test_a_default_sized_convergence_cell_in_bf16_has_no_nan(models):
     from tunelens.experiments.convergence import run_convergence_cell
-    from tunelens.spec import ConvergenceSpec
+    from tunelens.experiments.convergence.spec import ConvergenceSpec
 
     full, half = models
     section = ConvergenceSpec()  # the defaults: 30 pairs, k = 8, 10 epochs, patching on

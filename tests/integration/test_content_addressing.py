@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.models.paths import world_model_dir
 from tunelens.runs.study import run_study
-from tunelens.spec import AuditSpec, Spec
+from tunelens.spec import Spec
 
 LABELS = ["yes", "no"]
 

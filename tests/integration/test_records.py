@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunelens.experiments.audit.spec import AuditSpec
+from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.runs.store import CellStore
 from tunelens.runs.study import run_study
-from tunelens.spec import AuditSpec, ConvergenceSpec, Spec
+from tunelens.spec import Spec
 
 
 def small_spec(save_adapters: bool) -> Spec:

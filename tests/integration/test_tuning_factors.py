@@ -6,8 +6,9 @@ import pytest
 from tests.helpers.models import demo_sets, wrap
 from typer.testing import CliRunner
 
+from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.models.tuning.targets import describe_targets, resolve_target_modules
-from tunelens.spec import ConvergenceSpec, TuningSpec
+from tunelens.spec import TuningSpec
 
 
 def test_tuning_variants_sweep_lora_factors_and_full_once():

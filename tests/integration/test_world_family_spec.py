@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tunelens.experiments.audit.spec import AuditSpec
+from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.runs.study import run_study
-from tunelens.spec import AuditSpec, ConvergenceSpec, Spec
+from tunelens.spec import Spec
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from tunelens.experiments.audit import (
     run_baseline_cell,
     score,
 )
-from tunelens.spec import AuditSpec
+from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.tasks.sets import load_task_set
 
 PER_TASK = AuditSpec().eval_instances_per_task

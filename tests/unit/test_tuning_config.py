@@ -12,10 +12,12 @@ from pydantic import ValidationError
 from tunelens.cli import app
 from tunelens.commands.decide import TUNING_NAMES
 from tunelens.commands.tuning_options import NOT_OPTIONS, option_names, parse_tuning_options
-from tunelens.experiments.decide.config import DecideConfig, make_config
 from tunelens.errors import TunelensInputError
+from tunelens.experiments.audit.spec import AuditSpec
+from tunelens.experiments.convergence.spec import ConvergenceSpec
+from tunelens.experiments.decide.config import DecideConfig, make_config
 from tunelens.models.tuning import TuningConfig
-from tunelens.spec import AuditSpec, ConvergenceSpec, TuningSpec, default_spec, validate_spec
+from tunelens.spec import TuningSpec, default_spec, validate_spec
 
 COMMANDS = {"convergence": {}, "audit": {}, "decide": TUNING_NAMES}
 SEED_OPTION = {"convergence": "--seeds", "audit": "--seeds", "decide": "--seed"}
@@ -171,7 +173,8 @@ def test_the_tuning_config_does_not_import_torch():
 
 
 def test_a_partial_audit_tuning_section_keeps_the_audits_defaults():
-    from tunelens.spec import AuditSpec, validate_spec
+    from tunelens.experiments.audit.spec import AuditSpec
+    from tunelens.spec import validate_spec
 
     spec = validate_spec({"audit": {"tuning": {"epochs": 1}}}, source="spec.yaml")
     assert spec.audit is not None
