@@ -13,33 +13,10 @@ import sys
 
 import typer
 
+from tunelens.commands import app
 from tunelens.errors import TunelensInputError
 
-app = typer.Typer(
-    help="Measure what in-context learning and instruction tuning really do to a language model.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-tasks_app = typer.Typer(help="Load, validate and inspect task files.", no_args_is_help=True)
-world_app = typer.Typer(help="The embedded instruction world and its model.", no_args_is_help=True)
-app.add_typer(tasks_app, name="tasks")
-app.add_typer(world_app, name="world")
-
-
-@app.callback()
-def _root(
-    verbose: bool = typer.Option(
-        False,
-        "--verbose",
-        "-v",
-        help="Log progress details (INFO) and show library warnings (transformers).",
-    ),
-) -> None:
-    """tunelens: ICL vs instruction tuning, measured."""
-    from tunelens.log import setup_logging
-
-    setup_logging(verbose)
+__all__ = ["app", "main"]
 
 
 def main() -> None:
@@ -141,7 +118,3 @@ def _exit_for_click_error(error: Exception) -> None:
         sys.exit(1)
     if isinstance(error, getattr(typer_errors, "Exit", ())):
         sys.exit(getattr(error, "exit_code", 1))
-
-
-# Command modules register themselves on the apps above.
-from tunelens import commands as _commands  # noqa: E402,F401

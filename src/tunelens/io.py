@@ -24,6 +24,7 @@ command's inputs (the same file by any name: symlinks, hard links).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -410,3 +411,10 @@ def refuse_overwriting_inputs(
                     f"file); choose another {option}",
                     source=str(output),
                 )
+
+
+def digest_json(value: Any, length: int = 20) -> str:
+    """SHA-256 (hex, truncated) of ``value`` as canonical JSON: the content address of cells,
+    tasks and model fingerprints (equal content, equal digest, whatever the key order)."""
+    payload = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]

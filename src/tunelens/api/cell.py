@@ -12,19 +12,13 @@ neither hashed nor stored (its digest in ``inputs`` stands for it).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunelens.io import digest_json
+
 __all__ = ["Cell", "digest_json"]
-
-
-def digest_json(value: Any, length: int = 20) -> str:
-    """SHA-256 (hex, truncated) of ``value`` as canonical JSON."""
-    payload = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
 
 
 @dataclass(frozen=True)

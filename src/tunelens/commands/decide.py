@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunelens.cli import app
+from tunelens.commands.apps import app
 from tunelens.commands.studies import (
     AddressOption,
     DeviceMapOption,

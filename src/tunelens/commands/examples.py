@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunelens.bounds import MAX_COUNT
-from tunelens.cli import app
+from tunelens.commands.apps import app
 from tunelens.errors import TunelensInputError
 from tunelens.examples.store import (
     DEFAULT_DB,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tunelens.cli import app
+from tunelens.commands.apps import app
 from tunelens.commands.run import with_run_options
 from tunelens.commands.studies import AllowMissingOption, LimitOption
 

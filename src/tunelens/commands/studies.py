@@ -17,11 +17,13 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from tunelens.cli import app
+from tunelens.commands.apps import app
 from tunelens.commands.tuning_options import with_tuning_options
 from tunelens.errors import TunelensInputError
+from tunelens.experiments.audit.spec import AuditSpec
+from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.models.tuning.config import TuningConfig
-from tunelens.spec import AuditSpec, ConvergenceSpec, Spec
+from tunelens.spec import Spec
 
 
 def comma_list(option: str, text: str | None, kind: type = str) -> list[Any] | None:

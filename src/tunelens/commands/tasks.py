@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tunelens.cli import tasks_app
+from tunelens.commands.apps import tasks_app
 from tunelens.errors import TunelensInputError
 from tunelens.prompts import PromptStyle, render_prompt
 from tunelens.tasks.loaders import (

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelens.bounds import MAX_COUNT
-from tunelens.cli import world_app
+from tunelens.commands.apps import world_app
 from tunelens.errors import TunelensInputError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tunelens.api.cell import digest_json
+from tunelens.io import digest_json
 from tunelens.models.paths import resolve_model_path
 
 __all__ = ["model_fingerprint", "model_files"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tunelens.api.cell import digest_json
+from tunelens.io import digest_json
 from tunelens.tasks.types import Example, Task
 
 __all__ = ["task_digest", "task_set_digest"]
