@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
+from tunelens.api.experiment import ReportPart
+from tunelens.experiments.convergence.spec import ConvergenceSpec, fill_convergence
 from tunelens.measures.sanity import annotate as annotate_layers
 from tunelens.measures.sanity import cross_pair_readings
 from tunelens.measures.similarity import (
@@ -48,7 +51,7 @@ from tunelens.measures.stats import (
 )
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
-from tunelens.spec import ConvergenceSpec, TuningSpec
+from tunelens.spec import TuningSpec
 from tunelens.tasks.sampling import sample_demo_sets
 from tunelens.tasks.types import Task
 from tunelens.tasks.variants import flip_labels, output_space, shuffle_demo_tokens
@@ -228,6 +231,50 @@ def _probe_batched(
     return np.concatenate(hidden), merge_label_scores(parts, len(prompts)), preds
 
 
+@dataclass
+class CellPrompts:
+    """A cell's prompts, built once from its sampled sets: row i is one (set, anchor) pair."""
+
+    anchor: list[str]
+    icl: list[str]
+    references: list[tuple[str, ...]]
+    owners: list[int]  # the set each row's anchor belongs to
+    tuning_sets: list[list[tuple[str, str]]]  # per set: (prompt, target) pairs IT trains on
+    task_names: list[str]
+    labels: list[list[str]]  # each row's label space (empty: a free-text task)
+    gold_first: list[set[int]]  # free-text rows: the references' first token ids
+
+    def score(self, model_like: Any, rows: Sequence[int] | None = None, **kwargs: Any) -> Any:
+        """Label scores of the anchor prompts of ``rows`` (all by default) under ``model_like``."""
+        from tunelens.models.scoring import score_label_continuations
+
+        rows = range(len(self.anchor)) if rows is None else rows
+        return score_label_continuations(
+            model_like,
+            [self.anchor[i] for i in rows],
+            [self.labels[i] for i in rows],
+            tasks=[self.task_names[i] for i in rows],
+            **kwargs,
+        )
+
+    def score_prompts(self, model_like: Any, prompts: list[str]) -> Any:
+        """Label scores of every row's ``prompts`` (anchor or ICL) under ``model_like``."""
+        from tunelens.models.scoring import score_label_continuations
+
+        return score_label_continuations(
+            model_like, prompts, self.labels, tasks=list(self.task_names)
+        )
+
+
+@dataclass
+class Reading:
+    """What one condition (anchor, ICL or IT) of a cell gives: states, answers, label scores."""
+
+    states: np.ndarray
+    predictions: list[str]
+    scores: Any
+
+
 def run_convergence_cell(
     loaded,
     tasks: Sequence[Task],
@@ -254,15 +301,30 @@ def run_convergence_cell(
     the tests compare it with.
     """
     from tunelens.models.controls import random_init_like
-    from tunelens.models.hidden_states import capture_last_token_states, capture_packed
-    from tunelens.models.layers import layer_labels
-    from tunelens.models.patching import label_token_ids
-    from tunelens.models.predict import generate_predictions
-    from tunelens.models.scoring import merge_label_scores, score_label_continuations
-    from tunelens.models.tuning import attach_lora, tune_many_sets, tune_on_pairs
 
     if params["control"] == "random_init":
         loaded = random_init_like(loaded, seed=10_000 + seed)
+    prompts = _cell_prompts(loaded, tasks, params, seed)
+    max_new = params.get("max_new_tokens", 8)
+    anchor, icl = _read_untuned(loaded, prompts, max_new)
+    config = TuningSpec(**params["tuning"], seed=seed)
+    adapted = _adapted(loaded, config)
+    tuned = _read_tuned(
+        loaded, prompts, anchor.states, config, max_new, progress, adapters_dir, batched_probe
+    )
+    similarities = _similarities(anchor.states, icl.states, tuned.states, prompts.task_names)
+    behaviour, readings = _label_behaviour(prompts, anchor, icl, tuned)
+    patching = None
+    if params.get("patching"):
+        patching = _patched_readings(loaded, params, prompts, icl, tuned, readings)
+    conditions = (anchor, icl, tuned)
+    return _cell_result(loaded, prompts, conditions, similarities, behaviour, patching, adapted)
+
+
+def _cell_prompts(loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int) -> CellPrompts:
+    """The cell's sampled sets rendered: anchor and ICL prompts per pair, IT's pairs per set."""
+    from tunelens.models.patching import label_token_ids
+
     sets = sample_demo_sets(
         tasks,
         n_pairs=params["n_pairs"],
@@ -275,7 +337,6 @@ def run_convergence_cell(
     rng = random.Random(f"corrupt|{seed}|{params['flip_fraction']}|{params['control']}")
     style = _prompt_style(params["template"], params["definition"])
     # IT sees each demonstration as a zero-shot example: the anchor prompt's format.
-    tune_style = style
     chat = loaded.tokenizer  # the chat template renders through the model's own tokenizer
     anchor_prompts, icl_prompts, references, owners = [], [], [], []
     tuning_sets = []
@@ -287,10 +348,7 @@ def run_convergence_cell(
             demos = shuffle_demo_tokens(demos, rng)
         tuning_sets.append(
             [
-                (
-                    render_prompt(demo_set.task, d.input, [], tune_style, chat),
-                    render_target(d.output),
-                )
+                (render_prompt(demo_set.task, d.input, [], style, chat), render_target(d.output))
                 for d in demos
             ]
         )
@@ -299,103 +357,172 @@ def run_convergence_cell(
             icl_prompts.append(render_prompt(demo_set.task, anchor.input, demos, style, chat))
             references.append(anchor.outputs)
             owners.append(j)
-    n_pairs = params["n_pairs"]
-    anchor_prompts, icl_prompts = anchor_prompts[:n_pairs], icl_prompts[:n_pairs]
-    references, owners = references[:n_pairs], owners[:n_pairs]
-
-    task_names = [sets[o].task.name for o in owners]
+    n = params["n_pairs"]
+    owners = owners[:n]
+    references = references[:n]
     # Each row's labels (its task's label space; none for a free-text task) are scored by
     # their whole continuations; free-text rows fall back to the first reference token.
     labels = [list(sets[o].task.labels or ()) for o in owners]
-    gold_first = [
-        set(label_token_ids(loaded.tokenizer, refs)) if not row else set()
-        for refs, row in zip(references, labels, strict=True)
-    ]
+    return CellPrompts(
+        anchor=anchor_prompts[:n],
+        icl=icl_prompts[:n],
+        references=references,
+        owners=owners,
+        tuning_sets=tuning_sets,
+        task_names=[sets[o].task.name for o in owners],
+        labels=labels,
+        gold_first=[
+            set(label_token_ids(loaded.tokenizer, refs)) if not row else set()
+            for refs, row in zip(references, labels, strict=True)
+        ],
+    )
 
-    def score(model_like, prompts, rows=None, **kwargs):
-        rows = range(len(prompts)) if rows is None else rows
-        return score_label_continuations(
-            model_like,
-            prompts,
-            [labels[i] for i in rows],
-            tasks=[task_names[i] for i in rows],
-            **kwargs,
-        )
 
-    # The anchors of a set share its demonstrations (and a task's prompts its definition):
-    # packed rows compute those tokens once.
-    h_anchor = capture_packed(loaded, anchor_prompts).numpy()
-    h_icl = capture_packed(loaded, icl_prompts).numpy()
-    max_new = params.get("max_new_tokens", 8)
-    pred_anchor = generate_predictions(loaded, anchor_prompts, max_new_tokens=max_new)
-    pred_icl = generate_predictions(loaded, icl_prompts, max_new_tokens=max_new)
-    fw_anchor = score(loaded, anchor_prompts)
-    fw_icl = score(loaded, icl_prompts)
+def _read_untuned(loaded, prompts: CellPrompts, max_new: int) -> tuple[Reading, Reading]:
+    """The untuned model on the anchor and on the ICL prompts. The anchors of a set share
+    its demonstrations (and a task's prompts its definition): packed rows compute those
+    tokens once."""
+    from tunelens.models.hidden_states import capture_packed
+    from tunelens.models.predict import generate_predictions
 
-    h_it = np.zeros_like(h_anchor)
-    it_parts: list[tuple[list[int], Any]] = []  # per-set path: (rows, label scores)
-    fw_it = None
-    pred_it: list[str] = [""] * len(anchor_prompts)
-    config = TuningSpec(**params["tuning"], seed=seed)
-    adapted = _adapted(loaded, config)
-    used = sorted(set(owners))  # sets that own a kept pair, in set order
+    h_anchor = capture_packed(loaded, prompts.anchor).numpy()
+    h_icl = capture_packed(loaded, prompts.icl).numpy()
+    pred_anchor = generate_predictions(loaded, prompts.anchor, max_new_tokens=max_new)
+    pred_icl = generate_predictions(loaded, prompts.icl, max_new_tokens=max_new)
+    fw_anchor = prompts.score_prompts(loaded, prompts.anchor)
+    fw_icl = prompts.score_prompts(loaded, prompts.icl)
+    return Reading(h_anchor, pred_anchor, fw_anchor), Reading(h_icl, pred_icl, fw_icl)
 
-    def probe_tuned(j: int, tuned) -> None:
-        rows = [i for i, owner in enumerate(owners) if owner == j]
+
+@dataclass
+class _SetProbe:
+    """The IT reading filled set by set (the per-set path): states, scores, answers."""
+
+    prompts: CellPrompts
+    max_new: int
+    states: np.ndarray
+    parts: list[tuple[list[int], Any]] = field(default_factory=list)  # (rows, label scores)
+    predictions: list[str] = field(default_factory=list)
+
+    def __call__(self, j: int, tuned: Any) -> None:
+        """Read the anchors of set ``j`` under its tuned model."""
+        from tunelens.models.hidden_states import capture_last_token_states
+        from tunelens.models.predict import generate_predictions
+
+        rows = [i for i, owner in enumerate(self.prompts.owners) if owner == j]
         probe = tuned.as_loaded()
-        prompts = [anchor_prompts[i] for i in rows]
-        h_it[rows] = capture_last_token_states(probe, prompts).numpy()
-        it_parts.append((rows, score(probe, prompts, rows)))
-        for i, pred in zip(
-            rows, generate_predictions(probe, prompts, max_new_tokens=max_new), strict=True
-        ):
-            pred_it[i] = pred
+        texts = [self.prompts.anchor[i] for i in rows]
+        self.states[rows] = capture_last_token_states(probe, texts).numpy()
+        self.parts.append((rows, self.prompts.score(probe, rows)))
+        answers = generate_predictions(probe, texts, max_new_tokens=self.max_new)
+        for i, answer in zip(rows, answers, strict=True):
+            self.predictions[i] = answer
 
+
+def _read_tuned(
+    loaded,
+    prompts: CellPrompts,
+    untuned_states: np.ndarray,
+    config: TuningSpec,
+    max_new: int,
+    progress,
+    adapters_dir: str | None,
+    batched_probe: bool,
+) -> Reading:
+    """Tune one model per set and read every anchor under its own set's tuning."""
+    from tunelens.models.scoring import merge_label_scores
+
+    n = len(prompts.anchor)
+    probe = _SetProbe(prompts, max_new, np.zeros_like(untuned_states), [], [""] * n)
+    used = sorted(set(prompts.owners))  # sets that own a kept pair, in set order
+    batched = None
     if config.method == "lora":
-        # Every set's adapter in one batched run (equal to sequential runs; see
-        # models.tuning.tune_many_sets), then all probed together, one adapter per row
-        # (or, as the reference, one PEFT wrapper probed per adapter).
-        states = tune_many_sets(loaded, [tuning_sets[j] for j in used], config)
-        if batched_probe:
-            by_set = dict(zip(used, states, strict=True))
-            h_it, fw_it, pred_it = _probe_batched(
-                loaded,
-                config,
-                anchor_prompts,
-                [by_set[o] for o in owners],
-                max_new,
-                labels,
-                task_names,
-            )
-            if progress is not None:
-                progress(len(used), len(used))
-        if adapters_dir is not None or not batched_probe:
-            tuned = attach_lora(loaded, config)
-            try:
-                for n, (j, state) in enumerate(zip(used, states, strict=True)):
-                    tuned.load_adapter_state(state)
-                    if not batched_probe:
-                        probe_tuned(j, tuned)
-                    if adapters_dir is not None:  # --save-adapters: one adapter per set
-                        tuned.save(f"{adapters_dir}/set-{j}")
-                    if progress is not None and not batched_probe:
-                        progress(n + 1, len(used))
-            finally:
-                tuned.unload()
+        batched = _tune_lora_sets(
+            loaded, prompts, config, used, probe, progress, adapters_dir, batched_probe
+        )
     else:
-        for n, j in enumerate(used):
-            tuned = tune_on_pairs(loaded, tuning_sets[j], config)
-            try:
-                probe_tuned(j, tuned)
-                if adapters_dir is not None:
-                    tuned.save(f"{adapters_dir}/set-{j}")
-            finally:
-                tuned.unload()
-            if progress is not None:
-                progress(n + 1, len(used))
+        _tune_full_sets(loaded, prompts, config, used, probe, progress, adapters_dir)
+    if batched is not None:
+        return batched
+    return Reading(probe.states, probe.predictions, merge_label_scores(probe.parts, n))
 
-    if fw_it is None:
-        fw_it = merge_label_scores(it_parts, len(anchor_prompts))
+
+def _tune_lora_sets(
+    loaded,
+    prompts: CellPrompts,
+    config: TuningSpec,
+    used: list[int],
+    probe: _SetProbe,
+    progress,
+    adapters_dir: str | None,
+    batched_probe: bool,
+) -> Reading | None:
+    """Every set's adapter in one batched run (equal to sequential runs; see
+    models.tuning.tune_many_sets), then all probed together, one adapter per row (or, as
+    the reference, one PEFT wrapper probed per adapter: then None, ``probe`` holds it)."""
+    from tunelens.models.tuning import attach_lora, tune_many_sets
+
+    states = tune_many_sets(loaded, [prompts.tuning_sets[j] for j in used], config)
+    reading = None
+    if batched_probe:
+        by_set = dict(zip(used, states, strict=True))
+        h_it, fw_it, pred_it = _probe_batched(
+            loaded,
+            config,
+            prompts.anchor,
+            [by_set[o] for o in prompts.owners],
+            probe.max_new,
+            prompts.labels,
+            prompts.task_names,
+        )
+        reading = Reading(h_it, pred_it, fw_it)
+        if progress is not None:
+            progress(len(used), len(used))
+    if adapters_dir is not None or not batched_probe:
+        tuned = attach_lora(loaded, config)
+        try:
+            for n, (j, state) in enumerate(zip(used, states, strict=True)):
+                tuned.load_adapter_state(state)
+                if not batched_probe:
+                    probe(j, tuned)
+                if adapters_dir is not None:  # --save-adapters: one adapter per set
+                    tuned.save(f"{adapters_dir}/set-{j}")
+                if progress is not None and not batched_probe:
+                    progress(n + 1, len(used))
+        finally:
+            tuned.unload()
+    return reading
+
+
+def _tune_full_sets(
+    loaded,
+    prompts: CellPrompts,
+    config: TuningSpec,
+    used: list[int],
+    probe: _SetProbe,
+    progress,
+    adapters_dir: str | None,
+) -> None:
+    """Full fine-tuning: one tuned copy per set, each probed on its own anchors."""
+    from tunelens.models.tuning import tune_on_pairs
+
+    for n, j in enumerate(used):
+        tuned = tune_on_pairs(loaded, prompts.tuning_sets[j], config)
+        try:
+            probe(j, tuned)
+            if adapters_dir is not None:
+                tuned.save(f"{adapters_dir}/set-{j}")
+        finally:
+            tuned.unload()
+        if progress is not None:
+            progress(n + 1, len(used))
+
+
+def _similarities(
+    h_anchor: np.ndarray, h_icl: np.ndarray, h_it: np.ndarray, task_names: list[str]
+) -> dict[str, Any]:
+    """Per pair and layer: raw, centered and standardized cosines with their mismatched-pair
+    floors, and biased and debiased CKA (rounded as the store keeps them)."""
     pairs = {
         "icl_it": (h_icl, h_it),
         "anchor_icl": (h_anchor, h_icl),
@@ -416,49 +543,94 @@ def run_convergence_cell(
         )
         cka[name] = linear_cka_per_layer(x, y)
         cka_debiased[name] = debiased_linear_cka_per_layer(x, y)
-    correct = {
-        name: [exact_match(p, r) for p, r in zip(preds, references, strict=True)]
-        for name, preds in (("anchor", pred_anchor), ("icl", pred_icl), ("it", pred_it))
-    }
-
-    def read(scores) -> tuple[list[np.ndarray], list[float]]:
-        return _answer_readings(scores, labels, references, gold_first)
-
-    readings = {"anchor": read(fw_anchor), "icl": read(fw_icl), "it": read(fw_it)}
-    lp_icl = readings["icl"][0]
-    behaviour = {
-        "kl_icl_it": _rounded(np.array(_kl(lp_icl, readings["it"][0]))),
-        "kl_icl_anchor": _rounded(np.array(_kl(lp_icl, readings["anchor"][0]))),
-        "agree": [exact_match(a, [b]) / 100.0 for a, b in zip(pred_icl, pred_it, strict=True)],
-        "label_correct": {name: hits for name, (_, hits) in readings.items()},
-        "scoring": _scoring_note(labels),
-    }
-    patching: dict[str, Any] | None = None
-    if params.get("patching"):
-        sources = {"icl": fw_icl.states, "it": fw_it.states}
-
-        def patched(layer: int, source) -> tuple[list[np.ndarray], list[float]]:
-            return read(score(loaded, anchor_prompts, patch_layer=layer, patch_states=source))
-
-        patching = _patching_cell(loaded, params, sources, patched, lp_icl)
     return {
-        "n_pairs": len(anchor_prompts),
-        "n_layers": int(h_anchor.shape[1]),
         **{m: {name: _rounded(v) for name, v in values.items()} for m, values in measures.items()},
         "cka": {name: _rounded(v) for name, v in cka.items()},
         "cka_debiased": {name: _rounded(v) for name, v in cka_debiased.items()},
-        "correct": correct,
+    }
+
+
+def _label_behaviour(
+    prompts: CellPrompts, anchor: Reading, icl: Reading, tuned: Reading
+) -> tuple[dict[str, Any], dict[str, tuple[list[np.ndarray], list[float]]]]:
+    """The label distributions' KL divergences, answer agreement and label accuracy; and the
+    readings (log-probabilities, hits) per condition that patching compares with."""
+    readings = {
+        name: _answer_readings(r.scores, prompts.labels, prompts.references, prompts.gold_first)
+        for name, r in (("anchor", anchor), ("icl", icl), ("it", tuned))
+    }
+    lp_icl = readings["icl"][0]
+    pairs = zip(icl.predictions, tuned.predictions, strict=True)
+    behaviour = {
+        "kl_icl_it": _rounded(np.array(_kl(lp_icl, readings["it"][0]))),
+        "kl_icl_anchor": _rounded(np.array(_kl(lp_icl, readings["anchor"][0]))),
+        "agree": [exact_match(a, [b]) / 100.0 for a, b in pairs],
+        "label_correct": {name: hits for name, (_, hits) in readings.items()},
+        "scoring": _scoring_note(prompts.labels),
+    }
+    return behaviour, readings
+
+
+def _patched_readings(
+    loaded,
+    params: dict[str, Any],
+    prompts: CellPrompts,
+    icl: Reading,
+    tuned: Reading,
+    readings: dict[str, tuple[list[np.ndarray], list[float]]],
+) -> dict[str, Any]:
+    """The anchor forward with the ICL or the IT state patched in at each layer."""
+    sources = {"icl": icl.scores.states, "it": tuned.scores.states}
+
+    def patched(layer: int, source) -> tuple[list[np.ndarray], list[float]]:
+        scores = prompts.score(loaded, patch_layer=layer, patch_states=source)
+        return _answer_readings(scores, prompts.labels, prompts.references, prompts.gold_first)
+
+    return _patching_cell(loaded, params, sources, patched, readings["icl"][0])
+
+
+def _exact_matches(reading: Reading, prompts: CellPrompts) -> list[float]:
+    """Exact match of each generated answer against its references."""
+    pairs = zip(reading.predictions, prompts.references, strict=True)
+    return [exact_match(answer, references) for answer, references in pairs]
+
+
+def _cell_result(
+    loaded,
+    prompts: CellPrompts,
+    conditions: tuple[Reading, Reading, Reading],
+    similarities: dict[str, Any],
+    behaviour: dict[str, Any],
+    patching: dict[str, Any] | None,
+    adapted: dict[str, Any],
+) -> dict[str, Any]:
+    """The cell's stored result, keys in their long-standing order."""
+    from tunelens.models.layers import layer_labels
+
+    anchor, icl, tuned = conditions
+    n_layers = int(anchor.states.shape[1])
+    readings = (("anchor", anchor), ("icl", icl), ("it", tuned))
+    return {
+        "n_pairs": len(prompts.anchor),
+        "n_layers": n_layers,
+        **similarities,
+        "correct": {
+            name: [
+                exact_match(p, r) for p, r in zip(c.predictions, prompts.references, strict=True)
+            ]
+            for name, c in readings
+        },
         # The generated answers per pair (references beside them), for reading what changed.
-        "predictions": {"anchor": pred_anchor, "icl": pred_icl, "it": pred_it},
-        "references": [list(r) for r in references],
+        "predictions": {name: c.predictions for name, c in readings},
+        "references": [list(r) for r in prompts.references],
         "behaviour": behaviour,
         "patching": patching,
         "adapted": adapted,
         # issue 18 sanity: which stack each layer is, and how alike the pairs' states are
-        "layer_labels": layer_labels(loaded, int(h_anchor.shape[1])),
-        "cross_pair_cos": cross_pair_readings(h_anchor, h_icl, h_it),
-        "tasks": task_names,
-        "sets": owners,
+        "layer_labels": layer_labels(loaded, n_layers),
+        "cross_pair_cos": cross_pair_readings(anchor.states, icl.states, tuned.states),
+        "tasks": prompts.task_names,
+        "sets": prompts.owners,
     }
 
 
@@ -713,7 +885,7 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
         annotate_layers(entry_out, [result for _, result in members])  # stacks, warnings
         entries.append(entry_out)
     _compare_k(entries, groups)
-    from tunelens.api.results import dump_convergence
+    from tunelens.experiments.convergence.results import dump_convergence
 
     return dump_convergence(entries)  # validated: the typed shape of results.json
 
@@ -782,6 +954,12 @@ class ConvergenceExperiment(Experiment):
     """The convergence study as cells for ``tunelens.runs``."""
 
     name = "convergence"
+    section_model = ConvergenceSpec
+
+    def fill_section(self, section: ConvergenceSpec, study: Any) -> ConvergenceSpec:
+        """What the section inherits from the study (:func:`fill_convergence`)."""
+        return fill_convergence(section, study)
+
     # 3: cell keys hold task and model content digests; nested demonstration sets.
     # 4: calibrated similarity (centered, standardized, floors), debiased CKA,
     #    next-token behaviour, activation patching, adapted weights, set ids.
@@ -834,6 +1012,47 @@ class ConvergenceExperiment(Experiment):
                 cells.append(self.cell(name, params, seed, cell_inputs, {"tasks": tasks}))
         return cells
 
+    # ------------------------------------------------------------ plan, --limit, preflight
+    # (tunelens.experiments.convergence.plan). Seconds a cell costs beyond its counted work
+    # (bench/plan_calibration.py: nothing measurable).
+    cell_overhead_s = 0.0
+
+    def limit_section(self, section: ConvergenceSpec, n: int) -> ConvergenceSpec:
+        """At most n (set, anchor) pairs per seed, at least 2."""
+        from tunelens.experiments.convergence.plan import limit_section
+
+        return limit_section(section, n)
+
+    def preflight(self, section: ConvergenceSpec, inputs: StudyInputs, source: str | None) -> None:
+        """The demonstration draw at the largest k, before any model loads."""
+        from tunelens.experiments.convergence.plan import preflight
+
+        preflight(section, inputs, source)
+
+    def plan_prompts(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[str]:
+        """The ICL prompts at the largest k, for the context check of ``tunelens plan``."""
+        from tunelens.experiments.convergence.plan import plan_prompts
+
+        return plan_prompts(section, inputs)
+
+    def estimate_work(self, cell: Cell, estimate: Any) -> Any:
+        """The cell's work for ``tunelens plan``, counted as the cell batches it."""
+        from tunelens.experiments.convergence.plan import convergence_work
+
+        return convergence_work(cell, estimate)
+
+    def training_shape(self, cell: Cell) -> tuple[int, int] | None:
+        """(batch, tokens per row) of the per-set tuning."""
+        from tunelens.experiments.convergence.plan import training_shape
+
+        return training_shape(cell)
+
+    def plan_conditions(self, cells: list[Cell]) -> int:
+        """Conditions the report aggregates: the cells' names without their seed."""
+        from tunelens.experiments.convergence.plan import plan_conditions
+
+        return plan_conditions(cells)
+
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
         p = cell.params
         loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
@@ -854,3 +1073,16 @@ class ConvergenceExperiment(Experiment):
         self, section: ConvergenceSpec, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
         return {"convergence": aggregate_convergence(results)}
+
+    # ------------------------------------------------------------ export and report
+    def tidy_rows(self, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """condition x seed x layer x measure (:mod:`tunelens.experiments.convergence.tidy`)."""
+        from tunelens.experiments.convergence.tidy import tidy_rows
+
+        return tidy_rows(results)
+
+    def report_part(self, results: Mapping[str, Any], plots_dir: Any) -> ReportPart | None:
+        """One block and figure per condition (:mod:`tunelens.experiments.convergence.report`)."""
+        from tunelens.experiments.convergence.report import report_part
+
+        return report_part(results, plots_dir)
