@@ -79,32 +79,41 @@ def plan_methods(
     """The methods to run (without similarity, whose k depends on ICL results) and notes on
     what was skipped and why."""
     common = common_params(split, config, model)
-    tuning = config.tuning.model_dump()
     notes: list[str] = []
-    methods = [
-        Method(
-            "zero_shot",
-            "zero_shot",
-            "zero-shot",
-            0,
-            Cell(EXPERIMENT, "zero-shot", {**common, "method": "zero_shot"}, config.seed),
-        )
-    ]
+    zero_shot = Cell(EXPERIMENT, "zero-shot", {**common, "method": "zero_shot"}, config.seed)
+    methods = [Method("zero_shot", "zero_shot", "zero-shot", 0, zero_shot)]
+    methods += _icl_methods(split, config, common, notes)
+    sizes = _tuning_sizes(split, config, notes)
+    tuning = config.tuning.model_dump()
+    for n, label in sizes:
+        params = {**common, "method": "tune", "n": n, "tuning": tuning}
+        cell = Cell(EXPERIMENT, f"tune n={n}", params, config.seed)
+        methods.append(Method(f"tune_n{n}", "tuning", f"tuned, {label}", n, cell))
+    if config.controls and sizes:
+        methods += _control_methods(config, common, sizes[-1], notes)
+    elif config.controls:
+        notes.append("the format-only controls are skipped: no tuning size was measured")
+    return methods, notes
+
+
+def _icl_methods(
+    split: Split, config: DecideConfig, common: dict[str, Any], notes: list[str]
+) -> list[Method]:
+    """ICL at each k the demonstration pool can serve (a note for each it cannot)."""
+    methods = []
     for k in config.k:
         if k > len(split.demo_pool):
             notes.append(
                 f"ICL k={k} skipped: the demonstration pool holds {len(split.demo_pool)} examples"
             )
             continue
-        methods.append(
-            Method(
-                f"icl_k{k}",
-                "icl",
-                f"ICL, k={k}",
-                k,
-                Cell(EXPERIMENT, f"icl k={k}", {**common, "method": "icl", "k": k}, config.seed),
-            )
-        )
+        cell = Cell(EXPERIMENT, f"icl k={k}", {**common, "method": "icl", "k": k}, config.seed)
+        methods.append(Method(f"icl_k{k}", "icl", f"ICL, k={k}", k, cell))
+    return methods
+
+
+def _tuning_sizes(split: Split, config: DecideConfig, notes: list[str]) -> list[tuple[int, str]]:
+    """(n, label) of each tuning size the tuning pool can serve, each once ("all" included)."""
     pool = len(split.tuning_pool)
     sizes: list[tuple[int, str]] = []
     for size in config.tune_sizes:
@@ -117,58 +126,36 @@ def plan_methods(
             notes.append(f"tuning {label} is the same as tuning n={n}; measured once")
             continue
         sizes.append((n, label))
-    for n, label in sizes:
+    return sizes
+
+
+def _control_methods(
+    config: DecideConfig, common: dict[str, Any], largest: tuple[int, str], notes: list[str]
+) -> list[Method]:
+    """The format-only controls at the largest tuning size: the simplified definition (only
+    where prompts show one) and delusive examples."""
+    n, label = largest
+    controls = [
+        ("simplified", "tuned with the simplified definition"),
+        ("delusive", "tuned on delusive examples"),
+    ]
+    if not config.definition:
+        notes.append(
+            "the simplified-definition control is skipped: prompts show no "
+            "definition (--no-definition), so it would equal plain tuning"
+        )
+        controls = controls[1:]
+    tuning = config.tuning.model_dump()
+    methods = []
+    for variant, text in controls:
+        params = {**common, "method": "control", "variant": variant, "n": n, "tuning": tuning}
+        cell = Cell(EXPERIMENT, f"control {variant} n={n}", params, config.seed)
         methods.append(
             Method(
-                f"tune_n{n}",
-                "tuning",
-                f"tuned, {label}",
-                n,
-                Cell(
-                    EXPERIMENT,
-                    f"tune n={n}",
-                    {**common, "method": "tune", "n": n, "tuning": tuning},
-                    config.seed,
-                ),
+                f"control_{variant}", "control", f"{text}, {label}", n, cell, {"variant": variant}
             )
         )
-    if config.controls and sizes:
-        n, label = sizes[-1]
-        controls = [
-            ("simplified", "tuned with the simplified definition"),
-            ("delusive", "tuned on delusive examples"),
-        ]
-        if not config.definition:
-            notes.append(
-                "the simplified-definition control is skipped: prompts show no "
-                "definition (--no-definition), so it would equal plain tuning"
-            )
-            controls = controls[1:]
-        for variant, text in controls:
-            methods.append(
-                Method(
-                    f"control_{variant}",
-                    "control",
-                    f"{text}, {label}",
-                    n,
-                    Cell(
-                        EXPERIMENT,
-                        f"control {variant} n={n}",
-                        {
-                            **common,
-                            "method": "control",
-                            "variant": variant,
-                            "n": n,
-                            "tuning": tuning,
-                        },
-                        config.seed,
-                    ),
-                    {"variant": variant},
-                )
-            )
-    elif config.controls:
-        notes.append("the format-only controls are skipped: no tuning size was measured")
-    return methods, notes
+    return methods
 
 
 def similarity_method(task: Task, split: Split, config: DecideConfig, model: str, k: int) -> Method:
