@@ -4,8 +4,9 @@ They read the real spec sections (``convergence``: seeds x k; ``audit``: the
 definition x examples grid) but compute numbers from a hash of the cell key, so
 tests exercise the store, executors, resume and report without a model.
 ``delay`` seconds of sleep per cell make a run slow enough to kill part-way.
-Their results are built through the typed models of :mod:`tunelens.api.results`,
-so a fake has the real results.json shape, and a renamed key fails here.
+Their results are built through the experiments' typed results models
+(``tunelens.experiments.<name>.results``), so a fake has the real results.json
+shape, and a renamed key fails here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from typing import Any
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs
-from tunelens.api.results import (
+from tunelens.api.results import Stat, WilcoxonTest
+from tunelens.experiments.audit.results import (
     AuditCategoryScores,
     AuditCondition,
     AuditEntry,
@@ -24,16 +26,16 @@ from tunelens.api.results import (
     AuditSummary,
     AuditTaskScores,
     Baselines,
+    FormatShare,
+    MetricShares,
+)
+from tunelens.experiments.convergence.results import (
     ConvergenceAccuracy,
     ConvergenceCondition,
     ConvergenceEntry,
     ConvergenceLayer,
-    FormatShare,
     LayerStats,
-    MetricShares,
     SeedStats,
-    Stat,
-    WilcoxonTest,
 )
 
 XSS = "<script>alert(1)</script>"

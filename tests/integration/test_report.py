@@ -12,24 +12,24 @@ import numpy as np
 import pytest
 from tests.helpers.fakes import XSS, fake_experiments, small_spec
 
-from tunelens.api.results import (
+from tunelens.api.results import Stat, StudyResults, WilcoxonTest
+from tunelens.errors import TunelensInputError
+from tunelens.experiments.audit.results import (
     AuditCategoryScores,
     AuditCondition,
     AuditEntry,
     AuditTaskScores,
     Baselines,
+    RandomBaseline,
+)
+from tunelens.experiments.convergence.results import (
     ConvergenceAccuracy,
     ConvergenceCondition,
     ConvergenceEntry,
     ConvergenceLayer,
     LayerStats,
-    RandomBaseline,
     SeedStats,
-    Stat,
-    StudyResults,
-    WilcoxonTest,
 )
-from tunelens.errors import TunelensInputError
 from tunelens.report import build_any_report
 from tunelens.report.html import build_report
 from tunelens.runs.study import run_study

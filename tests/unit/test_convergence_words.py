@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelens.report.convergence_words import convergence_sentences, layer_ranges
+from tunelens.experiments.convergence.words import convergence_sentences, layer_ranges
 
 
 def stat(mean, lo, hi):

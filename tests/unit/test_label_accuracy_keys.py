@@ -12,9 +12,9 @@ import copy
 
 from tests.unit.test_convergence_calibrated_aggregate import cell
 
-from tunelens.api.results import dump_convergence
 from tunelens.experiments.convergence import aggregate_convergence
-from tunelens.report.convergence_words import convergence_sentences
+from tunelens.experiments.convergence.results import dump_convergence
+from tunelens.experiments.convergence.words import convergence_sentences
 
 
 def test_new_entries_hold_label_accuracy_and_how_it_was_read():

@@ -12,17 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from tunelens.api import Cell
-from tunelens.api.results import (
+from tunelens.api.results import Stat, StudyResults, dump_study
+from tunelens.experiments.audit.results import AuditResults, dump_audit
+from tunelens.experiments.convergence.results import (
     ConvergenceEntry,
-    DecideResults,
-    Stat,
-    StudyResults,
-    dump_audit,
+    ConvergenceResults,
     dump_convergence,
-    dump_decide,
-    dump_study,
-    dump_world_eval,
 )
+from tunelens.experiments.decide.schema import DecideResults, dump_decide
+from tunelens.experiments.world_eval.results import dump_world_eval
 from tunelens.runs.store import dumps, strict_json
 
 PAIRS = ("icl_it", "anchor_icl", "anchor_it")
@@ -31,10 +29,16 @@ PAIRS = ("icl_it", "anchor_icl", "anchor_it")
 @pytest.fixture
 def raw(monkeypatch):
     """Aggregators return their data as built, not passed through the models (to compare)."""
-    import tunelens.api.results as results
+    import tunelens.experiments.audit.results as audit
+    import tunelens.experiments.convergence.results as convergence
+    import tunelens.experiments.decide.schema as decide
 
-    for name in ("dump_convergence", "dump_audit", "dump_decide"):
-        monkeypatch.setattr(results, name, lambda data: data)
+    for module, name in (
+        (convergence, "dump_convergence"),
+        (audit, "dump_audit"),
+        (decide, "dump_decide"),
+    ):
+        monkeypatch.setattr(module, name, lambda data: data)
 
 
 def canonical(data: Any) -> str:
@@ -192,9 +196,14 @@ def test_study_round_trip_with_common_keys():
         }
     )
     assert_lossless(results, dump_study(results))
+    # The common keys are StudyResults'; each experiment reads its own keys with its models.
     parsed = StudyResults.model_validate(results)
-    assert parsed.audit is None and parsed.convergence is not None
-    assert parsed.model_extra == {"my_experiment": [{"anything": 1}]}
+    assert parsed.model_extra == {
+        "convergence": results["convergence"],
+        "my_experiment": [{"anything": 1}],
+    }
+    assert ConvergenceResults.model_validate(results).convergence is not None
+    assert AuditResults.model_validate(results).audit is None
 
 
 def test_stat_keeps_extra_keys_and_nulls():

@@ -200,6 +200,14 @@ class Experiment(ABC):
         return 0
 
     # ------------------------------------------------------------ results, export, report
+    results_file: ClassVar[str] = "results.json"
+    """The file of the run directory this experiment's results go to. ``results.json`` is
+    shared by a study's experiments (each writes its ``results_keys()``); another name
+    (decide's ``decide.json``) holds only this experiment's results: ``tunelens export``
+    gives ``tidy_rows`` that file's data, and ``tunelens report`` makes it a page of its
+    own (``decide.html``): the ``report_part``'s template rendered with the view's keys as
+    the page's variables."""
+
     def results_keys(self) -> tuple[str, ...]:
         """The top-level keys of results.json this experiment writes."""
         return (self.name,)

@@ -1,13 +1,19 @@
 """results.json -> one self-contained report.html (inline CSS, plots as data URIs).
 
-The report reads only ``DIR/results.json``, through the typed models of
-:mod:`tunelens.api.results`; it never loads a model. Task names, definitions,
-categories, spec notes and model outputs are untrusted text: the templates
-(``templates/*.html.j2``, one base that every page extends, one section
-template per experiment) are rendered by Jinja2 with autoescaping on and no
-value is marked safe, and a Content-Security-Policy forbids scripts and any
-external resource, so a hostile task name renders as text. Sections appear
-only for keys that results.json has; unknown keys get a generic table.
+The report reads only the run directory's results files; it never loads a model and
+never names an experiment. It asks the registry (:func:`tunelens.api.get_experiments`):
+in registry order, each experiment whose ``results_keys()`` appear in results.json gives
+its section through its ``report_part`` hook (typed read, figures, view, template); keys
+no experiment claims get a generic table, the common keys (spec, environment) their
+own blocks. An experiment with a results file of its own (``Experiment.results_file``)
+gets a page of its own: its ``report_part``'s template rendered with the view's keys as
+the page's variables (:func:`build_page`).
+
+Task names, definitions, categories, spec notes and model outputs are untrusted text:
+the templates (``templates/*.html.j2``: one base that every page extends, the study
+page, the macros; each experiment's own under its package) are rendered by Jinja2 with
+autoescaping on and no value is marked safe, and a Content-Security-Policy forbids
+scripts and any external resource, so a hostile task name renders as text.
 """
 
 from __future__ import annotations
@@ -15,59 +21,34 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import yaml
 from pydantic import BaseModel
 
-from tunelens.api.results import ConvergenceEntry, StudyResults, parse_file
+from tunelens.api.results import StudyResults, parse_file
 from tunelens.errors import TunelensInputError
-from tunelens.report.plots import (
-    BASELINES,
-    CURVES,
-    Plot,
-    audit_label,
-    other_encoding_baselines,
-    write_plots,
-)
 from tunelens.runs.store import atomic_write_text
 
+if TYPE_CHECKING:
+    from tunelens.api.experiment import Experiment, ReportPart
+
 REPORT = "report.html"
+RESULTS = "results.json"
 PLOTS_DIR = "plots"
-KNOWN_KEYS = (
-    "convergence",
-    "audit",
-    "baselines",
-    "baselines_by_encoding",
-    "audit_format_share",
-    "audit_verdict",
-    "audit_label_spaces",
-    "audit_definition_blind_bound",
-    "spec",
-    "environment",
-    "tunelens_version",
-)
-CONVERGENCE_KNOWN = ("condition", "n_pairs", "accuracy", "layers")
-AUDIT_KNOWN = (
-    "condition",
-    "em",
-    "rouge_l",
-    "per_task",
-    "per_category",
-    "training",
-    "evaluation",
-)
+COMMON_KEYS = ("spec", "environment", "tunelens_version")
+"""Keys of results.json the page shows in blocks of its own (``limit`` is shown as a key)."""
 
 
 def load_results(out_dir: Path) -> dict[str, Any]:
     """``out_dir/results.json`` as a dict, or a TunelensInputError naming the problem."""
     from tunelens.io import read_json
 
-    path = Path(out_dir) / "results.json"
+    path = Path(out_dir) / RESULTS
     if not path.exists():
         raise TunelensInputError(
             "no results.json; run `tunelens run SPEC --out DIR` first", source=str(path)
@@ -78,8 +59,9 @@ def load_results(out_dir: Path) -> dict[str, Any]:
     return data
 
 
-def parse_results(data: Any, source: str | Path = "results.json") -> StudyResults:
-    """results.json data as :class:`StudyResults`, or a TunelensInputError naming the key."""
+def parse_results(data: Any, source: str | Path = RESULTS) -> StudyResults:
+    """results.json's common keys as :class:`StudyResults` (each experiment reads its own
+    keys), or a TunelensInputError naming the key."""
     if not isinstance(data, (Mapping, StudyResults)):
         raise TunelensInputError("results.json must hold a JSON object", source=str(source))
     return parse_file(StudyResults, data, source=str(source), what="results")
@@ -186,358 +168,52 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def convergence_view(
-    entries: Sequence[ConvergenceEntry], plots: list[Plot]
-) -> list[dict[str, Any]]:
-    figures = iter(plots)
-    views = []
-    for i, entry in enumerate(entries):
-        plot = next(figures, None)
-        layers = [plain(row) for row in entry.layers]
-        cos_keys = [k for k, _, _ in CURVES if any(k in row for row in layers)]
-        other = sorted(
-            {
-                k
-                for row in layers
-                for k in row
-                if k not in ("layer", "wilcoxon", *LAYER_LABEL_KEYS, *cos_keys)
-            }
-        )
-        columns = ["layer", *[label for k, label, _ in CURVES if k in cos_keys], *other]
-        rows = [
-            [
-                layer_cell(row),
-                *[fmt(row.get(k)) for k in cos_keys],
-                *[fmt(row.get(k)) for k in other],
-            ]
-            for row in layers
-        ]
-        tests = [
-            [
-                layer_cell(plain(row)),
-                str(name),
-                *[fmt(getattr(test, k)) for k in ("statistic", "p", "p_holm", "effect")],
-            ]
-            for row in entry.layers
-            for name, test in sorted(row.wilcoxon.items())
-        ]
-        views.append(
-            {
-                "title": f"Condition {i + 1}",
-                "condition": condition_text(plain(entry.condition)),
-                "n_pairs": fmt(entry.n_pairs),
-                "accuracy": [(str(k), fmt(v)) for k, v in plain(entry.accuracy).items()],
-                "plot": data_uri(plot.path) if plot else None,
-                "caption": plot.caption if plot else "",
-                "layers": {"columns": columns, "rows": rows},
-                "tests": tests,
-                **convergence_detail_view(plain(entry)),
-                "extras": extras(plain(entry), CONVERGENCE_VIEWED),
-                "warnings": [str(w) for w in plain(entry).get("warnings") or []],
-            }
-        )
-    return views
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """An input error an experiment raises about a file's data names that file."""
+    try:
+        yield
+    except TunelensInputError as error:
+        if error.source:
+            raise
+        raise TunelensInputError(error.message, source=str(path), where=error.where) from None
 
 
-LAYER_LABEL_KEYS = ("stack", "block", "label")
+def study_experiments() -> list[Experiment]:
+    """The registered experiments whose results go to results.json, in registry order."""
+    from tunelens.api import get_experiments
+
+    return [e for e in get_experiments().values() if e.results_file == RESULTS]
 
 
-def layer_cell(row: Mapping[str, Any]) -> str:
-    """A layer's table cell: its index, and its stack label where results carry one.
+def report_parts(
+    data: Mapping[str, Any], plots_dir: Path, source: Path | None = None
+) -> tuple[list[ReportPart], set[str]]:
+    """Each present experiment's section (its figures written) and the keys they claim.
 
-    '0 (emb)', '3 (enc 2)', '4 (dec emb)': an encoder-decoder's two stacks share
-    one axis of indices, so the label keeps encoder and decoder layers apart.
+    An experiment is present when one of its ``results_keys()`` is in ``data``; one whose
+    ``report_part`` is None leaves its keys to the generic tables.
     """
-    label = row.get("label")
-    return f"{fmt(row.get('layer'))} ({label})" if label else fmt(row.get("layer"))
-
-
-CONVERGENCE_VIEWED = (
-    *CONVERGENCE_KNOWN,
-    "behaviour",
-    "patching",
-    "seed_agreement",
-    "tuning",
-    "per_seed",
-    "warnings",
-)
-ICL_IT_COLUMNS = (
-    ("cos_icl_it", "raw"),
-    ("floor_raw_icl_it", "raw floor"),
-    ("cos_centered_icl_it", "centered"),
-    ("floor_icl_it", "centered floor"),
-    ("cos_standardized_icl_it", "standardized"),
-    ("floor_standardized_icl_it", "standardized floor"),
-    ("cka_icl_it", "CKA (biased)"),
-    ("cka_debiased_icl_it", "CKA (debiased)"),
-)
-
-
-def convergence_detail_view(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The answer in words, the calibrated ICL-IT table, behaviour, patching, seeds, tuning."""
-    from tunelens.report.convergence_words import convergence_sentences, layer_ranges
-
-    layers = [row for row in entry.get("layers") or [] if isinstance(row, Mapping)]
-    present = [(k, label) for k, label in ICL_IT_COLUMNS if any(k in row for row in layers)]
-    calibrated = None
-    if any(k != "cos_icl_it" and not k.startswith("cka_") for k, _ in present):
-        calibrated = {
-            "columns": ["layer", *[label for _, label in present], "p_holm (> floor)"],
-            "rows": [
-                [
-                    layer_cell(row),
-                    *[fmt(row.get(k)) for k, _ in present],
-                    fmt((row.get("wilcoxon") or {}).get("icl_it>floor", {}).get("p_holm")),
-                ]
-                for row in layers
-            ],
-        }
-    patching = [r for r in entry.get("patching") or [] if isinstance(r, Mapping)]
-    patch_table = None
-    if patching:
-        patch_table = {
-            "columns": ["layer", "state", "accuracy", "share of ICL gain", "KL(ICL || patched)"],
-            "rows": [
-                [
-                    fmt(r.get("layer")),
-                    str(r.get("source")),
-                    fmt(r.get("accuracy")),
-                    fmt(r.get("gain_share")),
-                    fmt(r.get("kl_to_icl")),
-                ]
-                for r in sorted(patching, key=lambda r: (str(r.get("source")), r.get("layer", 0)))
-            ],
-        }
-    behaviour = entry.get("behaviour")
-    seeds = []
-    for comp, row in sorted((entry.get("seed_agreement") or {}).items()):
-        if not isinstance(row, Mapping):
+    parts: list[ReportPart] = []
+    claimed: set[str] = set()
+    for experiment in study_experiments():
+        keys = experiment.results_keys()
+        if not any(key in data for key in keys):
             continue
-        per_seed = row.get("per_seed_layers") or {}
-        seeds.append(
-            [
-                str(comp),
-                layer_ranges(row.get("pooled_layers") or []),
-                "; ".join(f"seed {s}: {layer_ranges(v)}" for s, v in per_seed.items()),
-                layer_ranges(row.get("holds_in_every_seed") or []),
-            ]
-        )
-    tuning = entry.get("tuning")
-    adapted = tuning.get("adapted") if isinstance(tuning, Mapping) else None
-    return {
-        "sentences": convergence_sentences(entry),
-        "calibrated": calibrated,
-        "behaviour": [(str(k), fmt(v)) for k, v in behaviour.items()]
-        if isinstance(behaviour, Mapping)
-        else [],
-        "patching": patch_table,
-        "seeds": seeds,
-        "adapted": "; ".join(str(w) for w in adapted.get("weights", []))
-        if isinstance(adapted, Mapping)
-        else "",
-    }
+        with reading(source or Path(RESULTS)):
+            part = experiment.report_part(data, plots_dir)
+        if part is not None:
+            parts.append(part)
+            claimed.update(keys)
+    return parts, claimed
 
 
-def _baseline_sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any]]]:
-    """(label, entry) for every baseline: the known ones in their order, then the rest."""
-    if results.baselines is None:
-        return []
-    baselines = plain(results.baselines)
-    names = [*[b for b in BASELINES if b in baselines], *sorted(set(baselines) - set(BASELINES))]
-    return [(f"baseline: {n}", baselines[n]) for n in names if isinstance(baselines[n], Mapping)]
-
-
-def _sources(results: StudyResults) -> list[tuple[str, Mapping[str, Any]]]:
-    """(label, entry) for every baseline and audit condition, in report order."""
-    audit = [(audit_label(e), e) for e in plain(results.audit or [])]
-    others = other_encoding_baselines(plain(results))
-    return [*_baseline_sources(results), *others, *audit]
-
-
-def breakdown(
-    sources: list[tuple[str, Mapping[str, Any]]], key: str, metric: str
-) -> dict[str, Any]:
-    """Rows: categories (or tasks); columns: sources; cells: the metric with its CI."""
-    names: list[str] = []
-    for _, entry in sources:
-        part = entry.get(key)
-        if isinstance(part, Mapping):
-            names += [str(n) for n in part if str(n) not in names]
-    rows = []
-    for name in sorted(names):
-        row = [name]
-        for _, entry in sources:
-            part = entry.get(key)
-            value = part.get(name) if isinstance(part, Mapping) else None
-            row.append(fmt(value.get(metric)) if isinstance(value, Mapping) else "")
-        rows.append(row)
-    return {"columns": [key.replace("per_", ""), *[label for label, _ in sources]], "rows": rows}
-
-
-def _tuning_text(training: Any) -> str:
-    """'16 x 2 epochs, 38 steps, lr 0.003 (constant), seed 0, tk'."""
-    if not isinstance(training, Mapping):
-        return ""
-    return (
-        f"batch {fmt(training.get('effective_batch_size'))} x {fmt(training.get('epochs'))} "
-        f"epochs, {fmt(training.get('steps'))} steps, lr {fmt(training.get('learning_rate'))} "
-        f"({fmt(training.get('lr_schedule'))}), seed {fmt(training.get('seed'))}, "
-        f"{fmt(training.get('template'))}"
-    )
-
-
-def _share_text(share: Any) -> str:
-    """A share with its interval, or the verdict with the gain's interval."""
-    if not isinstance(share, Mapping):
-        return ""
-    if share.get("verdict") == "share":
-        reading = share.get("reading")
-        text = fmt({"mean": share.get("mean"), "ci": share.get("ci")})
-        return f"{text} (n {fmt(share.get('n'))}{', ' + str(reading) if reading else ''})"
-    raw = share.get("gain")
-    gain: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    return (
-        f"tuning gain not significant: {fmt({'mean': gain.get('mean'), 'ci': gain.get('ci')})} "
-        f"(n {fmt(gain.get('n'))})"
-    )
-
-
-def audit_view(results: StudyResults, plots: list[Plot]) -> dict[str, Any]:
-    audit = plain(results.audit or [])
-    data = plain(results)
-    condition_keys: list[str] = []
-    for e in audit:
-        condition_keys += [str(k) for k in e["condition"] if str(k) not in condition_keys]
-    extra_keys: list[str] = []
-    for e in audit:
-        extra_keys += [str(k) for k in e if k not in AUDIT_KNOWN and str(k) not in extra_keys]
-    grid_rows = [
-        [
-            *[fmt(e["condition"].get(k)) for k in condition_keys],
-            fmt(e["em"]),
-            fmt(e["rouge_l"]),
-            _tuning_text(e.get("training")),
-            *[fmt(e.get(k)) for k in extra_keys],
-        ]
-        for e in audit
-    ]
-    baseline_rows = [
-        [
-            label.removeprefix("baseline: "),
-            fmt(entry.get("em")),
-            fmt(entry.get("rouge_l")),
-            "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
-        ]
-        for label, entry in [
-            *_baseline_sources(results),
-            *other_encoding_baselines(data),
-        ]
-    ]
-    sources = _sources(results)
-    controls = ("simplified", "delusive", "no_definition", "random_guess")
-    share_rows = []
-    for row in data.get("audit_format_share") or []:
-        gain = (row.get("tuning_gain") or {}).get("em")
-        share_rows.append(
-            [
-                fmt(row.get("encoding")),
-                fmt(row.get("instances_per_task")),
-                fmt(row.get("seed")),
-                fmt(gain) if gain else "",
-                *[_share_text((row.get(c) or {}).get("em")) for c in controls],
-            ]
-        )
-    headline = breakdown(sources, "per_category", "headline")
-    metric_of: dict[str, str] = {}
-    for _, entry in sources:
-        for cat, scores in (entry.get("per_category") or {}).items():
-            if isinstance(scores, Mapping) and scores.get("headline_metric"):
-                metric_of[str(cat)] = str(scores["headline_metric"])
-    for row in headline["rows"]:
-        row[0] = f"{row[0]} ({metric_of.get(row[0], '?')})"
-    spaces = data.get("audit_label_spaces") or {}
-    label_rows = [
-        [
-            str(name),
-            ", ".join(space.get("labels") or []) or "free text",
-            fmt(space.get("source")),
-            ", ".join(space.get("unseen") or []),
-        ]
-        for name, space in spaces.items()
-        if isinstance(space, Mapping)
-    ]
-    bound = data.get("audit_definition_blind_bound") or {}
-    return {
-        "plot": data_uri(plots[0].path) if plots else None,
-        "caption": plots[0].caption if plots else "",
-        "verdicts": [str(v.get("text")) for v in data.get("audit_verdict") or []],
-        "bound": fmt(bound.get("em")) if bound.get("em") is not None else None,
-        "above": {
-            "columns": ["definition-only", "exact match", "whole interval above the bound"],
-            "rows": [
-                [str(r.get("what")), fmt(r.get("em")), "yes" if r.get("above") else "no"]
-                for r in bound.get("above") or []
-                if isinstance(r, Mapping)
-            ],
-        },
-        "grid": {
-            "columns": [*condition_keys, "exact match", "ROUGE-L", "training", *extra_keys],
-            "rows": grid_rows,
-        },
-        "baselines": baseline_rows,
-        "shares": {
-            "columns": ["encoding", "instances per task", "seed", "tuning gain (EM)", *controls],
-            "rows": share_rows,
-        },
-        "categories": {m: breakdown(sources, "per_category", m) for m in ("em", "rouge_l")}
-        | {"headline": headline},
-        "tasks": {m: breakdown(sources, "per_task", m) for m in ("em", "rouge_l")},
-        "labels": {
-            "columns": ["task", "label space", "from", "named but never used"],
-            "rows": label_rows,
-        },
-        "unseen": [r for r in label_rows if r[3]],
-    }
-
-
-@dataclass(frozen=True)
-class Section:
-    """One experiment's part of report.html: its anchor, nav title, template and view.
-
-    ``present(results)`` says whether results.json has the section;
-    ``view(results, plots)`` builds what ``templates/<template>`` reads as
-    ``section.view`` (``plots``: the figures of this section).
-    """
-
-    anchor: str
-    title: str
-    template: str
-    present: Callable[[StudyResults], bool]
-    view: Callable[[StudyResults, list[Plot]], Any]
-
-
-SECTIONS: list[Section] = [
-    Section(
-        "convergence",
-        "Convergence",
-        "sections/convergence.html.j2",
-        lambda r: r.convergence is not None,
-        lambda r, plots: convergence_view(r.convergence or [], plots),
-    ),
-    Section(
-        "audit",
-        "Audit",
-        "sections/audit.html.j2",
-        lambda r: r.audit is not None or r.baselines is not None,
-        audit_view,
-    ),
-]
-
-
-def template_environment() -> jinja2.Environment:
-    """The Jinja2 environment of every tunelens page: the package's templates, autoescaped."""
+def template_environment(*loaders: jinja2.BaseLoader | None) -> jinja2.Environment:
+    """The Jinja2 environment of every tunelens page: the package's templates (base, macros,
+    study page), then each experiment's (``loaders``), autoescaped."""
+    own = jinja2.PackageLoader("tunelens.report", "templates")
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("tunelens.report", "templates"),
+        loader=jinja2.ChoiceLoader([own, *(loader for loader in loaders if loader)]),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -545,26 +221,32 @@ def template_environment() -> jinja2.Environment:
     )
 
 
-def render_report(results: StudyResults | Mapping[str, Any], plots: list[Plot]) -> str:
-    """The report's HTML for ``results`` and already written ``plots``."""
-    results = parse_results(results)
+def _note(results: StudyResults) -> str:
+    """The spec's note, led by the limit of a limited run (tunelens.runs.limit)."""
     spec = results.spec
-    env_rows = [(str(k), fmt(v)) for k, v in plain(results.environment or {}).items()]
     note = spec.get("note") if spec is not None else None
-    if results.limit is not None:  # a limited run says so first (tunelens.runs.limit)
+    if results.limit is not None:
         from tunelens.runs.limit import limit_note
 
         note = f"{limit_note(results.limit).capitalize()}. {note or ''}".strip()
-    toc: list[tuple[str, str]] = []
-    sections = []
-    for section in SECTIONS:
-        if section.present(results):
-            mine = [p for p in plots if p.section == section.anchor]
-            sections.append({"template": section.template, "view": section.view(results, mine)})
-            toc.append((section.anchor, section.title))
+    return note or ""
+
+
+def render_report(
+    results: StudyResults | Mapping[str, Any],
+    parts: Sequence[ReportPart] = (),
+    claimed: Sequence[str] | set[str] = (),
+) -> str:
+    """The report's HTML: the experiments' ``parts`` (in order), then every key of
+    ``results`` that neither they (``claimed``) nor the common blocks show, as a table."""
+    results = parse_results(results)
+    spec = results.spec
+    env_rows = [(str(k), fmt(v)) for k, v in plain(results.environment or {}).items()]
+    toc = [(part.anchor, part.title) for part in parts]
     data = plain(results)
+    known = {*COMMON_KEYS, *claimed}
     others = []
-    for key in sorted(k for k in data if k not in KNOWN_KEYS):
+    for key in sorted(k for k in data if k not in known):
         anchor = "key-" + "".join(ch if ch.isalnum() else "-" for ch in str(key))
         others.append((anchor, str(key).replace("_", " ").capitalize(), generic_block(data[key])))
         toc.append((anchor, str(key)))
@@ -573,7 +255,7 @@ def render_report(results: StudyResults | Mapping[str, Any], plots: list[Plot]) 
     if env_rows:
         toc.append(("environment", "Environment"))
     return (
-        template_environment()
+        template_environment(*(part.loader for part in parts))
         .get_template("study.html.j2")
         .render(
             title="tunelens report",
@@ -582,9 +264,9 @@ def render_report(results: StudyResults | Mapping[str, Any], plots: list[Plot]) 
             env_line=", ".join(
                 f"{k} {v}" for k, v in env_rows if k in ("python", "torch", "device")
             ),
-            note=note or "",
+            note=_note(results),
             toc=toc,
-            sections=sections,
+            sections=parts,
             others=others,
             spec_yaml=yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
             if spec is not None
@@ -593,15 +275,41 @@ def render_report(results: StudyResults | Mapping[str, Any], plots: list[Plot]) 
     )
 
 
+def _fresh_plots(plots_dir: Path) -> Path:
+    """``plots_dir`` without the figures of an earlier report (they may name conditions no
+    longer there)."""
+    if plots_dir.is_dir():
+        for old in plots_dir.glob("*.png"):
+            old.unlink()
+    return plots_dir
+
+
 def build_report(out_dir: Path) -> Path:
     """Write ``out_dir/report.html`` (and the PNGs under ``out_dir/plots/``) from results.json."""
     out_dir = Path(out_dir)
-    results = parse_results(load_results(out_dir), source=out_dir / "results.json")
-    plots_dir = out_dir / PLOTS_DIR
-    if plots_dir.is_dir():  # figures of an earlier report may name conditions no longer there
-        for old in plots_dir.glob("*.png"):
-            old.unlink()
-    plots = write_plots(plain(results), plots_dir)
+    source = out_dir / RESULTS
+    data = load_results(out_dir)
+    results = parse_results(data, source=source)
+    parts, claimed = report_parts(data, _fresh_plots(out_dir / PLOTS_DIR), source)
     path = out_dir / REPORT
-    atomic_write_text(path, render_report(results, plots))
+    atomic_write_text(path, render_report(results, parts, claimed))
+    return path
+
+
+def build_page(out_dir: Path, experiment: Experiment) -> Path:
+    """Write the page of an experiment with a results file of its own (``X.json`` ->
+    ``X.html``) from that file: its ``report_part``'s template, the view's keys as the
+    page's variables; figures under ``out_dir/plots/``."""
+    from tunelens.io import read_json
+
+    out_dir = Path(out_dir)
+    source = out_dir / experiment.results_file
+    data = read_json(source, what="results file")  # a key given twice is an error
+    with reading(source):
+        part = experiment.report_part(data, out_dir / PLOTS_DIR)
+    if part is None:
+        raise TunelensInputError(f"experiment {experiment.name!r} has no page", source=str(source))
+    page = template_environment(part.loader).get_template(part.template).render(**part.view)
+    path = source.with_suffix(".html")
+    atomic_write_text(path, page)
     return path

@@ -1,30 +1,15 @@
 """Tidy tables of a run's results: one long table per experiment, for pandas and plotting.
 
-``tunelens export DIR --format csv|parquet`` reads ``DIR/results.json`` (and
-``DIR/decide.json``) through the typed models of :mod:`tunelens.api.results`
-and writes one table per experiment present, one row per measurement:
-
-=================  ==============================================================
-``convergence``    condition x seed x layer x measure. Condition columns ``model``,
-                   ``k``, ``flip_fraction``, ``relevance``, ``definition``,
-                   ``control``, ``tuning``; ``seed`` is ``pooled`` or a seed;
-                   ``layer`` is empty for condition-level measures (accuracies);
-                   ``measure`` e.g. ``cos_icl_it``, ``cka_icl_it``,
-                   ``wilcoxon icl_it>anchor_icl p_holm``, ``accuracy_icl``
-``audit``          condition x task x metric. ``kind`` is ``tuned`` or ``baseline``
-                   (then ``baseline`` names it); condition columns ``definition``,
-                   ``examples``, ``instances_per_task``, ``seed``, ``encoding``;
-                   ``level`` is ``task``, ``category`` or ``overall`` and ``name``
-                   the task or category; ``metric`` is ``em`` or ``rouge_l``
-``world_eval``     family x k: ``family`` (``all`` or a rule family), ``k``, ``accuracy``
-``decide``         method x metric: ``method`` (id), ``family``, ``name``, ``examples``,
-                   ``metric`` (``accuracy``, ``cost_per_1000``)
-=================  ==============================================================
+``tunelens export DIR --format csv|parquet`` asks each registered experiment for its
+rows (its ``tidy_rows`` hook, given the data of its results file: ``results.json``, or
+a file of its own) and writes one table per experiment that has rows,
+``<experiment>.<format>``, one row per measurement. Each experiment documents its
+table's columns beside its rows (``tunelens.experiments.<name>.tidy``).
 
 Every table has the value columns ``value``, ``ci_low`` and ``ci_high`` (95%
 bootstrap interval where the results have one, else empty), so
-``pandas.read_csv(path)`` gives numbers without post-processing. Columns hold
-one type each (``instances_per_task`` is text: ``5`` or ``full``).
+``pandas.read_csv(path)`` gives numbers without post-processing
+(:func:`measure_row` builds them). Columns hold one type each.
 
 CSV cells are safe to open in a spreadsheet (OWASP's rule against formula
 injection): a *text* cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or
@@ -42,14 +27,25 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelens.api.results import DecideResults, Stat, StudyResults
+from tunelens.api.results import Stat
 from tunelens.errors import TunelensInputError
 
-__all__ = ["FORMATS", "export_tables", "tidy_tables"]
+if TYPE_CHECKING:
+    from tunelens.api.experiment import Experiment
+
+__all__ = [
+    "FORMATS",
+    "Row",
+    "export_tables",
+    "is_measure",
+    "measure_row",
+    "spreadsheet_safe",
+    "tidy_tables",
+]
 
 FORMATS = ("csv", "parquet")
 Row = dict[str, Any]
@@ -72,6 +68,7 @@ def spreadsheet_safe(value: Any) -> Any:
 
 
 def _stat(value: Any) -> tuple[float | None, float | None, float | None]:
+    """(value, ci_low, ci_high) of a Stat, a {"mean", "ci"} dict or a number; else Nones."""
     if isinstance(value, Stat):
         low, high = (list(value.ci) + [None, None])[:2]
         return value.mean, low, high
@@ -83,137 +80,17 @@ def _stat(value: Any) -> tuple[float | None, float | None, float | None]:
     return None, None, None
 
 
-def _row(base: Row, measure_key: str, measure: str, value: Any) -> Row:
+def measure_row(base: Row, measure_key: str, measure: str, value: Any) -> Row:
+    """``base`` with the measure's name under ``measure_key`` and its value columns."""
     v, low, high = _stat(value)
     return {**base, measure_key: measure, "value": v, "ci_low": low, "ci_high": high}
 
 
-def _is_measure(value: Any) -> bool:
+def is_measure(value: Any) -> bool:
+    """A summary ({"mean": ...}) or a plain number: something with a value column."""
     return (isinstance(value, dict) and "mean" in value) or (
         isinstance(value, int | float) and not isinstance(value, bool)
     )
-
-
-def _layer_rows(base: Row, layer: Any) -> Iterator[Row]:
-    data = layer.model_dump(mode="python")
-    at = {**base, "layer": data.pop("layer")}
-    tests = data.pop("wilcoxon", None) or {}
-    for name in sorted(data):
-        if _is_measure(data[name]):
-            yield _row(at, "measure", name, data[name])
-    for comparison in sorted(tests):
-        for stat_name, stat_value in sorted((tests[comparison] or {}).items()):
-            if stat_value is None or _is_measure(stat_value):
-                yield _row(at, "measure", f"wilcoxon {comparison} {stat_name}", stat_value)
-
-
-def convergence_rows(results: StudyResults) -> list[Row]:
-    rows: list[Row] = []
-    for entry in results.convergence or []:
-        c = entry.condition
-        base: Row = {
-            "model": c.model,
-            "k": c.k,
-            "flip_fraction": c.flip_fraction,
-            "relevance": c.relevance,
-            "definition": c.definition,
-            "control": c.control,
-            "tuning": c.tuning or "",
-            "n_pairs": entry.n_pairs,
-        }
-        pooled = {**base, "seed": "pooled"}
-        for name in ("anchor", "icl", "it"):
-            rows.append(
-                _row(
-                    {**pooled, "layer": None},
-                    "measure",
-                    f"accuracy_{name}",
-                    getattr(entry.accuracy, name),
-                )
-            )
-        for pooled_layer in entry.layers:
-            rows.extend(_layer_rows(pooled, pooled_layer))
-        for seed in entry.per_seed:
-            for seed_layer in seed.layers:
-                rows.extend(_layer_rows({**base, "seed": str(seed.seed)}, seed_layer))
-    return rows
-
-
-def _summary_rows(base: Row, summary: Any) -> Iterator[Row]:
-    for metric in ("em", "rouge_l"):
-        yield _row(
-            {**base, "level": "overall", "name": ""}, "metric", metric, getattr(summary, metric)
-        )
-    for category, scores in sorted(summary.per_category.items()):
-        for metric in ("em", "rouge_l"):
-            yield _row(
-                {**base, "level": "category", "name": category},
-                "metric",
-                metric,
-                getattr(scores, metric),
-            )
-    for task, scores in sorted(summary.per_task.items()):
-        for metric in ("em", "rouge_l"):
-            yield _row(
-                {**base, "level": "task", "name": task}, "metric", metric, getattr(scores, metric)
-            )
-
-
-def audit_rows(results: StudyResults) -> list[Row]:
-    rows: list[Row] = []
-    empty = {"definition": "", "examples": "", "instances_per_task": "", "seed": None}
-    for entry in results.audit or []:
-        c = entry.condition
-        base: Row = {
-            "kind": "tuned",
-            "baseline": "",
-            "definition": c.definition,
-            "examples": c.examples,
-            "instances_per_task": str(c.instances_per_task),
-            "seed": c.seed,
-            "encoding": c.encoding or "",
-        }
-        rows.extend(_summary_rows(base, entry))
-    by_encoding = results.baselines_by_encoding or (
-        {"": results.baselines} if results.baselines is not None else {}
-    )
-    for encoding, baselines in by_encoding.items():
-        for name in ("untuned", "random", "copy_input", "copy_demo"):
-            summary = getattr(baselines, name, None)
-            if summary is not None:
-                base = {"kind": "baseline", "baseline": name, **empty, "encoding": encoding}
-                rows.extend(_summary_rows(base, summary))
-    return rows
-
-
-def world_eval_rows(results: StudyResults) -> list[Row]:
-    w = results.world_eval
-    if w is None:
-        return []
-    rows = [
-        _row({"family": "all", "k": int(k)}, "metric", "accuracy", v) for k, v in w.shots.items()
-    ]
-    for family, shots in sorted(w.per_family.items()):
-        rows.extend(
-            _row({"family": family, "k": int(k)}, "metric", "accuracy", v) for k, v in shots.items()
-        )
-    return rows
-
-
-def decide_rows(results: DecideResults) -> list[Row]:
-    rows: list[Row] = []
-    for m in results.methods:
-        base = {
-            "method": m.id,
-            "family": m.family,
-            "name": m.name,
-            "examples": m.examples,
-            "n_items": m.n_items,
-        }
-        rows.append(_row(base, "metric", "accuracy", m.accuracy))
-        if m.cost_per_1000 is not None:
-            rows.append(_row(base, "metric", "cost_per_1000", m.cost_per_1000))
-    return rows
 
 
 def _read(path: Path) -> Any:
@@ -222,29 +99,32 @@ def _read(path: Path) -> Any:
     return read_json(path, what="results file")
 
 
+def results_files(experiments: Iterable[Experiment]) -> list[str]:
+    """The results files the experiments read, each once, in registry order."""
+    return list(dict.fromkeys(e.results_file for e in experiments))
+
+
 def tidy_tables(run_dir: str | Path) -> dict[str, list[Row]]:
-    """experiment -> rows, for every experiment with results in ``run_dir``."""
+    """experiment -> rows, for every registered experiment with rows in ``run_dir``."""
+    from tunelens.api import get_experiments
+    from tunelens.report.html import reading
+
     run_dir = Path(run_dir)
-    tables: dict[str, list[Row]] = {}
-    study, decide = run_dir / "results.json", run_dir / "decide.json"
-    if not study.is_file() and not decide.is_file():
+    experiments = list(get_experiments().values())
+    files = results_files(experiments)
+    if not any((run_dir / name).is_file() for name in files):
         raise TunelensInputError(
-            "no results.json or decide.json here (is it a run directory?)", source=str(run_dir)
+            f"no {' or '.join(files)} here (is it a run directory?)", source=str(run_dir)
         )
-    if study.is_file():
-        results = StudyResults.model_validate(_read(study))
-        for name, make in (
-            ("convergence", convergence_rows),
-            ("audit", audit_rows),
-            ("world_eval", world_eval_rows),
-        ):
-            rows = make(results)
-            if rows:
-                tables[name] = rows
-    if decide.is_file():
-        rows = decide_rows(DecideResults.model_validate(_read(decide)))
+    data = {name: _read(run_dir / name) for name in files if (run_dir / name).is_file()}
+    tables: dict[str, list[Row]] = {}
+    for experiment in experiments:
+        if experiment.results_file not in data:
+            continue
+        with reading(run_dir / experiment.results_file):
+            rows = experiment.tidy_rows(data[experiment.results_file])
         if rows:
-            tables["decide"] = rows
+            tables[experiment.name] = rows
     return tables
 
 
@@ -266,12 +146,13 @@ def export_tables(
         raise TunelensInputError(
             f"unknown format {format!r}; use {' or '.join(FORMATS)}", where="--format"
         )
+    from tunelens.api import get_experiments
     from tunelens.io import atomic_write_text, refuse_overwriting_inputs
 
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "export"
-    inputs = [Path(run_dir) / "results.json", Path(run_dir) / "decide.json"]
-    names = ("convergence", "audit", "world_eval", "decide")
-    refuse_overwriting_inputs([out, *(out / f"{n}.{format}" for n in names)], inputs)
+    experiments = get_experiments()
+    inputs = [Path(run_dir) / name for name in results_files(experiments.values())]
+    refuse_overwriting_inputs([out, *(out / f"{n}.{format}" for n in experiments)], inputs)
     tables = tidy_tables(run_dir)
     paths = {name: out / f"{name}.{format}" for name in tables}
     _make_folder(out)

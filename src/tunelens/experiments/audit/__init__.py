@@ -31,15 +31,17 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
+from tunelens.api.experiment import ReportPart
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
 from tunelens.measures.text import exact_match, headline_metric, rouge_l
+from tunelens.measures.verdicts import format_share, share_reading
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import AuditSpec, TuningSpec
 from tunelens.tasks.types import Task
@@ -342,46 +344,6 @@ def _summary(
     return out
 
 
-def _ratio_ci(c: np.ndarray, o: np.ndarray, u: np.ndarray, n_boot: int, seed: int) -> list[Any]:
-    """Paired interval of mean(c - u) / mean(o - u) over units: percentile, or BCa below 10."""
-    n = len(c)
-
-    def ratio(idx: np.ndarray) -> float:
-        gain = o[idx].mean() - u[idx].mean()
-        return float((c[idx].mean() - u[idx].mean()) / gain) if abs(gain) > 1e-9 else float("nan")
-
-    if n >= MIN_BOOTSTRAP_UNITS:
-        rng = np.random.default_rng(seed)
-        draws = np.array([ratio(rng.integers(0, n, n)) for _ in range(n_boot)])
-        draws = draws[np.isfinite(draws)]
-        if not len(draws):
-            return [None, None]
-        return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
-    if n < 3:
-        return [None, None]
-    from scipy import stats as _scipy_stats
-
-    def stat(ci_: np.ndarray, oi: np.ndarray, ui: np.ndarray, axis: int = -1) -> np.ndarray:
-        gain = oi.mean(axis=axis) - ui.mean(axis=axis)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (ci_.mean(axis=axis) - ui.mean(axis=axis)) / gain
-
-    try:
-        res = _scipy_stats.bootstrap(
-            (c, o, u),
-            stat,
-            paired=True,
-            vectorized=True,
-            n_resamples=n_boot,
-            method="BCa",
-            random_state=np.random.default_rng(seed),
-        )
-    except Exception:  # noqa: BLE001 - degenerate resamples: no interval rather than a crash
-        return [None, None]
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None]
-
-
 def tuning_gain(
     original: dict[str, dict[str, float]],
     untuned: dict[str, dict[str, float]],
@@ -424,32 +386,6 @@ def units_to_decide(gain: dict[str, Any]) -> int | None:
     return int(math.ceil(n * (half / abs(mean)) ** 2 * 1.1))
 
 
-def format_share(
-    cond: dict[str, dict[str, float]],
-    original: dict[str, dict[str, float]],
-    untuned: dict[str, dict[str, float]],
-    names: list[str],
-    metric: str,
-    n_boot: int,
-    seed: int,
-) -> dict[str, Any]:
-    """The raw share (condition - untuned) / (original - untuned) over units, paired interval.
-
-    ``{"mean", "ci", "tuning_gain"}`` whatever the gain (``decide`` reads it with its
-    own rule); the audit reports it through :func:`gated_format_share`.
-    """
-    c = np.array([cond[n][metric] for n in names])
-    o = np.array([original[n][metric] for n in names])
-    u = np.array([untuned[n][metric] for n in names])
-    gain = float(o.mean() - u.mean()) if len(names) else float("nan")
-    point = float((c.mean() - u.mean()) / gain) if abs(gain) > 1e-9 else float("nan")
-    return {
-        "mean": point if math.isfinite(point) else None,
-        "ci": _ratio_ci(c, o, u, n_boot, seed),
-        "tuning_gain": gain,
-    }
-
-
 def gated_format_share(
     cond: dict[str, dict[str, float]],
     original: dict[str, dict[str, float]],
@@ -481,8 +417,6 @@ def gated_format_share(
         out.update({"mean": None, "ci": [None, None], "verdict": NOT_SIGNIFICANT})
         out["tasks_to_decide"] = None if negligible_gain(gain) else units_to_decide(gain)
         return out
-    from tunelens.experiments.decide.verdict import share_reading
-
     raw = format_share(cond, original, untuned, names, metric, n_boot, seed)
     out.update({"mean": raw["mean"], "ci": raw["ci"], "verdict": "share"})
     out["reading"] = share_reading({"ci": raw["ci"]}, True)
@@ -636,6 +570,26 @@ class AuditExperiment(Experiment):
         }
         return {**per_model[models[0]], "audit_by_model": per_model}
 
+    # ------------------------------------------------------------ export and report
+    def results_keys(self) -> tuple[str, ...]:
+        """The keys the audit's section shows (``audit_by_model``, written for several
+        models, is left to a generic table)."""
+        from tunelens.experiments.audit.results import RESULTS_KEYS
+
+        return RESULTS_KEYS
+
+    def tidy_rows(self, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """condition x task x metric (:mod:`tunelens.experiments.audit.tidy`)."""
+        from tunelens.experiments.audit.tidy import tidy_rows
+
+        return tidy_rows(results)
+
+    def report_part(self, results: Mapping[str, Any], plots_dir: Any) -> ReportPart | None:
+        """Verdicts, bound, scores, shares (:mod:`tunelens.experiments.audit.report`)."""
+        from tunelens.experiments.audit.report import report_part
+
+        return report_part(results, plots_dir)
+
     def _aggregate_model(
         self, section: AuditSpec, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
@@ -709,7 +663,7 @@ class AuditExperiment(Experiment):
         grid.sort(key=lambda e: encodings.index(e["condition"]["encoding"]))
         shares = self._shares(raw, by_encoding, untuned, test, n_boot, encodings)
         bound = definition_blind_bound(test, section.eval_instances_per_task)
-        from tunelens.api.results import dump_audit
+        from tunelens.experiments.audit.results import dump_audit
 
         return dump_audit(
             {

@@ -11,11 +11,13 @@ on the ICL results, so it is a follow-up cell (:meth:`followup_cells`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import tunelens
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
+from tunelens.api.experiment import ReportPart
 from tunelens.experiments.decide.config import DecideConfig
 
 __all__ = ["DecideExperiment", "DecideSection"]
@@ -182,6 +184,21 @@ class DecideExperiment(Experiment):
         }
         data["verdict"] = verdict(data, notes)
         return data
+
+    # ------------------------------------------------------------ export and report
+    results_file = "decide.json"  # the whole file is decide's: a page of its own, decide.html
+
+    def tidy_rows(self, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """method x metric from decide.json (:mod:`tunelens.experiments.decide.tidy`)."""
+        from tunelens.experiments.decide.tidy import tidy_rows
+
+        return tidy_rows(results)
+
+    def report_part(self, results: Mapping[str, Any], plots_dir: Any) -> ReportPart | None:
+        """decide.html's template and variables (:mod:`tunelens.experiments.decide.report`)."""
+        from tunelens.experiments.decide.report import report_part
+
+        return report_part(results, plots_dir)
 
 
 def _similarity_k(

@@ -1,12 +1,14 @@
 """decide.json -> decide.html: one self-contained page (the run report's style and safety).
 
-decide.json is read through :class:`tunelens.api.results.DecideResults`. The
-page is ``templates/decide.html.j2`` of :mod:`tunelens.report`, which extends
-the base every tunelens page shares (stylesheet, Content-Security-Policy, nav,
-table macro): rendered by Jinja2 with autoescaping and nothing marked safe
-(task names, labels, definitions and model answers are untrusted text), with
-figures as inline PNGs written without timestamps
-(:func:`tunelens.report.plots.save`).
+decide.json is read through :class:`tunelens.experiments.decide.schema.DecideResults`.
+The page is ``templates/decide.html.j2`` of this package, which extends the base
+every tunelens page shares (:mod:`tunelens.report`'s stylesheet,
+Content-Security-Policy, nav, table macro): rendered by Jinja2 with autoescaping and
+nothing marked safe (task names, labels, definitions and model answers are untrusted
+text), with figures as inline PNGs written without timestamps
+(:func:`tunelens.report.plots.save`). :func:`report_part` gives the same page to
+``tunelens report`` (decide's ``results_file`` is decide.json, so the report makes it
+a page of its own).
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tunelens.api.results import DecideResults, parse_file
+import jinja2
+
+from tunelens.api.experiment import ReportPart
+from tunelens.api.results import parse_file
+from tunelens.experiments.decide.schema import DecideResults
 from tunelens.experiments.decide.verdict import (
     fmt_count,
     fmt_diff,
@@ -26,7 +32,14 @@ from tunelens.experiments.decide.verdict import (
 )
 from tunelens.errors import TunelensInputError
 from tunelens.report.html import data_uri, plain, template_environment
-from tunelens.report.plots import convergence_figure, plt, save, stat_values
+from tunelens.report.plots import (
+    condition_label,
+    cosine_panel,
+    layer_figure,
+    plt,
+    save,
+    stat_values,
+)
 from tunelens.runs.store import atomic_write_text
 
 PLOTS_DIR = "plots"
@@ -156,7 +169,8 @@ def compute_figure(data: Mapping[str, Any]):
 
 
 def similarity_figure(data: Mapping[str, Any]):
-    """Per-layer cosines (ICL-IT, anchor-ICL, anchor-IT), drawn like the convergence study."""
+    """Per-layer cosines (ICL-IT, anchor-ICL, anchor-IT): the raw-cosine panel of
+    :func:`tunelens.report.plots.cosine_panel`, one panel, stacks marked."""
     sim = data["similarity"]
     layers = [
         {
@@ -169,9 +183,8 @@ def similarity_figure(data: Mapping[str, Any]):
         }
         for row in sim["layers"]
     ]
-    return convergence_figure(
-        {"condition": {"k": sim["k"], "items": sim["n_items"]}, "layers": layers}
-    )
+    title = condition_label({"k": sim["k"], "items": sim["n_items"]})
+    return layer_figure(layers, title, [(cosine_panel(layers), True)])
 
 
 def _confusion_view(method: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,9 +294,12 @@ def _kv(mapping: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
-def parse_decide(data: Any, source: str | Path = "decide.json") -> DecideResults:
-    """decide.json data as :class:`DecideResults`, or a TunelensInputError naming the key."""
-    return parse_file(DecideResults, data, source=str(source), what="decide")
+def parse_decide(data: Any, source: str | Path | None = "decide.json") -> DecideResults:
+    """decide.json data as :class:`DecideResults`, or a TunelensInputError naming the key
+    (and ``source``; None: the caller names the file)."""
+    return parse_file(
+        DecideResults, data, source=str(source) if source is not None else None, what="decide"
+    )
 
 
 def _toc(results: DecideResults) -> list[tuple[str, str]]:
@@ -301,8 +317,22 @@ def _toc(results: DecideResults) -> list[tuple[str, str]]:
     return [*toc, ("split", "Split"), ("settings", "Settings")]
 
 
+def _loader() -> jinja2.BaseLoader:
+    """This package's templates (``decide.html.j2``)."""
+    return jinja2.PackageLoader("tunelens.experiments.decide", "templates")
+
+
 def render(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -> str:
     """The page's HTML for decide.json ``data`` and figure data URIs."""
+    return (
+        template_environment(_loader())
+        .get_template("decide.html.j2")
+        .render(**page_view(data, images))
+    )
+
+
+def page_view(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -> dict[str, Any]:
+    """Every variable of ``decide.html.j2``, from decide.json ``data`` and figure data URIs."""
     results = parse_decide(data)
     view: dict[str, Any] = plain(results)  # JSON data in decide.json's (sorted) key order
     method_columns, method_rows = _method_rows(view)
@@ -341,37 +371,33 @@ def render(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]) -
         }
     split = results.split
     model = results.model
-    return (
-        template_environment()
-        .get_template("decide.html.j2")
-        .render(
-            title=f"tunelens decide: {results.task.name}",
-            toc=_toc(results),
-            task=results.task,
-            model=model,
-            labels=", ".join(results.task.labels),
-            model_params=fmt_count(model.non_embedding_parameters),
-            version=str(results.tunelens_version),
-            verdict=verdict,
-            wide=wide,
-            split=split,
-            config=view["config"],
-            curves_png=images["curves"],
-            compute_png=images["compute"],
-            similarity_png=images.get("similarity", ""),
-            methods={"columns": method_columns, "rows": method_rows},
-            comparison_rows=_comparison_rows(view),
-            shares=_share_rows(view),
-            costs=cost_view,
-            confusions=[_confusion_view(m) for m in view["methods"]],
-            similarity=sim_view,
-            split_rows=[
-                [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
-                for label, c in sorted(split.per_label.items())
-            ],
-            settings=_settings(view),
-            environment=_kv(view["environment"]),
-        )
+    return dict(
+        title=f"tunelens decide: {results.task.name}",
+        toc=_toc(results),
+        task=results.task,
+        model=model,
+        labels=", ".join(results.task.labels),
+        model_params=fmt_count(model.non_embedding_parameters),
+        version=str(results.tunelens_version),
+        verdict=verdict,
+        wide=wide,
+        split=split,
+        config=view["config"],
+        curves_png=images["curves"],
+        compute_png=images["compute"],
+        similarity_png=images.get("similarity", ""),
+        methods={"columns": method_columns, "rows": method_rows},
+        comparison_rows=_comparison_rows(view),
+        shares=_share_rows(view),
+        costs=cost_view,
+        confusions=[_confusion_view(m) for m in view["methods"]],
+        similarity=sim_view,
+        split_rows=[
+            [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
+            for label, c in sorted(split.per_label.items())
+        ],
+        settings=_settings(view),
+        environment=_kv(view["environment"]),
     )
 
 
@@ -394,8 +420,13 @@ def render_page(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) ->
     with decide.json, so that neither is left without the other)."""
     out = Path(out_dir)
     results = parse_decide(data, source=out / "decide.json")
+    return render(results, write_figures(results, out / PLOTS_DIR))
+
+
+def write_figures(results: DecideResults, plots: Path) -> dict[str, str]:
+    """Write ``plots/decide_*.png``; returns their data URIs by name (curves, compute, and
+    similarity where measured)."""
     view: dict[str, Any] = plain(results)
-    plots = out / PLOTS_DIR
     images = {
         "curves": data_uri(save(learning_curve_figure(view), plots / "decide_curves.png")),
         "compute": data_uri(save(compute_figure(view), plots / "decide_compute.png")),
@@ -404,7 +435,20 @@ def render_page(out_dir: str | Path, data: DecideResults | Mapping[str, Any]) ->
         images["similarity"] = data_uri(
             save(similarity_figure(view), plots / "decide_similarity.png")
         )
-    return render(results, images)
+    return images
+
+
+def report_part(data: Mapping[str, Any], plots_dir: Path) -> ReportPart:
+    """decide.html as ``tunelens report`` asks for it: the page's template and variables
+    (figures written under ``plots_dir``)."""
+    results = parse_decide(data, source=None)
+    return ReportPart(
+        anchor="verdict",
+        title=f"tunelens decide: {results.task.name}",
+        template="decide.html.j2",
+        view=page_view(results, write_figures(results, Path(plots_dir))),
+        loader=_loader(),
+    )
 
 
 def rebuild_report(out_dir: str | Path) -> Path:
@@ -418,4 +462,12 @@ def rebuild_report(out_dir: str | Path) -> Path:
     return write_report(out_dir, parse_decide(data, source=path))
 
 
-__all__: Sequence[str] = ["parse_decide", "rebuild_report", "render", "render_page", "write_report"]
+__all__: Sequence[str] = [
+    "page_view",
+    "parse_decide",
+    "rebuild_report",
+    "render",
+    "render_page",
+    "report_part",
+    "write_report",
+]

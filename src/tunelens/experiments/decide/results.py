@@ -27,6 +27,7 @@ from tunelens.experiments.decide.metrics import (
 )
 from tunelens.experiments.decide.split import Split, label_of
 from tunelens.measures.sanity import annotate as annotate_layers
+from tunelens.measures.verdicts import format_share
 
 GUESS = "label_guess"
 
@@ -128,8 +129,6 @@ def _format_share(
     tuned: str, scores: Mapping[str, np.ndarray], controls: Sequence[str], seed: int, n_boot: int
 ) -> dict[str, Any]:
     """Share of the tuning gain (tuned - zero-shot) that each format-only control reaches."""
-    from tunelens.experiments.audit import format_share
-
     names = [str(i) for i in range(len(scores[tuned]))]
 
     def per_item(method: str) -> dict[str, dict[str, float]]:

@@ -166,7 +166,7 @@ def run_decide(
         save_adapters=save_adapters,
         placement=placement,
     )
-    from tunelens.api.results import dump_decide
+    from tunelens.experiments.decide.schema import dump_decide
     from tunelens.runs.ranks import is_main_process
 
     data = dump_decide(strict_json(json.loads(dumps(run.aggregate()))))  # the typed shape

@@ -18,7 +18,8 @@ Rules (all on 95% bootstrap intervals over test items):
   format, near 0 that tuning taught the task. A share whose interval lies
   above 0.8 reads "mostly format", below 0.5 "more than the format"; in
   between, or when the tuning gain itself is within noise, it reads as
-  undecided.
+  undecided (:func:`tunelens.measures.verdicts.share_reading`, which the audit
+  uses too).
 
 Pure functions of decide.json data, so the sentences can be tested on
 hand-made numbers.
@@ -30,8 +31,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-MOSTLY_FORMAT = 0.8
-MORE_THAN_FORMAT = 0.5
+from tunelens.measures.verdicts import share_reading
 
 
 def _finite(x: Any) -> bool:
@@ -81,18 +81,6 @@ def fmt_flops(x: Any) -> str:
 
 def fmt_count(x: Any) -> str:
     return f"{x:,.0f}" if _finite(x) else "n/a"
-
-
-def share_reading(share: Mapping[str, Any], gain_decided: bool) -> str:
-    """'mostly format' | 'more than the format' | 'undecided' (see the module rules)."""
-    lo, hi = share.get("ci", [None, None])
-    if not gain_decided or not (_finite(lo) and _finite(hi)):
-        return "undecided"
-    if lo > MOSTLY_FORMAT:
-        return "mostly format"
-    if hi < MORE_THAN_FORMAT:
-        return "more than the format"
-    return "undecided"
 
 
 def _by_id(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
+from tunelens.api.experiment import ReportPart
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, render_prompt
 from tunelens.spec import DEFAULT_SHOTS, WorldEvalSpec
@@ -215,7 +216,7 @@ class WorldEvalExperiment(Experiment):
     ) -> dict[str, Any]:
         tasks = results[0][0].data["tasks"] if results else ()
         per_k = {int(r["k"]): r["per_task"] for _, r in results}
-        from tunelens.api.results import dump_world_eval
+        from tunelens.experiments.world_eval.results import dump_world_eval
 
         summary = summarize(
             tasks,
@@ -225,6 +226,22 @@ class WorldEvalExperiment(Experiment):
             definition=section.definition,
         ).to_json()
         return {"world_eval": dump_world_eval(summary)}
+
+    # ------------------------------------------------------------ export and report
+    def tidy_rows(self, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """family x k accuracies (:mod:`tunelens.experiments.world_eval.tidy`)."""
+        from tunelens.experiments.world_eval.tidy import tidy_rows
+
+        return tidy_rows(results)
+
+    def report_part(self, results: Mapping[str, Any], plots_dir: Any) -> ReportPart | None:
+        """No section of its own: its key, once read typed (a broken one is an input error),
+        is shown as a generic table."""
+        from tunelens.api.results import parse_file
+        from tunelens.experiments.world_eval.results import WorldEvalResults
+
+        parse_file(WorldEvalResults, results, what="results")
+        return None
 
 
 # A small fixed evaluation recorded beside the shipped model (reference_eval.json);

@@ -1,0 +1,369 @@
+"""The audit section of report.html: verdicts, the bound, scores, shares and breakdowns.
+
+:func:`report_part` is what :meth:`AuditExperiment.report_part` returns: it reads the
+audit's keys of results.json through :class:`AuditResults`, writes ``plots/audit.png``
+(exact match and ROUGE-L per condition and baseline, with CIs) and builds the view that
+``templates/audit.html.j2`` reads as ``section.view``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from matplotlib.figure import Figure
+
+from tunelens.api.experiment import ReportPart
+from tunelens.api.results import parse_file
+from tunelens.experiments.audit import BASELINES
+from tunelens.experiments.audit.results import AuditResults
+from tunelens.report.html import data_uri, extras, fmt, plain
+from tunelens.report.plots import Plot, mean_ci, plt, save, shorten
+
+__all__ = ["audit_figure", "audit_label", "audit_view", "other_encoding_baselines", "report_part"]
+
+ANCHOR = "audit"
+AUDIT_KNOWN = (
+    "condition",
+    "em",
+    "rouge_l",
+    "per_task",
+    "per_category",
+    "training",
+    "evaluation",
+)
+METRICS = (("em", "exact match"), ("rouge_l", "ROUGE-L"))
+ENCODING_LABELS = {"definition_only": "[def only]", "definition_examples": "[def+2ex]"}
+CONTROLS = ("simplified", "delusive", "no_definition", "random_guess")
+
+
+def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | None:
+    """The section (``audit.png`` written under ``plots_dir``), or None without the audit's
+    conditions or baselines."""
+    parsed = parse_file(AuditResults, results, what="results")
+    if parsed.audit is None and parsed.baselines is None:
+        return None
+    plots = [write_figure(plain(parsed), Path(plots_dir))]
+    return ReportPart(
+        anchor=ANCHOR,
+        title="Audit",
+        template="audit.html.j2",
+        view=audit_view(parsed, plots),
+        loader=jinja2.PackageLoader("tunelens.experiments.audit", "templates"),
+    )
+
+
+def write_figure(results: Mapping[str, Any], plots_dir: Path) -> Plot:
+    """``audit.png`` from plain results data, with its caption (the bound, where it applies)."""
+    audit = results.get("audit")
+    baselines = results.get("baselines")
+    entries = audit if isinstance(audit, list) else []
+    bound_data = results.get("audit_definition_blind_bound")
+    bound = bound_data.get("em") if isinstance(bound_data, Mapping) else None
+    path = save(
+        audit_figure(
+            entries,
+            baselines if isinstance(baselines, Mapping) else None,
+            bound,
+            other_encoding_baselines(results),
+        ),
+        plots_dir / "audit.png",
+    )
+    caption = (
+        "Held-out exact match and ROUGE-L (x100) with 95% CIs over tasks; grey bars are baselines."
+    )
+    if isinstance(bound, (int, float)) and bound < 100:
+        caption += (
+            f" Dashed line: the definition-blind bound ({bound:.1f} EM), the most a method "
+            "that ignores the definition can score under definition-only evaluation."
+        )
+    return Plot(path, caption, ANCHOR)
+
+
+# ---------------------------------------------------------------- figure
+
+
+def audit_label(entry: Mapping[str, Any]) -> str:
+    """Short bar label: 'def=original ex=delusive n=5 s0'."""
+    c = entry.get("condition")
+    if not isinstance(c, Mapping):
+        return str(c)
+    parts = [f"def={c.get('definition')}", f"ex={c.get('examples')}"]
+    if "instances_per_task" in c:
+        parts.append(f"n={c['instances_per_task']}")
+    if "seed" in c:
+        parts.append(f"s{c['seed']}")
+    if c.get("encoding"):
+        parts.append(ENCODING_LABELS.get(str(c["encoding"]), str(c["encoding"])))
+    return " ".join(parts)
+
+
+def audit_figure(
+    entries: Sequence[Mapping[str, Any]],
+    baselines: Mapping[str, Any] | None,
+    bound: float | None = None,
+    extra_baselines: Sequence[tuple[str, Mapping[str, Any]]] = (),
+) -> Figure:
+    """EM and ROUGE-L per tuning condition and baseline, with CI error bars.
+
+    ``bound``: the definition-blind bound, drawn as a dashed line on the EM axis.
+    """
+    bars: list[tuple[str, Mapping[str, Any], str]] = []
+    for name in [*BASELINES, *sorted(set(baselines or {}) - set(BASELINES))]:
+        if baselines and isinstance(baselines.get(name), Mapping):
+            bars.append((f"baseline: {name}", baselines[name], "#999999"))
+    bars += [(label, data, "#bbbbbb") for label, data in extra_baselines]
+    bars += [(audit_label(e), e, "#1f77b4") for e in entries if isinstance(e, Mapping)]
+    height = max(3.0, 0.28 * len(bars) + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), dpi=100, sharey=True)
+    ys = list(range(len(bars)))
+    for ax, (metric, title) in zip(axes, METRICS, strict=True):
+        means: list[float] = []
+        errs: list[list[float]] = [[], []]
+        colours: list[str] = []
+        for _, data, colour in bars:
+            mean, lo, hi = mean_ci(data.get(metric))
+            m = mean if mean is not None else 0.0
+            means.append(m)
+            errs[0].append(max(0.0, m - lo) if lo is not None else 0.0)
+            errs[1].append(max(0.0, hi - m) if hi is not None else 0.0)
+            colours.append(colour)
+        ax.barh(ys, means, xerr=errs, color=colours, capsize=2, error_kw={"linewidth": 0.8})
+        if metric == "em" and isinstance(bound, (int, float)) and bound < 100:
+            ax.axvline(bound, color="#d62728", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"definition-blind bound {bound:.1f}",
+                (bound, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="#d62728",
+            )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("score (x100)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(ys, [shorten(label) for label, _, _ in bars], fontsize=7)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def other_encoding_baselines(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The untuned baseline under every evaluation encoding but the leading one."""
+    by_encoding = results.get("baselines_by_encoding")
+    if not isinstance(by_encoding, Mapping):
+        return []
+    lead = untuned_lead = None
+    baselines = results.get("baselines")
+    if isinstance(baselines, Mapping):
+        untuned_lead = baselines.get("untuned")
+    spec = results.get("spec")
+    encodings = (spec or {}).get("audit", {}) if isinstance(spec, Mapping) else {}
+    if isinstance(encodings, Mapping) and encodings.get("eval_encodings"):
+        lead = encodings["eval_encodings"][0]
+    out = []
+    for encoding in sorted(by_encoding):
+        untuned = (by_encoding[encoding] or {}).get("untuned")
+        if encoding == lead or (lead is None and untuned == untuned_lead):
+            continue
+        if isinstance(untuned, Mapping):
+            label = ENCODING_LABELS.get(str(encoding), str(encoding))
+            out.append((f"baseline: untuned {label}", untuned))
+    return out
+
+
+# ---------------------------------------------------------------- view
+
+
+def _baseline_sources(results: AuditResults) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, entry) for every baseline: the known ones in their order, then the rest."""
+    if results.baselines is None:
+        return []
+    baselines = plain(results.baselines)
+    names = [*[b for b in BASELINES if b in baselines], *sorted(set(baselines) - set(BASELINES))]
+    return [(f"baseline: {n}", baselines[n]) for n in names if isinstance(baselines[n], Mapping)]
+
+
+def _sources(results: AuditResults) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, entry) for every baseline and audit condition, in report order."""
+    audit = [(audit_label(e), e) for e in plain(results.audit or [])]
+    others = other_encoding_baselines(plain(results))
+    return [*_baseline_sources(results), *others, *audit]
+
+
+def breakdown(
+    sources: list[tuple[str, Mapping[str, Any]]], key: str, metric: str
+) -> dict[str, Any]:
+    """Rows: categories (or tasks); columns: sources; cells: the metric with its CI."""
+    names: list[str] = []
+    for _, entry in sources:
+        part = entry.get(key)
+        if isinstance(part, Mapping):
+            names += [str(n) for n in part if str(n) not in names]
+    rows = []
+    for name in sorted(names):
+        row = [name]
+        for _, entry in sources:
+            part = entry.get(key)
+            value = part.get(name) if isinstance(part, Mapping) else None
+            row.append(fmt(value.get(metric)) if isinstance(value, Mapping) else "")
+        rows.append(row)
+    return {"columns": [key.replace("per_", ""), *[label for label, _ in sources]], "rows": rows}
+
+
+def _tuning_text(training: Any) -> str:
+    """'16 x 2 epochs, 38 steps, lr 0.003 (constant), seed 0, tk'."""
+    if not isinstance(training, Mapping):
+        return ""
+    return (
+        f"batch {fmt(training.get('effective_batch_size'))} x {fmt(training.get('epochs'))} "
+        f"epochs, {fmt(training.get('steps'))} steps, lr {fmt(training.get('learning_rate'))} "
+        f"({fmt(training.get('lr_schedule'))}), seed {fmt(training.get('seed'))}, "
+        f"{fmt(training.get('template'))}"
+    )
+
+
+def _share_text(share: Any) -> str:
+    """A share with its interval, or the verdict with the gain's interval."""
+    if not isinstance(share, Mapping):
+        return ""
+    if share.get("verdict") == "share":
+        reading = share.get("reading")
+        text = fmt({"mean": share.get("mean"), "ci": share.get("ci")})
+        return f"{text} (n {fmt(share.get('n'))}{', ' + str(reading) if reading else ''})"
+    raw = share.get("gain")
+    gain: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    return (
+        f"tuning gain not significant: {fmt({'mean': gain.get('mean'), 'ci': gain.get('ci')})} "
+        f"(n {fmt(gain.get('n'))})"
+    )
+
+
+def _grid(audit: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One row per tuning condition: its factors, scores, training and any other keys."""
+    condition_keys: list[str] = []
+    for e in audit:
+        condition_keys += [str(k) for k in e["condition"] if str(k) not in condition_keys]
+    extra_keys: list[str] = []
+    for e in audit:
+        extra_keys += [str(k) for k in e if k not in AUDIT_KNOWN and str(k) not in extra_keys]
+    rows = [
+        [
+            *[fmt(e["condition"].get(k)) for k in condition_keys],
+            fmt(e["em"]),
+            fmt(e["rouge_l"]),
+            _tuning_text(e.get("training")),
+            *[fmt(e.get(k)) for k in extra_keys],
+        ]
+        for e in audit
+    ]
+    return {
+        "columns": [*condition_keys, "exact match", "ROUGE-L", "training", *extra_keys],
+        "rows": rows,
+    }
+
+
+def _baseline_rows(results: AuditResults, data: Mapping[str, Any]) -> list[list[str]]:
+    """Each baseline (every encoding's untuned one too): its scores and any other keys."""
+    return [
+        [
+            label.removeprefix("baseline: "),
+            fmt(entry.get("em")),
+            fmt(entry.get("rouge_l")),
+            "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
+        ]
+        for label, entry in [
+            *_baseline_sources(results),
+            *other_encoding_baselines(data),
+        ]
+    ]
+
+
+def _share_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    """Per (encoding, instances per task, seed): the tuning gain and each control's share."""
+    rows = []
+    for row in data.get("audit_format_share") or []:
+        gain = (row.get("tuning_gain") or {}).get("em")
+        rows.append(
+            [
+                fmt(row.get("encoding")),
+                fmt(row.get("instances_per_task")),
+                fmt(row.get("seed")),
+                fmt(gain) if gain else "",
+                *[_share_text((row.get(c) or {}).get("em")) for c in CONTROLS],
+            ]
+        )
+    return rows
+
+
+def _headline(sources: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per category, Tk-Instruct's headline metric, its name beside the category."""
+    headline = breakdown(sources, "per_category", "headline")
+    metric_of: dict[str, str] = {}
+    for _, entry in sources:
+        for cat, scores in (entry.get("per_category") or {}).items():
+            if isinstance(scores, Mapping) and scores.get("headline_metric"):
+                metric_of[str(cat)] = str(scores["headline_metric"])
+    for row in headline["rows"]:
+        row[0] = f"{row[0]} ({metric_of.get(row[0], '?')})"
+    return headline
+
+
+def _label_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    """Per held-out task: its label space, where it came from, and labels never used."""
+    spaces = data.get("audit_label_spaces") or {}
+    return [
+        [
+            str(name),
+            ", ".join(space.get("labels") or []) or "free text",
+            fmt(space.get("source")),
+            ", ".join(space.get("unseen") or []),
+        ]
+        for name, space in spaces.items()
+        if isinstance(space, Mapping)
+    ]
+
+
+def _above(bound: Mapping[str, Any]) -> dict[str, Any]:
+    """Definition-only scores against the definition-blind bound."""
+    return {
+        "columns": ["definition-only", "exact match", "whole interval above the bound"],
+        "rows": [
+            [str(r.get("what")), fmt(r.get("em")), "yes" if r.get("above") else "no"]
+            for r in bound.get("above") or []
+            if isinstance(r, Mapping)
+        ],
+    }
+
+
+def audit_view(results: AuditResults, plots: list[Plot]) -> dict[str, Any]:
+    """What ``audit.html.j2`` reads: every table of the section, from the typed results."""
+    audit = plain(results.audit or [])
+    data = plain(results)
+    sources = _sources(results)
+    label_rows = _label_rows(data)
+    bound = data.get("audit_definition_blind_bound") or {}
+    return {
+        "plot": data_uri(plots[0].path) if plots else None,
+        "caption": plots[0].caption if plots else "",
+        "verdicts": [str(v.get("text")) for v in data.get("audit_verdict") or []],
+        "bound": fmt(bound.get("em")) if bound.get("em") is not None else None,
+        "above": _above(bound),
+        "grid": _grid(audit),
+        "baselines": _baseline_rows(results, data),
+        "shares": {
+            "columns": ["encoding", "instances per task", "seed", "tuning gain (EM)", *CONTROLS],
+            "rows": _share_rows(data),
+        },
+        "categories": {m: breakdown(sources, "per_category", m) for m in ("em", "rouge_l")}
+        | {"headline": _headline(sources)},
+        "tasks": {m: breakdown(sources, "per_task", m) for m in ("em", "rouge_l")},
+        "labels": {
+            "columns": ["task", "label space", "from", "named but never used"],
+            "rows": label_rows,
+        },
+        "unseen": [r for r in label_rows if r[3]],
+    }

@@ -1,0 +1,75 @@
+"""The audit's table for ``tunelens export``: condition x task x metric.
+
+``kind`` is ``tuned`` or ``baseline`` (then ``baseline`` names it); condition columns
+``definition``, ``examples``, ``instances_per_task``, ``seed``, ``encoding``; ``level``
+is ``task``, ``category`` or ``overall`` and ``name`` the task or category; ``metric``
+is ``em`` or ``rouge_l``; then the value columns of
+:func:`tunelens.report.tidy.measure_row`. ``instances_per_task`` is text (``5`` or
+``full``), so the column holds one type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tunelens.api.results import parse_file
+from tunelens.experiments.audit import BASELINES
+from tunelens.experiments.audit.results import AuditResults
+from tunelens.report.tidy import Row, measure_row
+
+__all__ = ["audit_rows", "tidy_rows"]
+
+
+def tidy_rows(results: Mapping[str, Any]) -> list[Row]:
+    """The table's rows from results.json data (the audit's keys, read typed)."""
+    return audit_rows(parse_file(AuditResults, results, what="results"))
+
+
+def _summary_rows(base: Row, summary: Any) -> Iterator[Row]:
+    """A summary's scores overall, per category and per task (both metrics each)."""
+    for metric in ("em", "rouge_l"):
+        yield measure_row(
+            {**base, "level": "overall", "name": ""}, "metric", metric, getattr(summary, metric)
+        )
+    for category, scores in sorted(summary.per_category.items()):
+        for metric in ("em", "rouge_l"):
+            yield measure_row(
+                {**base, "level": "category", "name": category},
+                "metric",
+                metric,
+                getattr(scores, metric),
+            )
+    for task, scores in sorted(summary.per_task.items()):
+        for metric in ("em", "rouge_l"):
+            yield measure_row(
+                {**base, "level": "task", "name": task}, "metric", metric, getattr(scores, metric)
+            )
+
+
+def audit_rows(results: AuditResults) -> list[Row]:
+    """Every tuned condition's scores, then every baseline's (per evaluation encoding)."""
+    rows: list[Row] = []
+    empty = {"definition": "", "examples": "", "instances_per_task": "", "seed": None}
+    for entry in results.audit or []:
+        c = entry.condition
+        base: Row = {
+            "kind": "tuned",
+            "baseline": "",
+            "definition": c.definition,
+            "examples": c.examples,
+            "instances_per_task": str(c.instances_per_task),
+            "seed": c.seed,
+            "encoding": c.encoding or "",
+        }
+        rows.extend(_summary_rows(base, entry))
+    by_encoding = results.baselines_by_encoding or (
+        {"": results.baselines} if results.baselines is not None else {}
+    )
+    for encoding, baselines in by_encoding.items():
+        for name in BASELINES:
+            summary = getattr(baselines, name, None)
+            if summary is not None:
+                base = {"kind": "baseline", "baseline": name, **empty, "encoding": encoding}
+                rows.extend(_summary_rows(base, summary))
+    return rows
