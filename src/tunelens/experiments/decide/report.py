@@ -21,6 +21,7 @@ import jinja2
 
 from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
+from tunelens.errors import TunelensInputError
 from tunelens.experiments.decide.schema import DecideResults
 from tunelens.experiments.decide.verdict import (
     fmt_count,
@@ -30,7 +31,6 @@ from tunelens.experiments.decide.verdict import (
     fmt_stat,
     identical,
 )
-from tunelens.errors import TunelensInputError
 from tunelens.report.html import data_uri, plain, template_environment
 from tunelens.report.plots import (
     condition_label,

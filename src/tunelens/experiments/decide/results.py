@@ -11,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from tunelens.experiments.decide.compute import ModelShape, break_even_items, compute_entry, training_flops
+from tunelens.experiments.decide.compute import (
+    ModelShape,
+    break_even_items,
+    compute_entry,
+    training_flops,
+)
 from tunelens.experiments.decide.costs import OTHER, CostMatrix, guess_item_costs, item_costs
 from tunelens.experiments.decide.methods import Method
 from tunelens.experiments.decide.metrics import (
