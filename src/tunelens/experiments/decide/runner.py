@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelens.errors import TunelensInputError
 from tunelens.experiments.decide.compute import ModelShape
 from tunelens.experiments.decide.config import DecideConfig
 from tunelens.experiments.decide.costs import CostMatrix, load_costs
-from tunelens.errors import TunelensInputError
 from tunelens.io import atomic_write_all, refuse_overwriting_inputs
 from tunelens.runs.store import dumps, strict_json
 from tunelens.tasks.types import Task
@@ -141,8 +141,8 @@ def run_decide(
     ``max_memory``) goes to the model load.
     """
     from tunelens.api import StudyInputs, get_experiments
-    from tunelens.experiments.decide.report import render_page
     from tunelens.experiments.decide.experiment import DecideSection
+    from tunelens.experiments.decide.report import render_page
     from tunelens.runs.study import execute
 
     task = load_decide_task(task_path)
