@@ -8,13 +8,15 @@ whatever it computes, and 9x more demonstration sets cost 1.5x more CPU
 each -- no-grad forward calls, ``generate`` calls and their decoding steps,
 optimizer steps (per-set PEFT, lockstep many-set, multi-task), tuning runs
 (adapter set-up and removal, the multi-task Accelerator), scored samples,
-random-init model builds. :func:`convergence_work` and :func:`audit_work`
-count them the way the experiments batch (captures and last-token forwards in
-batches of 16, generation in :func:`tunelens.models.predict.token_batches` of
-the real prompt lengths, the batched-LoRA probe in chunks of 64 rows, one
-lockstep run for all sets of a LoRA cell), from the cell's own prompts where
-its tasks are on this machine, rendered as the cell renders them and counted
-with the model's tokenizer (or 4 characters per token when the model is not
+random-init model builds. Each experiment counts its own cells' work
+(its ``estimate_work`` hook, e.g. :mod:`tunelens.experiments.convergence.plan`)
+with the primitives here, the way it batches (captures and last-token forwards
+in batches of 16: :func:`forward_work`; generation in
+:func:`tunelens.models.predict.token_batches` of the real prompt lengths:
+:func:`generation_work`; training micro-batches: :func:`training_attention`,
+:func:`tuning_steps`), from the cell's own prompts where its tasks are on this
+machine, rendered as the cell renders them and counted with the model's
+tokenizer (:class:`TokenCounter`; 4 characters per token when the model is not
 here). Decoding is counted to ``max_new_tokens`` (an upper bound: a model that
 answers early stops early).
 
@@ -48,14 +50,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PerLayer = tuple[float, float]  # (a, b): seconds = a + b * layers
 
 CAPTURE_BATCH = 16  # capture_last_token_states / last_token_forward rows per call
-PROBE_ROWS = 64  # convergence's batched-LoRA probe: rows per chunk
 CHARS_PER_TOKEN = 4.0  # English BPE, for a model that is not on this machine
 
 
@@ -66,10 +67,12 @@ class CostModel:
     startup_s: float  # interpreter + imports of `tunelens run`, once per run
     setup_s: float  # study set-up (tasks loaded, models fingerprinted), once per run
     finish_s: float  # aggregation, results.json, report.html and plots, once per run
-    report_condition_s: float  # aggregation, plots and tables per convergence condition
+    report_condition_s: float  # aggregation, plots and tables per reported condition
     load_s: float  # loading one model (fixed part; plus its weight bytes / load_bytes_per_s)
     load_bytes_per_s: float
-    cell_s: dict[str, float]  # per cell of an experiment: its own set-up and statistics
+    # per cell of an experiment, by its name: its own set-up and statistics, where a
+    # calibration measured them; an experiment not here costs its ``cell_overhead_s``
+    cell_s: dict[str, float]
     sample_s: float  # per evaluated sample: EM, ROUGE-L, the sample record and its log line
     forward_call: PerLayer  # one no-grad forward call
     generate_call: PerLayer  # one generate call (set-up and prefill dispatch)
@@ -124,8 +127,9 @@ class CostModel:
 # shared-prefix generation counted, gave -31% wall; rerun the calibration with
 # `load_model("world-small")` to reproduce these figures); the bandwidth is the 6-layer 19.6M
 # Llama's 4-token forward over that line (78 MB of weights); the efficiencies come from
-# realistic batches of each kind on the three models; cell_s is what a tiny cell of each
-# experiment costs beyond everything counted; aggregation and report per convergence
+# realistic batches of each kind on the three models; what a tiny cell of each
+# experiment costs beyond everything counted is its class's ``cell_overhead_s`` (cell_s
+# here overrides it by name); aggregation and report per reported (convergence)
 # condition come from resuming (all cells found) runs of 8 and 2 conditions (measured
 # with the script's commands after that run, at load 3). Loads: the CPU
 # time of load_model (weights are memory-mapped); the read rate for large weights is
@@ -137,7 +141,7 @@ CPU_COSTS = CostModel(
     report_condition_s=0.31,
     load_s=0.51,
     load_bytes_per_s=1e9,
-    cell_s={"convergence": 0.0, "audit": 0.005},
+    cell_s={},
     sample_s=2.2e-5,
     forward_call=(0.0, 0.00053),
     generate_call=(0.0, 0.00146),
@@ -321,8 +325,14 @@ def cell_seconds(
     peak_flops: float,
     efficiency: float | None = None,
     memory_bytes_per_s: float | None = None,
+    cell_s: float | None = None,
 ) -> Seconds:
-    """The time of one cell's work on one model (``efficiency`` None: the calibrated curves)."""
+    """The time of one cell's work on one model (``efficiency`` None: the calibrated curves).
+
+    The cell's own fixed seconds are ``costs.cell_s[experiment]`` where the cost model has
+    them, else ``cell_s`` (the experiment's ``cell_overhead_s``; None: looked up on the
+    registered experiment of that name, 0 for none).
+    """
     layers = model.layers
     calls: dict[str, tuple[int, str]] = {
         "forward calls": (work.forward_calls, "forward_call"),
@@ -340,7 +350,7 @@ def cell_seconds(
     parts["model builds"] = work.model_builds * (
         costs.model_build_s + model.total * costs.init_s_per_parameter
     )
-    parts["cells"] = costs.cell_s.get(experiment, 0.0)
+    parts["cells"] = _cell_overhead(experiment, costs, cell_s)
     relative = model.relative_attention
     per_element = costs.attention_relative_s if relative else costs.attention_s
     per_trained = costs.training_attention_relative_s if relative else costs.training_attention_s
@@ -370,9 +380,22 @@ def cell_seconds(
     return Seconds(overhead=overhead, weights=weights, compute=compute, parts=parts)
 
 
+def _cell_overhead(experiment: str, costs: CostModel, cell_s: float | None) -> float:
+    """Seconds one cell of ``experiment`` costs beyond its counted work: the cost model's
+    calibrated figure, else the experiment's own (asked of the registry when not given, so
+    that a caller with only the name prices a cell as ``tunelens plan`` does)."""
+    if experiment in costs.cell_s:
+        return costs.cell_s[experiment]
+    if cell_s is not None:
+        return cell_s
+    from tunelens.api import get_experiments
+
+    return float(getattr(get_experiments().get(experiment), "cell_overhead_s", 0.0))
+
+
 def run_seconds(costs: CostModel, model_bytes: Sequence[int], conditions: int = 0) -> Seconds:
     """A run's fixed costs: start-up, set-up, one load per model, aggregation and a report
-    with ``conditions`` convergence conditions."""
+    with ``conditions`` conditions (each experiment's ``plan_conditions``)."""
     loads = sum(costs.load_s + b / costs.load_bytes_per_s for b in model_bytes)
     parts = {
         "start-up": costs.startup_s,
@@ -554,10 +577,10 @@ def training_attention(lengths: Sequence[int], batch: int, steps: int) -> float:
     return per_epoch * epochs
 
 
-# ---------------------------------------------------------------- convergence
+# ---------------------------------------------------------------- tuning
 
 
-def _steps(n_rows: int, tuning: dict[str, Any]) -> int:
+def tuning_steps(n_rows: int, tuning: dict[str, Any]) -> int:
     """Optimizer steps of one tuning run over ``n_rows`` pairs (epochs, batch, max_steps)."""
     batch = int(tuning.get("batch_size", 8))
     accumulation = int(tuning.get("gradient_accumulation_steps", 1) or 1)
@@ -566,211 +589,3 @@ def _steps(n_rows: int, tuning: dict[str, Any]) -> int:
     if tuning.get("max_steps"):
         steps = min(steps, int(tuning["max_steps"]) * accumulation)
     return steps
-
-
-def convergence_work(
-    cell: Any,
-    counter: TokenCounter,
-    layers: int,
-    fallback: Callable[[], dict[str, Any]],
-    device: str = "cpu",
-) -> Work:
-    """A convergence cell: anchor and ICL captures, forwards and generations, per-set tuning,
-    the probe of every tuned set, activation patching, the random-init control's model."""
-    from tunelens.prompts import PromptStyle, render_prompt, render_target
-    from tunelens.tasks.sampling import sample_demo_sets
-
-    p = cell.params
-    tasks = (cell.data or {}).get("tasks") or ()
-    tuning = p.get("tuning") or {}
-    n, k = int(p.get("n_pairs", 30)), int(p.get("k", 8))
-    per_set = int(p.get("anchors_per_set", 1))
-    max_new = int(p.get("max_new_tokens", 8))
-    exact = bool(tasks)
-    if exact:
-        sets = sample_demo_sets(
-            tasks,
-            n_pairs=n,
-            anchors_per_set=per_set,
-            k=k,
-            relevance=p.get("relevance", "same"),
-            seed=cell.seed,
-            k_max=p.get("k_max"),
-        )
-        template = p.get("template", "plain")
-        style = PromptStyle(
-            template="plain" if template == "chat" else template,
-            definition=bool(p.get("definition")),
-            n_positive=0,
-        )
-        anchors, icl, owners, set_rows, set_targets = [], [], [], [], []
-        for j, demo_set in enumerate(sets):
-            set_rows.append(
-                [
-                    render_prompt(demo_set.task, d.input, [], style) + render_target(d.output)
-                    for d in demo_set.demos
-                ]
-            )
-            set_targets.append([render_target(d.output) for d in demo_set.demos])
-            for anchor in demo_set.anchors:
-                anchors.append(render_prompt(demo_set.task, anchor.input, [], style))
-                icl.append(render_prompt(demo_set.task, anchor.input, demo_set.demos, style))
-                owners.append(j)
-        anchors, icl, owners = anchors[:n], icl[:n], owners[:n]
-        used = sorted(set(owners))
-        anchor_lengths = counter.lengths(anchors)
-        icl_lengths = counter.lengths(icl)
-        row_lengths = [counter.lengths(set_rows[j]) for j in used]
-        target_tokens = [sum(counter.lengths(set_targets[j], special=False)) for j in used]
-    else:
-        shape = fallback()  # {"anchor", "icl", "row"} tokens from the task-shape constants
-        n_sets = math.ceil(n / per_set)
-        anchor_lengths = [shape["anchor"]] * n
-        icl_lengths = [shape["icl"]] * n
-        row_lengths = [[shape["row"]] * k for _ in range(n_sets)]
-        owners = [i // per_set for i in range(n)]
-        used = list(range(n_sets))
-        target_tokens = [0] * n_sets  # unknown: priced as prompt tokens
-    work = Work(exact=exact)
-    work.add(forward_work(anchor_lengths, passes=2))  # states + last-token forward
-    work.add(forward_work(icl_lengths, passes=2))
-    work.add(generation_work(anchor_lengths, max_new, device=device))
-    work.add(generation_work(icl_lengths, max_new, device=device))
-    steps = _steps(k, tuning)
-    epochs = steps / max(1, math.ceil(k / int(tuning.get("batch_size", 8))))
-    epochs_tokens = sum(sum(rows) * epochs for rows in row_lengths)
-    epochs_targets = int(sum(target_tokens) * epochs)
-    full = tuning.get("method") == "full"
-    if full:
-        work.optimizer_steps += steps * len(used)
-        work.tuning_runs += len(used)
-        work.training_tokens += int(epochs_tokens)
-        work.training_targets += epochs_targets
-        work.full_training_tokens += int(epochs_tokens)
-        batch = min(k, int(tuning.get("batch_size", 8))) or 1
-        for rows in row_lengths:
-            work.training_attention += training_attention(rows, batch, steps)
-        for j in used:  # each tuned set probed alone: states, last-token forward, generate
-            rows = [anchor_lengths[i] for i, o in enumerate(owners) if o == j]
-            work.add(forward_work(rows, passes=2))
-            work.add(generation_work(rows, max_new, device=device))
-    else:
-        work.lockstep_steps += steps
-        work.lockstep_runs += 1
-        work.lockstep_tokens += int(epochs_tokens)
-        work.lockstep_targets += epochs_targets
-        batch = min(k, int(tuning.get("batch_size", 8))) or 1
-        for rows in row_lengths:
-            work.training_attention += training_attention(rows, batch, steps)
-        for start in range(0, len(anchor_lengths), PROBE_ROWS):
-            chunk = anchor_lengths[start : start + PROBE_ROWS]
-            work.add(forward_work(chunk, batch=len(chunk), passes=2))
-            work.add(
-                Work(
-                    generate_tokens=sum(chunk) + len(chunk) * max_new,
-                    decode_tokens=len(chunk) * max_new,
-                    generate_calls=1,
-                    decode_steps=max_new,
-                    attention=len(chunk) * (max(chunk) ** 2 + max_new * (max(chunk) + max_new)),
-                )
-            )
-    if p.get("patching"):
-        wanted = p.get("patching_layers") or list(range(layers + 1))
-        n_layers = len([layer for layer in wanted if layer <= layers])
-        work.add(forward_work(anchor_lengths, passes=2 * n_layers))
-    if p.get("control") == "random_init":
-        work.model_builds += 1
-    return work
-
-
-# ---------------------------------------------------------------- audit
-
-
-def audit_work(
-    cell: Any,
-    counter: TokenCounter,
-    kind: str,
-    parameters: int,
-    fallback: Callable[[], dict[str, Any]],
-    device: str = "cpu",
-    layers: int = 1,
-) -> Work:
-    """An audit cell: multi-task tuning on the training pairs (grid cells), then greedy
-    generation on the held-out prompts of each evaluation encoding, each sample scored
-    (shared prefixes as the model of ``parameters`` and ``layers`` generates them).
-
-    ``fallback()`` gives the shapes where the tasks are not here: ``{"prompts": {encoding:
-    n tokens}, "items": n, "pairs": n, "pair_tokens": n}``."""
-    from tunelens.experiments.audit import eval_items, eval_prompts, training_pairs
-
-    p = cell.params
-    data = cell.data or {}
-    test = data.get("test") or ()
-    train = data.get("train") or ()
-    baseline = p.get("baseline")
-    max_new = int(p.get("max_new_tokens", 8))
-    encodings = list(p.get("eval_encodings") or ["definition_examples"])
-    shape = fallback() if not test or (baseline is None and not train) else {}
-    items = eval_items(test, int(p.get("eval_instances_per_task", 100))) if test else []
-    n_items = len(items) if test else int(shape["items"])
-    work = Work(exact=bool(test) and (baseline is not None or bool(train)))
-    from tunelens.models.prefix_generation import break_even_tokens
-
-    break_even = break_even_tokens(parameters, layers)
-    if baseline in ("random", "copy_input", "copy_demo"):
-        # scoring only; the guess baseline also scores every label of the output space
-        work.samples = n_items * (3 if baseline == "random" else 1)
-        return work
-    for encoding in encodings:
-        if test:
-            prompts = eval_prompts(items, int(p.get("n_positive", 2)), p["template"], encoding)
-            ids = counter.token_ids(prompts)
-            lengths = [len(row) for row in ids] if ids is not None else counter.lengths(prompts)
-        else:
-            ids, lengths = None, [int(shape["prompts"][encoding])] * n_items
-        work.add(
-            generation_work(
-                lengths, max_new, kind, device, token_ids=ids, min_saved_tokens=break_even
-            )
-        )
-        work.samples += len(lengths)
-    if baseline is not None:
-        return work
-    tuning = p.get("tuning") or {}
-    if train:
-        pairs = training_pairs(
-            train,
-            definition=p["definition"],
-            examples=p["examples"],
-            instances_per_task=p["instances_per_task"],
-            n_positive=int(p.get("n_positive", 2)),
-            seed=cell.seed,
-            template=p["template"],
-        )
-        n_pairs = len(pairs)
-        step = max(1, n_pairs // 512)
-        sample = pairs[::step][:512]
-        lengths = [n + 1 for n in counter.lengths([a + b for a, b in sample])]  # + EOS
-        mean = sum(lengths) / max(1, len(lengths))
-        targets = [n + 1 for n in counter.lengths([b for _, b in sample], special=False)]
-        mean_target = sum(targets) / max(1, len(targets))
-    else:
-        n_pairs, mean = int(shape["pairs"]), float(shape["pair_tokens"])
-        lengths, mean_target = [int(mean)], 0.0  # targets unknown: priced as prompt tokens
-    steps = _steps(n_pairs, tuning)
-    batch = int(tuning.get("batch_size", 16))
-    # shuffled batches pad to about the longest of ``batch`` draws: the 90th percentile
-    ordered = sorted(lengths)
-    width = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    rows = min(steps * batch, n_pairs * int(tuning.get("epochs", 1)))  # rows trained on
-    work.training_attention += rows * width**2
-    trained = int(mean * rows)
-    work.multitask_steps += steps
-    work.multitask_runs += 1
-    work.training_tokens += trained
-    work.training_targets += int(mean_target * rows)
-    if tuning.get("method") == "full":
-        work.full_training_tokens += trained
-        accumulation = int(tuning.get("gradient_accumulation_steps", 1) or 1)
-        work.trained_parameters_steps += parameters * math.ceil(steps / accumulation)
-    return work

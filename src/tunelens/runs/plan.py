@@ -2,18 +2,21 @@
 
 Everything here is an **estimate** for budgeting, not a measurement:
 
-- Work per cell (:mod:`tunelens.runs.costs`): where a cell's tasks are on
-  this machine, its prompts are rendered as the cell renders them (the same
-  seeded demonstration sets, evaluation items and training pairs) and counted
-  with the model's own tokenizer (4 characters per token when the model is not
-  here), and its calls are counted as the experiment batches them (generation
-  in :func:`tunelens.models.predict.token_batches` of those lengths, exactly
-  the calls the cell makes: tests/integration/test_plan_work.py). Tasks that
-  are not here are sized from the spec's fields times a typical length per
-  example: 8 tokens for the embedded world's tasks, 200 for tasks tunelens does
-  not inspect (a Super-NaturalInstructions instance with its output is roughly
-  that long). An experiment may instead have an ``estimate_tokens(section,
-  cell)`` method (the hook; tokens only).
+- Work per cell (:mod:`tunelens.runs.costs`): each experiment's
+  ``estimate_work(cell, estimate)`` hook counts it (``estimate`` a
+  :class:`PlanContext`: the model's token counter, size and kind, the device).
+  The shipped experiments (their ``plan`` modules) render a cell's prompts as
+  the cell renders them where its tasks are on this machine (the same seeded
+  demonstration sets, evaluation items and training pairs), count them with the
+  model's own tokenizer (4 characters per token when the model is not here),
+  and count calls as they batch them (generation in
+  :func:`tunelens.models.predict.token_batches` of those lengths, exactly the
+  calls the cell makes: tests/integration/test_plan_work.py). Tasks that are
+  not here are sized from the spec's fields times a typical length per example
+  (:func:`task_shape`): 8 tokens for the embedded world's tasks, 200 for tasks
+  tunelens does not inspect (a Super-NaturalInstructions instance with its
+  output is roughly that long). An experiment may instead have an
+  ``estimate_tokens(section, cell)`` method (tokens only).
 - FLOPs (:mod:`tunelens.measures.flops`, Kaplan et al. 2020, Table 1):
   ``2 * N`` per forward-only token, ``4 * N`` per LoRA training token (the
   frozen base needs no weight gradients) and ``6 * N`` per fully trained
@@ -45,7 +48,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -62,9 +65,7 @@ from tunelens.runs.costs import (
     Seconds,
     TokenCounter,
     Work,
-    audit_work,
     cell_seconds,
-    convergence_work,
     run_seconds,
     work_flops,
 )
@@ -439,70 +440,72 @@ def task_shape(ref: str, role: str = "tasks") -> TaskShape:
     )
 
 
-# ---------------------------------------------------------------- shapes of absent tasks
+# ---------------------------------------------------------------- what experiments are given
 
 
-def convergence_shape(cell: Cell) -> dict[str, Any]:
-    """Prompt lengths of a convergence cell whose tasks are not here (from :func:`task_shape`)."""
-    p = cell.params
-    shape = task_shape(str(p.get("tasks", "")))
-    e = shape.example_tokens
-    d = shape.definition_tokens if p.get("definition") else 0
-    return {"anchor": d + e, "icl": d + (int(p.get("k", 8)) + 1) * e, "row": d + e}
+@dataclass(frozen=True)
+class PlanContext:
+    """What an experiment's ``estimate_work(cell, estimate)`` hook is given to count a cell:
+    the model's token counter, its size, its kind ('causal' or 'seq2seq') and the device
+    whose batch sizes the cells will use ('cpu' or 'cuda')."""
+
+    counter: TokenCounter
+    size: ModelSize
+    kind: str = "causal"
+    device: str = "cpu"
 
 
-def audit_shape(cell: Cell) -> dict[str, Any]:
-    """Prompt and pair counts of an audit cell whose tasks are not here."""
-    p = cell.params
-    test = task_shape(str(p.get("test", "")), "test")
-    n_pos = int(p.get("n_positive", 2))
-    prompts = {}
-    for encoding in p.get("eval_encodings") or ["definition_examples"]:
-        shots = n_pos if encoding == "definition_examples" else 0
-        prompts[encoding] = test.definition_tokens + (shots + 1) * test.example_tokens
-    train = task_shape(str(p.get("train", "")), "train")
-    n = p.get("instances_per_task", 5)
-    per_task = train.instances_per_task if n == "full" else float(n)
-    if train.exact:
-        per_task = min(per_task, train.instances_per_task)
-    pair = train.example_tokens * (1 + (n_pos if p.get("examples") != "none" else 0))
-    pair += train.definition_tokens if p.get("definition") != "none" else 0
-    return {
-        "prompts": prompts,
-        "items": test.tasks * min(int(p.get("eval_instances_per_task", 100)), FULL_INSTANCES),
-        "pairs": int(train.tasks * per_task),
-        "pair_tokens": pair,
-    }
+class PlanPrompts(list[str]):
+    """What an experiment's ``plan_prompts`` hook may return: the prompts, with the
+    ``models`` whose context they must fit and the spec ``key`` a prompt too long names.
+    A plain list is checked against the models of the section's cells, under the
+    experiment's name."""
+
+    def __init__(self, prompts: Iterable[str] = (), *, models: Sequence[str] = (), key: str = ""):
+        super().__init__(prompts)
+        self.models = list(models)
+        self.key = key
+
+
+def _ask(experiment: Any, hook: str, *args: Any) -> Any:
+    """The experiment's answer to ``hook``; None where it has no such method (a duck-typed
+    experiment of the tests need not inherit :class:`~tunelens.api.Experiment`)."""
+    method = getattr(experiment, hook, None)
+    return method(*args) if callable(method) else None
+
+
+def experiment_work(experiment: Any, cell: Cell, estimate: PlanContext) -> Work:
+    """The cell's work as its experiment's ``estimate_work`` hook counts it; an experiment
+    without an estimate counts nothing but its cell."""
+    work = _ask(experiment, "estimate_work", cell, estimate)
+    return work if work is not None else Work()
 
 
 def estimate_work(
     cell: Cell, counter: TokenCounter, size: ModelSize, kind: str = "causal", device: str = "cpu"
 ) -> Work:
-    """The default estimator of a cell's work (:mod:`tunelens.runs.costs`), by experiment,
-    batched as on ``device``; an experiment without one counts nothing but its cell."""
-    if cell.experiment == "convergence":
-        return convergence_work(cell, counter, size.layers, lambda: convergence_shape(cell), device)
-    if cell.experiment == "audit":
-        return audit_work(
-            cell, counter, kind, size.total, lambda: audit_shape(cell), device, size.layers
-        )
-    return Work()
+    """A cell's work as the registered experiment of its name estimates it, batched as on
+    ``device`` (:func:`experiment_work`; for callers that hold a cell but no experiment)."""
+    from tunelens.api import get_experiments
+
+    experiment = get_experiments().get(cell.experiment)
+    return experiment_work(experiment, cell, PlanContext(counter, size, kind, device))
 
 
 # ---------------------------------------------------------------- memory and plan
 
 
-def _training_shape(experiment: str, section: Any, cell: Cell) -> tuple[int, int]:
-    """(batch size, tokens per sequence) of the cell's training batches."""
+def _training_shape(experiment: Any, cell: Cell) -> tuple[int, int]:
+    """(batch size, tokens per sequence) of the cell's training batches: the experiment's
+    ``training_shape`` hook, else a generic guess (``tuning.batch_size`` rows, at most
+    ``k``, each one example, with a definition, of the cell's ``tasks``)."""
+    shape = _ask(experiment, "training_shape", cell)
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
     p = cell.params
-    tuning = p.get("tuning") or {}
-    batch = int(tuning.get("batch_size", 8))
-    if experiment == "audit":
-        shape = task_shape(str(p.get("train", "")), "train")
-        n_pos = int(p.get("n_positive", 2))
-        return batch, shape.definition_tokens + (n_pos + 1) * shape.example_tokens
-    shape = task_shape(str(p.get("tasks", "")))
-    return min(batch, int(p.get("k", 8))), shape.definition_tokens + shape.example_tokens
+    batch = int((p.get("tuning") or {}).get("batch_size", 8))
+    tasks = task_shape(str(p.get("tasks", "")))
+    return min(batch, int(p.get("k", 8))), tasks.definition_tokens + tasks.example_tokens
 
 
 def peak_memory(
@@ -534,6 +537,18 @@ class ExperimentPlan:
     time: Seconds = field(default_factory=Seconds)
     exact_cells: int = 0  # cells counted from their own prompts (tasks on this machine)
     notes: list[str] = field(default_factory=list)
+
+    def add(self, work: Work, seconds: Seconds, flops: float, memory: int) -> None:
+        """One more cell: its work, time, FLOPs and peak memory."""
+        self.cells += 1
+        self.exact_cells += int(work.exact)
+        self.forward_tokens += work.all_forward_tokens
+        self.backward_tokens += work.all_training_tokens
+        self.flops += flops
+        self.peak_memory_bytes = max(self.peak_memory_bytes, memory)
+        self.seconds += seconds.total
+        self.work.add(work)
+        self.time.add(seconds)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("work", "time")}
@@ -724,6 +739,102 @@ def _counter(name: str, cache: dict[str, TokenCounter]) -> TokenCounter:
     return cache[name]
 
 
+@dataclass
+class _Pricer:
+    """Prices a study's cells: the accelerator and cost model, and per model (each found
+    once, in the order the cells name them) its size, peak FLOP/s and :class:`PlanContext`."""
+
+    gpu: str
+    efficiency: float | None  # None: the calibrated CPU curves
+    costs: CostModel
+    dtype: Any  # the study's dtype, for cells that name none
+    peak_flops: float | None = None  # replaces the accelerator's peak (tests)
+    sizes: dict[str, ModelSize] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)
+    contexts: dict[str, PlanContext] = field(default_factory=dict)
+    counters: dict[str, TokenCounter] = field(default_factory=dict)
+
+    def size(self, model: str) -> ModelSize:
+        """The model's size; its peak (measured with the threads it will run on) beside it."""
+        if model not in self.sizes:
+            from tunelens.runs.threads import threads_for
+
+            self.sizes[model] = model_size(model)
+            threads = threads_for(self.sizes[model].total)
+            peak = self.peak_flops
+            self.peaks[model] = peak if peak is not None else accelerator_peak(self.gpu, threads)
+        return self.sizes[model]
+
+    def context(self, model: str) -> PlanContext:
+        """What an experiment counts the model's cells with (its tokenizer loaded once)."""
+        if model not in self.contexts:
+            counter, kind = _counter(model, self.counters), _model_kind(model)
+            device = "cpu" if self.gpu == "cpu" else "cuda"
+            self.contexts[model] = PlanContext(counter, self.size(model), kind, device)
+        return self.contexts[model]
+
+    def work(self, experiment: Any, section: Any, cell: Cell) -> Work:
+        """The cell's work: an ``estimate_tokens(section, cell)`` method (tokens only) where the
+        experiment has one, else its ``estimate_work`` hook."""
+        tokens = _ask(experiment, "estimate_tokens", section, cell)
+        if tokens is not None:
+            forward, backward = int(tokens.get("forward", 0)), int(tokens.get("backward", 0))
+            return Work(forward_tokens=forward, training_tokens=backward)
+        return experiment_work(experiment, cell, self.context(_cell_model(cell)))
+
+    def plan(self, name: str, experiment: Any, section: Any, cells: list[Cell]) -> ExperimentPlan:
+        """Every cell of one section priced: work, time, FLOPs and peak memory."""
+        plan = ExperimentPlan(name, sorted({_cell_model(c) for c in cells}))
+        overhead = getattr(experiment, "cell_overhead_s", None)
+        bandwidth = GPU_MEMORY_BYTES_PER_S.get(self.gpu)
+        for cell in cells:
+            model = _cell_model(cell)
+            size = self.size(model)
+            work = self.work(experiment, section, cell)
+            dtype = str(cell.params.get("dtype") or self.dtype)
+            facts = model_facts(size, BYTES.get(dtype, 4))
+            seconds = cell_seconds(
+                name,
+                work,
+                facts,
+                self.costs,
+                peak_flops=self.peaks[model],
+                efficiency=self.efficiency,
+                memory_bytes_per_s=bandwidth,
+                cell_s=overhead,
+            )
+            memory = _cell_memory(experiment, cell, size, dtype, work)
+            plan.add(work, seconds, work_flops(work, facts), memory)
+        return plan
+
+
+def _cell_memory(experiment: Any, cell: Cell, size: ModelSize, dtype: str, work: Work) -> int:
+    """Peak memory of one cell: its weights, and for a cell that trains one batch of its
+    :func:`_training_shape` (with gradients and Adam states under full tuning)."""
+    training = work.all_training_tokens > 0
+    batch, seq = _training_shape(experiment, cell) if training else (0, 0)
+    full = (cell.params.get("tuning") or {}).get("method") == "full"
+    return peak_memory(size, dtype, training=training, full=full, batch=batch, seq=seq)
+
+
+def _checked_cells(
+    spec: Spec, experiments: Mapping[str, Experiment], source: str | None
+) -> list[tuple[str, Any, list[Cell]]]:
+    """The spec's cells per section, once its tasks (those on this machine) have loaded and
+    passed the checks ``tunelens run`` makes and the prompt-length check."""
+    from tunelens.api import StudyInputs
+    from tunelens.runs.preflight import preflight
+    from tunelens.runs.study import plan_cells
+
+    inputs = StudyInputs(strict=False, allow_missing=spec.allow_missing_tasks)
+    planned = plan_cells(spec, experiments, inputs)
+    sections = [(experiments[name], section) for name, section, _ in planned]
+    preflight(sections, inputs, source)
+    cell_models = [sorted({_cell_model(c) for c in cells}) for _, _, cells in planned]
+    check_prompt_lengths(sections, inputs, source, cell_models)
+    return planned
+
+
 def plan_study(
     spec: Spec,
     *,
@@ -738,18 +849,19 @@ def plan_study(
 
     First the spec's tasks load (those on this machine; a task set that is here
     but broken is an error, ``spec.allow_missing_tasks`` skips split entries
-    without a file) and are checked as ``tunelens run`` checks them
-    (:mod:`tunelens.runs.preflight`: pool sizes against k, relevance 'other'
-    against the number of tasks), then the longest prompts against the
-    context of every local model (:func:`check_prompt_lengths`). A failure is
-    one :class:`TunelensInputError` naming ``source`` (the spec) and the key.
+    without a file) and are checked as ``tunelens run`` checks them (each
+    experiment's ``preflight`` hook, :mod:`tunelens.runs.preflight`), then the
+    longest prompts against the context of every local model
+    (:func:`check_prompt_lengths`). A failure is one :class:`TunelensInputError`
+    naming ``source`` (the spec) and the key.
 
-    Time: each cell's work (:func:`estimate_work`, or an experiment's own
-    ``estimate_tokens(section, cell)`` hook, tokens only) priced by
-    :func:`tunelens.runs.costs.cell_seconds`, plus the run's fixed costs.
-    ``mfu`` is the share of the peak the FLOPs run at: None means the
-    calibrated CPU curve on ``cpu`` and 0.4 on a GPU. ``peak_flops`` replaces
-    the accelerator's peak (tests).
+    Time: each cell's work (the experiment's ``estimate_work`` hook, or its own
+    ``estimate_tokens(section, cell)``, tokens only) priced by
+    :func:`tunelens.runs.costs.cell_seconds`, plus the run's fixed costs (with
+    the conditions each experiment's ``plan_conditions`` reports). ``mfu`` is
+    the share of the peak the FLOPs run at: None means the calibrated CPU curve
+    on ``cpu`` and 0.4 on a GPU. ``peak_flops`` replaces the accelerator's peak
+    (tests).
     """
     if mfu is not None and not 0 < mfu <= 1:
         raise TunelensInputError(f"MFU must lie in (0, 1], got {mfu}", where="--mfu")
@@ -757,97 +869,22 @@ def plan_study(
         from tunelens.api import get_experiments
 
         experiments = get_experiments()
-    from tunelens.api import StudyInputs
-    from tunelens.runs.preflight import preflight
-    from tunelens.runs.study import plan_cells
-    from tunelens.runs.threads import threads_for
-
-    inputs = StudyInputs(strict=False, allow_missing=spec.allow_missing_tasks)
-    planned = plan_cells(spec, experiments, inputs)
-    sections = [(experiments[name], section) for name, section, _ in planned]
-    preflight(sections, inputs, source)
-    check_prompt_lengths(sections, inputs, source)
+    planned = _checked_cells(spec, experiments, source)
     efficiency = mfu if mfu is not None or gpu == "cpu" else 0.4
-    bandwidth = GPU_MEMORY_BYTES_PER_S.get(gpu)
-    sizes: dict[str, ModelSize] = {}
-    counters: dict[str, TokenCounter] = {}
-    peaks: dict[str, float] = {}
-    plans = []
-    for name, section, cells in planned:
-        experiment = experiments[name]
-        hook = getattr(experiment, "estimate_tokens", None)
-        plan = ExperimentPlan(name, sorted({_cell_model(c) for c in cells}))
-        for cell in cells:
-            model = _cell_model(cell)
-            if model not in sizes:
-                sizes[model] = model_size(model)
-                threads = threads_for(sizes[model].total)
-                peaks[model] = (
-                    peak_flops if peak_flops is not None else accelerator_peak(gpu, threads)
-                )
-            size = sizes[model]
-            if callable(hook):
-                tokens = hook(section, cell)
-                work = Work(
-                    forward_tokens=int(tokens.get("forward", 0)),
-                    training_tokens=int(tokens.get("backward", 0)),
-                )
-            else:
-                work = estimate_work(
-                    cell,
-                    _counter(model, counters),
-                    size,
-                    _model_kind(model),
-                    "cpu" if gpu == "cpu" else "cuda",
-                )
-            dtype = str(cell.params.get("dtype") or spec.dtype)
-            facts = model_facts(size, BYTES.get(dtype, 4))
-            seconds = cell_seconds(
-                name,
-                work,
-                facts,
-                costs,
-                peak_flops=peaks[model],
-                efficiency=efficiency,
-                memory_bytes_per_s=bandwidth,
-            )
-            tuning = cell.params.get("tuning") or {}
-            batch, seq = _training_shape(name, section, cell)
-            memory = peak_memory(
-                size,
-                dtype,
-                training=work.all_training_tokens > 0,
-                full=tuning.get("method") == "full",
-                batch=batch,
-                seq=seq,
-            )
-            plan.cells += 1
-            plan.exact_cells += int(work.exact)
-            plan.forward_tokens += work.all_forward_tokens
-            plan.backward_tokens += work.all_training_tokens
-            plan.flops += work_flops(work, facts)
-            plan.peak_memory_bytes = max(plan.peak_memory_bytes, memory)
-            plan.seconds += seconds.total
-            plan.work.add(work)
-            plan.time.add(seconds)
-        plans.append(plan)
-    conditions = {
-        re.sub(r" seed=\d+$", "", cell.name)
-        for name, _, cells in planned
-        if name == "convergence"
-        for cell in cells
-    }
-    fixed = run_seconds(
-        costs, [sizes[m].total * BYTES.get(str(spec.dtype), 4) for m in sizes], len(conditions)
+    pricer = _Pricer(gpu, efficiency, costs, spec.dtype, peak_flops)
+    plans = [pricer.plan(name, experiments[name], sec, cells) for name, sec, cells in planned]
+    conditions = sum(
+        int(_ask(experiments[name], "plan_conditions", cells) or 0) for name, _, cells in planned
     )
+    model_bytes = [size.total * BYTES.get(str(spec.dtype), 4) for size in pricer.sizes.values()]
     return Plan(
         accelerator=gpu,
-        peak_flops=next(iter(peaks.values()), peak_flops or 0.0),
+        peak_flops=next(iter(pricer.peaks.values()), peak_flops or 0.0),
         mfu=efficiency,
         experiments=plans,
-        model_sizes={k: asdict(v) for k, v in sizes.items()},
+        model_sizes={k: asdict(v) for k, v in pricer.sizes.items()},
         device_memory_bytes=DEVICE_MEMORY.get(gpu),
-        fixed=fixed,
+        fixed=run_seconds(costs, model_bytes, conditions),
         costs=costs.source,
     )
 
@@ -889,74 +926,34 @@ def _longest(tokenizer: Any, prompts: list[str]) -> tuple[int, str]:
     return lengths[i], prompts[i]
 
 
-def _convergence_prompts(section: Any, tasks: Any) -> list[str]:
-    """The ICL prompts of the first seed at the largest k (the longest the cells make)."""
-    from tunelens.prompts import PromptStyle, render_prompt
-    from tunelens.tasks.sampling import sample_demo_sets
-
-    k_max = max(section.k)
-    style = PromptStyle(
-        template="plain" if section.template == "chat" else section.template,
-        definition=any(section.definition),
-        n_positive=0,
-    )
-    prompts = []
-    for relevance in section.relevance:
-        sets = sample_demo_sets(
-            tasks,
-            n_pairs=section.n_pairs,
-            anchors_per_set=section.anchors_per_set,
-            k=k_max,
-            relevance=relevance,
-            seed=section.seeds[0],
-            k_max=k_max,
-        )
-        for demo_set in sets:
-            for anchor in demo_set.anchors:
-                prompts.append(render_prompt(demo_set.task, anchor.input, demo_set.demos, style))
-    return prompts
-
-
-def _audit_prompts(section: Any, tasks: Any) -> list[str]:
-    """Tk-Instruct prompts (definition + positive examples) of the evaluated instances."""
-    from tunelens.prompts import PromptStyle, render_prompt
-
-    style = PromptStyle(template="tk", definition=True, n_positive=section.n_positive)
-    return [
-        render_prompt(task, inst.input, None, style)
-        for task in tasks
-        for inst in task.instances[: section.eval_instances_per_task]
-    ]
-
-
 def check_prompt_lengths(
-    sections: list[tuple[Experiment, Any]], inputs: Any, source: str | None
+    sections: Sequence[tuple[Experiment, Any]],
+    inputs: Any,
+    source: str | None,
+    cell_models: Sequence[Sequence[str]] = (),
 ) -> None:
     """The longest prompt of each section against each local model's context (exit 2 if over).
 
-    Convergence: the ICL prompts at the largest k (key ``convergence.k``); audit:
-    the Tk-Instruct evaluation prompts (key ``audit.n_positive``). Models not on
-    this machine, and models without a fixed context (T5), are not checked.
+    The prompts are each experiment's ``plan_prompts`` hook (a :class:`PlanPrompts` names
+    the models and the spec key; a plain list is checked against ``cell_models``, the
+    models of that section's cells, under the experiment's name). Models not on this
+    machine, and models without a fixed context (T5), are not checked.
     """
-    for experiment, section in sections:
-        if experiment.name == "convergence":
-            models, ref, key = list(section.models), section.tasks, "convergence.k"
-            make = _convergence_prompts
-        elif experiment.name == "audit":
-            models = section.audited_models()
-            ref, key = section.test, "audit.n_positive"
-            make = _audit_prompts
-        else:
-            continue
-        tasks = inputs.tasks(ref)
-        contexts = [(m, c) for m in models if (c := model_context(m)) is not None]
-        if not tasks or not contexts:
-            continue
-        prompts = make(section, tasks)
+    for i, (experiment, section) in enumerate(sections):
+        prompts = _ask(experiment, "plan_prompts", section, inputs)
         if not prompts:
             continue
-        for model, (context, config_path) in contexts:
-            length, _ = _longest(_tokenizer(model), prompts)
+        if isinstance(prompts, PlanPrompts):
+            models, key = prompts.models, prompts.key or experiment.name
+        else:
+            models = list(cell_models[i]) if i < len(cell_models) else []
+            key = experiment.name
+        for model in models:
+            found = model_context(model)
+            if found is None:
+                continue
+            context, config_path = found
+            length, _ = _longest(_tokenizer(model), list(prompts))
             if length > context:
                 raise TunelensInputError(
                     f"the longest prompt is {length} tokens, more than the {context} positions "

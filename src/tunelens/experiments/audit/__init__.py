@@ -528,6 +528,35 @@ class AuditExperiment(Experiment):
                         )
         return cells
 
+    # ------------------------------------------------------------ plan and --limit
+    # (tunelens.experiments.audit.plan). Seconds a cell costs beyond its counted work
+    # (bench/plan_calibration.py).
+    cell_overhead_s = 0.005
+
+    def limit_section(self, section: AuditSpec, n: int) -> AuditSpec:
+        """At most n held-out and n training instances per task."""
+        from tunelens.experiments.audit.plan import limit_section
+
+        return limit_section(section, n)
+
+    def plan_prompts(self, section: AuditSpec, inputs: StudyInputs) -> list[str]:
+        """The Tk-Instruct evaluation prompts, for the context check of ``tunelens plan``."""
+        from tunelens.experiments.audit.plan import plan_prompts
+
+        return plan_prompts(section, inputs)
+
+    def estimate_work(self, cell: Cell, estimate: Any) -> Any:
+        """The cell's work for ``tunelens plan``, counted as the cell batches it."""
+        from tunelens.experiments.audit.plan import audit_work
+
+        return audit_work(cell, estimate)
+
+    def training_shape(self, cell: Cell) -> tuple[int, int] | None:
+        """(batch, tokens per row) of the multi-task tuning."""
+        from tunelens.experiments.audit.plan import training_shape
+
+        return training_shape(cell)
+
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
         p = cell.params
         test = cell.data["test"]

@@ -116,6 +116,14 @@ class DecideExperiment(Experiment):
         method = similarity_method(plan.task, plan.split, section.config, plan.model_name, k)
         return [self._cell(method, plan, section.config)]
 
+    def limit_section(self, section: DecideSection, n: int) -> DecideSection:
+        """``--limit n``: the first n items of the stratified test set (label proportions as
+        even as n allows); the section's plan is made again."""
+        if section.config.limit == n:
+            return section
+        config = section.config.model_copy(update={"limit": n})
+        return dataclasses.replace(section, config=config, _plan=None)
+
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
         from tunelens.experiments.decide.methods import run_method
 

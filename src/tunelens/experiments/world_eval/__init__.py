@@ -198,6 +198,20 @@ class WorldEvalExperiment(Experiment):
             for k in section.shots
         ]
 
+    # ------------------------------------------------------------ --limit and preflight
+    # (tunelens.experiments.world_eval.plan)
+    def limit_section(self, section: WorldEvalSpec, n: int) -> WorldEvalSpec:
+        """At most n queries per task and k."""
+        from tunelens.experiments.world_eval.plan import limit_section
+
+        return limit_section(section, n)
+
+    def preflight(self, section: WorldEvalSpec, inputs: StudyInputs, source: str | None) -> None:
+        """Every task holds the largest k's demonstrations and a query, before a model loads."""
+        from tunelens.experiments.world_eval.plan import preflight
+
+        preflight(section, inputs, source)
+
     def run_cell(self, cell: Cell, context: RunContext) -> dict[str, Any]:
         p = cell.params
         loaded = context.load_model(p["model"], dtype=p["dtype"], device=p["device"])
