@@ -158,7 +158,7 @@ class Experiment(ABC):
 
     @abstractmethod
     def aggregate(self, section: Any, results: list[tuple[Cell, dict[str, Any]]]) -> dict[str, Any]:
-        """This experiment's keys of the results file (e.g. {"convergence": [...]})."""
+        """This experiment's keys of the results file (``{name: [...]}`` and any others)."""
 
     # ------------------------------------------------------------ the spec section
     # ``section_model`` is the pydantic model of this experiment's spec section (its
@@ -179,6 +179,7 @@ class Experiment(ABC):
     def preflight(self, section: Any, inputs: StudyInputs, source: str | None) -> None:
         """Raise a TunelensInputError (naming ``source`` and the key) for task-dependent
         bounds the spec alone cannot check, e.g. k against the tasks' pools."""
+        return None
 
     def plan_prompts(self, section: Any, inputs: StudyInputs) -> list[str]:
         """The prompts whose length ``tunelens plan`` checks against each model's context."""

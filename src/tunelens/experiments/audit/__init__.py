@@ -39,11 +39,12 @@ import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.audit.spec import AuditSpec, fill_audit
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
 from tunelens.measures.text import exact_match, headline_metric, rouge_l
 from tunelens.measures.verdicts import format_share, share_reading
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
-from tunelens.spec import AuditSpec, TuningSpec
+from tunelens.spec import TuningSpec
 from tunelens.tasks.types import Task
 from tunelens.tasks.variants import output_space
 
@@ -459,6 +460,12 @@ class AuditExperiment(Experiment):
     """The audit study as cells for ``tunelens.runs``."""
 
     name = "audit"
+    section_model = AuditSpec
+
+    def fill_section(self, section: AuditSpec, study: Any) -> AuditSpec:
+        """What the section inherits from the study (:func:`fill_audit`)."""
+        return fill_audit(section, study)
+
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
     # 8: last block cut at target positions, fused AdamW (float noise); earlier: 7: break-even
     # prefix groups, padding-free tuning batches (float noise)

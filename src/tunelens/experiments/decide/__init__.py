@@ -4,8 +4,9 @@
 the task's labelled examples (:mod:`~tunelens.experiments.decide.split`), measures zero-shot,
 ICL at several k, tuning at several n, the format-only controls and the
 label-space guess on one test set (:mod:`~tunelens.experiments.decide.methods`), adds error
-costs (:mod:`~tunelens.experiments.decide.costs`), compute (:mod:`~tunelens.experiments.decide.compute`)
-and paired comparisons (:mod:`~tunelens.experiments.decide.results`), and says what they
+costs (:mod:`~tunelens.experiments.decide.costs`), compute
+(:mod:`~tunelens.experiments.decide.compute`) and paired comparisons
+(:mod:`~tunelens.experiments.decide.results`), and says what they
 mean (:mod:`~tunelens.experiments.decide.verdict`) in DIR/decide.json and DIR/decide.html
 (:mod:`~tunelens.experiments.decide.report`).
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.world_eval.spec import DEFAULT_SHOTS, WorldEvalSpec, fill_world_eval
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, render_prompt
-from tunelens.spec import DEFAULT_SHOTS, WorldEvalSpec
 from tunelens.tasks.sampling import sample_queries_with_demos
 from tunelens.tasks.types import Task
 
@@ -176,6 +176,12 @@ class WorldEvalExperiment(Experiment):
     """``tunelens world eval`` (and a spec's ``world_eval`` section) as cells."""
 
     name = "world_eval"
+    section_model = WorldEvalSpec
+
+    def fill_section(self, section: WorldEvalSpec, study: Any) -> WorldEvalSpec:
+        """What the section inherits from the study (:func:`fill_world_eval`)."""
+        return fill_world_eval(section, study)
+
     code_version = "4"  # 4: prefix groups above the break-even only; 3: token-sized batches
 
     def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
