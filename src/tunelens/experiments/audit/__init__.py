@@ -455,6 +455,70 @@ def definition_blind_bound(test: Sequence[Task], per_task: int) -> float:
     return definition_blind_upper_bound(evaluated)
 
 
+def _evaluation_info(section: AuditSpec, encoding: str) -> dict[str, Any]:
+    """How the held-out prompts of ``encoding`` were built and scored."""
+    return {
+        "encoding": encoding,
+        "template": "tk",
+        "n_positive": section.n_positive if encoding == "definition_examples" else 0,
+        "eval_instances_per_task": section.eval_instances_per_task,
+        "rouge_tokenizer": section.rouge_tokenizer,
+    }
+
+
+def _add_baseline(
+    section: AuditSpec,
+    cell: Cell,
+    result: dict[str, Any],
+    test: Any,
+    by_encoding: dict[str, dict[str, Any]],
+    untuned: dict[str, dict[str, Any]],
+) -> None:
+    """A baseline cell's summary under each encoding (the untuned model's own per encoding;
+    copy and random baselines, prompt-free, the same under every encoding)."""
+    evaluations = result["evaluations"]
+    which = cell.params["baseline"]
+    n_boot = section.bootstrap
+    if which == "untuned":
+        for enc in by_encoding:
+            summary = _summary(evaluations[enc]["per_task"], test, n_boot, seed=0)
+            by_encoding[enc][which] = {**summary, "evaluation": _evaluation_info(section, enc)}
+            untuned[enc] = evaluations[enc]["per_task"]
+        return
+    ev = evaluations["any"]
+    summary = _summary(ev["per_task"], test, n_boot, seed=0)
+    if which == "random":
+        expected = _summary(ev["expected_per_task"], test, n_boot, seed=0)
+        summary = {**expected, "draw": {"em": summary["em"], "rouge_l": summary["rouge_l"]}}
+    for enc in by_encoding:
+        by_encoding[enc][which] = summary
+
+
+def _add_grid_cell(
+    section: AuditSpec,
+    cell: Cell,
+    result: dict[str, Any],
+    test: Any,
+    grid: list[dict[str, Any]],
+    raw: dict[tuple, dict[str, Any]],
+) -> None:
+    """A tuned cell's entry per encoding, and its per-task scores for the format shares."""
+    condition = {k: cell.params[k] for k in ("definition", "examples", "instances_per_task")}
+    for enc in section.eval_encodings:
+        per_task = result["evaluations"][enc]["per_task"]
+        entry = {
+            "condition": {**condition, "seed": cell.seed, "encoding": enc},
+            **_summary(per_task, test, section.bootstrap, seed=0),
+            "training": result["training"],
+            "evaluation": _evaluation_info(section, enc),
+        }
+        if "tuning" in result:  # cells from before issue 18 lack it
+            entry["tuning"] = result["tuning"]
+        grid.append(entry)
+        key = (*condition.values(), cell.seed, enc)
+        raw[key] = per_task
+
+
 @register_experiment
 class AuditExperiment(Experiment):
     """The audit study as cells for ``tunelens.runs``."""
@@ -634,77 +698,26 @@ class AuditExperiment(Experiment):
             from tunelens.tasks.sets import load_task_set
 
             test = load_task_set(section.test)
-        n_boot = section.bootstrap
         encodings = list(section.eval_encodings)
-        lead = encodings[0]
-        template = "tk"
         by_encoding: dict[str, dict[str, Any]] = {enc: {} for enc in encodings}
         untuned: dict[str, dict[str, Any]] = {}
         grid: list[dict[str, Any]] = []
         raw: dict[tuple, dict[str, Any]] = {}
-
-        def evaluation_info(encoding: str) -> dict[str, Any]:
-            return {
-                "encoding": encoding,
-                "template": template,
-                "n_positive": section.n_positive if encoding == "definition_examples" else 0,
-                "eval_instances_per_task": section.eval_instances_per_task,
-                "rouge_tokenizer": section.rouge_tokenizer,
-            }
-
         for cell, result in results:
-            evaluations = result["evaluations"]
             if "baseline" in cell.params:
-                which = cell.params["baseline"]
-                if which == "untuned":
-                    for enc in encodings:
-                        summary = _summary(evaluations[enc]["per_task"], test, n_boot, seed=0)
-                        by_encoding[enc][which] = {**summary, "evaluation": evaluation_info(enc)}
-                        untuned[enc] = evaluations[enc]["per_task"]
-                    continue
-                ev = evaluations["any"]
-                summary = _summary(ev["per_task"], test, n_boot, seed=0)
-                if which == "random":
-                    expected = _summary(ev["expected_per_task"], test, n_boot, seed=0)
-                    summary = {
-                        **expected,
-                        "draw": {"em": summary["em"], "rouge_l": summary["rouge_l"]},
-                    }
-                for enc in encodings:
-                    by_encoding[enc][which] = summary
-                continue
-            condition = {
-                k: cell.params[k] for k in ("definition", "examples", "instances_per_task")
-            }
-            for enc in encodings:
-                per_task = evaluations[enc]["per_task"]
-                entry = {
-                    "condition": {**condition, "seed": cell.seed, "encoding": enc},
-                    **_summary(per_task, test, n_boot, seed=0),
-                    "training": result["training"],
-                    "evaluation": evaluation_info(enc),
-                }
-                if "tuning" in result:  # cells from before issue 18 lack it
-                    entry["tuning"] = result["tuning"]
-                grid.append(entry)
-                key = (
-                    condition["definition"],
-                    condition["examples"],
-                    condition["instances_per_task"],
-                    cell.seed,
-                    enc,
-                )
-                raw[key] = per_task
+                _add_baseline(section, cell, result, test, by_encoding, untuned)
+            else:
+                _add_grid_cell(section, cell, result, test, grid, raw)
         # Lead with the first encoding (definition-only in the default).
         grid.sort(key=lambda e: encodings.index(e["condition"]["encoding"]))
-        shares = self._shares(raw, by_encoding, untuned, test, n_boot, encodings)
+        shares = self._shares(raw, by_encoding, untuned, test, section.bootstrap, encodings)
         bound = definition_blind_bound(test, section.eval_instances_per_task)
         from tunelens.experiments.audit.results import dump_audit
 
         return dump_audit(
             {
                 "audit": grid,
-                "baselines": by_encoding[lead],
+                "baselines": by_encoding[encodings[0]],
                 "baselines_by_encoding": by_encoding,
                 "audit_format_share": shares,
                 "audit_verdict": self._verdicts(shares),
