@@ -446,7 +446,7 @@ def test_tied_label_scores_are_no_answer_and_unknown_tokens_warn(capsys):
 
 
 def test_contradictory_outputs_and_shared_test_inputs_warn(tmp_path, capsys):
-    from tunelens.experiments.decide.runner import contradictions
+    from tunelens.experiments.decide.inputs import contradictions
     from tunelens.experiments.decide.split import Split, shared_inputs
     from tunelens.tasks.types import Instance, Task
 

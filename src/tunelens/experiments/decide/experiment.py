@@ -49,8 +49,8 @@ class DecideSection:
     def plan(self, inputs: StudyInputs) -> DecidePlan:
         """Load the task, split it and plan the methods (once per section)."""
         if self._plan is None:
+            from tunelens.experiments.decide.inputs import load_decide_task
             from tunelens.experiments.decide.methods import plan_methods, resolve_model_name
-            from tunelens.experiments.decide.runner import load_decide_task
             from tunelens.experiments.decide.split import stratified_split
             from tunelens.tasks.digest import task_digest
 
@@ -145,8 +145,8 @@ class DecideExperiment(Experiment):
         self, section: DecideSection, results: list[tuple[Cell, dict[str, Any]]]
     ) -> dict[str, Any]:
         """The whole of decide.json."""
+        from tunelens.experiments.decide.inputs import model_shape
         from tunelens.experiments.decide.results import build_results
-        from tunelens.experiments.decide.runner import model_shape
         from tunelens.experiments.decide.verdict import verdict
         from tunelens.runs.study import environment
 
