@@ -461,7 +461,9 @@ class PlanPrompts(list[str]):
     A plain list is checked against the models of the section's cells, under the
     experiment's name."""
 
-    def __init__(self, prompts: Iterable[str] = (), *, models: Sequence[str] = (), key: str = ""):
+    def __init__(
+        self, prompts: Iterable[str] = (), *, models: Sequence[str] = (), key: str = ""
+    ) -> None:
         super().__init__(prompts)
         self.models = list(models)
         self.key = key
@@ -785,7 +787,7 @@ class _Pricer:
     def plan(self, name: str, experiment: Any, section: Any, cells: list[Cell]) -> ExperimentPlan:
         """Every cell of one section priced: work, time, FLOPs and peak memory."""
         plan = ExperimentPlan(name, sorted({_cell_model(c) for c in cells}))
-        overhead = getattr(experiment, "cell_overhead_s", None)
+        overhead = float(getattr(experiment, "cell_overhead_s", 0.0))  # beyond counted work
         bandwidth = GPU_MEMORY_BYTES_PER_S.get(self.gpu)
         for cell in cells:
             model = _cell_model(cell)
