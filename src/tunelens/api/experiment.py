@@ -172,6 +172,10 @@ class Experiment(ABC):
         return section
 
     # ------------------------------------------------------------ run and plan hooks
+    # The fixed seconds each cell costs beyond its counted work (``tunelens plan``'s time
+    # model, calibrated by bench/plan_calibration.py).
+    cell_overhead_s: ClassVar[float] = 0.0
+
     def limit_section(self, section: Any, n: int) -> Any:
         """The section bounded for ``--limit n`` (at most n anchors / instances per task)."""
         return section

@@ -37,9 +37,9 @@ __all__ = [
 ]
 
 SHIPPED: dict[str, str] = {
-    "convergence": "tunelens.experiments.convergence:ConvergenceExperiment",
-    "audit": "tunelens.experiments.audit:AuditExperiment",
-    "world_eval": "tunelens.experiments.world_eval:WorldEvalExperiment",
+    "convergence": "tunelens.experiments.convergence.experiment:ConvergenceExperiment",
+    "audit": "tunelens.experiments.audit.experiment:AuditExperiment",
+    "world_eval": "tunelens.experiments.world_eval.experiment:WorldEvalExperiment",
     "decide": "tunelens.experiments.decide.experiment:DecideExperiment",
 }
 """The shipped experiments: name -> ``"module:Class"``."""

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from tunelens.api import Cell, StudyInputs
-from tunelens.experiments.audit import eval_items, eval_prompts, training_pairs
+from tunelens.experiments.audit.experiment import eval_items, eval_prompts, training_pairs
 from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.prompts import PromptStyle, render_prompt
 from tunelens.runs.costs import Work, generation_work, tuning_steps

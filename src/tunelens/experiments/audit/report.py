@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
-from tunelens.experiments.audit import BASELINES
+from tunelens.experiments.audit.experiment import BASELINES
 from tunelens.experiments.audit.results import AuditResults
 from tunelens.report.html import data_uri, extras, fmt, plain
 from tunelens.report.plots import Plot, mean_ci, plt, save, shorten

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tunelens.api.results import parse_file
-from tunelens.experiments.audit import BASELINES
+from tunelens.experiments.audit.experiment import BASELINES
 from tunelens.experiments.audit.results import AuditResults
 from tunelens.report.tidy import Row, measure_row
 

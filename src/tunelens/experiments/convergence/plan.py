@@ -22,7 +22,7 @@ from typing import Any
 
 from tunelens.api import Cell, StudyInputs
 from tunelens.errors import TunelensInputError
-from tunelens.experiments.convergence import PROBE_ROWS
+from tunelens.experiments.convergence.experiment import PROBE_ROWS
 from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.runs.costs import (
