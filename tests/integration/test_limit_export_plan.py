@@ -13,10 +13,13 @@ from tests.helpers.fakes import fake_experiments, small_spec
 
 from tunelens.api import StudyInputs, get_experiments
 from tunelens.errors import TunelensInputError
+from tunelens.experiments.audit.spec import AuditSpec
+from tunelens.experiments.convergence.spec import ConvergenceSpec
+from tunelens.experiments.world_eval.spec import WorldEvalSpec
 from tunelens.runs.limit import limit_cells, limit_section
 from tunelens.runs.store import CellStore
 from tunelens.runs.study import run_study, spec_yaml
-from tunelens.spec import AuditSpec, ConvergenceSpec, Spec, WorldEvalSpec, validate_spec
+from tunelens.spec import Spec, validate_spec
 
 
 def test_limit_bounds_each_experiment():

@@ -13,7 +13,7 @@ from scipy import stats
 
 from tunelens.api import Cell
 from tunelens.experiments.audit import NOT_SIGNIFICANT, AuditExperiment
-from tunelens.spec import AuditSpec
+from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.tasks.types import Instance, Task
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tunelens.errors import TunelensInputError
 from tunelens.experiments.decide.costs import (
     OTHER,
     build_cost_matrix,
@@ -14,7 +15,6 @@ from tunelens.experiments.decide.costs import (
     load_costs,
 )
 from tunelens.experiments.decide.metrics import confusion_matrix
-from tunelens.errors import TunelensInputError
 
 LABELS = ("ham", "spam")
 

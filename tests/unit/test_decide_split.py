@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from tunelens.experiments.decide.split import label_of, resolve_test_size, stratified_split
 from tunelens.errors import TunelensInputError
+from tunelens.experiments.decide.split import label_of, resolve_test_size, stratified_split
 from tunelens.tasks.sampling import allocate, stratified_order
 from tunelens.tasks.types import Instance
 

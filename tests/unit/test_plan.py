@@ -9,6 +9,7 @@ import pytest
 
 from tunelens.api import Cell
 from tunelens.errors import TunelensInputError
+from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.runs.costs import CPU_COSTS, ModelFacts, TokenCounter, Work, cell_seconds
 from tunelens.runs.plan import (
     KNOWN_ARCHITECTURES,
@@ -20,7 +21,7 @@ from tunelens.runs.plan import (
     peak_memory,
     plan_study,
 )
-from tunelens.spec import ConvergenceSpec, Spec
+from tunelens.spec import Spec
 
 REPO = Path(__file__).resolve().parents[2]
 

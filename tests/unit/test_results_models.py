@@ -145,7 +145,7 @@ def audit_cells(tasks, seed: int = 0):
 
 def test_audit_round_trip(raw):
     from tunelens.experiments.audit import AuditExperiment
-    from tunelens.spec import AuditSpec
+    from tunelens.experiments.audit.spec import AuditSpec
     from tunelens.tasks.sets import load_task_set
 
     section = AuditSpec(bootstrap=100)
