@@ -203,6 +203,49 @@ def _best(
     }
 
 
+def _comparisons(
+    entries: list[dict[str, Any]],
+    icl: list[dict[str, Any]],
+    tuned: list[dict[str, Any]],
+    scores: dict[str, np.ndarray],
+    seed: int,
+    n_boot: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Each ICL and tuned method against zero-shot; each tuned method against ICL at the
+    largest k not above its n, with the items after which tuning's compute pays back."""
+    comparisons: dict[str, list[dict[str, Any]]] = {"vs_zero_shot": [], "at_equal_size": []}
+    for entry in [*icl, *tuned]:
+        comparisons["vs_zero_shot"].append(
+            comparison(
+                entry["id"],
+                "zero_shot",
+                scores,
+                seed=seed,
+                n_boot=n_boot,
+                examples=entry["examples"],
+            )
+        )
+    for entry in tuned:
+        smaller = [e for e in icl if e["examples"] <= entry["examples"]]
+        if smaller:
+            ref = max(smaller, key=lambda e: e["examples"])
+            comp = comparison(
+                entry["id"], ref["id"], scores, seed=seed, n_boot=n_boot, examples=entry["examples"]
+            )
+            comparisons["at_equal_size"].append(comp)
+    flops = {e["id"]: e["compute"] for e in entries}
+    for comp in comparisons["at_equal_size"]:
+        train = flops[comp["a"]].get("training", {}).get("flops")
+        if train is not None:
+            items = break_even_items(
+                train,
+                flops[comp["a"]]["per_1000_items"]["flops"] / 1000,
+                flops[comp["b"]]["per_1000_items"]["flops"] / 1000,
+            )
+            comp["tuning_pays_back_after_items"] = items
+    return comparisons
+
+
 def build_results(
     *,
     task: Any,
@@ -234,36 +277,7 @@ def build_results(
         by_family.setdefault(entry["family"], []).append(entry)
     icl = by_family.get("icl", [])
     tuned = by_family.get("tuning", [])
-    comparisons: dict[str, list[dict[str, Any]]] = {"vs_zero_shot": [], "at_equal_size": []}
-    for entry in [*icl, *tuned]:
-        comparisons["vs_zero_shot"].append(
-            comparison(
-                entry["id"],
-                "zero_shot",
-                scores,
-                seed=seed,
-                n_boot=n_boot,
-                examples=entry["examples"],
-            )
-        )
-    for entry in tuned:
-        smaller = [e for e in icl if e["examples"] <= entry["examples"]]
-        if smaller:
-            ref = max(smaller, key=lambda e: e["examples"])
-            comp = comparison(
-                entry["id"], ref["id"], scores, seed=seed, n_boot=n_boot, examples=entry["examples"]
-            )
-            comparisons["at_equal_size"].append(comp)
-    flops = {e["id"]: e["compute"] for e in entries}
-    for comp in comparisons["at_equal_size"]:
-        train = flops[comp["a"]].get("training", {}).get("flops")
-        if train is not None:
-            items = break_even_items(
-                train,
-                flops[comp["a"]]["per_1000_items"]["flops"] / 1000,
-                flops[comp["b"]]["per_1000_items"]["flops"] / 1000,
-            )
-            comp["tuning_pays_back_after_items"] = items
+    comparisons = _comparisons(entries, icl, tuned, scores, seed, n_boot)
     out: dict[str, Any] = {
         "methods": entries,
         "curves": {
