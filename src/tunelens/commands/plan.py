@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tunelens.commands.apps import app
+from tunelens.commands.config_options import with_config_options
+from tunelens.commands.options import STUDY, JsonOption
 from tunelens.commands.run import with_run_options
-from tunelens.commands.studies import AllowMissingOption, LimitOption
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tunelens.runs.plan import Plan
+
+PLAN_OPTIONS = STUDY.subset("limit", "allow_missing_tasks")
+"""The spec settings that change what a plan counts (as `tunelens run` takes them)."""
 
 
 def human(value: float, unit: str = "") -> str:
@@ -50,6 +59,7 @@ def duration(seconds: float) -> str:
 
 
 @app.command("plan")
+@with_config_options(PLAN_OPTIONS)
 def plan(
     spec: Annotated[
         Path | None,
@@ -69,9 +79,9 @@ def plan(
             show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
-    limit: LimitOption = None,
-    allow_missing_tasks: AllowMissingOption = False,
+    as_json: JsonOption = False,
+    *,
+    study: dict[str, Any],
 ) -> None:
     """Check a spec's tasks, then estimate cells, forward/training tokens, FLOPs, peak memory
     and wall time.
@@ -80,13 +90,12 @@ def plan(
     'other' against the number of tasks, the longest prompt against a local model's
     context): a failure is exit status 2 and one line naming the spec key."""
     from rich.console import Console
-    from rich.table import Table
 
     from tunelens.runs.plan import plan_study
     from tunelens.spec import default_spec, load_spec
 
     loaded = default_spec() if spec is None else load_spec(spec)
-    loaded = with_run_options(loaded, limit, allow_missing_tasks)
+    loaded = with_run_options(loaded, **study)
     source = "the default spec" if spec is None else str(spec)
     result = plan_study(loaded, gpu=gpu, mfu=mfu, source=source)
     if as_json:
@@ -105,6 +114,14 @@ def plan(
             f"({human(size['total'])} in all; {size['source']})",
             markup=False,
         )
+    print_table(console, result)
+    print_time(console, result, gpu)
+
+
+def print_table(console: Console, result: Plan) -> None:
+    """One row per experiment, the fixed costs, then the total."""
+    from rich.table import Table
+
     table = Table()
     table.add_column("experiment", no_wrap=True)
     for header in ("cells", "forward tokens", "training tokens", "FLOPs", "peak memory", "time"):
@@ -139,6 +156,11 @@ def plan(
         duration(result.seconds),
     )
     console.print(table)
+
+
+def print_time(console: Console, result: Plan, gpu: str) -> None:
+    """Where the time goes, a warning when the peak memory exceeds one device, and what the
+    numbers are (estimates, and from what)."""
     time = result.time
     parts = sorted(time.parts.items(), key=lambda item: -item[1])
     console.print(

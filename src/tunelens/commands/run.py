@@ -3,36 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from tunelens.bounds import check_option
-from tunelens.cli import app
-from tunelens.commands.studies import (
-    AllowMissingOption,
-    LimitOption,
-    SaveAdaptersOption,
-    say_limited,
+from tunelens.commands.apps import app
+from tunelens.commands.config_options import with_config_options
+from tunelens.commands.options import (
+    STUDY,
+    AddressOption,
+    ExecutorOption,
+    NoProgressOption,
+    OutOption,
+    WaitOption,
 )
+from tunelens.commands.studies import say_limited
 from tunelens.spec import Spec
+
+RUN_OPTIONS = STUDY.subset("limit", "allow_missing_tasks", "save_adapters")
+"""The spec settings a run may change from the command line (given wins)."""
 
 
 def with_run_options(
-    spec: Spec, limit: int | None, allow_missing_tasks: bool, save_adapters: bool = False
+    spec: Spec,
+    limit: int | None = None,
+    allow_missing_tasks: bool | None = None,
+    save_adapters: bool | None = None,
 ) -> Spec:
-    """The spec with --limit / --allow-missing-tasks / --save-adapters applied (given wins)."""
+    """The spec with --limit / --allow-missing-tasks / --save-adapters applied where given
+    (None: the spec's own value stays)."""
     update: dict[str, object] = {}
-    if save_adapters:
-        update["save_adapters"] = True
+    if save_adapters is not None:
+        update["save_adapters"] = save_adapters
     if limit is not None:
         update["limit"] = check_option(Spec, "limit", limit, "--limit")
-    if allow_missing_tasks:
-        update["allow_missing_tasks"] = True
+    if allow_missing_tasks is not None:
+        update["allow_missing_tasks"] = allow_missing_tasks
     return spec.model_copy(update=update) if update else spec
 
 
 @app.command("run")
+@with_config_options(RUN_OPTIONS)
 def run(
     spec: Annotated[
         Path | None,
@@ -41,28 +53,14 @@ def run(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Run directory; re-run to resume.")] = ...,  # type: ignore[assignment]  # typer: required
+    out: OutOption = ...,  # type: ignore[assignment]  # typer: required
     # A plain string checked by the library, so a bad value is exit status 2 with one line.
-    executor: Annotated[
-        str, typer.Option(help="Where cells run: 'local' (this process) or 'ray' (Ray tasks).")
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster address (e.g. 'auto', 'ray://head:10001'); "
-            "default: a local Ray instance."
-        ),
-    ] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait", help="If another run holds DIR (DIR/.lock), wait for it instead of refusing."
-        ),
-    ] = False,
-    limit: LimitOption = None,
-    allow_missing_tasks: AllowMissingOption = False,
-    save_adapters: SaveAdaptersOption = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    no_progress: NoProgressOption = False,
+    wait: WaitOption = False,
+    *,
+    study: dict[str, Any],
 ) -> None:
     """Run every unfinished cell of a study, then write results.json and report.html."""
     from tunelens.report.html import build_report
@@ -77,7 +75,7 @@ def run(
         written = ("results.json", "report.html", "manifest.json", TIMINGS)
         refuse_overwriting_inputs([out, *(out / name for name in written)], [spec])
     loaded = default_spec() if spec is None else load_spec(spec)
-    loaded = with_run_options(loaded, limit, allow_missing_tasks, save_adapters)
+    loaded = with_run_options(loaded, **study)
     run_study(
         loaded,
         out,

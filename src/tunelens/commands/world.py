@@ -1,10 +1,18 @@
-"""`tunelens world ...`: export the instruction world, train and evaluate its model."""
+"""`tunelens world ...`: export the instruction world, train and evaluate its model.
+
+``world eval``'s options are generated from the ``world_eval`` spec section
+(:class:`~tunelens.experiments.world_eval.spec.WorldEvalSpec`), so they show
+its help and defaults. ``world train-model``'s stay hand-written: the trainer's
+recipe (:class:`tunelens.models.world_model.WorldModelRecipe`) is a dataclass
+without descriptions, and its defaults depend on the size.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,7 +20,29 @@ from rich.table import Table
 
 from tunelens.bounds import MAX_COUNT
 from tunelens.commands.apps import world_app
+from tunelens.commands.config_options import ConfigOptions, with_config_options
+from tunelens.commands.options import JsonOption, NoProgressOption
 from tunelens.errors import TunelensInputError
+from tunelens.experiments.world_eval.spec import WorldEvalSpec
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+    from tunelens.experiments.world_eval import WorldEvalResult
+    from tunelens.models.world_model import WorldModelRecipe
+
+MAX_SHOTS = 10_000
+MAX_QUERIES = 100_000
+"""Bounds of ``world eval`` beyond the section's: prompts and draws it can build in memory."""
+
+WORLD_EVAL = ConfigOptions(
+    WorldEvalSpec,
+    key="section",
+    panel="Evaluation",
+    names={"queries_per_task": ("--queries",)},
+    # The command has always dropped a repeated k (a spec section refuses one).
+    normalise={"shots": lambda shots: list(dict.fromkeys(shots))},
+)
 
 
 def check_range(option: str, value: int, low: int, high: int | None = None) -> None:
@@ -20,21 +50,6 @@ def check_range(option: str, value: int, low: int, high: int | None = None) -> N
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise TunelensInputError(f"must be {bound}, got {value}", where=option)
-
-
-def parse_shots(text: str) -> tuple[int, ...]:
-    """'0,1,2,4' -> (0, 1, 2, 4), with a clear error for anything else."""
-    try:
-        shots = tuple(int(x) for x in text.split(",") if x.strip())
-        if any(k > 10_000 for k in shots):
-            raise ValueError
-    except ValueError:
-        raise TunelensInputError(
-            f"--shots must be comma-separated integers, got {text!r}"
-        ) from None
-    if not shots or min(shots) < 0:
-        raise TunelensInputError(f"--shots must list non-negative integers, got {text!r}")
-    return shots
 
 
 @world_app.command("export")
@@ -77,55 +92,66 @@ def path(
     typer.echo(str(world_model_dir(name)))
 
 
+# ``world train-model``'s options: the recipe fields it overrides. The recipe
+# (tunelens.models.world_model.WorldModelRecipe) is a dataclass without field
+# descriptions whose values depend on the size (SIZES), so these are typed here,
+# once, and the help says "the size's" where another command shows a default.
+SizeOption = Annotated[
+    str,
+    typer.Option(
+        help="'base' trains `world` (6 layers, 128-token sequences); 'small' trains "
+        "`world-small` (the first 3-layer recipe); 'world-base' trains `world-base` "
+        "(`world` without definitions or zero-shot answers in its corpus)."
+    ),
+]
+InstructionTuneOption = Annotated[
+    bool,
+    typer.Option(
+        help="Then tune the trained model on the world's training tasks (definitions and "
+        "positive examples, all instances) into `world-it` (size base only)."
+    ),
+]
+UntilOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Stop after this step with a checkpoint; re-run to go on (pieces). "
+        "Default: run to the end."
+    ),
+]
+CurriculumOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Steps of one-word tasks only, before every rule family (default: the size's)."
+    ),
+]
+CategoryInitOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Shared per-category embedding direction at init (0 = off; default: the size's)."
+    ),
+]
+BurstyOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Share of sequences whose inputs recur, 3 words per category (default: the size's)."
+    ),
+]
+
+
 @world_app.command("train-model")
 def train_model(
     workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
         "world_train"
     ),
-    size: Annotated[
-        str,
-        typer.Option(
-            help="'base' trains `world` (6 layers, 128-token sequences); 'small' trains "
-            "`world-small` (the first 3-layer recipe); 'world-base' trains `world-base` "
-            "(`world` without definitions or zero-shot answers in its corpus)."
-        ),
-    ] = "base",
-    instruction_tune: Annotated[
-        bool,
-        typer.Option(
-            help="Then tune the trained model on the world's training tasks (definitions and "
-            "positive examples, all instances) into `world-it` (size base only)."
-        ),
-    ] = False,
+    size: SizeOption = "base",
+    instruction_tune: InstructionTuneOption = False,
     steps: Annotated[
         int | None, typer.Option(help="Optimizer steps (default: the size's).")
     ] = None,
-    until: Annotated[
-        int | None,
-        typer.Option(
-            help="Stop after this step with a checkpoint; re-run to go on (pieces). "
-            "Default: run to the end."
-        ),
-    ] = None,
-    curriculum_steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Steps of one-word tasks only, before every rule family (default: the size's)."
-        ),
-    ] = None,
-    category_init: Annotated[
-        float | None,
-        typer.Option(
-            help="Shared per-category embedding direction at init (0 = off; default: the size's)."
-        ),
-    ] = None,
-    bursty: Annotated[
-        float | None,
-        typer.Option(
-            help="Share of sequences whose inputs recur, 3 words per category (default: the "
-            "size's)."
-        ),
-    ] = None,
+    until: UntilOption = None,
+    curriculum_steps: CurriculumOption = None,
+    category_init: CategoryInitOption = None,
+    bursty: BurstyOption = None,
     all_tokens_loss: Annotated[
         bool | None,
         typer.Option(help="Loss on every token, not only on outputs (default: the size's)."),
@@ -143,13 +169,7 @@ def train_model(
     The recipe of each size is ``tunelens.models.world_model.SIZES``; the options
     given override it (and a checkpoint made with another recipe is refused).
     """
-    from tunelens.models.paths import world_model_dir
-    from tunelens.models.world_model import (
-        SIZE_MEMBERS,
-        export_world_model,
-        recipe_for_size,
-        train_world_model,
-    )
+    from tunelens.models.world_model import train_world_model
 
     overrides = {
         "steps": steps,
@@ -158,32 +178,61 @@ def train_model(
         "bursty": bursty,
         "all_tokens_loss": all_tokens_loss,
     }
-    recipe = recipe_for_size(
-        size,
-        seed=seed,
-        threads=threads,
-        **{k: v for k, v in overrides.items() if v is not None},
-    )
-    if instruction_tune and size != "base":
-        raise TunelensInputError("only the base model is instruction-tuned", where="--size")
-    if until is not None:
-        check_range("--until", until, 1, MAX_COUNT)
+    recipe = training_recipe(size, seed, threads, overrides, instruction_tune, until)
     model = train_world_model(recipe, workdir, until=until)
     if until is not None and until < recipe.steps:
         typer.echo(f"stopped at step {until} of {recipe.steps}; re-run to resume")
         return
+    target = export_trained(model, recipe, size, workdir, install)
+    if instruction_tune:
+        tune_instructions(target, workdir, install, recipe.seed, seed)
+
+
+def training_recipe(
+    size: str,
+    seed: int,
+    threads: int,
+    overrides: Mapping[str, object],
+    instruction_tune: bool,
+    until: int | None,
+) -> WorldModelRecipe:
+    """The size's recipe with the options given, every option checked before training."""
+    from tunelens.models.world_model import recipe_for_size
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    recipe = recipe_for_size(size, seed=seed, threads=threads, **given)
+    if instruction_tune and size != "base":
+        raise TunelensInputError("only the base model is instruction-tuned", where="--size")
+    if until is not None:
+        check_range("--until", until, 1, MAX_COUNT)
+    return recipe
+
+
+def export_trained(
+    model: LlamaForCausalLM, recipe: WorldModelRecipe, size: str, workdir: Path, install: bool
+) -> Path:
+    """Export the trained model (into the package's assets with ``install``) with its
+    reference evaluation; its directory."""
+    from tunelens.models.paths import world_model_dir
+    from tunelens.models.world_model import SIZE_MEMBERS, export_world_model
+
     name = SIZE_MEMBERS[size]
     target = world_model_dir(name, install=True) if install else workdir / "export"
     export_world_model(model, recipe, workdir, target)
     record_reference_eval(target, recipe.seed)
     typer.echo(f"{name} written to {target}")
-    if instruction_tune:
-        from tunelens.models.world_it import instruction_tune_world_model
+    return target
 
-        it_target = world_model_dir("world-it", install=True) if install else workdir / "export-it"
-        instruction_tune_world_model(target, workdir / "it", it_target, seed=seed)
-        record_reference_eval(it_target, recipe.seed)
-        typer.echo(f"world-it written to {it_target}")
+
+def tune_instructions(base: Path, workdir: Path, install: bool, world_seed: int, seed: int) -> None:
+    """Instruction-tune the exported base model into ``world-it``, with its reference eval."""
+    from tunelens.models.paths import world_model_dir
+    from tunelens.models.world_it import instruction_tune_world_model
+
+    target = world_model_dir("world-it", install=True) if install else workdir / "export-it"
+    instruction_tune_world_model(base, workdir / "it", target, seed=seed)
+    record_reference_eval(target, world_seed)
+    typer.echo(f"world-it written to {target}")
 
 
 def record_reference_eval(directory: Path, seed: int) -> None:
@@ -197,32 +246,9 @@ def record_reference_eval(directory: Path, seed: int) -> None:
 
 
 @world_app.command("eval")
+@with_config_options(WORLD_EVAL)
 def evaluate(
-    model: Annotated[
-        str,
-        typer.Option(help="'world', 'world-small', 'world-it' or a local HF model directory."),
-    ] = "world",
-    shots: Annotated[str, typer.Option(help="Comma-separated numbers of demonstrations.")] = (
-        "0,1,2,4,8,16"
-    ),
-    queries: Annotated[int, typer.Option(help="Queries per task and k.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed of the demonstration draws.")] = 0,
-    labels: Annotated[
-        str,
-        typer.Option(
-            help="'novel' swaps each task's label words for words never used as labels in "
-            "training (the JSON says so)."
-        ),
-    ] = "original",
-    definition: Annotated[
-        bool,
-        typer.Option(
-            "--definition",
-            help="Put the task definition before the demonstrations (with --shots 0: "
-            "definition only).",
-        ),
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -230,7 +256,9 @@ def evaluate(
             "temporary one."
         ),
     ] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    no_progress: NoProgressOption = False,
+    *,
+    section: WorldEvalSpec,
 ) -> None:
     """Few-shot accuracy on the held-out world tasks, with the label-space random baseline.
 
@@ -239,26 +267,12 @@ def evaluate(
     import tempfile
 
     from tunelens.api import get_experiments
-    from tunelens.experiments.world_eval import WorldEvalResult, WorldEvalSpec
+    from tunelens.experiments.world_eval import WorldEvalResult
     from tunelens.runs.study import execute
 
-    check_range("--queries", queries, 1, 100_000)
-    check_range("--seed", seed, 0, 2**32 - 1)
-    from tunelens.tasks.world.relabel import LABEL_MODES
-
-    if labels not in LABEL_MODES:
-        raise TunelensInputError(
-            f"must be one of {', '.join(LABEL_MODES)}, got {labels!r}", where="--labels"
-        )
-    section = WorldEvalSpec(
-        model=model,
-        shots=list(dict.fromkeys(parse_shots(shots))),
-        queries_per_task=queries,
-        seed=seed,
-        labels=labels,
-        definition=definition,
-    )
-    experiment = get_experiments()["world_eval"]
+    check_range("--queries", section.queries_per_task, 1, MAX_QUERIES)
+    check_range("--shots", max(section.shots), 0, MAX_SHOTS)
+    (experiment,) = (e for e in get_experiments().values() if e.section_model is WorldEvalSpec)
     with tempfile.TemporaryDirectory(prefix="tunelens-world-eval-") as scratch:
         (run,) = execute(
             out or Path(scratch),
@@ -266,16 +280,22 @@ def evaluate(
             progress=not no_progress and not as_json,
             source="tunelens world eval",
         )
-        data = run.aggregate()["world_eval"]
+        data = run.aggregate()[experiment.name]
     result = WorldEvalResult.from_json(data)
     if as_json:
         typer.echo(json.dumps(result.to_json()))
         return
+    Console().print(result_table(section, result))
+
+
+def result_table(section: WorldEvalSpec, result: WorldEvalResult) -> Table:
+    """Accuracy per k, overall and per rule family, and the random guess."""
     extras = [
         "novel label words" if result.labels == "novel" else "",
         "definition first" if result.definition else "",
     ]
-    title = f"{model}: held-out world tasks: {result.tasks}, {queries} queries each"
+    where = "held-out world tasks" if section.tasks == "world:heldout" else section.tasks
+    title = f"{section.model}: {where}: {result.tasks}, {section.queries_per_task} queries each"
     table = Table(title=", ".join([title, *(e for e in extras if e)]))
     table.add_column("demonstrations")
     table.add_column("accuracy", justify="right")
@@ -285,4 +305,4 @@ def evaluate(
     for k, acc in result.shots.items():
         table.add_row(str(k), f"{acc:.1f}", *(f"{result.per_family[f][k]:.1f}" for f in families))
     table.add_row("random guess", f"{result.random_baseline:.1f}")
-    Console().print(table)
+    return table
