@@ -32,6 +32,7 @@ __all__ = [
     "Resamples",
     "Seed",
     "check_option",
+    "check_range",
 ]
 
 MAX_SEED = 2**32 - 1
@@ -76,3 +77,10 @@ def check_option(model: type[BaseModel], field: str, value: Any, option: str) ->
     except ValidationError as error:
         first = error.errors()[0]
         raise TunelensInputError(f"{first['msg']} (got {value!r})", where=option) from None
+
+
+def check_range(option: str, value: int, low: int, high: int | None = None) -> None:
+    """An integer option within its bounds, or one error line naming the option."""
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise TunelensInputError(f"must be {bound}, got {value}", where=option)

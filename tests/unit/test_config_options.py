@@ -17,13 +17,13 @@ from tests.helpers.cli import assert_one_error_line, invoke
 from typer.testing import CliRunner
 
 from tunelens.cli import app
-from tunelens.commands.config_options import ConfigOptions, shown_default, with_config_options
 from tunelens.errors import TunelensInputError
 from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.experiments.convergence.spec import ConvergenceSpec
 from tunelens.experiments.decide.config import DecideConfig
 from tunelens.experiments.world_eval.spec import WorldEvalSpec
 from tunelens.models.tuning.config import TuningConfig
+from tunelens.options.config_options import ConfigOptions, shown_default, with_config_options
 from tunelens.spec import Spec
 
 # --- a small model ---------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_a_bad_value_of_a_real_command_is_exit_2_naming_the_option(args, option,
 
 
 def test_world_eval_drops_a_repeated_k_as_it_always_has():
-    from tunelens.commands.world import WORLD_EVAL
+    from tunelens.experiments.world_eval.cli import WORLD_EVAL
 
     given = {"shots": WORLD_EVAL.read("shots", "0,4,0", "--shots")}
     assert WORLD_EVAL.build(given).shots == [0, 4]

@@ -6,7 +6,7 @@ import pytest
 import typer
 
 from tunelens.cli import app
-from tunelens.commands.tuning_options import HIDDEN_ALIASES, parse_tuning_options
+from tunelens.options.tuning_options import HIDDEN_ALIASES, parse_tuning_options
 
 STUDY_COMMANDS = ("convergence", "audit", "decide")
 

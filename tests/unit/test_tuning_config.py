@@ -10,13 +10,13 @@ import typer
 from pydantic import ValidationError
 
 from tunelens.cli import app
-from tunelens.commands.decide import TUNING_NAMES
-from tunelens.commands.tuning_options import NOT_OPTIONS, option_names, parse_tuning_options
 from tunelens.errors import TunelensInputError
 from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.experiments.convergence.spec import ConvergenceSpec
+from tunelens.experiments.decide.cli import TUNING_NAMES
 from tunelens.experiments.decide.config import DecideConfig, make_config
 from tunelens.models.tuning import TuningConfig
+from tunelens.options.tuning_options import NOT_OPTIONS, option_names, parse_tuning_options
 from tunelens.spec import TuningSpec, default_spec, validate_spec
 
 COMMANDS = {"convergence": {}, "audit": {}, "decide": TUNING_NAMES}

@@ -166,6 +166,13 @@ class Experiment(ABC):
     # (it runs from its own command, as decide does).
     section_model: ClassVar[type[BaseModel] | None] = None
 
+    # ``command_help``: the help of ``tunelens <name>``, a command generated from the section
+    # model's fields that runs a study of this section alone (None: no such command).
+    # ``cli_module``: a module that registers this experiment's own commands on the apps of
+    # :mod:`tunelens.options.apps` when the command line imports it (None: none).
+    command_help: ClassVar[str | None] = None
+    cli_module: ClassVar[str | None] = None
+
     def fill_section(self, section: Any, study: Any) -> Any:
         """The section with what it inherits from the study filled in (model, dtype,
         device, seeds shifted by the base seed); ``study`` is the validated spec."""

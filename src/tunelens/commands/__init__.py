@@ -5,9 +5,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from tunelens.commands.apps import app
+from tunelens.options.apps import app
 
 __all__ = ["app"]
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+
+from tunelens.commands.studies import add_experiment_commands  # noqa: E402 - after the modules
+
+add_experiment_commands()

@@ -12,7 +12,6 @@ from rich.table import Table
 from rich.text import Text
 
 from tunelens.bounds import MAX_COUNT
-from tunelens.commands.apps import app
 from tunelens.errors import TunelensInputError
 from tunelens.examples.store import (
     DEFAULT_DB,
@@ -23,6 +22,7 @@ from tunelens.examples.store import (
     check_time,
     read_example_rows,
 )
+from tunelens.options.apps import app
 from tunelens.terminal import escape_control
 
 examples_app = typer.Typer(

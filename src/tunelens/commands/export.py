@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunelens.commands.apps import app
+from tunelens.options.apps import app
 
 
 @app.command("export")
@@ -23,8 +23,8 @@ def export(
         typer.Option(help="Folder for the tables.", show_default="DIR/export"),
     ] = None,
 ) -> None:
-    """Write one long table per experiment (convergence: condition x seed x layer x measure;
-    audit: condition x task x metric; world_eval; decide), loadable with pandas.read_csv."""
+    """Write one long table per experiment in the run (one row per measured value, each
+    experiment's own columns), loadable with pandas.read_csv."""
     from tunelens.report.tidy import export_tables
 
     for path in export_tables(directory, out, format=format):

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tunelens.commands.apps import app
-from tunelens.commands.config_options import with_config_options
-from tunelens.commands.options import STUDY, JsonOption
 from tunelens.commands.run import with_run_options
+from tunelens.options.apps import app
+from tunelens.options.common import STUDY, JsonOption
+from tunelens.options.config_options import with_config_options
 
 if TYPE_CHECKING:
     from rich.console import Console

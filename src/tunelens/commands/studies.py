@@ -1,12 +1,15 @@
-"""`tunelens convergence` and `tunelens audit`: one study each, from command-line options.
+"""The experiments' commands: ``tunelens <section>`` for each experiment that asks for one.
 
-Each builds a spec with one section (the same pydantic models as a YAML spec,
-so defaults and checks are shared) and runs it like `tunelens run`: resumable
-cells under DIR/cells/, then DIR/results.json, DIR/report.html and DIR/plots/.
-The options are generated from the section's model (its fields but those the
-study's top level sets: models, dtype, device, model) and from the spec's common
-settings (:data:`tunelens.commands.options.STUDY`), so their help and defaults
-are the spec's.
+An experiment with ``command_help`` (convergence, audit) gets a command named
+after its section that builds a spec with that one section (the same pydantic
+model as a YAML spec, so defaults and checks are shared) and runs it like
+``tunelens run``: resumable cells under DIR/cells/, then DIR/results.json,
+DIR/report.html and DIR/plots/. Its options are generated from the section's
+model (its fields but those the study's top level sets: models, dtype, device,
+model) and from the spec's common settings
+(:data:`tunelens.options.common.STUDY`), so their help and defaults are the
+spec's. An experiment's own commands (decide, world eval) come from its
+``cli_module``. Nothing here names an experiment.
 """
 
 from __future__ import annotations
@@ -15,43 +18,40 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel
 
-from tunelens.commands.apps import app
-from tunelens.commands.config_options import ConfigOptions, with_config_options
-from tunelens.commands.options import (
+from tunelens.options.apps import app
+from tunelens.options.common import (
     STUDY,
     AddressOption,
     ExecutorOption,
     NoProgressOption,
     OutOption,
     WaitOption,
+    say_limited,
 )
-from tunelens.commands.tuning_options import TUNING
-from tunelens.experiments.audit.spec import AuditSpec
-from tunelens.experiments.convergence.spec import ConvergenceSpec
+from tunelens.options.config_options import ConfigOptions, with_config_options
+from tunelens.options.tuning_options import TUNING
 
 TOP_LEVEL = frozenset({"models", "model", "dtype", "device"})
 """Section fields the study's top level sets (``--model``, ``--dtype``, ``--device``)."""
 
-CONVERGENCE = ConfigOptions(
-    ConvergenceSpec,
-    key="section",
-    panel="Convergence",
-    exclude=TOP_LEVEL,
-    nested={"tuning": TUNING},
-    given_only=True,
-)
-AUDIT = ConfigOptions(
-    AuditSpec,
-    key="section",
-    panel="Audit",
-    exclude=TOP_LEVEL,
-    nested={"tuning": TUNING},
-    given_only=True,
-)
+
+def section_options(name: str, model: type[BaseModel]) -> ConfigOptions:
+    """The options of a section's fields (those the top level sets aside), the tuning ones
+    in their own panel."""
+    nested = {"tuning": TUNING} if "tuning" in model.model_fields else {}
+    return ConfigOptions(
+        model,
+        key="section",
+        panel=name.replace("_", " ").capitalize(),
+        exclude=TOP_LEVEL,
+        nested=nested,
+        given_only=True,
+    )
 
 
-def _run(
+def run_section(
     section_name: str,
     section: dict[str, Any],
     study: dict[str, Any],
@@ -61,6 +61,7 @@ def _run(
     address: str | None = None,
     wait: bool = False,
 ) -> None:
+    """A study of one section, as ``tunelens run`` runs a spec; then its report."""
     from tunelens.report.html import build_report
     from tunelens.runs.ranks import is_main_process
     from tunelens.runs.study import RESULTS, run_study
@@ -78,41 +79,36 @@ def _run(
     say_limited(spec.limit)
 
 
-def say_limited(limit: int | None) -> None:
-    """The line a limited run ends with (stderr, so stdout stays the paths)."""
-    if limit is not None:
-        from tunelens.runs.limit import limit_note
+def add_section_command(name: str, model: type[BaseModel], help_text: str) -> None:
+    """``tunelens <name>``: the section's options and the study's, then one study of it."""
 
-        typer.echo(limit_note(limit), err=True)
+    def command(
+        out: OutOption = Path(f"runs/{name}"),
+        executor: ExecutorOption = "local",
+        address: AddressOption = None,
+        no_progress: NoProgressOption = False,
+        wait: WaitOption = False,
+        *,
+        section: dict[str, Any],
+        study: dict[str, Any],
+    ) -> None:
+        run_section(name, section, study, out, executor, not no_progress, address, wait)
 
-
-@app.command("convergence")
-@with_config_options(CONVERGENCE, STUDY)
-def convergence(
-    out: OutOption = Path("runs/convergence"),
-    executor: ExecutorOption = "local",
-    address: AddressOption = None,
-    no_progress: NoProgressOption = False,
-    wait: WaitOption = False,
-    *,
-    section: dict[str, Any],
-    study: dict[str, Any],
-) -> None:
-    """Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."""
-    _run("convergence", section, study, out, executor, not no_progress, address, wait)
+    command.__doc__ = help_text
+    command.__name__ = command.__qualname__ = name
+    decorated = with_config_options(section_options(name, model), STUDY)(command)
+    app.command(name.replace("_", "-"), help=help_text)(decorated)
 
 
-@app.command("audit")
-@with_config_options(AUDIT, STUDY)
-def audit(
-    out: OutOption = Path("runs/audit"),
-    executor: ExecutorOption = "local",
-    address: AddressOption = None,
-    no_progress: NoProgressOption = False,
-    wait: WaitOption = False,
-    *,
-    section: dict[str, Any],
-    study: dict[str, Any],
-) -> None:
-    """Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."""
-    _run("audit", section, study, out, executor, not no_progress, address, wait)
+def add_experiment_commands() -> None:
+    """Each registered experiment's commands: one generated from its section where it asks
+    for one (``command_help``), and those its own ``cli_module`` registers."""
+    import importlib
+
+    from tunelens.api import get_experiments
+
+    for name, experiment in get_experiments().items():
+        if experiment.command_help and experiment.section_model is not None:
+            add_section_command(name, experiment.section_model, experiment.command_help)
+        if experiment.cli_module:
+            importlib.import_module(experiment.cli_module)

@@ -13,8 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tunelens.commands.apps import tasks_app
 from tunelens.errors import TunelensInputError
+from tunelens.options.apps import tasks_app
 from tunelens.prompts import PromptStyle, render_prompt
 from tunelens.tasks.loaders import (
     find_task_files,

@@ -1,8 +1,8 @@
-"""`tunelens world ...`: export the instruction world, train and evaluate its model.
+"""`tunelens world ...`: export the instruction world and train its model.
 
-``world eval``'s options are generated from the ``world_eval`` spec section
-(:class:`~tunelens.experiments.world_eval.spec.WorldEvalSpec`), so they show
-its help and defaults. ``world train-model``'s stay hand-written: the trainer's
+(``world eval`` is the world_eval experiment's own command,
+:mod:`tunelens.experiments.world_eval.cli`.) ``world train-model``'s options
+stay hand-written: the trainer's
 recipe (:class:`tunelens.models.world_model.WorldModelRecipe`) is a dataclass
 without descriptions, and its defaults depend on the size.
 """
@@ -15,41 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from tunelens.bounds import MAX_COUNT
-from tunelens.commands.apps import world_app
-from tunelens.commands.config_options import ConfigOptions, with_config_options
-from tunelens.commands.options import JsonOption, NoProgressOption
+from tunelens.bounds import MAX_COUNT, check_range
 from tunelens.errors import TunelensInputError
-from tunelens.experiments.world_eval.spec import WorldEvalSpec
+from tunelens.options.apps import world_app
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
-    from tunelens.experiments.world_eval import WorldEvalResult
     from tunelens.models.world_model import WorldModelRecipe
-
-MAX_SHOTS = 10_000
-MAX_QUERIES = 100_000
-"""Bounds of ``world eval`` beyond the section's: prompts and draws it can build in memory."""
-
-WORLD_EVAL = ConfigOptions(
-    WorldEvalSpec,
-    key="section",
-    panel="Evaluation",
-    names={"queries_per_task": ("--queries",)},
-    # The command has always dropped a repeated k (a spec section refuses one).
-    normalise={"shots": lambda shots: list(dict.fromkeys(shots))},
-)
-
-
-def check_range(option: str, value: int, low: int, high: int | None = None) -> None:
-    """An integer option within its bounds, or one error line naming the option."""
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise TunelensInputError(f"must be {bound}, got {value}", where=option)
 
 
 @world_app.command("export")
@@ -243,66 +217,3 @@ def record_reference_eval(directory: Path, seed: int) -> None:
 
     recorded = reference_eval(load_model(str(directory)), generate_world(seed).heldout)
     (directory / "reference_eval.json").write_text(json.dumps(recorded, indent=2) + "\n")
-
-
-@world_app.command("eval")
-@with_config_options(WORLD_EVAL)
-def evaluate(
-    as_json: JsonOption = False,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Keep the cells in this run directory (re-run to resume); default: a "
-            "temporary one."
-        ),
-    ] = None,
-    no_progress: NoProgressOption = False,
-    *,
-    section: WorldEvalSpec,
-) -> None:
-    """Few-shot accuracy on the held-out world tasks, with the label-space random baseline.
-
-    One cell per k of the ``world_eval`` experiment, on the same machinery as ``tunelens run``.
-    """
-    import tempfile
-
-    from tunelens.api import get_experiments
-    from tunelens.experiments.world_eval import WorldEvalResult
-    from tunelens.runs.study import execute
-
-    check_range("--queries", section.queries_per_task, 1, MAX_QUERIES)
-    check_range("--shots", max(section.shots), 0, MAX_SHOTS)
-    (experiment,) = (e for e in get_experiments().values() if e.section_model is WorldEvalSpec)
-    with tempfile.TemporaryDirectory(prefix="tunelens-world-eval-") as scratch:
-        (run,) = execute(
-            out or Path(scratch),
-            [(experiment, section)],
-            progress=not no_progress and not as_json,
-            source="tunelens world eval",
-        )
-        data = run.aggregate()[experiment.name]
-    result = WorldEvalResult.from_json(data)
-    if as_json:
-        typer.echo(json.dumps(result.to_json()))
-        return
-    Console().print(result_table(section, result))
-
-
-def result_table(section: WorldEvalSpec, result: WorldEvalResult) -> Table:
-    """Accuracy per k, overall and per rule family, and the random guess."""
-    extras = [
-        "novel label words" if result.labels == "novel" else "",
-        "definition first" if result.definition else "",
-    ]
-    where = "held-out world tasks" if section.tasks == "world:heldout" else section.tasks
-    title = f"{section.model}: {where}: {result.tasks}, {section.queries_per_task} queries each"
-    table = Table(title=", ".join([title, *(e for e in extras if e)]))
-    table.add_column("demonstrations")
-    table.add_column("accuracy", justify="right")
-    families = sorted(result.per_family)
-    for family in families:
-        table.add_column(family.replace("_", " "), justify="right")
-    for k, acc in result.shots.items():
-        table.add_row(str(k), f"{acc:.1f}", *(f"{result.per_family[f][k]:.1f}" for f in families))
-    table.add_row("random guess", f"{result.random_baseline:.1f}")
-    return table

@@ -523,6 +523,10 @@ def _add_grid_cell(
 class AuditExperiment(Experiment):
     """The audit study as cells for ``tunelens.runs``."""
 
+    command_help = (
+        "Did tuning teach the task, or only the output format? Zero-shot on held-out tasks."
+    )
+
     name = "audit"
     section_model = AuditSpec
 

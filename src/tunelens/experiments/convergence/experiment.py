@@ -953,6 +953,10 @@ def _compare_k(
 class ConvergenceExperiment(Experiment):
     """The convergence study as cells for ``tunelens.runs``."""
 
+    command_help = (
+        "Does ICL move hidden states where instruction tuning does? Layer by layer, with stats."
+    )
+
     name = "convergence"
     section_model = ConvergenceSpec
 

@@ -82,6 +82,8 @@ class DecideSection:
 class DecideExperiment(Experiment):
     """Zero-shot, ICL at each k, tuning at each n, controls and similarity for one task."""
 
+    cli_module = "tunelens.experiments.decide.cli"
+
     name = "decide"
     # 2: cells run on the shared machinery; keys hold task and model content digests.
     # 6: last block cut at read positions, fused AdamW (float noise); earlier: 5: break-even prefix

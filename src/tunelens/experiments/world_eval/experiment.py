@@ -175,6 +175,8 @@ def evaluate_icl(
 class WorldEvalExperiment(Experiment):
     """``tunelens world eval`` (and a spec's ``world_eval`` section) as cells."""
 
+    cli_module = "tunelens.experiments.world_eval.cli"
+
     name = "world_eval"
     section_model = WorldEvalSpec
 

@@ -2,7 +2,7 @@
 
 Every setting has one default here and a ``description`` that doubles as spec
 documentation and as the help of the study commands' generated options
-(:mod:`tunelens.commands.tuning_options`). A study may change a default for
+(:mod:`tunelens.options.tuning_options`). A study may change a default for
 itself once, in ``tunelens.spec`` (the audit tunes with its own learning rate,
 epochs and batch size). Torch-free, so that importing a spec stays light.
 

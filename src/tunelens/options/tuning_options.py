@@ -1,6 +1,6 @@
 """The tuning options of the study commands: :class:`TuningConfig`'s fields, one name each.
 
-A thin use of :mod:`tunelens.commands.config_options`: :data:`TUNING` says how
+A thin use of :mod:`tunelens.options.config_options`: :data:`TUNING` says how
 the tuning fields become options (the seed excepted: each command has its own
 ``--seed`` / ``--seeds``; ``--tuning-method`` for ``method``; the older
 ``--method`` and ``--lr`` still accepted but not listed). A command whose
@@ -16,8 +16,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunelens.commands.config_options import ConfigOptions
 from tunelens.models.tuning.config import TuningConfig
+from tunelens.options.config_options import ConfigOptions
 
 __all__ = ["HIDDEN_ALIASES", "NOT_OPTIONS", "TUNING", "option_names", "parse_tuning_options"]
 

@@ -1,5 +1,7 @@
 """`tunelens decide`: prompt with examples or tune, for one task, and is the tuning gain real?
 
+Registered by the command line through the experiment's ``cli_module``.
+
 The options are generated from :class:`DecideConfig` (help, defaults and bounds
 written once, in the model) and from the spec's placement settings; the task,
 the model, the costs file and where it runs are the command's own.
@@ -13,16 +15,23 @@ from typing import Annotated
 
 import typer
 
-from tunelens.commands.apps import app
-from tunelens.commands.config_options import ConfigOptions, with_config_options
-from tunelens.commands.options import STUDY, AddressOption, ExecutorOption, NoProgressOption
-from tunelens.commands.studies import say_limited
-from tunelens.commands.tuning_options import TUNING
 from tunelens.experiments.decide.config import DecideConfig
+from tunelens.options.apps import app
+from tunelens.options.common import (
+    STUDY,
+    AddressOption,
+    ExecutorOption,
+    NoProgressOption,
+    say_limited,
+)
+from tunelens.options.config_options import ConfigOptions, with_config_options
+from tunelens.options.tuning_options import TUNING
 from tunelens.spec import Spec
 
+NAME = "decide"
+
 # The tuning options' names, the same in every command (older names such as --lr stay as
-# hidden aliases: tunelens.commands.tuning_options.HIDDEN_ALIASES).
+# hidden aliases: tunelens.options.tuning_options.HIDDEN_ALIASES).
 TUNING_NAMES: dict[str, tuple[str, ...]] = {}
 
 DECIDE = ConfigOptions(
@@ -35,7 +44,7 @@ PLACEMENT = STUDY.subset("device_map", "max_memory", "save_adapters", given_only
 """Where the model loads and whether adapters are kept: the spec's fields, read as a Spec."""
 
 
-@app.command("decide")
+@app.command(NAME)
 @with_config_options(DECIDE, PLACEMENT)
 def decide(
     task: Annotated[

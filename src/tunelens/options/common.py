@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from tunelens.commands.config_options import ConfigOptions
+from tunelens.options.config_options import ConfigOptions
 from tunelens.spec import Spec
 
 __all__ = [
@@ -74,3 +74,11 @@ WaitOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON instead of a table.")
 ]
+
+
+def say_limited(limit: int | None) -> None:
+    """The line a limited run ends with (stderr, so stdout stays the paths)."""
+    if limit is not None:
+        from tunelens.runs.limit import limit_note
+
+        typer.echo(limit_note(limit), err=True)
