@@ -65,8 +65,8 @@ if TYPE_CHECKING:
         get_experiments,
         register_experiment,
     )
-    from tunelens.experiments.decide.runner import run_decide
     from tunelens.errors import TunelensInputError
+    from tunelens.experiments.decide.runner import run_decide
     from tunelens.models.loading import load_model
     from tunelens.models.tuning.config import TuningConfig
     from tunelens.report import build_any_report

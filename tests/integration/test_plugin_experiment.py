@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.helpers.cli import invoke
 from tests.helpers.toy_experiment import NAME, ToyExperiment
+
 from tunelens.api import get_experiments
 from tunelens.api.registry import ENTRY_POINT_GROUP, add_experiment, remove_experiment
 from tunelens.tasks.sets import load_task_set
