@@ -8,17 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from tunelens.bounds import check_option
-from tunelens.commands.apps import app
-from tunelens.commands.config_options import with_config_options
-from tunelens.commands.options import (
+from tunelens.options.apps import app
+from tunelens.options.common import (
     STUDY,
     AddressOption,
     ExecutorOption,
     NoProgressOption,
     OutOption,
     WaitOption,
+    say_limited,
 )
-from tunelens.commands.studies import say_limited
+from tunelens.options.config_options import with_config_options
 from tunelens.spec import Spec
 
 RUN_OPTIONS = STUDY.subset("limit", "allow_missing_tasks", "save_adapters")
@@ -57,6 +57,17 @@ def run(
     # A plain string checked by the library, so a bad value is exit status 2 with one line.
     executor: ExecutorOption = "local",
     address: AddressOption = None,
+    # Checked by the library (make_executor), so 0 or --executor ray is exit status 2, one line.
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Cells the local executor runs at once, each in a worker process; 1: one "
+            "after the other in this process. Default: usable cores / threads per cell "
+            "(TUNELENS_THREADS, else OMP_NUM_THREADS, else 1 for a small model and every core "
+            "for a large one); cells on a GPU always run in this process.",
+            show_default="automatic",
+        ),
+    ] = None,
     no_progress: NoProgressOption = False,
     wait: WaitOption = False,
     *,
@@ -81,6 +92,7 @@ def run(
         out,
         executor=executor,
         address=address,
+        workers=workers,
         progress=not no_progress,
         source="the default spec" if spec is None else str(spec),
         wait=wait,

@@ -200,6 +200,7 @@ def execute(
     inputs: StudyInputs | None = None,
     executor: str | Executor = "local",
     address: str | None = None,
+    workers: int | None = None,
     progress: bool = True,
     results_file: str | None = None,
     source: str | None = None,
@@ -212,32 +213,31 @@ def execute(
 ) -> list[SectionRun]:
     """Run every unfinished cell of ``sections`` into ``out_dir``'s store; return all of them.
 
+    ``workers``: cells the local executor runs at once (``--workers``; None: automatic);
     ``placement`` (``device_map``, ``max_memory``) goes to every model load;
     ``save_adapters`` keeps tuned adapters under ``out_dir/adapters/<cell key>/``
     (cells computed by this run); ``limit`` (``--limit N``) bounds each section
     first (:mod:`tunelens.runs.limit`) and goes into every cell's key.
 
-    This is the one cell loop of tunelens (``run``, the study commands,
-    ``decide`` and ``world eval`` all come here): cells are planned after the
-    inputs load, finished ones are skipped, the rest run on the executor, then
-    each experiment may add follow-up cells that depend on finished results
-    (rounds repeat until none is new). Seconds per cell and per invocation go
-    to ``out_dir/timings.json``.
+    This is the one cell loop of tunelens (``run``, the study commands, ``decide`` and
+    ``world eval`` all come here): cells are planned after the inputs load, finished ones
+    are skipped, the rest run on the executor, then each experiment may add follow-up cells
+    that depend on finished results (rounds repeat until none is new). Seconds per cell and
+    per invocation go to ``out_dir/timings.json``.
 
-    Order of checks, so that bad input fails before anything is written or a
-    model loads: tasks load and models are fingerprinted (paths checked), the
-    task-dependent bounds of :mod:`tunelens.runs.preflight` (errors name
-    ``source``, the spec file, and the dotted key), then ``out_dir`` is made,
-    probed for writing and locked (``DIR/.lock``; ``wait`` waits for another
-    run to end instead of refusing), then ``files`` (name -> text, e.g. the
-    spec as run) are written; ``finish`` (writing results.json, say) runs on
-    the finished sections while the lock is still held. An interrupt keeps every
-    finished cell and reports their number (:mod:`tunelens.interrupt`).
+    Order of checks, so that bad input fails before anything is written or a model loads:
+    tasks load and models are fingerprinted (paths checked), the task-dependent bounds of
+    :mod:`tunelens.runs.preflight` (errors name ``source``, the spec file, and the dotted
+    key), then ``out_dir`` is made, probed for writing and locked (``DIR/.lock``; ``wait``
+    waits for another run to end instead of refusing), then ``files`` (name -> text, e.g.
+    the spec as run) are written; ``finish`` (writing results.json, say) runs on the
+    finished sections while the lock is still held. An interrupt keeps every finished cell
+    and reports their number (:mod:`tunelens.interrupt`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     inputs = inputs or StudyInputs()
-    runner = make_executor(executor, address=address) if isinstance(executor, str) else executor
+    runner = _runner(executor, address, workers)
     store = CellStore(out_dir)
     # Until the cells are planned, an interrupt reports what the store already holds.
     interrupt.set_status(lambda: interrupt.cells_message(len(store.finished_keys())))
@@ -272,6 +272,13 @@ def execute(
             if finish is not None:
                 finish(runs)
         return runs
+
+
+def _runner(executor: str | Executor, address: str | None, workers: int | None) -> Executor:
+    """``executor`` itself, or the executor its CLI name makes (``--address``, ``--workers``)."""
+    if isinstance(executor, str):
+        return make_executor(executor, address=address, workers=workers)
+    return executor
 
 
 def prepare_output_dir(out_dir: Path) -> None:
@@ -397,6 +404,7 @@ def run_study(
     *,
     executor: str | Executor = "local",
     address: str | None = None,
+    workers: int | None = None,
     progress: bool = True,
     experiments: Mapping[str, Experiment] | None = None,
     source: str | None = None,
@@ -405,7 +413,8 @@ def run_study(
     """Run every unfinished cell of ``spec`` and write ``out_dir/results.json``; return it.
 
     ``experiments`` maps spec section names to experiments (default: the
-    registry); ``executor`` is ``"local"``, ``"ray"`` or an executor object.
+    registry); ``executor`` is ``"local"``, ``"ray"`` or an executor object;
+    ``workers``: cells the local executor runs at once (None: automatic).
     ``source`` names the spec in errors; ``wait`` waits for another run on
     ``out_dir`` to end (default: refuse). Nothing is created before the tasks
     and model paths are checked.
@@ -431,6 +440,7 @@ def run_study(
         spec_sections(spec, experiments),
         executor=executor,
         address=address,
+        workers=workers,
         progress=progress,
         results_file=RESULTS,
         source=source,
