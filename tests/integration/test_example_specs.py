@@ -5,7 +5,8 @@ models/t5-large-lm-adapt), a tiny random model of the same family built in code
 stands in; task paths that are absent are looked up in the shared SuperNI
 subset (../shared/data/superni: split files by split and part, task files by
 name), which is a partial copy, hence --allow-missing-tasks. Devices become cpu
-and half precision float32, so the check runs on 2 CPU cores.
+and half precision float32, so the check runs on 2 CPU cores. A spec naming a world
+member not shipped yet (``UNSHIPPED``: world-base) is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -74,12 +75,25 @@ def stand_in_tasks(ref: str) -> str:
     return ",".join(pieces)
 
 
+def skip_unshipped(name: str) -> None:
+    """A world member still being trained (issue 29's world-base) cannot load by name, and
+    a random stand-in would not test its spec: skip until it ships."""
+    from tunelens.models.paths import TRAIN_COMMANDS, UNSHIPPED
+
+    if name in UNSHIPPED:
+        pytest.skip(
+            f"{name} is an embedded world model not shipped yet (issue 29); "
+            f"`{TRAIN_COMMANDS[name]}` installs it"
+        )
+
+
 def substitute(data: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     stand_ins: list[str] = []
 
     def model(name: str) -> str:
         from tunelens.models.paths import is_world_model
 
+        skip_unshipped(name)
         if is_world_model(name) or (ROOT / name).is_dir():
             return name
         stand_ins.append(name)

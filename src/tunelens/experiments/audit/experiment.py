@@ -19,7 +19,10 @@ official SuperNI ones (:mod:`tunelens.measures.text`), per task, per category
 (a t-interval below 10 tasks). The *output-format share* (condition - untuned)
 / (original - untuned) is reported as a share only where the tuning gain's
 paired interval excludes zero; otherwise the verdict is "tuning gain not
-significant", with the gain and its interval.
+significant", with the gain and its interval. Every entry and baseline also gives
+``in_label_space``: the percent of answers that are one of their task's labels once
+normalised as EM normalises them (did tuning teach the format?), over the tasks with
+a label space, summarised as EM is.
 
 Every cell keeps its per-sample records (instance id, exact prompt,
 prediction, references, both scores); :meth:`AuditExperiment.sample_logs`
@@ -41,7 +44,7 @@ from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_exp
 from tunelens.api.experiment import ReportPart
 from tunelens.experiments.audit.spec import AuditSpec, fill_audit
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
-from tunelens.measures.text import exact_match, headline_metric, rouge_l
+from tunelens.measures.text import exact_match, headline_metric, normalize_answer, rouge_l
 from tunelens.measures.verdicts import format_share, share_reading
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import TuningSpec
@@ -313,6 +316,11 @@ def _category(task: Task) -> str:
     return task.categories[0] if task.categories else "uncategorised"
 
 
+def _over_tasks(values: Sequence[float], n_boot: int, seed: int) -> dict[str, Any]:
+    """The audit's one statistic over tasks: their mean with its interval, n and method."""
+    return unit_mean_ci(np.array(values, dtype=float), seed=seed, n_resamples=n_boot)
+
+
 def _summary(
     per_task: dict[str, dict[str, float]], tasks: Sequence[Task], n_boot: int, seed: int
 ) -> dict[str, Any]:
@@ -320,8 +328,7 @@ def _summary(
     names = [t.name for t in tasks if t.name in per_task]
     out: dict[str, Any] = {}
     for metric in METRICS:
-        values = np.array([per_task[n][metric] for n in names])
-        out[metric] = unit_mean_ci(values, seed=seed, n_resamples=n_boot)
+        out[metric] = _over_tasks([per_task[n][metric] for n in names], n_boot, seed)
     by_category: dict[str, list[str]] = defaultdict(list)
     for task in tasks:
         if task.name in per_task:
@@ -329,9 +336,7 @@ def _summary(
     out["per_category"] = {}
     for cat, members in sorted(by_category.items()):
         scores = {
-            metric: unit_mean_ci(
-                np.array([per_task[n][metric] for n in members]), seed=seed, n_resamples=n_boot
-            )
+            metric: _over_tasks([per_task[n][metric] for n in members], n_boot, seed)
             for metric in METRICS
         }
         headline = headline_metric(cat)
@@ -342,6 +347,59 @@ def _summary(
             "headline": scores[headline],
         }
     out["per_task"] = {n: {m: round(per_task[n][m], 4) for m in METRICS} for n in names}
+    return out
+
+
+def inside_label_space(prediction: str, labels: Sequence[str]) -> bool:
+    """Whether a prediction, normalised as exact match normalises it, is one of the labels."""
+    normalised = normalize_answer(prediction)
+    return any(normalised == normalize_answer(label) for label in labels)
+
+
+def label_share_per_task(
+    samples: Sequence[Mapping[str, Any]], tasks: Sequence[Task]
+) -> dict[str, float]:
+    """Per task with a label space: the percent (0-100) of its answers inside that space.
+
+    Free-text tasks (``labels`` None) have no space to be inside, so they are left out.
+    """
+    labels = {t.name: t.labels for t in tasks if t.labels}
+    hits: dict[str, list[float]] = defaultdict(list)
+    for sample in samples:
+        space = labels.get(sample["task"])
+        if space is not None:
+            inside = inside_label_space(sample["prediction"], space)
+            hits[sample["task"]].append(100.0 if inside else 0.0)
+    return {name: float(np.mean(values)) for name, values in hits.items()}
+
+
+def _with_label_share(
+    summary: dict[str, Any],
+    evaluation: Mapping[str, Any],
+    tasks: Sequence[Task],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``summary`` with ``in_label_space`` overall, per category and per task, as EM has them.
+
+    The same statistic over tasks as EM (:func:`_over_tasks`), over the tasks with a label
+    space only; overall null where none has one (or the cell kept no samples).
+    """
+    shares = label_share_per_task(evaluation.get("samples") or [], tasks)
+    names = [t.name for t in tasks if t.name in shares]
+    if not names:
+        return {**summary, "in_label_space": None}
+    out = {**summary, "in_label_space": _over_tasks([shares[n] for n in names], n_boot, seed)}
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for task in tasks:
+        if task.name in shares:
+            by_category[_category(task)].append(shares[task.name])
+    for cat, values in by_category.items():
+        if cat in out["per_category"]:
+            out["per_category"][cat]["in_label_space"] = _over_tasks(values, n_boot, seed)
+    for name in names:
+        if name in out["per_task"]:
+            out["per_task"][name]["in_label_space"] = round(shares[name], 4)
     return out
 
 
@@ -482,6 +540,7 @@ def _add_baseline(
     if which == "untuned":
         for enc in by_encoding:
             summary = _summary(evaluations[enc]["per_task"], test, n_boot, seed=0)
+            summary = _with_label_share(summary, evaluations[enc], test, n_boot, seed=0)
             by_encoding[enc][which] = {**summary, "evaluation": _evaluation_info(section, enc)}
             untuned[enc] = evaluations[enc]["per_task"]
         return
@@ -490,6 +549,8 @@ def _add_baseline(
     if which == "random":
         expected = _summary(ev["expected_per_task"], test, n_boot, seed=0)
         summary = {**expected, "draw": {"em": summary["em"], "rouge_l": summary["rouge_l"]}}
+    # The random baseline's share is its seeded draw's (a guess over the label space).
+    summary = _with_label_share(summary, ev, test, n_boot, seed=0)
     for enc in by_encoding:
         by_encoding[enc][which] = summary
 
@@ -505,10 +566,12 @@ def _add_grid_cell(
     """A tuned cell's entry per encoding, and its per-task scores for the format shares."""
     condition = {k: cell.params[k] for k in ("definition", "examples", "instances_per_task")}
     for enc in section.eval_encodings:
-        per_task = result["evaluations"][enc]["per_task"]
+        evaluation = result["evaluations"][enc]
+        per_task = evaluation["per_task"]
+        summary = _summary(per_task, test, section.bootstrap, seed=0)
         entry = {
             "condition": {**condition, "seed": cell.seed, "encoding": enc},
-            **_summary(per_task, test, section.bootstrap, seed=0),
+            **_with_label_share(summary, evaluation, test, section.bootstrap, seed=0),
             "training": result["training"],
             "evaluation": _evaluation_info(section, enc),
         }
@@ -869,6 +932,8 @@ __all__ = [
     "expected_guess_scores",
     "format_share",
     "gated_format_share",
+    "inside_label_space",
+    "label_share_per_task",
     "run_baseline_cell",
     "run_grid_cell",
     "score",

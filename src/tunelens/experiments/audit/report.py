@@ -29,6 +29,7 @@ AUDIT_KNOWN = (
     "condition",
     "em",
     "rouge_l",
+    "in_label_space",
     "per_task",
     "per_category",
     "training",
@@ -37,6 +38,7 @@ AUDIT_KNOWN = (
 METRICS = (("em", "exact match"), ("rouge_l", "ROUGE-L"))
 ENCODING_LABELS = {"definition_only": "[def only]", "definition_examples": "[def+2ex]"}
 CONTROLS = ("simplified", "delusive", "no_definition", "random_guess")
+IN_LABEL = "in label space (%)"
 
 
 def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | None:
@@ -242,7 +244,22 @@ def _share_text(share: Any) -> str:
     )
 
 
-def _grid(audit: list[Mapping[str, Any]]) -> dict[str, Any]:
+def _has_label_share(entries: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the results hold the in-label share (results from before it lack the column)."""
+    return any("in_label_space" in e for e in entries)
+
+
+def _scores(entry: Mapping[str, Any], label_share: bool) -> list[str]:
+    """EM, then the in-label share beside it (where the results have one), then ROUGE-L."""
+    share = [fmt(entry.get("in_label_space"))] if label_share else []
+    return [fmt(entry.get("em")), *share, fmt(entry.get("rouge_l"))]
+
+
+def _score_columns(label_share: bool) -> list[str]:
+    return ["exact match", *([IN_LABEL] if label_share else []), "ROUGE-L"]
+
+
+def _grid(audit: list[Mapping[str, Any]], label_share: bool) -> dict[str, Any]:
     """One row per tuning condition: its factors, scores, training and any other keys."""
     condition_keys: list[str] = []
     for e in audit:
@@ -253,33 +270,31 @@ def _grid(audit: list[Mapping[str, Any]]) -> dict[str, Any]:
     rows = [
         [
             *[fmt(e["condition"].get(k)) for k in condition_keys],
-            fmt(e["em"]),
-            fmt(e["rouge_l"]),
+            *_scores(e, label_share),
             _tuning_text(e.get("training")),
             *[fmt(e.get(k)) for k in extra_keys],
         ]
         for e in audit
     ]
     return {
-        "columns": [*condition_keys, "exact match", "ROUGE-L", "training", *extra_keys],
+        "columns": [*condition_keys, *_score_columns(label_share), "training", *extra_keys],
         "rows": rows,
     }
 
 
-def _baseline_rows(results: AuditResults, data: Mapping[str, Any]) -> list[list[str]]:
+def _baselines(sources: list[tuple[str, Mapping[str, Any]]], label_share: bool) -> dict[str, Any]:
     """Each baseline (every encoding's untuned one too): its scores and any other keys."""
-    return [
-        [
-            label.removeprefix("baseline: "),
-            fmt(entry.get("em")),
-            fmt(entry.get("rouge_l")),
-            "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
-        ]
-        for label, entry in [
-            *_baseline_sources(results),
-            *other_encoding_baselines(data),
-        ]
-    ]
+    return {
+        "columns": ["baseline", *_score_columns(label_share), "other"],
+        "rows": [
+            [
+                label.removeprefix("baseline: "),
+                *_scores(entry, label_share),
+                "; ".join(f"{k}: {v}" for k, v in extras(entry, AUDIT_KNOWN)),
+            ]
+            for label, entry in sources
+        ],
+    }
 
 
 def _share_rows(data: Mapping[str, Any]) -> list[list[str]]:
@@ -344,6 +359,8 @@ def audit_view(results: AuditResults, plots: list[Plot]) -> dict[str, Any]:
     audit = plain(results.audit or [])
     data = plain(results)
     sources = _sources(results)
+    baselines = [*_baseline_sources(results), *other_encoding_baselines(data)]
+    label_share = _has_label_share([e for _, e in sources])
     label_rows = _label_rows(data)
     bound = data.get("audit_definition_blind_bound") or {}
     return {
@@ -352,8 +369,9 @@ def audit_view(results: AuditResults, plots: list[Plot]) -> dict[str, Any]:
         "verdicts": [str(v.get("text")) for v in data.get("audit_verdict") or []],
         "bound": fmt(bound.get("em")) if bound.get("em") is not None else None,
         "above": _above(bound),
-        "grid": _grid(audit),
-        "baselines": _baseline_rows(results, data),
+        "grid": _grid(audit, label_share),
+        "baselines": _baselines(baselines, label_share),
+        "label_share": label_share,
         "shares": {
             "columns": ["encoding", "instances per task", "seed", "tuning gain (EM)", *CONTROLS],
             "rows": _share_rows(data),

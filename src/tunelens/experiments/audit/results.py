@@ -39,18 +39,24 @@ __all__ = [
 
 
 class AuditTaskScores(ResultsModel):
+    """A task's scores; ``in_label_space``: percent of its answers that are one of its
+    labels (absent for a free-text task, or from before the share existed)."""
+
     em: float | None
     rouge_l: float | None
+    in_label_space: float | None = None
 
 
 class AuditCategoryScores(ResultsModel):
-    """A category's scores; ``headline``: Tk-Instruct's metric for it (EM or ROUGE-L)."""
+    """A category's scores; ``headline``: Tk-Instruct's metric for it (EM or ROUGE-L);
+    ``in_label_space`` over its tasks with a label space (absent where none has one)."""
 
     em: Stat
     rouge_l: Stat
     tasks: int
     headline_metric: str | None = None
     headline: Stat | None = None
+    in_label_space: Stat | None = None
 
 
 class MetricStats(ResultsModel):
@@ -59,12 +65,20 @@ class MetricStats(ResultsModel):
 
 
 class AuditSummary(ResultsModel):
-    """EM and ROUGE-L overall (CI over tasks), per category and per task; a baseline's shape."""
+    """EM and ROUGE-L overall (CI over tasks), per category and per task; a baseline's shape.
+
+    ``in_label_space``: the percent (0-100) of answers whose EM-normalised text is one of
+    their task's labels (whether the model answers in the task's format at all), a mean
+    over tasks with the same interval as ``em``. Free-text tasks have no label space and
+    are left out (``n`` counts the tasks that have one); null where no task has one.
+    Optional: results written before it existed still load.
+    """
 
     em: Stat
     rouge_l: Stat
     per_category: dict[str, AuditCategoryScores]
     per_task: dict[str, AuditTaskScores]
+    in_label_space: Stat | None = None
 
 
 class RandomBaseline(AuditSummary):

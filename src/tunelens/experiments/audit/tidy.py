@@ -3,7 +3,9 @@
 ``kind`` is ``tuned`` or ``baseline`` (then ``baseline`` names it); condition columns
 ``definition``, ``examples``, ``instances_per_task``, ``seed``, ``encoding``; ``level``
 is ``task``, ``category`` or ``overall`` and ``name`` the task or category; ``metric``
-is ``em`` or ``rouge_l``; then the value columns of
+is ``em``, ``rouge_l`` or ``in_label_space`` (percent of answers inside the task's label
+space; only where there is one, so free-text tasks have no such row); then the value
+columns of
 :func:`tunelens.report.tidy.measure_row`. ``instances_per_task`` is text (``5`` or
 ``full``), so the column holds one type.
 """
@@ -26,25 +28,25 @@ def tidy_rows(results: Mapping[str, Any]) -> list[Row]:
     return audit_rows(parse_file(AuditResults, results, what="results"))
 
 
+METRICS = ("em", "rouge_l", "in_label_space")
+
+
+def _metric_rows(base: Row, scores: Any) -> Iterator[Row]:
+    """One row per metric the scores hold (``in_label_space`` is absent or null without
+    a label space, and then has no row)."""
+    for metric in METRICS:
+        value = getattr(scores, metric, None)
+        if metric != "in_label_space" or value is not None:
+            yield measure_row(base, "metric", metric, value)
+
+
 def _summary_rows(base: Row, summary: Any) -> Iterator[Row]:
-    """A summary's scores overall, per category and per task (both metrics each)."""
-    for metric in ("em", "rouge_l"):
-        yield measure_row(
-            {**base, "level": "overall", "name": ""}, "metric", metric, getattr(summary, metric)
-        )
+    """A summary's scores overall, per category and per task (every metric each)."""
+    yield from _metric_rows({**base, "level": "overall", "name": ""}, summary)
     for category, scores in sorted(summary.per_category.items()):
-        for metric in ("em", "rouge_l"):
-            yield measure_row(
-                {**base, "level": "category", "name": category},
-                "metric",
-                metric,
-                getattr(scores, metric),
-            )
+        yield from _metric_rows({**base, "level": "category", "name": category}, scores)
     for task, scores in sorted(summary.per_task.items()):
-        for metric in ("em", "rouge_l"):
-            yield measure_row(
-                {**base, "level": "task", "name": task}, "metric", metric, getattr(scores, metric)
-            )
+        yield from _metric_rows({**base, "level": "task", "name": task}, scores)
 
 
 def audit_rows(results: AuditResults) -> list[Row]:
