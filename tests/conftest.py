@@ -161,6 +161,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
+        # The cores are the test processes': a study runs its cells in this process (the
+        # tests of worker processes ask for them with workers=/--workers).
+        os.environ.setdefault("TUNELENS_WORKERS", "1")
         torch.set_num_threads(1)
 
 

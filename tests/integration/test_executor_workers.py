@@ -224,6 +224,7 @@ def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("TUNELENS_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TUNELENS_WORKERS", raising=False)
 
 
 def large_model(directory: Path) -> str:
@@ -256,6 +257,9 @@ def test_the_automatic_count_follows_the_thread_policy(
     monkeypatch.setenv("TUNELENS_THREADS", "3")  # tunelens's own wins over OpenMP's
     assert automatic_workers(small) == 1
     assert automatic_workers(fake_jobs(experiment, [big])) == 1
+    monkeypatch.setenv("TUNELENS_WORKERS", "3")  # fixes the count, whatever the threads
+    assert automatic_workers(small) == 3
+    assert LocalExecutor(workers=2).workers_for(small) == 2  # --workers still wins
 
 
 def test_gpu_cells_and_a_custom_loader_stay_in_this_process(four_cores: None) -> None:

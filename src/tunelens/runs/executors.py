@@ -251,8 +251,18 @@ def _sendable(jobs: Sequence[Job]) -> bool:
     return True
 
 
+WORKERS_VARIABLE = "TUNELENS_WORKERS"
+"""Environment variable that fixes the automatic worker count (as ``OMP_NUM_THREADS`` fixes
+threads); ``--workers`` wins over it. The test suite sets it to 1: under pytest-xdist the
+cores are already taken by test processes."""
+
+
 def automatic_workers(jobs: Sequence[Job]) -> int:
-    """Usable cores // the most threads one of ``jobs``' cells uses (the thread policy); >= 1."""
+    """``TUNELENS_WORKERS`` where set, else usable cores // the most threads one of ``jobs``'
+    cells uses (the thread policy); >= 1."""
+    value = os.environ.get(WORKERS_VARIABLE, "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     models = {
         str(job.cell.params["model"])
         if isinstance(job.cell.params, dict) and job.cell.params.get("model") is not None
