@@ -296,6 +296,107 @@ def prepare_output_dir(out_dir: Path) -> None:
         ) from None
 
 
+class _CellLoop:
+    """The cells of one run: what is finished, the times per cell, and the rounds of cells
+    (follow-up cells that depend on finished results make another round)."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        planned: list[tuple[Experiment, Any, list[Cell]]],
+        store: CellStore,
+        runner: Executor,
+        started: float,
+    ) -> None:
+        self.planned = planned
+        self.store = store
+        self.runner = runner
+        self.started = started
+        self.finished = store.finished_keys()
+        planned_keys = {cell.key for _, _, cells in planned for cell in cells}
+        self.kept = len(self.finished & planned_keys)
+        self.timings_path = out_dir / TIMINGS
+        self.timings = _read_timings(self.timings_path)
+        self.cell_times: dict[str, Any] = dict(self.timings.get("cells") or {})
+        self.cells_run = 0
+        self.bars: _Bars | None = None
+
+    def done(self, job: Job, seconds: float) -> None:
+        """A cell finished (its result is in the store): record its time, move the bars."""
+        self.cell_times[job.cell.key] = {
+            "experiment": job.cell.experiment,
+            "name": job.cell.name,
+            "seconds": round(seconds, 3),
+        }
+        self.kept += 1
+        if self.bars is not None:
+            self.bars.cell_done(job, seconds)
+
+    def finished_pairs(
+        self, exp: Experiment, cells: list[Cell]
+    ) -> list[tuple[Cell, dict[str, Any]]]:
+        """(cell, result) of ``cells``, read back from the store in their order."""
+        pairs = []
+        for cell in cells:
+            result = self.store.read(cell)
+            if result is None:
+                raise RuntimeError(
+                    f"{exp.name}: cell {cell.name} ({cell.key}) missing after the run"
+                )
+            pairs.append((cell, result))
+        return pairs
+
+    def write_timings(self) -> None:
+        """timings.json: every cell's seconds, and this run's line beside earlier runs'."""
+        runs = list(self.timings.get("runs") or [])
+        total = sum(len(cells) for _, _, cells in self.planned)
+        runs.append(
+            {
+                "executor": self.runner.name,
+                "cells_run": self.cells_run,
+                "cells_skipped": total - self.cells_run,
+                "run_seconds": round(time.perf_counter() - self.started, 3),
+            }
+        )
+        text = dumps({"cells": self.cell_times, "runs": runs}, indent=2) + "\n"
+        atomic_write_text(self.timings_path, text)
+
+    def run_round(
+        self,
+        pending: list[tuple[Experiment, Any, list[Cell]]],
+        adapters_dir: str | None,
+        placement: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Run the unfinished cells of ``pending``; each is in the store when it returns."""
+        assert self.bars is not None
+        for exp, _, cells in self.planned:
+            self.bars.experiment(exp.name, len(cells), sum(c.key in self.finished for c in cells))
+        jobs = [
+            Job(exp, cell, adapters_dir, placement)
+            for exp, _, cells in pending
+            for cell in cells
+            if cell.key not in self.finished
+        ]
+        self.runner.run(jobs, self.store, on_done=self.done, on_step=self.bars.step)
+        self.cells_run += len(jobs)
+        self.finished |= {job.cell.key for job in jobs}
+
+    def followups(
+        self, inputs: StudyInputs, limit: int | None
+    ) -> list[tuple[Experiment, Any, list[Cell]]]:
+        """Cells that finished results call for (added to the plan), as the next round."""
+        more = []
+        for index, (exp, section, cells) in enumerate(self.planned):
+            known = {c.key for c in cells}
+            found = exp.followup_cells(section, inputs, self.finished_pairs(exp, cells))
+            extra = [c for c in limit_cells(found, limit) if c.key not in known]
+            if extra:
+                self.planned[index] = (exp, section, cells + extra)
+                more.append((exp, section, extra))
+        check_unique_keys(cell for _, _, cells in self.planned for cell in cells)
+        return more
+
+
 def _execute_locked(
     out_dir: Path,
     planned: list[tuple[Experiment, Any, list[Cell]]],
@@ -319,83 +420,26 @@ def _execute_locked(
             results_file=results_file,
             sections=sections,
         )
-    finished = store.finished_keys()
-    planned_keys = {cell.key for _, _, cells in planned for cell in cells}
-    kept = [len(finished & planned_keys)]
-    interrupt.set_status(lambda: interrupt.cells_message(kept[0]))
-
-    timings_path = out_dir / TIMINGS
-    timings = _read_timings(timings_path)
-    cell_times: dict[str, Any] = dict(timings.get("cells") or {})
-    cells_run = 0
-
-    def done(job: Job, seconds: float) -> None:
-        cell_times[job.cell.key] = {
-            "experiment": job.cell.experiment,
-            "name": job.cell.name,
-            "seconds": round(seconds, 3),
-        }
-        kept[0] += 1
-        bars.cell_done(job, seconds)
-
-    def finished_pairs(exp: Experiment, cells: list[Cell]) -> list[tuple[Cell, dict[str, Any]]]:
-        pairs = []
-        for cell in cells:
-            result = store.read(cell)
-            if result is None:
-                raise RuntimeError(
-                    f"{exp.name}: cell {cell.name} ({cell.key}) missing after the run"
-                )
-            pairs.append((cell, result))
-        return pairs
-
-    def write_timings() -> None:
-        runs = list(timings.get("runs") or [])
-        total = sum(len(cells) for _, _, cells in planned)
-        runs.append(
-            {
-                "executor": runner.name,
-                "cells_run": cells_run,
-                "cells_skipped": total - cells_run,
-                "run_seconds": round(time.perf_counter() - started, 3),
-            }
-        )
-        atomic_write_text(timings_path, dumps({"cells": cell_times, "runs": runs}, indent=2) + "\n")
-
+    loop = _CellLoop(out_dir, planned, store, runner, started)
+    interrupt.set_status(lambda: interrupt.cells_message(loop.kept))
     with ProgressDisplay(progress) as display:
-        bars = _Bars(display)
+        loop.bars = _Bars(display)
         pending = planned
         try:
             while pending:
-                for exp, _, cells in planned:
-                    bars.experiment(exp.name, len(cells), sum(c.key in finished for c in cells))
-                jobs = [
-                    Job(exp, cell, adapters_dir, placement)
-                    for exp, _, cells in pending
-                    for cell in cells
-                    if cell.key not in finished
-                ]
-                runner.run(jobs, store, on_done=done, on_step=bars.step)
-                cells_run += len(jobs)
-                finished |= {job.cell.key for job in jobs}
-                more = []
-                for index, (exp, section, cells) in enumerate(planned):
-                    known = {c.key for c in cells}
-                    followups = exp.followup_cells(section, inputs, finished_pairs(exp, cells))
-                    extra = [c for c in limit_cells(followups, limit) if c.key not in known]
-                    if extra:
-                        planned[index] = (exp, section, cells + extra)
-                        more.append((exp, section, extra))
-                check_unique_keys(cell for _, _, cells in planned for cell in cells)
-                pending = more
+                loop.run_round(pending, adapters_dir, placement)
+                pending = loop.followups(inputs, limit)
         finally:
             try:
                 if main:
-                    write_timings()
+                    loop.write_timings()
                     record_batch_sizes(out_dir)
             except OSError:
                 pass  # a full disk: the error that brought us here is the one to report
-    return [SectionRun(exp, section, finished_pairs(exp, cells)) for exp, section, cells in planned]
+    return [
+        SectionRun(exp, section, loop.finished_pairs(exp, cells))
+        for exp, section, cells in loop.planned
+    ]
 
 
 def run_study(
