@@ -190,7 +190,7 @@ def read_json_lines(
 
 def _no_duplicate_keys(base: type) -> type:
     """A yaml loader class like ``base`` on which a key given twice in one mapping is an error."""
-    import yaml
+    import yaml  # lazy: `tunelens --help` imports this module, and yaml would add ~20% to it
 
     class Loader(base):  # type: ignore[misc,valid-type,unused-ignore]
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
@@ -222,7 +222,7 @@ def parse_yaml(text: str, *, source: PathLike, strings_only: bool = False) -> An
     would silently keep the last). ``strings_only``: every scalar stays a
     string (labels like ``yes`` or ``0`` as written).
     """
-    import yaml
+    import yaml  # lazy: `tunelens --help` imports this module, and yaml would add ~20% to it
 
     base = yaml.BaseLoader if strings_only else yaml.SafeLoader
     loader = _no_duplicate_keys(base)

@@ -18,9 +18,14 @@ import os
 import sys
 import warnings
 
-__all__ = ["ROOT", "get_logger", "setup_logging"]
+from rich.console import Console
+from rich.logging import RichHandler
+
+__all__ = ["ROOT", "get_logger", "logging_verbosity", "setup_logging"]
 
 ROOT = "tunelens"
+# Marks the handler setup_logging installs. runs/executors.py still imports the name; it
+# is kept until that caller moves to logging_verbosity() (issue 27).
 _HANDLER_FLAG = "_tunelens_handler"
 
 
@@ -38,9 +43,6 @@ def setup_logging(verbose: bool = False) -> None:
     Without ``verbose``, transformers' own log messages below ERROR and every
     Python warning are filtered out.
     """
-    from rich.console import Console
-    from rich.logging import RichHandler
-
     level = logging.INFO if verbose else logging.WARNING
     logger = logging.getLogger(ROOT)
     for old in [h for h in logger.handlers if getattr(h, _HANDLER_FLAG, False)]:
@@ -59,6 +61,15 @@ def setup_logging(verbose: bool = False) -> None:
     logger.setLevel(level)
     logger.propagate = False
     _filter_library_warnings(verbose)
+
+
+def logging_verbosity() -> bool | None:
+    """Whether :func:`setup_logging` ran in this process with ``verbose`` (None: it did not
+    run), so a worker process can set up its logging the same way."""
+    logger = logging.getLogger(ROOT)
+    if not any(getattr(handler, _HANDLER_FLAG, False) for handler in logger.handlers):
+        return None
+    return logger.level <= logging.INFO
 
 
 def _filter_library_warnings(verbose: bool) -> None:

@@ -11,6 +11,7 @@ writes every C0/C1 control character (and DEL) as a Python-style escape
 from __future__ import annotations
 
 import re
+import sys
 
 __all__ = ["escape_control", "one_line", "warn"]
 
@@ -41,7 +42,5 @@ def one_line(text: str) -> str:
 def warn(message: str) -> None:
     """``warning: <message>`` as one line on stderr (where the input is usable but doubtful),
     the way the CLI prints its other warnings; shown also without ``--verbose``."""
-    import sys
-
     sys.stderr.write(f"warning: {one_line(message)}\n")
     sys.stderr.flush()

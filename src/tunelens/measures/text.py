@@ -68,14 +68,14 @@ def headline_metric(category: str) -> Literal["em", "rouge_l"]:
 @lru_cache(maxsize=2)
 def _scorer(tokenizer: str = "default") -> rouge_scorer.RougeScorer:
     """A ROUGE-L scorer, built on first use (its imports cost most of a second)."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # lazy: ~1 s (nltk), and `tunelens --help` imports us
 
     if tokenizer == "default":
         return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     if tokenizer != "unicode":
         raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; use one of {ROUGE_TOKENIZERS}")
-    from nltk.stem import porter
-    from rouge_score.tokenizers import Tokenizer
+    from nltk.stem import porter  # lazy: as rouge_score above
+    from rouge_score.tokenizers import Tokenizer  # lazy: as rouge_score above
 
     class _UnicodeStemmingTokenizer(Tokenizer):
         """tunelens's own: rouge_score's default rule over Unicode word characters."""

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelens.errors import TunelensInputError
-from tunelens.io import read_json_lines
-from tunelens.tasks.loaders import FieldReader
+from tunelens.io import DuplicateKeyError, read_json_lines, unique_keys
+from tunelens.tasks.loaders import FieldReader, parse_superni
 from tunelens.tasks.types import Task
 
 __all__ = [
@@ -89,7 +89,7 @@ def _missing(module: str) -> TunelensInputError:
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: optional (tunelens[hf]), missing is named below
     except ImportError:
         raise _missing("pyarrow") from None
     try:
@@ -124,7 +124,7 @@ def load_dataset_dir(path: str | Path) -> list[Task]:
     """Tasks from a ``datasets`` ``save_to_disk`` directory (every split of a DatasetDict)."""
     path = Path(path)
     try:
-        import datasets
+        import datasets  # lazy: optional (tunelens[hf]), missing is named below
     except ImportError:
         raise _missing("datasets") from None
     try:
@@ -176,8 +176,6 @@ def _examples(r: FieldReader, value: Any, field: str) -> list[dict[str, Any]]:
     if value is None or value == "":
         return []
     if isinstance(value, str):
-        from tunelens.io import DuplicateKeyError, unique_keys
-
         try:
             value = json.loads(value, object_pairs_hook=unique_keys)
         except DuplicateKeyError as error:
@@ -193,8 +191,6 @@ def _examples(r: FieldReader, value: Any, field: str) -> list[dict[str, Any]]:
 
 def rows_to_tasks(rows: Iterable[Row]) -> list[Task]:
     """Group rows by ``task_name`` (first appearance first) and parse each task."""
-    from tunelens.tasks.loaders import parse_superni
-
     tasks: dict[str, dict[str, Any]] = {}
     for file, place, row in rows:
         r = FieldReader(file, place)

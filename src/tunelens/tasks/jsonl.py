@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelens.errors import TunelensInputError
-from tunelens.io import read_json_lines
+from tunelens.io import atomic_write_text, read_json_lines
 from tunelens.tasks.labels import check_label_space, label_space
 from tunelens.tasks.loaders import FieldReader, check_unique_ids
 from tunelens.tasks.types import Example, Instance, Task
@@ -158,8 +158,6 @@ def task_to_jsonl_lines(task: Task) -> list[str]:
 
 def write_jsonl(task: Task, path: str | Path) -> Path:
     """Write ``task`` as tunelens JSONL (header + one instance per line); returns the path."""
-    from tunelens.io import atomic_write_text
-
     path = Path(path)
     atomic_write_text(path, "\n".join(task_to_jsonl_lines(task)) + "\n")
     return path

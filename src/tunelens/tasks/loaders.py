@@ -212,7 +212,7 @@ def load_task_file(path: PathLike) -> Task:
     path = Path(path)
     if path.suffix == ".json":
         return load_superni_task(path)
-    from tunelens.tasks import hf
+    from tunelens.tasks import hf  # lazy: hf imports this module (FieldReader, parse_superni)
 
     if path.suffix == ".parquet" or hf.is_shard_jsonl(path):
         tasks = hf.load_shards([path])
@@ -223,7 +223,7 @@ def load_task_file(path: PathLike) -> Task:
             )
         return tasks[0]
     if path.suffix == ".jsonl":
-        from tunelens.tasks.jsonl import load_jsonl
+        from tunelens.tasks.jsonl import load_jsonl  # lazy: jsonl imports this module
 
         return load_jsonl(path)
     raise TunelensInputError(
@@ -251,7 +251,7 @@ def load_tasks(paths: PathLike | Iterable[PathLike], *, allow_missing: bool = Fa
 
     Two tasks with the same name are an error: results are keyed by task name.
     """
-    from tunelens.tasks import hf
+    from tunelens.tasks import hf  # lazy: hf imports this module (FieldReader, parse_superni)
 
     tasks: list[Task] = []
     origin: dict[str, str] = {}

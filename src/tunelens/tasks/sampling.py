@@ -51,6 +51,7 @@ from typing import TypeVar
 
 from tunelens.errors import TunelensInputError
 from tunelens.tasks.types import Example, Instance, Task
+from tunelens.tasks.variants import irrelevant_examples
 
 RELEVANCE = ("same", "other")
 T = TypeVar("T")
@@ -96,8 +97,6 @@ def sample_demo_sets(
     ``ceil(n_pairs / anchors_per_set)`` sets; with relevance ``other`` the
     demonstrations come from another task and share no input with the anchor's task.
     """
-    from tunelens.tasks.variants import irrelevant_examples
-
     if relevance not in RELEVANCE:
         raise TunelensInputError(f"unknown relevance {relevance!r}; use one of {RELEVANCE}")
     if k < 0 or anchors_per_set < 1 or n_pairs < 1:

@@ -12,13 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from tunelens.errors import TunelensInputError
+from tunelens.tasks.loaders import load_split, load_tasks
 from tunelens.tasks.types import Task
+from tunelens.tasks.world.generator import World, generate_world
 
 
 @lru_cache(maxsize=8)
-def _world(seed: int):
-    from tunelens.tasks.world.generator import generate_world
-
+def _world(seed: int) -> World:
+    """The embedded world of ``seed``, generated once per process."""
     return generate_world(seed)
 
 
@@ -33,8 +34,6 @@ def _one(ref: str, allow_missing: bool = False) -> list[Task]:
             )
         world = _world(seed)
         return list(world.train if which == "train" else world.heldout)
-    from tunelens.tasks.loaders import load_split, load_tasks
-
     path = Path(ref)
     if path.name.endswith("_tasks.txt") and path.parent.parent.name == "splits":
         part = path.name[: -len("_tasks.txt")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunelens.io import atomic_write_text
 from tunelens.tasks.types import Task
 from tunelens.tasks.world.generator import World
 
@@ -37,8 +38,6 @@ def export_world(world: World, root: Path) -> list[Path]:
     split_dir = root / "splits" / "default"
     tasks_dir.mkdir(parents=True, exist_ok=True)
     split_dir.mkdir(parents=True, exist_ok=True)
-    from tunelens.io import atomic_write_text
-
     written = []
     for task in world.train + world.heldout:
         path = tasks_dir / f"{task.name}.json"
