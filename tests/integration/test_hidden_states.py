@@ -366,5 +366,5 @@ def test_capture_through_a_peft_wrapper(tiny_model, arch):
     want = torch.stack([reference_states(loaded, p) for p in PROMPTS])
     assert_close_scaled(capture_last_token_states(loaded, PROMPTS), want, ATOL)
     want = torch.stack([reference_states(loaded, PREFIX + s) for s in SUFFIXES])
-    assert hs._packable(loaded)  # the wrapper does not hide the attention implementation
+    assert hs.packable(loaded)  # the wrapper does not hide the attention implementation
     assert_close_scaled(capture_with_shared_prefix(loaded, PREFIX, SUFFIXES), want, ATOL)

@@ -80,7 +80,7 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model, arch):
 
 def mlp_widths(model, compute) -> dict[str, list[int]]:
     """Positions the first and the last block's MLP ran at while ``compute()`` ran."""
-    from tunelens.models.patching import blocks_of
+    from tunelens.models.blocks import blocks_of
 
     blocks = blocks_of(model)
     seen: dict[str, list[int]] = {"first": [], "last": []}

@@ -68,7 +68,7 @@ def headline_metric(category: str) -> Literal["em", "rouge_l"]:
 @lru_cache(maxsize=2)
 def _scorer(tokenizer: str = "default") -> rouge_scorer.RougeScorer:
     """A ROUGE-L scorer, built on first use (its imports cost most of a second)."""
-    from rouge_score import rouge_scorer  # lazy: ~1 s (nltk), and `tunelens --help` imports us
+    from rouge_score import rouge_scorer  # lazy: ~1 s (nltk); `tunelens --help` imports this
 
     if tokenizer == "default":
         return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

@@ -40,7 +40,6 @@ model takes it: the prompt's logits are never used.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,6 +48,8 @@ import torch
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.last_block import last_block_positionwise, run_only_at
+from tunelens.models.packing import PackedRow, attention_mask, model_mask, padded_row
+from tunelens.models.wrappers import forward_takes, unwrap_model
 
 IGNORE_INDEX = -100
 
@@ -220,8 +221,6 @@ def collate_packed(
     sees exactly the tokens before it in its own sequence, at the positions it
     has there, so the losses equal :func:`collate_causal`'s up to float rounding.
     """
-    from tunelens.models.packing import PackedRow, attention_mask, padded_row
-
     if not encoded:
         raise ValueError("cannot collate an empty batch")
     lengths = [len(e.prompt_ids) + len(e.target_ids) for e in encoded]
@@ -338,7 +337,7 @@ def forward_logits(model: Any, batch: dict[str, torch.Tensor], kind: str, pad_id
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
-        decoder_input_ids=decoder_inputs(_unwrap(model), batch["labels"], pad_id),
+        decoder_input_ids=decoder_inputs(unwrap_model(model), batch["labels"], pad_id),
         use_cache=False,
     )
     return out.logits
@@ -347,8 +346,6 @@ def forward_logits(model: Any, batch: dict[str, torch.Tensor], kind: str, pad_id
 def _causal_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model inputs of a causal batch: ids, mask (a packed batch's 4-D mask as the
     model's attention takes it) and, for packed batches, position ids."""
-    from tunelens.models.packing import model_mask
-
     mask = batch["attention_mask"]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
     if mask.dim() == 4:
@@ -377,19 +374,6 @@ def target_losses(
         logits = model(**inputs, logits_to_keep=keep).logits
     # already aligned: the "seq2seq" convention of token_losses shifts nothing
     return token_losses(logits, labels[:, keep + 1], "seq2seq"), counts
-
-
-def forward_takes(model: Any, argument: str) -> bool:
-    """Whether the transformers model under any wrapper takes ``argument`` in its forward
-    (position ids, ``logits_to_keep``, the cache argument's name)."""
-    return argument in inspect.signature(_unwrap(model).forward).parameters
-
-
-def _unwrap(model: Any) -> Any:
-    """The transformers model under PEFT / Accelerate wrappers (for helper methods)."""
-    inner = getattr(model, "module", model)  # DDP / DeepSpeed engine
-    get_base = getattr(inner, "get_base_model", None)
-    return get_base() if callable(get_base) else inner
 
 
 def masked_lm_loss(

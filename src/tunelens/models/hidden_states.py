@@ -31,7 +31,6 @@ FLOPs.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,12 +40,7 @@ from tunelens.errors import DivergedError
 from tunelens.models.last_block import last_block_positionwise, run_only_at
 from tunelens.models.loading import LoadedModel
 from tunelens.models.packing import PackedRow, attention_mask, model_mask, pack_rows
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a PEFT wrapper (for signature checks)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+from tunelens.models.wrappers import forward_takes, unwrap_model
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -54,14 +48,14 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
 
     PEFT injects its LoRA layers into the modules themselves, so they act here too.
     """
-    base = _base_model(model)
+    base = unwrap_model(model)
     inner = getattr(base, "base_model", base)  # transformers: the ``base_model_prefix`` module
     return inner if isinstance(inner, torch.nn.Module) else base
 
 
 def accepts_position_ids(model: torch.nn.Module) -> bool:
-    parameters = inspect.signature(_base_model(model).forward).parameters
-    return "position_ids" in parameters
+    """Whether the model's forward takes position ids (then padded rows get their own)."""
+    return forward_takes(model, "position_ids")
 
 
 def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -101,7 +95,7 @@ def _causal_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
 
 
 def decoder_start_id(model: torch.nn.Module) -> int:
-    config: Any = _base_model(model).config
+    config: Any = unwrap_model(model).config
     for source in (config, getattr(model, "generation_config", None)):
         value = getattr(source, "decoder_start_token_id", None) if source is not None else None
         if value is not None:
@@ -179,7 +173,7 @@ def check_states(states: torch.Tensor) -> torch.Tensor:
 PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
-def _sliding_window(config: Any) -> int | None:
+def sliding_window(config: Any) -> int | None:
     """The attention window of a model with sliding-window layers, else None."""
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
@@ -188,12 +182,12 @@ def _sliding_window(config: Any) -> int | None:
     return int(window)
 
 
-def _packable(loaded: LoadedModel) -> bool:
+def packable(loaded: LoadedModel) -> bool:
     """Whether the model computes packed rows exactly: a causal LM with position ids whose
     attention takes a custom 4-D mask, and no position information from the mask (ALiBi)."""
     if loaded.kind != "causal" or not accepts_position_ids(loaded.model):
         return False
-    config = _base_model(loaded.model).config
+    config = unwrap_model(loaded.model).config
     attention = getattr(config, "_attn_implementation", None)
     return attention in PACKABLE_ATTENTION and not getattr(config, "alibi", False)
 
@@ -250,14 +244,14 @@ def capture_packed(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = list(prompts)
-    if not prompts or not _packable(loaded):
+    if not prompts or not packable(loaded):
         return capture_last_token_states(loaded, prompts, batch_size)
     ids = [list(row) for row in loaded.tokenizer(prompts)["input_ids"]]
     for prompt, prompt_ids in zip(prompts, ids, strict=True):
         if not prompt_ids:
             raise ValueError(f"prompt {prompt!r} tokenizes to no tokens")
-    config: Any = _base_model(loaded.model).config
-    window = _sliding_window(config)
+    config: Any = unwrap_model(loaded.model).config
+    window = sliding_window(config)
     if window is not None and max(map(len, ids)) > window:  # the mask would drop the window
         return capture_last_token_states(loaded, prompts, batch_size)
     hidden = int(getattr(config, "hidden_size", 1024))

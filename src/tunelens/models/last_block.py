@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from tunelens.models.blocks import blocks_of
+
 # Position-wise projections of an attention module, by the names transformers gives them: the
 # query projection (its output is read only at the query's own position) and the output
 # projection (Llama/Qwen2/Mistral/Gemma ``o_proj``, GPT-2 ``c_proj``, OPT ``out_proj``, Phi and
@@ -51,8 +53,6 @@ def last_block_positionwise(model: torch.nn.Module) -> list[torch.nn.Module]:
     as does one under activation checkpointing: its backward recomputes the
     block without the hooks, so the shapes would not match.
     """
-    from tunelens.models.patching import blocks_of
-
     try:
         last = blocks_of(model)[-1]
     except (ValueError, AttributeError):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelens.models.wrappers import unwrap_model
+
 __all__ = ["block_counts", "layer_label_text", "layer_labels", "labels_for"]
 
 STACKS = ("decoder-only", "encoder", "decoder")
@@ -60,9 +62,7 @@ def layer_labels(loaded: Any, n_layers: int | None = None) -> list[dict[str, Any
     model whose states do not have the expected count gets None (no labels
     rather than wrong ones).
     """
-    model = loaded.model
-    get_base = getattr(model, "get_base_model", None)
-    config = (get_base() if callable(get_base) else model).config
+    config = unwrap_model(loaded.model).config
     try:
         encoder, decoder = block_counts(config)
     except (AttributeError, TypeError, ValueError):

@@ -19,16 +19,27 @@ is not mistaken for padding.
 
 from __future__ import annotations
 
+import importlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate.utils import convert_file_size_to_int
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+)
+from transformers.utils import logging as hf_logging
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.checks import check_loaded
 from tunelens.models.paths import is_world_model, resolve_model_path
+from tunelens.models.wrappers import unwrap_model
 
 ModelKind = Literal["causal", "seq2seq"]
 
@@ -83,9 +94,7 @@ class LoadedModel:
 def is_dispatched(model: Any) -> bool:
     """True for a model loaded with a ``device_map`` (never ``.to()`` one: Accelerate's hooks
     move each layer's inputs and offloaded weights)."""
-    base = getattr(model, "get_base_model", None)
-    inner = base() if callable(base) else model
-    return bool(getattr(inner, "hf_device_map", None))
+    return bool(getattr(unwrap_model(model), "hf_device_map", None))
 
 
 def parse_dtype(dtype: str) -> torch.dtype:
@@ -145,8 +154,6 @@ def parse_max_memory(max_memory: str | dict[Any, Any] | None) -> dict[int | str,
     Keys are GPU indices, ``cpu``, ``mps`` or ``disk``; values sizes such as ``500MB``,
     ``1GiB`` or a number of bytes.
     """
-    from accelerate.utils import convert_file_size_to_int
-
     if max_memory is None:
         return None
     pairs: dict[Any, Any]
@@ -198,11 +205,6 @@ def _check_architecture(
     config: Any, kind: ModelKind, directory: Path, trust_remote_code: bool
 ) -> None:
     """Refuse configs that no causal-LM / seq2seq-LM class can load, before reading weights."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING,
-        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
-    )
-
     mapping = (
         MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if kind == "seq2seq" else MODEL_FOR_CAUSAL_LM_MAPPING
     )
@@ -234,18 +236,11 @@ def _check_weights(directory: Path) -> None:
 
 def _quiet_transformers() -> None:
     """No "Loading weights" progress bar: it would turn a one-line error into several."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except (ImportError, AttributeError):  # pragma: no cover - older transformers
-        pass
+    hf_logging.disable_progress_bar()
 
 
 def _check_safetensors_headers(directory: Path) -> None:
     """Every weights file must be a readable safetensors file (a truncated one is exit 2)."""
-    from safetensors import safe_open
-
     for path in sorted(directory.glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -263,8 +258,6 @@ def _check_safetensors_headers(directory: Path) -> None:
 
 def _first_shape_mismatch(directory: Path, config: Any, auto: Any) -> str | None:
     """``"tensor 'x' has shape [a] in the weights, [b] in the model"`` for the first such tensor."""
-    from safetensors import safe_open
-
     try:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in auto.from_config(config).state_dict().items()}
@@ -288,8 +281,6 @@ SENTENCEPIECE_PACKAGES = (("sentencepiece", "sentencepiece"), ("protobuf", "goog
 
 
 def _importable(module: str) -> bool:
-    import importlib
-
     try:
         importlib.import_module(module)
     except ImportError:
@@ -412,21 +403,32 @@ def load_model(
     ``max_memory``) disk, in ``offload_folder`` or a temporary folder kept while the
     model is loaded; ``device`` is then not used for placement.
     """
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
-
     torch_dtype = parse_dtype(dtype)
     torch_device = parse_device(device)
     placement, offload = _placement(device_map, max_memory, offload_folder)
     directory = resolve_model_path(name_or_path)
     source = str(directory)
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    config = _read_config(directory, common)
+    kind = _kind_of(config)
+    _check_architecture(config, kind, directory, trust_remote_code)
+    _check_weights(directory)
+    tokenizer = _load_tokenizer(directory, kind, common)
+    model = _load_weights(directory, config, kind, torch_dtype, placement, common)
+    check_vocabulary(model, tokenizer, source)
+    check_loaded(model, tokenizer, source)  # token ids, chat template (models.checks)
+    if not is_dispatched(model):  # a dispatched model stays where Accelerate put it
+        model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
+    model.eval()
+    _sync_pad_id(model, tokenizer)
+    name = name_or_path if is_world_model(name_or_path) else str(directory)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name, offload=offload)
+
+
+def _read_config(directory: Path, common: dict[str, Any]) -> Any:
+    """The directory's transformers config; an unreadable one is an input error naming it."""
     try:
-        config = AutoConfig.from_pretrained(directory, **common)
+        return AutoConfig.from_pretrained(directory, **common)
     except json.JSONDecodeError as error:
         raise TunelensInputError(
             f"config.json is not valid JSON: {error}", source=str(directory / "config.json")
@@ -436,10 +438,11 @@ def load_model(
             f"unsupported architecture or unreadable config: {_one_line(error)}",
             source=str(directory / "config.json"),
         ) from None
-    kind = _kind_of(config)
-    _check_architecture(config, kind, directory, trust_remote_code)
-    _check_weights(directory)
 
+
+def _load_tokenizer(directory: Path, kind: ModelKind, common: dict[str, Any]) -> Any:
+    """The directory's tokenizer, ready to pad for ``kind`` (:func:`prepare_tokenizer`)."""
+    source = str(directory)
     if not any((directory / f).is_file() for f in TOKENIZER_FILES):
         raise TunelensInputError(
             f"no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})", source=source
@@ -450,8 +453,20 @@ def load_model(
         raise TunelensInputError(
             f"cannot load the tokenizer: {_tokenizer_failure(directory, error)}", source=source
         ) from None
-    prepare_tokenizer(tokenizer, kind, source)
+    return prepare_tokenizer(tokenizer, kind, source)
 
+
+def _load_weights(
+    directory: Path,
+    config: Any,
+    kind: ModelKind,
+    torch_dtype: torch.dtype,
+    placement: dict[str, Any],
+    common: dict[str, Any],
+) -> Any:
+    """The model with its safetensors weights, every one of them found (no random init);
+    each way the weights can be unusable is an input error naming the directory."""
+    source = str(directory)
     _check_safetensors_headers(directory)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     _quiet_transformers()
@@ -484,14 +499,7 @@ def load_model(
             f"corrupt safetensors weights: {_one_line(error)}", source=source
         ) from None
     check_loading_info(info, source)
-    check_vocabulary(model, tokenizer, source)
-    check_loaded(model, tokenizer, source)  # token ids, chat template (models.checks)
-    if not is_dispatched(model):  # a dispatched model stays where Accelerate put it
-        model.to(torch_device)  # type: ignore[arg-type,unused-ignore]  # transformers types .to()
-    model.eval()
-    _sync_pad_id(model, tokenizer)
-    name = name_or_path if is_world_model(name_or_path) else str(directory)
-    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name, offload=offload)
+    return model
 
 
 def _placement(
@@ -501,8 +509,6 @@ def _placement(
 ) -> tuple[dict[str, Any], Any]:
     """``from_pretrained``'s big-model keywords (none without a device map), and the
     temporary offload folder to keep alive while the model is loaded (or None)."""
-    import tempfile
-
     chosen = parse_device_map(device_map)
     memory = parse_max_memory(max_memory)
     if chosen is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 __all__ = ["BACKOFF_DEVICES", "is_out_of_memory", "retry_halving", "used_batch_sizes"]
 
@@ -26,16 +27,12 @@ _USED: dict[str, dict[str, Any]] = {}
 
 def is_out_of_memory(error: BaseException) -> bool:
     """An accelerator (or allocator) out-of-memory error, as Accelerate recognises them."""
-    from accelerate.utils.memory import should_reduce_batch_size
-
     if isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, Exception) and should_reduce_batch_size(error)
 
 
 def _clear(device: torch.device) -> None:
-    from accelerate.utils.memory import clear_device_cache
-
     clear_device_cache(garbage_collection=True)
 
 

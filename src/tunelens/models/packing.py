@@ -23,17 +23,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunelens.models.wrappers import unwrap_model
+
 MIN_ROW_TOKENS = 256
 MAX_ROW_TOKENS = 4096
 
 
 @dataclass
-class _Node:
+class PrefixNode:
     """A run of tokens of the prefix tree; ``depth`` tokens precede it on every path through it."""
 
     tokens: list[int]
     depth: int
-    children: list[_Node] = field(default_factory=list)
+    children: list[PrefixNode] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # prompts whose last token is this node's last
 
 
@@ -62,13 +64,13 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def prefix_tree(prompts: Sequence[Sequence[int]]) -> _Node:
+def prefix_tree(prompts: Sequence[Sequence[int]]) -> PrefixNode:
     """The compressed prefix tree of ``prompts`` (non-empty token id lists); the root has no tokens.
 
     Built from the prompts in sorted order, where each prompt's shared part
     with the tree is its common prefix with the previous one.
     """
-    root = _Node([], 0)
+    root = PrefixNode([], 0)
     path = [root]  # the branch of the previous prompt, root first
     previous: Sequence[int] = ()
     for index in sorted(range(len(prompts)), key=lambda i: list(prompts[i])):
@@ -81,13 +83,13 @@ def prefix_tree(prompts: Sequence[Sequence[int]]) -> _Node:
         top = path[-1]
         if top.depth + len(top.tokens) > shared:  # split the node where the prompts diverge
             cut = shared - top.depth
-            head = _Node(top.tokens[:cut], top.depth, children=[top])
+            head = PrefixNode(top.tokens[:cut], top.depth, children=[top])
             parent = path[-2]
             parent.children[parent.children.index(top)] = head
             top.tokens, top.depth = top.tokens[cut:], shared
             path[-1] = top = head
         if len(ids) > shared:
-            node = _Node(ids[shared:], shared)
+            node = PrefixNode(ids[shared:], shared)
             top.children.append(node)
             path.append(node)
         else:  # the prompt is the path so far (a duplicate, or a prefix of the next prompts)
@@ -97,7 +99,7 @@ def prefix_tree(prompts: Sequence[Sequence[int]]) -> _Node:
     return root
 
 
-def shared_tokens(root: _Node) -> int:
+def shared_tokens(root: PrefixNode) -> int:
     """The longest prefix that two or more prompts share (what a row must repeat to continue it)."""
     longest, stack = 0, list(root.children)
     while stack:
@@ -132,7 +134,7 @@ class _RowBuilder:
         self.ends: dict[int, int] = {}
         self.segment_of: dict[int, int] = {}  # id(node) -> its segment in this row
 
-    def add(self, node: _Node, parent: _Node | None, *, capture: bool) -> None:
+    def add(self, node: PrefixNode, parent: PrefixNode | None, *, capture: bool) -> None:
         segment = len(self.parents)
         self.parents.append(-1 if parent is None else self.segment_of[id(parent)])
         self.segment_of[id(node)] = segment
@@ -164,7 +166,9 @@ def pack_rows(
         raise ValueError(f"max_tokens must be >= 1, got {budget}")
     rows: list[PackedRow] = []
     current = _RowBuilder()
-    stack: list[tuple[_Node, tuple[_Node, ...]]] = [(c, ()) for c in reversed(root.children)]
+    stack: list[tuple[PrefixNode, tuple[PrefixNode, ...]]] = [
+        (c, ()) for c in reversed(root.children)
+    ]
     while stack:
         node, ancestors = stack.pop()
         # the ancestors are always in the current row; more than them means the row can close
@@ -217,7 +221,7 @@ def model_mask(mask: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     SDPA takes the booleans; eager attention adds the mask to its scores, so it
     gets 0 where a token is seen and the weights' dtype's minimum elsewhere.
     """
-    inner = getattr(model, "module", model)  # DDP / DeepSpeed engine
+    inner = unwrap_model(model)
     config = getattr(inner, "config", None)
     if getattr(config, "_attn_implementation", None) != "eager":
         return mask

@@ -42,14 +42,15 @@ from typing import Any
 
 import torch
 
+from tunelens.models.blocks import blocks_of
 from tunelens.models.hidden_states import (
-    _base_model,
     accepts_position_ids,
     check_nonempty,
     decoder_start_id,
     last_real_index,
 )
 from tunelens.models.loading import LoadedModel
+from tunelens.prompts import render_target
 
 __all__ = [
     "LastToken",
@@ -62,45 +63,9 @@ __all__ = [
 ]
 
 
-def _n_layers(model: torch.nn.Module, encoder: bool) -> int:
-    config: Any = _base_model(model).config
-    if encoder:
-        for key in ("num_layers", "encoder_layers", "num_hidden_layers"):
-            value = getattr(config, key, None)
-            if isinstance(value, int):
-                return value
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(text, key, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError("the model config names no layer count (num_hidden_layers / n_layer)")
-
-
 def block_modules(loaded: LoadedModel) -> list[torch.nn.Module]:
     """The transformer blocks whose outputs are patched (the encoder's for encoder-decoders)."""
     return blocks_of(loaded.model, encoder=loaded.kind == "seq2seq")
-
-
-def blocks_of(model: torch.nn.Module, *, encoder: bool = False) -> list[torch.nn.Module]:
-    """The transformer blocks of ``model`` (under PEFT / Accelerate wrappers): the decoder's,
-    or with ``encoder`` the encoder's."""
-    model = getattr(model, "module", model)  # DDP / DeepSpeed engine
-    base = _base_model(model)
-    n = _n_layers(model, encoder)
-    get_encoder = getattr(base, "get_encoder", None)
-    root = get_encoder() if encoder and callable(get_encoder) else base
-    candidates = [
-        (name, module)
-        for name, module in root.named_modules()
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n
-    ]
-    if not encoder:  # a vision tower or an encoder may hold a list of the same length
-        preferred = [c for c in candidates if "vision" not in c[0] and "encoder" not in c[0]]
-        candidates = preferred or candidates
-    if not candidates:
-        raise ValueError(f"found no list of {n} transformer blocks in {type(base).__name__}")
-    return list(candidates[0][1])
 
 
 def n_patch_layers(loaded: LoadedModel) -> int:
@@ -285,8 +250,6 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[int]:
     (:mod:`tunelens.models.scoring`); the convergence study uses these ids only
     for free-text tasks, whose answer reads as the first reference token.
     """
-    from tunelens.prompts import render_target
-
     ids: list[int] = []
     for label in labels:
         tokens = tokenizer(render_target(label), add_special_tokens=False)["input_ids"]

@@ -78,6 +78,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from tunelens.errors import TunelensInputError
 from tunelens.models import prefix_generation
@@ -130,8 +131,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
     """The model's generation config made greedy, stopping at EOS or any newline token."""
-    from transformers import GenerationConfig
-
     base = getattr(model, "generation_config", None)
     config = copy.deepcopy(base) if base is not None else GenerationConfig()
     stops = sorted(set(_eos_ids(model, tokenizer)) | set(newline_token_ids(tokenizer)))
@@ -370,31 +369,15 @@ def generate_predictions(
     """
     if not prompts:
         return []
-    model, tokenizer = loaded.model, loaded.tokenizer
-    if token_ids is not None and len(token_ids) != len(prompts):
-        raise ValueError(f"{len(token_ids)} token id lists for {len(prompts)} prompts")
-    ids = [list(t) for t in token_ids] if token_ids is not None else _tokenise(tokenizer, prompts)
-    lengths = [len(row) for row in ids]
-    if min(lengths) == 0:
-        raise TunelensInputError(
-            "prompt tokenises to no tokens", where=f"prompt {lengths.index(0)}"
-        )
-    _check_room(lengths, context_length(model), max_new_tokens, loaded.kind)
-    config = _greedy_config(model, tokenizer, max_new_tokens)
-    side = "left" if loaded.kind == "causal" else "right"
+    model = loaded.model
+    ids, lengths = _checked_ids(loaded, prompts, token_ids, max_new_tokens)
+    config = _greedy_config(model, loaded.tokenizer, max_new_tokens)
     widths = (
         [(n + max_new_tokens,) for n in lengths]
         if loaded.kind == "causal"
         else [(n, max_new_tokens) for n in lengths]
     )
-    # Fixed batches keep the plain path: the batched LoRA probe lines one adapter per row
-    # up with its batch, which a prefix group's batches would not respect.
-    fast = (
-        share_prefix
-        and loaded.kind == "causal"
-        and not (batch_size is not None and max_batch_tokens is None)
-        and prefix_generation.supports_prefix_cache(model, config)
-    )
+    fast = _takes_fast_path(loaded, config, share_prefix, batch_size, max_batch_tokens)
     if max_batch_tokens is None and batch_size is None:
         max_batch_tokens = default_batch_tokens(loaded.device)
     was_training = model.training
@@ -418,14 +401,72 @@ def generate_predictions(
             else set()
         )
         rest = [i for i in _longest_first(lengths) if i not in done]
-        batches = token_batches(
-            rest, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size
-        )
-        for rows in batches:
-            input_ids, attention_mask = pad_rows(
-                [ids[i] for i in rows], tokenizer.pad_token_id, side, loaded.device
-            )
-            _decode_batch(loaded, rows, input_ids, attention_mask, config, results)
+        _generate_plain(loaded, ids, rest, widths, config, max_batch_tokens, batch_size, results)
     finally:
         model.train(was_training)
     return results
+
+
+def _checked_ids(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    token_ids: Sequence[Sequence[int]] | None,
+    max_new_tokens: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Every prompt's token ids (``token_ids`` as given, else tokenised once) and their
+    lengths; a prompt of no tokens, or one with no room for the new tokens, is refused."""
+    if token_ids is not None and len(token_ids) != len(prompts):
+        raise ValueError(f"{len(token_ids)} token id lists for {len(prompts)} prompts")
+    ids = (
+        [list(t) for t in token_ids]
+        if token_ids is not None
+        else _tokenise(loaded.tokenizer, prompts)
+    )
+    lengths = [len(row) for row in ids]
+    if min(lengths) == 0:
+        raise TunelensInputError(
+            "prompt tokenises to no tokens", where=f"prompt {lengths.index(0)}"
+        )
+    _check_room(lengths, context_length(loaded.model), max_new_tokens, loaded.kind)
+    return ids, lengths
+
+
+def _takes_fast_path(
+    loaded: LoadedModel,
+    config: Any,
+    share_prefix: bool,
+    batch_size: int | None,
+    max_batch_tokens: int | None,
+) -> bool:
+    """Whether shared prefixes are generated once (:func:`_generate_shared`).
+
+    Fixed batches keep the plain path: the batched LoRA probe lines one adapter per row
+    up with its batch, which a prefix group's batches would not respect.
+    """
+    return (
+        share_prefix
+        and loaded.kind == "causal"
+        and not (batch_size is not None and max_batch_tokens is None)
+        and prefix_generation.supports_prefix_cache(loaded.model, config)
+    )
+
+
+def _generate_plain(
+    loaded: LoadedModel,
+    ids: Sequence[Sequence[int]],
+    order: Sequence[int],
+    widths: Sequence[Sequence[int]],
+    config: Any,
+    max_batch_tokens: int | None,
+    batch_size: int | None,
+    results: list[str],
+) -> None:
+    """The prompts ``order`` names, in padded batches (:func:`token_batches`), left padding
+    for causal LMs, right for encoder-decoders; each one's text goes to ``results``."""
+    side = "left" if loaded.kind == "causal" else "right"
+    batches = token_batches(order, widths, max_batch_tokens=max_batch_tokens, batch_size=batch_size)
+    for rows in batches:
+        input_ids, attention_mask = pad_rows(
+            [ids[i] for i in rows], loaded.tokenizer.pad_token_id, side, loaded.device
+        )
+        _decode_batch(loaded, rows, input_ids, attention_mask, config, results)

@@ -46,14 +46,17 @@ whose cache is the plain full-attention ``DynamicCache``) is
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
-from tunelens.models.packing import _Node, prefix_tree
+from tunelens.models.packing import PrefixNode, prefix_tree
 
 # A shared prefix shorter than this saves less than the extra forward and the
 # separate generate call cost (one small forward of a batch of one).
@@ -106,7 +109,7 @@ def plan_groups(
     if not ids:
         return []
     root = prefix_tree(ids)
-    nodes: list[_Node] = []  # pre-order: every node before its descendants
+    nodes: list[PrefixNode] = []  # pre-order: every node before its descendants
     stack = list(root.children)
     while stack:
         node = stack.pop()
@@ -146,9 +149,6 @@ def supports_prefix_cache(model: Any, generation_config: Any) -> bool:
     own cache, no sliding-window, chunked or linear-attention layer; and eager or SDPA
     attention (flash and flex attention keep the plain path).
     """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
     config = getattr(model, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
@@ -175,9 +175,6 @@ def supports_prefix_cache(model: Any, generation_config: Any) -> bool:
 def prefix_cache(model: Any, prefix: Sequence[int], device: Any) -> Any | None:
     """A ``DynamicCache`` of ``prefix`` (batch of one), or None where the model's cache is
     not a plain full-attention ``DynamicCache`` of exactly those tokens."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
     cache = DynamicCache(config=_text_config(model))
     input_ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)
     model(
@@ -192,8 +189,6 @@ def prefix_cache(model: Any, prefix: Sequence[int], device: Any) -> Any | None:
 
 def expanded(cache: Any, rows: int) -> Any:
     """A copy of the batch-of-one ``cache`` repeated to ``rows`` rows."""
-    import copy
-
     copied = copy.deepcopy(cache)
     copied.batch_repeat_interleave(rows)
     return copied

@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from tunelens.errors import TunelensInputError
-from tunelens.models.batching import EncodedPair, context_length, encode_pairs, forward_takes
+from tunelens.models.batching import EncodedPair, context_length, encode_pairs
 from tunelens.models.hidden_states import (
     accepts_position_ids,
     check_nonempty,
@@ -52,6 +53,8 @@ from tunelens.models.hidden_states import (
 from tunelens.models.loading import LoadedModel
 from tunelens.models.patching import block_modules, last_token_hooks, patch_source
 from tunelens.models.predict import default_batch_tokens, pad_rows, token_batches
+from tunelens.models.wrappers import forward_takes
+from tunelens.prompts import render_target
 
 __all__ = [
     "LabelScores",
@@ -118,8 +121,6 @@ def _encode(
     distinct: bool = True,
 ) -> list[_Row]:
     """Each prompt's ids and its labels' target ids, tokenised as training pairs."""
-    from tunelens.prompts import render_target
-
     pairs, names, owner = [], [], []
     for i, (prompt, row_labels) in enumerate(zip(prompts, labels, strict=True)):
         where = tasks[i] if tasks is not None else f"prompt {i}"
@@ -175,8 +176,6 @@ def _cache_of(output: Any) -> Any:
 
 def _croppable(cache: Any) -> bool:
     """Whether cropping ``cache`` back restores it exactly (full-attention dynamic layers)."""
-    from transformers.cache_utils import DynamicLayer
-
     layers = getattr(cache, "layers", None)
     return callable(getattr(cache, "crop", None)) and bool(
         layers and all(type(layer) is DynamicLayer for layer in layers)

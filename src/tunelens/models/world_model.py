@@ -18,17 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelens import interrupt
 from tunelens.bounds import MAX_COUNT, MAX_SEED, MAX_THREADS
 from tunelens.errors import TunelensInputError
+from tunelens.io import atomic_path
 from tunelens.log import get_logger
+from tunelens.progress import ProgressDisplay
 from tunelens.tasks.types import Task
 from tunelens.tasks.world.corpus import BOS, SEP, CorpusMix, training_sequence, vocabulary_texts
 from tunelens.tasks.world.generator import generate_world
 from tunelens.tasks.world.lexicon import CATEGORIES
+from tunelens.tasks.world.relabel import relabel_tasks
 
 _log = get_logger(__name__)
 
@@ -432,7 +437,6 @@ def probe_record(
     zero-shot answers (``world-base``) also the definition-only accuracy and
     share of answers inside the label space, plain and Tk-Instruct encoded.
     """
-    from tunelens.tasks.world.relabel import relabel_tasks
 
     def rounded(acc: dict[int, float]) -> dict[str, float]:
         return {str(k): round(v, 1) for k, v in acc.items()}
@@ -501,8 +505,6 @@ def save_checkpoint(
 
     Written to a temporary file and renamed, so a kill leaves the previous checkpoint.
     """
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {
         f"model.{name}": value.detach().clone().contiguous()
         for name, value in model.state_dict().items()
@@ -521,8 +523,6 @@ def save_checkpoint(
         "param_groups": state["param_groups"],
         "slots": slots,
     }
-    from tunelens.io import atomic_path
-
     with atomic_path(path) as tmp:  # a unique temporary name, removed if the save fails
         save_file(tensors, str(tmp), metadata={_META: json.dumps(meta)})
 
@@ -538,13 +538,8 @@ def load_checkpoint(
     A file that is not a tunelens checkpoint, is cut short or was made with
     another recipe is a TunelensInputError naming it.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     source = str(path)
     try:
-        from safetensors import safe_open
-
         with safe_open(source, framework="pt") as handle:
             raw_meta = (handle.metadata() or {}).get(_META)
         tensors = load_file(source)
@@ -599,8 +594,6 @@ def train_world_model(
     ``until`` stops after that step with a checkpoint (a later call resumes), so
     a long recipe can run in pieces.
     """
-    from tunelens.progress import ProgressDisplay
-
     torch.set_num_threads(recipe.threads)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(recipe.seed, recipe.vocabulary)

@@ -47,9 +47,6 @@ if TYPE_CHECKING:
         attach_lora,
         load_adapter_state,
     )
-    from tunelens.models.tuning.adapters import (
-        _SavedFlags as _SavedFlags,
-    )
     from tunelens.models.tuning.loop import (
         TuningDivergedError,
         step_batches,

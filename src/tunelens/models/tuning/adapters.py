@@ -19,29 +19,38 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from peft import (
+    LoraConfig,
+    PeftModel,
+    TaskType,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 
+from tunelens.errors import TunelensInputError
 from tunelens.models.loading import LoadedModel
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.targets import (
     FULL_ADAPTED,
     AdapterState,
-    _is_conv1d,
-    _module_shapes,
     describe_targets,
     initial_lora_state,
+    is_conv1d,
+    module_shapes,
     target_module_names,
 )
 
 
 @dataclass
-class _SavedFlags:
+class SavedFlags:
     """What tuning changes on the base module and unload() puts back."""
 
     requires_grad: dict[str, bool]
     training: bool
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> _SavedFlags:
+    def of(cls, model: torch.nn.Module) -> SavedFlags:
         return cls({n: p.requires_grad for n, p in model.named_parameters()}, model.training)
 
     def restore(self, model: torch.nn.Module) -> None:
@@ -79,7 +88,7 @@ class TunedModel:
     losses: list[float] = field(default_factory=list, repr=False)
     adapted: dict[str, Any] | None = field(default=None, repr=False)
     """What was tuned (:func:`describe_targets`'s shape); ``adapted_modules`` lists it."""
-    _flags: _SavedFlags | None = field(default=None, repr=False)
+    _flags: SavedFlags | None = field(default=None, repr=False)
     _base_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     _unloaded: bool = False
 
@@ -131,8 +140,6 @@ class TunedModel:
         self._check_live()
         if self.method != "lora":
             raise ValueError("adapter_state() is for LoRA; full fine-tuning has no adapter")
-        from peft import get_peft_model_state_dict
-
         return {
             k: v.detach().to("cpu", copy=True)
             for k, v in get_peft_model_state_dict(self.model).items()
@@ -179,14 +186,11 @@ class TunedModel:
 
 
 def _task_type(kind: str) -> Any:
-    from peft import TaskType
-
     return TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM
 
 
-def _check_plain(loaded: LoadedModel) -> None:
-    from peft import PeftModel
-
+def check_plain(loaded: LoadedModel) -> None:
+    """Refuse to tune a model that still carries the adapter of an earlier tuning."""
     if isinstance(loaded.model, PeftModel):
         raise ValueError(
             "the loaded model already carries an adapter; unload() the previous TunedModel "
@@ -202,22 +206,20 @@ def attach_lora(
     ``state`` loads given adapter weights instead (e.g. from :func:`tune_many_sets`).
     The returned TunedModel has no training history; call ``unload()`` when done.
     """
-    from peft import LoraConfig, get_peft_model
-
-    _check_plain(loaded)
+    check_plain(loaded)
     base = loaded.model
     adapted = describe_targets(base, config.target_modules)
     targets = list(adapted["modules"])  # type: ignore[call-overload]
     names = target_module_names(base, targets)
     modules = dict(base.named_modules())
-    shapes = _module_shapes(base, names)  # before PEFT replaces the modules
-    flags = _SavedFlags.of(base)
+    shapes = module_shapes(base, names)  # before PEFT replaces the modules
+    flags = SavedFlags.of(base)
     lora_config = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # used as alpha / r
         lora_dropout=config.lora_dropout,
         target_modules=targets,
-        fan_in_fan_out=any(_is_conv1d(modules[n]) for n in names),
+        fan_in_fan_out=any(is_conv1d(modules[n]) for n in names),
         bias="none",
         task_type=_task_type(loaded.kind),
     )
@@ -242,8 +244,6 @@ def attach_lora(
 
 def load_adapter_state(peft_model: Any, state: AdapterState) -> None:
     """Copy LoRA weights (PEFT state-dict format) into a PEFT model; keys must match exactly."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
     expected = set(get_peft_model_state_dict(peft_model))
     if set(state) != expected:
         missing = sorted(expected - set(state))[:3]
@@ -283,11 +283,9 @@ def _materialise_offloaded_adapters(peft_model: Any) -> None:
                 adapters.to_empty(device=device)
 
 
-def _prepare_full(loaded: LoadedModel) -> TunedModel:
+def prepare_full(loaded: LoadedModel) -> TunedModel:
     """Full fine-tuning: keep a CPU copy of the weights for unload(), make all weights trainable."""
-    from tunelens.errors import TunelensInputError
-
-    _check_plain(loaded)
+    check_plain(loaded)
     model = loaded.model
     if any(p.is_meta for p in model.parameters()):
         raise TunelensInputError(
@@ -300,7 +298,7 @@ def _prepare_full(loaded: LoadedModel) -> TunedModel:
         model=model,
         method="full",
         adapted=dict(FULL_ADAPTED),
-        _flags=_SavedFlags.of(model),
+        _flags=SavedFlags.of(model),
         _base_state=_cpu_state(model),
     )
     for param in model.parameters():

@@ -185,15 +185,19 @@ def parameter_norm(params: Sequence[torch.Tensor]) -> float:
         return float(sum_on_cpu(squares).sqrt())
 
 
+def data_order_generator(seed: int) -> torch.Generator:
+    """The seeded generator of the training data's order: every loop draws its shuffles from
+    this stream, so sequential, batched and multi-task runs of one seed see one order."""
+    return torch.Generator().manual_seed(seed * 7919 + _DATA_STREAM)
+
+
 def step_batches(n: int, config: TuningConfig, seed: int | None = None) -> list[list[int]]:
     """The pair indices of every optimizer step: a seeded permutation per epoch, in chunks.
 
     Depends only on (n, seed, epochs, batch_size, max_steps, shuffle), so a
     sequential run and a batched many-set run see the same batches per set.
     """
-    generator = torch.Generator().manual_seed(
-        (config.seed if seed is None else seed) * 7919 + _DATA_STREAM
-    )
+    generator = data_order_generator(config.seed if seed is None else seed)
     steps: list[list[int]] = []
     for _ in range(config.epochs):
         order = (
@@ -206,7 +210,8 @@ def step_batches(n: int, config: TuningConfig, seed: int | None = None) -> list[
     return steps
 
 
-def _lr_lambda(config: TuningConfig, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(config: TuningConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of each step (``LambdaLR``): linear decay to 0, or constant."""
     if config.lr_schedule == "linear":
         return lambda step: max(0.0, 1.0 - step / max(1, total_steps))
     return lambda step: 1.0
@@ -217,7 +222,9 @@ def _lr_lambda(config: TuningConfig, total_steps: int) -> Callable[[int], float]
 _FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
-def _optimizer(params: Sequence[torch.nn.Parameter], config: TuningConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Sequence[torch.nn.Parameter], config: TuningConfig
+) -> torch.optim.Optimizer:
     """AdamW, fused where every parameter is a floating tensor on a CPU or CUDA device."""
     fused = all(p.device.type in _FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
     return torch.optim.AdamW(
@@ -228,7 +235,7 @@ def _optimizer(params: Sequence[torch.nn.Parameter], config: TuningConfig) -> to
     )
 
 
-def _set_train_mode(model: torch.nn.Module, config: TuningConfig) -> None:
+def set_train_mode(model: torch.nn.Module, config: TuningConfig) -> None:
     """Model dropout per ``model_dropout``; LoRA dropout always follows ``lora_dropout``."""
     model.train(config.model_dropout)
     if not config.model_dropout:
@@ -237,12 +244,14 @@ def _set_train_mode(model: torch.nn.Module, config: TuningConfig) -> None:
                 module.train()
 
 
-def _encode(
+def encode_training_pairs(
     loaded: LoadedModel,
     pairs: Sequence[tuple[str, str]],
     config: TuningConfig,
     names: Sequence[str] | None,
 ) -> list[EncodedPair]:
+    """The pairs as token ids for ``loaded`` (EOS per ``add_eos``, never truncated);
+    no pairs at all is an input error."""
     if not pairs:
         raise TunelensInputError("no training pairs to tune on", where="tuning")
     return encode_pairs(

@@ -55,33 +55,43 @@ from tunelens.models.batching import (
     collate,
     collate_causal,
     forward_logits,
-    forward_takes,
     label_counts,
     target_losses,
     token_losses,
 )
+from tunelens.models.hidden_states import packable, sliding_window
 from tunelens.models.loading import LoadedModel
-from tunelens.models.tuning.adapters import TunedModel, _check_plain, _SavedFlags
+from tunelens.models.memory import retry_halving
+from tunelens.models.packing import PackedRow, attention_mask, model_mask, padded_row
+from tunelens.models.tuning.adapters import (
+    SavedFlags,
+    TunedModel,
+    attach_lora,
+    check_plain,
+    execution_device,
+)
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.loop import (
     DivergenceGuard,
-    _encode,
-    _lr_lambda,
-    _optimizer,
-    _set_train_mode,
+    encode_training_pairs,
+    lr_lambda,
+    make_optimizer,
+    set_train_mode,
     step_batches,
     sum_on_cpu,
     vocabulary_size,
 )
+from tunelens.models.tuning.per_set import tune_on_pairs
 from tunelens.models.tuning.targets import (
     AdapterState,
-    _adapter_dtype,
-    _adapter_key,
-    _module_shapes,
+    adapter_dtype,
+    adapter_key,
     initial_lora_state,
+    module_shapes,
     resolve_target_modules,
     target_module_names,
 )
+from tunelens.models.wrappers import forward_takes
 
 Layout = Literal["auto", "packed", "cache", "rows"]
 LAYOUTS: tuple[str, ...] = ("auto", "packed", "cache", "rows")
@@ -144,11 +154,9 @@ def batched_lora(
 
     The original modules are put back on exit; base weights are never written.
     """
-    from tunelens.models.tuning.adapters import execution_device
-
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
-    dtype = _adapter_dtype(model)
+    dtype = adapter_dtype(model)
     scaling = config.lora_alpha / config.lora_r
     wrapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     layers = []
@@ -159,7 +167,7 @@ def batched_lora(
             base = modules[name]
             where = execution_device(base, device)  # its own device on a dispatched model
             stack = [
-                torch.stack([s[_adapter_key(name, m)] for s in states]).to(where, dtype)
+                torch.stack([s[adapter_key(name, m)] for s in states]).to(where, dtype)
                 for m in ("lora_A", "lora_B")
             ]
             layer = BatchedLoraLinear(base, stack[0], stack[1], scaling, config.lora_dropout)
@@ -207,57 +215,107 @@ def tune_many_sets(
     list per set, in the order of ``sets``), as :attr:`TunedModel.losses` holds
     them for :func:`~tunelens.models.tuning.tune_on_pairs`.
     """
+    seeds = _checked_seeds(loaded, sets, config, seeds, layout)
+    encoded = [encode_training_pairs(loaded, pairs, config, None) for pairs in sets]
+    base = loaded.model
+    names = target_module_names(base, resolve_target_modules(base, config.target_modules))
+    shapes = module_shapes(base, names)
+    groups = _lockstep_groups(encoded)
+    results: list[AdapterState | None] = [None] * len(sets)
+    if losses is not None:
+        losses[:] = [[] for _ in sets]
+    flags = SavedFlags.of(base)
+    try:
+        for param in base.parameters():
+            param.requires_grad_(False)
+        for members in groups:
+            _train_group(
+                loaded,
+                names,
+                shapes,
+                encoded,
+                members,
+                seeds,
+                config,
+                layout,
+                sets_per_batch,
+                losses,
+                results,
+                single=len(sets) == 1,
+            )
+    finally:
+        flags.restore(base)
+        base.eval()
+    return [r for r in results if r is not None]
+
+
+def _checked_seeds(
+    loaded: LoadedModel,
+    sets: Sequence[Sequence[tuple[str, str]]],
+    config: TuningConfig,
+    seeds: Sequence[int] | None,
+    layout: Layout,
+) -> list[int]:
+    """Each set's seed (``config.seed`` where none are given), once the request is one that
+    :func:`tune_many_sets` can run: LoRA, a known layout, a model without an adapter."""
     if config.method != "lora":
         raise TunelensInputError(
             "tune_many_sets tunes LoRA adapters; method must be 'lora'", where="tuning.method"
         )
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    _check_plain(loaded)
-    seeds = [config.seed] * len(sets) if seeds is None else list(seeds)
-    if len(seeds) != len(sets):
-        raise ValueError(f"{len(seeds)} seeds for {len(sets)} sets")
-    encoded = [_encode(loaded, pairs, config, None) for pairs in sets]
-    base = loaded.model
-    names = target_module_names(base, resolve_target_modules(base, config.target_modules))
-    shapes = _module_shapes(base, names)
+    check_plain(loaded)
+    checked = [config.seed] * len(sets) if seeds is None else list(seeds)
+    if len(checked) != len(sets):
+        raise ValueError(f"{len(checked)} seeds for {len(sets)} sets")
+    return checked
+
+
+def _lockstep_groups(encoded: Sequence[Sequence[EncodedPair]]) -> list[list[int]]:
+    """The sets that train in lockstep (as many pairs each), shortest first within a group:
+    sets of similar length share a chunk (less padding)."""
     groups: dict[int, list[int]] = {}
-    # Within a lockstep group, sets of similar length share a chunk (less padding).
-    for i in sorted(range(len(sets)), key=lambda i: _tokens(encoded[i])):
+    for i in sorted(range(len(encoded)), key=lambda i: _tokens(encoded[i])):
         groups.setdefault(len(encoded[i]), []).append(i)
-    results: list[AdapterState | None] = [None] * len(sets)
-    if losses is not None:
-        losses[:] = [[] for _ in sets]
-    flags = _SavedFlags.of(base)
-    try:
-        for param in base.parameters():
-            param.requires_grad_(False)
-        for members in groups.values():
-            chosen = choose_layout(loaded, [encoded[i] for i in members], config, layout)
-            chunk = sets_per_batch or _chunk_size(
-                loaded, [encoded[i] for i in members], chosen, config
-            )
-            start = 0
-            while start < len(members):
-                chunk, done = _train_chunk(
-                    loaded,
-                    names,
-                    shapes,
-                    encoded,
-                    members[start:],
-                    seeds,
-                    config,
-                    chosen,
-                    chunk,
-                    losses,
-                    results,
-                    single=len(sets) == 1,
-                )
-                start += done
-    finally:
-        flags.restore(base)
-        base.eval()
-    return [r for r in results if r is not None]
+    return list(groups.values())
+
+
+def _train_group(
+    loaded: LoadedModel,
+    names: Sequence[str],
+    shapes: Any,
+    encoded: Sequence[Sequence[EncodedPair]],
+    members: Sequence[int],
+    seeds: Sequence[int],
+    config: TuningConfig,
+    layout: Layout,
+    sets_per_batch: int | None,
+    losses: list[list[float]] | None,
+    results: list[AdapterState | None],
+    *,
+    single: bool,
+) -> None:
+    """Train one lockstep group in chunks of ``sets_per_batch`` sets (default
+    :func:`_chunk_size`), each chunk as large as the last one that fit in memory."""
+    chosen = choose_layout(loaded, [encoded[i] for i in members], config, layout)
+    chunk = sets_per_batch or _chunk_size(loaded, [encoded[i] for i in members], chosen, config)
+    start = 0
+    while start < len(members):
+        chunk, done = _train_chunk(
+            loaded,
+            names,
+            shapes,
+            encoded,
+            members[start:],
+            seeds,
+            config,
+            chosen,
+            chunk,
+            losses,
+            results,
+            single=single,
+        )
+        start += done
 
 
 def _train_chunk(
@@ -278,7 +336,6 @@ def _train_chunk(
     """Train the next ``chunk`` sets of ``members`` together; on an accelerator that runs out
     of memory, fewer (:func:`~tunelens.models.memory.retry_halving`: halved until they
     fit). Returns (the chunk size that fit, sets trained)."""
-    from tunelens.models.memory import retry_halving
 
     def run(n: int) -> int:
         block = list(members[:n])
@@ -321,9 +378,6 @@ def tune_set(
     to float rounding, in about half the time on the world models. Full
     fine-tuning is ``tune_on_pairs`` itself. ``unload()`` the result as usual.
     """
-    from tunelens.models.tuning.adapters import attach_lora
-    from tunelens.models.tuning.per_set import tune_on_pairs
-
     if config.method != "lora":
         return tune_on_pairs(loaded, pairs, config)
     losses: list[list[float]] = []
@@ -424,7 +478,7 @@ def choose_layout(
     and that takes no position information from the mask (ALiBi), with every
     row within its sliding window if it has one; packed rows also need an
     attention implementation that applies a custom 4-D mask (sdpa, eager: the
-    hidden-state capture's rule, :func:`tunelens.models.hidden_states._packable`).
+    hidden-state capture's rule, :func:`tunelens.models.hidden_states.packable`).
 
     ``"auto"``: the full rows where no shared-prefix layout applies, for
     recurrent models, and for blocks where the shared prefixes save less than
@@ -433,13 +487,11 @@ def choose_layout(
     (dense attention over a packed row costs its length squared), else the
     prefix's key/value cache, which needs every set to have a prefix.
     """
-    from tunelens.models.hidden_states import _packable, _sliding_window
-
     if layout == "rows":
         return "rows"
     model = loaded.model
     model_config = getattr(model, "config", None)
-    window = _sliding_window(model_config)
+    window = sliding_window(model_config)
     longest = max(len(e.prompt_ids) + len(e.target_ids) for pairs in encoded for e in pairs)
     shareable = (
         loaded.kind == "causal"
@@ -447,13 +499,13 @@ def choose_layout(
         and not getattr(model_config, "alibi", False)
         and (window is None or longest <= window)
     )
-    packable = shareable and _packable(loaded)
+    can_pack = shareable and packable(loaded)
     prefixes = [shared_prefix_length(pairs) for pairs in encoded]
     if layout == "auto":
         stateful = getattr(model, "_is_stateful", False)  # recurrent state, no key/value cache
         if not shareable or stateful or prefix_saving(encoded, config) < MIN_PREFIX_SAVING:
             return "rows"
-        if packable and _longest_packed_row(encoded, prefixes, config) <= PACKED_MAX_TOKENS:
+        if can_pack and _longest_packed_row(encoded, prefixes, config) <= PACKED_MAX_TOKENS:
             return "packed"
         return "cache" if min(prefixes) > 0 else "rows"
     if not shareable:
@@ -461,7 +513,7 @@ def choose_layout(
             f"layout {layout!r} needs a causal LM that takes position ids (no ALiBi, rows "
             "within its sliding window)"
         )
-    if layout == "packed" and not packable:
+    if layout == "packed" and not can_pack:
         attention = getattr(model_config, "_attn_implementation", None)
         raise ValueError(
             f"layout 'packed' needs an attention implementation that takes a 4-D mask "
@@ -518,9 +570,9 @@ def _train_lockstep(
         step_losses = _row_losses(loaded, encoded)
     with batched_lora(model, names, states, config) as layers:
         params = [p for layer in layers for p in (layer.lora_A, layer.lora_B)]
-        optimizer = _optimizer(params, config)
+        optimizer = make_optimizer(params, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(config, len(schedules[0]))
+            optimizer, lr_lambda(config, len(schedules[0]))
         )
         guards = [
             DivergenceGuard(config, vocabulary_size(loaded), i, total_steps=len(schedules[0]))
@@ -528,7 +580,7 @@ def _train_lockstep(
         ]
         _check_norms(guards, 0, _set_norms(params))
         torch.manual_seed(config.seed)
-        _set_train_mode(model, config)
+        set_train_mode(model, config)
         for layer in layers:
             layer.dropout.train()
         try:
@@ -556,11 +608,11 @@ def _train_lockstep(
                 for name, layer in zip(names, layers, strict=True)
                 for key, tensor in (
                     (
-                        _adapter_key(name, "lora_A"),
+                        adapter_key(name, "lora_A"),
                         layer.lora_A[s].detach().to("cpu", torch.float32, copy=True),
                     ),
                     (
-                        _adapter_key(name, "lora_B"),
+                        adapter_key(name, "lora_B"),
                         layer.lora_B[s].detach().to("cpu", torch.float32, copy=True),
                     ),
                 )
@@ -593,8 +645,6 @@ def _packed_losses(loaded: LoadedModel, encoded: Sequence[Sequence[EncodedPair]]
     prefix's, so each rest computes what ``prefix + rest`` alone does. The
     padding that evens the rows out is one more segment, which sees only itself.
     """
-    from tunelens.models.packing import PackedRow, attention_mask, model_mask, padded_row
-
     model, device = loaded.model, loaded.device
     pad_id = loaded.tokenizer.pad_token_id
     prefixes = [shared_prefix_length(pairs) for pairs in encoded]

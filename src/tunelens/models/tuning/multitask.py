@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
 
 from tunelens.models.batching import (
     EncodedPair,
@@ -23,19 +26,21 @@ from tunelens.models.batching import (
     collate_packed,
     masked_lm_loss,
 )
+from tunelens.models.hidden_states import packable, sliding_window
 from tunelens.models.loading import LoadedModel
-from tunelens.models.tuning.adapters import TunedModel, _prepare_full, attach_lora
+from tunelens.models.tuning.adapters import TunedModel, attach_lora, prepare_full
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.loop import (
-    _DATA_STREAM,
     DivergenceGuard,
-    _encode,
-    _lr_lambda,
-    _optimizer,
-    _set_train_mode,
+    data_order_generator,
+    encode_training_pairs,
+    lr_lambda,
+    make_optimizer,
     parameter_norm,
+    set_train_mode,
     vocabulary_size,
 )
+from tunelens.models.wrappers import unwrap_model
 from tunelens.progress import ProgressDisplay
 
 
@@ -64,16 +69,14 @@ def multitask_tune(
     restores the base (single-process runs). ``on_step(done, total)`` is called
     after every optimizer step (e.g. a study's own progress bar).
     """
-    from accelerate import Accelerator
-
-    encoded = _encode(loaded, pairs, config, names)
+    encoded = encode_training_pairs(loaded, pairs, config, names)
     if accelerator is None:
         accelerator = Accelerator(
             cpu=loaded.device.type == "cpu",
             gradient_accumulation_steps=config.gradient_accumulation_steps,
         )
     torch.manual_seed(config.seed)
-    tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
+    tuned = attach_lora(loaded, config) if config.method == "lora" else prepare_full(loaded)
     try:
         _train_accelerated(
             tuned,
@@ -90,6 +93,17 @@ def multitask_tune(
     return tuned
 
 
+@dataclass
+class _Prepared:
+    """What ``accelerator.prepare`` made of the run's model, optimizer, loader and schedule."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    loader: Any
+    scheduler: Any
+
+
 def _train_accelerated(
     tuned: TunedModel,
     encoded: Sequence[EncodedPair],
@@ -99,84 +113,122 @@ def _train_accelerated(
     checkpoint_dir: Path | None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> None:
-    from torch.utils.data import DataLoader
-
+    """Train ``tuned`` in place on ``encoded`` through ``accelerator``; checkpoints and
+    progress as :func:`multitask_tune` describes."""
     loaded = tuned.loaded
-    pad_id = loaded.tokenizer.pad_token_id
     params = [p for p in tuned.model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, config)
-    dataset: Any = list(encoded)  # a list is a map-style dataset
-    loader: Any = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=config.shuffle,
-        generator=torch.Generator().manual_seed(config.seed * 7919 + _DATA_STREAM),
-        collate_fn=training_collate(loaded),
-    )
-    accumulation = accelerator.gradient_accumulation_steps
-    local_batches = math.ceil(len(loader) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(local_batches / accumulation)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    optimizer = make_optimizer(params, config)
+    loader = _data_loader(loaded, encoded, config)
+    total = _total_steps(len(loader), accelerator, config)
     # AcceleratedScheduler steps once per process per optimizer step: count in those units.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(config, total * accelerator.num_processes)
+        optimizer, lr_lambda(config, total * accelerator.num_processes)
     )
-    model, optimizer, loader, scheduler = accelerator.prepare(
-        tuned.model, optimizer, loader, scheduler
-    )
+    run = _Prepared(accelerator, *accelerator.prepare(tuned.model, optimizer, loader, scheduler))
+    model = run.model
     trainable = [p for p in model.parameters() if p.requires_grad]  # as prepared (FSDP)
     guard = DivergenceGuard(config, vocabulary_size(loaded), total_steps=total)
     guard.param_norm(0, _worst(accelerator, parameter_norm(trainable)))
-    _set_train_mode(model, config)
-    step = 0
+    set_train_mode(model, config)
     try:
         with ProgressDisplay(progress and accelerator.is_main_process) as display:
             bar = display.add("tuning", total)
-            for epoch in range(config.epochs):
-                if hasattr(loader, "set_epoch"):
-                    loader.set_epoch(epoch)
-                for batch in loader:
-                    with accelerator.accumulate(model):
-                        loss = masked_lm_loss(model, batch, loaded.kind, pad_id)
-                        guard.loss(step + 1, _worst(accelerator, loss.detach()))
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            # Clipping at infinity measures the norm without clipping.
-                            norm = accelerator.clip_grad_norm_(
-                                model.parameters(), config.max_grad_norm or math.inf
-                            )
-                            if norm is not None:  # DeepSpeed clips inside its own step
-                                guard.grad_norm(step + 1, _worst(accelerator, norm))
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if not accelerator.sync_gradients:
-                        continue
-                    step += 1
-                    guard.param_norm(step, _worst(accelerator, parameter_norm(trainable)))
-                    tuned.losses.append(float(loss.detach()))
-                    display.advance(bar, loss=tuned.losses[-1])
-                    if on_step is not None:
-                        on_step(step, total)
-                    if (
-                        checkpoint_dir is not None
-                        and config.save_steps
-                        and step % config.save_steps == 0
-                        and step < total
-                    ):
-                        _save_checkpoint(accelerator, model, tuned, checkpoint_dir / f"step-{step}")
-                    if step >= total:
-                        break
-                if step >= total:
-                    break
+
+            def after_step(step: int, loss: torch.Tensor) -> None:
+                guard.param_norm(step, _worst(accelerator, parameter_norm(trainable)))
+                tuned.losses.append(float(loss.detach()))
+                display.advance(bar, loss=tuned.losses[-1])
+                if on_step is not None:
+                    on_step(step, total)
+                if (
+                    checkpoint_dir is not None
+                    and config.save_steps
+                    and step % config.save_steps == 0
+                    and step < total
+                ):
+                    _save_checkpoint(accelerator, model, tuned, checkpoint_dir / f"step-{step}")
+
+            _run_epochs(run, guard, config, loaded, total, after_step)
         if checkpoint_dir is not None:
             _save_checkpoint(accelerator, model, tuned, checkpoint_dir / "final")
     finally:
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         model.eval()
     tuned.model = accelerator.unwrap_model(model)
+
+
+def _data_loader(loaded: LoadedModel, encoded: Sequence[EncodedPair], config: TuningConfig) -> Any:
+    """Batches of ``config.batch_size`` pairs in the seeded data order, collated for ``loaded``."""
+    dataset: Any = list(encoded)  # a list is a map-style dataset
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=config.shuffle,
+        generator=data_order_generator(config.seed),
+        collate_fn=training_collate(loaded),
+    )
+
+
+def _total_steps(batches: int, accelerator: Any, config: TuningConfig) -> int:
+    """Optimizer steps of the whole run: each process's share of ``batches`` per epoch, in
+    groups of the accumulation steps, over the epochs, at most ``max_steps``."""
+    local_batches = math.ceil(batches / accelerator.num_processes)
+    steps_per_epoch = math.ceil(local_batches / accelerator.gradient_accumulation_steps)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    return total
+
+
+def _run_epochs(
+    run: _Prepared,
+    guard: DivergenceGuard,
+    config: TuningConfig,
+    loaded: LoadedModel,
+    total: int,
+    after_step: Callable[[int, torch.Tensor], None],
+) -> None:
+    """Every epoch's batches until ``total`` optimizer steps; ``after_step(step, loss)`` after
+    each optimizer step (not after the micro-batches that only accumulate gradients)."""
+    step = 0
+    for epoch in range(config.epochs):
+        if hasattr(run.loader, "set_epoch"):
+            run.loader.set_epoch(epoch)
+        for batch in run.loader:
+            loss = _micro_step(run, batch, guard, config, loaded, step + 1)
+            if not run.accelerator.sync_gradients:
+                continue
+            step += 1
+            after_step(step, loss)
+            if step >= total:
+                return
+
+
+def _micro_step(
+    run: _Prepared,
+    batch: dict[str, Any],
+    guard: DivergenceGuard,
+    config: TuningConfig,
+    loaded: LoadedModel,
+    step: int,
+) -> torch.Tensor:
+    """Forward and backward of one batch; on the batch that completes an accumulation,
+    clipping and the optimizer and schedule steps (Accelerate skips them on the others).
+    ``step`` is the optimizer step the batch belongs to; returns the batch's loss."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        loss = masked_lm_loss(model, batch, loaded.kind, loaded.tokenizer.pad_token_id)
+        guard.loss(step, _worst(accelerator, loss.detach()))
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            # Clipping at infinity measures the norm without clipping.
+            norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+            if norm is not None:  # DeepSpeed clips inside its own step
+                guard.grad_norm(step, _worst(accelerator, norm))
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def _worst(accelerator: Any, value: torch.Tensor | float) -> float:
@@ -209,17 +261,15 @@ def training_collate(loaded: LoadedModel) -> Callable[[Sequence[EncodedPair]], d
     exactly, else padded.
 
     Packed rows (:func:`~tunelens.models.batching.collate_packed`) need what the
-    packed hidden-state capture needs (:func:`tunelens.models.hidden_states._packable`:
+    packed hidden-state capture needs (:func:`tunelens.models.hidden_states.packable`:
     a causal LM with position ids whose attention takes a custom 4-D mask, no
     ALiBi); a sliding-window model packs only batches whose sequences fit its
     window. Same losses either way, up to float rounding.
     """
-    from tunelens.models.hidden_states import _base_model, _packable, _sliding_window
-
     pad_id = loaded.tokenizer.pad_token_id
-    if not _packable(loaded):
+    if not packable(loaded):
         return partial(collate, pad_id=pad_id, kind=loaded.kind)
-    window = _sliding_window(_base_model(loaded.model).config)
+    window = sliding_window(unwrap_model(loaded.model).config)
 
     def build(encoded: Sequence[EncodedPair]) -> dict[str, Any]:
         longest = max(len(e.prompt_ids) + len(e.target_ids) for e in encoded)

@@ -9,15 +9,15 @@ import torch
 
 from tunelens.models.batching import EncodedPair, collate, masked_lm_loss
 from tunelens.models.loading import LoadedModel
-from tunelens.models.tuning.adapters import TunedModel, _prepare_full, attach_lora
+from tunelens.models.tuning.adapters import TunedModel, attach_lora, prepare_full
 from tunelens.models.tuning.config import TuningConfig
 from tunelens.models.tuning.loop import (
     DivergenceGuard,
-    _encode,
-    _lr_lambda,
-    _optimizer,
-    _set_train_mode,
+    encode_training_pairs,
+    lr_lambda,
+    make_optimizer,
     parameter_norm,
+    set_train_mode,
     step_batches,
     vocabulary_size,
 )
@@ -39,8 +39,8 @@ def tune_on_pairs(
     context and TuningDivergedError when the run destroys the model (non-finite or
     exploding loss, gradient norm or parameter norm: :class:`DivergenceGuard`).
     """
-    encoded = _encode(loaded, pairs, config, names)
-    tuned = attach_lora(loaded, config) if config.method == "lora" else _prepare_full(loaded)
+    encoded = encode_training_pairs(loaded, pairs, config, names)
+    tuned = attach_lora(loaded, config) if config.method == "lora" else prepare_full(loaded)
     try:
         _train_plain(tuned, encoded, config)
     except BaseException:
@@ -54,12 +54,12 @@ def _train_plain(tuned: TunedModel, encoded: Sequence[EncodedPair], config: Tuni
     pad_id = loaded.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     schedule = step_batches(len(encoded), config)
-    optimizer = _optimizer(params, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(schedule)))
+    optimizer = make_optimizer(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, len(schedule)))
     guard = DivergenceGuard(config, vocabulary_size(loaded), total_steps=len(schedule))
     guard.param_norm(0, parameter_norm(params))
     torch.manual_seed(config.seed)
-    _set_train_mode(model, config)
+    set_train_mode(model, config)
     try:
         for step, indices in enumerate(schedule, start=1):
             batch = {

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from transformers.pytorch_utils import Conv1D
 
 from tunelens.errors import TunelensInputError
 from tunelens.models.tuning.config import DEFAULT_TARGET_MODULES
@@ -35,14 +37,11 @@ _INIT_STREAM = 0
 
 
 def _adaptable(module: torch.nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
     return isinstance(module, torch.nn.Linear | Conv1D)
 
 
-def _is_conv1d(module: torch.nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
+def is_conv1d(module: torch.nn.Module) -> bool:
+    """GPT-2's ``Conv1D``: a linear layer that stores its weight as [in, out]."""
     return isinstance(module, Conv1D)
 
 
@@ -96,8 +95,6 @@ def _resolve(model: torch.nn.Module, requested: Sequence[str]) -> tuple[list[str
         return list(requested), "requested"
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     if tuple(requested) == DEFAULT_TARGET_MODULES:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-
         for source, candidate in (
             ("peft", TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)),
             ("tunelens", FALLBACK_TARGET_MODULES.get(model_type)),
@@ -166,7 +163,7 @@ FULL_ADAPTED: dict[str, object] = {
 """:func:`describe_targets`'s shape for full fine-tuning."""
 
 
-def _module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[str, int, int]]:
+def module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[str, int, int]]:
     """(name, in_features, out_features) of each target; Conv1D stores its weight as [in, out]."""
     modules = dict(model.named_modules())
     shapes = []
@@ -174,14 +171,17 @@ def _module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[s
         weight = modules[name].weight
         fan_in, fan_out = (
             (weight.shape[0], weight.shape[1])
-            if _is_conv1d(modules[name])
+            if is_conv1d(modules[name])
             else (weight.shape[1], weight.shape[0])
         )
         shapes.append((name, int(fan_in), int(fan_out)))
     return shapes
 
 
-def _adapter_key(module_name: str, matrix: str) -> str:
+_module_shapes = module_shapes  # kept for callers outside models/ until they move (issue 27)
+
+
+def adapter_key(module_name: str, matrix: str) -> str:
     """The key PEFT's ``get_peft_model_state_dict`` uses for a LoRA matrix of a module."""
     return f"base_model.model.{module_name}.{matrix}.weight"
 
@@ -198,12 +198,12 @@ def initial_lora_state(shapes: Sequence[tuple[str, int, int]], r: int, seed: int
     for name, fan_in, fan_out in shapes:
         bound = 1.0 / math.sqrt(fan_in)
         a = (torch.rand(r, fan_in, generator=generator) * 2.0 - 1.0) * bound
-        state[_adapter_key(name, "lora_A")] = a
-        state[_adapter_key(name, "lora_B")] = torch.zeros(fan_out, r)
+        state[adapter_key(name, "lora_A")] = a
+        state[adapter_key(name, "lora_B")] = torch.zeros(fan_out, r)
     return state
 
 
-def _adapter_dtype(model: torch.nn.Module) -> torch.dtype:
+def adapter_dtype(model: torch.nn.Module) -> torch.dtype:
     """float32 adapters on half-precision bases (as PEFT's autocast_adapter_dtype does)."""
     dtype = next(model.parameters()).dtype
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
