@@ -213,7 +213,23 @@ def test_instruction_tuning_writes_a_plain_full_model(tmp_path):
     target = tmp_path / "it"
     base = world_model_dir("world-small")
     recipe = WorldItRecipe(max_steps=3, batch_size=4)
-    instruction_tune_world_model(base, tmp_path / "work", target, recipe=recipe, progress=False)
+    scored: list[int] = []
+
+    def heldout_accuracy(loaded, tasks) -> float:
+        scored.append(len(tasks))
+        return 12.5
+
+    instruction_tune_world_model(
+        base,
+        tmp_path / "work",
+        target,
+        heldout_accuracy=heldout_accuracy,
+        recipe=recipe,
+        progress=False,
+    )
+    assert scored == [len(generate_world(0).heldout)]
+    last = json.loads((target / "training_log.jsonl").read_text().splitlines()[-1])
+    assert last["heldout_definition_only_accuracy"] == 12.5
     tuned = AutoModelForCausalLM.from_pretrained(target)
     original = AutoModelForCausalLM.from_pretrained(base)
     changed = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -204,9 +204,19 @@ def tune_instructions(base: Path, workdir: Path, install: bool, world_seed: int,
     from tunelens.models.world_it import instruction_tune_world_model
 
     target = world_model_dir("world-it", install=True) if install else workdir / "export-it"
-    instruction_tune_world_model(base, workdir / "it", target, seed=seed)
+    instruction_tune_world_model(
+        base, workdir / "it", target, seed=seed, heldout_accuracy=definition_only_accuracy
+    )
     record_reference_eval(target, world_seed)
     typer.echo(f"world-it written to {target}")
+
+
+def definition_only_accuracy(loaded: Any, tasks: list[Any]) -> float:
+    """world_eval's definition-only accuracy, 10 queries a task: the last line of world-it's
+    training log."""
+    from tunelens.experiments.world_eval import evaluate_icl
+
+    return evaluate_icl(loaded, tasks, (0,), queries_per_task=10, definition=True).shots[0]
 
 
 def record_reference_eval(directory: Path, seed: int) -> None:

@@ -81,15 +81,16 @@ def instruction_tune_world_model(
     target: Path,
     *,
     seed: int = 0,
+    heldout_accuracy: HeldoutAccuracy,
     recipe: WorldItRecipe | None = None,
     progress: bool = True,
-    heldout_accuracy: HeldoutAccuracy | None = None,
 ) -> None:
     """Tune the model in ``base_dir`` into ``target`` (model, tokenizer, recipe, training log).
 
     ``workdir`` keeps the training log; the tuning is minutes long, so an
     interrupted run starts over rather than resuming. ``heldout_accuracy`` scores
-    the tuned model for the log's last line (default: world_eval's, 10 queries a task).
+    the tuned model on the held-out tasks for the log's last line (the command passes
+    world_eval's definition-only accuracy: an evaluation protocol is not this layer's).
     """
     recipe = recipe or WorldItRecipe(seed=seed)
     torch.set_num_threads(recipe.threads)
@@ -114,7 +115,7 @@ def instruction_tune_world_model(
             record = {"step": step + len(window), "loss": round(sum(window) / len(window), 4)}
             log.write(json.dumps(record) + "\n")
         model = tuned.as_loaded()
-        definition_only = (heldout_accuracy or _world_eval_accuracy)(model, world.heldout)
+        definition_only = heldout_accuracy(model, world.heldout)
         final = {
             "pairs": len(pairs),
             "steps": tuned.steps,
@@ -131,13 +132,3 @@ def instruction_tune_world_model(
         json.dumps({"base": base_recipe, "instruction_tuning": asdict(recipe)}, indent=2) + "\n"
     )
     (target / "training_log.jsonl").write_text(log_path.read_text())
-
-
-def _world_eval_accuracy(loaded: LoadedModel, tasks: list[Task]) -> float:
-    """world_eval's definition-only accuracy with 10 queries a task (``heldout_accuracy``'s
-    default until ``tunelens world build`` passes it in)."""
-    # lazy and pointing up (models -> experiments): kept only until commands/world.py passes
-    # heldout_accuracy (issue 27); then this default goes
-    from tunelens.experiments.world_eval import evaluate_icl
-
-    return evaluate_icl(loaded, tasks, (0,), queries_per_task=10, definition=True).shots[0]
