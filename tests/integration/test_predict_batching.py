@@ -44,7 +44,7 @@ def fixed_batch_generate(loaded, texts, max_new_tokens, batch_size=16):
     model, tokenizer = loaded.model, loaded.tokenizer
     lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
-    config = predict._greedy_config(model, tokenizer, max_new_tokens)
+    config = predict.greedy_config(model, tokenizer, max_new_tokens)
     side = "left" if loaded.kind == "causal" else "right"
     out = [""] * len(texts)
     for start in range(0, len(order), batch_size):

@@ -129,7 +129,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(configured) if isinstance(configured, list | tuple) else [int(configured)]
 
 
-def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
+def greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
     """The model's generation config made greedy, stopping at EOS or any newline token."""
     base = getattr(model, "generation_config", None)
     config = copy.deepcopy(base) if base is not None else GenerationConfig()
@@ -148,6 +148,9 @@ def _greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
         eos_token_id=stops or None,
     )
     return config
+
+
+_greedy_config = greedy_config  # kept for callers outside models/ until they move (issue 27)
 
 
 def length_order(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -371,7 +374,7 @@ def generate_predictions(
         return []
     model = loaded.model
     ids, lengths = _checked_ids(loaded, prompts, token_ids, max_new_tokens)
-    config = _greedy_config(model, loaded.tokenizer, max_new_tokens)
+    config = greedy_config(model, loaded.tokenizer, max_new_tokens)
     widths = (
         [(n + max_new_tokens,) for n in lengths]
         if loaded.kind == "causal"
