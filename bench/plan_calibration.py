@@ -181,7 +181,7 @@ def overheads(loaded: Any, repeats: int) -> dict[str, float]:
     """Per-call costs from one-row calls."""
     import torch
 
-    from tunelens.models.predict import _greedy_config
+    from tunelens.models.predict import greedy_config
     from tunelens.models.tuning import TuningConfig, multitask_tune, tune_many_sets, tune_on_pairs
 
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -193,7 +193,7 @@ def overheads(loaded: Any, repeats: int) -> dict[str, float]:
             model(input_ids=ids, attention_mask=mask, use_cache=False)
 
     def generate(n: int) -> Callable[[], None]:
-        config = _greedy_config(model, tokenizer, n)
+        config = greedy_config(model, tokenizer, n)
         config.update(min_new_tokens=n, eos_token_id=None)
 
         def run() -> None:

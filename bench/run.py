@@ -637,7 +637,7 @@ def peft_sequential(
 
     from tunelens.models import tuning
     from tunelens.models.batching import collate_causal, encode_pairs
-    from tunelens.models.tuning.targets import _module_shapes as module_shapes
+    from tunelens.models.tuning.targets import module_shapes
 
     model, tokenizer = loaded.model, loaded.tokenizer
     names = tuning.target_module_names(model, config.target_modules)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tests.helpers.numerics import assert_close_scaled
 
-import tunelens.experiments.convergence as convergence
+import tunelens.experiments.convergence.experiment as convergence
 from tunelens.experiments.convergence import run_convergence_cell
 from tunelens.models.loading import load_model
 from tunelens.spec import TuningSpec

@@ -150,9 +150,6 @@ def greedy_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
     return config
 
 
-_greedy_config = greedy_config  # kept for callers outside models/ until they move (issue 27)
-
-
 def length_order(tokenizer: Any, prompts: Sequence[str]) -> tuple[list[int], list[int]]:
     """Prompt token lengths and the indices sorted by length (longest first)."""
     lengths = [len(ids) for ids in _tokenise(tokenizer, prompts)]

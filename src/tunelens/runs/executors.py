@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from tunelens.api import Cell, Experiment, RunContext
 from tunelens.bounds import MAX_THREADS, check_option
 from tunelens.errors import DivergedError, TunelensInputError, in_cell
-from tunelens.log import get_logger
+from tunelens.log import get_logger, logging_verbosity
 from tunelens.runs.store import CellStore
 from tunelens.runs.threads import apply_thread_policy, threads_for_model, usable_cores
 
@@ -281,7 +281,7 @@ def _run_in_pool(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(_logging_verbosity(),),
+        initargs=(logging_verbosity(),),
     )
     try:
         with _main_not_rerun(keep=_from_main(jobs)):  # spawn starts the workers in submit()
@@ -370,18 +370,6 @@ def _merge_batch_sizes(used: dict[str, dict[str, Any]]) -> None:
     for site, entry in used.items():
         for size in entry["used"]:
             record(site, int(entry["requested"]), int(size))
-
-
-def _logging_verbosity() -> bool | None:
-    """The CLI's logging set-up in this process (``verbose``), or None where there is none."""
-    import logging
-
-    from tunelens.log import _HANDLER_FLAG, ROOT
-
-    logger = logging.getLogger(ROOT)
-    if not any(getattr(handler, _HANDLER_FLAG, False) for handler in logger.handlers):
-        return None
-    return logger.level <= logging.INFO
 
 
 def _start_worker(verbose: bool | None) -> None:

@@ -178,9 +178,6 @@ def module_shapes(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[st
     return shapes
 
 
-_module_shapes = module_shapes  # kept for callers outside models/ until they move (issue 27)
-
-
 def adapter_key(module_name: str, matrix: str) -> str:
     """The key PEFT's ``get_peft_model_state_dict`` uses for a LoRA matrix of a module."""
     return f"base_model.model.{module_name}.{matrix}.weight"
