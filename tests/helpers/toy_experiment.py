@@ -89,6 +89,4 @@ class ToyExperiment(Experiment):
         if not block:
             return None
         view = {"total": block["total"], "tasks": len(block["rows"])}
-        return ReportPart(
-            NAME, "Toy", TEMPLATE, view, jinja2.DictLoader({TEMPLATE: TOY_TEMPLATE})
-        )
+        return ReportPart(NAME, "Toy", TEMPLATE, view, jinja2.DictLoader({TEMPLATE: TOY_TEMPLATE}))
