@@ -1,6 +1,7 @@
 """The user's wait, this tree against an older one: the same command, interleaved, in fresh runs.
 
     python bench/versus.py OLD_SRC [--repeats 2] [--what run|decide] [--new-model world-small]
+                           [--new-spec OLD_DEFAULT.yaml]
 
 OLD_SRC is the ``src`` directory of another checkout (``git archive <commit> src |
 tar -x -C /tmp/old``); it is put first on PYTHONPATH, so both versions run in this
@@ -110,6 +111,13 @@ def main() -> int:
     parser.add_argument(
         "--new-model", default="world", help="the model this tree runs (the older one: world)"
     )
+    parser.add_argument(
+        "--new-spec",
+        type=Path,
+        default=None,
+        help="a spec this tree runs instead of its default (the older tree's default written "
+        "out, for a like-for-like comparison after the default changed)",
+    )
     args = parser.parse_args()
     print(f"load at start {os.getloadavg()}; {args.what}, {args.repeats} rounds")
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
@@ -118,7 +126,7 @@ def main() -> int:
         spec = (
             default_spec_with(args.new_model, Path(scratch))
             if args.what == "run" and args.new_model != "world"
-            else None
+            else args.new_spec
         )
         for r in range(args.repeats):
             order = ("old", "new") if r % 2 == 0 else ("new", "old")

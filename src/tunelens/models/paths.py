@@ -24,15 +24,17 @@ WORLD = "world"
 # The embedded family: model name -> the directory under tunelens/assets/ that
 # `tunelens world train-model --install` writes. `world` is the 6-layer second
 # generation (`--size base`), `world-small` the first 3-layer model, `world-it`
-# is `world` after multi-task instruction tuning.
+# is `world` after multi-task instruction tuning, `world-base` the base member that saw no
+# definition -> answer text and no zero-shot answer format in pretraining (issue 29).
 INSTALL_FOLDERS: dict[str, str] = {
     "world": "world",
     "world-small": "world_small",
     "world-it": "world_it",
     "world-base": "world_base",
 }
-# Members being trained (issue 29): installable, not yet loadable by name.
-UNSHIPPED: frozenset[str] = frozenset({"world-base"})
+# Members being trained: installable, not yet loadable by name (none at present; `world-base`,
+# the base member of issue 29, ships since 0.3).
+UNSHIPPED: frozenset[str] = frozenset()
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
