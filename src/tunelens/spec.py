@@ -300,7 +300,7 @@ def validate_spec(data: dict, *, source: str) -> Spec:
 
 
 def dotted_key(loc: tuple) -> str:
-    """``("audit", "instances_per_task", 0, "constrained-int")`` -> ``audit.instances_per_task.0``.
+    """``("section", "sizes", 0, "constrained-int")`` -> ``section.sizes.0``.
 
     pydantic adds the tags of union members and validators to the location;
     only field names and list indices are the user's key.
