@@ -346,3 +346,31 @@ def test_the_plan_prices_bf16_memory_at_two_bytes_a_weight():
     assert half.peak_memory_bytes == pytest.approx(full.peak_memory_bytes / 2, rel=1e-6)
     assert 2 * size.total < half.peak_memory_bytes < full.peak_memory_bytes
     assert half.flops == full.flops  # the same work, only its bytes differ
+
+
+def test_the_plan_times_the_workers_run_will_use(monkeypatch):
+    """On a CPU the plan says how long the run takes over the local executor's workers; on an
+    accelerator, whose cells run one at a time, that is the one-worker time."""
+
+    class Custom:
+        name = "convergence"
+
+        def cells(self, section, inputs=None):
+            return [Cell("convergence", f"c{i}", {"model": "world"}, i) for i in range(4)]
+
+        def estimate_tokens(self, section, cell):
+            return {"forward": 200_000, "backward": 0}
+
+    spec = Spec(convergence=ConvergenceSpec())
+    experiments = {"convergence": Custom()}
+    monkeypatch.setenv("TUNELENS_WORKERS", "1")
+    one = plan_study(spec, gpu="cpu", experiments=experiments, peak_flops=1e12)
+    assert one.workers == 1 and one.seconds_with_workers == one.seconds
+    monkeypatch.setenv("TUNELENS_WORKERS", "2")
+    two = plan_study(spec, gpu="cpu", experiments=experiments, peak_flops=1e12)
+    assert two.workers == 2 and two.seconds == pytest.approx(one.seconds)
+    cells = two.seconds - two.fixed.total
+    assert two.seconds_with_workers == pytest.approx(two.fixed.total + cells / 2)
+    assert json.loads(json.dumps(two.to_json()))["total"]["seconds_with_workers"] < two.seconds
+    gpu = plan_study(spec, gpu="h100", experiments=experiments, peak_flops=1e12, mfu=0.5)
+    assert gpu.workers == 1 and gpu.seconds_with_workers == gpu.seconds

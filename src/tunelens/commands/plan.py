@@ -170,6 +170,12 @@ def print_time(console: Console, result: Plan, gpu: str) -> None:
         + ", ".join(f"{name} {duration(seconds)}" for name, seconds in parts[:4] if seconds),
         markup=False,
     )
+    if result.workers > 1:
+        console.print(
+            f"with {result.workers} worker processes (tunelens run's automatic count on this "
+            f"machine): about {duration(result.seconds_with_workers)} if the cells balance",
+            markup=False,
+        )
     if result.device_memory_bytes and result.peak_memory_bytes > result.device_memory_bytes:
         console.print(
             f"peak memory exceeds one {gpu} ({size_text(result.device_memory_bytes)}): "

@@ -571,6 +571,9 @@ class Plan:
     device_memory_bytes: int | None
     fixed: Seconds = field(default_factory=Seconds)
     costs: str = ""
+    # Cells the local executor runs at once on this machine (``tunelens run``'s automatic
+    # count; 1 on an accelerator, whose cells run one at a time).
+    workers: int = 1
 
     @property
     def cells(self) -> int:
@@ -598,6 +601,17 @@ class Plan:
         return sum(e.seconds for e in self.experiments) + self.fixed.total
 
     @property
+    def seconds_with_workers(self) -> float:
+        """Wall time with the cells spread over ``workers`` processes: the cells' time
+        divided among them (at least the longest experiment's mean cell), plus the run's own
+        costs. An estimate that assumes the cells balance."""
+        cells = sum(e.seconds for e in self.experiments)
+        if self.workers <= 1 or not self.cells:
+            return self.seconds
+        longest = max(e.seconds / e.cells for e in self.experiments if e.cells)
+        return max(cells / self.workers, longest) + self.fixed.total
+
+    @property
     def time(self) -> Seconds:
         total = Seconds()
         for e in self.experiments:
@@ -615,6 +629,7 @@ class Plan:
                 "flops",
                 "peak_memory_bytes",
                 "seconds",
+                "seconds_with_workers",
             )
         }
         return {
@@ -627,6 +642,7 @@ class Plan:
             "fixed": self.fixed.to_json(),
             "time": self.time.to_json(),
             "costs": self.costs,
+            "workers": self.workers,
             "total": totals,
         }
 
@@ -888,7 +904,21 @@ def plan_study(
         device_memory_bytes=DEVICE_MEMORY.get(gpu),
         fixed=run_seconds(costs, model_bytes, conditions),
         costs=costs.source,
+        workers=_local_workers(gpu, experiments, planned),
     )
+
+
+def _local_workers(
+    gpu: str, experiments: Mapping[str, Experiment], planned: list[tuple[str, Any, list[Cell]]]
+) -> int:
+    """How many of the plan's cells ``tunelens run`` would run at once here (the local
+    executor's automatic count); 1 when the plan prices an accelerator."""
+    if gpu != "cpu":
+        return 1
+    from tunelens.runs.executors import Job, automatic_workers
+
+    jobs = [Job(experiments[name], cell) for name, _, cells in planned for cell in cells]
+    return max(1, min(automatic_workers(jobs), len(jobs))) if jobs else 1
 
 
 # ---------------------------------------------------------------- prompt length
