@@ -36,6 +36,7 @@ from tunelens.runs.costs import (
 from tunelens.runs.plan import PlanContext, PlanPrompts, task_shape
 from tunelens.runs.preflight import located
 from tunelens.tasks.sampling import sample_demo_sets
+from tunelens.tasks.types import Task
 
 __all__ = [
     "absent_shape",
@@ -54,6 +55,21 @@ def limit_section(section: ConvergenceSpec, n: int) -> ConvergenceSpec:
     return section.model_copy(update={"n_pairs": max(2, min(section.n_pairs, n))})
 
 
+def largest_draw(section: ConvergenceSpec, tasks: Sequence[Task], relevance: str) -> Any:
+    """The demonstration sets the first seed's cells draw at the largest k: the draw that
+    fails exactly when theirs would, and whose ICL prompts are the longest they make."""
+    k_max = max(section.k)
+    return sample_demo_sets(
+        tasks,
+        n_pairs=section.n_pairs,
+        anchors_per_set=section.anchors_per_set,
+        k=k_max,
+        relevance=relevance,
+        seed=section.seeds[0],
+        k_max=k_max,
+    )
+
+
 def preflight(section: ConvergenceSpec, inputs: StudyInputs, source: str | None) -> None:
     """The cells' demonstration draw at the largest k, made once before any model loads, so
     a pool too small for k (``convergence.k``) or relevance 'other' over one task
@@ -68,19 +84,9 @@ def preflight(section: ConvergenceSpec, inputs: StudyInputs, source: str | None)
             source=source,
             where="convergence.relevance",
         )
-    k_max = max(section.k)
     for relevance in section.relevance:
         try:
-            # The same draw the cells make, at the largest k: it fails exactly when they would.
-            sample_demo_sets(
-                tasks,
-                n_pairs=section.n_pairs,
-                anchors_per_set=section.anchors_per_set,
-                k=k_max,
-                relevance=relevance,
-                seed=section.seeds[0],
-                k_max=k_max,
-            )
+            largest_draw(section, tasks, relevance)
         except TunelensInputError as error:
             key = (
                 "convergence.relevance" if "relevance 'other'" in error.message else "convergence.k"
@@ -101,18 +107,9 @@ def plan_prompts(section: ConvergenceSpec, inputs: StudyInputs) -> PlanPrompts:
     tasks = inputs.tasks(section.tasks)
     prompts = []
     if tasks:
-        k_max = max(section.k)
         style = _style(section.template, any(section.definition))
         for relevance in section.relevance:
-            sets = sample_demo_sets(
-                tasks,
-                n_pairs=section.n_pairs,
-                anchors_per_set=section.anchors_per_set,
-                k=k_max,
-                relevance=relevance,
-                seed=section.seeds[0],
-                k_max=k_max,
-            )
+            sets = largest_draw(section, tasks, relevance)
             for demo_set in sets:
                 for anchor in demo_set.anchors:
                     prompts.append(
