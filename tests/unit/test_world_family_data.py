@@ -186,8 +186,13 @@ def test_the_base_recipe_is_world_without_definitions_or_zero_shot_answers():
 
 
 # sha256 of the batches at step 0 and just after the curriculum, recorded before
-# the base member's options existed: the shipped members' data are unchanged.
-_SHIPPED_BATCHES = {"small": "832d795dc9aeb835", "base": "6c34dbe0f044bea9"}
+# the base member's options existed (world-base's: from the code snapshot its
+# training ran on, before induction blocks existed): the shipped members' data are unchanged.
+_SHIPPED_BATCHES = {
+    "small": "832d795dc9aeb835",
+    "base": "6c34dbe0f044bea9",
+    "world-base": "9bd5d2ca00f74f7a",
+}
 
 
 @pytest.mark.parametrize("size", sorted(_SHIPPED_BATCHES))
@@ -256,3 +261,37 @@ def test_a_word_target_answers_zero_shots_with_one_lexicon_word():
     assert len({a[0] for a in firsts}) > 50  # a flat prior, not one learnable answer
     with pytest.raises(TunelensInputError, match="echo or word"):
         recipe_for_size("world-base", zero_shot_target="label")
+
+
+def test_induction_blocks_put_definitions_only_after_their_rules_answers():
+    recipe = recipe_for_size("world-base-induct")
+    batcher = _batcher("world-base-induct")
+    rng = random.Random(11)
+    blocks = 0
+    for _ in range(300):
+        tokens = training_sequence(
+            rng,
+            seed=0,
+            max_tokens=recipe.seq_len,
+            tokenize=batcher._tokenize,
+            forbidden_label_sets=batcher.forbidden,
+            mix=recipe.mix(),
+        )[0]
+        if "Definition:" not in tokens:
+            continue
+        pieces = [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
+        examples_since_definition = 0
+        for piece in pieces:
+            if piece[0] == "Definition:":
+                # A definition closes a block of at least two examples of its rule.
+                assert examples_since_definition >= 2, pieces
+                blocks += 1
+                examples_since_definition = 0
+                continue
+            query = piece[1 : piece.index("Output:")]
+            answer = piece[piece.index("Output:") + 1 :]
+            if examples_since_definition == 0:
+                # The first example of a block (after a definition too) echoes.
+                assert answer == query, piece
+            examples_since_definition += 1
+    assert blocks > 50

@@ -31,10 +31,11 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-small": "world_small",
     "world-it": "world_it",
     "world-base": "world_base",
+    "world-base-induct": "world_base_induct",
 }
-# Members being trained: installable, not yet loadable by name (none at present; `world-base`,
-# the base member of issue 29, ships since 0.3).
-UNSHIPPED: frozenset[str] = frozenset()
+# Members being trained: installable, not yet loadable by name (`world-base-induct`, a
+# candidate successor of `world-base`; `world-base`, the base member of issue 29, ships since 0.3).
+UNSHIPPED: frozenset[str] = frozenset({"world-base-induct"})
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
@@ -43,6 +44,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-small": "tunelens world train-model --size small --install",
     "world-it": "tunelens world train-model --size base --instruction-tune --install",
     "world-base": "tunelens world train-model --size world-base --install",
+    "world-base-induct": "tunelens world train-model --size world-base-induct --install",
 }
 
 

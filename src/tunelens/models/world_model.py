@@ -91,6 +91,7 @@ class WorldModelRecipe:
     zero_shot_preamble: float = 0.0
     zero_shot_target: str = "echo"  # "echo" or "word" (see tasks.world.corpus.CorpusMix)
     preamble_soup: bool = False  # see tasks.world.corpus.CorpusMix
+    induction_blocks: float = 0.0  # see tasks.world.corpus.induction_blocks_sequence
 
     def mix(self) -> CorpusMix:
         return CorpusMix(
@@ -100,6 +101,7 @@ class WorldModelRecipe:
             zero_shot_preamble=self.zero_shot_preamble,
             zero_shot_target=self.zero_shot_target,
             preamble_soup=self.preamble_soup,
+            induction_blocks=self.induction_blocks,
             bursty=self.bursty,
             all_tokens_loss=self.all_tokens_loss,
             copy=self.copy,
@@ -143,6 +145,7 @@ class WorldModelRecipe:
             "definition_prefix",
             "tk_layout",
             "zero_shot_preamble",
+            "induction_blocks",
         ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
@@ -212,9 +215,27 @@ SIZES: dict[str, dict[str, object]] = {
         "zero_shot_answers": False,
         "zero_shot_preamble": 0.5,
     },
+    # world-base's recipe plus induction blocks (examples, then the rule's
+    # definition): being trained to see whether they bring the non-category
+    # families' in-context learning that `world` owes to its definition blocks.
+    "world-base-induct": {
+        **_WORLD,
+        "steps": 8000,
+        "definition_blocks": 0.0,
+        "definition_prefix": 0.0,
+        "tk_layout": 0.0,
+        "zero_shot_answers": False,
+        "zero_shot_preamble": 0.5,
+        "induction_blocks": 0.15,
+    },
 }
 # The family member each size trains (and installs as).
-SIZE_MEMBERS: dict[str, str] = {"small": "world-small", "base": "world", "world-base": "world-base"}
+SIZE_MEMBERS: dict[str, str] = {
+    "small": "world-small",
+    "base": "world",
+    "world-base": "world-base",
+    "world-base-induct": "world-base-induct",
+}
 
 
 def recipe_for_size(size: str, **overrides: object) -> WorldModelRecipe:

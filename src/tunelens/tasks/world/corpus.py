@@ -102,6 +102,10 @@ class CorpusMix:
     # Word-soup preambles (see preamble_tokens): a sturdier untuned echo, but
     # one that tuning on definitions + examples no longer overrides.
     preamble_soup: bool = False
+    # Of task sequences: induction blocks (see induction_blocks_sequence), each
+    # rule's examples *then* its definition, so the text ties rules to words
+    # without ever putting an answer after a definition.
+    induction_blocks: float = 0.0
 
     def __post_init__(self) -> None:
         """Shares within [0, 1], so a typo cannot silently change the corpus."""
@@ -114,6 +118,7 @@ class CorpusMix:
             "foreign_labels",
             "definition_blocks",
             "zero_shot_preamble",
+            "induction_blocks",
         ):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -126,7 +131,12 @@ class CorpusMix:
     @property
     def shows_definitions(self) -> bool:
         """Whether any sequence kind puts a task definition in the text."""
-        return bool(self.definition_prefix or self.tk_layout or self.definition_blocks)
+        return bool(
+            self.definition_prefix
+            or self.tk_layout
+            or self.definition_blocks
+            or self.induction_blocks
+        )
 
     def family_weights(self) -> dict[str, float]:
         """Rule-family weights after the curriculum."""
@@ -249,6 +259,43 @@ def definition_blocks_sequence(
         mask += piece_mask
 
 
+def induction_blocks_sequence(
+    rng: random.Random,
+    draw: Callable[[], Rule],
+    max_tokens: int,
+    tokenize: Callable[[str], list[str]],
+    *,
+    zero_shot_answers: bool,
+) -> tuple[list[str], list[bool]]:
+    """(2-4 examples, then the definition) blocks of fresh rules.
+
+    The reverse of :func:`definition_blocks_sequence`: a definition only ever
+    follows its rule's answers, so the model learns what the definitions of the
+    rule families say (``world``'s definition blocks are what taught it the
+    non-category families in context) without seeing an answer after a
+    definition. Without ``zero_shot_answers`` each block's first example echoes
+    its input, as a task sequence's does, so no label is ever a zero-shot answer.
+    """
+    tokens, mask = [BOS], [False]
+    while True:
+        rule = draw()
+        piece: list[str] = []
+        piece_mask: list[bool] = []
+        for i in range(rng.randint(2, 4)):
+            label = rng.choice(rule.labels)
+            echo = not zero_shot_answers and i == 0
+            t, m = _example_tokens(rule.sample_input(rng, label), label, echo=echo)
+            piece += t
+            piece_mask += m
+        definition = ["Definition:", *tokenize(rule.definition(rng.randrange(3))), SEP]
+        piece += definition
+        piece_mask += [False] + [True] * (len(definition) - 1)
+        if len(tokens) + len(piece) > max_tokens:
+            return tokens, mask
+        tokens += piece
+        mask += piece_mask
+
+
 def task_sequence(
     rng: random.Random,
     rule: Rule,
@@ -340,6 +387,10 @@ def training_sequence(
         tokens, mask = copy_sequence(rng, max_tokens)
     elif mix.definition_blocks and rng.random() < mix.definition_blocks:
         tokens, mask = definition_blocks_sequence(rng, draw, max_tokens, tokenize)
+    elif mix.induction_blocks and rng.random() < mix.induction_blocks:
+        tokens, mask = induction_blocks_sequence(
+            rng, draw, max_tokens, tokenize, zero_shot_answers=mix.zero_shot_answers
+        )
     else:
         rule = draw()
         definition = None
