@@ -41,6 +41,7 @@ SHIPPED: dict[str, str] = {
     "audit": "tunelens.experiments.audit.experiment:AuditExperiment",
     "world_eval": "tunelens.experiments.world_eval.experiment:WorldEvalExperiment",
     "decide": "tunelens.experiments.decide.experiment:DecideExperiment",
+    "task_vectors": "tunelens.experiments.task_vectors.experiment:TaskVectorsExperiment",
 }
 """The shipped experiments: name -> ``"module:Class"``."""
 
