@@ -32,6 +32,8 @@ capture.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,12 @@ import torch
 from tunelens.models.blocks import blocks_of
 from tunelens.models.wrappers import unwrap_model
 
-__all__ = ["AttentionProjection", "UnsupportedAttentionError", "attention_projections"]
+__all__ = [
+    "AttentionOutputTap",
+    "AttentionProjection",
+    "UnsupportedAttentionError",
+    "attention_projections",
+]
 
 # Conventional names of the output projection; used only to choose among layers that already
 # fit structurally (a square q_proj has the same shape as o_proj).
@@ -94,7 +101,15 @@ class AttentionProjection:
 
 
 def _features(layer: torch.nn.Module) -> tuple[int, int] | None:
-    """(in, out) features of a linear-like layer, or None for anything else."""
+    """(in, out) features of a linear-like layer, or None for anything else.
+
+    A wrapper around one (a batched LoRA stack's ``base``, PEFT's ``base_layer``)
+    has its wrapped layer's features: the wrapper is what the forward calls.
+    """
+    for attribute in ("base_layer", "base"):
+        inner = getattr(layer, attribute, None)
+        if isinstance(inner, torch.nn.Module) and not hasattr(layer, "in_features"):
+            return _features(inner)
     if type(layer).__name__ == "Conv1D":  # GPT-2's transposed linear: weight [in, out]
         weight = getattr(layer, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 2:
@@ -201,3 +216,96 @@ def attention_projections(
             )
         found.append(projection)
     return found
+
+
+class AttentionOutputTap:
+    """Each block's attention output at the positions a hidden-state capture reads.
+
+    Handed to :func:`tunelens.models.hidden_states.capture_packed` (or
+    ``capture_last_token_states``) as ``tap=``: the capture's own forwards are
+    observed, so the attention outputs cost no extra forward. After the capture,
+    :meth:`stacked` gives float32 ``[prompts, blocks, hidden]`` in prompt order
+    (block ``b`` is index ``b``: what block ``b + 1`` of the residual-stream
+    layout adds through attention). Use one tap per capture call.
+
+    A model whose projections cannot be found (:class:`UnsupportedAttentionError`)
+    or an encoder-decoder records nothing: :attr:`unsupported` says why and
+    :meth:`stacked` returns None, so callers keep the residual stream alone.
+    """
+
+    def __init__(self) -> None:
+        self.unsupported: str | None = None
+        self._by_prompt: dict[int, list[torch.Tensor | None]] = {}
+
+    def refuse(self, reason: str) -> None:
+        """Record nothing from here on, for ``reason``."""
+        self.unsupported = self.unsupported or reason
+        self._by_prompt.clear()
+
+    @contextlib.contextmanager
+    def recording(
+        self,
+        model: torch.nn.Module,
+        prompts: Sequence[int],
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> Iterator[None]:
+        """During one forward of ``model``: keep output ``[rows[i], positions[i]]`` of each
+        block's output projection as prompt ``prompts[i]``'s.
+
+        Enter it inside any context that registers its own hooks on the projections
+        (:func:`~tunelens.models.last_block.run_only_at`), so these run after them
+        and see the full-length output.
+        """
+        if self.unsupported is not None:
+            yield
+            return
+        try:
+            projections = attention_projections(model)
+        except UnsupportedAttentionError as error:
+            self.refuse(str(error))
+            yield
+            return
+        n_blocks = len(projections)
+        for prompt in prompts:
+            self._by_prompt[prompt] = [None] * n_blocks
+        handles = [
+            p.projection.register_forward_hook(self._keeper(p.block, prompts, rows, positions))
+            for p in projections
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _keeper(
+        self, block: int, prompts: Sequence[int], rows: torch.Tensor, positions: torch.Tensor
+    ) -> Any:
+        def keep(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() != 3:
+                self.refuse(
+                    f"block {block}: the output projection returned no [batch, seq, hidden]"
+                )
+                return
+            picked = output.detach()[rows.to(output.device), positions.to(output.device)]
+            for prompt, vector in zip(prompts, picked.float().cpu(), strict=True):
+                if prompt in self._by_prompt:
+                    self._by_prompt[prompt][block] = vector
+
+        return keep
+
+    def stacked(self) -> torch.Tensor | None:
+        """float32 ``[prompts, blocks, hidden]`` in prompt order, or None (nothing recorded)."""
+        if self.unsupported is not None or not self._by_prompt:
+            return None
+        order = sorted(self._by_prompt)
+        if order != list(range(len(order))):
+            raise ValueError(f"attention outputs recorded for prompts {order}, not 0..n-1")
+        rows = []
+        for prompt in order:
+            vectors = self._by_prompt[prompt]
+            if any(v is None for v in vectors):
+                raise ValueError(f"prompt {prompt}: a block's attention output was not recorded")
+            rows.append(torch.stack(vectors))  # type: ignore[arg-type]
+        return torch.stack(rows)

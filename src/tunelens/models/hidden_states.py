@@ -31,12 +31,14 @@ FLOPs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from tunelens.errors import DivergedError
+from tunelens.models.attention import AttentionOutputTap
 from tunelens.models.last_block import last_block_positionwise, run_only_at
 from tunelens.models.loading import LoadedModel
 from tunelens.models.packing import PackedRow, attention_mask, model_mask, pack_rows
@@ -76,7 +78,9 @@ def check_nonempty(attention_mask: torch.Tensor, prompts: Sequence[str]) -> None
         raise ValueError(f"prompt {prompts[empty[0]]!r} tokenizes to no tokens")
 
 
-def _causal_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
+def _causal_batch(
+    loaded: LoadedModel, prompts: list[str], tap: AttentionOutputTap | None = None, first: int = 0
+) -> torch.Tensor:
     model, tokenizer = loaded.model, loaded.tokenizer
     with_positions = accepts_position_ids(model)
     # Without position ids, left padding would shift positions: pad right instead.
@@ -88,10 +92,16 @@ def _causal_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
     kwargs = {}
     if with_positions:
         kwargs["position_ids"] = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    out = _decoder(model)(
-        input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **kwargs
-    )
-    return _gather(out.hidden_states, last_real_index(mask))
+    last = last_real_index(mask)
+    recording: Any = contextlib.nullcontext()
+    if tap is not None:
+        rows = torch.arange(len(prompts), device=mask.device)
+        recording = tap.recording(model, range(first, first + len(prompts)), rows, last)
+    with recording:
+        out = _decoder(model)(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, **kwargs
+        )
+    return _gather(out.hidden_states, last)
 
 
 def decoder_start_id(model: torch.nn.Module) -> int:
@@ -128,20 +138,30 @@ def _seq2seq_batch(loaded: LoadedModel, prompts: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def capture_last_token_states(
-    loaded: LoadedModel, prompts: list[str], batch_size: int = 16
+    loaded: LoadedModel,
+    prompts: list[str],
+    batch_size: int = 16,
+    *,
+    tap: AttentionOutputTap | None = None,
 ) -> torch.Tensor:
     """Residual stream at each prompt's last token, every layer: float32 [prompts, layers, hidden].
 
     One padded forward per batch of ``batch_size`` prompts; the layer layout is
     described in the module docstring. An empty prompt list gives a [0, 0, 0] tensor.
+    With ``tap``, the same forwards also record each block's attention output at
+    the last token (causal LMs; an encoder-decoder makes the tap refuse).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    step = _seq2seq_batch if loaded.kind == "seq2seq" else _causal_batch
-    chunks = [
-        step(loaded, list(prompts[start : start + batch_size])).float().cpu()
-        for start in range(0, len(prompts), batch_size)
-    ]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        if loaded.kind == "seq2seq":
+            if tap is not None:
+                tap.refuse("encoder-decoder models: attention outputs are not tapped")
+            chunks.append(_seq2seq_batch(loaded, chunk).float().cpu())
+        else:
+            chunks.append(_causal_batch(loaded, chunk, tap, start).float().cpu())
     return check_states(torch.cat(chunks)) if chunks else torch.zeros((0, 0, 0))
 
 
@@ -166,6 +186,15 @@ def check_states(states: torch.Tensor) -> torch.Tensor:
             where="hidden states",
         )
     return states
+
+
+def _padded(
+    loaded: LoadedModel, prompts: list[str], batch_size: int, tap: AttentionOutputTap | None
+) -> torch.Tensor:
+    """The padded path for what packing cannot take (``tap`` passed on only when given)."""
+    if tap is None:
+        return capture_last_token_states(loaded, prompts, batch_size)
+    return capture_last_token_states(loaded, prompts, batch_size, tap=tap)
 
 
 # Attention implementations that apply a custom 4-D mask as given (flash kernels take no
@@ -198,12 +227,17 @@ def _packed_row(
     row: PackedRow,
     *,
     last_block: Sequence[torch.nn.Module] = (),
+    tap: AttentionOutputTap | None = None,
 ) -> torch.Tensor:
     """float32 [prompts captured in ``row``, layers, hidden], in the order of ``row.ends``."""
     device = loaded.device
     mask = model_mask(attention_mask(row, device), loaded.model)
     index = torch.tensor(list(row.ends.values()), dtype=torch.long, device=device)
-    with run_only_at(last_block, index):
+    recording: Any = contextlib.nullcontext()
+    if tap is not None:  # entered after run_only_at: its hooks see the restored full length
+        rows = torch.zeros_like(index)
+        recording = tap.recording(loaded.model, list(row.ends), rows, index)
+    with run_only_at(last_block, index), recording:
         out = decoder(
             input_ids=torch.tensor([row.ids], dtype=torch.long, device=device),
             attention_mask=mask,
@@ -221,6 +255,7 @@ def capture_packed(
     *,
     max_tokens: int | None = None,
     batch_size: int = 16,
+    tap: AttentionOutputTap | None = None,
 ) -> torch.Tensor:
     """``capture_last_token_states(loaded, prompts)``, computing the tokens prompts share once.
 
@@ -239,13 +274,14 @@ def capture_packed(
     models, and sliding-window models with a prompt longer than the window take
     :func:`capture_last_token_states` (``batch_size`` prompts per padded
     forward). Unlike that path, rows mix prompts, so a model that applies a
-    different adapter per batch row must not use this one.
+    different adapter per batch row must not use this one. ``tap`` records each
+    block's attention output at the same positions, in the same forwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = list(prompts)
     if not prompts or not packable(loaded):
-        return capture_last_token_states(loaded, prompts, batch_size)
+        return _padded(loaded, prompts, batch_size, tap)
     ids = [list(row) for row in loaded.tokenizer(prompts)["input_ids"]]
     for prompt, prompt_ids in zip(prompts, ids, strict=True):
         if not prompt_ids:
@@ -253,13 +289,13 @@ def capture_packed(
     config: Any = unwrap_model(loaded.model).config
     window = sliding_window(config)
     if window is not None and max(map(len, ids)) > window:  # the mask would drop the window
-        return capture_last_token_states(loaded, prompts, batch_size)
+        return _padded(loaded, prompts, batch_size, tap)
     hidden = int(getattr(config, "hidden_size", 1024))
     decoder = _decoder(loaded.model)
     last_block = last_block_positionwise(loaded.model)
     results: list[torch.Tensor | None] = [None] * len(prompts)
     for row in pack_rows(ids, max_tokens, hidden_size=hidden):
-        states = _packed_row(loaded, decoder, row, last_block=last_block)
+        states = _packed_row(loaded, decoder, row, last_block=last_block, tap=tap)
         for index, state in zip(row.ends, states, strict=True):
             results[index] = state
     return check_states(torch.stack(results))  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ import numpy as np
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
 from tunelens.experiments.convergence.spec import ConvergenceSpec, fill_convergence
+from tunelens.experiments.convergence.updates import aggregate_updates, compare_random_init
 from tunelens.measures.sanity import annotate as annotate_layers
 from tunelens.measures.sanity import cross_pair_readings
 from tunelens.measures.similarity import (
@@ -180,6 +181,7 @@ def _probe_batched(
     max_new_tokens: int,
     labels: Sequence[Sequence[str]],
     tasks: Sequence[str],
+    tapped: list[tuple[np.ndarray | None, str | None]] | None = None,
 ) -> tuple[np.ndarray, Any, list[str]]:
     """Each prompt probed under its own LoRA adapter, many adapters per forward.
 
@@ -193,7 +195,10 @@ def _probe_batched(
     (longest prompt first) so the stack lines up with the batch. Returns the
     hidden states, the label scores (with last-token logits and block states)
     and predictions in input order, equal to the per-set path up to float rounding.
+    ``tapped``, when given, receives (attention outputs in input order or None, why
+    not): what the capture forwards recorded (:class:`AttentionOutputTap`).
     """
+    from tunelens.models.attention import AttentionOutputTap
     from tunelens.models.hidden_states import capture_last_token_states
     from tunelens.models.predict import generate_predictions, length_order
     from tunelens.models.scoring import merge_label_scores, score_label_continuations
@@ -203,6 +208,8 @@ def _probe_batched(
     model = loaded.model
     names = target_module_names(model, resolve_target_modules(model, config.target_modules))
     hidden, parts, preds = [], [], []
+    attention: list[np.ndarray | None] = []
+    note = None
     for start in range(0, len(prompts), PROBE_ROWS):
         chunk = list(prompts[start : start + PROBE_ROWS])
         _, order = length_order(loaded.tokenizer, chunk)  # generate's own batch order
@@ -213,7 +220,8 @@ def _probe_batched(
             for layer in layers:
                 layer.eval()  # no LoRA dropout at probe time (PEFT's eval mode)
             # padded, not packed (capture_packed): each batch row has its own adapter
-            h = capture_last_token_states(loaded, ordered, batch_size=n).numpy()
+            tap = AttentionOutputTap()
+            h = capture_last_token_states(loaded, ordered, batch_size=n, tap=tap).numpy()
             scores = score_label_continuations(
                 loaded,
                 ordered,
@@ -228,6 +236,13 @@ def _probe_batched(
         hidden.append(h[back])
         parts.append((rows, scores))
         preds += [generated[i] for i in back]
+        chunk_attention, note = _tapped(tap)
+        attention.append(None if chunk_attention is None else chunk_attention[back])
+    if tapped is not None:
+        kept = [a for a in attention if a is not None]
+        tapped.append(
+            (np.concatenate(kept) if kept and len(kept) == len(attention) else None, note)
+        )
     return np.concatenate(hidden), merge_label_scores(parts, len(prompts)), preds
 
 
@@ -273,6 +288,16 @@ class Reading:
     states: np.ndarray
     predictions: list[str]
     scores: Any
+    # each block's attention output at the last token, [n, blocks, hidden], from the same
+    # forwards as ``states`` (None where not tapped: ``attention_note`` says why)
+    attention: np.ndarray | None = None
+    attention_note: str | None = None
+
+
+def _tapped(tap: Any) -> tuple[np.ndarray | None, str | None]:
+    """What an AttentionOutputTap recorded, as numpy, and why not when it did not."""
+    stacked = tap.stacked()
+    return (None if stacked is None else stacked.numpy()), tap.unsupported
 
 
 def run_convergence_cell(
@@ -318,7 +343,22 @@ def run_convergence_cell(
     if params.get("patching"):
         patching = _patched_readings(loaded, params, prompts, icl, tuned, readings)
     conditions = (anchor, icl, tuned)
-    return _cell_result(loaded, prompts, conditions, similarities, behaviour, patching, adapted)
+    result = _cell_result(loaded, prompts, conditions, similarities, behaviour, patching, adapted)
+    result["update_similarity"] = _update_similarity(conditions, prompts.task_names)
+    return result
+
+
+def _update_similarity(conditions: tuple[Reading, Reading, Reading], tasks: list[str]) -> Any:
+    """SimAOU per pair and layer, attention output and residual stream, with their floors."""
+    from tunelens.experiments.convergence.updates import update_similarity_cell
+
+    note = next((c.attention_note for c in conditions if c.attention_note), None)
+    return update_similarity_cell(
+        tuple(c.states for c in conditions),  # type: ignore[arg-type]
+        tuple(c.attention for c in conditions),  # type: ignore[arg-type]
+        tasks,
+        note,
+    )
 
 
 def _cell_prompts(loaded, tasks: Sequence[Task], params: dict[str, Any], seed: int) -> CellPrompts:
@@ -382,16 +422,21 @@ def _read_untuned(loaded, prompts: CellPrompts, max_new: int) -> tuple[Reading, 
     """The untuned model on the anchor and on the ICL prompts. The anchors of a set share
     its demonstrations (and a task's prompts its definition): packed rows compute those
     tokens once."""
+    from tunelens.models.attention import AttentionOutputTap
     from tunelens.models.hidden_states import capture_packed
     from tunelens.models.predict import generate_predictions
 
-    h_anchor = capture_packed(loaded, prompts.anchor).numpy()
-    h_icl = capture_packed(loaded, prompts.icl).numpy()
+    taps = AttentionOutputTap(), AttentionOutputTap()  # attention outputs, same forwards
+    h_anchor = capture_packed(loaded, prompts.anchor, tap=taps[0]).numpy()
+    h_icl = capture_packed(loaded, prompts.icl, tap=taps[1]).numpy()
     pred_anchor = generate_predictions(loaded, prompts.anchor, max_new_tokens=max_new)
     pred_icl = generate_predictions(loaded, prompts.icl, max_new_tokens=max_new)
     fw_anchor = prompts.score_prompts(loaded, prompts.anchor)
     fw_icl = prompts.score_prompts(loaded, prompts.icl)
-    return Reading(h_anchor, pred_anchor, fw_anchor), Reading(h_icl, pred_icl, fw_icl)
+    return (
+        Reading(h_anchor, pred_anchor, fw_anchor, *_tapped(taps[0])),
+        Reading(h_icl, pred_icl, fw_icl, *_tapped(taps[1])),
+    )
 
 
 @dataclass
@@ -403,20 +448,42 @@ class _SetProbe:
     states: np.ndarray
     parts: list[tuple[list[int], Any]] = field(default_factory=list)  # (rows, label scores)
     predictions: list[str] = field(default_factory=list)
+    attention: np.ndarray | None = None  # [n, blocks, hidden], filled set by set
+    attention_note: str | None = None
 
     def __call__(self, j: int, tuned: Any) -> None:
         """Read the anchors of set ``j`` under its tuned model."""
+        from tunelens.models.attention import AttentionOutputTap
         from tunelens.models.hidden_states import capture_last_token_states
         from tunelens.models.predict import generate_predictions
 
         rows = [i for i, owner in enumerate(self.prompts.owners) if owner == j]
         probe = tuned.as_loaded()
         texts = [self.prompts.anchor[i] for i in rows]
-        self.states[rows] = capture_last_token_states(probe, texts).numpy()
+        tap = AttentionOutputTap()
+        self.states[rows] = capture_last_token_states(probe, texts, tap=tap).numpy()
+        self._keep_attention(rows, tap)
         self.parts.append((rows, self.prompts.score(probe, rows)))
         answers = generate_predictions(probe, texts, max_new_tokens=self.max_new)
         for i, answer in zip(rows, answers, strict=True):
             self.predictions[i] = answer
+
+    def _keep_attention(self, rows: list[int], tap: Any) -> None:
+        """The set's attention outputs into their rows (a set without them: none kept)."""
+        tapped, note = _tapped(tap)
+        if tapped is None or self.attention_note is not None:
+            self.attention, self.attention_note = None, self.attention_note or note or "not tapped"
+            return
+        if self.attention is None:
+            self.attention = np.zeros((len(self.prompts.anchor), *tapped.shape[1:]), np.float32)
+        self.attention[rows] = tapped
+
+    def reading(self) -> Reading:
+        """The IT reading of every row, once each set has been probed."""
+        from tunelens.models.scoring import merge_label_scores
+
+        scores = merge_label_scores(self.parts, len(self.prompts.anchor))
+        return Reading(self.states, self.predictions, scores, self.attention, self.attention_note)
 
 
 def _read_tuned(
@@ -430,8 +497,6 @@ def _read_tuned(
     batched_probe: bool,
 ) -> Reading:
     """Tune one model per set and read every anchor under its own set's tuning."""
-    from tunelens.models.scoring import merge_label_scores
-
     n = len(prompts.anchor)
     probe = _SetProbe(prompts, max_new, np.zeros_like(untuned_states), [], [""] * n)
     used = sorted(set(prompts.owners))  # sets that own a kept pair, in set order
@@ -444,7 +509,7 @@ def _read_tuned(
         _tune_full_sets(loaded, prompts, config, used, probe, progress, adapters_dir)
     if batched is not None:
         return batched
-    return Reading(probe.states, probe.predictions, merge_label_scores(probe.parts, n))
+    return probe.reading()
 
 
 def _tune_lora_sets(
@@ -466,6 +531,7 @@ def _tune_lora_sets(
     reading = None
     if batched_probe:
         by_set = dict(zip(used, states, strict=True))
+        tapped: list[tuple[np.ndarray | None, str | None]] = []
         h_it, fw_it, pred_it = _probe_batched(
             loaded,
             config,
@@ -474,8 +540,9 @@ def _tune_lora_sets(
             probe.max_new,
             prompts.labels,
             prompts.task_names,
+            tapped,
         )
-        reading = Reading(h_it, pred_it, fw_it)
+        reading = Reading(h_it, pred_it, fw_it, *tapped[0])
         if progress is not None:
             progress(len(used), len(used))
     if adapters_dir is not None or not batched_probe:
@@ -875,6 +942,9 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
         patching = _patching(members, clusters)
         if patching is not None:
             entry_out["patching"] = patching
+        updates = aggregate_updates(members, clusters)
+        if updates is not None:
+            entry_out["update_similarity"] = updates
         adapted = members[0][1].get("adapted")
         if adapted is not None:
             entry_out["tuning"] = {
@@ -885,6 +955,7 @@ def aggregate_convergence(results: list[tuple[Cell, dict[str, Any]]]) -> list[di
         annotate_layers(entry_out, [result for _, result in members])  # stacks, warnings
         entries.append(entry_out)
     _compare_k(entries, groups)
+    compare_random_init(entries, list(groups.values()))
     from tunelens.experiments.convergence.results import dump_convergence
 
     return dump_convergence(entries)  # validated: the typed shape of results.json
@@ -973,7 +1044,9 @@ class ConvergenceExperiment(Experiment):
     #     accuracy), not its first token. 10: last block cut at read positions, fused AdamW
     #     (float noise); earlier: 9: prefix groups only above the break-even; 8: last MLP
     #     at captured rows
-    code_version = "11"
+    # 12: update-direction similarity (SimAOU on attention outputs and the residual stream,
+    #     with floors; Rec2FTP at aggregation), attention outputs tapped in the same forwards.
+    code_version = "12"
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)

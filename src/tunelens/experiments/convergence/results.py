@@ -14,6 +14,7 @@ from typing import Any
 from tunelens.api.results import ResultsModel, Stat, TuningInfo, WilcoxonTest, dump_as
 
 __all__ = [
+    "AgainstRandomInit",
     "Behaviour",
     "ConvergenceAccuracy",
     "ConvergenceCondition",
@@ -21,15 +22,22 @@ __all__ = [
     "ConvergenceLayer",
     "ConvergenceResults",
     "ConvergenceTuning",
+    "DeutchTest",
     "KComparison",
     "KComparisonLayer",
     "LabelAccuracy",
     "LayerStats",
     "NextTokenAccuracy",
     "PatchingRow",
+    "RandomInitLayer",
+    "RandomInitSeries",
+    "Rec2FTP",
     "ScoringNote",
     "SeedAgreementRow",
     "SeedStats",
+    "UpdateLayer",
+    "UpdateSeries",
+    "UpdateSimilarity",
     "dump_convergence",
 ]
 
@@ -216,6 +224,105 @@ class SeedAgreementRow(ResultsModel):
     holds_in_every_seed: list[int]
 
 
+class UpdateLayer(ResultsModel):
+    """One layer of a SimAOU series: the mean over pairs of the cosine of the ICL and IT
+    updates (unit-scaled vectors minus the zero-shot one), its mismatched-pair floor
+    (pair i's ICL update against pair j's IT update, j != i, same task where possible),
+    and the one-sided test SimAOU > floor on cluster means (Holm over layers 1..).
+    Null means where the updates are zero (layer 0, and attention's layer 0, which no
+    block writes)."""
+
+    layer: int
+    simaou: Stat
+    floor: Stat
+    above_floor: WilcoxonTest
+
+
+class UpdateSeries(ResultsModel):
+    """SimAOU per layer over ``n_pairs`` pairs pooled over seeds."""
+
+    n_pairs: int
+    layers: list[UpdateLayer]
+
+
+class Rec2FTP(ResultsModel):
+    """Rec2FTP = ``both_fixed / it_fixed x 100`` (Dai et al. 2023) with its counts.
+
+    ``zs_wrong``: pairs the zero-shot (anchor) answer got wrong; ``it_fixed``: of
+    those, IT right (the denominator); ``icl_fixed``: zero-shot wrong, ICL right;
+    ``both_fixed``: zero-shot wrong, IT and ICL right. ``floor``: the same share with
+    each IT-fixed pair's ICL answer replaced by those of the other zero-shot-wrong pairs
+    (same task where any), what ICL's fixes give without any overlap; ``above_floor``:
+    Rec2FTP minus the floor, in points. All 0-100 with cluster-bootstrap CIs; null
+    with ``undecided`` (the reason) when ``it_fixed < min_denominator``.
+    """
+
+    n_pairs: int
+    zs_wrong: int
+    it_fixed: int
+    icl_fixed: int
+    both_fixed: int
+    min_denominator: int
+    value: Stat | None = None
+    floor: Stat | None = None
+    above_floor: Stat | None = None
+    undecided: str | None = None
+
+
+class RandomInitLayer(ResultsModel):
+    """One layer: the random-initialised copy's SimAOU, trained minus copy (paired by seed
+    and pair: the same draws), and the one-sided test trained > copy (Holm over 1..)."""
+
+    layer: int
+    random_init: Stat
+    difference: Stat
+    above_random_init: WilcoxonTest
+
+
+class RandomInitSeries(ResultsModel):
+    n_pairs: int
+    seeds: list[int]
+    layers: list[RandomInitLayer]
+
+
+class DeutchTest(ResultsModel):
+    """Deutch et al. (2024)'s test of a SimAOU series: layers where the trained model's
+    SimAOU exceeds its mismatched-pair floor, its random-initialised copy, and both
+    (``passes_layers``), each at Holm-corrected p < ``alpha``."""
+
+    alpha: float
+    above_floor_layers: list[int]
+    above_random_init_layers: list[int]
+    passes_layers: list[int]
+
+
+class AgainstRandomInit(ResultsModel):
+    """A real condition against its untrained copy (control ``random_init``)."""
+
+    attention: RandomInitSeries | None = None
+    residual: RandomInitSeries | None = None
+    attention_test: DeutchTest | None = None
+    residual_test: DeutchTest | None = None
+    rec2ftp: Rec2FTP | None = None  # the copy's Rec2FTP, beside this condition's
+
+
+class UpdateSimilarity(ResultsModel):
+    """Update-direction similarity (Dai et al. 2023), convergence code version 12 on.
+
+    ``attention``: SimAOU of each block's attention output (block b at layer b + 1);
+    ``residual``: of the residual stream (layer 0 = embeddings); ``attention_note``:
+    why the attention series is missing, where it is; ``rec2ftp``; and on real
+    conditions whose random-init copy ran, ``against_random_init``.
+    """
+
+    method: str
+    attention: UpdateSeries | None = None
+    residual: UpdateSeries | None = None
+    attention_note: str | None = None
+    rec2ftp: Rec2FTP | None = None
+    against_random_init: AgainstRandomInit | None = None
+
+
 class ConvergenceEntry(ResultsModel):
     """One entry of results.json ``convergence``: a condition pooled over seeds.
 
@@ -236,6 +343,7 @@ class ConvergenceEntry(ResultsModel):
     patching: list[PatchingRow] | None = None
     tuning: TuningInfo | None = None
     k_comparison: KComparison | None = None  # when the condition also ran at a larger k
+    update_similarity: UpdateSimilarity | None = None  # code version 12 on
 
 
 class ConvergenceResults(ResultsModel):
