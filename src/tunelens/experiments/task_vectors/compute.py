@@ -48,6 +48,7 @@ __all__ = [
     "check_causal",
     "icl_task_vectors",
     "patched_hits",
+    "patched_scores",
     "run_task_vector_cell",
 ]
 
@@ -101,22 +102,29 @@ class CellPrompts:
             dummies=len(sets[0].dummies) if sets else 0,
         )
 
-    def hits(self, loaded: LoadedModel, prompts: Sequence[str], **kwargs: Any) -> list[float]:
-        """Per row of ``prompts`` (row i: set i's query), 1.0 where the best-scored label is a
-        reference of set i's query, else 0.0 (``kwargs``: patching, batching)."""
+    def score(self, loaded: LoadedModel, prompts: Sequence[str], **kwargs: Any) -> Any:
+        """Label scores of ``prompts`` (row i: set i's query) over the task's labels
+        (``kwargs``: patching, batching)."""
         from tunelens.models.scoring import score_label_continuations
 
         n = len(prompts)
         if n != len(self.sets):
             raise ValueError(f"{n} prompts for {len(self.sets)} sets")
-        scores = score_label_continuations(
+        return score_label_continuations(
             loaded, prompts, [self.labels] * n, tasks=[self.task] * n, **kwargs
         )
+
+    def hits_of(self, scores: Any) -> list[float]:
+        """Per set, 1.0 where the best-scored label is a reference of its query, else 0.0."""
         out = []
         for i, s in enumerate(self.sets):
             best = self.labels[int(np.argmax(scores.log_distribution(i)))]
             out.append(1.0 if exact_match(best, s.query.outputs) == 100.0 else 0.0)
         return out
+
+    def hits(self, loaded: LoadedModel, prompts: Sequence[str], **kwargs: Any) -> list[float]:
+        """:meth:`hits_of` the scores of ``prompts``."""
+        return self.hits_of(self.score(loaded, prompts, **kwargs))
 
 
 def mean_over_dummies(states: torch.Tensor, dummies: int) -> torch.Tensor:
@@ -133,11 +141,19 @@ def icl_task_vectors(loaded: LoadedModel, prompts: CellPrompts) -> torch.Tensor:
     return mean_over_dummies(states, prompts.dummies)
 
 
+def patched_scores(
+    loaded: LoadedModel, prompts: CellPrompts, vectors: torch.Tensor, layer: int
+) -> Any:
+    """Label scores (:class:`~tunelens.models.scoring.LabelScores`) of every set's zero-shot
+    query with its task vector patched in at its last token after ``layer``."""
+    return prompts.score(loaded, prompts.zero_shot, patch_layer=layer, patch_states=vectors)
+
+
 def patched_hits(
     loaded: LoadedModel, prompts: CellPrompts, vectors: torch.Tensor, layer: int
 ) -> list[float]:
     """Zero-shot hits of every set's query with its task vector patched in after ``layer``."""
-    return prompts.hits(loaded, prompts.zero_shot, patch_layer=layer, patch_states=vectors)
+    return prompts.hits_of(patched_scores(loaded, prompts, vectors, layer))
 
 
 def _tuned_lora(
