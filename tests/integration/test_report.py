@@ -115,8 +115,15 @@ def test_report_is_self_contained_with_plots(run_dir):
     html = path.read_text(encoding="utf-8")
     assert path == run_dir / "report.html"
     pngs = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
-    assert pngs == ["audit.png", "convergence_000.png", "convergence_001.png"]
-    assert html.count('src="data:image/png;base64,') == 3
+    # each condition's figure, the audit's bars, and each section's key figure (its answer box)
+    assert pngs == [
+        "audit.png",
+        "audit_key.png",
+        "convergence_000.png",
+        "convergence_001.png",
+        "convergence_key.png",
+    ]
+    assert html.count('src="data:image/png;base64,') == 5
     # No external resource: every src/href is a data URI or an in-page anchor.
     for url in re.findall(r'(?:src|href)="([^"]*)"', html):
         assert url.startswith(("data:image/png;base64,", "#")), url
@@ -150,7 +157,10 @@ def test_sections_only_for_present_keys(tmp_path):
     assert 'id="convergence"' in html
     for absent in ('id="audit"', 'id="spec"', 'id="environment"', "Baselines"):
         assert absent not in html
-    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["convergence_000.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "convergence_000.png",
+        "convergence_key.png",
+    ]
 
 
 def test_missing_or_invalid_results_are_input_errors(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,16 +87,60 @@ def is_stat(value: Any) -> bool:
     return isinstance(value, Mapping) and "mean" in value
 
 
-def fmt_number(value: Any) -> str:
+SIGNIFICANT = 3
+"""Every number the reports show has this many significant figures (one formatter:
+:func:`fmt_number`; intervals, tables and the Jinja filter ``num`` all go through it)."""
+
+
+def fmt_number(value: Any, signed: bool = False) -> str:
+    """A value at three significant figures: '0.857', '1.11', '0', '22.6', '1,234'.
+
+    Integers are counts and stay exact; floats keep trailing zeros ('0.810') so that a
+    column reads at one precision; |x| >= 1,000 is shown whole with thousands
+    separators, |x| < 0.001 in scientific notation ('1.23e-05': p-values). ``signed``
+    puts a '+' before a positive value (differences).
+    """
     if value is None:
         return "n/a"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        text = _significant(value)
+    else:
         return str(value)
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
-    return str(value)
+    return f"+{text}" if signed and value > 0 else text
+
+
+def _significant(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 999.5:
+        return f"{value:,.0f}"
+    if abs(value) < 1e-3:
+        return f"{value:.{SIGNIFICANT - 1}e}"
+    return f"{value:#.{SIGNIFICANT}g}".rstrip(".")
+
+
+_LONG_DECIMAL = re.compile(r"(?<![\w.])([+-]?)(\d+\.\d+)(?![\w.]*\d)")
+
+
+def round_prose(text: str) -> str:
+    """Decimals in stored prose (a verdict written into results.json by an older or a
+    wordier formatter) at three significant figures: '+22.63 EM [16.48, 28.89]' ->
+    '+22.6 EM [16.5, 28.9]'. Numbers with three significant figures or fewer, integers
+    and versions ('0.1.0') are left as they are."""
+
+    def shorter(match: re.Match[str]) -> str:
+        sign, digits = match.group(1), match.group(2)
+        if len(digits.replace(".", "").lstrip("0")) <= SIGNIFICANT:
+            return match.group(0)
+        return sign + _significant(float(digits))
+
+    return _LONG_DECIMAL.sub(shorter, text)
 
 
 def fmt(value: Any) -> str:
@@ -122,6 +167,62 @@ def fmt(value: Any) -> str:
     if isinstance(value, (Mapping, list, tuple)):
         return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
     return fmt_number(value)
+
+
+def key_name(key: str, words: Mapping[str, tuple[str, str]]) -> str:
+    """A results.json key as the report names it: its words from an experiment's one
+    table of measures (``{key: (name, meaning)}``), else the key itself (a key no table
+    names yet is shown as results.json spells it)."""
+    entry = words.get(key)
+    return entry[0] if entry else key
+
+
+def glossary(keys: Sequence[str], words: Mapping[str, tuple[str, str]]) -> list[list[str]]:
+    """The glossary line under a table: [name, meaning, results.json key] of each key
+    shown that ``words`` explains, in the order shown, each once."""
+    seen: list[str] = []
+    for key in keys:
+        if key in words and key not in seen:
+            seen.append(key)
+    return [[words[k][0], words[k][1], k] for k in seen]
+
+
+COLUMNS_PER_TABLE = 7
+"""Value columns one table holds; a wider one is split (1,280 px without scrolling)."""
+
+
+def split_columns(
+    table: Mapping[str, Any], keep: int = 1, limit: int = COLUMNS_PER_TABLE
+) -> list[dict[str, Any]]:
+    """A wide ``{"columns", "rows"}`` table as several, each with the first ``keep``
+    columns (the row labels) and at most ``limit`` of the others; other keys of
+    ``table`` (its glossary) go with the last one."""
+    columns, rows = list(table["columns"]), [list(r) for r in table["rows"]]
+    values = range(keep, len(columns))
+    chunks = [list(values[i : i + limit]) for i in range(0, len(values), limit)] or [[]]
+    parts = []
+    for chunk in chunks:
+        picked = [*range(keep), *chunk]
+        parts.append(
+            {
+                "columns": [columns[i] for i in picked],
+                "rows": [[row[i] for i in picked if i < len(row)] for row in rows],
+            }
+        )
+    parts[-1].update({k: v for k, v in table.items() if k not in ("columns", "rows")})
+    return parts
+
+
+def transpose(table: Mapping[str, Any], corner: str = "") -> dict[str, Any]:
+    """Rows become columns: a table of few rows and many columns made tall instead."""
+    columns, rows = list(table["columns"]), list(table["rows"])
+    return {
+        "columns": [corner or columns[0], *[str(row[0]) for row in rows]],
+        "rows": [
+            [columns[i], *[row[i] if i < len(row) else "" for row in rows]]
+            for i in range(1, len(columns))
+        ],
+    }
 
 
 def condition_text(condition: Any) -> str:
@@ -212,24 +313,28 @@ def template_environment(*loaders: jinja2.BaseLoader | None) -> jinja2.Environme
     """The Jinja2 environment of every tunelens page: the package's templates (base, macros,
     study page), then each experiment's (``loaders``), autoescaped."""
     own = jinja2.PackageLoader("tunelens.report", "templates")
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.ChoiceLoader([own, *(loader for loader in loaders if loader)]),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["num"] = fmt  # the one number formatter, for values a template holds
+    return environment
 
 
-def _note(results: StudyResults) -> str:
-    """The spec's note, led by the limit of a limited run (tunelens.runs.limit)."""
+def _notes(results: StudyResults) -> tuple[str, str]:
+    """The limit of a limited run (tunelens.runs.limit; shown above the answers, which it
+    qualifies) and the spec's note (shown under them)."""
     spec = results.spec
     note = spec.get("note") if spec is not None else None
+    limited = ""
     if results.limit is not None:
         from tunelens.runs.limit import limit_note
 
-        note = f"{limit_note(results.limit).capitalize()}. {note or ''}".strip()
-    return note or ""
+        limited = f"{limit_note(results.limit).capitalize()}."
+    return limited, str(note or "")
 
 
 def render_report(
@@ -241,6 +346,7 @@ def render_report(
     ``results`` that neither they (``claimed``) nor the common blocks show, as a table."""
     results = parse_results(results)
     spec = results.spec
+    limited, note = _notes(results)
     env_rows = [(str(k), fmt(v)) for k, v in plain(results.environment or {}).items()]
     toc = [(part.anchor, part.title) for part in parts]
     data = plain(results)
@@ -248,7 +354,11 @@ def render_report(
     others = []
     for key in sorted(k for k in data if k not in known):
         anchor = "key-" + "".join(ch if ch.isalnum() else "-" for ch in str(key))
-        others.append((anchor, str(key).replace("_", " ").capitalize(), generic_block(data[key])))
+        block = generic_block(data[key])
+        pieces = split_columns(block, keep=1) if block["kind"] == "table" else [block]
+        for piece in pieces:
+            piece["kind"] = block["kind"]
+        others.append((anchor, str(key).replace("_", " ").capitalize(), pieces))
         toc.append((anchor, str(key)))
     if spec is not None:
         toc.append(("spec", "Spec"))
@@ -264,7 +374,8 @@ def render_report(
             env_line=", ".join(
                 f"{k} {v}" for k, v in env_rows if k in ("python", "torch", "device")
             ),
-            note=_note(results),
+            limited=limited,
+            note=note,
             toc=toc,
             sections=parts,
             others=others,

@@ -14,12 +14,25 @@ from typing import Any
 
 import jinja2
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
 from tunelens.experiments.audit.experiment import BASELINES
 from tunelens.experiments.audit.results import AuditResults
-from tunelens.report.html import data_uri, extras, fmt, plain
+from tunelens.measures.verdicts import MORE_THAN_FORMAT, MOSTLY_FORMAT
+from tunelens.report.html import (
+    data_uri,
+    extras,
+    fmt,
+    fmt_number,
+    glossary,
+    key_name,
+    plain,
+    round_prose,
+    split_columns,
+    transpose,
+)
 from tunelens.report.plots import Plot, mean_ci, plt, save, shorten
 
 __all__ = ["audit_figure", "audit_label", "audit_view", "other_encoding_baselines", "report_part"]
@@ -40,6 +53,68 @@ ENCODING_LABELS = {"definition_only": "[def only]", "definition_examples": "[def
 CONTROLS = ("simplified", "delusive", "no_definition", "random_guess")
 IN_LABEL = "in label space (%)"
 
+# ---------------------------------------------------------------- words: the one place
+# Every results.json key of this section that the page shows is named here, in words,
+# with its meaning (the glossary line under each table).
+
+MEASURES: dict[str, tuple[str, str]] = {
+    "em": ("exact match", "percent of answers equal to the reference once SuperNI-normalised"),
+    "rouge_l": ("ROUGE-L", "longest-common-subsequence F-measure with the reference, x100"),
+    "in_label_space": (
+        IN_LABEL,
+        "percent of answers that are one of the task's labels once normalised, over tasks "
+        "with a label space",
+    ),
+    "headline": (
+        "headline metric",
+        "Tk-Instruct's metric of the category: exact match for classification-like "
+        "categories, ROUGE-L for the others",
+    ),
+    "tuning_gain": (
+        "tuning gain (EM points)",
+        "tuned on the original definitions minus untuned, paired over tasks",
+    ),
+    "simplified": (
+        "simplified definition",
+        "tuned on definitions cut down to the output space: its share of the tuning gain",
+    ),
+    "delusive": (
+        "delusive examples",
+        "tuned on examples whose input-output mapping is wrong: its share of the gain",
+    ),
+    "no_definition": ("no definition", "tuned without definitions: its share of the gain"),
+    "random_guess": (
+        "random guess",
+        "no tuning, a uniform guess over the label space: its gain over untuned as a share",
+    ),
+    "definition": ("definition", "the definitions the model was tuned with"),
+    "examples": ("examples", "the examples it was tuned with"),
+    "encoding": ("evaluated with", "what the evaluation prompt holds"),
+    "instances_per_task": ("instances per task", "tuning instances of each training task"),
+    "seed": ("seed", "the tuning seed"),
+    "training": ("training", "effective batch x epochs, steps, learning rate, template"),
+    "tuning": ("tuning", "the method and the modules it adapted"),
+    "untuned": ("untuned", "the base model, zero-shot"),
+    "random": ("random", "a uniform guess over the label space"),
+    "copy_input": ("copy input", "the answer is the instance's input"),
+    "copy_demo": ("copy demonstration", "the answer is the first demonstration's output"),
+}
+"""Every key the section names, as (name, meaning)."""
+ENCODING_WORDS = {
+    "definition_only": "definition only",
+    "definition_examples": "definition + 2 examples",
+}
+
+
+def named(key: str) -> str:
+    """A key's name in words (an unknown key: the key as results.json spells it)."""
+    return key_name(key, MEASURES)
+
+
+def _glossary(keys: Sequence[str]) -> list[list[str]]:
+    """The glossary line under a table showing ``keys``."""
+    return glossary(keys, MEASURES)
+
 
 def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | None:
     """The section (``audit.png`` written under ``plots_dir``), or None without the audit's
@@ -47,12 +122,14 @@ def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | Non
     parsed = parse_file(AuditResults, results, what="results")
     if parsed.audit is None and parsed.baselines is None:
         return None
-    plots = [write_figure(plain(parsed), Path(plots_dir))]
+    data = plain(parsed)
+    plots = [write_figure(data, Path(plots_dir))]
+    key = save(share_figure(data), Path(plots_dir) / "audit_key.png")
     return ReportPart(
         anchor=ANCHOR,
         title="Audit",
         template="audit.html.j2",
-        view=audit_view(parsed, plots),
+        view={**audit_view(parsed, plots), "verdict": verdict_view(data, key)},
         loader=jinja2.PackageLoader("tunelens.experiments.audit", "templates"),
     )
 
@@ -82,6 +159,159 @@ def write_figure(results: Mapping[str, Any], plots_dir: Path) -> Plot:
             "that ignores the definition can score under definition-only evaluation."
         )
     return Plot(path, caption, ANCHOR)
+
+
+# ---------------------------------------------------------------- the answer first
+
+
+def percent(share: Any) -> str:
+    """A share (a fraction) as '102% [85.5, 124]'; 'n/a' without a mean."""
+    mean, lo, hi = mean_ci(share)
+    if mean is None:
+        return "n/a"
+    bounds = [fmt_number(100 * b) if b is not None else "n/a" for b in (lo, hi)]
+    return f"{fmt_number(100 * mean)}% [{bounds[0]}, {bounds[1]}]"
+
+
+def _row_name(row: Mapping[str, Any], constant: Sequence[str]) -> str:
+    """'Definition only' (+ instances per task and seed where those vary between rows)."""
+    name = ENCODING_WORDS.get(str(row.get("encoding")), str(row.get("encoding")))
+    more = [
+        f"{fmt(row.get('instances_per_task'))} instances per task" if "ipt" not in constant else "",
+        f"seed {fmt(row.get('seed'))}" if "seed" not in constant else "",
+    ]
+    return ", ".join([f"Evaluated with the {name}", *[m for m in more if m]])
+
+
+def _share_sentence(row: Mapping[str, Any], verdict: Mapping[str, Any]) -> str:
+    """The verdict of one share row in words, every number from results.json."""
+    gain = (row.get("tuning_gain") or {}).get("em") or {}
+    if not verdict.get("significant", True) or not gain:
+        text = str(verdict.get("text", ""))
+        return round_prose(text.split(": ", 1)[-1])
+    shares = [
+        f"{named(c)} {percent(row[c]['em'])} ({row[c]['em'].get('reading', 'undecided')})"
+        for c in CONTROLS
+        if isinstance(row.get(c), Mapping) and isinstance(row[c].get("em"), Mapping)
+    ]
+    lead = (
+        f"Tuning raised exact match by {fmt_number(gain.get('mean'), signed=True)} points "
+        f"[{fmt_number((gain.get('ci') or [None])[0])}, "
+        f"{fmt_number((gain.get('ci') or [None, None])[1])}] over the untuned model "
+        f"({fmt(gain.get('n'))} tasks)."
+    )
+    return f"{lead} Share of that gain reached without the task: {'; '.join(shares)}."
+
+
+def _bound_sentence(bound: Mapping[str, Any]) -> str:
+    """Whether any definition-only score lies wholly above the definition-blind bound."""
+    above = [r for r in bound.get("above") or [] if isinstance(r, Mapping)]
+    over = [str(r.get("what")) for r in above if r.get("above")]
+    head = (
+        f"The definition-blind bound is {fmt(bound.get('em'))} EM (the most a method that "
+        "ignores the definition can score)"
+    )
+    if not over:
+        return (
+            f"{head}; no definition-only score lies wholly above it, so none shows that a "
+            "model reads the definition."
+        )
+    return (
+        f"{head}; {len(over)} of {len(above)} definition-only scores lie wholly above it: "
+        f"{', '.join(over)}."
+    )
+
+
+def verdict_view(data: Mapping[str, Any], key: Path | None) -> dict[str, Any]:
+    """The box at the top of the page: the verdict per evaluation encoding, the bound, the
+    key figure (shares of the tuning gain)."""
+    rows = [r for r in data.get("audit_format_share") or [] if isinstance(r, Mapping)]
+    verdicts = {
+        (str(v.get("encoding")), str(v.get("instances_per_task")), str(v.get("seed"))): v
+        for v in data.get("audit_verdict") or []
+        if isinstance(v, Mapping)
+    }
+    constant = [
+        name
+        for name, k in (("ipt", "instances_per_task"), ("seed", "seed"))
+        if len({str(r.get(k)) for r in rows}) <= 1
+    ]
+    lines = []
+    for row in rows:
+        verdict = verdicts.get(
+            (str(row.get("encoding")), str(row.get("instances_per_task")), str(row.get("seed"))),
+            {},
+        )
+        lines.append([_row_name(row, constant), _share_sentence(row, verdict)])
+    bound = data.get("audit_definition_blind_bound")
+    if isinstance(bound, Mapping) and bound.get("em") is not None:
+        lines.append(["Does it read the definition?", _bound_sentence(bound)])
+    note = ""
+    if rows and constant:
+        note = (
+            f"Tuned on {fmt(rows[0].get('instances_per_task'))} instances per task, "
+            f"seed {fmt(rows[0].get('seed'))}; exact match x100."
+        )
+    return {
+        "title": "Audit: did tuning teach the task, or only the format?",
+        "lines": lines,
+        "note": note,
+        "figure": data_uri(key) if key else None,
+        "caption": "Share of the tuning gain (exact match) that each control reaches, 95% "
+        f"CIs. Past {MOSTLY_FORMAT:.0%} (dashed) the gain is mostly format; under "
+        f"{MORE_THAN_FORMAT:.0%} (dotted) tuning taught more than the format.",
+    }
+
+
+def share_figure(data: Mapping[str, Any]) -> Figure:
+    """The section's key figure: each control's share of the tuning gain, per evaluation
+    encoding, with the thresholds of the verdict's readings."""
+    rows = [r for r in data.get("audit_format_share") or [] if isinstance(r, Mapping)]
+    bars = [
+        (named(c), i, (row.get(c) or {}).get("em"))
+        for c in CONTROLS
+        for i, row in enumerate(rows)
+        if isinstance((row.get(c) or {}).get("em"), Mapping)
+    ]
+    fig, ax = plt.subplots(figsize=(5.6, 0.32 * len(bars) + 1.0 if bars else 2.0), dpi=100)
+    colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+    ys = list(range(len(bars)))
+    for y, (_, i, share) in zip(ys, bars, strict=True):
+        mean, lo, hi = mean_ci(share)
+        if mean is None:
+            continue
+        err = [
+            [100 * (mean - lo) if lo is not None else 0],
+            [100 * (hi - mean) if hi is not None else 0],
+        ]
+        ax.barh(
+            [y],
+            [100 * mean],
+            xerr=err,
+            color=colours[i % len(colours)],
+            capsize=2,
+            error_kw={"linewidth": 0.8},
+        )
+    handles = [
+        Patch(
+            color=colours[i % len(colours)],
+            label="evaluated with the "
+            + ENCODING_WORDS.get(str(row.get("encoding")), str(row.get("encoding"))),
+        )
+        for i, row in enumerate(rows)
+    ]
+    ax.axvline(100 * MOSTLY_FORMAT, color="#57606a", linestyle="--", linewidth=0.8)
+    ax.axvline(100 * MORE_THAN_FORMAT, color="#57606a", linestyle=":", linewidth=0.8)
+    ax.axvline(0, color="grey", linewidth=0.6)
+    ax.set_yticks(ys, [name for name, _, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("share of the tuning gain (%)", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------- figure
@@ -234,7 +464,7 @@ def _share_text(share: Any) -> str:
         return ""
     if share.get("verdict") == "share":
         reading = share.get("reading")
-        text = fmt({"mean": share.get("mean"), "ci": share.get("ci")})
+        text = percent(share)
         return f"{text} (n {fmt(share.get('n'))}{', ' + str(reading) if reading else ''})"
     raw = share.get("gain")
     gain: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
@@ -269,23 +499,47 @@ def _grid(audit: list[Mapping[str, Any]], label_share: bool) -> dict[str, Any]:
         extra_keys += [str(k) for k in e if k not in AUDIT_KNOWN and str(k) not in extra_keys]
     rows = [
         [
-            *[fmt(e["condition"].get(k)) for k in condition_keys],
+            *[_factor(k, e["condition"].get(k)) for k in condition_keys],
             *_scores(e, label_share),
             _tuning_text(e.get("training")),
-            *[fmt(e.get(k)) for k in extra_keys],
+            *[_extra_text(k, e.get(k)) for k in extra_keys],
         ]
         for e in audit
     ]
     return {
-        "columns": [*condition_keys, *_score_columns(label_share), "training", *extra_keys],
+        "columns": [
+            *map(named, condition_keys),
+            *_score_columns(label_share),
+            "training",
+            *map(named, extra_keys),
+        ],
         "rows": rows,
+        "glossary": _glossary(
+            ["em", *(["in_label_space"] if label_share else []), "rouge_l", "training"]
+        ),
     }
+
+
+def _factor(key: str, value: Any) -> str:
+    """A condition's factor as a table cell: an encoding in words, any other as it is."""
+    return ENCODING_WORDS.get(str(value), fmt(value)) if key == "encoding" else fmt(value)
+
+
+def _extra_text(key: str, value: Any) -> str:
+    """An entry's other key as a cell: 'lora (q_proj, v_proj)' for ``tuning``."""
+    if key == "tuning" and isinstance(value, Mapping) and "method" in value:
+        modules = value.get("adapted_modules") or []
+        return f"{value['method']}" + (f" ({', '.join(map(str, modules))})" if modules else "")
+    return fmt(value)
 
 
 def _baselines(sources: list[tuple[str, Mapping[str, Any]]], label_share: bool) -> dict[str, Any]:
     """Each baseline (every encoding's untuned one too): its scores and any other keys."""
     return {
         "columns": ["baseline", *_score_columns(label_share), "other"],
+        "glossary": _glossary(
+            [*BASELINES, "em", *(["in_label_space"] if label_share else []), "rouge_l"]
+        ),
         "rows": [
             [
                 label.removeprefix("baseline: "),
@@ -304,7 +558,7 @@ def _share_rows(data: Mapping[str, Any]) -> list[list[str]]:
         gain = (row.get("tuning_gain") or {}).get("em")
         rows.append(
             [
-                fmt(row.get("encoding")),
+                ENCODING_WORDS.get(str(row.get("encoding")), fmt(row.get("encoding"))),
                 fmt(row.get("instances_per_task")),
                 fmt(row.get("seed")),
                 fmt(gain) if gain else "",
@@ -323,8 +577,14 @@ def _headline(sources: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
             if isinstance(scores, Mapping) and scores.get("headline_metric"):
                 metric_of[str(cat)] = str(scores["headline_metric"])
     for row in headline["rows"]:
-        row[0] = f"{row[0]} ({metric_of.get(row[0], '?')})"
+        row[0] = f"{row[0]} ({named(metric_of.get(row[0], '?'))})"
     return headline
+
+
+def _by_category(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A per-category table turned so that categories are the columns (few) and the
+    conditions and baselines the rows (many), split to fit the page."""
+    return split_columns(transpose(table, "condition or baseline"), limit=6)
 
 
 def _label_rows(data: Mapping[str, Any]) -> list[list[str]]:
@@ -373,12 +633,24 @@ def audit_view(results: AuditResults, plots: list[Plot]) -> dict[str, Any]:
         "baselines": _baselines(baselines, label_share),
         "label_share": label_share,
         "shares": {
-            "columns": ["encoding", "instances per task", "seed", "tuning gain (EM)", *CONTROLS],
+            "columns": [
+                "evaluated with",
+                "instances per task",
+                "seed",
+                named("tuning_gain"),
+                *map(named, CONTROLS),
+            ],
             "rows": _share_rows(data),
+            "glossary": _glossary(["tuning_gain", *CONTROLS]),
         },
-        "categories": {m: breakdown(sources, "per_category", m) for m in ("em", "rouge_l")}
-        | {"headline": _headline(sources)},
-        "tasks": {m: breakdown(sources, "per_task", m) for m in ("em", "rouge_l")},
+        "categories": {
+            m: _by_category(breakdown(sources, "per_category", m)) for m in ("em", "rouge_l")
+        }
+        | {"headline": _by_category(_headline(sources))},
+        "tasks": {
+            m: split_columns(breakdown(sources, "per_task", m), limit=8) for m in ("em", "rouge_l")
+        },
+        "task_count": len(breakdown(sources, "per_task", "em")["rows"]),
         "labels": {
             "columns": ["task", "label space", "from", "named but never used"],
             "rows": label_rows,
