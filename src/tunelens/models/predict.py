@@ -74,7 +74,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -253,8 +253,10 @@ def _decode_batch(
     config: Any,
     results: list[str],
     cache: Any = None,
+    output_ids: list[list[int]] | None = None,
 ) -> None:
-    """One ``generate`` call; each row's first line goes to ``results[rows[j]]``."""
+    """One ``generate`` call; each row's first line goes to ``results[rows[j]]`` (and its
+    generated ids, cut after the first stop token, to ``output_ids[rows[j]]`` if given)."""
     extra = {} if cache is None else {"cache": cache}
     output = loaded.model.generate(
         input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra
@@ -263,6 +265,21 @@ def _decode_batch(
     texts = loaded.tokenizer.batch_decode(new, skip_special_tokens=True)
     for i, text in zip(rows, texts, strict=True):
         results[i] = first_line(text)
+    if output_ids is not None:
+        generated = new if loaded.kind == "causal" else new[:, 1:]  # seq2seq: no start token
+        stop = config.eos_token_id
+        stops = {stop} if isinstance(stop, int) else set(stop or ())
+        for i, row in zip(rows, generated.tolist(), strict=True):
+            output_ids[i] = until_stop(row, stops)
+
+
+def until_stop(ids: Sequence[int], stops: Collection[int]) -> list[int]:
+    """``ids`` up to and including the first stop token (generation pads a finished row
+    after it); all of them where none stops."""
+    for j, token in enumerate(ids):
+        if token in stops:
+            return list(ids[: j + 1])
+    return list(ids)
 
 
 def shared_prefix_batches(
@@ -300,6 +317,7 @@ def _generate_shared(
     batch_size: int | None,
     results: list[str],
     min_saved_tokens: int,
+    output_ids: list[list[int]] | None = None,
 ) -> set[int]:
     """The fast path: every qualifying prefix group generated on its cached prefix
     (:func:`shared_prefix_batches`). Returns the prompts done; the rest are the plain path's.
@@ -334,6 +352,7 @@ def _generate_shared(
                 config,
                 results,
                 prefix_generation.expanded(cache, len(rows)),
+                output_ids,
             )
         done.update(group.members)
     return done
@@ -350,6 +369,7 @@ def generate_predictions(
     token_ids: Sequence[Sequence[int]] | None = None,
     share_prefix: bool = True,
     min_saved_tokens: int | None = None,
+    output_ids: list[list[int]] | None = None,
 ) -> list[str]:
     """Greedy continuations of ``prompts``, each cut at its first newline and stripped.
 
@@ -366,6 +386,11 @@ def generate_predictions(
     same greedy text), where a group saves at least ``min_saved_tokens`` tokens
     (default: the model's break-even). Off, or with fixed batches (``batch_size``
     alone), every prompt takes the plain path.
+
+    ``output_ids`` (a list, emptied first): receives each prompt's generated token ids in
+    input order, up to and including the first stop token (EOS or a newline token), so a
+    caller can read the output exactly as the model chose it (token distribution shift,
+    :mod:`tunelens.models.token_ranks`) rather than re-tokenising its text.
     """
     if not prompts:
         return []
@@ -383,6 +408,8 @@ def generate_predictions(
     was_training = model.training
     model.eval()
     results: list[str] = [""] * len(prompts)
+    if output_ids is not None:
+        output_ids[:] = [[] for _ in prompts]
     try:
         if fast and min_saved_tokens is None:
             min_saved_tokens = prefix_generation.model_break_even(model)
@@ -396,12 +423,15 @@ def generate_predictions(
                 batch_size,
                 results,
                 min_saved_tokens or 0,
+                output_ids,
             )
             if fast
             else set()
         )
         rest = [i for i in _longest_first(lengths) if i not in done]
-        _generate_plain(loaded, ids, rest, widths, config, max_batch_tokens, batch_size, results)
+        _generate_plain(
+            loaded, ids, rest, widths, config, max_batch_tokens, batch_size, results, output_ids
+        )
     finally:
         model.train(was_training)
     return results
@@ -460,6 +490,7 @@ def _generate_plain(
     max_batch_tokens: int | None,
     batch_size: int | None,
     results: list[str],
+    output_ids: list[list[int]] | None = None,
 ) -> None:
     """The prompts ``order`` names, in padded batches (:func:`token_batches`), left padding
     for causal LMs, right for encoder-decoders; each one's text goes to ``results``."""
@@ -469,4 +500,6 @@ def _generate_plain(
         input_ids, attention_mask = pad_rows(
             [ids[i] for i in rows], loaded.tokenizer.pad_token_id, side, loaded.device
         )
-        _decode_batch(loaded, rows, input_ids, attention_mask, config, results)
+        _decode_batch(
+            loaded, rows, input_ids, attention_mask, config, results, output_ids=output_ids
+        )

@@ -43,6 +43,7 @@ import numpy as np
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
 from tunelens.experiments.audit.spec import AuditSpec, fill_audit
+from tunelens.experiments.audit.token_shift import add_token_ranks, token_shift_section
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
 from tunelens.measures.text import exact_match, headline_metric, normalize_answer, rouge_l
 from tunelens.measures.verdicts import format_share, share_reading
@@ -194,15 +195,24 @@ def _encodings(params: dict[str, Any]) -> list[str]:
 
 
 def _evaluate(
-    loaded, items: list[tuple[Task, Any]], params: dict[str, Any]
+    loaded,
+    items: list[tuple[Task, Any]],
+    params: dict[str, Any],
+    outputs: dict[str, list[list[int]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Predictions and scores of one model under every evaluation encoding of ``params``."""
+    """Predictions and scores of one model under every evaluation encoding of ``params``;
+    ``outputs`` (given) receives each encoding's generated token ids, in sample order."""
     from tunelens.models.predict import generate_predictions
 
     out = {}
     for encoding in _encodings(params):
         prompts = eval_prompts(items, params["n_positive"], params["template"], encoding)
-        predictions = generate_predictions(loaded, prompts, max_new_tokens=params["max_new_tokens"])
+        ids: list[list[int]] | None = [] if outputs is not None else None
+        predictions = generate_predictions(
+            loaded, prompts, max_new_tokens=params["max_new_tokens"], output_ids=ids
+        )
+        if outputs is not None and ids is not None:
+            outputs[encoding] = ids
         out[encoding] = score(items, predictions, prompts, params.get("rouge_tokenizer", "default"))
     return out
 
@@ -269,9 +279,10 @@ def run_grid_cell(
     )
     config = TuningSpec(**params["tuning"], seed=seed)
     tuned = multitask_tune(loaded, pairs, config, progress=progress, on_step=on_step)
+    items = eval_items(test, params["eval_instances_per_task"])
+    outputs: dict[str, list[list[int]]] = {}
     try:
-        items = eval_items(test, params["eval_instances_per_task"])
-        evaluations = _evaluate(tuned.as_loaded(), items, params)
+        evaluations = _evaluate(tuned.as_loaded(), items, params, outputs)
         steps = tuned.steps
         final_loss = tuned.losses[-1] if tuned.losses else None
         loss_curve = [round(float(x), 6) for x in tuned.losses]
@@ -280,6 +291,8 @@ def run_grid_cell(
             tuned.save(adapters_dir)
     finally:
         tuned.unload()
+    # the untuned model's ranks along the tuned model's own output (token distribution shift)
+    add_token_ranks(loaded, evaluations, outputs, test)
     return {
         "evaluations": evaluations,
         "tuning": {
@@ -598,9 +611,10 @@ class AuditExperiment(Experiment):
         return fill_audit(section, study)
 
     # 4: official ROUGE-L, evaluation encodings, definition-named label spaces, samples.
+    # 9: grid cells rank the tuned output under the untuned model (token distribution shift).
     # 8: last block cut at target positions, fused AdamW (float noise); earlier: 7: break-even
     # prefix groups, padding-free tuning batches (float noise)
-    code_version = "8"
+    code_version = "9"
 
     def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {
@@ -781,6 +795,7 @@ class AuditExperiment(Experiment):
         bound = definition_blind_bound(test, section.eval_instances_per_task)
         from tunelens.experiments.audit.results import dump_audit
 
+        token_shift = token_shift_section(results, encodings, section.bootstrap)
         return dump_audit(
             {
                 "audit": grid,
@@ -797,6 +812,7 @@ class AuditExperiment(Experiment):
                     "inputs and label space with a different mapping)",
                     "above": self._above_bound(bound, grid, by_encoding),
                 },
+                **({"audit_token_shift": token_shift} if token_shift else {}),
             }
         )
 

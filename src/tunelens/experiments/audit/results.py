@@ -1,7 +1,8 @@
 """The audit experiment's typed results: results.json ``audit`` (one entry per tuning
 condition, seed and evaluation encoding), ``baselines`` (and ``baselines_by_encoding``),
-``audit_format_share``, ``audit_verdict``, ``audit_label_spaces`` and
-``audit_definition_blind_bound`` (the generic pieces are :mod:`tunelens.api.results`).
+``audit_format_share``, ``audit_verdict``, ``audit_label_spaces``,
+``audit_definition_blind_bound`` and ``audit_token_shift`` (the generic pieces are
+:mod:`tunelens.api.results`).
 
 :func:`dump_audit` is what the aggregator writes through; :class:`AuditResults` is how
 the report and ``tunelens export`` read the keys back (each one optional there).
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunelens.api.results import ResultsModel, Stat, TuningInfo, dump_as
+from tunelens.api.token_shift import TokenShift
 
 __all__ = [
     "RESULTS_KEYS",
@@ -27,6 +29,8 @@ __all__ = [
     "AuditSections",
     "AuditSummary",
     "AuditTaskScores",
+    "AuditTokenShift",
+    "AuditTokenShiftRow",
     "AuditTraining",
     "AuditVerdict",
     "Baselines",
@@ -189,6 +193,27 @@ class AuditBound(ResultsModel):
     applies_to: str
 
 
+class AuditTokenShiftRow(TokenShift):
+    """One tuned condition's token distribution shift (its evaluation encoding included)."""
+
+    condition: AuditCondition
+
+
+class AuditTokenShift(ResultsModel):
+    """results.json ``audit_token_shift``: along each tuned condition's greedy output on the
+    held-out prompts, how the untuned model ranks each token (Lin et al. 2023).
+
+    ``definition``: the buckets, positions and statistic in words; ``verdict``: the
+    sentence for the tuning with the original definition and examples; ``conditions``:
+    one row per tuned condition, seed and encoding. Absent from results written before
+    the measure existed, or where no cell carries ranks.
+    """
+
+    definition: dict[str, str]
+    verdict: str
+    conditions: list[AuditTokenShiftRow]
+
+
 class AuditSections(ResultsModel):
     """The audit experiment's keys of results.json."""
 
@@ -199,6 +224,7 @@ class AuditSections(ResultsModel):
     audit_verdict: list[AuditVerdict] | None = None
     audit_label_spaces: dict[str, AuditLabelSpace] | None = None
     audit_definition_blind_bound: AuditBound | None = None
+    audit_token_shift: AuditTokenShift | None = None
 
 
 class AuditResults(ResultsModel):
@@ -211,6 +237,7 @@ class AuditResults(ResultsModel):
     audit_verdict: list[AuditVerdict] | None = None
     audit_label_spaces: dict[str, AuditLabelSpace] | None = None
     audit_definition_blind_bound: AuditBound | None = None
+    audit_token_shift: AuditTokenShift | None = None
 
 
 RESULTS_KEYS: tuple[str, ...] = tuple(AuditSections.model_fields)
