@@ -42,6 +42,7 @@ SHIPPED: dict[str, str] = {
     "world_eval": "tunelens.experiments.world_eval.experiment:WorldEvalExperiment",
     "decide": "tunelens.experiments.decide.experiment:DecideExperiment",
     "task_vectors": "tunelens.experiments.task_vectors.experiment:TaskVectorsExperiment",
+    "function_vectors": "tunelens.experiments.function_vectors.experiment:FunctionVectorsExperiment",  # noqa: E501
 }
 """The shipped experiments: name -> ``"module:Class"``."""
 
