@@ -150,6 +150,8 @@ def fmt(value: Any) -> str:
     if is_stat(value):
         text = fmt_number(value.get("mean"))
         ci = value.get("ci")
+        if value.get("mean") is None and not any(v is not None for v in ci or []):
+            return "n/a"
         if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
             text += f" [{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
         if "n" in value and "method" in value:  # an interval over units: show n beside it
@@ -211,6 +213,25 @@ def split_columns(
         )
     parts[-1].update({k: v for k, v in table.items() if k not in ("columns", "rows")})
     return parts
+
+
+def fold_constant(table: Mapping[str, Any], only: Sequence[str]) -> dict[str, Any]:
+    """``table`` without the columns named in ``only`` whose value is the same in every
+    row of two or more; those go to ``table["same"]`` as (column, value) pairs, said once
+    above the table instead of on every row."""
+    columns, rows = list(table["columns"]), [list(r) for r in table["rows"]]
+    same = [
+        i
+        for i, column in enumerate(columns)
+        if column in only and len(rows) > 1 and len({repr(r[i]) for r in rows if i < len(r)}) == 1
+    ]
+    picked = [i for i in range(len(columns)) if i not in same]
+    return {
+        **table,
+        "columns": [columns[i] for i in picked],
+        "rows": [[r[i] for i in picked if i < len(r)] for r in rows],
+        "same": [(columns[i], rows[0][i]) for i in same],
+    }
 
 
 def transpose(table: Mapping[str, Any], corner: str = "") -> dict[str, Any]:

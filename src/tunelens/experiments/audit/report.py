@@ -26,6 +26,7 @@ from tunelens.report.html import (
     extras,
     fmt,
     fmt_number,
+    fold_constant,
     glossary,
     key_name,
     plain,
@@ -452,10 +453,15 @@ def _tuning_text(training: Any) -> str:
         return ""
     return (
         f"batch {fmt(training.get('effective_batch_size'))} x {fmt(training.get('epochs'))} "
-        f"epochs, {fmt(training.get('steps'))} steps, lr {fmt(training.get('learning_rate'))} "
+        f"epochs, {fmt(training.get('steps'))} steps, lr {_setting(training.get('learning_rate'))} "
         f"({fmt(training.get('lr_schedule'))}), seed {fmt(training.get('seed'))}, "
         f"{fmt(training.get('template'))}"
     )
+
+
+def _setting(value: Any) -> str:
+    """A setting as it was given ('0.003'), not rounded like a measurement."""
+    return f"{value:g}" if isinstance(value, float) else fmt(value)
 
 
 def _share_text(share: Any) -> str:
@@ -629,7 +635,10 @@ def audit_view(results: AuditResults, plots: list[Plot]) -> dict[str, Any]:
         "verdicts": [str(v.get("text")) for v in data.get("audit_verdict") or []],
         "bound": fmt(bound.get("em")) if bound.get("em") is not None else None,
         "above": _above(bound),
-        "grid": _grid(audit, label_share),
+        "grid": fold_constant(
+            _grid(audit, label_share),
+            [*map(named, ("instances_per_task", "seed", "encoding", "tuning")), "training"],
+        ),
         "baselines": _baselines(baselines, label_share),
         "label_share": label_share,
         "shares": {

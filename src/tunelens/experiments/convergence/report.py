@@ -375,7 +375,8 @@ def layer_cell(row: Mapping[str, Any]) -> str:
     one axis of indices, so the label keeps encoder and decoder layers apart.
     """
     label = row.get("label")
-    return f"{fmt(row.get('layer'))} ({label})" if label else fmt(row.get("layer"))
+    layer = fmt(row.get("layer"))
+    return f"{layer} ({label})" if label and str(label) != layer else layer
 
 
 def _measure_order(key: str) -> tuple[int, int, str]:
