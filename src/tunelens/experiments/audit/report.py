@@ -20,6 +20,7 @@ from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
 from tunelens.experiments.audit.experiment import BASELINES
 from tunelens.experiments.audit.results import AuditResults
+from tunelens.experiments.audit.token_shift_report import token_shift_lines, token_shift_view
 from tunelens.measures.verdicts import MORE_THAN_FORMAT, MOSTLY_FORMAT
 from tunelens.report.html import (
     data_uri,
@@ -130,7 +131,11 @@ def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | Non
         anchor=ANCHOR,
         title="Audit",
         template="audit.html.j2",
-        view={**audit_view(parsed, plots), "verdict": verdict_view(data, key)},
+        view={
+            **audit_view(parsed, plots),
+            "verdict": verdict_view(data, key),
+            "token_shift": token_shift_view(data, Path(plots_dir)),
+        },
         loader=jinja2.PackageLoader("tunelens.experiments.audit", "templates"),
     )
 
@@ -247,6 +252,7 @@ def verdict_view(data: Mapping[str, Any], key: Path | None) -> dict[str, Any]:
     bound = data.get("audit_definition_blind_bound")
     if isinstance(bound, Mapping) and bound.get("em") is not None:
         lines.append(["Does it read the definition?", _bound_sentence(bound)])
+    lines += token_shift_lines(data)
     note = ""
     if rows and constant:
         note = (

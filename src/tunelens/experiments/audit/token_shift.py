@@ -31,7 +31,7 @@ __all__ = ["DEFINITION", "add_token_ranks", "token_shift_section"]
 DEFINITION = {
     "unshifted": "the untuned model's top-1 token (rank 1)",
     "marginal": f"rank 2 to {MARGINAL_MAX_RANK} under the untuned model",
-    "shifted": f"rank above {MARGINAL_MAX_RANK} under the untuned model",
+    "shifted": f"rank {MARGINAL_MAX_RANK + 1} or lower under the untuned model",
     "positions": "every token of the tuned model's greedy output on the held-out prompts, "
     "up to and including its stop token (end of sequence or newline)",
     "statistic": "percent of a task's output tokens, mean over tasks with a 95% interval "
@@ -83,13 +83,20 @@ def condition_summary(
     return summarise(positions, labels_of_unit, n_boot=n_boot, seed=seed, unit="task")
 
 
+ENCODING_WORDS = {
+    "definition_only": "the definition only",
+    "definition_examples": "the definition and positive examples",
+}
+
+
 def _describe(condition: Mapping[str, Any]) -> str:
-    """'tuning with the original definition and original examples (n=5, seed 0,
-    definition_only)'."""
+    """'tuning with the original definition and original examples (5 instances per task,
+    seed 0), evaluated with the definition only'."""
+    encoding = str(condition["encoding"])
     return (
         f"tuning with the {condition['definition']} definition and {condition['examples']} "
-        f"examples (n={condition['instances_per_task']}, seed {condition['seed']}, "
-        f"{condition['encoding']})"
+        f"examples ({condition['instances_per_task']} instances per task, seed "
+        f"{condition['seed']}), evaluated with {ENCODING_WORDS.get(encoding, encoding)},"
     )
 
 
