@@ -182,7 +182,11 @@ class Scorer:
 
 
 def _rounded(x: Any) -> Any:
-    return np.round(np.asarray(x, dtype=np.float64), 7).tolist()
+    """Nested lists of floats at 9 significant figures (small probabilities keep their
+    precision; stored cells stay the same across machines' last-bit differences)."""
+    return np.vectorize(lambda v: float(f"{v:.9g}"), otypes=[float])(
+        np.asarray(x, dtype=np.float64)
+    ).tolist()
 
 
 def _mean_heads(loaded: Any, projections: Any, score: Scorer, prompts: list[str], gold: list[int]):
