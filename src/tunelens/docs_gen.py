@@ -410,25 +410,26 @@ def _model_section(name: str, schema: Mapping[str, Any], level: str) -> str:
     return "\n\n".join(parts)
 
 
-def _schema_pages(schema: Mapping[str, Any], groups: list[tuple[str, str, list[str]]]) -> str:
-    """Markdown of a file's schema: its top-level keys in ``groups`` (heading, text, keys;
-    a group of one key whose value is a definition shows that definition's fields), every
-    other definition in a table, and the JSON Schema itself."""
+def _schema_pages(
+    schema: Mapping[str, Any], groups: list[tuple[str, str, list[str]]], *, inline: bool
+) -> str:
+    """Markdown of a file's schema: its top-level keys in ``groups`` (heading, text, keys),
+    every definition in a table, and the JSON Schema itself. With ``inline`` a group of one
+    key whose value is a definition (a spec section) shows that definition's fields."""
     definitions = dict(schema.get("$defs", {}))
+    header = ("key", "type", "default", "meaning")
     parts: list[str] = []
     for heading, text, keys in groups:
         parts += [f"## {heading} {{#{_slug(heading)}}}", text]
         shown = _definition_of(schema["properties"][keys[0]]) if len(keys) == 1 else None
-        if shown in definitions:
-            parts.append(
-                _table(("key", "type", "default", "meaning"), _field_rows(definitions.pop(shown)))
-            )
+        if inline and shown in definitions:
+            parts.append(_table(header, _field_rows(definitions.pop(shown))))
             continue
         sub = {
             "properties": {key: schema["properties"][key] for key in keys},
             "required": [key for key in schema.get("required", []) if key in keys],
         }
-        parts.append(_table(("key", "type", "default", "meaning"), _field_rows(sub)))
+        parts.append(_table(header, _field_rows(sub)))
     if definitions:
         parts.append("## Definitions")
         parts += [_model_section(n, d, "###") for n, d in sorted(definitions.items())]
@@ -461,7 +462,7 @@ def spec_reference() -> str:
     for name, model in section_models().items():
         text = f"The `{name}:` section. " + _described(model.__doc__)
         groups.append((f"Section {name}", text, [name]))
-    return _schema_pages(schema, groups)
+    return _schema_pages(schema, groups, inline=True)
 
 
 def results_reference(file_name: str) -> str:
@@ -483,4 +484,4 @@ def results_reference(file_name: str) -> str:
             common = StudyResults.model_fields if file_name == "results.json" else {}
             fields = [key for key in model.model_fields if key not in common]
         groups.append((f"Keys of {name}", text, fields))
-    return _schema_pages(schema, groups)
+    return _schema_pages(schema, groups, inline=False)
