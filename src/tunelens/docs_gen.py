@@ -194,6 +194,13 @@ def _option_row(param: Any, context: Any) -> tuple[str, ...]:
     )
 
 
+def _summary(command: Any) -> str:
+    """A command's line in its group's table, as ``--help`` shows it: its short help, else
+    the first paragraph of its help."""
+    text = command.short_help or inspect.cleandoc(command.help or "").split("\n\n")[0]
+    return _escape(_plain_markup(text), table=True)
+
+
 def _command_section(path: tuple[str, ...], command: Any, context: Any) -> str:
     title = " ".join(path)
     level = "#" * min(len(path) + 1, 4)
@@ -204,7 +211,7 @@ def _command_section(path: tuple[str, ...], command: Any, context: Any) -> str:
     subcommands = [
         (
             f"[`{name}`](#{_slug(f'{title} {name}')})",
-            _escape(child.get_short_help_str(200), table=True),
+            _summary(child),
         )
         for name, child in getattr(command, "commands", {}).items()
         if not child.hidden
@@ -458,7 +465,8 @@ def spec_reference() -> str:
     from tunelens.spec import Spec, section_models
 
     schema = spec_schema()
-    groups = [("Common settings", _described(Spec.__doc__), list(Spec.model_fields))]
+    first_paragraph = inspect.cleandoc(Spec.__doc__ or "").split("\n\n")[0]
+    groups = [("Common settings", _described(first_paragraph), list(Spec.model_fields))]
     for name, model in section_models().items():
         text = f"The `{name}:` section. " + _described(model.__doc__)
         groups.append((f"Section {name}", text, [name]))
