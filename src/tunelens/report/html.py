@@ -125,6 +125,26 @@ def _significant(value: float) -> str:
     return f"{value:#.{SIGNIFICANT}g}".rstrip(".")
 
 
+def fmt_percent(share: Any) -> str:
+    """A share given as a fraction, as '102% [85.5, 124]' (three significant figures)."""
+    if not isinstance(share, Mapping) or not isinstance(share.get("mean"), (int, float)):
+        return "n/a"
+    ci = share.get("ci") or [None, None]
+    lo, hi = (fmt_number(100 * b) if isinstance(b, (int, float)) else "n/a" for b in ci[:2])
+    return f"{fmt_number(100 * share['mean'])}% [{lo}, {hi}]"
+
+
+def fmt_difference(stat: Any, unit: str = "") -> str:
+    """A paired difference with its sign: '+12.3 points [4.10, 20.0]'."""
+    if not isinstance(stat, Mapping):
+        return "n/a"
+    ci = stat.get("ci") or [None, None]
+    return (
+        f"{fmt_number(stat.get('mean'), signed=True)}{unit} "
+        f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]"
+    )
+
+
 _LONG_DECIMAL = re.compile(r"(?<![\w.])([+-]?)(\d+\.\d+)(?![\w.]*\d)")
 
 
@@ -342,6 +362,7 @@ def template_environment(*loaders: jinja2.BaseLoader | None) -> jinja2.Environme
         lstrip_blocks=True,
     )
     environment.filters["num"] = fmt  # the one number formatter, for values a template holds
+    environment.filters["prose"] = round_prose  # stored sentences at three figures too
     return environment
 
 

@@ -27,6 +27,7 @@ from tunelens.report.html import (
     extras,
     fmt,
     fmt_number,
+    fmt_percent,
     fold_constant,
     glossary,
     key_name,
@@ -170,15 +171,6 @@ def write_figure(results: Mapping[str, Any], plots_dir: Path) -> Plot:
 # ---------------------------------------------------------------- the answer first
 
 
-def percent(share: Any) -> str:
-    """A share (a fraction) as '102% [85.5, 124]'; 'n/a' without a mean."""
-    mean, lo, hi = mean_ci(share)
-    if mean is None:
-        return "n/a"
-    bounds = [fmt_number(100 * b) if b is not None else "n/a" for b in (lo, hi)]
-    return f"{fmt_number(100 * mean)}% [{bounds[0]}, {bounds[1]}]"
-
-
 def _row_name(row: Mapping[str, Any], constant: Sequence[str]) -> str:
     """'Definition only' (+ instances per task and seed where those vary between rows)."""
     name = ENCODING_WORDS.get(str(row.get("encoding")), str(row.get("encoding")))
@@ -196,7 +188,7 @@ def _share_sentence(row: Mapping[str, Any], verdict: Mapping[str, Any]) -> str:
         text = str(verdict.get("text", ""))
         return round_prose(text.split(": ", 1)[-1])
     shares = [
-        f"{named(c)} {percent(row[c]['em'])} ({row[c]['em'].get('reading', 'undecided')})"
+        f"{named(c)} {fmt_percent(row[c]['em'])} ({row[c]['em'].get('reading', 'undecided')})"
         for c in CONTROLS
         if isinstance(row.get(c), Mapping) and isinstance(row[c].get("em"), Mapping)
     ]
@@ -423,7 +415,9 @@ def _baseline_sources(results: AuditResults) -> list[tuple[str, Mapping[str, Any
         return []
     baselines = plain(results.baselines)
     names = [*[b for b in BASELINES if b in baselines], *sorted(set(baselines) - set(BASELINES))]
-    return [(f"baseline: {n}", baselines[n]) for n in names if isinstance(baselines[n], Mapping)]
+    return [
+        (f"baseline: {named(n)}", baselines[n]) for n in names if isinstance(baselines[n], Mapping)
+    ]
 
 
 def _sources(results: AuditResults) -> list[tuple[str, Mapping[str, Any]]]:
@@ -476,7 +470,7 @@ def _share_text(share: Any) -> str:
         return ""
     if share.get("verdict") == "share":
         reading = share.get("reading")
-        text = percent(share)
+        text = fmt_percent(share)
         return f"{text} (n {fmt(share.get('n'))}{', ' + str(reading) if reading else ''})"
     raw = share.get("gain")
     gain: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}

@@ -22,7 +22,7 @@ from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
 from tunelens.experiments.convergence.results import ConvergenceEntry, ConvergenceResults
 from tunelens.experiments.convergence.words import convergence_sentences, layer_ranges
-from tunelens.report.html import condition_text, data_uri, extras, fmt, plain
+from tunelens.report.html import condition_text, data_uri, extras, fmt, plain, round_prose
 from tunelens.report.plots import (
     Panel,
     Plot,
@@ -262,7 +262,7 @@ def verdict_view(entries: Sequence[Any], key: Path | None) -> dict[str, Any]:
     rows = [e for e in entries if isinstance(e, Mapping)]
     names, common = condition_names([e.get("condition") for e in rows])
     lines = [
-        [f"Condition {i + 1}, {name}", " ".join(sentences)]
+        [f"Condition {i + 1}, {name}", round_prose(" ".join(sentences))]
         for i, (name, e) in enumerate(zip(names, rows, strict=True))
         if (sentences := convergence_sentences(e))
     ]

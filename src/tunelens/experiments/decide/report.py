@@ -23,15 +23,17 @@ from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
 from tunelens.errors import TunelensInputError
 from tunelens.experiments.decide.schema import DecideResults
-from tunelens.experiments.decide.verdict import (
-    fmt_count,
-    fmt_diff,
-    fmt_flops,
-    fmt_share,
-    fmt_stat,
-    identical,
+from tunelens.experiments.decide.verdict import fmt_count, fmt_flops, identical
+from tunelens.report.html import (
+    data_uri,
+    fmt,
+    fmt_difference,
+    fmt_number,
+    fmt_percent,
+    plain,
+    round_prose,
+    template_environment,
 )
-from tunelens.report.html import data_uri, plain, template_environment
 from tunelens.report.plots import (
     condition_label,
     cosine_panel,
@@ -220,15 +222,13 @@ def _method_rows(data: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [
             m["name"],
             str(m["examples"]),
-            fmt_stat(m["accuracy"], unit=""),
+            fmt(m["accuracy"]),
             str(m["out_of_space"]),
         ]
         if has_costs:
-            row.append(fmt_stat(m.get("cost_per_1000"), unit="", digits=2))
+            row.append(fmt(m.get("cost_per_1000")))
         row += [
-            f"{per['prompt_tokens_per_item']:.1f}"
-            if per["prompt_tokens_per_item"] is not None
-            else "n/a",
+            fmt_number(per["prompt_tokens_per_item"]),
             fmt_count(per["prompt_tokens"]),
             fmt_flops(per["flops"]),
             fmt_flops(training["flops"]) if training else "-",
@@ -258,7 +258,7 @@ def _comparison_rows(data: Mapping[str, Any]) -> list[list[str]]:
                     str(comp.get("examples", "")),
                     methods[comp["a"]]["name"],
                     methods[comp["b"]]["name"],
-                    fmt_diff(comp["difference"]),
+                    fmt_difference(comp["difference"]),
                     winner,
                     fmt_count(needed) if needed else "-",
                 ]
@@ -274,9 +274,11 @@ def _share_rows(data: Mapping[str, Any]) -> list[list[str]]:
     return [
         [
             methods[c]["name"],
-            fmt_stat(methods[c]["accuracy"], unit=""),
-            fmt_share(v["share"]),
-            fmt_diff(v["vs_tuned"]),
+            fmt(methods[c]["accuracy"]),
+            fmt_percent(v["share"])
+            if isinstance(v["share"].get("mean"), (int, float))
+            else "undefined (no tuning gain to share)",
+            fmt_difference(v["vs_tuned"]),
         ]
         for c, v in share.get("controls", {}).items()
     ]
@@ -340,8 +342,8 @@ def page_view(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]
     wide = [
         [
             f"{w.a} vs {w.b}",
-            fmt_diff(plain(w.difference)),
-            f"{w.width:.1f}" if w.width is not None else "n/a",
+            fmt_difference(plain(w.difference)),
+            fmt_number(w.width),
             fmt_count(w.items_to_resolve) if w.items_to_resolve else "-",
         ]
         for w in verdict.too_wide
@@ -365,8 +367,7 @@ def page_view(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]
             "n_items": similarity.n_items,
             "warnings": [str(w) for w in plain(similarity).get("warnings") or []],
             "accuracy": [
-                [name, fmt_stat(plain(stat), unit="")]
-                for name, stat in sorted(similarity.accuracy.items())
+                [name, fmt(plain(stat))] for name, stat in sorted(similarity.accuracy.items())
             ],
         }
     split = results.split
@@ -380,6 +381,13 @@ def page_view(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]
         model_params=fmt_count(model.non_embedding_parameters),
         version=str(results.tunelens_version),
         verdict=verdict,
+        answer={
+            "title": "Verdict: prompt with examples, or tune?",
+            "lines": [["", round_prose(line)] for line in verdict.summary],
+            "caption": "Accuracy against the number of labelled examples: ICL with k "
+            "demonstrations and tuning on n examples, 95% CIs; horizontal lines: zero-shot "
+            "and the label-space guess; squares: format-only controls.",
+        },
         wide=wide,
         split=split,
         config=view["config"],
