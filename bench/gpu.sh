@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.py's workloads in bf16 on CUDA with a random ~1B Llama, plus one convergence and
 # one audit cell; prints tokens/s, MFU against the GPU's bf16 peak and peak memory, and last
-# one JSON line. See bench/gpu.py and bench/README.md ("GPU").
+# one JSON line. See bench/gpu.py and bench/README.md (the scripts table).
 #
 #   bash bench/gpu.sh                        # CUDA, bf16, 0.97B random Llama (< 10 minutes)
 #   bash bench/gpu.sh --device cpu --tiny    # CI: tiny random Llama on CPU, a few seconds

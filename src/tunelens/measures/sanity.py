@@ -7,7 +7,7 @@ ICL-IT included, reads about 1.0 and says nothing about ICL or tuning. A tiny
 randomly initialised Gemma is the example: with ``initializer_range`` 0.02
 its blocks add about 1/50 of the embedding's norm, and Gemma multiplies the
 embeddings by sqrt(hidden size), so states of different pairs have cosine
-0.999 at every layer (README, "Per-architecture sanity").
+0.999 at every layer (docs/how_to/own_model.md, "Per-architecture sanity").
 
 :func:`cross_pair_cosine` measures it: per layer, the mean cosine between the
 states of *different* pairs of one side (anchor, ICL or IT). :func:`annotate`
@@ -111,7 +111,7 @@ def annotate(entry: dict[str, Any], results: Sequence[Mapping[str, Any]]) -> Non
             f"{sides} states are nearly identical across pairs at {where} (cross-pair "
             f"cosine >= {low:.3f}): the last token's own embedding dominates them, so "
             "cosines there read near 1 whatever ICL or tuning do; read the centered "
-            "cosines instead (README: Per-architecture sanity)"
+            "cosines instead (docs/how_to/own_model.md: Per-architecture sanity)"
         )
     if warnings:
         entry["warnings"] = warnings

@@ -102,7 +102,7 @@ MIN_PREFIX_SAVING = 0.1
 CPU_ACTIVATION_BUDGET = 1 << 20
 """On a CPU, lockstep steps hold at most about this many activation floats (4 MiB in fp32).
 
-Measured on a 2-core EPYC (2 MiB L2 per core, bench/README.md): a 20M Llama
+Measured on a 2-core EPYC (2 MiB L2 per core; bench/RESULTS.md): a 20M Llama
 trains 30 sets x 8 short rows 1.25x faster in two chunks of 15 than in one.
 """
 
