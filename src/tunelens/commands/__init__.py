@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from tunelens.options.apps import app
+from tunelens.options.apps import app, finish_help
 
 __all__ = ["app"]
 
@@ -15,3 +15,4 @@ for _module in pkgutil.iter_modules(__path__):
 from tunelens.commands.studies import add_experiment_commands  # noqa: E402 - after the modules
 
 add_experiment_commands()
+finish_help(app)  # every command's help as paragraphs that rich wraps

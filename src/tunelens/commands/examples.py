@@ -22,11 +22,15 @@ from tunelens.examples.store import (
     check_time,
     read_example_rows,
 )
-from tunelens.options.apps import app
+from tunelens.options.apps import app, examples
 from tunelens.terminal import escape_control
 
 examples_app = typer.Typer(
     help="The example loop: a local SQLite store of examples accepted in operation.",
+    epilog=examples(
+        ("tunelens examples add --input 'ok?' --output 'yes'", "store one accepted example"),
+        ("tunelens examples export --out data/accepted.jsonl", "a task file to tune on"),
+    ),
     no_args_is_help=True,
 )
 app.add_typer(examples_app, name="examples")
@@ -63,7 +67,13 @@ def _row_summary(
     return f" ({total} rows: {', '.join(parts)})"
 
 
-@examples_app.command("add")
+@examples_app.command(
+    "add",
+    epilog=examples(
+        ("tunelens examples add --input 'Is it late?' --output 'no' --label no", "one example"),
+        ("tunelens examples add --from accepted.jsonl --skip-duplicates", "a JSONL file of them"),
+    ),
+)
 def add(
     db: DbOption = Path(DEFAULT_DB),
     input_text: Annotated[
@@ -159,7 +169,13 @@ def _report_added(
         )
 
 
-@examples_app.command("list")
+@examples_app.command(
+    "list",
+    epilog=examples(
+        ("tunelens examples list --limit 20", "the latest rows"),
+        ("tunelens examples list --flagged --json", "rows flagged for personal data, as JSON"),
+    ),
+)
 def list_examples(
     db: DbOption = Path(DEFAULT_DB),
     flagged: Annotated[
@@ -197,7 +213,13 @@ def list_examples(
     Console().print(table)
 
 
-@examples_app.command("export")
+@examples_app.command(
+    "export",
+    epilog=examples(
+        ("tunelens examples export --out data/support.jsonl --task support", "a task file"),
+        ("tunelens decide --task data/support.jsonl --model world", "then: prompt, or tune?"),
+    ),
+)
 def export(
     out: Annotated[Path, typer.Option("--out", help="The JSONL task file to write.")],
     db: DbOption = Path(DEFAULT_DB),

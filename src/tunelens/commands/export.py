@@ -7,10 +7,16 @@ from typing import Annotated
 
 import typer
 
-from tunelens.options.apps import app
+from tunelens.options.apps import app, examples
 
 
-@app.command("export")
+@app.command(
+    "export",
+    epilog=examples(
+        ("tunelens export runs/default", "CSV tables under runs/default/export/"),
+        ("tunelens export runs/default --format parquet --out tables", "Parquet (needs pyarrow)"),
+    ),
+)
 def export(
     directory: Annotated[
         Path, typer.Argument(help="A run directory holding results.json or decide.json.")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tunelens.commands.run import with_run_options
-from tunelens.options.apps import app
+from tunelens.options.apps import app, examples
 from tunelens.options.common import STUDY, JsonOption
 from tunelens.options.config_options import with_config_options
 
@@ -58,7 +58,17 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-@app.command("plan")
+@app.command(
+    "plan",
+    epilog=examples(
+        ("tunelens plan", "the default study on this CPU"),
+        (
+            "tunelens plan examples/specs/duan2023_llama2_7b_convergence.yaml --gpu h100",
+            "a 7B study on one H100: memory and hours before you book it",
+        ),
+        ("tunelens plan my_spec.yaml --limit 5 --json", "a quick look's plan, as JSON"),
+    ),
+)
 @with_config_options(PLAN_OPTIONS)
 def plan(
     spec: Annotated[
@@ -179,7 +189,7 @@ def print_time(console: Console, result: Plan, gpu: str) -> None:
     if result.device_memory_bytes and result.peak_memory_bytes > result.device_memory_bytes:
         console.print(
             f"peak memory exceeds one {gpu} ({size_text(result.device_memory_bytes)}): "
-            "shard the model (README, 'Scaling out')",
+            "shard the model (docs/how_to/accelerate.md)",
             markup=False,
         )
     console.print(

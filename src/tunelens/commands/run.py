@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from tunelens.bounds import check_option
-from tunelens.options.apps import app
+from tunelens.options.apps import app, examples
 from tunelens.options.common import (
     STUDY,
     AddressOption,
@@ -43,7 +43,21 @@ def with_run_options(
     return spec.model_copy(update=update) if update else spec
 
 
-@app.command("run")
+@app.command(
+    "run",
+    epilog=examples(
+        (
+            "tunelens run --out runs/default",
+            "the default study; report at runs/default/report.html",
+        ),
+        ("tunelens run my_spec.yaml --out runs/mine --limit 5", "a quick look at a spec of yours"),
+        (
+            "tunelens run my_spec.yaml --out runs/mine",
+            "the same again: resumes, skips finished cells",
+        ),
+        ("tunelens run my_spec.yaml --out runs/mine --executor ray --address auto", "on Ray"),
+    ),
+)
 @with_config_options(RUN_OPTIONS)
 def run(
     spec: Annotated[
@@ -105,7 +119,13 @@ def run(
     say_limited(loaded.limit)
 
 
-@app.command("report")
+@app.command(
+    "report",
+    epilog=examples(
+        ("tunelens report runs/default", "report.html again from results.json"),
+        ("tunelens report decide-my_task", "decide.html again from decide.json"),
+    ),
+)
 def report(
     directory: Annotated[
         Path, typer.Argument(help="A run directory holding results.json or decide.json.")

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 
-from tunelens.options.apps import app
+from tunelens.options.apps import app, examples
 from tunelens.options.common import (
     STUDY,
     AddressOption,
@@ -97,7 +97,13 @@ def add_section_command(name: str, model: type[BaseModel], help_text: str) -> No
     command.__doc__ = help_text
     command.__name__ = command.__qualname__ = name
     decorated = with_config_options(section_options(name, model), STUDY)(command)
-    app.command(name.replace("_", "-"), help=help_text)(decorated)
+    command_name = name.replace("_", "-")
+    epilog = examples(
+        (f"tunelens {command_name} --out runs/{name}", "this study alone, at its defaults"),
+        (f"tunelens {command_name} --limit 5 --out runs/{name}-quick", "a quick look first"),
+        (f"tunelens {command_name} --model ./my-model --out runs/{name}-mine", "your own model"),
+    )
+    app.command(command_name, help=help_text, epilog=epilog)(decorated)
 
 
 def add_experiment_commands() -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunelens.errors import TunelensInputError
-from tunelens.options.apps import tasks_app
+from tunelens.options.apps import examples, tasks_app
 from tunelens.prompts import PromptStyle, render_prompt
 from tunelens.tasks.loaders import (
     find_task_files,
@@ -80,7 +80,13 @@ def _is_table(path: Path) -> bool:
     return path.suffix == ".parquet" or hf.is_shard_jsonl(path)
 
 
-@tasks_app.command("validate")
+@tasks_app.command(
+    "validate",
+    epilog=examples(
+        ("tunelens tasks validate data/my_task.jsonl", "one task file"),
+        ("tunelens tasks validate superni/tasks/*.json", "Super-NaturalInstructions files"),
+    ),
+)
 def validate(
     paths: Annotated[
         list[Path],
@@ -140,7 +146,13 @@ def validate(
         sys.exit(2)
 
 
-@tasks_app.command("show")
+@tasks_app.command(
+    "show",
+    epilog=examples(
+        ("tunelens tasks show data/my_task.jsonl", "label space and one rendered prompt"),
+        ("tunelens tasks show data/*.jsonl --json", "one JSON object per task"),
+    ),
+)
 def show(
     paths: Annotated[list[Path], typer.Argument(help="Task files, folders or split files.")],
     as_json: Annotated[

@@ -18,7 +18,7 @@ import typer
 
 from tunelens.bounds import MAX_COUNT, check_range
 from tunelens.errors import TunelensInputError
-from tunelens.options.apps import world_app
+from tunelens.options.apps import examples, world_app
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -26,7 +26,13 @@ if TYPE_CHECKING:
     from tunelens.models.world_model import WorldModelRecipe
 
 
-@world_app.command("export")
+@world_app.command(
+    "export",
+    epilog=examples(
+        ("tunelens world export data/world", "the shipped world's tasks"),
+        ("tunelens world export data/world7 --seed 7 --n-train 30", "another, smaller world"),
+    ),
+)
 def export(
     directory: Annotated[Path, typer.Argument(help="Where to write tasks/ and splits/default/.")],
     seed: Annotated[int, typer.Option(help="World seed (0 is the shipped world).")] = 0,
@@ -56,7 +62,13 @@ def export(
     )
 
 
-@world_app.command("path")
+@world_app.command(
+    "path",
+    epilog=examples(
+        ("tunelens world path", "the directory of the 'world' model"),
+        ("tunelens world path world-it", "the instruction-tuned member"),
+    ),
+)
 def path(
     name: Annotated[str, typer.Argument(help="'world', 'world-small' or 'world-it'.")] = "world",
 ) -> None:
@@ -112,7 +124,13 @@ BurstyOption = Annotated[
 ]
 
 
-@world_app.command("train-model")
+@world_app.command(
+    "train-model",
+    epilog=examples(
+        ("tunelens world train-model --size small", "the small member from its seed"),
+        ("tunelens world train-model --until 500", "a first piece; re-run to go on"),
+    ),
+)
 def train_model(
     workdir: Annotated[Path, typer.Option(help="Checkpoints and log; re-run to resume.")] = Path(
         "world_train"

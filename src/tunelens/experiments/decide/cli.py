@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from tunelens.experiments.decide.config import DecideConfig
-from tunelens.options.apps import app
+from tunelens.options.apps import app, examples
 from tunelens.options.common import (
     STUDY,
     AddressOption,
@@ -44,7 +44,20 @@ PLACEMENT = STUDY.subset("device_map", "max_memory", "save_adapters", given_only
 """Where the model loads and whether adapters are kept: the spec's fields, read as a Spec."""
 
 
-@app.command(NAME)
+@app.command(
+    NAME,
+    epilog=examples(
+        ("tunelens decide --task data/my_task.jsonl --model world", "on the embedded model"),
+        (
+            "tunelens decide --task data/t.jsonl --model ./llama --device cuda --dtype bfloat16",
+            "your own Hugging Face model on a GPU",
+        ),
+        (
+            "tunelens decide --task data/my_task.jsonl --model world --costs costs.csv",
+            "with error costs",
+        ),
+    ),
+)
 @with_config_options(DECIDE, PLACEMENT)
 def decide(
     task: Annotated[

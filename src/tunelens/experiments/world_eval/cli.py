@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tunelens.bounds import check_range
 from tunelens.experiments.world_eval.spec import WorldEvalSpec
-from tunelens.options.apps import world_app
+from tunelens.options.apps import examples, world_app
 from tunelens.options.common import JsonOption, NoProgressOption
 from tunelens.options.config_options import ConfigOptions, with_config_options
 
@@ -39,7 +39,13 @@ WORLD_EVAL = ConfigOptions(
 )
 
 
-@world_app.command("eval")
+@world_app.command(
+    "eval",
+    epilog=examples(
+        ("tunelens world eval", "the shipped model at k = 0, 1, 2, 4, 8, 16"),
+        ("tunelens world eval --model world-it --labels novel --json", "novel label words"),
+    ),
+)
 @with_config_options(WORLD_EVAL)
 def evaluate(
     as_json: JsonOption = False,
