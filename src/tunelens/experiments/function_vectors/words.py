@@ -76,9 +76,9 @@ def _heads_sentence(entry: Mapping[str, Any]) -> str:
     return (
         f"The highest average indirect effect is {head_name(lead)}: its mean in-context "
         f"output, patched into shuffled-label prompts, changes the probability of the "
-        f"correct label by {estimate(lead.get('aie'), signed=True)}; {positive} of the top "
-        f"{len(tops)} heads have an effect whose CI lies above 0, in layer(s) "
-        f"{', '.join(str(x) for x in layers)}."
+        f"correct label by {estimate(lead.get('aie'), signed=True)}. The top {len(tops)} "
+        f"heads sit in layer(s) {', '.join(str(x) for x in layers)}; {positive} of them "
+        "have an effect whose CI lies above 0."
     )
 
 
