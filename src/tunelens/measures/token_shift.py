@@ -272,7 +272,7 @@ def shift_reading(summary: Mapping[str, Any] | None, what: str = "tuning") -> st
     )
     like = summary.get("format_like")
     if not like or like.get("mean") is None:
-        return f"{head}; no token was shifted, so tuning kept the untuned model's own choices."
+        return f"{head}; none was shifted, so there is no shift to call format or content."
     label_or_format = _pct(summary.get("label_or_format"))
     body = (
         f"; {label_or_format} of the shifted tokens are label-space or format tokens and "

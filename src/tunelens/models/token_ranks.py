@@ -43,6 +43,8 @@ __all__ = [
     "TokenRanks",
     "label_token_ids",
     "rank_of",
+    "ranked_samples",
+    "special_ids",
     "teacher_forced_ranks",
     "token_texts",
 ]
@@ -84,6 +86,31 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> set[int]:
     return {
         i for i, text in zip(ordered, token_texts(tokenizer, ordered), strict=True) if text.strip()
     }
+
+
+def ranked_samples(
+    loaded: LoadedModel, prompts: Sequence[str], output_ids: Sequence[Sequence[int]]
+) -> list[dict[str, Any]]:
+    """Per prompt, what a token-shift record keeps: ``output_ids``, ``output_texts``,
+    ``base_ranks`` and ``base_top_ids`` (``loaded`` is the untuned model; the prompts are
+    tokenised as generation tokenised them, special tokens included)."""
+    tokenizer = loaded.tokenizer
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    ranked = teacher_forced_ranks(loaded, prompt_ids, output_ids)
+    return [
+        {
+            "output_ids": [int(i) for i in out],
+            "output_texts": token_texts(tokenizer, out),
+            "base_ranks": ranks,
+            "base_top_ids": tops,
+        }
+        for out, ranks, tops in zip(output_ids, ranked.ranks, ranked.top_ids, strict=True)
+    ]
+
+
+def special_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's special token ids, sorted (format tokens wherever they appear)."""
+    return sorted({int(i) for i in tokenizer.all_special_ids})
 
 
 def _check(prompt_ids: Sequence[Sequence[int]], output_ids: Sequence[Sequence[int]]) -> None:

@@ -48,25 +48,20 @@ def add_token_ranks(
 ) -> None:
     """Rank the tuned outputs ``outputs[encoding]`` (token ids, in sample order) under the
     untuned ``loaded`` model and write the readings into ``evaluations`` (see the module)."""
-    from tunelens.models.token_ranks import label_token_ids, teacher_forced_ranks, token_texts
+    from tunelens.models.token_ranks import label_token_ids, ranked_samples, special_ids
 
     tokenizer = loaded.tokenizer
     labels = {t.name: sorted(label_token_ids(tokenizer, t.labels)) for t in tasks if t.labels}
-    special = sorted(int(i) for i in tokenizer.all_special_ids)
     for encoding, ids in outputs.items():
         evaluation = evaluations[encoding]
         samples = evaluation["samples"]
-        prompts = [str(s["prompt"]) for s in samples]
-        prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-        ranked = teacher_forced_ranks(loaded, prompt_ids, ids)
-        for sample, out, ranks, tops in zip(
-            samples, ids, ranked.ranks, ranked.top_ids, strict=True
-        ):
-            sample["output_ids"] = [int(i) for i in out]
-            sample["output_texts"] = token_texts(tokenizer, out)
-            sample["base_ranks"] = ranks
-            sample["base_top_ids"] = tops
-        evaluation["token_shift"] = {"label_token_ids": labels, "special_ids": special}
+        ranked = ranked_samples(loaded, [str(s["prompt"]) for s in samples], ids)
+        for sample, record in zip(samples, ranked, strict=True):
+            sample.update(record)
+        evaluation["token_shift"] = {
+            "label_token_ids": labels,
+            "special_ids": special_ids(tokenizer),
+        }
 
 
 def condition_summary(

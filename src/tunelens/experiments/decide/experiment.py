@@ -86,9 +86,10 @@ class DecideExperiment(Experiment):
 
     name = "decide"
     # 2: cells run on the shared machinery; keys hold task and model content digests.
+    # 7: tuned methods rank their answers under the untuned model (token distribution shift).
     # 6: last block cut at read positions, fused AdamW (float noise); earlier: 5: break-even prefix
     # groups; tuned methods via tune_set (float noise)
-    code_version = "6"
+    code_version = "7"
 
     def _cell(self, method: Any, plan: DecidePlan, config: DecideConfig) -> Cell:
         return dataclasses.replace(

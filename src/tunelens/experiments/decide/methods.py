@@ -239,9 +239,14 @@ def warn_unknown_tokens(loaded: LoadedModel, labels: Sequence[str]) -> None:
 
 
 def predict(
-    loaded: LoadedModel, prompts: Sequence[str], labels: Sequence[str], config: DecideConfig
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    config: DecideConfig,
+    output_ids: list[list[int]] | None = None,
 ) -> list[str]:
-    """Greedy answers, or the best-scoring label (``config.predict``)."""
+    """Greedy answers, or the best-scoring label (``config.predict``); ``output_ids``
+    (given) receives the generated token ids of each greedy answer."""
     from tunelens.models.predict import generate_predictions
     from tunelens.models.scoring import score_labels
 
@@ -250,7 +255,9 @@ def predict(
         scores = score_labels(loaded, list(prompts), list(labels), include_eos=True)
         return [best_label(row, labels) for row in scores]
     max_new = config.max_new_tokens or default_max_new_tokens(loaded, labels)
-    return generate_predictions(loaded, list(prompts), max_new_tokens=max_new)
+    return generate_predictions(
+        loaded, list(prompts), max_new_tokens=max_new, output_ids=output_ids
+    )
 
 
 def training_pairs(
@@ -333,14 +340,19 @@ def run_method(
     pairs = training_pairs(train_task, examples, style, tokenizer)
     tuning = config.tuning.with_seed(config.seed)
     tuned = tune_set(loaded, pairs, tuning)
+    outputs: list[list[int]] = []
     try:
-        result["predictions"] = predict(tuned.as_loaded(), zero_shot, labels, config)
+        result["predictions"] = predict(tuned.as_loaded(), zero_shot, labels, config, outputs)
         result["train"] = _train_record(loaded, pairs, tuned, tuning)
         if adapters_dir is not None:
             tuned.save(adapters_dir)
     finally:
         tuned.unload()
     result["prompt_tokens"] = _token_counts(loaded, zero_shot)
+    if config.predict == "generate":  # the untuned model's ranks along the tuned answers
+        from tunelens.experiments.decide.token_shift import token_rank_record
+
+        result["token_ranks"] = token_rank_record(loaded, zero_shot, outputs, labels)
     return result
 
 

@@ -23,6 +23,7 @@ from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
 from tunelens.errors import TunelensInputError
 from tunelens.experiments.decide.schema import DecideResults
+from tunelens.experiments.decide.token_shift_report import token_shift_images, token_shift_view
 from tunelens.experiments.decide.verdict import fmt_count, fmt_flops, identical
 from tunelens.report.html import (
     data_uri,
@@ -313,6 +314,8 @@ def _toc(results: DecideResults) -> list[tuple[str, str]]:
     ]
     if results.format_share is not None:
         toc.append(("format", "Format-only controls"))
+    if any(m.token_shift is not None for m in results.methods):
+        toc.append(("token-shift", "Token shift"))
     toc.append(("confusion", "Confusion"))
     if results.similarity is not None:
         toc.append(("similarity", "Hidden states"))
@@ -400,6 +403,8 @@ def page_view(data: DecideResults | Mapping[str, Any], images: Mapping[str, str]
         costs=cost_view,
         confusions=[_confusion_view(m) for m in view["methods"]],
         similarity=sim_view,
+        token_shift=token_shift_view(view),
+        token_shift_png=images.get("token_shift", ""),
         split_rows=[
             [label, str(c["test"]), str(c["demo_pool"]), str(c["tuning_pool"])]
             for label, c in sorted(split.per_label.items())
@@ -443,6 +448,7 @@ def write_figures(results: DecideResults, plots: Path) -> dict[str, str]:
         images["similarity"] = data_uri(
             save(similarity_figure(view), plots / "decide_similarity.png")
         )
+    images.update(token_shift_images(view, plots))
     return images
 
 

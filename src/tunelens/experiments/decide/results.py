@@ -31,6 +31,7 @@ from tunelens.experiments.decide.metrics import (
     to_label,
 )
 from tunelens.experiments.decide.split import Split, label_of
+from tunelens.experiments.decide.token_shift import method_token_shift
 from tunelens.measures.sanity import annotate as annotate_layers
 from tunelens.measures.verdicts import format_share
 
@@ -80,6 +81,10 @@ def _method_entry(
     entry["compute"] = compute_entry(
         result["prompt_tokens"], result["answer_tokens"], shape, training
     )
+    if "token_ranks" in result:  # tuned methods that generate (cells from before lack it)
+        shift = method_token_shift(result["token_ranks"], method.name, seed=seed, n_boot=n_boot)
+        if shift is not None:
+            entry["token_shift"] = shift
     return entry, scores
 
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tunelens.api.results import Number, ResultsModel, Stat, TuningInfo, dump_as
+from tunelens.api.token_shift import TokenShift
 
 __all__ = [
     "ControlShare",
@@ -106,6 +107,8 @@ class DecideMethod(ResultsModel):
     cost_per_1000: Stat | None = None
     compute: DecideCompute
     train: DecideTrain | None = None
+    # tuned methods answering by generation: the untuned model's ranks along their answers
+    token_shift: TokenShift | None = None
 
 
 class DecideCurves(ResultsModel):

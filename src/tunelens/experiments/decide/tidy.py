@@ -1,7 +1,9 @@
 """decide's table for ``tunelens export`` (from decide.json): method x metric.
 
 ``method`` (id), ``family``, ``name``, ``examples``, ``n_items``, ``metric``
-(``accuracy``, ``cost_per_1000``), then the value columns of
+(``accuracy``, ``cost_per_1000``; for tuned methods that generate, ``tokens_unshifted``,
+``tokens_marginal``, ``tokens_shifted`` and ``tokens_shifted_format_like``: token
+distribution shift, percents with intervals over test items), then the value columns of
 :func:`tunelens.report.tidy.measure_row`.
 """
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from tunelens.api.results import parse_file
 from tunelens.experiments.decide.schema import DecideResults
+from tunelens.measures.token_shift import BUCKETS
 from tunelens.report.tidy import Row, measure_row
 
 __all__ = ["decide_rows", "tidy_rows"]
@@ -36,4 +39,11 @@ def decide_rows(results: DecideResults) -> list[Row]:
         rows.append(measure_row(base, "metric", "accuracy", m.accuracy))
         if m.cost_per_1000 is not None:
             rows.append(measure_row(base, "metric", "cost_per_1000", m.cost_per_1000))
+        shift = m.token_shift
+        if shift is not None:
+            for bucket in BUCKETS:
+                rows.append(measure_row(base, "metric", f"tokens_{bucket}", getattr(shift, bucket)))
+            rows.append(
+                measure_row(base, "metric", "tokens_shifted_format_like", shift.format_like)
+            )
     return rows
