@@ -1,6 +1,6 @@
 """Function vectors against references written here with plain forward hooks.
 
-On a tiny random Llama and a tiny GPT-2 (tests/conftest.py), with a task whose
+On a tiny random Llama (and Qwen2) and a tiny GPT-2 (tests/conftest.py), with a task whose
 second label takes two tokens (so labels are scored by whole continuations):
 
 - one head's average indirect effect from ``run_heads_cell`` equals a manual
@@ -114,7 +114,7 @@ def tiny(tiny_model, arch: str):
     return wrap(tiny_model(arch), arch)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_one_heads_indirect_effect_equals_a_manual_patch(tiny_model, arch: str) -> None:
     loaded = tiny(tiny_model, arch)
     model, tokenizer = loaded.model, loaded.tokenizer
