@@ -5,7 +5,8 @@ experiment: it asks the hooks of :class:`~tunelens.experiments.audit.AuditExperi
 which delegate here. A cell's work is counted as the audit runs it: greedy
 generation on the held-out prompts of each evaluation encoding (shared
 prefixes grouped as the model generates them), each sample scored, and for a
-grid cell one multi-task tuning run on its training pairs. Prompts and pairs
+grid cell one multi-task tuning run on its training pairs and the untuned model's
+teacher-forced forward over its outputs (token distribution shift). Prompts and pairs
 are rendered as the cell renders them where its tasks are on this machine,
 else sized from :func:`task_shape`.
 """
@@ -19,7 +20,7 @@ from tunelens.api import Cell, StudyInputs
 from tunelens.experiments.audit.experiment import eval_items, eval_prompts, training_pairs
 from tunelens.experiments.audit.spec import AuditSpec
 from tunelens.prompts import PromptStyle, render_prompt
-from tunelens.runs.costs import Work, generation_work, tuning_steps
+from tunelens.runs.costs import Work, forward_work, generation_work, tuning_steps
 from tunelens.runs.plan import FULL_INSTANCES, PlanContext, PlanPrompts, task_shape
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "audit_work",
     "limit_section",
     "plan_prompts",
+    "token_rank_work",
     "training_shape",
 ]
 
@@ -132,6 +134,23 @@ def _add_evaluation(
             )
         )
         work.samples += len(lengths)
+        if p.get("baseline") is None:
+            work.add(token_rank_work(lengths, ids, max_new, estimate))
+
+
+def token_rank_work(
+    lengths: list[int], ids: list[list[int]] | None, max_new: int, estimate: PlanContext
+) -> Work:
+    """The untuned model's teacher-forced forward over prompt + tuned output (token
+    distribution shift): packed rows that share the prompts' prefixes, as
+    :func:`tunelens.models.token_ranks.teacher_forced_ranks` runs them, each output taken
+    at its bound of ``max_new`` tokens; padded rows where the ids are unknown."""
+    from tunelens.models.packing import pack_rows
+
+    if ids is None or estimate.kind != "causal":
+        return forward_work([n + max_new for n in lengths])
+    rows = pack_rows([[*row, *([0] * max_new)] for row in ids], hidden_size=estimate.size.hidden)
+    return forward_work([len(row.ids) for row in rows], batch=1)
 
 
 def _pair_lengths(
