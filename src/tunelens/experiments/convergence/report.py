@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from tunelens.api.experiment import ReportPart
 from tunelens.api.results import parse_file
 from tunelens.experiments.convergence.results import ConvergenceEntry, ConvergenceResults
+from tunelens.experiments.convergence.updates_report import add_update_views
 from tunelens.experiments.convergence.words import convergence_sentences, layer_ranges
 from tunelens.report.html import condition_text, data_uri, extras, fmt, plain, round_prose
 from tunelens.report.plots import (
@@ -40,6 +41,7 @@ __all__ = ["convergence_figure", "convergence_view", "report_part"]
 ANCHOR = "convergence"
 CONVERGENCE_KNOWN = ("condition", "n_pairs", "accuracy", "layers")
 CONVERGENCE_VIEWED = (
+    "update_similarity",  # updates_report.py
     *CONVERGENCE_KNOWN,
     "behaviour",
     "patching",
@@ -219,7 +221,7 @@ def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | Non
         template="convergence.html.j2",
         view={
             "verdict": verdict_view(data, key),
-            "conditions": convergence_view(entries, plots),
+            "conditions": add_update_views(convergence_view(entries, plots), data, plots_dir),
         },
         loader=jinja2.PackageLoader("tunelens.experiments.convergence", "templates"),
     )

@@ -15,9 +15,10 @@ from typing import Any
 
 from tunelens.api.results import parse_file
 from tunelens.experiments.convergence.results import ConvergenceResults
+from tunelens.experiments.convergence.updates import SERIES
 from tunelens.report.tidy import Row, is_measure, measure_row
 
-__all__ = ["convergence_rows", "tidy_rows"]
+__all__ = ["convergence_rows", "tidy_rows", "update_rows"]
 
 
 def tidy_rows(results: Mapping[str, Any]) -> list[Row]:
@@ -69,4 +70,43 @@ def convergence_rows(results: ConvergenceResults) -> list[Row]:
         for seed in entry.per_seed:
             for seed_layer in seed.layers:
                 rows.extend(_layer_rows({**base, "seed": str(seed.seed)}, seed_layer))
+        if entry.update_similarity is not None:
+            rows.extend(update_rows(pooled, entry.update_similarity.model_dump(mode="python")))
     return rows
+
+
+def _rec2ftp_rows(base: Row, name: str, rec: dict[str, Any] | None) -> Iterator[Row]:
+    """Rec2FTP (``name``), its floor and difference, and its counts, condition-level."""
+    if not rec:
+        return
+    at = {**base, "layer": None}
+    for key, suffix in (("value", ""), ("floor", "_floor"), ("above_floor", "_minus_floor")):
+        if rec.get(key) is not None:
+            yield measure_row(at, "measure", f"{name}{suffix}", rec[key])
+    for count in ("n_pairs", "zs_wrong", "it_fixed", "icl_fixed", "both_fixed"):
+        yield measure_row(at, "measure", f"{name} {count}", rec[count])
+
+
+def update_rows(base: Row, updates: dict[str, Any]) -> Iterator[Row]:
+    """SimAOU per series and layer (``simaou_attention``, ``simaou_floor_residual``,
+    ``simaou_random_init_attention``, ``simaou_minus_random_init_residual``, their Holm
+    p-values) and Rec2FTP with counts (``rec2ftp``, ``rec2ftp_floor``, ``rec2ftp
+    it_fixed``; the random-init copy's as ``rec2ftp_random_init``)."""
+    against = updates.get("against_random_init") or {}
+    for series in SERIES:
+        for row in (updates.get(series) or {}).get("layers") or []:
+            at = {**base, "layer": row["layer"]}
+            yield measure_row(at, "measure", f"simaou_{series}", row["simaou"])
+            yield measure_row(at, "measure", f"simaou_floor_{series}", row["floor"])
+            p = row["above_floor"].get("p_holm")
+            yield measure_row(at, "measure", f"wilcoxon simaou_{series}>floor p_holm", p)
+        for row in (against.get(series) or {}).get("layers") or []:
+            at = {**base, "layer": row["layer"]}
+            yield measure_row(at, "measure", f"simaou_random_init_{series}", row["random_init"])
+            yield measure_row(
+                at, "measure", f"simaou_minus_random_init_{series}", row["difference"]
+            )
+            p = row["above_random_init"].get("p_holm")
+            yield measure_row(at, "measure", f"wilcoxon simaou_{series}>random_init p_holm", p)
+    yield from _rec2ftp_rows(base, "rec2ftp", updates.get("rec2ftp"))
+    yield from _rec2ftp_rows(base, "rec2ftp_random_init", against.get("rec2ftp"))
