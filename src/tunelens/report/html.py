@@ -9,6 +9,14 @@ own blocks. An experiment with a results file of its own (``Experiment.results_f
 gets a page of its own: its ``report_part``'s template rendered with the view's keys as
 the page's variables (:func:`build_page`).
 
+The answer comes first: a section whose view is a mapping with a ``verdict`` ({"title",
+"lines": [(label, sentence)], "figure", "caption", "note"}) also gives a box at the top
+of the page, its verdict sentences beside the other studies' and one key figure
+(``verdict_box`` in templates/macros.html.j2). Every number goes through one formatter,
+:func:`fmt_number` (three significant figures; the Jinja filter ``num``); each
+experiment names its measures in words in one table of its own, and a table says what
+they mean in a glossary line under it.
+
 Task names, definitions, categories, spec notes and model outputs are untrusted text:
 the templates (``templates/*.html.j2``: one base that every page extends, the study
 page, the macros; each experiment's own under its package) are rendered by Jinja2 with
