@@ -107,7 +107,7 @@ def substitute(data: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     if data.get("device", "cpu") != "cpu":
         data["device"] = "cpu"
     data["dtype"] = "float32"
-    for key in ("convergence", "audit", "world_eval"):
+    for key in ("convergence", "audit", "world_eval", "task_vectors"):
         section = dict(data.get(key) or {})
         if not section:
             continue

@@ -228,7 +228,7 @@ def test_task_vectors_run_plan_export_and_report(tmp_path):
     for entry in entries.values():
         assert entry["n_test"] == 2 * 2 and entry["n_dev"] == 2 * 2  # 2 tasks, --limit 2
         assert set(entry["sources"]) == {"icl", "it"}
-        assert len(entry["sources"]["icl"]["layers"]) == 3  # embeddings + 2 blocks
+        assert [r["layer"] for r in entry["sources"]["icl"]["layers"]] == [1, 2]  # 2 blocks
     exported = invoke("export", str(out), "--format", "csv")
     assert exported.code == 0, exported.stderr
     table = (out / "export" / "task_vectors.csv").read_text()

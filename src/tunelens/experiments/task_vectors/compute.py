@@ -245,11 +245,13 @@ def it_task_vectors(
 
 
 def cell_layers(loaded: LoadedModel, wanted: Sequence[int]) -> list[int]:
-    """The layers swept: those asked for that the model has (every layer when none)."""
+    """The layers swept: those asked for that the model has; when none, the output of every
+    block (1 .. blocks), Hendel et al.'s sweep. Layer 0 (the embeddings) only when asked for:
+    the zero-shot and dummy prompts end in the same token, so a patch there changes nothing."""
     from tunelens.models.patching import n_patch_layers
 
     n = n_patch_layers(loaded)
-    return [layer for layer in (wanted or range(n)) if layer < n]
+    return [layer for layer in (wanted or range(1, n)) if layer < n]
 
 
 def run_task_vector_cell(

@@ -200,7 +200,7 @@ def estimate_work(cell: Cell, estimate: PlanContext) -> Work:
     work.add(forward_work(lengths["icl"]))
     work.add(forward_work(lengths["dummy_icl"]))
     n_layers = estimate.size.layers + 1
-    wanted = [layer for layer in p.get("layers") or range(n_layers) if layer < n_layers]
+    wanted = [layer for layer in p.get("layers") or range(1, n_layers) if layer < n_layers]
     sources = 2 if p.get("it_vectors") else 1
     work.add(forward_work(lengths["zero_shot"], passes=len(wanted) * sources))
     if p.get("it_vectors"):

@@ -33,6 +33,11 @@ __all__ = ["report_part", "task_vector_figure", "task_vector_sentences"]
 
 ANCHOR = "task-vectors"
 SOURCES = (("icl", "ICL task vector", "#1f77b4"), ("it", "IT task vector", "#2ca02c"))
+READING_NAMES = {
+    "zero_shot": "zero-shot (the query alone)",
+    "icl": "ICL (k demonstrations, then the query)",
+    "it": "IT (the model tuned on the k demonstrations, query alone)",
+}
 LINES = (
     ("zero_shot", "zero-shot", "grey", "-"),
     ("icl", "ICL (demonstrations in the prompt)", "black", "--"),
@@ -105,13 +110,14 @@ def _source_sentence(entry: TaskVectorsEntry, source: str, block: SourceResult) 
         if source == "it" and "it" in acc
         else ""
     )
+    own_layers = f"; each task at the layer its own dev sets choose: {_num(block.per_task_best)}"
     return (
         f"{head}: patched after layer {best.layer} (chosen on dev) it gives {_num(best.test)} "
         f"test accuracy, against {_num(acc['zero_shot'])} zero-shot and {_num(acc['icl'])} "
         f"with the demonstrations in the prompt (difference from zero-shot "
         f"{fmt_number(best.minus_zero_shot.mean, signed=True)} points "
         f"[{fmt_number(best.minus_zero_shot.ci[0])}, {fmt_number(best.minus_zero_shot.ci[1])}]"
-        f"{'; ' + share if share else ''}{own})."
+        f"{'; ' + share if share else ''}{own_layers}{own})."
     )
 
 
@@ -199,7 +205,11 @@ def _per_task(block: SourceResult) -> dict[str, Any]:
 def _view(entry: TaskVectorsEntry, plot: Plot) -> dict[str, Any]:
     from tunelens.report.html import data_uri
 
-    acc = [[name.replace("_", "-"), fmt(plain(value))] for name, value in entry.accuracy.items()]
+    acc = [
+        [READING_NAMES[name], fmt(plain(entry.accuracy[name]))]
+        for name in READING_NAMES
+        if name in entry.accuracy
+    ]
     acc.append(["ICL gain over zero-shot (points)", fmt(plain(entry.icl_gain))])
     for source, block in entry.sources.items():
         acc.append(

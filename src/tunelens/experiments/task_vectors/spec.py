@@ -3,7 +3,7 @@
 Its fields carry the defaults, the help and the bounds; ``tunelens task-vectors``
 makes its options from them and a YAML spec's ``task_vectors:`` key is
 validated against it. Defaults are the paper's: 5 demonstrations, 2 dummy
-queries, 50 dev and 50 test sets per task, every layer swept.
+queries, 50 dev and 50 test sets per task, every block's output swept.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class TaskVectorsSpec(StrictModel):
     seeds: Sweep[Seed] = Field([0], description="Resampling seeds.")
     layers: list[int] = Field(
         [],
-        description="Layers patched (0 = embeddings, L = after block L); empty means every layer.",
+        description="Layers patched (L = after block L, 0 = the embeddings); empty means after "
+        "every block (1 .. blocks), as Hendel et al. sweep.",
     )
     controls: Sweep[Literal["none", "random_init"]] = Field(
         ["none", "random_init"],
