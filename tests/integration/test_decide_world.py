@@ -130,10 +130,12 @@ def test_decide_on_a_world_task(tmp_path):
         "costs",
         "confusion",
         "similarity",
+        "token-shift",
         "split",
     ):
         assert f'id="{anchor}"' in html, anchor
-    assert html.count("data:image/png;base64,") == 3
+    # curves, compute, similarity and the tuned methods' token shift
+    assert html.count("data:image/png;base64,") == 4
     assert "Where the intervals are too wide to decide" in html
     assert HOSTILE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html
