@@ -58,7 +58,7 @@ def report_part(results: Mapping[str, Any], plots_dir: Path) -> ReportPart | Non
         anchor=ANCHOR,
         title="Task vectors",
         template="task_vectors.html.j2",
-        view=[_view(entry, plot) for entry, plot in zip(entries, plots, strict=True)],
+        view=_page_view(entries, plots),
         loader=jinja2.PackageLoader("tunelens.experiments.task_vectors", "templates"),
     )
 
@@ -202,6 +202,40 @@ def _per_task(block: SourceResult) -> dict[str, Any]:
     }
 
 
+GLOSSARY = [
+    ["zero-shot", "label accuracy of the query alone", "accuracy.zero_shot"],
+    ["ICL", "the k demonstrations in the prompt, then the query", "accuracy.icl"],
+    ["IT", "the model tuned on the k demonstrations, the query alone", "accuracy.it"],
+    [
+        "vector at its dev layer",
+        "the query alone with the task vector patched in after the layer dev chose",
+        "sources.<icl|it>.best.test",
+    ],
+    [
+        "each task at its own dev layer",
+        "the same, each task's layer chosen on its own dev sets (Hendel et al.'s reading)",
+        "sources.<icl|it>.per_task_best",
+    ],
+]
+
+
+def _page_view(entries: list[TaskVectorsEntry], plots: list[Plot]) -> dict[str, Any]:
+    """The verdict box (every condition's sentences, the first condition's figure) and one
+    view per condition."""
+    from tunelens.report.html import data_uri
+
+    conditions = [_view(entry, plot) for entry, plot in zip(entries, plots, strict=True)]
+    return {
+        "verdict": {
+            "title": "Task vectors: does the few-shot state carry the task to other queries?",
+            "lines": [(c["title"], " ".join(c["sentences"])) for c in conditions],
+            "figure": data_uri(plots[0].path) if plots else None,
+            "caption": plots[0].caption if plots else "",
+        },
+        "conditions": conditions,
+    }
+
+
 def _view(entry: TaskVectorsEntry, plot: Plot) -> dict[str, Any]:
     from tunelens.report.html import data_uri
 
@@ -228,6 +262,7 @@ def _view(entry: TaskVectorsEntry, plot: Plot) -> dict[str, Any]:
         "title": _title(entry),
         "sentences": task_vector_sentences(entry),
         "settings": ", ".join(f"{k} {fmt(v)}" for k, v in entry.settings.items()),
+        "glossary": GLOSSARY,
         "accuracy": acc,
         "layers": _layer_table(entry),
         "per_task": {s: _per_task(b) for s, b in entry.sources.items()},
