@@ -55,11 +55,11 @@ ENCODING_WORDS = {
     "definition_examples": "definition + 2 examples",
 }
 TOKENS_SHOWN = 8
-# under each panel, clear of the bars
+# above each panel, clear of the bars
 LEGEND: dict[str, Any] = {
     "fontsize": 7,
-    "loc": "upper center",
-    "bbox_to_anchor": (0.5, -0.16),
+    "loc": "lower center",
+    "bbox_to_anchor": (0.5, 1.0),
     "ncol": 3,
     "frameon": False,
 }

@@ -94,7 +94,7 @@ def token_shift_figure(methods: Sequence[Mapping[str, Any]]) -> Figure:
     ax.set_xlim(0, 100)
     ax.set_xlabel("percent of answer tokens (mean over test items)", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
 
