@@ -351,13 +351,20 @@ def _main_not_rerun(keep: bool) -> Iterator[None]:
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel the cells not started and end the workers now (running cells are not awaited)."""
+
     # No public way to end running workers before Python 3.14 (terminate_workers).
-    processes = list(dict(getattr(pool, "_processes", None) or {}).values())
+    # The pool starts workers on demand, so one may appear while it shuts down: read
+    # its workers before and after, and end them all.
+    def workers() -> dict[int, Any]:
+        return dict(getattr(pool, "_processes", None) or {})
+
+    processes = workers()
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
+    processes.update(workers())
+    for process in processes.values():
         if process.is_alive():
             process.terminate()
-    for process in processes:
+    for process in processes.values():
         process.join(timeout=10)
 
 
