@@ -251,6 +251,21 @@ def shifted_seeds(base: int, seeds: list[int]) -> list[int]:
     return shifted
 
 
+def study_defaults(section: Any, study: Any) -> dict[str, object]:
+    """What a section with ``models``, ``dtype``, ``device`` and ``seeds`` inherits from the
+    study: the study's dtype and device where it names none, the study's model(s) where it
+    lists none, and its default seeds shifted by the study's base seed (one rule for every
+    experiment, so a study reads the same way whichever sections it has)."""
+    update: dict[str, object] = {
+        key: getattr(study, key) for key in ("dtype", "device") if getattr(section, key) is None
+    }
+    if not section.models:
+        update["models"] = study.model_list()
+    if "seeds" not in section.model_fields_set:
+        update["seeds"] = shifted_seeds(study.seed, section.seeds)
+    return update
+
+
 DEFAULT_SPEC = Path(__file__).parent / "assets" / "default_spec.yaml"
 
 

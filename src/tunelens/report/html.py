@@ -41,6 +41,7 @@ from pydantic import BaseModel
 
 from tunelens.api.results import StudyResults, parse_file
 from tunelens.errors import TunelensInputError
+from tunelens.measures.token_shift import CATEGORIES
 from tunelens.runs.store import atomic_write_text
 
 if TYPE_CHECKING:
@@ -271,6 +272,25 @@ def transpose(table: Mapping[str, Any], corner: str = "") -> dict[str, Any]:
             [columns[i], *[row[i] if i < len(row) else "" for row in rows]]
             for i in range(1, len(columns))
         ],
+    }
+
+
+def most_shifted_table(top_shifted: Mapping[str, Any] | None, shown: int) -> dict[str, Any]:
+    """The most shifted tokens of one tuned condition or method (token distribution shift), a
+    column per category, each cell '"yes" 27 of 37': the token (quoted, whitespace escaped),
+    times shifted, times written. Audit and decide show the same table."""
+
+    def cell(entry: Mapping[str, Any]) -> str:
+        text = json.dumps(str(entry.get("token")), ensure_ascii=False)
+        shifted, written = fmt_number(entry.get("shifted")), fmt_number(entry.get("occurrences"))
+        return f"{text} {shifted} of {written}"
+
+    top = top_shifted or {}
+    columns = [[cell(t) for t in (top.get(c) or [])[:shown]] for c in CATEGORIES]
+    depth = max((len(c) for c in columns), default=0)
+    return {
+        "columns": ["label tokens", "format tokens", "other tokens"],
+        "rows": [[c[i] if i < len(c) else "" for c in columns] for i in range(depth)],
     }
 
 

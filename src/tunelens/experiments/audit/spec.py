@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from tunelens.bounds import MAX_NEW_TOKENS, Count, NonNegative, Resamples, Seed
 from tunelens.models.tuning.config import StudyTuning
-from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, shifted_seeds
+from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, study_defaults
 
 __all__ = ["AuditSpec", "fill_audit"]
 
@@ -90,13 +90,9 @@ class AuditSpec(StrictModel):
 def fill_audit(section: AuditSpec, study: Any) -> AuditSpec:
     """The section with the study's model(s), dtype and device where it names none (its first
     model as ``model``), and its default seeds shifted by the study's base seed."""
-    update: dict[str, object] = {
-        key: getattr(study, key) for key in ("dtype", "device") if getattr(section, key) is None
-    }
-    if not section.models:
-        update["models"] = [section.model] if section.model is not None else study.model_list()
+    update = study_defaults(section, study)
+    if not section.models and section.model is not None:
+        update["models"] = [section.model]
     chosen = update.get("models", section.models)
     update["model"] = chosen[0]  # type: ignore[index]
-    if "seeds" not in section.model_fields_set:
-        update["seeds"] = shifted_seeds(study.seed, section.seeds)
     return section.model_copy(update=update)

@@ -8,15 +8,14 @@ as plain data; ``templates/token_shift.html.j2`` (included by ``audit.html.j2``)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from tunelens.measures.token_shift import BUCKETS, CATEGORIES
-from tunelens.report.html import data_uri, fmt, fmt_number, glossary
+from tunelens.measures.token_shift import BUCKETS
+from tunelens.report.html import data_uri, fmt, glossary, most_shifted_table
 from tunelens.report.plots import mean_ci, plt, save
 
 __all__ = [
@@ -109,24 +108,6 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _token(entry: Mapping[str, Any]) -> str:
-    """'"yes" 27 of 37': the token's text (quoted, whitespace escaped), times shifted, times
-    written."""
-    text = json.dumps(str(entry.get("token")), ensure_ascii=False)
-    return f"{text} {fmt_number(entry.get('shifted'))} of {fmt_number(entry.get('occurrences'))}"
-
-
-def _tokens(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The most shifted tokens of one condition: a column per category."""
-    top = row.get("top_shifted") or {}
-    columns = [[_token(t) for t in (top.get(c) or [])[:TOKENS_SHOWN]] for c in CATEGORIES]
-    depth = max((len(c) for c in columns), default=0)
-    return {
-        "columns": ["label tokens", "format tokens", "other tokens"],
-        "rows": [[c[i] if i < len(c) else "" for c in columns] for i in range(depth)],
-    }
-
-
 def token_shift_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """Per tuned condition: the three shares stacked (left) and the shifted share and its
     format-like part with 95% intervals over tasks (right)."""
@@ -193,7 +174,7 @@ def token_shift_view(data: Mapping[str, Any], plots_dir: Path) -> dict[str, Any]
         "tokens": [
             {
                 "name": f"{condition_name(r['condition'], varying)}, {_encoding(r)}",
-                "table": _tokens(r),
+                "table": most_shifted_table(r.get("top_shifted"), TOKENS_SHOWN),
             }
             for r in rows
         ],

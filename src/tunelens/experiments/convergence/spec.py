@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from tunelens.bounds import MAX_COUNT, MAX_LORA_RANK, Count, Seed
 from tunelens.models.tuning.config import StudyTuning
-from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, shifted_seeds
+from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, study_defaults
 
 __all__ = ["ConvergenceSpec", "fill_convergence"]
 
@@ -124,11 +124,4 @@ class ConvergenceSpec(StrictModel):
 def fill_convergence(section: ConvergenceSpec, study: Any) -> ConvergenceSpec:
     """The section with the study's model(s), dtype and device where it names none, and its
     default seeds shifted by the study's base seed."""
-    update: dict[str, object] = {
-        key: getattr(study, key) for key in ("dtype", "device") if getattr(section, key) is None
-    }
-    if not section.models:
-        update["models"] = study.model_list()
-    if "seeds" not in section.model_fields_set:
-        update["seeds"] = shifted_seeds(study.seed, section.seeds)
-    return section.model_copy(update=update)
+    return section.model_copy(update=study_defaults(section, study))

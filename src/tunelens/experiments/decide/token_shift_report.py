@@ -8,15 +8,14 @@ the ``token_shift`` variable. A decide.json without it shows nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from tunelens.measures.token_shift import BUCKETS, CATEGORIES
-from tunelens.report.html import data_uri, fmt, fmt_number, glossary
+from tunelens.measures.token_shift import BUCKETS
+from tunelens.report.html import data_uri, fmt, glossary, most_shifted_table
 from tunelens.report.plots import mean_ci, plt, save
 
 __all__ = ["MEASURES", "token_shift_figure", "token_shift_images", "token_shift_view"]
@@ -51,21 +50,6 @@ def _shifted_methods(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         for m in data.get("methods") or []
         if isinstance(m, Mapping) and isinstance(m.get("token_shift"), Mapping)
     ]
-
-
-def _token(entry: Mapping[str, Any]) -> str:
-    text = json.dumps(str(entry.get("token")), ensure_ascii=False)
-    return f"{text} {fmt_number(entry.get('shifted'))} of {fmt_number(entry.get('occurrences'))}"
-
-
-def _tokens(shift: Mapping[str, Any]) -> dict[str, Any]:
-    top = shift.get("top_shifted") or {}
-    columns = [[_token(t) for t in (top.get(c) or [])[:TOKENS_SHOWN]] for c in CATEGORIES]
-    depth = max((len(c) for c in columns), default=0)
-    return {
-        "columns": ["label tokens", "format tokens", "other tokens"],
-        "rows": [[c[i] if i < len(c) else "" for c in columns] for i in range(depth)],
-    }
 
 
 def token_shift_figure(methods: Sequence[Mapping[str, Any]]) -> Figure:
@@ -115,7 +99,11 @@ def token_shift_view(data: Mapping[str, Any]) -> dict[str, Any] | None:
             "glossary": glossary(keys, MEASURES),
         },
         "tokens": [
-            {"name": str(m.get("name")), "table": _tokens(m["token_shift"])} for m in methods
+            {
+                "name": str(m.get("name")),
+                "table": most_shifted_table(m["token_shift"].get("top_shifted"), TOKENS_SHOWN),
+            }
+            for m in methods
         ],
     }
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from tunelens.bounds import MAX_COUNT, Seed
-from tunelens.spec import Positive, StrictModel, Sweep, shifted_seeds
+from tunelens.spec import Positive, StrictModel, Sweep, study_defaults
 
 __all__ = ["FunctionVectorsSpec", "fill_function_vectors"]
 
@@ -73,11 +73,4 @@ class FunctionVectorsSpec(StrictModel):
 def fill_function_vectors(section: FunctionVectorsSpec, study: Any) -> FunctionVectorsSpec:
     """The section with the study's model(s), dtype and device where it names none, and its
     default seeds shifted by the study's base seed."""
-    update: dict[str, object] = {
-        key: getattr(study, key) for key in ("dtype", "device") if getattr(section, key) is None
-    }
-    if not section.models:
-        update["models"] = study.model_list()
-    if "seeds" not in section.model_fields_set:
-        update["seeds"] = shifted_seeds(study.seed, section.seeds)
-    return section.model_copy(update=update)
+    return section.model_copy(update=study_defaults(section, study))

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from tunelens.bounds import MAX_COUNT, Count, Seed
 from tunelens.models.tuning.config import StudyTuning
-from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, shifted_seeds
+from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, study_defaults
 
 __all__ = ["TaskVectorsSpec", "fill_task_vectors"]
 
@@ -83,11 +83,4 @@ class TaskVectorsSpec(StrictModel):
 def fill_task_vectors(section: TaskVectorsSpec, study: Any) -> TaskVectorsSpec:
     """The section with the study's model(s), dtype and device where it names none, and its
     default seeds shifted by the study's base seed."""
-    update: dict[str, object] = {
-        key: getattr(study, key) for key in ("dtype", "device") if getattr(section, key) is None
-    }
-    if not section.models:
-        update["models"] = study.model_list()
-    if "seeds" not in section.model_fields_set:
-        update["seeds"] = shifted_seeds(study.seed, section.seeds)
-    return section.model_copy(update=update)
+    return section.model_copy(update=study_defaults(section, study))
