@@ -62,6 +62,16 @@ Sweep = Annotated[list[_T], Field(min_length=1), AfterValidator(_distinct)]
 """A swept factor: at least one value, each value once."""
 
 
+def _layer_list(layers: list[int]) -> list[int]:
+    if any(not 0 <= layer <= MAX_COUNT for layer in layers):
+        raise ValueError(f"layers must lie in 0 .. {MAX_COUNT}")
+    return sorted(set(layers))
+
+
+LayerList = Annotated[list[int], AfterValidator(_layer_list)]
+"""Layers to read or patch (0 = embeddings, L = after block L): sorted, each once."""
+
+
 TuningSpec = TuningConfig
 """How a model is tuned: the library's one tuning configuration (``tunelens.models.tuning``).
 

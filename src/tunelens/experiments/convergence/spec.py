@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from tunelens.bounds import MAX_COUNT, MAX_LORA_RANK, Count, Seed
 from tunelens.models.tuning.config import StudyTuning
-from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, study_defaults
+from tunelens.spec import LayerList, Positive, StrictModel, Sweep, TuningSpec, study_defaults
 
 __all__ = ["ConvergenceSpec", "fill_convergence"]
 
@@ -69,7 +69,7 @@ class ConvergenceSpec(StrictModel):
         "the zero-shot forward at each layer. Empty means on for the embedded world model, "
         "off for other models.",
     )
-    patching_layers: list[int] = Field(
+    patching_layers: LayerList = Field(
         [], description="Layers to patch (0 = embeddings); empty means every layer."
     )
 
@@ -79,13 +79,6 @@ class ConvergenceSpec(StrictModel):
         if any(not 1 <= r <= MAX_LORA_RANK for r in v):
             raise ValueError(f"LoRA ranks must lie in 1 .. {MAX_LORA_RANK}")
         return v
-
-    @field_validator("patching_layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= layer <= MAX_COUNT for layer in v):
-            raise ValueError(f"layers must lie in 0 .. {MAX_COUNT}")
-        return sorted(set(v))
 
     @field_validator("target_module_sets")
     @classmethod

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from tunelens.bounds import MAX_COUNT, Seed
-from tunelens.spec import Positive, StrictModel, Sweep, study_defaults
+from tunelens.spec import LayerList, Positive, StrictModel, Sweep, study_defaults
 
 __all__ = ["FunctionVectorsSpec", "fill_function_vectors"]
 
@@ -56,18 +56,11 @@ class FunctionVectorsSpec(StrictModel):
         description="Task definition in every prompt (off: the task must come from "
         "the demonstrations or the function vector).",
     )
-    layers: list[int] = Field(
+    layers: LayerList = Field(
         [],
         description="Layers the function vector is added at (0 = embeddings, L = after block "
         "L); empty means every layer.",
     )
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= layer <= MAX_COUNT for layer in v):
-            raise ValueError(f"layers must lie in 0 .. {MAX_COUNT}")
-        return sorted(set(v))
 
 
 def fill_function_vectors(section: FunctionVectorsSpec, study: Any) -> FunctionVectorsSpec:

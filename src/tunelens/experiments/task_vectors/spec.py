@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from tunelens.bounds import MAX_COUNT, Count, Seed
+from tunelens.bounds import Count, Seed
 from tunelens.models.tuning.config import StudyTuning
-from tunelens.spec import Positive, StrictModel, Sweep, TuningSpec, study_defaults
+from tunelens.spec import LayerList, Positive, StrictModel, Sweep, TuningSpec, study_defaults
 
 __all__ = ["TaskVectorsSpec", "fill_task_vectors"]
 
@@ -50,7 +50,7 @@ class TaskVectorsSpec(StrictModel):
         description="Test sets per task and seed; the accuracy at the best layer is read on them.",
     )
     seeds: Sweep[Seed] = Field([0], description="Resampling seeds.")
-    layers: list[int] = Field(
+    layers: LayerList = Field(
         [],
         description="Layers patched (L = after block L, 0 = the embeddings); empty means after "
         "every block (1 .. blocks), as Hendel et al. sweep.",
@@ -71,13 +71,6 @@ class TaskVectorsSpec(StrictModel):
     tuning: StudyTuning = Field(
         TuningSpec(), description="How each demonstration set is tuned (the IT vector)."
     )
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= layer <= MAX_COUNT for layer in v):
-            raise ValueError(f"layers must lie in 0 .. {MAX_COUNT}")
-        return sorted(set(v))
 
 
 def fill_task_vectors(section: TaskVectorsSpec, study: Any) -> TaskVectorsSpec:
