@@ -18,7 +18,6 @@ with ``--help`` and the pydantic models.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import re
@@ -34,7 +33,6 @@ __all__ = [
     "expand",
     "on_page_markdown",
     "results_files",
-    "results_model",
     "results_reference",
     "results_schema",
     "spec_reference",
@@ -273,37 +271,13 @@ def spec_schema() -> dict[str, Any]:
     return {"$schema": _SCHEMA_DIALECT, **composite.model_json_schema()}
 
 
-def results_model(experiment: Any) -> type[BaseModel] | None:
-    """The results model an experiment reads its keys back with: the
-    :class:`~tunelens.api.results.ResultsModel` named ``*Results`` in its own module or
-    in the ``results`` / ``schema`` module of its package (None: it has none)."""
-    from tunelens.api.results import ResultsModel
-
-    module_name = type(experiment).__module__
-    package = module_name.rpartition(".")[0]
-    for candidate in (module_name, f"{package}.results", f"{package}.schema"):
-        try:
-            module = importlib.import_module(candidate)
-        except ModuleNotFoundError:
-            continue
-        for value in vars(module).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, ResultsModel)
-                and value.__module__ == module.__name__
-                and value.__name__.endswith("Results")
-            ):
-                return value
-    return None
-
-
 def results_files() -> dict[str, list[tuple[str, type[BaseModel] | None, tuple[str, ...]]]]:
     """Results file -> its writers: (experiment, results model or None, top-level keys)."""
     from tunelens.api import get_experiments
 
     files: dict[str, list[tuple[str, type[BaseModel] | None, tuple[str, ...]]]] = {}
     for name, experiment in get_experiments().items():
-        entry = (name, results_model(experiment), tuple(experiment.results_keys()))
+        entry = (name, experiment.results_model, tuple(experiment.results_keys()))
         files.setdefault(experiment.results_file, []).append(entry)
     return files
 

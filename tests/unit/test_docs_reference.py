@@ -205,7 +205,7 @@ def test_a_plugin_section_appears_on_the_spec_page(toy_registered):
 
 def test_every_shipped_experiment_has_a_results_model_covering_its_keys():
     for name, experiment in get_experiments().items():
-        model = docs_gen.results_model(experiment)
+        model = experiment.results_model
         assert model is not None, f"{name}: no *Results model in its package"
         if experiment.results_file == "results.json":
             assert set(experiment.results_keys()) <= set(model.model_fields), name
@@ -220,7 +220,7 @@ def test_the_results_json_page_is_the_results_models():
     expected = dict(own_schema(StudyResults)["properties"])
     for experiment in get_experiments().values():
         if experiment.results_file == "results.json":
-            expected.update(own_schema(docs_gen.results_model(experiment))["properties"])
+            expected.update(own_schema(experiment.results_model)["properties"])
     assert {k: inline(v, definitions) for k, v in schema["properties"].items()} == expected
     reference = sections(markdown)
     for name, experiment in get_experiments().items():
@@ -232,7 +232,7 @@ def test_the_decide_json_page_is_decides_results_model():
     decide = get_experiments()["decide"]
     assert decide.results_file == "decide.json"
     schema = schema_block(page("decide_json.md"))
-    own = own_schema(docs_gen.results_model(decide))
+    own = own_schema(decide.results_model)
     assert inline(schema, schema.get("$defs", {}))["properties"] == own["properties"]
     assert set(schema["required"]) == set(own["required"])
 

@@ -166,6 +166,11 @@ class Experiment(ABC):
     # (it runs from its own command, as decide does).
     section_model: ClassVar[type[BaseModel] | None] = None
 
+    # ``results_model``: the pydantic model (a ``tunelens.api.results.ResultsModel``) its keys
+    # of the results file read back with; the docs' results.json / decide.json schema pages
+    # are generated from it. None: the keys are listed without a schema.
+    results_model: ClassVar[type[BaseModel] | None] = None
+
     # ``command_help``: the help of ``tunelens <name>``, a command generated from the section
     # model's fields that runs a study of this section alone (None: no such command).
     # ``cli_module``: a module that registers this experiment's own commands on the apps of

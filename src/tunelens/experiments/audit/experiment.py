@@ -42,6 +42,7 @@ import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.audit.results import AuditResults
 from tunelens.experiments.audit.spec import AuditSpec, fill_audit
 from tunelens.experiments.audit.token_shift import add_token_ranks, token_shift_section
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
@@ -615,6 +616,7 @@ class AuditExperiment(Experiment):
     # 8: last block cut at target positions, fused AdamW (float noise); earlier: 7: break-even
     # prefix groups, padding-free tuning batches (float noise)
     code_version = "9"
+    results_model = AuditResults
 
     def _common(self, section: AuditSpec, model: str) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.convergence.results import ConvergenceResults
 from tunelens.experiments.convergence.spec import ConvergenceSpec, fill_convergence
 from tunelens.experiments.convergence.updates import aggregate_updates, compare_random_init
 from tunelens.measures.sanity import annotate as annotate_layers
@@ -1047,6 +1048,7 @@ class ConvergenceExperiment(Experiment):
     # 12: update-direction similarity (SimAOU on attention outputs and the residual stream,
     #     with floors; Rec2FTP at aggregation), attention outputs tapped in the same forwards.
     code_version = "12"
+    results_model = ConvergenceResults
 
     def cells(self, section: ConvergenceSpec, inputs: StudyInputs) -> list[Cell]:
         tasks = inputs.tasks(section.tasks)

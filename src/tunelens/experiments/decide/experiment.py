@@ -19,6 +19,7 @@ import tunelens
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
 from tunelens.experiments.decide.config import DecideConfig
+from tunelens.experiments.decide.schema import DecideResults
 
 __all__ = ["DecideExperiment", "DecideSection"]
 
@@ -90,6 +91,7 @@ class DecideExperiment(Experiment):
     # 6: last block cut at read positions, fused AdamW (float noise); earlier: 5: break-even prefix
     # groups; tuned methods via tune_set (float noise)
     code_version = "7"
+    results_model = DecideResults
 
     def _cell(self, method: Any, plan: DecidePlan, config: DecideConfig) -> Cell:
         return dataclasses.replace(

@@ -31,6 +31,7 @@ from tunelens.experiments.function_vectors.aggregate import (
     mean_aie,
     top_heads,
 )
+from tunelens.experiments.function_vectors.results import FunctionVectorsResults
 from tunelens.experiments.function_vectors.spec import (
     FunctionVectorsSpec,
     fill_function_vectors,
@@ -53,6 +54,7 @@ class FunctionVectorsExperiment(Experiment):
 
     name = NAME
     section_model = FunctionVectorsSpec
+    results_model = FunctionVectorsResults
     code_version = "1"
 
     def fill_section(self, section: FunctionVectorsSpec, study: Any) -> FunctionVectorsSpec:

@@ -16,6 +16,7 @@ from typing import Any
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.task_vectors.results import TaskVectorsResults
 from tunelens.experiments.task_vectors.sets import draw_settings, unusable_reason
 from tunelens.experiments.task_vectors.spec import TaskVectorsSpec, fill_task_vectors
 
@@ -52,6 +53,7 @@ class TaskVectorsExperiment(Experiment):
     name = "task_vectors"
     code_version = "1"
     section_model = TaskVectorsSpec
+    results_model = TaskVectorsResults
     command_help = (
         "Task vectors (Hendel et al. 2023): does the few-shot state carry the task to other "
         "queries? Per layer, chosen on dev, read on test; from ICL, IT and a random model."

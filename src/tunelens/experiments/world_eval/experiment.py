@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.world_eval.results import WorldEvalResults
 from tunelens.experiments.world_eval.spec import DEFAULT_SHOTS, WorldEvalSpec, fill_world_eval
 from tunelens.measures.text import exact_match
 from tunelens.prompts import PromptStyle, render_prompt
@@ -185,6 +186,7 @@ class WorldEvalExperiment(Experiment):
         return fill_world_eval(section, study)
 
     code_version = "4"  # 4: prefix groups above the break-even only; 3: token-sized batches
+    results_model = WorldEvalResults
 
     def cells(self, section: WorldEvalSpec, inputs: StudyInputs) -> list[Cell]:
         from tunelens.tasks.world.relabel import relabel_tasks
@@ -260,7 +262,6 @@ class WorldEvalExperiment(Experiment):
         """No section of its own: its key, once read typed (a broken one is an input error),
         is shown as a generic table."""
         from tunelens.api.results import parse_file
-        from tunelens.experiments.world_eval.results import WorldEvalResults
 
         parse_file(WorldEvalResults, results, what="results")
         return None
