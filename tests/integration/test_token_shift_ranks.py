@@ -25,10 +25,17 @@ PREFIX = "Definition : answer yes or no about the animal . Input : "
 INPUTS = ["the cat sits", "a red apple", "the big dog runs on the mat", "small fish", "tree"]
 
 
+# Two logits closer than this (relative to the row's largest) count as tied: a batched or
+# packed forward and a plain one may order them differently on another CPU's kernels, and
+# a random tiny model over a 150k-token vocabulary has such neighbours.
+TIE = 1e-5
+
+
 @torch.no_grad()
-def reference_ranks(loaded, prompt_ids, output_ids) -> tuple[list[list[int]], list[list[int]]]:
-    """Per sequence, per output token: its 1-based place in the logits sorted descending, and
-    the argmax, from one plain forward of that sequence alone."""
+def reference_ranks(loaded, prompt_ids, output_ids) -> tuple[list[list[range]], list[list[set]]]:
+    """Per sequence, per output token, from one plain forward of that sequence alone: the
+    1-based places its logit may take in the row sorted descending (a single place unless
+    another logit ties with it within ``TIE``), and the ids that may be the argmax."""
     ranks, tops = [], []
     for prompt, output in zip(prompt_ids, output_ids, strict=True):
         if loaded.kind == "seq2seq":
@@ -43,12 +50,22 @@ def reference_ranks(loaded, prompt_ids, output_ids) -> tuple[list[list[int]], li
             rows = [logits[len(prompt) + j - 1] for j in range(len(output))]
         seq_ranks, seq_tops = [], []
         for row, target in zip(rows, output, strict=True):
-            order = np.argsort(-row.float().numpy(), kind="stable")
-            seq_ranks.append(int(np.flatnonzero(order == target)[0]) + 1)
-            seq_tops.append(int(order[0]))
+            values = row.double().numpy()
+            tie = TIE * max(1.0, float(np.abs(values).max()))
+            above = int((values > values[target] + tie).sum())
+            within = int((np.abs(values - values[target]) <= tie).sum())
+            seq_ranks.append(range(above + 1, above + within + 1))
+            seq_tops.append(set(np.flatnonzero(values >= values.max() - tie).tolist()))
         ranks.append(seq_ranks)
         tops.append(seq_tops)
     return ranks, tops
+
+
+def assert_ranks_within(got: list[list[int]], want: list[list[range]]) -> None:
+    assert [len(r) for r in got] == [len(w) for w in want]
+    for got_row, want_row in zip(got, want, strict=True):
+        for rank, allowed in zip(got_row, want_row, strict=True):
+            assert rank in allowed, (got_row, [(a.start, a.stop - 1) for a in want_row])
 
 
 def _outputs(tuned, prompts: list[str], max_new: int = 5) -> tuple[list[str], list[list[int]]]:
@@ -70,8 +87,12 @@ def test_ranks_equal_a_plain_per_position_computation(tiny_model, arch):
     prompt_ids = _prompt_ids(untuned, prompts)
     got = teacher_forced_ranks(untuned, prompt_ids, outputs, max_tokens=40)
     want_ranks, want_tops = reference_ranks(untuned, prompt_ids, outputs)
-    assert got.ranks == want_ranks
-    assert got.top_ids == want_tops
+    assert_ranks_within(got.ranks, want_ranks)
+    assert all(
+        top in allowed
+        for got_row, want_row in zip(got.top_ids, want_tops, strict=True)
+        for top, allowed in zip(got_row, want_row, strict=True)
+    )
     assert any(r > 1 for row in got.ranks for r in row), "a different model should disagree"
     # the ids are what was generated: their text's first line is the prediction
     for text, ids in zip(texts, outputs, strict=True):
@@ -88,7 +109,7 @@ def test_padded_path_gives_the_same_ranks(tiny_model, arch, monkeypatch):
     prompt_ids = _prompt_ids(untuned, prompts)
     monkeypatch.setattr(token_ranks, "packable", lambda loaded: False)
     got = teacher_forced_ranks(untuned, prompt_ids, outputs)
-    assert got.ranks == reference_ranks(untuned, prompt_ids, outputs)[0]
+    assert_ranks_within(got.ranks, reference_ranks(untuned, prompt_ids, outputs)[0])
 
 
 def test_a_models_own_greedy_output_is_all_rank_one(tiny_model):
@@ -96,8 +117,16 @@ def test_a_models_own_greedy_output_is_all_rank_one(tiny_model):
     loaded = wrap(tiny_model("llama", seed=3), "llama")
     prompts = [f"{PREFIX}{x} . Output :" for x in INPUTS]
     _, outputs = _outputs(loaded, prompts, max_new=6)
-    got = teacher_forced_ranks(loaded, _prompt_ids(loaded, prompts), outputs)
-    assert all(r == 1 for row in got.ranks for r in row)
+    prompt_ids = _prompt_ids(loaded, prompts)
+    got = teacher_forced_ranks(loaded, prompt_ids, outputs)
+    want = reference_ranks(loaded, prompt_ids, outputs)[0]
+    # first, up to a tie within TIE (a cached decoding step and a whole-sequence forward
+    # may break one differently)
+    assert all(1 in allowed for row in want for allowed in row)
+    assert_ranks_within(got.ranks, want)
+    assert all(r == 1 for row in got.ranks for r in row) or any(
+        len(allowed) > 1 for row in want for allowed in row
+    )
     assert got.top_ids == outputs
 
 
@@ -125,7 +154,7 @@ def test_ranks_on_a_real_tokenizer(real_model_dir, name):
     _, outputs = _outputs(tuned, prompts, max_new=4)
     prompt_ids = _prompt_ids(untuned, prompts)
     got = teacher_forced_ranks(untuned, prompt_ids, outputs, max_tokens=32)
-    assert got.ranks == reference_ranks(untuned, prompt_ids, outputs)[0]
+    assert_ranks_within(got.ranks, reference_ranks(untuned, prompt_ids, outputs)[0])
     # label tokens: the digit, not SentencePiece's lone space piece before it
     labels = label_token_ids(untuned.tokenizer, ["0", "1"])
     texts = token_texts(untuned.tokenizer, sorted(labels))
