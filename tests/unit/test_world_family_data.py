@@ -125,10 +125,12 @@ def _batcher(size: str) -> _Batcher:
     return _Batcher(recipe, build_tokenizer(0, recipe.vocabulary))
 
 
-def _base_sequences(n: int, family: str | None, soup: bool = False) -> list[list[str]]:
-    recipe = recipe_for_size("world-base", preamble_soup=soup)
-    batcher = _batcher("world-base")
-    rng = random.Random(7)
+def _base_sequences(
+    n: int, family: str | None, soup: bool = False, size: str = "world-base", seed: int = 7
+) -> list[list[str]]:
+    recipe = recipe_for_size(size, preamble_soup=soup)
+    batcher = _batcher(size)
+    rng = random.Random(seed)
     return [
         training_sequence(
             rng,
@@ -264,19 +266,8 @@ def test_a_word_target_answers_zero_shots_with_one_lexicon_word():
 
 
 def test_induction_blocks_put_definitions_only_after_their_rules_answers():
-    recipe = recipe_for_size("world-base-induct")
-    batcher = _batcher("world-base-induct")
-    rng = random.Random(11)
     blocks = 0
-    for _ in range(300):
-        tokens = training_sequence(
-            rng,
-            seed=0,
-            max_tokens=recipe.seq_len,
-            tokenize=batcher._tokenize,
-            forbidden_label_sets=batcher.forbidden,
-            mix=recipe.mix(),
-        )[0]
+    for tokens in _base_sequences(300, None, size="world-base-induct", seed=11):
         if "Definition:" not in tokens:
             continue
         pieces = [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
