@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers.chromium import run_chromium
 from tests.helpers.fakes import XSS, fake_experiments, small_spec
 
 from tunelens.api.results import Stat, StudyResults, WilcoxonTest
@@ -198,23 +197,13 @@ def test_chromium_renders_a_nontrivial_page(run_dir, tmp_path):
 
     report = build_report(run_dir)
     shot = tmp_path / "report.png"
-    profile = tmp_path / "profile"
-    command = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
+    result = run_chromium(
+        CHROMIUM,
+        tmp_path / "profile",
         f"--screenshot={shot}",
         "--window-size=1200,2000",
         report.as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    shutil.rmtree(profile, ignore_errors=True)
+    )
     assert shot.exists(), result.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 2000)

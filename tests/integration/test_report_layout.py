@@ -16,11 +16,11 @@ import html
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers.chromium import run_chromium
 
 from tunelens.report.html import build_report
 
@@ -66,23 +66,9 @@ def layout(report: Path, tmp_path: Path) -> dict[str, Any]:
     text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
     page = tmp_path / "probe.html"
     page.write_text(text.replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    profile = tmp_path / "profile"
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        f"--window-size={WIDTH},{FOLD}",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    shutil.rmtree(profile, ignore_errors=True)
+    result = run_chromium(
+        CHROMIUM, tmp_path / "profile", f"--window-size={WIDTH},{FOLD}", "--dump-dom", page.as_uri()
+    )
     found = re.search(r'data-layout="([^"]*)"', result.stdout)
     assert found, f"the probe wrote nothing: {result.stderr[-2000:]}"
     return json.loads(html.unescape(found.group(1)))
