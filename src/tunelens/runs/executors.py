@@ -358,6 +358,7 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     def workers() -> dict[int, Any]:
         return dict(getattr(pool, "_processes", None) or {})
 
+    manager = getattr(pool, "_executor_manager_thread", None)
     processes = workers()
     pool.shutdown(wait=False, cancel_futures=True)
     processes.update(workers())
@@ -366,6 +367,10 @@ def _stop(pool: ProcessPoolExecutor) -> None:
             process.terminate()
     for process in processes.values():
         process.join(timeout=10)
+    # The pool's own thread reaps the ended workers too; until it has recorded their
+    # exit codes, a worker it reaped first still reads as alive here. Wait for it.
+    if manager is not None:
+        manager.join(timeout=10)
 
 
 def _merge_batch_sizes(used: dict[str, dict[str, Any]]) -> None:
