@@ -32,10 +32,11 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-it": "world_it",
     "world-base": "world_base",
     "world-base-induct": "world_base_induct",
+    "world-base-early": "world_base_early",
 }
-# Members being trained: installable, not yet loadable by name (`world-base-induct`, a
-# candidate successor of `world-base`; `world-base`, the base member of issue 29, ships since 0.3).
-UNSHIPPED: frozenset[str] = frozenset({"world-base-induct"})
+# Members being trained: installable, not yet loadable by name (`world-base-induct` and
+# `world-base-early`, candidate successors of `world-base`; `world-base`, the base member of issue 29, ships since 0.3).
+UNSHIPPED: frozenset[str] = frozenset({"world-base-induct", "world-base-early"})
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
@@ -45,6 +46,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-it": "tunelens world train-model --size base --instruction-tune --install",
     "world-base": "tunelens world train-model --size world-base --install",
     "world-base-induct": "tunelens world train-model --size world-base-induct --install",
+    "world-base-early": "tunelens world train-model --size world-base-early --install",
 }
 
 

@@ -228,6 +228,20 @@ SIZES: dict[str, dict[str, object]] = {
         "zero_shot_preamble": 0.5,
         "induction_blocks": 0.15,
     },
+    # world-base-induct with a 1,000-step one-word curriculum instead of 3,000: `world`'s
+    # rule families emerged 4,000-6,000 steps after its curriculum (steps 7,000-9,000
+    # of 10,000); world-base's 8,000 steps leave only 5,000 after it.
+    "world-base-early": {
+        **_WORLD,
+        "steps": 8000,
+        "curriculum_steps": 1000,
+        "definition_blocks": 0.0,
+        "definition_prefix": 0.0,
+        "tk_layout": 0.0,
+        "zero_shot_answers": False,
+        "zero_shot_preamble": 0.5,
+        "induction_blocks": 0.15,
+    },
 }
 # The family member each size trains (and installs as).
 SIZE_MEMBERS: dict[str, str] = {
@@ -235,6 +249,7 @@ SIZE_MEMBERS: dict[str, str] = {
     "base": "world",
     "world-base": "world-base",
     "world-base-induct": "world-base-induct",
+    "world-base-early": "world-base-early",
 }
 
 
