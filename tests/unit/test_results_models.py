@@ -159,6 +159,7 @@ def test_audit_round_trip(raw):
         "audit_verdict",
         "audit_label_spaces",
         "audit_definition_blind_bound",
+        "audit_controls",
     }
     assert sections["audit_format_share"] and sections["baselines"]["random"]["draw"]
     assert_lossless(sections, dump_audit(sections))

@@ -22,14 +22,62 @@ import numpy as np
 
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS
 
-__all__ = ["MORE_THAN_FORMAT", "MOSTLY_FORMAT", "format_share", "ratio_ci", "share_reading"]
+__all__ = [
+    "MORE_THAN_FORMAT",
+    "MOSTLY_FORMAT",
+    "NEGLIGIBLE_GAIN",
+    "difference_verdict",
+    "format_share",
+    "negligible_gain",
+    "ratio_ci",
+    "share_reading",
+    "significant",
+    "units_to_decide",
+]
 
 MOSTLY_FORMAT = 0.8
 MORE_THAN_FORMAT = 0.5
+# A paired difference whose interval lies within +/- this many EM points is read as
+# "no gap of practical size" (a decided answer, though the interval spans zero).
+NEGLIGIBLE_GAIN = 5.0
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _finite(*values: Any) -> bool:
+    return all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values
+    )
+
+
+def significant(difference: Mapping[str, Any]) -> bool:
+    """Whether a paired interval excludes zero."""
+    lo, hi = difference["ci"]
+    return bool(_finite(lo, hi) and (lo > 0 or hi < 0))
+
+
+def negligible_gain(difference: Mapping[str, Any], margin: float | None = None) -> bool:
+    """Whether a paired interval lies within +/- ``margin`` EM points (no practical gap)."""
+    margin = NEGLIGIBLE_GAIN if margin is None else margin
+    lo, hi = difference["ci"]
+    return bool(_finite(lo, hi) and -margin <= lo and hi <= margin)
+
+
+def units_to_decide(difference: Mapping[str, Any]) -> int | None:
+    """Roughly how many units (tasks) at this mean and spread would make the interval
+    exclude zero: the half-width shrinks as 1/sqrt(n), plus 10% to spare."""
+    lo, hi = difference["ci"]
+    mean, n = difference["mean"], difference.get("n", 0)
+    if not _finite(lo, hi, mean) or not n or abs(mean) < 1e-9:
+        return None
+    half = (hi - lo) / 2
+    return int(math.ceil(n * (half / abs(mean)) ** 2 * 1.1))
+
+
+def difference_verdict(difference: Mapping[str, Any], margin: float | None = None) -> str:
+    """'lower' | 'higher' (the paired interval excludes zero), 'equivalent' (it lies
+    within +/- ``margin``: no gap of practical size), else 'undecided'."""
+    if significant(difference):
+        return "lower" if difference["ci"][1] < 0 else "higher"
+    return "equivalent" if negligible_gain(difference, margin) else "undecided"
 
 
 def share_reading(share: Mapping[str, Any], gain_decided: bool) -> str:

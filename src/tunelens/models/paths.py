@@ -35,7 +35,8 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-base-early": "world_base_early",
 }
 # Members being trained: installable, not yet loadable by name (`world-base-induct` and
-# `world-base-early`, candidate successors of `world-base`; `world-base`, the base member of issue 29, ships since 0.3).
+# `world-base-early`, candidate successors of `world-base`; `world-base`, the base member
+# of issue 29, ships since 0.3).
 UNSHIPPED: frozenset[str] = frozenset({"world-base-induct", "world-base-early"})
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}

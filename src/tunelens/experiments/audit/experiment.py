@@ -42,12 +42,20 @@ import numpy as np
 
 from tunelens.api import Cell, Experiment, RunContext, StudyInputs, register_experiment
 from tunelens.api.experiment import ReportPart
+from tunelens.experiments.audit.controls import compare_controls
 from tunelens.experiments.audit.results import AuditResults
 from tunelens.experiments.audit.spec import AuditSpec, fill_audit
 from tunelens.experiments.audit.token_shift import add_token_ranks, token_shift_section
 from tunelens.measures.stats import MIN_BOOTSTRAP_UNITS, unit_mean_ci
 from tunelens.measures.text import exact_match, headline_metric, normalize_answer, rouge_l
-from tunelens.measures.verdicts import format_share, share_reading
+from tunelens.measures.verdicts import (
+    NEGLIGIBLE_GAIN,
+    format_share,
+    negligible_gain,
+    share_reading,
+    significant,
+    units_to_decide,
+)
 from tunelens.prompts import PromptStyle, Template, render_prompt, render_target
 from tunelens.spec import TuningSpec
 from tunelens.tasks.types import Task
@@ -61,9 +69,6 @@ SHARES = {
     "no_definition": {"definition": "none", "examples": "original"},
 }
 NOT_SIGNIFICANT = "tuning gain not significant"
-# A non-significant gain whose interval lies within +/- this many EM points is read as
-# "no tuning gain of practical size" (a decided answer, though no share exists).
-NEGLIGIBLE_GAIN = 5.0
 METRICS = ("em", "rouge_l")
 
 
@@ -430,35 +435,6 @@ def tuning_gain(
     return unit_mean_ci(d, seed=seed, n_resamples=n_boot)
 
 
-def _finite(*values: Any) -> bool:
-    return all(isinstance(x, float) and math.isfinite(x) for x in values)
-
-
-def significant(gain: dict[str, Any]) -> bool:
-    """Whether a paired interval excludes zero."""
-    lo, hi = gain["ci"]
-    return bool(_finite(lo, hi) and (lo > 0 or hi < 0))
-
-
-def negligible_gain(gain: dict[str, Any], margin: float | None = None) -> bool:
-    """Whether a gain's whole interval lies within +/- ``margin`` EM points (no practical gain)."""
-    margin = NEGLIGIBLE_GAIN if margin is None else margin
-    lo, hi = gain["ci"]
-    return bool(_finite(lo, hi) and -margin <= lo and hi <= margin)
-
-
-def units_to_decide(gain: dict[str, Any]) -> int | None:
-    """Roughly how many tasks (at this gain and spread) would make the interval exclude zero."""
-    lo, hi = gain["ci"]
-    mean, n = gain["mean"], gain.get("n", 0)
-    if not _finite(lo, hi, mean) or not n:
-        return None
-    half = (hi - lo) / 2
-    if abs(mean) < 1e-9:
-        return None
-    return int(math.ceil(n * (half / abs(mean)) ** 2 * 1.1))
-
-
 def gated_format_share(
     cond: dict[str, dict[str, float]],
     original: dict[str, dict[str, float]],
@@ -805,6 +781,9 @@ class AuditExperiment(Experiment):
                 "baselines_by_encoding": by_encoding,
                 "audit_format_share": shares,
                 "audit_verdict": self._verdicts(shares),
+                "audit_controls": compare_controls(
+                    raw, SHARES, METRICS, NEGLIGIBLE_GAIN, section.bootstrap
+                ),
                 "audit_label_spaces": label_spaces(test),
                 "audit_definition_blind_bound": {
                     "em": bound,

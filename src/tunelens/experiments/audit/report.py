@@ -244,6 +244,7 @@ def verdict_view(data: Mapping[str, Any], key: Path | None) -> dict[str, Any]:
     bound = data.get("audit_definition_blind_bound")
     if isinstance(bound, Mapping) and bound.get("em") is not None:
         lines.append(["Does it read the definition?", _bound_sentence(bound)])
+    lines += control_lines(data, constant)
     lines += token_shift_lines(data)
     note = ""
     if rows and constant:
@@ -260,6 +261,77 @@ def verdict_view(data: Mapping[str, Any], key: Path | None) -> dict[str, Any]:
         f"CIs. Past {MOSTLY_FORMAT:.0%} (dashed) the gain is mostly format; under "
         f"{MORE_THAN_FORMAT:.0%} (dotted) tuning taught more than the format.",
     }
+
+
+VERDICT_WORDS = {
+    "lower": "lower",
+    "higher": "higher",
+    "equivalent": "no gap above {margin:g}",
+    "undecided": "undecided",
+}
+
+
+def _signed(stat: Mapping[str, Any]) -> str:
+    """A paired difference: '+0.6 [-3.1, 4.2] (n 40)'."""
+    if not stat:
+        return "n/a"
+    lo, hi = stat.get("ci") or [None, None]
+    text = f"{fmt_number(stat.get('mean'), signed=True)} [{fmt_number(lo)}, {fmt_number(hi)}]"
+    return text + (f" (n {fmt_number(stat['n'])})" if "n" in stat else "")
+
+
+def _control_cells(row: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Per control of a row: its name, the EM difference with interval and n, the verdict."""
+    cells = []
+    for comparison in row.get("controls") or []:
+        em = (comparison.get("difference") or {}).get("em") or {}
+        verdict = VERDICT_WORDS.get(str(comparison.get("verdict")), "undecided")
+        cells.append(
+            (
+                named(str(comparison.get("control"))),
+                _signed(em),
+                verdict.format(margin=row.get("margin") or 0),
+            )
+        )
+    return cells
+
+
+def control_lines(data: Mapping[str, Any], constant: Sequence[str]) -> list[list[str]]:
+    """Verdict-box lines: each control against the original tuning, lead encoding only."""
+    rows = [r for r in data.get("audit_controls") or [] if isinstance(r, Mapping)]
+    lead = rows[0].get("encoding") if rows else None
+    lines = []
+    for row in rows:
+        if row.get("encoding") != lead:
+            continue
+        parts = [
+            f"{name} {difference}: {verdict}" for name, difference, verdict in _control_cells(row)
+        ]
+        lines.append(
+            [
+                f"Controls against the original ({_row_name(row, constant)})",
+                "; ".join(parts) + " (EM points, control - original)",
+            ]
+        )
+    return lines
+
+
+def _control_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    """The section's table: one row per (encoding, instances, seed, control)."""
+    rows = []
+    for row in data.get("audit_controls") or []:
+        for name, difference, verdict in _control_cells(row):
+            rows.append(
+                [
+                    ENCODING_WORDS.get(str(row.get("encoding")), fmt(row.get("encoding"))),
+                    fmt(row.get("instances_per_task")),
+                    fmt(row.get("seed")),
+                    name,
+                    difference,
+                    verdict,
+                ]
+            )
+    return rows
 
 
 def share_figure(data: Mapping[str, Any]) -> Figure:
@@ -651,6 +723,18 @@ def audit_view(results: AuditResults, plots: list[Plot]) -> dict[str, Any]:
             ],
             "rows": _share_rows(data),
             "glossary": _glossary(["tuning_gain", *CONTROLS]),
+        },
+        "controls": {
+            "columns": [
+                "evaluated with",
+                "instances per task",
+                "seed",
+                "tuned with",
+                "control - original (EM points)",
+                "verdict",
+            ],
+            "rows": _control_rows(data),
+            "glossary": _glossary(["simplified", "delusive", "no_definition"]),
         },
         "categories": {
             m: _by_category(breakdown(sources, "per_category", m)) for m in ("em", "rouge_l")

@@ -1,8 +1,8 @@
 """The audit experiment's typed results: results.json ``audit`` (one entry per tuning
 condition, seed and evaluation encoding), ``baselines`` (and ``baselines_by_encoding``),
 ``audit_format_share``, ``audit_verdict``, ``audit_label_spaces``,
-``audit_definition_blind_bound`` and ``audit_token_shift`` (the generic pieces are
-:mod:`tunelens.api.results`).
+``audit_definition_blind_bound``, ``audit_token_shift`` and ``audit_controls`` (the
+generic pieces are :mod:`tunelens.api.results`).
 
 :func:`dump_audit` is what the aggregator writes through; :class:`AuditResults` is how
 the report and ``tunelens export`` read the keys back (each one optional there).
@@ -21,6 +21,8 @@ __all__ = [
     "AuditBound",
     "AuditCategoryScores",
     "AuditCondition",
+    "AuditControlComparison",
+    "AuditControlsRow",
     "AuditEntry",
     "AuditEvaluation",
     "AuditFormatShareRow",
@@ -178,6 +180,37 @@ class AuditVerdict(ResultsModel):
     text: str
 
 
+class AuditControlComparison(ResultsModel):
+    """One control tuned at a row's setting against the original definitions and examples.
+
+    ``difference``: mean(control - original) over held-out tasks per metric, with its
+    interval, n and method; ``verdict`` (on exact match): "lower" / "higher" where the
+    interval excludes zero, "equivalent" where it lies within +/- the row's margin,
+    else "undecided" (then ``tasks_to_decide``: roughly how many tasks would make it
+    exclude zero at this mean and spread).
+    """
+
+    control: str  # simplified | delusive | no_definition
+    definition: str
+    examples: str
+    difference: dict[str, Stat]
+    verdict: str
+    decided: bool
+    tasks_to_decide: int | None = None
+    text: str
+
+
+class AuditControlsRow(ResultsModel):
+    """results.json ``audit_controls``: per (encoding, instances_per_task, seed), each
+    control against tuning on the original definitions and examples."""
+
+    encoding: str
+    instances_per_task: int | str
+    seed: int
+    margin: float  # EM points: an interval within +/- margin rules out a practical gap
+    controls: list[AuditControlComparison]
+
+
 class AuditLabelSpace(ResultsModel):
     """A held-out task's label space: labels, source (header/definition/instances), unseen."""
 
@@ -225,6 +258,7 @@ class AuditSections(ResultsModel):
     audit_label_spaces: dict[str, AuditLabelSpace] | None = None
     audit_definition_blind_bound: AuditBound | None = None
     audit_token_shift: AuditTokenShift | None = None
+    audit_controls: list[AuditControlsRow] | None = None
 
 
 class AuditResults(ResultsModel):
@@ -238,6 +272,7 @@ class AuditResults(ResultsModel):
     audit_label_spaces: dict[str, AuditLabelSpace] | None = None
     audit_definition_blind_bound: AuditBound | None = None
     audit_token_shift: AuditTokenShift | None = None
+    audit_controls: list[AuditControlsRow] | None = None
 
 
 RESULTS_KEYS: tuple[str, ...] = tuple(AuditSections.model_fields)
