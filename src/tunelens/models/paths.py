@@ -81,9 +81,10 @@ def resolve_model_path(name_or_path: str) -> Path:
     directory = Path(name_or_path).expanduser()
     check_model_path(directory)  # a symlink loop would read as "does not exist"
     if not directory.exists():
+        names = ", ".join(f"'{name}'" for name in WORLD_MODELS)
         raise TunelensInputError(
-            "model directory does not exist (tunelens never downloads; give 'world', "
-            "'world-small', 'world-it' or a local Hugging Face model directory)",
+            f"model directory does not exist (tunelens never downloads; give one of {names} "
+            "or a local Hugging Face model directory)",
             source=str(directory),
         )
     if not directory.is_dir():

@@ -81,24 +81,55 @@ def training_pairs(
     n_positive: int,
     seed: int,
     template: Template = "tk",
+    mixed: bool = False,
 ) -> list[tuple[str, str]]:
-    """Tk-Instruct encoded (prompt, target) pairs under one grid condition."""
+    """Tk-Instruct encoded (prompt, target) pairs under one grid condition.
+
+    ``mixed`` (``train_encoding: mixed``): each instance draws its encoding, as
+    Tk-Instruct's collator does with ``--tk_instruct`` (:func:`mixed_styles`), from an
+    RNG of its own, so the instances drawn are those of the fixed encoding.
+    """
     from tunelens.tasks.sampling import sample_instances
     from tunelens.tasks.variants import apply_definition_variant, apply_examples_variant
 
     rng = random.Random(f"audit-train|{seed}|{instances_per_task}")
+    draw = random.Random(f"audit-train-encoding|{seed}|{instances_per_task}")
+    fixed = PromptStyle(template=template, definition=definition != "none", n_positive=n_positive)
+    styles = mixed_styles(fixed, examples != "none") if mixed else [fixed]
     pairs = []
     for task in tasks:
         varied = apply_definition_variant(task, definition)
         varied = apply_examples_variant(varied, examples, seed=seed)
-        style = PromptStyle(
-            template=template, definition=definition != "none", n_positive=n_positive
-        )
         for inst in sample_instances(task.instances, instances_per_task, rng):
+            style = draw.choice(styles) if len(styles) > 1 else styles[0]
             pairs.append(
                 (render_prompt(varied, inst.input, None, style), render_target(inst.outputs[0]))
             )
     return pairs
+
+
+def mixed_styles(fixed: PromptStyle, has_examples: bool) -> list[PromptStyle]:
+    """The encodings a mixed-encoding instance draws from, uniformly.
+
+    Tk-Instruct's collator (``--tk_instruct``) draws from instruction only, examples
+    only, instruction + positive examples, + negative examples, + explanations; the
+    audit's tasks carry no negatives or explanations, so the first three remain, and
+    of those only the ones the condition has (no definition: examples only; no
+    examples: definition only; neither: the bare input).
+    """
+    shots = fixed.n_positive if has_examples else 0
+    candidates = [
+        replace(fixed, definition=True, n_positive=0),
+        replace(fixed, definition=False, n_positive=shots),
+        replace(fixed, definition=True, n_positive=shots),
+    ]
+    styles = [
+        style
+        for style in candidates
+        if (style.definition or style.n_positive) and (fixed.definition or not style.definition)
+    ]
+    unique = list(dict.fromkeys(styles))
+    return unique or [replace(fixed, definition=False, n_positive=0)]
 
 
 def eval_items(tasks: Sequence[Task], per_task: int) -> list[tuple[Task, Any]]:
@@ -282,6 +313,7 @@ def run_grid_cell(
         n_positive=params["n_positive"],
         seed=seed,
         template=params["template"],
+        mixed=params.get("train_encoding") == "mixed",
     )
     config = TuningSpec(**params["tuning"], seed=seed)
     tuned = multitask_tune(loaded, pairs, config, progress=progress, on_step=on_step)
@@ -321,6 +353,7 @@ def run_grid_cell(
             "lr_schedule": config.lr_schedule,
             "seed": seed,
             "template": params["template"],
+            "encoding": params.get("train_encoding", "fixed"),
             "n_positive": params["n_positive"],
             "final_loss": final_loss,
         },
@@ -650,6 +683,8 @@ class AuditExperiment(Experiment):
                             "instances_per_task": n,
                             "tuning": section.tuning.model_dump(),
                         }
+                        if section.train_encoding != "fixed":  # fixed cells keep their keys
+                            params["train_encoding"] = section.train_encoding
                         name = f"def={definition} ex={examples} n={n} seed={seed}"
                         cells.append(
                             self.cell(

@@ -170,6 +170,7 @@ def _pair_lengths(
         n_positive=int(p.get("n_positive", 2)),
         seed=cell.seed,
         template=p["template"],
+        mixed=p.get("train_encoding") == "mixed",
     )
     step = max(1, len(pairs) // 512)
     sample = pairs[::step][:512]

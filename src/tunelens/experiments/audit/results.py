@@ -110,6 +110,8 @@ class AuditTraining(ResultsModel):
     learning_rate: float
     seed: int
     template: str
+    # "fixed" or "mixed" (train_encoding); absent from cells run before it existed (fixed)
+    encoding: str | None = None
 
 
 class AuditEvaluation(ResultsModel):

@@ -43,6 +43,14 @@ class AuditSpec(StrictModel):
     )
     seeds: Sweep[Seed] = Field([0], description="Tuning seeds.")
     n_positive: NonNegative = Field(2, description="Positive examples in the Tk-Instruct encoding.")
+    train_encoding: Literal["fixed", "mixed"] = Field(
+        "fixed",
+        description="How training prompts are encoded: 'fixed', each with the condition's "
+        "definition and n_positive examples (the released Tk-Instruct def-pos models); "
+        "'mixed', Tk-Instruct's collator with its tk_instruct flag: each instance draws one of "
+        "definition only, examples only, definition + examples (those the condition has), "
+        "so that definition-only evaluation is an encoding the tuning saw.",
+    )
     eval_instances_per_task: Count = Field(
         100,
         description="Held-out instances scored per task, the first ones of each (Tk-Instruct: "
