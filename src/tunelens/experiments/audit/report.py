@@ -309,7 +309,8 @@ def control_lines(data: Mapping[str, Any], constant: Sequence[str]) -> list[list
         ]
         lines.append(
             [
-                f"Controls against the original ({_row_name(row, constant)})",
+                "Controls against the original, "
+                + _row_name(row, constant).replace("Evaluated with the ", "", 1),
                 "; ".join(parts) + " (EM points, control - original)",
             ]
         )
