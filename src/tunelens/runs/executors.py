@@ -536,14 +536,29 @@ class RayExecutor:
         # Local workers import the same code as this driver (an editable checkout, a test's
         # helper module) because they get the driver's import path.
         paths = [p for p in sys.path if p and os.path.isdir(p)]
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            object_store_memory=200 * 1024 * 1024,
-            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        local = {
+            "address": "local",
+            "num_cpus": num_cpus,
+            "include_dashboard": False,
+            "object_store_memory": 200 * 1024 * 1024,
+            "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
             **common,
-        )
+        }
+        for attempt in (1, 2):
+            try:
+                ray.init(**local)
+                return True
+            except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception here
+                # Ray gives a local node a fixed 30 s to register; a loaded machine can
+                # miss it once. Start afresh once, then say what happened.
+                if "timed out during startup" not in str(error):
+                    raise
+                ray.shutdown()
+                if attempt == 2:
+                    raise RuntimeError(
+                        "Ray's local node did not start within Ray's 30 s, twice (is the "
+                        "machine overloaded?); --workers N runs the cells without Ray"
+                    ) from error
         return True
 
     def run(
