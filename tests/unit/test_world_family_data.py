@@ -286,3 +286,29 @@ def test_induction_blocks_put_definitions_only_after_their_rules_answers():
                 assert answer == query, piece
             examples_since_definition += 1
     assert blocks > 50
+
+
+def test_sandwich_blocks_answer_after_a_definition_only_past_two_demonstrations():
+    blocks = 0
+    for tokens in _base_sequences(300, None, size="world-base-sandwich", seed=12):
+        if "Definition:" not in tokens:
+            continue
+        pieces = [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
+        before, after = 0, None  # examples before this block's definition; answers after it
+        for piece in pieces:
+            if piece[0] == "Definition:":
+                assert before >= 2, pieces  # never a definition before two demonstrations
+                blocks, after = blocks + 1, 0
+                continue
+            query = piece[1 : piece.index("Output:")]
+            answer = piece[piece.index("Output:") + 1 :]
+            if after is not None and after < 2 and answer != query:
+                after += 1  # an answered example after the definition (at most 2)
+                continue
+            if after is not None:
+                assert after >= 1, pieces  # 1-2 answers follow each definition
+                before, after = 0, None
+            if before == 0:
+                assert answer == query, piece  # a new block opens with an echo
+            before += 1
+    assert blocks > 50

@@ -33,11 +33,14 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-base": "world_base",
     "world-base-induct": "world_base_induct",
     "world-base-early": "world_base_early",
+    "world-base-sandwich": "world_base_sandwich",
 }
-# Members being trained: installable, not yet loadable by name (`world-base-induct` and
-# `world-base-early`, candidate successors of `world-base`; `world-base`, the base member
-# of issue 29, ships since 0.3).
-UNSHIPPED: frozenset[str] = frozenset({"world-base-induct", "world-base-early"})
+# Members being trained: installable, not yet loadable by name (`world-base-induct`,
+# `world-base-early` and `world-base-sandwich`, candidate successors of `world-base`;
+# `world-base`, the base member of issue 29, ships since 0.3).
+UNSHIPPED: frozenset[str] = frozenset(
+    {"world-base-induct", "world-base-early", "world-base-sandwich"}
+)
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
@@ -48,6 +51,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-base": "tunelens world train-model --size world-base --install",
     "world-base-induct": "tunelens world train-model --size world-base-induct --install",
     "world-base-early": "tunelens world train-model --size world-base-early --install",
+    "world-base-sandwich": "tunelens world train-model --size world-base-sandwich --install",
 }
 
 

@@ -92,6 +92,7 @@ class WorldModelRecipe:
     zero_shot_target: str = "echo"  # "echo" or "word" (see tasks.world.corpus.CorpusMix)
     preamble_soup: bool = False  # see tasks.world.corpus.CorpusMix
     induction_blocks: float = 0.0  # see tasks.world.corpus.induction_blocks_sequence
+    induction_answers_after: int = 0  # see tasks.world.corpus.induction_blocks_sequence
 
     def mix(self) -> CorpusMix:
         return CorpusMix(
@@ -102,6 +103,7 @@ class WorldModelRecipe:
             zero_shot_target=self.zero_shot_target,
             preamble_soup=self.preamble_soup,
             induction_blocks=self.induction_blocks,
+            induction_answers_after=self.induction_answers_after,
             bursty=self.bursty,
             all_tokens_loss=self.all_tokens_loss,
             copy=self.copy,
@@ -128,6 +130,7 @@ class WorldModelRecipe:
             "eval_every": (1, MAX_COUNT),
             "threads": (1, MAX_THREADS),
             "vocabulary": (1, 2),
+            "induction_answers_after": (0, 8),
         }
         for name, (low, high) in whole.items():
             value = getattr(self, name)
@@ -228,6 +231,20 @@ SIZES: dict[str, dict[str, object]] = {
         "zero_shot_preamble": 0.5,
         "induction_blocks": 0.15,
     },
+    # world-base-induct whose induction blocks go on after the definition with 1-2 more
+    # answered examples: definitions amid demonstrations, as `world`'s definition blocks
+    # put them before answers, but never an answer without a demonstration before it.
+    "world-base-sandwich": {
+        **_WORLD,
+        "steps": 8000,
+        "definition_blocks": 0.0,
+        "definition_prefix": 0.0,
+        "tk_layout": 0.0,
+        "zero_shot_answers": False,
+        "zero_shot_preamble": 0.5,
+        "induction_blocks": 0.15,
+        "induction_answers_after": 2,
+    },
     # world-base-induct with a 1,000-step one-word curriculum instead of 3,000: `world`'s
     # rule families emerged 4,000-6,000 steps after its curriculum (steps 7,000-9,000
     # of 10,000); world-base's 8,000 steps leave only 5,000 after it.
@@ -250,6 +267,7 @@ SIZE_MEMBERS: dict[str, str] = {
     "world-base": "world-base",
     "world-base-induct": "world-base-induct",
     "world-base-early": "world-base-early",
+    "world-base-sandwich": "world-base-sandwich",
 }
 
 

@@ -106,6 +106,9 @@ class CorpusMix:
     # rule's examples *then* its definition, so the text ties rules to words
     # without ever putting an answer after a definition.
     induction_blocks: float = 0.0
+    # Up to this many answered examples after each induction block's definition (0:
+    # none, and no random number drawn for them).
+    induction_answers_after: int = 0
 
     def __post_init__(self) -> None:
         """Shares within [0, 1], so a typo cannot silently change the corpus."""
@@ -266,6 +269,7 @@ def induction_blocks_sequence(
     tokenize: Callable[[str], list[str]],
     *,
     zero_shot_answers: bool,
+    answers_after: int = 0,
 ) -> tuple[list[str], list[bool]]:
     """(2-4 examples, then the definition) blocks of fresh rules.
 
@@ -275,6 +279,8 @@ def induction_blocks_sequence(
     non-category families in context) without seeing an answer after a
     definition. Without ``zero_shot_answers`` each block's first example echoes
     its input, as a task sequence's does, so no label is ever a zero-shot answer.
+    ``answers_after`` > 0: 1 to that many answered examples follow the definition,
+    so definitions sit amid demonstrations, never before the first one.
     """
     tokens, mask = [BOS], [False]
     while True:
@@ -290,6 +296,11 @@ def induction_blocks_sequence(
         definition = ["Definition:", *tokenize(rule.definition(rng.randrange(3))), SEP]
         piece += definition
         piece_mask += [False] + [True] * (len(definition) - 1)
+        for _ in range(rng.randint(1, answers_after) if answers_after else 0):
+            label = rng.choice(rule.labels)
+            t, m = _example_tokens(rule.sample_input(rng, label), label, echo=False)
+            piece += t
+            piece_mask += m
         if len(tokens) + len(piece) > max_tokens:
             return tokens, mask
         tokens += piece
@@ -389,7 +400,12 @@ def training_sequence(
         tokens, mask = definition_blocks_sequence(rng, draw, max_tokens, tokenize)
     elif mix.induction_blocks and rng.random() < mix.induction_blocks:
         tokens, mask = induction_blocks_sequence(
-            rng, draw, max_tokens, tokenize, zero_shot_answers=mix.zero_shot_answers
+            rng,
+            draw,
+            max_tokens,
+            tokenize,
+            zero_shot_answers=mix.zero_shot_answers,
+            answers_after=mix.induction_answers_after,
         )
     else:
         rule = draw()
