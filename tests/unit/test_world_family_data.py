@@ -265,12 +265,16 @@ def test_a_word_target_answers_zero_shots_with_one_lexicon_word():
         recipe_for_size("world-base", zero_shot_target="label")
 
 
+def _pieces_of_sequences_with_definitions(size: str, seed: int):
+    """Each of 300 sequences of ``size`` that holds a definition, as its SEP-ended pieces."""
+    for tokens in _base_sequences(300, None, size=size, seed=seed):
+        if "Definition:" in tokens:
+            yield [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
+
+
 def test_induction_blocks_put_definitions_only_after_their_rules_answers():
     blocks = 0
-    for tokens in _base_sequences(300, None, size="world-base-induct", seed=11):
-        if "Definition:" not in tokens:
-            continue
-        pieces = [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
+    for pieces in _pieces_of_sequences_with_definitions("world-base-induct", seed=11):
         examples_since_definition = 0
         for piece in pieces:
             if piece[0] == "Definition:":
@@ -290,10 +294,7 @@ def test_induction_blocks_put_definitions_only_after_their_rules_answers():
 
 def test_sandwich_blocks_answer_after_a_definition_only_past_two_demonstrations():
     blocks = 0
-    for tokens in _base_sequences(300, None, size="world-base-sandwich", seed=12):
-        if "Definition:" not in tokens:
-            continue
-        pieces = [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
+    for pieces in _pieces_of_sequences_with_definitions("world-base-sandwich", seed=12):
         before, after = 0, None  # examples before this block's definition; answers after it
         for piece in pieces:
             if piece[0] == "Definition:":
