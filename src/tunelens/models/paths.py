@@ -35,9 +35,9 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-base-early": "world_base_early",
     "world-base-sandwich": "world_base_sandwich",
 }
-# Members being trained: installable, not yet loadable by name (`world-base-induct`,
-# `world-base-early` and `world-base-sandwich`, candidate successors of `world-base`;
-# `world-base`, the base member of issue 29, ships since 0.3).
+# Candidate base members, installable but not shipped, so not loadable by name
+# (`world-base-induct`, `world-base-early`, `world-base-sandwich`: bench/world_base.md
+# says how far each got); `world-base`, the base member of issue 29, ships since 0.3.
 UNSHIPPED: frozenset[str] = frozenset(
     {"world-base-induct", "world-base-early", "world-base-sandwich"}
 )
