@@ -162,6 +162,21 @@ def _example_tokens(
     return tokens, [False] * (len(words) + 2) + [True] * (len(answer) + 1)
 
 
+def _rule_examples(
+    rng: random.Random, rule: Rule, count: int, *, echo_first: bool = False
+) -> tuple[list[str], list[bool]]:
+    """``count`` examples of ``rule``, each label drawn, then an input for it; with
+    ``echo_first`` the first answers with its input repeated."""
+    tokens: list[str] = []
+    mask: list[bool] = []
+    for i in range(count):
+        label = rng.choice(rule.labels)
+        t, m = _example_tokens(rule.sample_input(rng, label), label, echo=echo_first and i == 0)
+        tokens += t
+        mask += m
+    return tokens, mask
+
+
 def fact_sequence(rng: random.Random, max_tokens: int) -> tuple[list[str], list[bool]]:
     """ "cat is an animal ." sentences; loss on the category noun phrase."""
     tokens, mask = [BOS], [False]
@@ -251,11 +266,9 @@ def definition_blocks_sequence(
         definition = tokenize(rule.definition(rng.randrange(3)))
         piece = ["Definition:", *definition, SEP]
         piece_mask = [False] * len(piece)
-        for _ in range(rng.randint(1, 3)):
-            label = rng.choice(rule.labels)
-            t, m = _example_tokens(rule.sample_input(rng, label), label)
-            piece += t
-            piece_mask += m
+        examples, examples_mask = _rule_examples(rng, rule, rng.randint(1, 3))
+        piece += examples
+        piece_mask += examples_mask
         if len(tokens) + len(piece) > max_tokens:
             return tokens, mask
         tokens += piece
@@ -285,22 +298,16 @@ def induction_blocks_sequence(
     tokens, mask = [BOS], [False]
     while True:
         rule = draw()
-        piece: list[str] = []
-        piece_mask: list[bool] = []
-        for i in range(rng.randint(2, 4)):
-            label = rng.choice(rule.labels)
-            echo = not zero_shot_answers and i == 0
-            t, m = _example_tokens(rule.sample_input(rng, label), label, echo=echo)
-            piece += t
-            piece_mask += m
+        piece, piece_mask = _rule_examples(
+            rng, rule, rng.randint(2, 4), echo_first=not zero_shot_answers
+        )
         definition = ["Definition:", *tokenize(rule.definition(rng.randrange(3))), SEP]
         piece += definition
         piece_mask += [False] + [True] * (len(definition) - 1)
-        for _ in range(rng.randint(1, answers_after) if answers_after else 0):
-            label = rng.choice(rule.labels)
-            t, m = _example_tokens(rule.sample_input(rng, label), label, echo=False)
-            piece += t
-            piece_mask += m
+        if answers_after:
+            after, after_mask = _rule_examples(rng, rule, rng.randint(1, answers_after))
+            piece += after
+            piece_mask += after_mask
         if len(tokens) + len(piece) > max_tokens:
             return tokens, mask
         tokens += piece
