@@ -101,7 +101,7 @@ def training_pairs(
         varied = apply_definition_variant(task, definition)
         varied = apply_examples_variant(varied, examples, seed=seed)
         for inst in sample_instances(task.instances, instances_per_task, rng):
-            style = draw.choice(styles) if len(styles) > 1 else styles[0]
+            style = draw.choice(styles)
             pairs.append(
                 (render_prompt(varied, inst.input, None, style), render_target(inst.outputs[0]))
             )
@@ -118,18 +118,14 @@ def mixed_styles(fixed: PromptStyle, has_examples: bool) -> list[PromptStyle]:
     examples: definition only; neither: the bare input).
     """
     shots = fixed.n_positive if has_examples else 0
-    candidates = [
-        replace(fixed, definition=True, n_positive=0),
-        replace(fixed, definition=False, n_positive=shots),
-        replace(fixed, definition=True, n_positive=shots),
-    ]
-    styles = [
-        style
-        for style in candidates
-        if (style.definition or style.n_positive) and (fixed.definition or not style.definition)
-    ]
-    unique = list(dict.fromkeys(styles))
-    return unique or [replace(fixed, definition=False, n_positive=0)]
+    styles = []
+    if fixed.definition:
+        styles.append(replace(fixed, definition=True, n_positive=0))
+    if shots:
+        styles.append(replace(fixed, definition=False, n_positive=shots))
+    if fixed.definition and shots:
+        styles.append(replace(fixed, definition=True, n_positive=shots))
+    return styles or [replace(fixed, definition=False, n_positive=0)]
 
 
 def eval_items(tasks: Sequence[Task], per_task: int) -> list[tuple[Task, Any]]:

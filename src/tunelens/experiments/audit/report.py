@@ -171,14 +171,17 @@ def write_figure(results: Mapping[str, Any], plots_dir: Path) -> Plot:
 # ---------------------------------------------------------------- the answer first
 
 
-def _row_name(row: Mapping[str, Any], constant: Sequence[str]) -> str:
-    """'Definition only' (+ instances per task and seed where those vary between rows)."""
+def _row_name(
+    row: Mapping[str, Any], constant: Sequence[str], lead: str = "Evaluated with the "
+) -> str:
+    """'Evaluated with the definition only' (+ instances per task and seed where those vary
+    between rows); ``lead`` comes before the encoding."""
     name = ENCODING_WORDS.get(str(row.get("encoding")), str(row.get("encoding")))
     more = [
         f"{fmt(row.get('instances_per_task'))} instances per task" if "ipt" not in constant else "",
         f"seed {fmt(row.get('seed'))}" if "seed" not in constant else "",
     ]
-    return ", ".join([f"Evaluated with the {name}", *[m for m in more if m]])
+    return ", ".join([f"{lead}{name}", *[m for m in more if m]])
 
 
 def _share_sentence(row: Mapping[str, Any], verdict: Mapping[str, Any]) -> str:
@@ -309,8 +312,7 @@ def control_lines(data: Mapping[str, Any], constant: Sequence[str]) -> list[list
         ]
         lines.append(
             [
-                "Controls against the original, "
-                + _row_name(row, constant).replace("Evaluated with the ", "", 1),
+                _row_name(row, constant, lead="Controls against the original, "),
                 "; ".join(parts) + " (EM points, control - original)",
             ]
         )
