@@ -272,9 +272,10 @@ def _pieces_of_sequences_with_definitions(size: str, seed: int):
             yield [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
 
 
-def test_induction_blocks_put_definitions_only_after_their_rules_answers():
+@pytest.mark.parametrize("size", ["world-base-induct", "world-base-rules"])
+def test_induction_blocks_put_definitions_only_after_their_rules_answers(size):
     blocks = 0
-    for pieces in _pieces_of_sequences_with_definitions("world-base-induct", seed=11):
+    for pieces in _pieces_of_sequences_with_definitions(size, seed=11):
         examples_since_definition = 0
         for piece in pieces:
             if piece[0] == "Definition:":

@@ -34,12 +34,14 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-base-induct": "world_base_induct",
     "world-base-early": "world_base_early",
     "world-base-sandwich": "world_base_sandwich",
+    "world-base-rules": "world_base_rules",
 }
 # Candidate base members, installable but not shipped, so not loadable by name
-# (`world-base-induct`, `world-base-early`, `world-base-sandwich`: bench/world_base.md
-# says how far each got); `world-base`, the base member of issue 29, ships since 0.3.
+# (`world-base-induct`, `world-base-early`, `world-base-sandwich`, `world-base-rules`:
+# bench/world_base.md says how far each got); `world-base`, the base member of issue 29,
+# ships since 0.3.
 UNSHIPPED: frozenset[str] = frozenset(
-    {"world-base-induct", "world-base-early", "world-base-sandwich"}
+    {"world-base-induct", "world-base-early", "world-base-sandwich", "world-base-rules"}
 )
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
@@ -52,6 +54,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-base-induct": "tunelens world train-model --size world-base-induct --install",
     "world-base-early": "tunelens world train-model --size world-base-early --install",
     "world-base-sandwich": "tunelens world train-model --size world-base-sandwich --install",
+    "world-base-rules": "tunelens world train-model --size world-base-rules --install",
 }
 
 
