@@ -35,13 +35,20 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-base-early": "world_base_early",
     "world-base-sandwich": "world_base_sandwich",
     "world-base-rules": "world_base_rules",
+    "world-base-deep": "world_base_deep",
 }
 # Candidate base members, installable but not shipped, so not loadable by name
-# (`world-base-induct`, `world-base-early`, `world-base-sandwich`, `world-base-rules`:
-# bench/world_base.md says how far each got); `world-base`, the base member of issue 29,
-# ships since 0.3.
+# (`world-base-induct`, `world-base-early`, `world-base-sandwich`, `world-base-rules`,
+# `world-base-deep`: bench/world_base.md says how far each got); `world-base`, the base
+# member of issue 29, ships since 0.3.
 UNSHIPPED: frozenset[str] = frozenset(
-    {"world-base-induct", "world-base-early", "world-base-sandwich", "world-base-rules"}
+    {
+        "world-base-induct",
+        "world-base-early",
+        "world-base-sandwich",
+        "world-base-rules",
+        "world-base-deep",
+    }
 )
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
@@ -55,6 +62,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-base-early": "tunelens world train-model --size world-base-early --install",
     "world-base-sandwich": "tunelens world train-model --size world-base-sandwich --install",
     "world-base-rules": "tunelens world train-model --size world-base-rules --install",
+    "world-base-deep": "tunelens world train-model --size world-base-deep --install",
 }
 
 
