@@ -272,7 +272,7 @@ def _pieces_of_sequences_with_definitions(size: str, seed: int):
             yield [p.split() for p in " ".join(tokens[1:]).split(SEP) if p.strip()]
 
 
-@pytest.mark.parametrize("size", ["world-base-induct", "world-base-rules"])
+@pytest.mark.parametrize("size", ["world-base-induct", "world-base-rules", "world-base-focus"])
 def test_induction_blocks_put_definitions_only_after_their_rules_answers(size):
     blocks = 0
     for pieces in _pieces_of_sequences_with_definitions(size, seed=11):

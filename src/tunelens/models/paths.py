@@ -36,11 +36,12 @@ INSTALL_FOLDERS: dict[str, str] = {
     "world-base-sandwich": "world_base_sandwich",
     "world-base-rules": "world_base_rules",
     "world-base-deep": "world_base_deep",
+    "world-base-focus": "world_base_focus",
 }
 # Candidate base members, installable but not shipped, so not loadable by name
 # (`world-base-induct`, `world-base-early`, `world-base-sandwich`, `world-base-rules`,
-# `world-base-deep`: bench/world_base.md says how far each got); `world-base`, the base
-# member of issue 29, ships since 0.3.
+# `world-base-deep`, `world-base-focus`: bench/world_base.md says how far each got);
+# `world-base`, the base member of issue 29, ships since 0.3.
 UNSHIPPED: frozenset[str] = frozenset(
     {
         "world-base-induct",
@@ -48,6 +49,7 @@ UNSHIPPED: frozenset[str] = frozenset(
         "world-base-sandwich",
         "world-base-rules",
         "world-base-deep",
+        "world-base-focus",
     }
 )
 # Model name -> the directory it loads from (the same folders: each member ships).
@@ -63,6 +65,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-base-sandwich": "tunelens world train-model --size world-base-sandwich --install",
     "world-base-rules": "tunelens world train-model --size world-base-rules --install",
     "world-base-deep": "tunelens world train-model --size world-base-deep --install",
+    "world-base-focus": "tunelens world train-model --size world-base-focus --install",
 }
 
 
