@@ -314,3 +314,17 @@ def test_sandwich_blocks_answer_after_a_definition_only_past_two_demonstrations(
                 assert answer == query, piece  # a new block opens with an echo
             before += 1
     assert blocks > 50
+
+
+def test_the_focus_recipe_trains_on_induct_batches_until_its_curriculum_ends():
+    """world-base-focus changes only the family weights after the curriculum, so its
+    first 3,000 steps repeat world-base-induct's (whose one-word ICL emerged by then)."""
+    induct, focus = _batcher("world-base-induct"), _batcher("world-base-focus")
+    end = recipe_for_size("world-base-focus").curriculum_steps
+
+    def digest(batcher: _Batcher, step: int) -> str:
+        ids, labels = batcher(step)
+        return hashlib.sha256(ids.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
+
+    assert all(digest(induct, s) == digest(focus, s) for s in (0, end // 2, end - 1))
+    assert digest(induct, end) != digest(focus, end)
