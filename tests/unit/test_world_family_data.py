@@ -328,3 +328,16 @@ def test_the_focus_recipe_trains_on_induct_batches_until_its_curriculum_ends():
 
     assert all(digest(induct, s) == digest(focus, s) for s in (0, end // 2, end - 1))
     assert digest(induct, end) != digest(focus, end)
+
+
+def test_every_size_installs_as_a_member_whose_train_command_rebuilds_it():
+    from tunelens.models.paths import CANDIDATES, INSTALL_FOLDERS, TRAIN_COMMANDS, UNSHIPPED
+    from tunelens.models.world_model import SIZE_MEMBERS, SIZES
+
+    assert set(SIZE_MEMBERS) == set(SIZES)
+    for size, member in SIZE_MEMBERS.items():
+        assert member in INSTALL_FOLDERS and f"--size {size} " in TRAIN_COMMANDS[member]
+    assert set(TRAIN_COMMANDS) == set(INSTALL_FOLDERS)
+    assert set(CANDIDATES) == UNSHIPPED
+    assert all(name in SIZES for name in CANDIDATES)
+    assert INSTALL_FOLDERS["world-base-focus"] == "world_base_focus"

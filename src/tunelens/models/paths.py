@@ -26,32 +26,26 @@ WORLD = "world"
 # generation (`--size base`), `world-small` the first 3-layer model, `world-it`
 # is `world` after multi-task instruction tuning, `world-base` the base member that saw no
 # definition -> answer text and no zero-shot answer format in pretraining (issue 29).
+# Candidate base members, installable but not shipped, so not loadable by name
+# (bench/world_base.md says how far each got); `world-base`, the base member of issue 29,
+# ships since 0.3. Each trains with `--size <its name>` and installs to its name in
+# snake case.
+CANDIDATES: tuple[str, ...] = (
+    "world-base-induct",
+    "world-base-early",
+    "world-base-sandwich",
+    "world-base-rules",
+    "world-base-deep",
+    "world-base-focus",
+)
+UNSHIPPED: frozenset[str] = frozenset(CANDIDATES)
 INSTALL_FOLDERS: dict[str, str] = {
     "world": "world",
     "world-small": "world_small",
     "world-it": "world_it",
     "world-base": "world_base",
-    "world-base-induct": "world_base_induct",
-    "world-base-early": "world_base_early",
-    "world-base-sandwich": "world_base_sandwich",
-    "world-base-rules": "world_base_rules",
-    "world-base-deep": "world_base_deep",
-    "world-base-focus": "world_base_focus",
+    **{name: name.replace("-", "_") for name in CANDIDATES},
 }
-# Candidate base members, installable but not shipped, so not loadable by name
-# (`world-base-induct`, `world-base-early`, `world-base-sandwich`, `world-base-rules`,
-# `world-base-deep`, `world-base-focus`: bench/world_base.md says how far each got);
-# `world-base`, the base member of issue 29, ships since 0.3.
-UNSHIPPED: frozenset[str] = frozenset(
-    {
-        "world-base-induct",
-        "world-base-early",
-        "world-base-sandwich",
-        "world-base-rules",
-        "world-base-deep",
-        "world-base-focus",
-    }
-)
 # Model name -> the directory it loads from (the same folders: each member ships).
 WORLD_MODELS: dict[str, str] = {k: v for k, v in INSTALL_FOLDERS.items() if k not in UNSHIPPED}
 # How `tunelens world train-model` rebuilds each (see commands/world.py).
@@ -60,12 +54,7 @@ TRAIN_COMMANDS: dict[str, str] = {
     "world-small": "tunelens world train-model --size small --install",
     "world-it": "tunelens world train-model --size base --instruction-tune --install",
     "world-base": "tunelens world train-model --size world-base --install",
-    "world-base-induct": "tunelens world train-model --size world-base-induct --install",
-    "world-base-early": "tunelens world train-model --size world-base-early --install",
-    "world-base-sandwich": "tunelens world train-model --size world-base-sandwich --install",
-    "world-base-rules": "tunelens world train-model --size world-base-rules --install",
-    "world-base-deep": "tunelens world train-model --size world-base-deep --install",
-    "world-base-focus": "tunelens world train-model --size world-base-focus --install",
+    **{name: f"tunelens world train-model --size {name} --install" for name in CANDIDATES},
 }
 
 

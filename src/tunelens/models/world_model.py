@@ -257,13 +257,7 @@ SIZES: dict[str, dict[str, object]] = {
 SIZE_MEMBERS: dict[str, str] = {
     "small": "world-small",
     "base": "world",
-    "world-base": "world-base",
-    "world-base-induct": "world-base-induct",
-    "world-base-early": "world-base-early",
-    "world-base-sandwich": "world-base-sandwich",
-    "world-base-rules": "world-base-rules",
-    "world-base-deep": "world-base-deep",
-    "world-base-focus": "world-base-focus",
+    **{size: size for size in SIZES if size.startswith("world-base")},
 }
 
 
