@@ -216,8 +216,10 @@ _WORLD_BASE: dict[str, object] = {
     "zero_shot_answers": False,
     "zero_shot_preamble": 0.5,
 }
+# The candidates below build on world-base plus induction blocks (world-base-induct).
+_WORLD_BASE_INDUCT: dict[str, object] = {**_WORLD_BASE, "induction_blocks": 0.15}
 _WORLD_BASE_RULES: dict[str, object] = {
-    **_WORLD_BASE,
+    **_WORLD_BASE_INDUCT,
     "induction_blocks": 0.25,
     "word_category_weight": 0.1,
 }
@@ -229,21 +231,17 @@ SIZES: dict[str, dict[str, object]] = {
     # outcome at k = 8 on the held-out tasks; bench/world_base.md has the runs).
     # world-base's recipe plus induction blocks (examples, then the rule's definition), for
     # the non-category families `world` learned from its definition blocks: 74.1 (finished).
-    "world-base-induct": {**_WORLD_BASE, "induction_blocks": 0.15},
+    "world-base-induct": _WORLD_BASE_INDUCT,
     # world-base-induct whose induction blocks go on after the definition with 1-2 more
     # answered examples: definitions amid demonstrations, as `world`'s definition blocks
     # put them before answers, but never an answer without a demonstration before it.
     # Stopped at 1,759: its untuned definition-only answers went into the label space.
-    "world-base-sandwich": {
-        **_WORLD_BASE,
-        "induction_blocks": 0.15,
-        "induction_answers_after": 2,
-    },
+    "world-base-sandwich": {**_WORLD_BASE_INDUCT, "induction_answers_after": 2},
     # world-base-induct with a 1,000-step one-word curriculum instead of 3,000: `world`'s
     # rule families emerged 4,000-6,000 steps after its curriculum (steps 7,000-9,000
     # of 10,000); world-base's 8,000 steps leave only 5,000 after it. Stopped at 4,473:
     # the one-word family never emerged.
-    "world-base-early": {**_WORLD_BASE, "induction_blocks": 0.15, "curriculum_steps": 1000},
+    "world-base-early": {**_WORLD_BASE_INDUCT, "curriculum_steps": 1000},
     # world-base-induct with more of the rule families after the curriculum: the one-word
     # family's weight 0.1 (not 0.3) and induction blocks 0.25 (not 0.15). Its one-word
     # accuracy passed 90 by step 6,000 at 0.3 while the other families stayed near 55-75.
@@ -253,7 +251,7 @@ SIZES: dict[str, dict[str, object]] = {
     # nothing else changed: its first 3,000 steps are world-base-induct's, whose one-word
     # in-context learning emerged by step 3,000 (world-base-rules' had not). Stopped at
     # 4,742: after the curriculum the one-word family fell to the guess (48.3 at 4,500).
-    "world-base-focus": {**_WORLD_BASE, "induction_blocks": 0.15, "word_category_weight": 0.1},
+    "world-base-focus": {**_WORLD_BASE_INDUCT, "word_category_weight": 0.1},
     # world-base-rules with 8 layers, not 6: 0.91 s of CPU a step against 0.71, so
     # 7,000 steps fit the 2 hours. Stopped at 2,500, as world-base-rules.
     "world-base-deep": {**_WORLD_BASE_RULES, "layers": 8, "steps": 7000},
